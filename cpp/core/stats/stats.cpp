@@ -1,0 +1,142 @@
+#include "core/stats/stats.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "core/common/parallel.hpp"
+
+namespace llmdbg::stats {
+
+namespace {
+
+inline int clamp_bin(int exponent) {
+  return std::clamp(exponent - kHistMinExp, 0, kHistBins - 1);
+}
+
+// Two passes over one cache-resident chunk: counts, sum, extrema and histogram first, then the
+// squared deviations from the chunk mean (more accurate than a sum of squares).
+template <typename T>
+Summary summarize_chunk(const T* x, int64_t n) {
+  Summary s;
+  s.count = n;
+  double sum = 0.0;
+  double lo = std::numeric_limits<double>::infinity();
+  double hi = -lo;
+  double amax = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = x[i];
+    if (std::isnan(v)) {
+      ++s.nan_count;
+      continue;
+    }
+    if (std::isinf(v)) {
+      ++s.inf_count;
+      continue;
+    }
+    const double d = static_cast<double>(v);
+    ++s.finite;
+    sum += d;
+    lo = std::min(lo, d);
+    hi = std::max(hi, d);
+    amax = std::max(amax, std::abs(d));
+    if (v == T(0)) {
+      ++s.zero_count;
+    } else {
+      ++s.hist[hist_bin(v)];
+    }
+  }
+  if (s.finite == 0) return s;
+  s.mean = sum / static_cast<double>(s.finite);
+  s.min = lo;
+  s.max = hi;
+  s.absmax = amax;
+  double m2 = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = x[i];
+    if (std::isfinite(v)) {
+      const double dev = static_cast<double>(v) - s.mean;
+      m2 += dev * dev;
+    }
+  }
+  s.m2 = m2;
+  return s;
+}
+
+}  // namespace
+
+int hist_bin(float x) {
+  const auto bits = std::bit_cast<uint32_t>(x);
+  const int biased = static_cast<int>((bits >> 23) & 0xffu);
+  return clamp_bin(biased - 127);  // subnormals land in bin 0 either way
+}
+
+int hist_bin(double x) {
+  const auto bits = std::bit_cast<uint64_t>(x);
+  const int biased = static_cast<int>((bits >> 52) & 0x7ffu);
+  return clamp_bin(biased - 1023);
+}
+
+void Summary::merge(const Summary& o) {
+  if (o.count == 0) return;
+  if (o.finite > 0) {
+    if (finite == 0) {
+      mean = o.mean;
+      m2 = o.m2;
+      min = o.min;
+      max = o.max;
+      absmax = o.absmax;
+    } else {
+      const double na = static_cast<double>(finite);
+      const double nb = static_cast<double>(o.finite);
+      const double n = na + nb;
+      const double delta = o.mean - mean;
+      mean += delta * (nb / n);
+      m2 += o.m2 + delta * delta * (na * nb / n);
+      min = std::min(min, o.min);
+      max = std::max(max, o.max);
+      absmax = std::max(absmax, o.absmax);
+    }
+  }
+  count += o.count;
+  finite += o.finite;
+  nan_count += o.nan_count;
+  inf_count += o.inf_count;
+  zero_count += o.zero_count;
+  for (int b = 0; b < kHistBins; ++b) hist[b] += o.hist[b];
+}
+
+double Summary::variance() const {
+  return finite > 0 ? m2 / static_cast<double>(finite) : std::numeric_limits<double>::quiet_NaN();
+}
+
+double Summary::stddev() const { return std::sqrt(variance()); }
+
+double Summary::zero_fraction() const {
+  return count > 0 ? static_cast<double>(zero_count) / static_cast<double>(count)
+                   : std::numeric_limits<double>::quiet_NaN();
+}
+
+template <typename T>
+Summary summarize(const T* data, int64_t n, int num_threads) {
+  Summary total;
+  if (n <= 0) return total;
+  const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+  if (n_chunks == 1) return summarize_chunk(data, n);
+  std::vector<Summary> parts(static_cast<size_t>(n_chunks));
+  const int threads = static_cast<int>(std::min<int64_t>(resolve_threads(num_threads), n_chunks));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t begin = c * kChunk;
+    parts[static_cast<size_t>(c)] = summarize_chunk(data + begin, std::min(kChunk, n - begin));
+  }
+  for (const Summary& p : parts) total.merge(p);  // fixed order: thread-count independent
+  return total;
+}
+
+template Summary summarize<float>(const float*, int64_t, int);
+template Summary summarize<double>(const double*, int64_t, int);
+
+}  // namespace llmdbg::stats

@@ -1,0 +1,221 @@
+#include "capture_store.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <sstream>
+#include <stdexcept>
+
+namespace llmdbg {
+
+namespace {
+
+constexpr int kPacked = 10 + stats::kHistBins;
+
+std::string shape_string(const at::Tensor& t) {
+  std::ostringstream os;
+  os << "(";
+  for (int64_t d = 0; d < t.dim(); ++d) os << (d ? ", " : "") << t.size(d);
+  os << (t.dim() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+bool is_low_precision(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
+// Python slice semantics for [start, stop) on a dimension of length n.
+std::pair<int64_t, int64_t> normalise_slice(int64_t start, int64_t stop, int64_t n) {
+  if (start < 0) start = std::max<int64_t>(start + n, 0);
+  if (stop < 0) stop = std::max<int64_t>(stop + n, 0);
+  start = std::min(start, n);
+  stop = std::min(std::max(stop, start), n);
+  return {start, stop};
+}
+
+}  // namespace
+
+CaptureStore::CaptureStore(int64_t max_bytes, c10::ScalarType out_dtype)
+    : max_bytes_(max_bytes), out_dtype_(out_dtype) {
+  if (!(out_dtype == at::kFloat || out_dtype == at::kDouble || out_dtype == at::kHalf ||
+        out_dtype == at::kBFloat16)) {
+    throw std::invalid_argument("dtype must be a floating-point dtype (float16, bfloat16, "
+                                "float32 or float64)");
+  }
+}
+
+CaptureStore::Entry& CaptureStore::entry(const std::string& key) {
+  auto [it, inserted] = entries_.try_emplace(key);
+  if (inserted) order_.push_back(key);
+  return it->second;
+}
+
+void CaptureStore::summarize_into(Entry& e, const at::Tensor& x) {
+  e.has_stats = true;
+  if (x.numel() == 0) {
+    return;
+  }
+  if (!x.is_cpu()) {
+    // Reduce on the device; only the packed summary travels, asynchronously.
+    at::Tensor packed = device_summary(x);
+    at::Tensor host = at::empty({kPacked}, packed.options().device(at::kCPU).pinned_memory(true));
+    host.copy_(packed, /*non_blocking=*/true);
+    e.pending.push_back(host);
+    saw_device_ = true;
+    return;
+  }
+  // bf16/fp16 are widened to float32; the kernel accumulates in double either way.
+  if (x.scalar_type() == at::kDouble) {
+    const at::Tensor c = x.contiguous();
+    e.summary.merge(stats::summarize(c.data_ptr<double>(), c.numel(), at::get_num_threads()));
+  } else {
+    const at::Tensor c = x.to(at::kFloat).contiguous();
+    e.summary.merge(stats::summarize(c.data_ptr<float>(), c.numel(), at::get_num_threads()));
+  }
+}
+
+at::Tensor CaptureStore::reduce(const at::Tensor& x, const ReduceSpec& spec) const {
+  at::Tensor r = x;
+  if (spec.token_dim >= 0) {
+    if (spec.token_dim >= r.dim()) {
+      throw std::invalid_argument("token dimension " + std::to_string(spec.token_dim) +
+                                  " does not exist in a tensor of shape " + shape_string(r));
+    }
+    auto [start, stop] = normalise_slice(spec.token_start, spec.token_stop, r.size(spec.token_dim));
+    r = r.slice(spec.token_dim, start, stop);
+  }
+  if (spec.head_dim >= 0) {
+    if (spec.head_dim >= r.dim()) {
+      throw std::invalid_argument("head dimension " + std::to_string(spec.head_dim) +
+                                  " does not exist in a tensor of shape " + shape_string(r));
+    }
+    // Averages accumulate in float32 at least, also for bf16/fp16 maps.
+    r = is_low_precision(r) ? r.mean({spec.head_dim}, false, at::kFloat) : r.mean({spec.head_dim});
+  }
+  return r;
+}
+
+void CaptureStore::check_budget(const std::string& key, const at::Tensor& reduced) const {
+  if (max_bytes_ <= 0) return;
+  const int64_t need = reduced.numel() * static_cast<int64_t>(c10::elementSize(out_dtype_));
+  if (nbytes_ + need > max_bytes_) {
+    std::ostringstream os;
+    os << "capturing '" << key << "' " << shape_string(reduced) << " as " << c10::toString(out_dtype_)
+       << " needs " << need << " bytes, but the max_bytes budget of " << max_bytes_ << " has only "
+       << (max_bytes_ - nbytes_) << " bytes left (" << nbytes_
+       << " already captured). Raise max_bytes, capture fewer modules, or reduce what is kept "
+          "(reduce='last_token', 'head_mean' or 'stats').";
+    throw BudgetExceeded(os.str());
+  }
+}
+
+void CaptureStore::add(const std::string& key, const at::Tensor& tensor, const ReduceSpec& spec) {
+  if (!tensor.defined()) throw std::invalid_argument("tensor for '" + key + "' is undefined");
+  if (!(at::isFloatingType(tensor.scalar_type()) || at::isIntegralType(tensor.scalar_type(), true))) {
+    throw std::invalid_argument("'" + key + "' has dtype " +
+                                std::string(c10::toString(tensor.scalar_type())) +
+                                "; only real floating-point, integer and bool tensors can be captured");
+  }
+  const at::Tensor x = tensor.detach();
+  Entry& e = entry(key);
+  if (spec.stats) summarize_into(e, x);
+  if (!spec.keep) return;
+
+  const at::Tensor r = reduce(x, spec);
+  check_budget(key, r);
+  at::Tensor host;
+  if (r.is_cpu()) {
+    // Always an independent copy: the model may reuse or modify its buffers in place later.
+    const bool fresh = !r.is_alias_of(x) && r.scalar_type() == out_dtype_ && r.is_contiguous();
+    host = fresh ? r : r.to(out_dtype_, /*non_blocking=*/false, /*copy=*/true,
+                            at::MemoryFormat::Contiguous);
+  } else {
+    host = at::empty(r.sizes(), r.options().device(at::kCPU).dtype(out_dtype_).pinned_memory(true));
+    host.copy_(r, /*non_blocking=*/true);
+    saw_device_ = true;
+  }
+  nbytes_ += host.numel() * static_cast<int64_t>(host.element_size());
+  e.host.push_back(std::move(host));
+}
+
+const std::vector<at::Tensor>& CaptureStore::tensors(const std::string& key) const {
+  auto it = entries_.find(key);
+  if (it == entries_.end()) throw std::out_of_range("nothing was captured under '" + key + "'");
+  return it->second.host;
+}
+
+bool CaptureStore::has_stats(const std::string& key) const {
+  auto it = entries_.find(key);
+  return it != entries_.end() && it->second.has_stats;
+}
+
+stats::Summary CaptureStore::summary(const std::string& key) {
+  auto it = entries_.find(key);
+  if (it == entries_.end() || !it->second.has_stats) {
+    throw std::out_of_range("no statistics were captured under '" + key + "'");
+  }
+  Entry& e = it->second;
+  for (const at::Tensor& p : e.pending) e.summary.merge(unpack_summary(p));
+  e.pending.clear();
+  return e.summary;
+}
+
+void CaptureStore::clear() {
+  entries_.clear();
+  order_.clear();
+  nbytes_ = 0;
+  saw_device_ = false;
+}
+
+at::Tensor device_summary(const at::Tensor& x) {
+  const at::Tensor xd = x.detach().reshape({-1}).to(at::kDouble);
+  const auto opts = xd.options();
+  if (xd.numel() == 0) {
+    return at::zeros({kPacked}, opts);
+  }
+  const double inf = std::numeric_limits<double>::infinity();
+  const at::Tensor finite = at::isfinite(xd);
+  const at::Tensor n_finite = finite.sum().to(at::kDouble);
+  const at::Tensor n_nan = at::isnan(xd).sum().to(at::kDouble);
+  const at::Tensor n_inf = at::isinf(xd).sum().to(at::kDouble);
+  const at::Tensor n_zero = xd.eq(0).sum().to(at::kDouble);
+  const at::Tensor zero = at::zeros({}, opts);
+  const at::Tensor mean = at::where(finite, xd, zero).sum() / n_finite.clamp_min(1);
+  const at::Tensor dev = at::where(finite, xd - mean, zero);
+  const at::Tensor m2 = (dev * dev).sum();
+  const at::Tensor mn = at::where(finite, xd, at::full({}, inf, opts)).min();
+  const at::Tensor mx = at::where(finite, xd, at::full({}, -inf, opts)).max();
+  const at::Tensor amax = at::where(finite, xd.abs(), zero).max();
+  // floor(log2|x|) = frexp exponent - 1; non-finite and zero values go to a discarded bin.
+  const at::Tensor exponent = std::get<1>(at::frexp(xd)).to(at::kLong);
+  at::Tensor bins = (exponent - 1 - stats::kHistMinExp).clamp(0, stats::kHistBins - 1);
+  bins = at::where(finite.logical_and(xd.ne(0)), bins, at::full({}, stats::kHistBins, bins.options()));
+  at::Tensor hist = at::zeros({stats::kHistBins + 1}, bins.options());
+  hist.scatter_add_(0, bins, at::ones_like(bins));
+  const at::Tensor count = at::full({1}, static_cast<double>(xd.numel()), opts);
+  return at::cat({count, at::stack({n_finite, n_nan, n_inf, n_zero, mean, m2, mn, mx, amax}),
+                  hist.slice(0, 0, stats::kHistBins).to(at::kDouble)});
+}
+
+stats::Summary unpack_summary(const at::Tensor& packed_cpu) {
+  const at::Tensor p = packed_cpu.to(at::kDouble).contiguous();
+  if (p.numel() != kPacked) throw std::invalid_argument("packed summary has the wrong length");
+  const double* v = p.data_ptr<double>();
+  stats::Summary s;
+  s.count = static_cast<int64_t>(v[0]);
+  s.finite = static_cast<int64_t>(v[1]);
+  s.nan_count = static_cast<int64_t>(v[2]);
+  s.inf_count = static_cast<int64_t>(v[3]);
+  s.zero_count = static_cast<int64_t>(v[4]);
+  if (s.finite > 0) {
+    s.mean = v[5];
+    s.m2 = v[6];
+    s.min = v[7];
+    s.max = v[8];
+    s.absmax = v[9];
+  }
+  for (int b = 0; b < stats::kHistBins; ++b) s.hist[b] = static_cast<int64_t>(v[10 + b]);
+  return s;
+}
+
+}  // namespace llmdbg

@@ -1,0 +1,523 @@
+"""Hugging Face adapters: where the blocks, attention, MLPs, embeddings and heads live.
+
+Everything here works on module *names* (qualified relative to the model passed in),
+because hooks are registered by name and names are what users type. The module only
+imports the standard library and torch; transformers is imported lazily so that
+plain ``nn.Module`` users never pay for it.
+
+Layouts are found in three tiers, most trusted first:
+
+1. hand-written rules for families verified against transformers 5.24 (``_FAMILIES``);
+2. the model's own ``_can_record_outputs`` table, which transformers uses to implement
+   ``output_attentions`` and therefore names exactly the modules that return weights;
+3. name patterns, for any ``nn.Module`` (family ``"generic"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import itertools
+import re
+import sys
+from collections.abc import Iterator
+
+from torch import nn
+
+__all__ = ["ROLES", "ModelLayout", "check_module", "closest_names", "eager_attention", "find_layout",
+           "is_hf_model", "resolve_role"]
+
+ROLES: tuple[str, ...] = ("blocks", "attention", "cross_attention", "mlp", "embeddings", "final_norm",
+                          "unembedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelLayout:
+    """Qualified module names of the parts of a transformer.
+
+    Attributes
+    ----------
+    family : str
+        ``config.model_type`` for Hugging Face models, ``"generic"`` when found by name patterns.
+    blocks : tuple of str
+        Transformer blocks in execution order (encoder blocks, then decoder blocks).
+    attention : tuple of str
+        One self-attention module per block. Under eager attention its forward output is a
+        tuple whose element ``attention_index`` is the weights tensor, shape (B, H, T, S).
+    cross_attention : tuple of str
+        Decoder cross-attention modules (same output convention), empty if there are none.
+    mlp : tuple of str
+        One feed-forward module per block, empty if none could be identified.
+    embeddings : str or None
+        The input word embedding (``nn.Embedding``) that is actually called on ``input_ids``.
+    final_norm : str or None
+        The norm applied after the last block, before the unembedding.
+    unembedding : str or None
+        Projection to the vocabulary (``get_output_embeddings()``).
+    stacks : dict of str to tuple of str
+        Block names per stack: ``{"encoder": ...}``, ``{"decoder": ...}`` or both.
+    attention_index : int
+        Position of the weights in the attention modules' output tuples: 1 for most
+        families, 2 for T5, whose attention returns ``(hidden, position_bias, weights)``.
+    """
+
+    family: str
+    blocks: tuple[str, ...]
+    attention: tuple[str, ...]
+    cross_attention: tuple[str, ...]
+    mlp: tuple[str, ...]
+    embeddings: str | None
+    final_norm: str | None
+    unembedding: str | None
+    stacks: dict[str, tuple[str, ...]]
+    attention_index: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+    # Names relative to the model's base (stacks) or to each block (the rest). Tuples
+    # are alternatives tried in order, e.g. T5's FF sits at layer.1 (encoder) or layer.2.
+    stacks: dict[str, str]
+    attention: tuple[str, ...]
+    mlp: tuple[str, ...]
+    cross: tuple[str, ...] = ()
+    final_norm: str | None = None  # sibling of the last stack's ModuleList
+    index: int = 1
+
+
+_LLAMA_LIKE = _Rule({"decoder": "layers"}, ("self_attn",), ("mlp",), final_norm="norm")
+_BERT_LIKE = _Rule({"encoder": "encoder.layer"}, ("attention.self",), ("intermediate",))
+_FAMILIES: dict[str, _Rule] = {
+    # BERT has no single MLP module: "intermediate" (dense + activation) holds the neuron
+    # activations; "output" would mix in the residual and LayerNorm.
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "distilbert": _Rule({"encoder": "transformer.layer"}, ("attention",), ("ffn",)),
+    "gpt2": _Rule({"decoder": "h"}, ("attn",), ("mlp",), ("crossattention",), "ln_f"),
+    "gpt_neox": _Rule({"decoder": "layers"}, ("attention",), ("mlp",), final_norm="final_layer_norm"),
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    # The inner T5Attention modules, not the T5Layer* wrappers that add the residual.
+    "t5": _Rule({"encoder": "encoder.block", "decoder": "decoder.block"}, ("layer.0.SelfAttention",),
+                ("layer.2.DenseReluDense", "layer.1.DenseReluDense"), ("layer.1.EncDecAttention",),
+                "final_layer_norm", index=2),
+}
+
+_ATTN_RE = re.compile(r"attn|attention", re.I)
+_CROSS_RE = re.compile(r"cross|enc_?dec|encoder_attn", re.I)
+_MLP_RE = re.compile(r"mlp|ffn|feed_?forward|intermediate|dense_?relu|moe", re.I)
+_NOT_PART_RE = re.compile(r"norm|drop|^ln", re.I)  # "post_attention_layernorm", "attn_dropout"
+# Leaves such as GPT-2's c_attn (Conv1D) or T5's relative_attention_bias match the name
+# patterns but are projections, not attention modules.
+_LEAF_CLASS_RE = re.compile(r"norm|dropout|linear|conv|embedding|identity|activation", re.I)
+
+
+def is_hf_model(model: object) -> bool:
+    """Whether ``model`` is a ``transformers.PreTrainedModel``.
+
+    Returns False without importing transformers when it has not been imported yet: a
+    model built from transformers classes would have imported it already.
+    """
+    if "transformers" not in sys.modules:
+        return False
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel)
+
+
+def check_module(model: object) -> nn.Module:
+    """Return ``model`` if llmdbg can hook it, raise otherwise.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a ``torch.nn.Module``.
+    ValueError
+        If the model is offloaded by accelerate or has parameters/buffers on the meta
+        device: hooks would see placeholders instead of activations.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    cls = type(model).__name__
+    device_map = getattr(model, "hf_device_map", None)
+    if isinstance(device_map, dict):
+        places = {str(v) for v in device_map.values()}
+        if "disk" in places or ("cpu" in places and len(places) > 1):
+            off = [k for k, v in device_map.items() if str(v) in ("cpu", "disk")]
+            raise ValueError(
+                f"{cls} is offloaded (hf_device_map puts {off[:3]} on cpu/disk); llmdbg needs "
+                "materialised weights: load it onto one device or use a device_map without offload"
+            )
+    for name, module in model.named_modules():
+        hook = getattr(module, "_hf_hook", None)
+        for h in getattr(hook, "hooks", (hook,)):  # accelerate's SequentialHook nests hooks
+            if getattr(h, "offload", False) or getattr(h, "weights_map", None) is not None:
+                raise ValueError(
+                    f"module {name or cls!r} is offloaded by accelerate; llmdbg needs "
+                    "materialised weights: load the model without offloading"
+                )
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if tensor.device.type == "meta":
+            raise ValueError(
+                f"{name!r} of {cls} is on the meta device; llmdbg needs materialised weights "
+                "(load real weights, e.g. from_pretrained without init_empty_weights)"
+            )
+    return model
+
+
+def find_layout(model: nn.Module) -> ModelLayout:
+    """Locate blocks, attention, MLPs, embeddings, final norm and unembedding.
+
+    Works for base models and task-head wrappers; names are relative to ``model``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A transformers model or any module holding an ``nn.ModuleList`` of blocks.
+
+    Returns
+    -------
+    ModelLayout
+
+    Raises
+    ------
+    ValueError
+        If no transformer blocks can be found.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    modules = dict(model.named_modules())
+    below = _descendants(modules)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    found = None
+    if model_type in _FAMILIES:
+        found = _from_rule(modules, _FAMILIES[model_type])
+    if found is None and is_hf_model(model):
+        found = _from_recorders(model, modules, below)
+    family = model_type if found is not None and model_type else "generic"
+    if found is None:
+        found = _from_patterns(model, modules, below)
+    stacks, attention, cross, mlp, final_norm, index = found
+    blocks = tuple(itertools.chain.from_iterable(stacks.values()))
+    return ModelLayout(
+        family=family, blocks=blocks, attention=attention, cross_attention=cross, mlp=mlp,
+        embeddings=_embeddings(model, modules, blocks), final_norm=final_norm,
+        unembedding=_name_of(model, _get(model, "get_output_embeddings")), stacks=stacks, attention_index=index,
+    )
+
+
+def resolve_role(model: nn.Module, role: str) -> list[str]:
+    """Module names playing ``role`` (one of ``ROLES``) in ``model``.
+
+    Raises
+    ------
+    ValueError
+        If ``role`` is unknown, or the model has no module in that role.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; valid roles are {', '.join(ROLES)}")
+    layout = find_layout(model)
+    value = getattr(layout, role)
+    names = [value] if isinstance(value, str) else list(value or ())
+    if not names:
+        raise ValueError(
+            f"{type(model).__name__} has no {role!r} module (llmdbg layout family "
+            f"{layout.family!r}); pass module names or patterns explicitly"
+        )
+    return names
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[nn.Module]:
+    """Switch a transformers model to eager attention for the duration of the block.
+
+    Only eager attention materialises the weights; SDPA and flash kernels never do. On
+    exit, also when the body raises, the original implementation of the model and of
+    every sub-config (T5 stacks, ``text_config``, ...) is restored exactly. Nested use is
+    safe: an inner context sees eager everywhere and does nothing. A plain module that
+    wraps transformers models (a custom head, a PEFT wrapper) has those switched.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` neither is nor contains a transformers ``PreTrainedModel``.
+    RuntimeError
+        If the model refuses the switch (old-style attention classes chosen at load time).
+    """
+    targets = _hf_roots(model)
+    if not targets:
+        raise TypeError(
+            f"{type(model).__name__} is not a Hugging Face transformers model; attention "
+            "capture needs a transformers PreTrainedModel whose attention implementation can "
+            "be switched to 'eager' (for other models, hook modules that return weights)"
+        )
+    saved = [(cfg, cfg._attn_implementation_internal) for t in targets for cfg in _attn_configs(t)]
+    if all(value == "eager" for _, value in saved):
+        yield model
+        return
+    originals = [(t, t.config._attn_implementation) for t in targets]
+    try:
+        for target, _ in originals:
+            target.set_attn_implementation("eager")
+            if target.config._attn_implementation != "eager":  # transformers only logs this
+                raise RuntimeError(
+                    f"{type(target).__name__} cannot switch attention implementation at run time; "
+                    "load it with attn_implementation='eager' to capture attention"
+                )
+        yield model
+    finally:
+        # set_attn_implementation(str) spreads one value over every sub-model, so it alone
+        # cannot restore a mixed setup; writing back each saved value makes it exact.
+        for target, original in originals:
+            if isinstance(original, str):
+                target.set_attn_implementation(original)
+        for cfg, value in saved:
+            cfg._attn_implementation_internal = value
+
+
+def closest_names(model: nn.Module, pattern: str, n: int = 5) -> list[str]:
+    """Up to ``n`` module names resembling ``pattern``, for "did you mean" messages.
+
+    Names differing only in layer numbers are collapsed to their first occurrence, so
+    suggestions are not ``layers.0.mlp``, ``layers.1.mlp``, ...
+    """
+    seen, names = set(), []
+    for name, _ in model.named_modules():
+        key = re.sub(r"\d+", "#", name)
+        if name and key not in seen:
+            seen.add(key)
+            names.append(name)
+    plain = pattern.replace("*", "").replace("?", "").strip(".")
+    tail = plain.rsplit(".", 1)[-1]
+
+    def score(name: str) -> float:
+        # Patterns are often a suffix ("mlpp") of a long qualified name, so also compare tails.
+        full = difflib.SequenceMatcher(None, plain, name).ratio()
+        end = difflib.SequenceMatcher(None, tail, name.rsplit(".", 1)[-1]).ratio()
+        return max(full, 0.9 * end)
+
+    ranked = sorted(((score(m), i, m) for i, m in enumerate(names)), key=lambda t: (-t[0], t[1]))
+    return [m for s, _, m in ranked[:n] if s >= 0.5]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _parent(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _last(name: str) -> str:
+    return name.rpartition(".")[2]
+
+
+def _descendants(modules: dict) -> dict[str, list[str]]:
+    """Module name -> names strictly below it, in module order (one pass, not one per block)."""
+    below: dict[str, list[str]] = {name: [] for name in modules}
+    for name in modules:
+        parts = name.split(".") if name else []
+        for i in range(len(parts)):
+            below[".".join(parts[:i])].append(name)
+    return below
+
+
+def _per_block(modules: dict, blocks, alternatives) -> tuple[str, ...] | None:
+    """For every block the first existing ``block.alt``; None unless all blocks have one."""
+    out = [next((n for n in (_join(b, a) for a in alternatives) if n in modules), None) for b in blocks]
+    return None if None in out else tuple(out)
+
+
+def _from_rule(modules: dict, rule: _Rule):
+    stacks = {}
+    for key, suffix in rule.stacks.items():
+        lst = next((n for n, m in modules.items() if isinstance(m, nn.ModuleList)
+                    and (n == suffix or n.endswith("." + suffix))), None)
+        if lst is not None and len(modules[lst]):
+            stacks[key] = tuple(f"{lst}.{i}" for i in range(len(modules[lst])))
+    blocks = tuple(itertools.chain.from_iterable(stacks.values()))
+    attention = _per_block(modules, blocks, rule.attention) if blocks else None
+    if attention is None:
+        return None  # a model_type whose code changed shape: let the generic tiers try
+    # Cross-attention is optional per block: only T5's decoder blocks and GPT-2 built
+    # with add_cross_attention have it.
+    cross = tuple(n for b in blocks for n in (_join(b, c) for c in rule.cross) if n in modules)
+    norm = _join(_parent(_parent(blocks[-1])), rule.final_norm) if rule.final_norm else None
+    return (stacks, attention, cross, _per_block(modules, blocks, rule.mlp) or (),
+            norm if norm in modules else None, rule.index)
+
+
+def _specs(table: dict, key: str) -> list[tuple]:
+    """Normalise a ``_can_record_outputs`` entry to ``[(class, class_name, index, layer)]``."""
+    value = table.get(key) or []
+    out = []
+    for spec in value if isinstance(value, list) else [value]:
+        if isinstance(spec, (type, str)):  # bare class or class name: index 1 by convention
+            out.append((spec, None, 1, None) if isinstance(spec, type) else (None, spec, 1, None))
+        else:  # transformers.utils.output_capturing.OutputRecorder
+            out.append((spec.target_class, spec.class_name, spec.index, spec.layer_name))
+    return out
+
+
+def _matches(name: str, module: nn.Module, specs) -> int | None:
+    """The recorded output index if ``module`` matches one of ``specs``, else None."""
+    for cls, cls_name, index, layer in specs:
+        hit = (cls is not None and isinstance(module, cls)) or (
+            cls_name is not None and (type(module).__name__ == cls_name or name.endswith(cls_name)))
+        if hit and (layer is None or f".{layer.strip('.')}." in f".{name}."):
+            return index
+    return None
+
+
+def _from_recorders(model: nn.Module, modules: dict, below: dict):
+    """Use the ``_can_record_outputs`` tables transformers itself hooks for outputs.
+
+    Composite models keep them on sub-models (BART: encoder and decoder), so every
+    ``PreTrainedModel`` in the tree is consulted, each for its own subtree.
+    """
+    found: dict[str, tuple] = {}  # block -> (attention, index, cross)
+    for root, sub in modules.items():
+        table = getattr(sub, "_can_record_outputs", None) if is_hf_model(sub) else None
+        if not table or "attentions" not in table:
+            continue
+        hidden, attn, cross = (_specs(table, k) for k in ("hidden_states", "attentions", "cross_attentions"))
+        for name in below[root]:
+            if name in found or _matches(name, modules[name], hidden) is None:
+                continue
+            hits = [(n, i) for n in below[name] if (i := _matches(n, modules[n], attn)) is not None]
+            if hits:
+                c = next((n for n in below[name] if _matches(n, modules[n], cross) is not None), None)
+                found[name] = (*hits[0], c)
+    if not found:
+        return None
+    order = {name: i for i, name in enumerate(modules)}
+    stacks = _group(sorted(found, key=order.get))  # roots may be visited out of module order
+    blocks = tuple(itertools.chain.from_iterable(stacks.values()))
+    cross = tuple(found[b][2] for b in blocks if found[b][2] is not None)
+    return (stacks, tuple(found[b][0] for b in blocks), cross, _mlps(modules, below, blocks),
+            _norm_after(modules, blocks), found[blocks[0]][1])
+
+
+def _group(blocks: list[str]) -> dict[str, tuple[str, ...]]:
+    """Group blocks by their parent list; name stacks "encoder"/"decoder" where we can."""
+    lists: dict[str, list[str]] = {}
+    for b in blocks:
+        lists.setdefault(_parent(b), []).append(b)
+    stacks: dict[str, tuple[str, ...]] = {}
+    for lst, members in lists.items():
+        key = "encoder" if "encoder" in lst.lower() else "decoder"  # most unnamed stacks are LMs
+        stacks[lst if key in stacks else key] = tuple(members)
+    return stacks
+
+
+def _attention_like(block: str, modules: dict, below: dict, cross: bool) -> list[str]:
+    return [n for n in below[block] if _ATTN_RE.search(_last(n)) and not _NOT_PART_RE.search(_last(n))
+            and not _LEAF_CLASS_RE.search(type(modules[n]).__name__)
+            and bool(_CROSS_RE.search(n[len(block):])) == cross]
+
+
+def _mlps(modules: dict, below: dict, blocks) -> tuple[str, ...]:
+    out = []
+    for block in blocks:
+        hits = [n for n in below[block] if _MLP_RE.search(_last(n)) and not _NOT_PART_RE.search(_last(n))]
+        if not hits:
+            return ()
+        out.append(min(hits, key=lambda n: n.count(".")))  # shallowest: the whole MLP
+    return tuple(out)
+
+
+def _from_patterns(model: nn.Module, modules: dict, below: dict):
+    lists = [n for n, m in modules.items() if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m)
+             and len({type(c) for c in m.children()}) == 1
+             and all(_attention_like(f"{n}.{i}", modules, below, False) for i in range(len(m)))]
+    lists = [n for n in lists if not any(n.startswith(o + ".") for o in lists)]
+    if not lists:
+        raise ValueError(
+            f"llmdbg could not find transformer blocks in {type(model).__name__}: no nn.ModuleList of "
+            "identical blocks with attention submodules (top-level modules: "
+            f"{', '.join(n for n, _ in itertools.islice(model.named_children(), 8)) or 'none'}); "
+            "pass module names or patterns explicitly"
+        )
+    size = lambda n: len(modules[n])  # noqa: E731
+    enc = [n for n in lists if "encoder" in n.lower()]
+    dec = [n for n in lists if "decoder" in n.lower()]
+    chosen = [max(enc, key=size), max(dec, key=size)] if enc and dec else [max(lists, key=size)]
+    stacks = _group([f"{n}.{i}" for n in chosen for i in range(size(n))])
+    blocks = tuple(itertools.chain.from_iterable(stacks.values()))
+    # Deepest wins: BERT-style wrappers (output projection + residual) contain the module
+    # that computes the weights; ties keep module order.
+    deepest = lambda names: max(names, key=lambda n: n.count("."), default=None)  # noqa: E731
+    attention = tuple(deepest(_attention_like(b, modules, below, False)) for b in blocks)
+    cross = tuple(c for b in blocks if (c := deepest(_attention_like(b, modules, below, True))))
+    return stacks, attention, cross, _mlps(modules, below, blocks), _norm_after(modules, blocks), 1
+
+
+def _norm_after(modules: dict, blocks) -> str | None:
+    """The norm beside the last stack's list (ln_f, norm, final_layer_norm), or None.
+
+    Registration order is only a hint: OPT registers final_layer_norm before its layers,
+    while BART's layernorm_embedding (applied before the blocks) comes after them.
+    """
+    stack_list, order = _parent(blocks[-1]), list(modules)
+    norms = [n for n in order if n and _parent(n) == _parent(stack_list) and n != stack_list
+             and "embed" not in n.lower() and ("norm" in type(modules[n]).__name__.lower()
+                                               or re.search(r"norm|^ln", _last(n), re.I))]
+    after = [n for n in norms if order.index(n) > order.index(stack_list)]
+    return (after or norms or [None])[0]
+
+
+def _name_of(model: nn.Module, target: nn.Module | None) -> str | None:
+    return next((n for n, m in model.named_modules(remove_duplicate=False) if m is target), None)
+
+
+def _get(model: nn.Module, method: str) -> nn.Module | None:
+    """``model.<method>()`` if it exists and returns a module (many heads raise or return None)."""
+    try:
+        found = getattr(model, method)()
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    return found if isinstance(found, nn.Module) else None
+
+
+def _embeddings(model: nn.Module, modules: dict, blocks) -> str | None:
+    """The word embedding that really runs on ``input_ids``.
+
+    In transformers 5 T5's ``get_input_embeddings()`` is ``shared``, a separate module that
+    only shares its weight with ``encoder.embed_tokens`` and is never called, so a hook on it
+    never fires. Among embeddings sharing that weight, prefer the one beside the first stack.
+    """
+    emb = _get(model, "get_input_embeddings")
+    if emb is None:  # plain modules: the first embedding outside the blocks
+        return next((n for n, m in modules.items() if isinstance(m, nn.Embedding)
+                     and not any(n.startswith(b + ".") for b in blocks)), None)
+    base, weight = _parent(_parent(blocks[0])), getattr(emb, "weight", None)
+    shared = [n for n, m in model.named_modules(remove_duplicate=False) if m is emb or (
+        weight is not None and isinstance(m, nn.Embedding) and m.weight is weight)]
+    return next((n for n in shared if base and n.startswith(base + ".")), _name_of(model, emb))
+
+
+def _hf_roots(model: nn.Module) -> list:
+    """``[model]`` for a transformers model, else the outermost ones inside it."""
+    if is_hf_model(model) or not isinstance(model, nn.Module):
+        return [model] if is_hf_model(model) else []
+    roots: list[str] = []
+    for name, module in model.named_modules():
+        if is_hf_model(module) and not any(name.startswith(r + ".") for r in roots):
+            roots.append(name)
+    return [model.get_submodule(r) for r in roots]
+
+
+def _attn_configs(model: nn.Module) -> list:
+    """Every config whose ``_attn_implementation`` the switch can touch, deduplicated."""
+    found, todo = {}, [model.config] + [getattr(m, "config", None) for m in model.modules()]
+    while todo:
+        cfg = todo.pop()
+        if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation_internal"):
+            continue
+        found[id(cfg)] = cfg
+        todo.extend(getattr(cfg, key, None) for key in getattr(cfg, "sub_configs", {}) or {})
+    return list(found.values())

@@ -1,0 +1,10 @@
+#include <gtest/gtest.h>
+
+#include "core/common/parallel.hpp"
+
+TEST(Parallel, ExplicitThreadCountIsHonoured) {
+  EXPECT_EQ(llmdbg::openmp_team_size(1), 1);
+  EXPECT_EQ(llmdbg::openmp_team_size(3), 3);
+  EXPECT_EQ(llmdbg::resolve_threads(4), 4);
+  EXPECT_EQ(llmdbg::resolve_threads(0), llmdbg::openmp_max_threads());
+}
