@@ -1,16 +1,11 @@
 """Hugging Face adapters: where the blocks, attention, MLPs, embeddings and heads live.
 
-Everything here works on module *names* (qualified relative to the model passed in),
-because hooks are registered by name and names are what users type. The module only
-imports the standard library and torch; transformers is imported lazily so that
-plain ``nn.Module`` users never pay for it.
-
-Layouts are found in three tiers, most trusted first:
-
-1. hand-written rules for families verified against transformers 5.24 (``_FAMILIES``);
-2. the model's own ``_can_record_outputs`` table, which transformers uses to implement
-   ``output_attentions`` and therefore names exactly the modules that return weights;
-3. name patterns, for any ``nn.Module`` (family ``"generic"``).
+Everything works on module *names* relative to the model passed in, because hooks are
+registered by name. Only stdlib and torch are imported; transformers lazily, so plain
+``nn.Module`` users never pay for it. Layouts are found in three tiers, most trusted first:
+(1) rules for families verified against transformers 5.24 (``_FAMILIES``); (2) the model's
+own ``_can_record_outputs`` table, which transformers uses for ``output_attentions`` and so
+names exactly the modules that return weights; (3) name patterns (family ``"generic"``).
 """
 
 from __future__ import annotations
@@ -70,7 +65,7 @@ class ModelLayout:
     embeddings: str | None
     final_norm: str | None
     unembedding: str | None
-    stacks: dict[str, tuple[str, ...]]
+    stacks: dict[str, tuple[str, ...]] = dataclasses.field(hash=False)  # keeps layouts hashable
     attention_index: int = 1
 
 
@@ -110,7 +105,7 @@ _CROSS_RE = re.compile(r"cross|enc_?dec|encoder_attn", re.I)
 _MLP_RE = re.compile(r"mlp|ffn|feed_?forward|intermediate|dense_?relu|moe", re.I)
 _NOT_PART_RE = re.compile(r"norm|drop|^ln", re.I)  # "post_attention_layernorm", "attn_dropout"
 # Leaves such as GPT-2's c_attn (Conv1D) or T5's relative_attention_bias match the name
-# patterns but are projections, not attention modules.
+# patterns but are projections, not attention modules (a LinearAttention with children is kept).
 _LEAF_CLASS_RE = re.compile(r"norm|dropout|linear|conv|embedding|identity|activation", re.I)
 
 
@@ -146,24 +141,18 @@ def check_module(model: object) -> nn.Module:
         places = {str(v) for v in device_map.values()}
         if "disk" in places or ("cpu" in places and len(places) > 1):
             off = [k for k, v in device_map.items() if str(v) in ("cpu", "disk")]
-            raise ValueError(
-                f"{cls} is offloaded (hf_device_map puts {off[:3]} on cpu/disk); llmdbg needs "
-                "materialised weights: load it onto one device or use a device_map without offload"
-            )
+            raise ValueError(f"{cls} is offloaded (hf_device_map puts {off[:3]} on cpu/disk); llmdbg "
+                             "needs materialised weights: use a device_map without offload")
     for name, module in model.named_modules():
         hook = getattr(module, "_hf_hook", None)
         for h in getattr(hook, "hooks", (hook,)):  # accelerate's SequentialHook nests hooks
             if getattr(h, "offload", False) or getattr(h, "weights_map", None) is not None:
-                raise ValueError(
-                    f"module {name or cls!r} is offloaded by accelerate; llmdbg needs "
-                    "materialised weights: load the model without offloading"
-                )
+                raise ValueError(f"module {name or cls!r} is offloaded by accelerate; llmdbg needs "
+                                 "materialised weights: load the model without offloading")
     for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
         if tensor.device.type == "meta":
-            raise ValueError(
-                f"{name!r} of {cls} is on the meta device; llmdbg needs materialised weights "
-                "(load real weights, e.g. from_pretrained without init_empty_weights)"
-            )
+            raise ValueError(f"{name!r} of {cls} is on the meta device; llmdbg needs materialised "
+                             "weights (load real weights, not init_empty_weights)")
     return model
 
 
@@ -190,22 +179,24 @@ def find_layout(model: nn.Module) -> ModelLayout:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     modules = dict(model.named_modules())
     below = _descendants(modules)
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    # A custom module wrapping one transformers model (a classifier head, PEFT) is laid out
+    # like that model: generic patterns would miss e.g. T5's weights index.
+    roots = _hf_roots(model)
+    hf = roots[0] if len(roots) == 1 else model
+    model_type = getattr(getattr(hf, "config", None), "model_type", None)
     found = None
     if model_type in _FAMILIES:
         found = _from_rule(modules, _FAMILIES[model_type])
-    if found is None and is_hf_model(model):
-        found = _from_recorders(model, modules, below)
+    if found is None and roots:
+        found = _from_recorders(modules, below)
     family = model_type if found is not None and model_type else "generic"
     if found is None:
         found = _from_patterns(model, modules, below)
     stacks, attention, cross, mlp, final_norm, index = found
     blocks = tuple(itertools.chain.from_iterable(stacks.values()))
-    return ModelLayout(
-        family=family, blocks=blocks, attention=attention, cross_attention=cross, mlp=mlp,
-        embeddings=_embeddings(model, modules, blocks), final_norm=final_norm,
-        unembedding=_name_of(model, _get(model, "get_output_embeddings")), stacks=stacks, attention_index=index,
-    )
+    embeddings = _embeddings(model, hf, modules, blocks)
+    unembedding = _name_of(model, _get(hf, "get_output_embeddings"))
+    return ModelLayout(family, blocks, attention, cross, mlp, embeddings, final_norm, unembedding, stacks, index)
 
 
 def resolve_role(model: nn.Module, role: str) -> list[str]:
@@ -222,10 +213,8 @@ def resolve_role(model: nn.Module, role: str) -> list[str]:
     value = getattr(layout, role)
     names = [value] if isinstance(value, str) else list(value or ())
     if not names:
-        raise ValueError(
-            f"{type(model).__name__} has no {role!r} module (llmdbg layout family "
-            f"{layout.family!r}); pass module names or patterns explicitly"
-        )
+        raise ValueError(f"{type(model).__name__} has no {role!r} module (llmdbg layout family "
+                         f"{layout.family!r}); pass module names or patterns explicitly")
     return names
 
 
@@ -373,7 +362,7 @@ def _matches(name: str, module: nn.Module, specs) -> int | None:
     return None
 
 
-def _from_recorders(model: nn.Module, modules: dict, below: dict):
+def _from_recorders(modules: dict, below: dict):
     """Use the ``_can_record_outputs`` tables transformers itself hooks for outputs.
 
     Composite models keep them on sub-models (BART: encoder and decoder), so every
@@ -416,7 +405,7 @@ def _group(blocks: list[str]) -> dict[str, tuple[str, ...]]:
 
 def _attention_like(block: str, modules: dict, below: dict, cross: bool) -> list[str]:
     return [n for n in below[block] if _ATTN_RE.search(_last(n)) and not _NOT_PART_RE.search(_last(n))
-            and not _LEAF_CLASS_RE.search(type(modules[n]).__name__)
+            and not (_LEAF_CLASS_RE.search(type(modules[n]).__name__) and not below[n])
             and bool(_CROSS_RE.search(n[len(block):])) == cross]
 
 
@@ -471,7 +460,8 @@ def _norm_after(modules: dict, blocks) -> str | None:
 
 
 def _name_of(model: nn.Module, target: nn.Module | None) -> str | None:
-    return next((n for n, m in model.named_modules(remove_duplicate=False) if m is target), None)
+    # Deduplicated names only: callers index dict(model.named_modules()) with them.
+    return next((n for n, m in model.named_modules() if m is target), None)
 
 
 def _get(model: nn.Module, method: str) -> nn.Module | None:
@@ -483,19 +473,19 @@ def _get(model: nn.Module, method: str) -> nn.Module | None:
     return found if isinstance(found, nn.Module) else None
 
 
-def _embeddings(model: nn.Module, modules: dict, blocks) -> str | None:
+def _embeddings(model: nn.Module, hf: nn.Module, modules: dict, blocks) -> str | None:
     """The word embedding that really runs on ``input_ids``.
 
     In transformers 5 T5's ``get_input_embeddings()`` is ``shared``, a separate module that
     only shares its weight with ``encoder.embed_tokens`` and is never called, so a hook on it
     never fires. Among embeddings sharing that weight, prefer the one beside the first stack.
     """
-    emb = _get(model, "get_input_embeddings")
+    emb = _get(hf, "get_input_embeddings")
     if emb is None:  # plain modules: the first embedding outside the blocks
         return next((n for n, m in modules.items() if isinstance(m, nn.Embedding)
                      and not any(n.startswith(b + ".") for b in blocks)), None)
     base, weight = _parent(_parent(blocks[0])), getattr(emb, "weight", None)
-    shared = [n for n, m in model.named_modules(remove_duplicate=False) if m is emb or (
+    shared = [n for n, m in modules.items() if m is emb or (
         weight is not None and isinstance(m, nn.Embedding) and m.weight is weight)]
     return next((n for n in shared if base and n.startswith(base + ".")), _name_of(model, emb))
 

@@ -16,49 +16,78 @@ inline int clamp_bin(int exponent) {
   return std::clamp(exponent - kHistMinExp, 0, kHistBins - 1);
 }
 
-// Two passes over one cache-resident chunk: counts, sum, extrema and histogram first, then the
-// squared deviations from the chunk mean (more accurate than a sum of squares).
+// IEEE-754 layout of the supported types, so the loop can read exponents straight from the bits.
+template <typename T>
+struct Bits;
+template <>
+struct Bits<float> {
+  using U = uint32_t;
+  static constexpr int kMantissa = 23, kExpMask = 0xff, kBias = 127;
+};
+template <>
+struct Bits<double> {
+  using U = uint64_t;
+  static constexpr int kMantissa = 52, kExpMask = 0x7ff, kBias = 1023;
+};
+
+// Two passes over one cache-resident chunk. Pass 1 is branch-free for finite values: it counts
+// raw biased exponents (folded into the log2 bins afterwards), zeros, sum and extrema; only
+// NaN/Inf (exponent all ones) take a branch. Pass 2 sums squared deviations from the chunk mean,
+// which is more accurate than a running sum of squares.
 template <typename T>
 Summary summarize_chunk(const T* x, int64_t n) {
+  using B = Bits<T>;
+  using U = typename B::U;
+  constexpr U kAbsMask = ~(U{1} << (sizeof(U) * 8 - 1));
+  std::array<int64_t, B::kExpMask + 1> by_exponent{};
   Summary s;
   s.count = n;
+  int64_t nonfinite = 0, zeros = 0;
   double sum = 0.0;
-  double lo = std::numeric_limits<double>::infinity();
-  double hi = -lo;
-  double amax = 0.0;
+  T lo = std::numeric_limits<T>::infinity();
+  T hi = -lo;
   for (int64_t i = 0; i < n; ++i) {
     const T v = x[i];
-    if (std::isnan(v)) {
-      ++s.nan_count;
+    const U abs_bits = std::bit_cast<U>(v) & kAbsMask;
+    const int exponent = static_cast<int>(abs_bits >> B::kMantissa);
+    if (exponent == B::kExpMask) [[unlikely]] {
+      ++nonfinite;
+      if (std::isnan(v)) ++s.nan_count;
       continue;
     }
-    if (std::isinf(v)) {
-      ++s.inf_count;
-      continue;
-    }
-    const double d = static_cast<double>(v);
-    ++s.finite;
-    sum += d;
-    lo = std::min(lo, d);
-    hi = std::max(hi, d);
-    amax = std::max(amax, std::abs(d));
-    if (v == T(0)) {
-      ++s.zero_count;
-    } else {
-      ++s.hist[hist_bin(v)];
+    ++by_exponent[static_cast<size_t>(exponent)];
+    zeros += abs_bits == 0;
+    sum += static_cast<double>(v);
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  s.inf_count = nonfinite - s.nan_count;
+  s.finite = n - nonfinite;
+  s.zero_count = zeros;
+  // Exponent field 0 holds zeros and subnormals; subnormals belong to the first bin anyway.
+  by_exponent[0] -= zeros;
+  for (int e = 0; e <= B::kExpMask - 1; ++e) {
+    if (by_exponent[static_cast<size_t>(e)] != 0) {
+      s.hist[static_cast<size_t>(clamp_bin(e - B::kBias))] += by_exponent[static_cast<size_t>(e)];
     }
   }
   if (s.finite == 0) return s;
   s.mean = sum / static_cast<double>(s.finite);
-  s.min = lo;
-  s.max = hi;
-  s.absmax = amax;
+  s.min = static_cast<double>(lo);
+  s.max = static_cast<double>(hi);
+  s.absmax = std::max(-s.min, s.max);
   double m2 = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const T v = x[i];
-    if (std::isfinite(v)) {
-      const double dev = static_cast<double>(v) - s.mean;
+  if (nonfinite == 0) {
+    for (int64_t i = 0; i < n; ++i) {
+      const double dev = static_cast<double>(x[i]) - s.mean;
       m2 += dev * dev;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      if (std::isfinite(x[i])) {
+        const double dev = static_cast<double>(x[i]) - s.mean;
+        m2 += dev * dev;
+      }
     }
   }
   s.m2 = m2;

@@ -1,0 +1,71 @@
+"""The extension's build contract: one OpenMP runtime shared with torch, thread counts that reach
+our kernels, and long kernels that release the GIL."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+
+import llmdbg
+from llmdbg import _core
+
+_OPENMP_RE = re.compile(r"lib(gomp|iomp5|omp)[^/]*\.so")
+
+
+def _openmp_libraries() -> set[str]:
+    with open("/proc/self/maps") as f:
+        return {line.split()[-1] for line in f if _OPENMP_RE.search(line.rsplit("/", 1)[-1])}
+
+
+def test_exactly_one_openmp_runtime_is_loaded():
+    llmdbg.summarize(np.ones(10, dtype=np.float32))
+    libs = _openmp_libraries()
+    assert len(libs) == 1, f"several OpenMP runtimes loaded: {libs}"
+
+
+def test_torch_set_num_threads_reaches_our_kernels():
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            # Shared runtime: torch's setting is our default team size.
+            assert _core.openmp_max_threads() == n
+            assert _core.openmp_team_size(0) == n
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_explicit_thread_count_overrides_default():
+    assert _core.openmp_team_size(3) == 3
+
+
+def test_extension_imports_in_a_fresh_interpreter():
+    code = "import llmdbg, numpy; print(llmdbg.summarize(numpy.arange(5.0)).mean)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2.0"
+
+
+def test_long_kernel_releases_the_gil():
+    x = np.random.default_rng(0).standard_normal(40_000_000).astype(np.float32)
+    done = threading.Event()
+
+    def work():
+        for _ in range(3):
+            _core.summarize(x, 1)
+        done.set()
+
+    worker = threading.Thread(target=work)
+    ticks = 0
+    worker.start()
+    time.sleep(0.01)
+    while not done.is_set():  # Python keeps running here only if the kernel dropped the GIL
+        ticks += 1
+        time.sleep(0.001)
+    worker.join()
+    assert ticks > 20
