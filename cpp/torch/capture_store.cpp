@@ -118,6 +118,12 @@ void CaptureStore::add(const std::string& key, const at::Tensor& tensor, const R
   }
   const at::Tensor x = tensor.detach();
   Entry& e = entry(key);
+  if (spec.stats && spec.keep && spec.head_dim < 0 && spec.token_dim < 0 && x.is_cpu() &&
+      x.is_contiguous() && x.scalar_type() == out_dtype_ &&
+      (out_dtype_ == at::kFloat || out_dtype_ == at::kDouble)) {
+    add_fused(key, e, x);  // the common case: one sweep copies and summarises
+    return;
+  }
   if (spec.stats) summarize_into(e, x);
   if (!spec.keep) return;
 
@@ -134,6 +140,22 @@ void CaptureStore::add(const std::string& key, const at::Tensor& tensor, const R
     host.copy_(r, /*non_blocking=*/true);
     saw_device_ = true;
   }
+  nbytes_ += host.numel() * static_cast<int64_t>(host.element_size());
+  e.host.push_back(std::move(host));
+}
+
+void CaptureStore::add_fused(const std::string& key, Entry& e, const at::Tensor& x) {
+  check_budget(key, x);
+  at::Tensor host = at::empty(x.sizes(), x.options());
+  const int threads = at::get_num_threads();
+  if (x.scalar_type() == at::kDouble) {
+    e.summary.merge(stats::summarize_copy(x.const_data_ptr<double>(), host.mutable_data_ptr<double>(),
+                                          x.numel(), threads));
+  } else {
+    e.summary.merge(stats::summarize_copy(x.const_data_ptr<float>(), host.mutable_data_ptr<float>(),
+                                          x.numel(), threads));
+  }
+  e.has_stats = true;
   nbytes_ += host.numel() * static_cast<int64_t>(host.element_size());
   e.host.push_back(std::move(host));
 }

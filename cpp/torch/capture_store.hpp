@@ -63,6 +63,7 @@ class CaptureStore {
   };
   Entry& entry(const std::string& key);
   void summarize_into(Entry& e, const at::Tensor& x);
+  void add_fused(const std::string& key, Entry& e, const at::Tensor& x);
   at::Tensor reduce(const at::Tensor& x, const ReduceSpec& spec) const;
   void check_budget(const std::string& key, const at::Tensor& reduced) const;
 

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -146,4 +147,17 @@ TEST(Stats, EmptyAndAllNonFinite) {
   EXPECT_EQ(s.nan_count, 1);
   EXPECT_EQ(s.inf_count, 1);
   EXPECT_TRUE(std::isnan(s.variance()));
+}
+
+TEST(Stats, SummarizeCopyCopiesAndMatchesSummarize) {
+  auto x = normal_samples<float>(4 * st::kChunk + 77, 6);
+  x[100] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> y(x.size(), -1.0f);
+  const auto a = st::summarize(x.data(), static_cast<int64_t>(x.size()), 2);
+  const auto b = st::summarize_copy(x.data(), y.data(), static_cast<int64_t>(x.size()), 2);
+  EXPECT_EQ(0, std::memcmp(x.data(), y.data(), x.size() * sizeof(float)));
+  EXPECT_EQ(a.mean, b.mean);
+  EXPECT_EQ(a.m2, b.m2);
+  EXPECT_EQ(a.nan_count, b.nan_count);
+  EXPECT_EQ(a.hist, b.hist);
 }

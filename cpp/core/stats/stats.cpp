@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -148,24 +149,47 @@ double Summary::zero_fraction() const {
                    : std::numeric_limits<double>::quiet_NaN();
 }
 
+namespace {
+
+// Chunks are fixed (kChunk) and merged in order, so results do not depend on the thread count.
+// `dst` may be null (summarise only) or a destination to copy each chunk into first.
 template <typename T>
-Summary summarize(const T* data, int64_t n, int num_threads) {
+Summary summarize_chunks(const T* src, T* dst, int64_t n, int num_threads) {
   Summary total;
   if (n <= 0) return total;
+  auto one = [&](int64_t begin, int64_t len) {
+    if (dst == nullptr) return summarize_chunk(src + begin, len);
+    std::memcpy(dst + begin, src + begin, static_cast<size_t>(len) * sizeof(T));
+    return summarize_chunk(dst + begin, len);
+  };
   const int64_t n_chunks = (n + kChunk - 1) / kChunk;
-  if (n_chunks == 1) return summarize_chunk(data, n);
+  if (n_chunks == 1) return one(0, n);
   std::vector<Summary> parts(static_cast<size_t>(n_chunks));
   const int threads = static_cast<int>(std::min<int64_t>(resolve_threads(num_threads), n_chunks));
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t c = 0; c < n_chunks; ++c) {
     const int64_t begin = c * kChunk;
-    parts[static_cast<size_t>(c)] = summarize_chunk(data + begin, std::min(kChunk, n - begin));
+    parts[static_cast<size_t>(c)] = one(begin, std::min(kChunk, n - begin));
   }
-  for (const Summary& p : parts) total.merge(p);  // fixed order: thread-count independent
+  for (const Summary& p : parts) total.merge(p);
   return total;
+}
+
+}  // namespace
+
+template <typename T>
+Summary summarize(const T* data, int64_t n, int num_threads) {
+  return summarize_chunks<T>(data, nullptr, n, num_threads);
+}
+
+template <typename T>
+Summary summarize_copy(const T* src, T* dst, int64_t n, int num_threads) {
+  return summarize_chunks<T>(src, dst, n, num_threads);
 }
 
 template Summary summarize<float>(const float*, int64_t, int);
 template Summary summarize<double>(const double*, int64_t, int);
+template Summary summarize_copy<float>(const float*, float*, int64_t, int);
+template Summary summarize_copy<double>(const double*, double*, int64_t, int);
 
 }  // namespace llmdbg::stats

@@ -47,7 +47,15 @@ int hist_bin(double x);
 template <typename T>
 Summary summarize(const T* data, int64_t n, int num_threads);
 
+// Copy n values from src to dst and summarise them in the same sweep: each chunk is copied,
+// then summarised while it is still in cache, so the data is read from memory once. Gives the
+// same summary as summarize(src, n, ...) bitwise.
+template <typename T>
+Summary summarize_copy(const T* src, T* dst, int64_t n, int num_threads);
+
 extern template Summary summarize<float>(const float*, int64_t, int);
 extern template Summary summarize<double>(const double*, int64_t, int);
+extern template Summary summarize_copy<float>(const float*, float*, int64_t, int);
+extern template Summary summarize_copy<double>(const double*, double*, int64_t, int);
 
 }  // namespace llmdbg::stats

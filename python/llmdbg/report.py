@@ -1,0 +1,261 @@
+"""Self-contained HTML reports.
+
+A :class:`Report` is a list of sections (text, figures, tables) written as one ``index.html``
+with inline CSS and figures embedded as base64 PNGs: no external URL, script or font, so the page
+can be mailed, archived as a CI artifact or opened offline. The demo report built on MiniLM lives
+in :mod:`llmdbg.demo`; :func:`build_demo_report` is re-exported here.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import numbers
+import platform
+import re
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Report", "build_demo_report", "prepare_out_dir"]
+
+_CSS = """
+:root { --fg: #1d2430; --muted: #5b6472; --line: #dde2ea; --accent: #3b6ea5; --bg: #f6f8fb; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial,
+       sans-serif; color: var(--fg); background: var(--bg); }
+header, main, footer { max-width: 1180px; margin: 0 auto; padding: 0 24px; }
+header { padding-top: 28px; }
+h1 { margin: 0 0 4px; font-size: 26px; }
+h2 { margin: 0 0 12px; font-size: 20px; border-bottom: 2px solid var(--line); padding-bottom: 6px; }
+.subtitle { color: var(--muted); margin: 0 0 16px; }
+nav.toc { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 18px;
+          margin-bottom: 20px; }
+nav.toc ol { margin: 4px 0; padding-left: 22px; columns: 2; }
+a { color: var(--accent); text-decoration: none; }
+a:hover { text-decoration: underline; }
+section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 18px 22px;
+          margin-bottom: 20px; }
+figure { margin: 12px 0; text-align: center; }
+figure img { max-width: 100%; height: auto; }
+figcaption { color: var(--muted); font-size: 13px; }
+.table-wrap { overflow-x: auto; margin: 12px 0; }
+table { border-collapse: collapse; font-size: 12.5px; }
+th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left;
+         vertical-align: top; }
+th { background: #eef2f7; position: sticky; top: 0; }
+th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tbody tr:hover { background: #f3f6fa; }
+code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px;
+       background: #f0f2f5; padding: 1px 4px; border-radius: 3px; }
+footer { color: var(--muted); font-size: 12px; padding-bottom: 28px; }
+"""
+
+
+@dataclass
+class _Section:
+    title: str
+    anchor: str
+    parts: list[str] = field(default_factory=list)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _figure_html(fig: Any, alt: str, caption: str | None = None) -> str:
+    """A matplotlib figure as an ``<img>`` with a base64 PNG data URI."""
+    if not hasattr(fig, "savefig"):
+        raise TypeError(f"figure must be a matplotlib Figure, got {type(fig).__name__}")
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # Tokens outside the font (CJK, emoji) render as boxes; that is no reason to fail.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+        fig.savefig(buf, format="png", dpi=100, facecolor="white")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+            f"{cap}</figure>")
+
+
+def _cell(value: Any) -> tuple[str, bool]:
+    """(escaped text, is numeric) for one table cell."""
+    if isinstance(value, bool) or value is None:
+        return html.escape(str(value)), False
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}", True
+    if isinstance(value, numbers.Real):
+        return f"{float(value):.4g}", True
+    return html.escape(str(value)), False
+
+
+def _table_html(table: Any) -> str:
+    """A pandas DataFrame or a list of dicts as an escaped HTML table."""
+    if hasattr(table, "to_dict") and hasattr(table, "columns"):  # pandas DataFrame
+        import pandas as pd
+
+        if not isinstance(table.index, pd.RangeIndex) or table.index.name is not None:
+            table = table.reset_index()
+        columns = [str(c) for c in table.columns]
+        rows = [dict(zip(columns, r)) for r in table.itertuples(index=False, name=None)]
+    elif isinstance(table, (list, tuple)) and all(isinstance(r, dict) for r in table):
+        columns = list(dict.fromkeys(str(k) for r in table for k in r))  # first-seen order
+        rows = [{str(k): v for k, v in r.items()} for r in table]
+    else:
+        raise TypeError(f"table must be a pandas DataFrame or a list of dicts, got {type(table).__name__}")
+    cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
+    numeric = [bool(cells) and all(row[j][1] for row in cells) for j in range(len(columns))]
+    head = "".join(f'<th class="num">{html.escape(c)}</th>' if num else f"<th>{html.escape(c)}</th>"
+                   for c, num in zip(columns, numeric))
+    body = ["<tr>" + "".join(f'<td class="num">{t}</td>' if num else f"<td>{t}</td>" for t, num in row)
+            + "</tr>" for row in cells]
+    return (f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def prepare_out_dir(out_dir: str | Path, force: bool = False) -> Path:
+    """Create ``out_dir`` for a report, refusing to reuse a non-empty one unless ``force``.
+
+    With ``force=True`` the directory is reused as it is: the report's files are overwritten and
+    nothing else in it is deleted.
+
+    Raises
+    ------
+    FileExistsError
+        ``out_dir`` exists and is not empty (and ``force`` is False), or is not a directory.
+    """
+    path = Path(out_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory; choose another output directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise FileExistsError(
+            f"output directory {path} already exists and is not empty; pass --force "
+            "(force=True) to overwrite the report in it, or choose another directory")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Report:
+    """An HTML report built section by section.
+
+    Parameters
+    ----------
+    title : str
+        Page title and heading.
+    subtitle : str, optional
+        A line of plain text under the heading.
+
+    Examples
+    --------
+    >>> r = Report("My model")
+    >>> r.add_section("Notes", html="<p>All finite.</p>", table=[{"layer": 0, "absmax": 3.2}])
+    >>> path = r.write("out", force=True)  # doctest: +SKIP
+    """
+
+    def __init__(self, title: str, subtitle: str | None = None) -> None:
+        self.title = str(title)
+        self.subtitle = subtitle
+        self.sections: list[_Section] = []
+
+    def _anchor(self, title: str) -> str:
+        base = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+        taken = {s.anchor for s in self.sections}
+        anchor, n = base, 2
+        while anchor in taken:
+            anchor, n = f"{base}-{n}", n + 1
+        return anchor
+
+    def add_section(self, title: str, html: str | None = None, figure: Any = None,
+                    table: Any = None, *, captions: list[str] | None = None) -> Report:
+        """Append a section: raw HTML first, then figures, then tables.
+
+        Parameters
+        ----------
+        title : str
+            Section heading (escaped; also gives the anchor the table of contents links to).
+        html : str, optional
+            Trusted HTML inserted as is (escape user text yourself with :func:`html.escape`).
+        figure : matplotlib Figure or list of them, optional
+            Rendered to PNG now (at 100 dpi) and embedded as a base64 data URI.
+        table : pandas DataFrame, list of dicts, or a list of those, optional
+            Rendered as an HTML table; every cell is escaped, numbers formatted with ``.4g``
+            (integers with thousands separators). A named or non-default index becomes a column.
+        captions : list of str, optional
+            One caption per figure.
+
+        Returns
+        -------
+        Report
+            ``self``, for chaining.
+        """
+        section = _Section(str(title), self._anchor(str(title)))
+        if html:
+            section.parts.append(html)
+        figures = _as_list(figure)
+        captions = list(captions or [])
+        for i, fig in enumerate(figures):
+            cap = captions[i] if i < len(captions) else None
+            section.parts.append(_figure_html(fig, alt=cap or f"{title}: figure {i + 1}", caption=cap))
+        tables = [table] if isinstance(table, (list, tuple)) and table and isinstance(table[0], dict) \
+            else _as_list(table)
+        section.parts.extend(_table_html(t) for t in tables)
+        self.sections.append(section)
+        return self
+
+    def to_html(self) -> str:
+        """The whole page as a string."""
+        esc = html.escape
+        toc = "".join(f'<li><a href="#{s.anchor}">{esc(s.title)}</a></li>' for s in self.sections)
+        body = "\n".join(f'<section id="{s.anchor}"><h2>{esc(s.title)}</h2>\n' + "\n".join(s.parts)
+                         + "</section>" for s in self.sections)
+        sub = f'<p class="subtitle">{esc(self.subtitle)}</p>' if self.subtitle else ""
+        now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        versions = ", ".join(f"{name} {_version(name)}" for name in ("llmdbg", "torch", "transformers"))
+        return (
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{esc(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            f"<header><h1>{esc(self.title)}</h1>{sub}</header>\n<main>\n"
+            f'<nav class="toc" id="contents"><strong>Contents</strong><ol>{toc}</ol></nav>\n'
+            f"{body}\n</main>\n<footer>Generated by llmdbg on {esc(now)} &middot; {esc(versions)}"
+            f" &middot; Python {esc(platform.python_version())}</footer>\n</body>\n</html>\n")
+
+    def write(self, out_dir: str | Path, force: bool = False) -> Path:
+        """Write ``out_dir/index.html`` and return its path.
+
+        Parameters
+        ----------
+        out_dir : str or Path
+            Created if missing.
+        force : bool
+            Reuse a non-empty ``out_dir`` (only ``index.html`` is overwritten).
+
+        Raises
+        ------
+        FileExistsError
+            ``out_dir`` exists and is not empty and ``force`` is False.
+        """
+        path = prepare_out_dir(out_dir, force) / "index.html"
+        path.write_text(self.to_html(), encoding="utf-8")
+        return path
+
+
+def build_demo_report(out_dir: str | Path, *, texts: list[str] | None = None, force: bool = False,
+                      progress: bool = True) -> Path:
+    """Run the MiniLM demo and write its report; see :func:`llmdbg.demo.build_demo_report`."""
+    from .demo import build_demo_report as build
+
+    return build(out_dir, texts=texts, force=force, progress=progress)

