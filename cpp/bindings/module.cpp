@@ -14,6 +14,40 @@ namespace py = pybind11;
 
 namespace {
 
+// llmdbg._core.CaptureBudgetError (a MemoryError). Created by hand rather than through
+// py::register_exception: no C++ exception may cross the GIL release below, and translating
+// by hand keeps that independent of the pybind11 copy torch was built with.
+PyObject* g_budget_error = nullptr;
+
+// Run f without the GIL; C++ errors are caught there and raised as Python errors once the GIL
+// is held again.
+template <typename F>
+void without_gil(F&& f) {
+  enum class Kind { none, budget, value, key, runtime } kind = Kind::none;
+  std::string message;
+  {
+    py::gil_scoped_release release;
+    try {
+      f();
+    } catch (const llmdbg::BudgetExceeded& e) {
+      kind = Kind::budget, message = e.what();
+    } catch (const std::invalid_argument& e) {
+      kind = Kind::value, message = e.what();
+    } catch (const std::out_of_range& e) {
+      kind = Kind::key, message = e.what();
+    } catch (const std::exception& e) {
+      kind = Kind::runtime, message = e.what();
+    }
+  }
+  switch (kind) {
+    case Kind::none: return;
+    case Kind::budget: PyErr_SetString(g_budget_error, message.c_str()); throw py::error_already_set();
+    case Kind::value: throw py::value_error(message);
+    case Kind::key: throw py::key_error(message);
+    case Kind::runtime: throw std::runtime_error(message);
+  }
+}
+
 py::dict summary_to_dict(const llmdbg::stats::Summary& s) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const bool any = s.finite > 0;
@@ -74,7 +108,8 @@ PYBIND11_MODULE(_core, m) {
   m.attr("HIST_BINS") = llmdbg::stats::kHistBins;
   m.attr("HIST_MIN_EXP") = llmdbg::stats::kHistMinExp;
 
-  py::register_exception<llmdbg::BudgetExceeded>(m, "CaptureBudgetError", PyExc_MemoryError);
+  g_budget_error = PyErr_NewException("llmdbg._core.CaptureBudgetError", PyExc_MemoryError, nullptr);
+  m.add_object("CaptureBudgetError", py::reinterpret_borrow<py::object>(g_budget_error));
 
   m.def("summarize", &summarize_array, py::arg("array"), py::arg("num_threads") = 0,
         R"doc(Fused summary statistics of a float32/float64 C-contiguous array (double accumulation).
@@ -89,10 +124,7 @@ max, absmax (over finite values), zero_fraction and a 64-bin log2 histogram of |
       "device_summary",
       [](const at::Tensor& x) {
         at::Tensor packed;
-        {
-          py::gil_scoped_release release;
-          packed = llmdbg::device_summary(x).cpu();
-        }
+        without_gil([&] { packed = llmdbg::device_summary(x).cpu(); });
         return summary_to_dict(llmdbg::unpack_summary(packed));
       },
       py::arg("tensor"), "The ATen (on-device) statistics path, exposed for tests.");
@@ -108,20 +140,27 @@ max, absmax (over finite values), zero_fraction and a 64-bin log2 histogram of |
              int64_t head_dim, int64_t token_dim, int64_t token_start, int64_t token_stop,
              bool keep, bool stats) {
             llmdbg::ReduceSpec spec{head_dim, token_dim, token_start, token_stop, keep, stats};
-            py::gil_scoped_release release;
-            self.add(key, tensor, spec);
+            without_gil([&] { self.add(key, tensor, spec); });
           },
           py::arg("key"), py::arg("tensor"), py::kw_only(), py::arg("head_dim") = -1,
           py::arg("token_dim") = -1, py::arg("token_start") = 0,
           py::arg("token_stop") = std::numeric_limits<int64_t>::max(), py::arg("keep") = true,
           py::arg("stats") = true,
           "Detach, summarise, reduce, convert and copy one tensor to host under key.")
-      .def("tensors", &llmdbg::CaptureStore::tensors, py::arg("key"),
-           "Host tensors captured under key, one per call.")
+      .def(
+          "tensors",
+          [](const llmdbg::CaptureStore& self, const std::string& key) {
+            std::vector<at::Tensor> out;
+            without_gil([&] { out = self.tensors(key); });
+            return out;
+          },
+          py::arg("key"), "Host tensors captured under key, one per call.")
       .def(
           "summary",
           [](llmdbg::CaptureStore& self, const std::string& key) {
-            return summary_to_dict(self.summary(key));
+            llmdbg::stats::Summary s;
+            without_gil([&] { s = self.summary(key); });
+            return summary_to_dict(s);
           },
           py::arg("key"), "Statistics merged over every call under key.")
       .def("has_stats", &llmdbg::CaptureStore::has_stats, py::arg("key"))

@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <sstream>
 #include <stdexcept>
 
 namespace llmdbg {
@@ -12,12 +11,13 @@ namespace {
 
 constexpr int kPacked = 10 + stats::kHistBins;
 
+// Messages are built with std::to_string, not iostreams: an ostringstream crashed inside
+// libstdc++'s locale facets in an environment whose torch build brings its own C++ runtime
+// pieces (seen on the GPU machine with torch 2.11), and plain strings need no locale at all.
 std::string shape_string(const at::Tensor& t) {
-  std::ostringstream os;
-  os << "(";
-  for (int64_t d = 0; d < t.dim(); ++d) os << (d ? ", " : "") << t.size(d);
-  os << (t.dim() == 1 ? ",)" : ")");
-  return os.str();
+  std::string out = "(";
+  for (int64_t d = 0; d < t.dim(); ++d) out += (d ? ", " : "") + std::to_string(t.size(d));
+  return out + (t.dim() == 1 ? ",)" : ")");
 }
 
 bool is_low_precision(const at::Tensor& t) {
@@ -99,13 +99,13 @@ void CaptureStore::check_budget(const std::string& key, const at::Tensor& reduce
   if (max_bytes_ <= 0) return;
   const int64_t need = reduced.numel() * static_cast<int64_t>(c10::elementSize(out_dtype_));
   if (nbytes_ + need > max_bytes_) {
-    std::ostringstream os;
-    os << "capturing '" << key << "' " << shape_string(reduced) << " as " << c10::toString(out_dtype_)
-       << " needs " << need << " bytes, but the max_bytes budget of " << max_bytes_ << " has only "
-       << (max_bytes_ - nbytes_) << " bytes left (" << nbytes_
-       << " already captured). Raise max_bytes, capture fewer modules, or reduce what is kept "
-          "(reduce='last_token', 'head_mean' or 'stats').";
-    throw BudgetExceeded(os.str());
+    throw BudgetExceeded(
+        "capturing '" + key + "' " + shape_string(reduced) + " as " + c10::toString(out_dtype_) +
+        " needs " + std::to_string(need) + " bytes, but the max_bytes budget of " +
+        std::to_string(max_bytes_) + " has only " + std::to_string(max_bytes_ - nbytes_) +
+        " bytes left (" + std::to_string(nbytes_) +
+        " already captured). Raise max_bytes, capture fewer modules, or reduce what is kept "
+        "(reduce='last_token', 'head_mean' or 'stats').");
   }
 }
 
@@ -190,33 +190,35 @@ void CaptureStore::clear() {
 }
 
 at::Tensor device_summary(const at::Tensor& x) {
-  const at::Tensor xd = x.detach().reshape({-1}).to(at::kDouble);
-  const auto opts = xd.options();
-  if (xd.numel() == 0) {
+  const at::Tensor flat = x.detach().reshape({-1});
+  const auto opts = flat.options().dtype(at::kDouble);
+  if (flat.numel() == 0) {
     return at::zeros({kPacked}, opts);
   }
-  const double inf = std::numeric_limits<double>::infinity();
-  const at::Tensor finite = at::isfinite(xd);
-  const at::Tensor n_finite = finite.sum().to(at::kDouble);
-  const at::Tensor n_nan = at::isnan(xd).sum().to(at::kDouble);
-  const at::Tensor n_inf = at::isinf(xd).sum().to(at::kDouble);
-  const at::Tensor n_zero = xd.eq(0).sum().to(at::kDouble);
-  const at::Tensor zero = at::zeros({}, opts);
-  const at::Tensor mean = at::where(finite, xd, zero).sum() / n_finite.clamp_min(1);
-  const at::Tensor dev = at::where(finite, xd - mean, zero);
-  const at::Tensor m2 = (dev * dev).sum();
-  const at::Tensor mn = at::where(finite, xd, at::full({}, inf, opts)).min();
-  const at::Tensor mx = at::where(finite, xd, at::full({}, -inf, opts)).max();
-  const at::Tensor amax = at::where(finite, xd.abs(), zero).max();
-  // floor(log2|x|) = frexp exponent - 1; non-finite and zero values go to a discarded bin.
-  const at::Tensor exponent = std::get<1>(at::frexp(xd)).to(at::kLong);
-  at::Tensor bins = (exponent - 1 - stats::kHistMinExp).clamp(0, stats::kHistBins - 1);
-  bins = at::where(finite.logical_and(xd.ne(0)), bins, at::full({}, stats::kHistBins, bins.options()));
-  at::Tensor hist = at::zeros({stats::kHistBins + 1}, bins.options());
-  hist.scatter_add_(0, bins, at::ones_like(bins));
-  const at::Tensor count = at::full({1}, static_cast<double>(xd.numel()), opts);
-  return at::cat({count, at::stack({n_finite, n_nan, n_inf, n_zero, mean, m2, mn, mx, amax}),
-                  hist.slice(0, 0, stats::kHistBins).to(at::kDouble)});
+  // Few, simple passes; counts and sums accumulate in float64 without syncing the host.
+  const at::Tensor finite = at::isfinite(flat);
+  const at::Tensor n_finite = at::sum(finite, at::kDouble);
+  const at::Tensor n_nan = at::sum(at::isnan(flat), at::kDouble);
+  const at::Tensor n_zero = at::sum(flat.eq(0), at::kDouble);
+  const at::Tensor count = at::full({}, static_cast<double>(flat.numel()), opts);
+  const at::Tensor n_inf = count - n_finite - n_nan;
+  const at::Tensor xd = flat.to(at::kDouble);
+  const at::Tensor mean = at::sum(at::where(finite, xd, 0.0)) / n_finite.clamp_min(1);
+  // Non-finite entries replaced by the mean: they then move neither min/max nor the squared
+  // deviations, so one tensor serves all three.
+  const at::Tensor clean = at::where(finite, xd, mean);
+  const auto [mn, mx] = at::aminmax(clean);
+  const at::Tensor dev = clean - mean;
+  const at::Tensor m2 = at::sum(dev * dev);
+  const at::Tensor amax = at::maximum(-mn, mx);
+  // floor(log2|x|) = frexp exponent - 1. Zeros and non-finite values go to a spare last bin;
+  // histc (shared-memory bins) instead of scatter_add_, whose atomics on 64 bins serialise.
+  const at::Tensor exponent = std::get<1>(at::frexp(clean)).to(at::kDouble);
+  at::Tensor bins = (exponent - (1 + stats::kHistMinExp)).clamp(0, stats::kHistBins - 1);
+  bins = at::where(finite.logical_and(flat.ne(0)), bins, static_cast<double>(stats::kHistBins));
+  const at::Tensor hist = at::histc(bins, stats::kHistBins + 1, 0, stats::kHistBins + 1);
+  return at::cat({at::stack({count, n_finite, n_nan, n_inf, n_zero, mean, m2, mn, mx, amax}),
+                  hist.slice(0, 0, stats::kHistBins)});
 }
 
 stats::Summary unpack_summary(const at::Tensor& packed_cpu) {

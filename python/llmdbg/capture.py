@@ -23,7 +23,7 @@ import torch
 
 from . import _core
 from .models import (ROLES, check_module, closest_names, eager_attention, find_layout, is_hf_model,
-                     resolve_role)
+                     needs_output_attentions_flag, resolve_role)
 from .trace import ATTN_GRAD_SUFFIX, ATTN_SUFFIX, GRAD_SUFFIX, INPUT_SUFFIX, Trace
 
 # Models with a capture in progress: a second capture on the same model would stack hooks.
@@ -87,16 +87,18 @@ def _first_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
     return _first_tensor(list(kwargs.values()))
 
 
-def _select_modules(model: torch.nn.Module, modules: Any) -> list[str]:
+def _select_modules(model: torch.nn.Module, modules: Any, layout: Any = None) -> list[str]:
     """Qualified names selected by roles, globs ('*.mlp') or regexes ('re:...' or re.Pattern)."""
     if modules is None:
         return []
     specs = [modules] if isinstance(modules, (str, re.Pattern)) else list(modules)
-    names = [n for n, _ in model.named_modules() if n]
+    names: list[str] = []
     selected: list[str] = []
     for spec in specs:
+        if not (isinstance(spec, str) and spec in ROLES) and not names:
+            names = [n for n, _ in model.named_modules() if n]  # only patterns need every name
         if isinstance(spec, str) and spec in ROLES:
-            found = resolve_role(model, spec)
+            found = resolve_role(model, spec, layout)
         elif isinstance(spec, re.Pattern) or (isinstance(spec, str) and spec.startswith("re:")):
             pattern = spec if isinstance(spec, re.Pattern) else re.compile(spec[3:])
             found = [n for n in names if pattern.fullmatch(n)]
@@ -204,12 +206,15 @@ class Capture:
                 weights.register_hook(self._grad_hook(name + ATTN_GRAD_SUFFIX, "attn"))
         return hook
 
-    def _model_input_hook(self) -> Any:
+    def _model_input_hook(self, ask_for_weights: bool) -> Any:
         signature = inspect.signature(self.model.forward)
+        params = signature.parameters
+        ask_for_weights = ask_for_weights and ("output_attentions" in params or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()))
 
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
             if not self._active:
-                return
+                return None
             try:
                 bound = signature.bind_partial(*args, **kwargs).arguments
             except TypeError:
@@ -218,6 +223,11 @@ class Capture:
             self.trace._record_inputs(ids if isinstance(ids, torch.Tensor) else None,
                                       mask if isinstance(mask, torch.Tensor) else None,
                                       self._tokenizer)
+            if ask_for_weights and "output_attentions" not in bound and "output_attentions" not in kwargs:
+                # Older-style attention modules only return weights when asked; the model's
+                # output then also carries them (outputs.attentions).
+                return args, {**kwargs, "output_attentions": True}
+            return None
         return hook
 
     # -- context ---------------------------------------------------------------------------
@@ -238,7 +248,7 @@ class Capture:
             except ValueError:
                 if flags["attentions"] or flags["hidden_states"]:
                     raise
-        selected = _select_modules(self.model, self._modules_spec)
+        selected = _select_modules(self.model, self._modules_spec, layout)
         input_modules = list(selected) if flags["inputs"] else []
         hidden: list[str] = []
         if flags["hidden_states"]:
@@ -256,9 +266,10 @@ class Capture:
                            hidden_state_modules=hidden, finalize=self._finalize)
         _ACTIVE.add(self.model)
         try:
-            named = dict(self.model.named_modules())
+            named = {n: self.model.get_submodule(n) for n in {*input_modules, *selected, *attention}}
             reg = self._handles.append
-            reg(self.model.register_forward_pre_hook(self._model_input_hook(), with_kwargs=True))
+            ask = bool(attention) and needs_output_attentions_flag(self.model, attention)
+            reg(self.model.register_forward_pre_hook(self._model_input_hook(ask), with_kwargs=True))
             for name in input_modules:
                 reg(named[name].register_forward_pre_hook(self._input_hook(name), with_kwargs=True))
             for name in selected:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import inspect
 import itertools
 import re
+import weakref
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from torch import nn
 
@@ -143,16 +145,18 @@ def check_module(model: object) -> nn.Module:
             off = [k for k, v in device_map.items() if str(v) in ("cpu", "disk")]
             raise ValueError(f"{cls} is offloaded (hf_device_map puts {off[:3]} on cpu/disk); llmdbg "
                              "needs materialised weights: use a device_map without offload")
+    # One traversal for both checks: this runs on every capture, so it must stay cheap.
     for name, module in model.named_modules():
         hook = getattr(module, "_hf_hook", None)
-        for h in getattr(hook, "hooks", (hook,)):  # accelerate's SequentialHook nests hooks
-            if getattr(h, "offload", False) or getattr(h, "weights_map", None) is not None:
-                raise ValueError(f"module {name or cls!r} is offloaded by accelerate; llmdbg needs "
-                                 "materialised weights: load the model without offloading")
-    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
-        if tensor.device.type == "meta":
-            raise ValueError(f"{name!r} of {cls} is on the meta device; llmdbg needs materialised "
-                             "weights (load real weights, not init_empty_weights)")
+        if hook is not None:
+            for h in getattr(hook, "hooks", (hook,)):  # accelerate's SequentialHook nests hooks
+                if getattr(h, "offload", False) or getattr(h, "weights_map", None) is not None:
+                    raise ValueError(f"module {name or cls!r} is offloaded by accelerate; llmdbg needs "
+                                     "materialised weights: load the model without offloading")
+        for local, tensor in itertools.chain(module._parameters.items(), module._buffers.items()):
+            if tensor is not None and tensor.is_meta:
+                raise ValueError(f"{_join(name, local)!r} of {cls} is on the meta device; llmdbg needs "
+                                 "materialised weights (load real weights, not init_empty_weights)")
     return model
 
 
@@ -177,6 +181,32 @@ def find_layout(model: nn.Module) -> ModelLayout:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    cached = _LAYOUT_CACHE.get(model)
+    if cached is not None and all(ref() is _submodule(model, name) for name, ref in cached[1]):
+        return cached[0]
+    layout = _find_layout_uncached(model)
+    _LAYOUT_CACHE[model] = (layout, tuple((n, weakref.ref(model.get_submodule(n))) for n in _layout_names(layout)))
+    return layout
+
+
+# The search walks every module; capture() runs it on each use, so results are cached per model
+# and reused only while every module they name is still the same object.
+_LAYOUT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layout_names(layout: ModelLayout) -> list[str]:
+    singles = [layout.embeddings, layout.final_norm, layout.unembedding]
+    return [*layout.blocks, *layout.attention, *layout.cross_attention, *layout.mlp, *(n for n in singles if n)]
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _find_layout_uncached(model: nn.Module) -> ModelLayout:
     modules = dict(model.named_modules())
     below = _descendants(modules)
     # A custom module wrapping one transformers model (a classifier head, PEFT) is laid out
@@ -199,7 +229,7 @@ def find_layout(model: nn.Module) -> ModelLayout:
     return ModelLayout(family, blocks, attention, cross, mlp, embeddings, final_norm, unembedding, stacks, index)
 
 
-def resolve_role(model: nn.Module, role: str) -> list[str]:
+def resolve_role(model: nn.Module, role: str, layout: ModelLayout | None = None) -> list[str]:
     """Module names playing ``role`` (one of ``ROLES``) in ``model``.
 
     Raises
@@ -209,7 +239,7 @@ def resolve_role(model: nn.Module, role: str) -> list[str]:
     """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; valid roles are {', '.join(ROLES)}")
-    layout = find_layout(model)
+    layout = layout or find_layout(model)
     value = getattr(layout, role)
     names = [value] if isinstance(value, str) else list(value or ())
     if not names:
@@ -264,6 +294,19 @@ def eager_attention(model: nn.Module) -> Iterator[nn.Module]:
                 target.set_attn_implementation(original)
         for cfg, value in saved:
             cfg._attn_implementation_internal = value
+
+
+def needs_output_attentions_flag(model: nn.Module, attention_modules: Iterable[str]) -> bool:
+    """True when an attention module's ``forward`` still takes ``output_attentions``.
+
+    Such modules (T5 in transformers 5.17, for instance) return their weights only when the
+    flag reaches them, so capture asks the model for ``output_attentions=True``; the model's
+    output then carries the maps as well. Modules without the parameter (most architectures in
+    transformers 5.2x) return weights under eager attention anyway. The test errs on the safe
+    side: some modules keep the parameter but return weights regardless (GPT-2 in 5.24).
+    """
+    return any("output_attentions" in inspect.signature(model.get_submodule(n).forward).parameters
+               for n in attention_modules)
 
 
 def closest_names(model: nn.Module, pattern: str, n: int = 5) -> list[str]:

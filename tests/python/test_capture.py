@@ -413,3 +413,22 @@ def test_trace_reports_missing_keys_helpfully():
     with pytest.raises(KeyError, match="encoder.layer.0"):
         trace.activations["encoder.layer.O"]
     assert "llmdbg.Trace" in repr(trace) and "<table>" in trace._repr_html_()
+
+
+def test_models_that_only_return_weights_when_asked_get_output_attentions():
+    # Attention modules whose forward still takes output_attentions (GPT-2 here; T5 in
+    # transformers 5.17 really needs it) get output_attentions=True passed to the model, unless
+    # the caller chose a value; modules without the parameter (Llama, T5 in 5.24) do not.
+    for family, expected in (("gpt2", [True, False]), ("llama", [None, False]), ("t5", [None, False])):
+        model, inputs = tiny_model(family), tiny_inputs(family)
+        attention = list(find_layout(model).attention)
+        assert llmdbg.models.needs_output_attentions_flag(model, attention) == (family == "gpt2")
+        seen, forward = [], model.forward
+        model.forward = lambda *a, _f=forward, **k: (seen.append(k.get("output_attentions")), _f(*a, **k))[1]
+        with llmdbg.capture(model, attentions=True) as trace, torch.no_grad():
+            model(**inputs)
+            if family != "gpt2":
+                model(**inputs, output_attentions=False)
+        del model.forward
+        assert seen == expected[: len(seen)] and len(seen) == (1 if family == "gpt2" else 2)
+        assert len(trace.calls(attention[0] + ":attn")) == len(seen)
