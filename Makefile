@@ -11,7 +11,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
 # Never let pip resolve a new torch: pin whatever torch is installed.
 CONSTRAINTS := $(BUILD_DIR)/constraints.txt
 
-.PHONY: demo test deps system-deps torch python-deps build cpp-test py-test bench clean help
+.PHONY: demo test deps system-deps torch python-deps build cpp-test py-test notebooks bench clean help
 
 help:
 	@echo "make demo   - install what is missing, build, write report/index.html on MiniLM"
@@ -21,7 +21,7 @@ help:
 demo: deps build
 	HF_HUB_OFFLINE=1 $(PYTHON) -m llmdbg.cli demo --out report --force
 
-test: deps build cpp-test py-test
+test: deps build cpp-test py-test notebooks
 
 deps: system-deps torch python-deps
 
@@ -55,8 +55,13 @@ cpp-test:
 py-test:
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
 
+# Notebooks run offline through nbmake (a fresh kernel each); outputs stay stripped in git.
+notebooks:
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest --nbmake --nbmake-timeout=300 -p no:cacheprovider notebooks
+
 bench:
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/capture.py $(if $(QUICK),--quick,)
+	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/capture_gpu.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(BUILD_DIR) report
