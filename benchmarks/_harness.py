@@ -39,6 +39,22 @@ def time_interleaved(configs: dict[str, Callable[[], object]], repeats: int) -> 
     return times
 
 
+def python_hooks(model, names, inputs, to_numpy=lambda t: t.detach().cpu().numpy()):
+    """The baseline users write by hand: a forward hook per module that converts its output to
+    numpy, removed afterwards. Returns {name: array}."""
+    out, handles = {}, []
+    for name in names:
+        def hook(m, a, o, name=name):
+            out[name] = to_numpy(o if isinstance(o, torch.Tensor) else o[0])
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        model(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

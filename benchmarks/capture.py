@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers as tf  # noqa: E402
-from _harness import median, parse_args, report, time_interleaved  # noqa: E402
+from _harness import median, parse_args, python_hooks, report, time_interleaved  # noqa: E402
 
 import llmdbg  # noqa: E402
 
@@ -39,22 +39,6 @@ def load():
     texts = [" ".join(rng.choice(words, 200)) for _ in range(BATCH)]
     enc = tok(texts, padding="max_length", truncation=True, max_length=TOKENS, return_tensors="pt")
     return model, dict(enc)
-
-
-def python_hooks(model, blocks, enc):
-    out, handles = {}, []
-    modules = dict(model.named_modules())
-    for name in blocks:
-        def hook(m, a, o, name=name):
-            t = o if isinstance(o, torch.Tensor) else o[0]
-            out[name] = t.detach().cpu().numpy()
-        handles.append(modules[name].register_forward_hook(hook))
-    try:
-        model(**enc)
-    finally:
-        for h in handles:
-            h.remove()
-    return out
 
 
 def hf_hidden_states(model, enc):

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 import transformers as tf  # noqa: E402
+import _harness  # noqa: E402
 from _harness import median, parse_args, report, time_interleaved  # noqa: E402
 
 import llmdbg  # noqa: E402
@@ -42,18 +43,8 @@ def synced(fn):
 
 
 def python_hooks(model, blocks, enc):
-    out, handles = {}, []
-    for name in blocks:
-        def hook(m, a, o, name=name):
-            t = o if isinstance(o, torch.Tensor) else o[0]
-            out[name] = t.detach().float().cpu().numpy()  # numpy has no bf16
-        handles.append(model.get_submodule(name).register_forward_hook(hook))
-    try:
-        model(**enc)
-    finally:
-        for h in handles:
-            h.remove()
-    return out
+    # numpy has no bf16, so the hand-written hook widens first.
+    return _harness.python_hooks(model, blocks, enc, lambda t: t.detach().float().cpu().numpy())
 
 
 def capture(model, enc, **kw):
