@@ -1,4 +1,5 @@
-// The pybind11 module llmdbg._core: argument checks, GIL release, docstrings. No algorithms.
+// The pybind11 module llmdbg._core: statistics and the capture store (the only binding file that
+// includes torch); the other concepts are bound in their own files (see common.hpp).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -7,46 +8,19 @@
 #include <string>
 
 #include "../torch/capture_store.hpp"
+#include "common.hpp"
 #include "core/common/parallel.hpp"
 #include "core/stats/stats.hpp"
 
 namespace py = pybind11;
 
+namespace llmdbg::bindings {
+PyObject* g_budget_error = nullptr;
+}  // namespace llmdbg::bindings
+
 namespace {
 
-// llmdbg._core.CaptureBudgetError (a MemoryError). Created by hand rather than through
-// py::register_exception: no C++ exception may cross the GIL release below, and translating
-// by hand keeps that independent of the pybind11 copy torch was built with.
-PyObject* g_budget_error = nullptr;
-
-// Run f without the GIL; C++ errors are caught there and raised as Python errors once the GIL
-// is held again.
-template <typename F>
-void without_gil(F&& f) {
-  enum class Kind { none, budget, value, key, runtime } kind = Kind::none;
-  std::string message;
-  {
-    py::gil_scoped_release release;
-    try {
-      f();
-    } catch (const llmdbg::BudgetExceeded& e) {
-      kind = Kind::budget, message = e.what();
-    } catch (const std::invalid_argument& e) {
-      kind = Kind::value, message = e.what();
-    } catch (const std::out_of_range& e) {
-      kind = Kind::key, message = e.what();
-    } catch (const std::exception& e) {
-      kind = Kind::runtime, message = e.what();
-    }
-  }
-  switch (kind) {
-    case Kind::none: return;
-    case Kind::budget: PyErr_SetString(g_budget_error, message.c_str()); throw py::error_already_set();
-    case Kind::value: throw py::value_error(message);
-    case Kind::key: throw py::key_error(message);
-    case Kind::runtime: throw std::runtime_error(message);
-  }
-}
+using llmdbg::bindings::without_gil;
 
 py::dict summary_to_dict(const llmdbg::stats::Summary& s) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -108,8 +82,11 @@ PYBIND11_MODULE(_core, m) {
   m.attr("HIST_BINS") = llmdbg::stats::kHistBins;
   m.attr("HIST_MIN_EXP") = llmdbg::stats::kHistMinExp;
 
-  g_budget_error = PyErr_NewException("llmdbg._core.CaptureBudgetError", PyExc_MemoryError, nullptr);
-  m.add_object("CaptureBudgetError", py::reinterpret_borrow<py::object>(g_budget_error));
+  auto& budget_error = llmdbg::bindings::g_budget_error;
+  budget_error = PyErr_NewException("llmdbg._core.CaptureBudgetError", PyExc_MemoryError, nullptr);
+  m.add_object("CaptureBudgetError", py::reinterpret_borrow<py::object>(budget_error));
+  llmdbg::bindings::bind_attention_graph(m);
+  llmdbg::bindings::bind_head_stats(m);
 
   m.def("summarize", &summarize_array, py::arg("array"), py::arg("num_threads") = 0,
         R"doc(Fused summary statistics of a float32/float64 C-contiguous array (double accumulation).

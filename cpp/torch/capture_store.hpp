@@ -13,15 +13,11 @@
 #include <string>
 #include <vector>
 
+#include "core/common/errors.hpp"
 #include "core/stats/stats.hpp"
 
 namespace llmdbg {
 
-// Raised instead of exhausting memory; the Python layer maps it to llmdbg.CaptureBudgetError.
-class BudgetExceeded : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 // What to keep of one tensor. Dimensions are given by the caller (Python knows the layout).
 struct ReduceSpec {

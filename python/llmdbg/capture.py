@@ -121,8 +121,13 @@ class Capture:
     def __init__(self, model: torch.nn.Module, modules: Any = None, *, attentions: bool = False,
                  hidden_states: bool = False, inputs: bool = False, grads: bool = False,
                  reduce: Any = None, dtype: Any = np.float32, max_bytes: int | None = None,
-                 tokenizer: Any = None, stats: bool = True) -> None:
+                 tokenizer: Any = None, stats: bool = True, attention_consumer: Any = None) -> None:
         self.model = check_module(model)
+        if attention_consumer is not None and not callable(attention_consumer):
+            raise TypeError("attention_consumer must be callable as f(layer, module_name, weights)")
+        if attention_consumer is not None and not attentions:
+            raise ValueError("attention_consumer needs attentions=True")
+        self._consumer = attention_consumer
         if max_bytes is not None and (isinstance(max_bytes, bool) or int(max_bytes) <= 0):
             raise ValueError(f"max_bytes must be a positive number of bytes or None, got {max_bytes!r}")
         try:
@@ -191,7 +196,7 @@ class Capture:
                 self._add(name + INPUT_SUFFIX, t)
         return hook
 
-    def _attention_hook(self, name: str, index: int) -> Any:
+    def _attention_hook(self, name: str, index: int, layer: int) -> Any:
         grads = self._flags["grads"]
 
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -201,7 +206,11 @@ class Capture:
                     f"attention module {name!r} returned no attention weights under eager "
                     f"attention (got {type(weights).__name__}); this architecture needs an adapter "
                     "rule in llmdbg.models")
-            self._add(name + ATTN_SUFFIX, weights, "attn")
+            if self._consumer is not None:
+                if self._active:
+                    self._consumer(layer, name, weights)
+            else:
+                self._add(name + ATTN_SUFFIX, weights, "attn")
             if grads and weights.requires_grad:
                 weights.register_hook(self._grad_hook(name + ATTN_GRAD_SUFFIX, "attn"))
         return hook
@@ -274,9 +283,9 @@ class Capture:
                 reg(named[name].register_forward_pre_hook(self._input_hook(name), with_kwargs=True))
             for name in selected:
                 reg(named[name].register_forward_hook(self._output_hook(name), with_kwargs=True))
-            for name in attention:
-                reg(named[name].register_forward_hook(self._attention_hook(name, layout.attention_index),
-                                                     with_kwargs=True))
+            for layer, name in enumerate(attention):
+                reg(named[name].register_forward_hook(
+                    self._attention_hook(name, layout.attention_index, layer), with_kwargs=True))
             if attention:
                 self._eager = eager_attention(self.model)
                 self._eager.__enter__()
@@ -315,7 +324,8 @@ class Capture:
 def capture(model: torch.nn.Module, modules: str | re.Pattern | Iterable[str | re.Pattern] | None = None,
             *, attentions: bool = False, hidden_states: bool = False, inputs: bool = False,
             grads: bool = False, reduce: Any = None, dtype: Any = np.float32,
-            max_bytes: int | None = None, tokenizer: Any = None, stats: bool = True) -> Capture:
+            max_bytes: int | None = None, tokenizer: Any = None, stats: bool = True,
+            attention_consumer: Any = None) -> Capture:
     """Record activations, attention maps and gradients of a model's modules into numpy.
 
     Use it as a context manager around the forward (and optionally backward) passes you want
@@ -363,6 +373,12 @@ def capture(model: torch.nn.Module, modules: str | re.Pattern | Iterable[str | r
         ``trace.tokens``.
     stats : bool
         Compute statistics of every captured tensor (one fused C++ pass, float64 accumulation).
+    attention_consumer : callable, optional
+        ``f(layer, module_name, weights)`` called inside each attention hook with the layer's
+        ``(B, H, T_q, T_k)`` weights on their own device (still attached to the autograd graph;
+        the consumer must not modify them), instead of storing them: for
+        streaming analyses that keep only a running result (see :func:`llmdbg.rollout`).
+        ``layer`` counts the captured attention modules in layout order.
 
     Returns
     -------
@@ -381,4 +397,4 @@ def capture(model: torch.nn.Module, modules: str | re.Pattern | Iterable[str | r
     """
     return Capture(model, modules, attentions=attentions, hidden_states=hidden_states,
                    inputs=inputs, grads=grads, reduce=reduce, dtype=dtype, max_bytes=max_bytes,
-                   tokenizer=tokenizer, stats=stats)
+                   tokenizer=tokenizer, stats=stats, attention_consumer=attention_consumer)

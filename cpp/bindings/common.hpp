@@ -1,0 +1,54 @@
+#pragma once
+// Shared by the binding files: GIL release with error translation, and the bind_* entry points
+// that module.cpp calls (one binding file per concept).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "core/common/errors.hpp"
+
+namespace llmdbg::bindings {
+
+namespace py = pybind11;
+
+// llmdbg._core.CaptureBudgetError (a MemoryError), created in module.cpp. Made by hand rather
+// than through py::register_exception so that translation does not depend on the pybind11
+// copy torch was built with.
+extern PyObject* g_budget_error;
+
+// Run f without the GIL. No C++ exception may cross the GIL release: errors are caught there
+// and raised as Python errors once the GIL is held again (BudgetExceeded -> CaptureBudgetError,
+// std::invalid_argument -> ValueError, std::out_of_range -> KeyError, others -> RuntimeError).
+template <typename F>
+void without_gil(F&& f) {
+  enum class Kind { none, budget, value, key, runtime } kind = Kind::none;
+  std::string message;
+  {
+    py::gil_scoped_release release;
+    try {
+      f();
+    } catch (const BudgetExceeded& e) {
+      kind = Kind::budget, message = e.what();
+    } catch (const std::invalid_argument& e) {
+      kind = Kind::value, message = e.what();
+    } catch (const std::out_of_range& e) {
+      kind = Kind::key, message = e.what();
+    } catch (const std::exception& e) {
+      kind = Kind::runtime, message = e.what();
+    }
+  }
+  switch (kind) {
+    case Kind::none: return;
+    case Kind::budget: PyErr_SetString(g_budget_error, message.c_str()); throw py::error_already_set();
+    case Kind::value: throw py::value_error(message);
+    case Kind::key: throw py::key_error(message);
+    case Kind::runtime: throw std::runtime_error(message);
+  }
+}
+
+void bind_attention_graph(py::module_& m);  // attention_graph.cpp: rollout and attention flow
+void bind_head_stats(py::module_& m);       // head_stats.cpp: entropy, sinks, drift
+
+}  // namespace llmdbg::bindings

@@ -1,0 +1,166 @@
+"""Validation shared by every attention analysis: one place that turns what users pass (a Trace,
+a list of per-layer (B, H, T, T) arrays or tensors, one (L, B, H, T, T) array) into checked
+numpy arrays, so every function gives the same clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FORMS = ("a Trace from llmdbg.capture(..., attentions=True), a sequence of per-layer (B, H, T, T) "
+         "arrays or tensors, or one (L, B, H, T, T) array")
+
+
+@dataclass(frozen=True)
+class AttentionStack:
+    """Checked attention maps of one stack of self-attention layers.
+
+    Attributes
+    ----------
+    layers : list of numpy.ndarray
+        One C-contiguous ``(B, H, T, T)`` float32 or float64 array per layer, bottom layer first
+        (head-mean maps from ``reduce="head_mean"`` appear as ``H = 1``).
+    mask : numpy.ndarray or None
+        ``(B, T)`` bool, True for real tokens, or None when every token is real.
+    tokens : list of list of str or None
+        Token strings per sequence when known (from a Trace captured with a tokenizer).
+    """
+
+    layers: list[np.ndarray]
+    mask: np.ndarray | None
+    tokens: list[list[str]] | None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(L, B, T)."""
+        b, _, t, _ = self.layers[0].shape
+        return len(self.layers), b, t
+
+
+def _to_numpy(x: Any, what: str) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            x = x.detach().to("cpu")
+            x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            return x.numpy()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise TypeError(f"{what} must be numeric arrays; expected {FORMS}")
+    return arr
+
+
+def _from_trace(trace: Any, stack: str | None) -> tuple[list[Any], Any, Any]:
+    layout = trace.layout
+    modules = list(trace.attention_modules)
+    if not modules:
+        raise ValueError("this Trace holds no attention maps: capture with attentions=True")
+    if layout is not None and len(layout.stacks) > 1:
+        names = list(layout.stacks)
+        if stack is None:
+            raise ValueError(
+                f"the model has {' and '.join(names)} stacks; pass stack='{names[0]}' or "
+                f"stack='{names[-1]}' (each stack's self-attention is rolled out on its own; "
+                "cross-attention is exposed in the Trace but not rolled out)")
+        if stack not in layout.stacks:
+            raise ValueError(f"stack must be one of {names}, got {stack!r}")
+        blocks = layout.stacks[stack]
+        wanted = [a for b, a in zip(layout.blocks, layout.attention) if b in blocks]
+    else:
+        if stack not in (None, *(layout.stacks if layout else ())):
+            raise ValueError(f"stack={stack!r} does not exist in this model")
+        wanted = list(layout.attention) if layout is not None else modules
+    maps = [trace._array(m + ":attn") for m in wanted if m in modules]
+    if not maps:
+        raise ValueError("this Trace holds no self-attention maps for the requested stack")
+    mask = trace.attention_mask
+    if stack == "decoder":
+        mask = None  # the recorded mask belongs to the encoder input
+    return maps, mask, trace.tokens if stack != "decoder" else None
+
+
+def attention_stack(attentions: Any, *, attention_mask: Any = None, stack: str | None = None,
+                    renormalize: bool = False, atol: float = 1e-3,
+                    name: str = "attentions") -> AttentionStack:
+    """Check and normalise attention maps for the analysis functions.
+
+    Raises ``ValueError`` for a wrong number of dimensions or mismatched shapes (naming the
+    accepted forms), non-square maps, sequence lengths that differ between layers, NaN/Inf
+    values, rows of real queries that do not sum to 1 within ``atol`` (unless
+    ``renormalize=True``, which divides every such row by its sum), and a bad mask. ``TypeError``
+    for non-numeric input.
+    """
+    from ..trace import Trace  # local: the trace module imports numpy only, no cycle
+
+    tokens = None
+    if isinstance(attentions, Trace):
+        raw, trace_mask, tokens = _from_trace(attentions, stack)
+        attention_mask = trace_mask if attention_mask is None else attention_mask
+    elif stack is not None:
+        raise ValueError("stack= only applies to a Trace; pass that stack's maps directly instead")
+    elif isinstance(attentions, (list, tuple)):
+        raw = list(attentions)
+    else:
+        arr = _to_numpy(attentions, name)
+        if arr.ndim != 5:
+            raise ValueError(f"{name} must be {FORMS}; got one array of shape {arr.shape}")
+        raw = list(arr)
+    if not raw:
+        raise ValueError(f"{name} is empty; expected {FORMS}")
+
+    layers = []
+    for i, a in enumerate(raw):
+        a = _to_numpy(a, name)
+        if a.ndim == 3:  # head-mean maps: one fused head
+            a = a[:, None]
+        if a.ndim != 4:
+            raise ValueError(f"{name}[{i}] has shape {a.shape}; expected (B, H, T, T) per layer "
+                             f"(or (B, T, T) head-mean maps), i.e. {FORMS}")
+        if a.shape[-1] != a.shape[-2]:
+            raise ValueError(f"{name}[{i}] has shape {a.shape}: maps must be square (T, T) "
+                             "self-attention; cross-attention is not supported here")
+        if a.dtype.kind != "f":
+            raise TypeError(f"{name}[{i}] must be floating point, got {a.dtype}")
+        if a.dtype not in (np.float32, np.float64):
+            a = a.astype(np.float32)
+        if layers and (a.shape[0], a.shape[2]) != (layers[0].shape[0], layers[0].shape[2]):
+            raise ValueError(f"{name}[{i}] has shape {a.shape} but layer 0 has "
+                             f"{layers[0].shape}: batch size and T must agree across layers")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name}[{i}] contains NaN or Inf values")
+        layers.append(np.ascontiguousarray(a))
+
+    b, _, t, _ = layers[0].shape
+    mask = None
+    if attention_mask is not None:
+        mask = _to_numpy(attention_mask, "attention_mask")
+        if mask.shape != (b, t):
+            raise ValueError(f"attention_mask has shape {mask.shape}; expected (B, T) = {(b, t)}")
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+        mask = mask.astype(bool)
+        if not mask.any(axis=1).all():
+            raise ValueError("attention_mask has a sequence with no real token")
+        if mask.all():
+            mask = None
+
+    for i, a in enumerate(layers):
+        sums = a.sum(axis=-1, dtype=np.float64)  # (B, H, T)
+        real = np.ones((b, t), bool) if mask is None else mask
+        bad = np.abs(sums - 1.0) > atol
+        bad &= real[:, None, :]
+        if bad.any():
+            if not renormalize:
+                bi, hi, qi = np.argwhere(bad)[0]
+                raise ValueError(
+                    f"{name}[{i}] row (batch {bi}, head {hi}, query {qi}) sums to "
+                    f"{sums[bi, hi, qi]:.6g}, not 1; pass renormalize=True to divide rows by their sums")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = np.where(sums > 0, 1.0 / sums, 0.0)
+            layers[i] = np.ascontiguousarray(a * scale[..., None].astype(a.dtype))
+    return AttentionStack(layers, mask, tokens)

@@ -1,0 +1,181 @@
+"""Gradient-weighted attention rollout (Chefer, Gur & Wolf 2021, "Generic Attention-model
+Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers").
+
+Plain rollout treats every head alike. The gradient-weighted rule keeps, per layer, only the
+attention that *increases* the target: Ā_l = mean_h[(∇_{A_l} y ⊙ A_l)⁺], and accumulates
+relevance with the residual, R ← R + Ā_l · R starting from R = I, bottom layer first. The row of
+the token that produced the target (the [CLS] token of a classifier, the last position of a
+causal LM) is the relevance of every input token; it is not normalised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..capture import capture
+from ..models import find_layout
+
+
+@dataclasses.dataclass
+class Relevance:
+    """Result of :func:`gradient_rollout`.
+
+    Attributes
+    ----------
+    matrix : numpy.ndarray
+        ``(B, T, T)`` float32 relevance matrix R (row i: how much each token feeds position i).
+    scores : numpy.ndarray
+        ``(B, T)`` float32, the row of R at ``rows`` for each sequence: token relevance.
+    rows : numpy.ndarray
+        ``(B,)`` int64, the position whose row was read.
+    target : numpy.ndarray or None
+        ``(B,)`` int64 class or token ids the scalar was built from (None for a callable target).
+    value : numpy.ndarray
+        ``(B,)`` float64, the target quantity per sequence (logit, log-probability or callable
+        output).
+    """
+
+    matrix: np.ndarray
+    scores: np.ndarray
+    rows: np.ndarray
+    target: np.ndarray | None
+    value: np.ndarray
+
+
+def _per_example(value: Any, b: int, what: str) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.long).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(b)
+    if t.numel() != b:
+        raise ValueError(f"{what} must be one int or one per sequence ({b}), got {t.numel()} values")
+    return t
+
+
+def _last_real(mask: torch.Tensor | None, b: int, t: int) -> torch.Tensor:
+    if mask is None:
+        return torch.full((b,), t - 1, dtype=torch.long)
+    # right padding: last 1; left padding: the last position is real anyway
+    positions = torch.arange(t).expand(b, t)
+    return torch.where(mask.bool().cpu(), positions, -1).amax(-1)
+
+
+def _target_value(outputs: Any, target: Any, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The per-sequence scalar to explain and the ids it used."""
+    if callable(target):
+        value = target(outputs)
+        value = torch.as_tensor(value) if not isinstance(value, torch.Tensor) else value
+        if value.dim() > 1:
+            raise ValueError(f"target callable must return a scalar or one value per sequence, "
+                             f"got shape {tuple(value.shape)}")
+        return value.reshape(-1).to(torch.float64), None
+    logits = getattr(outputs, "logits", None)
+    if logits is None:
+        raise ValueError("the model returns no logits; pass target=callable(outputs) -> (B,) values "
+                         "(e.g. lambda out: out.last_hidden_state[:, 0].norm(dim=-1))")
+    b = logits.shape[0]
+    if logits.dim() == 2:  # sequence classification: the class logit, as in Captum
+        ids = logits.argmax(-1).cpu() if target is None else _per_example(target, b, "target")
+        return logits.gather(1, ids.to(logits.device)[:, None]).squeeze(1).to(torch.float64), ids
+    if logits.dim() == 3:  # language model: the log-probability of the token at each row
+        per_row = logits[torch.arange(b, device=logits.device), rows.to(logits.device)]
+        logp = torch.log_softmax(per_row.to(torch.float32), dim=-1)
+        ids = per_row.argmax(-1).cpu() if target is None else _per_example(target, b, "target")
+        return logp.gather(1, ids.to(logp.device)[:, None]).squeeze(1).to(torch.float64), ids
+    raise ValueError(f"cannot pick a target from logits of shape {tuple(logits.shape)}; pass a callable")
+
+
+def gradient_rollout(model: torch.nn.Module, inputs: Any, *,
+                     target: int | Sequence[int] | Callable[[Any], Any] | None = None,
+                     rows: int | Sequence[int] | None = None, stack: str | None = None) -> Relevance:
+    """Gradient-weighted attention rollout (Chefer et al. 2021b) for a Hugging Face model.
+
+    One forward with eager attention records every layer's attention map, one
+    ``torch.autograd.grad`` call gives their gradients with respect to the target (parameter
+    ``.grad`` fields are not touched), then Ā_l = mean_h[(∇A_l ⊙ A_l)⁺] and R ← R + Ā_l R from
+    R = I, in float64.
+
+    Parameters
+    ----------
+    model : transformers model
+        Put it in eval mode first (dropout would make the result random).
+    inputs : dict or torch.Tensor
+        A tokenizer encoding / dict of tensors, or an ``input_ids`` tensor.
+    target : int, sequence of int, callable or None
+        Sequence classifiers (logits ``(B, C)``): the class whose logit is explained (default:
+        the predicted class). Language models (logits ``(B, T, V)``): the token id whose
+        log-probability at position ``rows`` is explained (default: the most likely token). A
+        callable ``f(outputs) -> (B,)`` explains any scalar (required for models without logits,
+        e.g. a sentence encoder).
+    rows : int or sequence of int, optional
+        Position whose relevance row is read (and, for language models, whose prediction is
+        explained). Default: 0 ([CLS]) for encoder classifiers, the last real token otherwise.
+    stack : {"encoder", "decoder"}, optional
+        Encoder-decoder models: which stack's self-attention to use (cross-attention is not
+        propagated). Required for them.
+
+    Returns
+    -------
+    Relevance
+    """
+    batch = {"input_ids": inputs} if isinstance(inputs, torch.Tensor) else dict(inputs)
+    layout = find_layout(model)
+    if len(layout.stacks) > 1 and stack is None:
+        raise ValueError(f"the model has {' and '.join(layout.stacks)} stacks; pass stack=...")
+    if stack is not None and stack not in layout.stacks:
+        raise ValueError(f"stack must be one of {list(layout.stacks)}, got {stack!r}")
+    blocks = set(layout.stacks[stack]) if stack else set(layout.blocks)
+    names = [a for blk, a in zip(layout.blocks, layout.attention) if blk in blocks]
+    ids = batch.get("decoder_input_ids" if stack == "decoder" else "input_ids")
+    if not isinstance(ids, torch.Tensor):
+        raise ValueError("inputs must contain input_ids (and decoder_input_ids for stack='decoder')")
+    b, t = ids.shape
+    mask = batch.get("decoder_attention_mask" if stack == "decoder" else "attention_mask")
+    if rows is None:
+        encoder_only = list(layout.stacks) == ["encoder"]
+        row_ids = torch.zeros(b, dtype=torch.long) if encoder_only and getattr(
+            model, "num_labels", None) and not callable(target) else _last_real(mask, b, t)
+    else:
+        row_ids = _per_example(rows, b, "rows")
+        if ((row_ids < -t) | (row_ids >= t)).any():
+            raise ValueError(f"rows must lie in [-{t}, {t}), got {row_ids.tolist()}")
+        row_ids = row_ids % t
+
+    maps: dict[str, torch.Tensor] = {}
+    wanted = set(names)
+
+    def keep(layer: int, name: str, weights: torch.Tensor) -> None:
+        if name in wanted:
+            maps[name] = weights
+
+    def needs_grad(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        # Frozen models: make the graph start at the embeddings so the maps get gradients.
+        return output if output.requires_grad else output.detach().requires_grad_(True)
+
+    handle = (model.get_submodule(layout.embeddings).register_forward_hook(needs_grad)
+              if layout.embeddings else None)
+    try:
+        with capture(model, attentions=True, attention_consumer=keep), torch.enable_grad():
+            outputs = model(**batch)
+            value, used = _target_value(outputs, target, row_ids)
+            missing = [n for n in names if n not in maps or not maps[n].requires_grad]
+            if missing:
+                raise RuntimeError(f"no differentiable attention maps from {missing[:3]}")
+            grads = torch.autograd.grad(value.sum(), [maps[n] for n in names])
+    finally:
+        if handle is not None:
+            handle.remove()
+
+    relevance = np.broadcast_to(np.eye(t), (b, t, t)).copy()
+    for name, grad in zip(names, grads):
+        a = maps[name].detach().to(torch.float64)
+        cam = (grad.detach().to(torch.float64) * a).clamp_min(0).mean(1).cpu().numpy()  # (B, T, T)
+        relevance = relevance + cam @ relevance
+    matrix = relevance.astype(np.float32)
+    picked = matrix[np.arange(b), row_ids.numpy()]
+    return Relevance(matrix, picked, row_ids.numpy(), None if used is None else used.numpy(),
+                     value.detach().cpu().numpy())
