@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
     from .stats import ActivationStats
 
-__all__ = ["activation_stats", "attention_grid", "attention_heatmap", "histogram"]
+__all__ = ["activation_stats", "attention_grid", "attention_heatmap", "head_grid", "head_heatmap", "histogram",
+           "token_relevance"]
 
 #: Sequences longer than this get no token labels (they would be unreadable).
 MAX_LABELED_TOKENS = 64
@@ -307,4 +308,140 @@ def histogram(stats: ActivationStats, *, title: str | None = None) -> Figure:
     note = f"zeros: {stats.zero_count:,}   NaN: {stats.nan_count:,}   Inf: {stats.inf_count:,}"
     ax.text(0.01, 0.97, note, transform=ax.transAxes, ha="left", va="top", fontsize=8,
             color="#c0392b" if stats.has_nonfinite else "#555555")
+    return fig
+
+
+def head_grid(attentions: Sequence[Any], *, layers: Sequence[int] | None = None,
+              heads: Sequence[int] | None = None, cell: float = 1.1) -> Figure:
+    """A layers × heads grid of small attention heatmaps for one sequence.
+
+    Parameters
+    ----------
+    attentions : sequence of array_like, each (H, T, T)
+        One sequence's maps per layer, e.g. ``[a[0] for a in trace.attentions]``.
+    layers, heads : sequence of int, optional
+        Which rows (layers) and columns (heads) to draw; all by default.
+    cell : float
+        Size of one panel in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``len(layers) × len(heads)`` axes, each with one ``AxesImage`` (colour scale per panel,
+        since heads differ in sharpness); rows are labelled ``L<i>``, columns ``H<j>``.
+    """
+    maps = [np.asarray(a.detach().cpu() if hasattr(a, "detach") else a) for a in attentions]
+    if not maps or any(m.ndim != 3 for m in maps):
+        raise ValueError("head_grid expects one (H, T, T) array per layer for one sequence, e.g. "
+                         "[a[0] for a in trace.attentions]")
+    layers = list(range(len(maps))) if layers is None else list(layers)
+    heads = list(range(maps[0].shape[0])) if heads is None else list(heads)
+    fig = _new_figure(cell * len(heads) + 0.6, cell * len(layers) + 0.4)
+    axes = fig.subplots(len(layers), len(heads), squeeze=False)
+    for r, layer in enumerate(layers):
+        for c, head in enumerate(heads):
+            ax = axes[r][c]
+            ax.imshow(maps[layer][head], cmap=_CMAP, vmin=0.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(f"L{layer}", fontsize=8)
+            if r == 0:
+                ax.set_title(f"H{head}", fontsize=8)
+    return fig
+
+
+def head_heatmap(values: Any, *, title: str | None = None, label: str = "value",
+                 flags: Any = None, cmap: str = "magma") -> Figure:
+    """A layers × heads table of numbers as a heatmap: entropy, drift, sink scores, ...
+
+    Parameters
+    ----------
+    values : array_like, shape (L, H)
+        For instance ``head_entropy(trace, normalize=True)`` or ``attention_drift(a, b)``.
+    title : str, optional
+    label : str
+        Colorbar label.
+    flags : array_like of bool, shape (L, H), optional
+        Cells to mark with a dot (e.g. collapsed or sink heads).
+    cmap : str
+        Matplotlib colormap name.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes whose image array equals ``values``; values are written in the cells when the
+        table has at most 16 × 16 cells.
+    """
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 2:
+        raise ValueError(f"values must be a (layers, heads) array, got shape {arr.shape}")
+    n_l, n_h = arr.shape
+    fig = _new_figure(float(np.clip(0.45 * n_h + 2.5, 4.0, 12.0)), float(np.clip(0.38 * n_l + 1.5, 2.5, 10.0)))
+    ax = fig.add_subplot()
+    image = ax.imshow(arr, cmap=cmap, aspect="auto", interpolation="nearest")
+    ax.set_xticks(np.arange(n_h), labels=[str(h) for h in range(n_h)], fontsize=8)
+    ax.set_yticks(np.arange(n_l), labels=[str(layer) for layer in range(n_l)], fontsize=8)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    if n_l * n_h <= 256:
+        mid = np.nanmean(arr) if np.isfinite(arr).any() else 0.0
+        for (i, j), v in np.ndenumerate(arr):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                    color="black" if v > mid else "white")
+    if flags is not None:
+        marks = np.argwhere(np.asarray(flags, dtype=bool))
+        if marks.size:
+            ax.scatter(marks[:, 1] + 0.35, marks[:, 0] - 0.3, s=12, c="red", marker="o")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label=label, shrink=0.9)
+    return fig
+
+
+def token_relevance(scores: Any, tokens: Sequence[str], *, title: str | None = None,
+                    cmap: str = "Reds") -> Figure:
+    """Token relevance (a rollout, flow or gradient-rollout row) as highlighted text and bars.
+
+    Parameters
+    ----------
+    scores : array_like, shape (T,)
+        Relevance per token, e.g. ``attention_rollout(trace, rows=[0])[0, 0]`` or
+        ``gradient_rollout(...).scores[0]``.
+    tokens : sequence of str, length T
+    title : str, optional
+    cmap : str
+        Colormap for the highlight (scores are scaled to their maximum).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two axes: the text highlight (one coloured box per token) and a bar chart whose bar
+        heights equal ``scores``.
+    """
+    import matplotlib
+
+    arr = np.asarray(scores, dtype=float).reshape(-1)
+    tokens = [str(t) for t in tokens]
+    if len(tokens) != arr.size:
+        raise ValueError(f"got {arr.size} scores for {len(tokens)} tokens")
+    top = float(np.nanmax(np.abs(arr))) if arr.size and np.isfinite(arr).any() else 1.0
+    level = np.clip(arr / (top or 1.0), 0.0, 1.0)
+    colors = matplotlib.colormaps[cmap](level)
+    width = float(np.clip(0.3 * arr.size + 2.0, 5.0, 14.0))
+    fig = _new_figure(width, 3.6)
+    text_ax, bar_ax = fig.subplots(2, 1, height_ratios=[1, 2])
+    text_ax.set_axis_off()
+    per_line = max(1, int(width * 1.6))
+    for i, (tok, color) in enumerate(zip(tokens, colors)):
+        text_ax.text((i % per_line) / per_line, 1.0 - 0.35 * (i // per_line), tok, fontsize=8,
+                     va="top", transform=text_ax.transAxes, color="white" if level[i] > 0.6 else "black",
+                     bbox=dict(boxstyle="round,pad=0.15", facecolor=color, edgecolor="none"))
+    bar_ax.bar(np.arange(arr.size), arr, color=colors)
+    labeled = arr.size <= MAX_LABELED_TOKENS
+    bar_ax.set_xticks(np.arange(arr.size) if labeled else [], labels=tokens if labeled else [],
+                      rotation=90, fontsize=7)
+    bar_ax.set_ylabel("relevance")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

@@ -178,3 +178,39 @@ def test_figures_render_to_png():
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- attention-analysis figures ---------------------------------------------------------------
+
+def test_head_grid_shows_every_layer_and_head():
+    maps = [np.random.default_rng(i).random((4, 6, 6)) for i in range(3)]
+    fig = plot.head_grid(maps)
+    assert len(fig.axes) == 12
+    np.testing.assert_array_equal(fig.axes[5].images[0].get_array(), maps[1][1])  # row 1, head 1
+    assert fig.axes[0].get_ylabel() == "L0" and fig.axes[3].get_title() == "H3"
+    fig = plot.head_grid(maps, layers=[2], heads=[0, 3])
+    assert len(fig.axes) == 2
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), maps[2][3])
+    with pytest.raises(ValueError, match=r"\(H, T, T\)"):
+        plot.head_grid([np.zeros((6, 6))])
+
+
+def test_head_heatmap_values_and_flags():
+    values = np.arange(12, dtype=float).reshape(3, 4) / 12
+    fig = plot.head_heatmap(values, title="entropy", label="nats", flags=values > 0.8)
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), values)
+    assert len(ax.texts) == 12 and ax.get_title() == "entropy"
+    assert len(ax.collections[0].get_offsets()) == int((values > 0.8).sum())
+    with pytest.raises(ValueError, match="layers, heads"):
+        plot.head_heatmap(np.zeros(4))
+
+
+def test_token_relevance_bars_equal_scores():
+    scores = np.array([0.1, 0.5, 0.2, 0.9])
+    fig = plot.token_relevance(scores, ["a", "b", "c", "d"], title="rollout")
+    text_ax, bar_ax = fig.axes
+    np.testing.assert_allclose([p.get_height() for p in bar_ax.patches], scores)
+    assert [t.get_text() for t in text_ax.texts] == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="4 scores for 3 tokens"):
+        plot.token_relevance(scores, ["a", "b", "c"])
