@@ -9,6 +9,16 @@ with a C++ core. The user guide lives in docs/.
 import torch as _torch  # noqa: F401
 
 from ._core import CaptureBudgetError
+from .attention import (
+    attention_drift,
+    attention_flow,
+    attention_rollout,
+    attention_summary,
+    gradient_rollout,
+    head_entropy,
+    rollout,
+    sink_scores,
+)
 from .capture import Capture, capture
 from .models import ModelLayout, eager_attention, find_layout
 from .stats import ActivationStats, hist_edges, summarize
@@ -22,9 +32,17 @@ __all__ = [
     "CaptureBudgetError",
     "ModelLayout",
     "Trace",
+    "attention_drift",
+    "attention_flow",
+    "attention_rollout",
+    "attention_summary",
     "capture",
     "eager_attention",
     "find_layout",
+    "gradient_rollout",
+    "head_entropy",
     "hist_edges",
+    "rollout",
+    "sink_scores",
     "summarize",
 ]

@@ -151,12 +151,49 @@ def _attention_section(report: Report, trace: Any, texts: list[str]) -> None:
         captions=[f"Attention heatmaps, layers {layers}, mean over heads."])
 
 
+def _attention_analysis_section(report: Report, trace: Any, texts: list[str], tokenizer: Any) -> dict:
+    """Rollout and flow of sentence 0's [CLS] row, and the per-head diagnostics table."""
+    from . import plot
+    from .attention import attention_flow, attention_rollout, attention_summary
+
+    keep = trace.attention_mask[0].astype(bool)
+    tokens = [t for t, k in zip(trace.tokens[0], keep) if k]
+    rollout = attention_rollout(trace)
+    flow = attention_flow(trace, rows=[0])
+    summary = attention_summary(trace, tokenizer=tokenizer)
+    entropy = summary.pivot(index="layer", columns="head", values="entropy_norm").to_numpy()
+    flagged = (summary.pivot(index="layer", columns="head", values="sink").to_numpy(dtype=bool)
+               | summary.pivot(index="layer", columns="head", values="collapsed").to_numpy(dtype=bool))
+    counts = {k: int(summary[k].sum()) for k in ("collapsed", "uniform", "sink")}
+    report.add_section(
+        "Attention analysis",
+        html=(f"<p>How much each token of sentence 0 (<em>{html.escape(texts[0])}</em>) feeds the "
+              "[CLS] position at the top of the network: attention <b>rollout</b> (the product of "
+              "the head-averaged maps mixed with the residual stream) and attention <b>flow</b> "
+              "(the maximum flow through the same layered graph), both from the C++ core with "
+              "padding removed. Then one row per layer and head: entropy (natural log), entropy "
+              "normalised by log(number of keys), the largest weight, the sink score (StreamingLLM's "
+              "α) with its token, the mass on special tokens, and flags: "
+              f"{counts['collapsed']} collapsed, {counts['uniform']} uniform, {counts['sink']} sink "
+              "heads.</p>"),
+        figure=[plot.token_relevance(rollout[0, 0, keep], tokens, title="rollout, [CLS] row"),
+                plot.token_relevance(flow[0, 0, keep], tokens, title="attention flow, [CLS] row"),
+                plot.head_heatmap(entropy, title="normalised entropy per head (dots: sink or collapsed)",
+                                  label="entropy / log(keys)", flags=flagged)],
+        table=summary.drop(columns=["sink_token"]).round(4),
+        captions=["Rollout relevance of each token for [CLS].", "Attention-flow relevance for [CLS].",
+                  "Normalised entropy per layer and head."])
+    return {"rollout": rollout, "flow_cls": flow, "summary": summary}
+
+
 def build_demo_report(out_dir: str | Path, *, texts: list[str] | None = None,
                       force: bool = False, progress: bool = True) -> Path:
     """Capture MiniLM on a few sentences and write an HTML report with its statistics.
 
     Writes ``out_dir/index.html`` (model, inputs, per-layer activation statistics with a
-    magnitude histogram, attention heatmaps of the first sentence), ``out_dir/arrays.npz``
+    magnitude histogram, attention heatmaps of the first sentence, rollout and flow relevance
+    and the per-head diagnostics table), ``out_dir/arrays.npz`` (also ``rollout`` (B, T, T) and
+    ``flow_cls`` (B, 1, T))
     (``hidden_states_0`` ... ``hidden_states_6``, each ``(B, T, 384)``; ``attentions_0`` ...
     ``attentions_5``, each ``(B, 12, T, T)``; ``input_ids``, ``attention_mask``, ``tokens``)
     and ``out_dir/summary.json`` (statistics per captured tensor, non-finite floats as null).
@@ -214,9 +251,11 @@ def build_demo_report(out_dir: str | Path, *, texts: list[str] | None = None,
         _stats_section(report, trace)
         step(3)
         _attention_section(report, trace, texts)
+        analysis = _attention_analysis_section(report, trace, texts, tokenizer)
         step(4)
         arrays = {f"hidden_states_{i}": h for i, h in enumerate(trace.hidden_states)}
         arrays.update({f"attentions_{i}": a for i, a in enumerate(trace.attentions)})
+        arrays.update(rollout=analysis["rollout"], flow_cls=analysis["flow_cls"])
         arrays.update(input_ids=trace.input_ids, attention_mask=trace.attention_mask,
                       tokens=np.array(trace.tokens, dtype=str))
         np.savez(out / "arrays.npz", **arrays)
@@ -224,6 +263,8 @@ def build_demo_report(out_dir: str | Path, *, texts: list[str] | None = None,
             "model": MODEL_NAME, "texts": texts, "tokens": trace.tokens,
             "stats": {k: {f: _finite_or_none(v) for f, v in s.as_dict().items()}
                       for k, s in trace.stats.items()},
+            "attention_heads": [{k: _finite_or_none(v) for k, v in row.items()}
+                                for row in analysis["summary"].to_dict(orient="records")],
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         path = report.write(out, force=True)

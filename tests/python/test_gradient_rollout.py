@@ -82,7 +82,7 @@ def test_callable_target_on_a_frozen_encoder():
     for p in model.parameters():
         p.requires_grad_(False)
     inputs = tiny_inputs("bert")
-    got = gradient_rollout(model, inputs, target=lambda out: out.last_hidden_state[:, 0].norm(dim=-1), rows=0)
+    got = gradient_rollout(model, inputs, target=lambda out: out.last_hidden_state[:, 0].norm(dim=-1), position=0)
     assert got.target is None and got.matrix.shape == (2, 7, 7)
     assert (got.matrix >= 0).all() and np.all(np.diagonal(got.matrix, axis1=1, axis2=2) >= 1)
 
@@ -95,8 +95,8 @@ def test_bad_targets_and_rows():
     lm = _model(tf.GPT2LMHeadModel, "gpt2")
     with pytest.raises(ValueError, match="one per sequence"):
         gradient_rollout(lm, tiny_inputs("gpt2"), target=[1, 2, 3])
-    with pytest.raises(ValueError, match="rows"):
-        gradient_rollout(lm, tiny_inputs("gpt2"), rows=99)
+    with pytest.raises(ValueError, match="position"):
+        gradient_rollout(lm, tiny_inputs("gpt2"), position=99)
     t5 = _model(tf.T5ForConditionalGeneration, "t5")
     with pytest.raises(ValueError, match="stack"):
         gradient_rollout(t5, tiny_inputs("t5"))

@@ -30,9 +30,9 @@ class Relevance:
     matrix : numpy.ndarray
         ``(B, T, T)`` float32 relevance matrix R (row i: how much each token feeds position i).
     scores : numpy.ndarray
-        ``(B, T)`` float32, the row of R at ``rows`` for each sequence: token relevance.
+        ``(B, T)`` float32, the row of R at ``position`` for each sequence: token relevance.
     rows : numpy.ndarray
-        ``(B,)`` int64, the position whose row was read.
+        ``(B,)`` int64, the position whose row was read (``position``).
     target : numpy.ndarray or None
         ``(B,)`` int64 class or token ids the scalar was built from (None for a callable target).
     value : numpy.ndarray
@@ -91,7 +91,7 @@ def _target_value(outputs: Any, target: Any, rows: torch.Tensor) -> tuple[torch.
 
 def gradient_rollout(model: torch.nn.Module, inputs: Any, *,
                      target: int | Sequence[int] | Callable[[Any], Any] | None = None,
-                     rows: int | Sequence[int] | None = None, stack: str | None = None) -> Relevance:
+                     position: int | Sequence[int] | None = None, stack: str | None = None) -> Relevance:
     """Gradient-weighted attention rollout (Chefer et al. 2021b) for a Hugging Face model.
 
     One forward with eager attention records every layer's attention map, one
@@ -108,12 +108,13 @@ def gradient_rollout(model: torch.nn.Module, inputs: Any, *,
     target : int, sequence of int, callable or None
         Sequence classifiers (logits ``(B, C)``): the class whose logit is explained (default:
         the predicted class). Language models (logits ``(B, T, V)``): the token id whose
-        log-probability at position ``rows`` is explained (default: the most likely token). A
+        log-probability at ``position`` is explained (default: the most likely token). A
         callable ``f(outputs) -> (B,)`` explains any scalar (required for models without logits,
         e.g. a sentence encoder).
-    rows : int or sequence of int, optional
-        Position whose relevance row is read (and, for language models, whose prediction is
-        explained). Default: 0 ([CLS]) for encoder classifiers, the last real token otherwise.
+    position : int or sequence of int, optional
+        Position (one for all sequences, or one per sequence) whose relevance row is read and,
+        for language models, whose prediction is explained. Default: 0 ([CLS]) for encoder
+        classifiers, the last real token otherwise.
     stack : {"encoder", "decoder"}, optional
         Encoder-decoder models: which stack's self-attention to use (cross-attention is not
         propagated). Required for them.
@@ -135,14 +136,14 @@ def gradient_rollout(model: torch.nn.Module, inputs: Any, *,
         raise ValueError("inputs must contain input_ids (and decoder_input_ids for stack='decoder')")
     b, t = ids.shape
     mask = batch.get("decoder_attention_mask" if stack == "decoder" else "attention_mask")
-    if rows is None:
+    if position is None:
         encoder_only = list(layout.stacks) == ["encoder"]
         row_ids = torch.zeros(b, dtype=torch.long) if encoder_only and getattr(
             model, "num_labels", None) and not callable(target) else _last_real(mask, b, t)
     else:
-        row_ids = _per_example(rows, b, "rows")
+        row_ids = _per_example(position, b, "position")
         if ((row_ids < -t) | (row_ids >= t)).any():
-            raise ValueError(f"rows must lie in [-{t}, {t}), got {row_ids.tolist()}")
+            raise ValueError(f"position must lie in [-{t}, {t}), got {row_ids.tolist()}")
         row_ids = row_ids % t
 
     maps: dict[str, torch.Tensor] = {}
