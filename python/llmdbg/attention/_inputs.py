@@ -40,15 +40,11 @@ class AttentionStack:
 
 
 def _to_numpy(x: Any, what: str) -> np.ndarray:
-    try:
-        import torch
+    import torch
 
-        if isinstance(x, torch.Tensor):
-            x = x.detach().to("cpu")
-            x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-            return x.numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu")
+        return (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).numpy()
     arr = np.asarray(x)
     if arr.dtype == object:
         raise TypeError(f"{what} must be numeric arrays; expected {FORMS}")

@@ -66,24 +66,40 @@ class _RunningRollout:
             return
         if weights.shape[-1] != weights.shape[-2]:
             raise ValueError(f"{name} returned non-square attention {tuple(weights.shape)}")
-        a = weights.detach().to(torch.float64)  # (B, H, T, T)
-        b, _, t, _ = a.shape
-        real = (torch.ones(b, t, dtype=torch.bool, device=a.device) if self.mask is None
-                else self.mask.to(a.device).bool())
-        n_real = real.sum(-1).clamp_min(1).to(a.dtype)  # (B,)
-        q = real[:, None, :].to(a.dtype)  # weights per query
-        self.entropy.append(((-torch.special.xlogy(a, a).sum(-1)) * q).sum(-1) / n_real[:, None])
-        self.max_weight.append((a.amax(-1) * q).sum(-1) / n_real[:, None])
+        w = weights.detach()
+        b, n_heads, t, _ = w.shape
+        real = (torch.ones(b, t, dtype=torch.bool, device=w.device) if self.mask is None
+                else self.mask.to(w.device).bool())
+        q = real.to(torch.float64)  # (B, T) weight of each query in the averages
+        n_real = q.sum(-1).clamp_min(1)  # (B,)
         first = real.to(torch.int64).argmax(-1)  # first real position per sequence
-        mass = a.gather(-1, first.view(b, 1, 1, 1).expand(b, a.shape[1], t, 1)).squeeze(-1)
-        self.first_mass.append((mass * q).sum(-1) / n_real[:, None])
-
-        fused = {"mean": a.mean, "max": lambda dim: a.amax(dim), "min": lambda dim: a.amin(dim)}[
-            self.head_fusion](1)
-        del a
+        entropy = torch.empty(b, n_heads, dtype=torch.float64, device=w.device)
+        top, first_mass = torch.empty_like(entropy), torch.empty_like(entropy)
+        fused = None
+        # One head at a time, so the float64 temporaries stay at a few (B, T, T) arrays rather
+        # than (B, H, T, T) ones: at T = 2048 that is 32 MB per array instead of 400 MB.
+        for h in range(n_heads):
+            a = w[:, h].to(torch.float64, copy=True)  # (B, T, T); never a view of the model's tensor
+            entropy[:, h] = (-torch.special.xlogy(a, a).sum(-1) * q).sum(-1) / n_real
+            top[:, h] = (a.amax(-1) * q).sum(-1) / n_real
+            first_mass[:, h] = (a.gather(-1, first.view(b, 1, 1).expand(b, t, 1)).squeeze(-1) * q).sum(-1) / n_real
+            if fused is None:
+                fused = a
+            elif self.head_fusion == "mean":
+                fused += a
+            elif self.head_fusion == "max":
+                torch.maximum(fused, a, out=fused)
+            else:
+                torch.minimum(fused, a, out=fused)
+            del a
+        if self.head_fusion == "mean":
+            fused /= n_heads
+        self.entropy.append(entropy)
+        self.max_weight.append(top)
+        self.first_mass.append(first_mass)
         if self.residual:
-            fused = fused + torch.eye(t, dtype=fused.dtype, device=fused.device)
-            fused = fused / fused.sum(-1, keepdim=True)
+            fused.diagonal(dim1=-2, dim2=-1).add_(1.0)
+            fused /= fused.sum(-1, keepdim=True)
         self.product = fused if self.product is None else torch.matmul(fused, self.product)
         self.seen.append(name)
 
