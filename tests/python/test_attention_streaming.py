@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from tiny_models import CONFIGS, tiny_inputs, tiny_model
+from tiny_models import tiny_inputs, tiny_model
 
 import llmdbg
 from llmdbg.attention.streaming import rollout

@@ -51,26 +51,78 @@ def _to_numpy(x: Any, what: str) -> np.ndarray:
     return arr
 
 
+def stack_attention_modules(layout: Any, stack: str | None) -> list[str]:
+    """The self-attention modules of one stack of ``layout``, bottom layer first.
+
+    ``stack`` is required for encoder-decoder models (each stack's self-attention is analysed on
+    its own; cross-attention is not propagated) and must name an existing stack otherwise.
+    """
+    names = list(layout.stacks)
+    if stack is None and len(names) > 1:
+        raise ValueError(
+            f"the model has {' and '.join(names)} stacks; pass stack='{names[0]}' or "
+            f"stack='{names[-1]}' (each stack's self-attention is rolled out on its own; "
+            "cross-attention is exposed in the Trace but not rolled out)")
+    if stack is not None and stack not in layout.stacks:
+        raise ValueError(f"stack must be one of {names}, got {stack!r}")
+    blocks = set(layout.stacks[stack]) if stack else set(layout.blocks)
+    return [a for b, a in zip(layout.blocks, layout.attention) if b in blocks]
+
+
+def model_inputs(inputs: Any) -> dict[str, Any]:
+    """A tokenizer encoding / dict of tensors, or an ``input_ids`` tensor, as keyword arguments."""
+    import torch
+
+    if isinstance(inputs, torch.Tensor):
+        return {"input_ids": inputs}
+    if hasattr(inputs, "keys"):
+        return dict(inputs)
+    raise TypeError(f"inputs must be a tokenizer encoding / dict of tensors or an input_ids tensor, "
+                    f"got {type(inputs).__name__}")
+
+
+def thread_count(num_threads: Any) -> int:
+    """``num_threads`` checked (a positive integer), or ``torch.get_num_threads()`` for None."""
+    import torch
+
+    if num_threads is None:
+        return int(torch.get_num_threads())
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+    return int(num_threads)
+
+
+def query_rows(rows: Any, t: int) -> np.ndarray | None:
+    """Query indices as an int64 array in [0, T) (negative ones count from the end)."""
+    if rows is None:
+        return None
+    arr = np.asarray(rows)
+    if arr.ndim == 0:
+        raise TypeError(f"rows must be a sequence of query indices, e.g. rows=[{rows}]; got {rows!r}")
+    if arr.size == 0:
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"rows must be integers, got {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"rows must be a 1-D sequence of query indices, got shape {arr.shape}")
+    bad = (arr < -t) | (arr >= t)
+    if bad.any():
+        raise ValueError(f"rows must be in [-{t}, {t}) for sequences of T = {t} tokens; "
+                         f"got {arr[bad][0]}")
+    return np.ascontiguousarray(np.where(arr < 0, arr + t, arr), dtype=np.int64)
+
+
 def _from_trace(trace: Any, stack: str | None) -> tuple[list[Any], Any, Any]:
     layout = trace.layout
     modules = list(trace.attention_modules)
     if not modules:
         raise ValueError("this Trace holds no attention maps: capture with attentions=True")
-    if layout is not None and len(layout.stacks) > 1:
-        names = list(layout.stacks)
-        if stack is None:
-            raise ValueError(
-                f"the model has {' and '.join(names)} stacks; pass stack='{names[0]}' or "
-                f"stack='{names[-1]}' (each stack's self-attention is rolled out on its own; "
-                "cross-attention is exposed in the Trace but not rolled out)")
-        if stack not in layout.stacks:
-            raise ValueError(f"stack must be one of {names}, got {stack!r}")
-        blocks = layout.stacks[stack]
-        wanted = [a for b, a in zip(layout.blocks, layout.attention) if b in blocks]
+    if layout is not None:
+        wanted = stack_attention_modules(layout, stack)
+    elif stack is not None:
+        raise ValueError(f"stack={stack!r} needs a model llmdbg.find_layout understands")
     else:
-        if stack not in (None, *(layout.stacks if layout else ())):
-            raise ValueError(f"stack={stack!r} does not exist in this model")
-        wanted = list(layout.attention) if layout is not None else modules
+        wanted = modules
     maps = [trace._array(m + ":attn") for m in wanted if m in modules]
     if not maps:
         raise ValueError("this Trace holds no self-attention maps for the requested stack")
@@ -83,11 +135,9 @@ def _from_trace(trace: Any, stack: str | None) -> tuple[list[Any], Any, Any]:
 def _row_sums(a: np.ndarray) -> np.ndarray:
     """Sums over the last axis in float64 in one parallel pass of the C++ core (numpy's isfinite
     plus float64 sum cost about as much as a whole rollout)."""
-    import torch
-
     from .. import _core
 
-    return _core.attention_row_sums(a, num_threads=torch.get_num_threads())
+    return _core.attention_row_sums(a, num_threads=thread_count(None))
 
 
 def attention_stack(attentions: Any, *, attention_mask: Any = None, stack: str | None = None,

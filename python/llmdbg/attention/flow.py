@@ -8,8 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import _core
-from ._inputs import attention_stack
-from .rollout import _check_options, _rows
+from ._inputs import attention_stack, query_rows
+from .rollout import _check_options
 
 
 def attention_flow(attentions: Any, *, rows: Sequence[int] | None = None, head_fusion: str = "mean",
@@ -80,5 +80,5 @@ def attention_flow(attentions: Any, *, rows: Sequence[int] | None = None, head_f
     threads = _check_options(head_fusion, num_threads)
     st = attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize)
     _, _, t = st.shape
-    return _core.attention_flow(st.layers, mask=st.mask, rows=_rows(rows, t), head_fusion=head_fusion,
+    return _core.attention_flow(st.layers, mask=st.mask, rows=query_rows(rows, t), head_fusion=head_fusion,
                                 residual=bool(residual), num_threads=threads)

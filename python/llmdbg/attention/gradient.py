@@ -19,6 +19,7 @@ import torch
 
 from ..capture import capture
 from ..models import find_layout
+from ._inputs import model_inputs, stack_attention_modules
 
 
 @dataclasses.dataclass
@@ -123,14 +124,9 @@ def gradient_rollout(model: torch.nn.Module, inputs: Any, *,
     -------
     Relevance
     """
-    batch = {"input_ids": inputs} if isinstance(inputs, torch.Tensor) else dict(inputs)
+    batch = model_inputs(inputs)
     layout = find_layout(model)
-    if len(layout.stacks) > 1 and stack is None:
-        raise ValueError(f"the model has {' and '.join(layout.stacks)} stacks; pass stack=...")
-    if stack is not None and stack not in layout.stacks:
-        raise ValueError(f"stack must be one of {list(layout.stacks)}, got {stack!r}")
-    blocks = set(layout.stacks[stack]) if stack else set(layout.blocks)
-    names = [a for blk, a in zip(layout.blocks, layout.attention) if blk in blocks]
+    names = stack_attention_modules(layout, stack)
     ids = batch.get("decoder_input_ids" if stack == "decoder" else "input_ids")
     if not isinstance(ids, torch.Tensor):
         raise ValueError("inputs must contain input_ids (and decoder_input_ids for stack='decoder')")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._inputs import AttentionStack, attention_stack
+from ._inputs import AttentionStack, attention_stack, thread_count
 
 __all__ = ["DEFAULT_SPECIAL_TOKENS", "attention_drift", "attention_summary", "head_entropy",
            "sink_scores"]
@@ -40,16 +40,6 @@ DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = ("[CLS]", "[SEP]", "<s>", "</s>", "<|e
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-def _threads(num_threads: int | None) -> int:
-    if num_threads is None:
-        import torch
-
-        return int(torch.get_num_threads())
-    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral) or num_threads < 1:
-        raise ValueError(f"num_threads must be an integer >= 1, got {num_threads!r}")
-    return int(num_threads)
-
 
 def _same_dtype(layers: list[np.ndarray]) -> list[np.ndarray]:
     """The kernels take one dtype per call: widen a float32/float64 mix to float64."""
@@ -65,7 +55,7 @@ def _u8(mask: np.ndarray | None) -> np.ndarray | None:
 def _run(st: AttentionStack, special: np.ndarray | None, num_threads: int | None) -> dict[str, np.ndarray]:
     from .. import _core
 
-    threads = _threads(num_threads)
+    threads = thread_count(num_threads)
     return _core.attention_head_stats(_same_dtype(st.layers), _u8(st.mask), _u8(special), threads)
 
 
@@ -438,5 +428,5 @@ def attention_drift(a: Any, b: Any, *, attention_mask: Any = None, base: float =
     if len({x.dtype for x in (*layers_a, *layers_b)}) > 1:
         layers_a = [np.ascontiguousarray(x, dtype=np.float64) for x in layers_a]
         layers_b = [np.ascontiguousarray(x, dtype=np.float64) for x in layers_b]
-    nats = _core.attention_js_divergence(layers_a, layers_b, _u8(mask), _threads(num_threads))
+    nats = _core.attention_js_divergence(layers_a, layers_b, _u8(mask), thread_count(num_threads))
     return nats / math.log(base)

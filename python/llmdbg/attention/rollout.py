@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-
 from .. import _core
-from ._inputs import attention_stack
+from ._inputs import attention_stack, query_rows, thread_count
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -16,31 +14,7 @@ HEAD_FUSIONS = ("mean", "max", "min")
 def _check_options(head_fusion: str, num_threads: int | None) -> int:
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
-    if num_threads is None:
-        return torch.get_num_threads()
-    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
-        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-    return int(num_threads)
-
-
-def _rows(rows: Sequence[int] | np.ndarray | None, t: int) -> np.ndarray | None:
-    """Query indices as an int64 array in [0, T) (negative ones count from the end)."""
-    if rows is None:
-        return None
-    arr = np.asarray(rows)
-    if arr.ndim == 0:
-        raise TypeError(f"rows must be a sequence of query indices, e.g. rows=[{rows}]; got {rows!r}")
-    if arr.size == 0:
-        arr = arr.astype(np.int64)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"rows must be integers, got {arr.dtype}")
-    if arr.ndim != 1:
-        raise ValueError(f"rows must be a 1-D sequence of query indices, got shape {arr.shape}")
-    bad = (arr < -t) | (arr >= t)
-    if bad.any():
-        raise ValueError(f"rows must be in [-{t}, {t}) for sequences of T = {t} tokens; "
-                         f"got {arr[bad][0]}")
-    return np.ascontiguousarray(np.where(arr < 0, arr + t, arr), dtype=np.int64)
+    return thread_count(num_threads)
 
 
 def attention_rollout(attentions: Any, *, head_fusion: str = "mean", residual: bool = True,
@@ -120,6 +94,6 @@ def attention_rollout(attentions: Any, *, head_fusion: str = "mean", residual: b
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}")
     st = attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize)
     _, _, t = st.shape
-    return _core.attention_rollout(st.layers, mask=st.mask, rows=_rows(rows, t), head_fusion=head_fusion,
+    return _core.attention_rollout(st.layers, mask=st.mask, rows=query_rows(rows, t), head_fusion=head_fusion,
                                    residual=bool(residual), discard_ratio=float(discard_ratio),
                                    num_threads=threads)

@@ -17,8 +17,9 @@ import torch
 
 from ..capture import capture
 from ..models import find_layout
+from ._inputs import model_inputs, query_rows, stack_attention_modules
+from .rollout import HEAD_FUSIONS
 
-_FUSIONS = ("mean", "max", "min")
 
 
 @dataclasses.dataclass
@@ -104,15 +105,6 @@ class _RunningRollout:
         self.seen.append(name)
 
 
-def _inputs_dict(inputs: Any) -> dict[str, Any]:
-    if isinstance(inputs, torch.Tensor):
-        return {"input_ids": inputs}
-    if hasattr(inputs, "keys"):
-        return dict(inputs)
-    raise TypeError(f"inputs must be a tokenizer encoding / dict of tensors or an input_ids tensor, "
-                    f"got {type(inputs).__name__}")
-
-
 def rollout(model: torch.nn.Module, inputs: Any, *, head_fusion: str = "mean", residual: bool = True,
             rows: Any = None, stack: str | None = None) -> StreamingRollout:
     """Attention rollout computed while the model runs, without storing the attention maps.
@@ -144,17 +136,13 @@ def rollout(model: torch.nn.Module, inputs: Any, *, head_fusion: str = "mean", r
     -------
     StreamingRollout
     """
-    if head_fusion not in _FUSIONS:
-        raise ValueError(f"head_fusion must be one of {_FUSIONS}, got {head_fusion!r}")
-    batch = _inputs_dict(inputs)
-    layout = find_layout(model)
-    if len(layout.stacks) > 1 and stack is None:
-        raise ValueError(f"the model has {' and '.join(layout.stacks)} stacks; pass stack=... "
-                         "(each stack's self-attention is rolled out on its own)")
-    if stack is not None and stack not in layout.stacks:
-        raise ValueError(f"stack must be one of {list(layout.stacks)}, got {stack!r}")
-    blocks = set(layout.stacks[stack]) if stack else set(layout.blocks)
-    modules = [a for blk, a in zip(layout.blocks, layout.attention) if blk in blocks]
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    batch = model_inputs(inputs)
+    modules = stack_attention_modules(find_layout(model), stack)
+    ids = batch.get("decoder_input_ids" if stack == "decoder" else "input_ids")
+    if isinstance(ids, torch.Tensor):
+        query_rows(rows, ids.shape[-1])  # bad rows fail before the forward, not after it
     mask = batch.get("decoder_attention_mask" if stack == "decoder" else "attention_mask")
     consumer = _RunningRollout(modules, mask, head_fusion, residual)
     with capture(model, attentions=True, attention_consumer=consumer), torch.no_grad():
@@ -167,11 +155,8 @@ def rollout(model: torch.nn.Module, inputs: Any, *, head_fusion: str = "mean", r
         product = product * real[:, :, None] * real[:, None, :]
     result = product.to(torch.float32).cpu().numpy()
     if rows is not None:
-        t = result.shape[-1]
-        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if ((idx < -t) | (idx >= t)).any():
-            raise ValueError(f"rows must lie in [-{t}, {t}), got {list(idx)}")
-        result = np.ascontiguousarray(result[:, idx % t])
+        picked = query_rows(rows, result.shape[-1])
+        result = np.ascontiguousarray(result[:, picked])
     stack_np = (lambda xs: torch.stack(xs).cpu().numpy())
     return StreamingRollout(result, stack_np(consumer.entropy), stack_np(consumer.max_weight),
                             stack_np(consumer.first_mass), consumer.seen)
