@@ -62,6 +62,7 @@ notebooks:
 bench:
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/capture.py $(if $(QUICK),--quick,)
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/capture_gpu.py $(if $(QUICK),--quick,)
+	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/attention.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(BUILD_DIR) report

@@ -1,0 +1,18 @@
+"""Figures for captured activations and attention maps.
+
+Plots never compute: every function here takes numbers that a kernel or a :class:`~llmdbg.Trace`
+already produced and only reshapes or slices them for display. Figures are built with
+:class:`matplotlib.figure.Figure` directly, never through ``pyplot``, so nothing here touches
+global plotting state or needs a display; the caller owns the returned figure (show it in a
+notebook, ``fig.savefig(...)`` it, or hand it to :class:`llmdbg.report.Report`).
+
+matplotlib is imported lazily (it is an optional dependency: ``pip install 'llmdbg[plot]'``).
+
+One module per topic (attention, activations, ...); this package re-exports the public figures.
+"""
+
+from .activations import activation_stats, histogram
+from .attention import attention_grid, attention_heatmap, head_grid, head_heatmap, token_relevance
+
+__all__ = ["activation_stats", "attention_grid", "attention_heatmap", "head_grid", "head_heatmap", "histogram",
+           "token_relevance"]
