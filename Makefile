@@ -5,23 +5,26 @@ BUILD_DIR ?= build
 JOBS ?= 2
 TORCH_VERSION ?= 2.13.0
 APT_PACKAGES := g++ make libeigen3-dev libgtest-dev ccache
+# Only `make test` needs a browser (the report is checked in headless Chromium).
+TEST_APT_PACKAGES := chromium
 export PIP_ROOT_USER_ACTION := ignore
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
 # Never let pip resolve a new torch: pin whatever torch is installed.
 CONSTRAINTS := $(BUILD_DIR)/constraints.txt
 
-.PHONY: demo test deps system-deps torch python-deps build cpp-test py-test notebooks bench clean help
+.PHONY: demo test deps system-deps test-system-deps torch python-deps build cpp-test py-test notebooks docs bench clean help
 
 help:
 	@echo "make demo   - install what is missing, build, write report/index.html on MiniLM"
-	@echo "make test   - install what is missing, build, run GoogleTest and pytest"
+	@echo "make test   - install what is missing, build, docs, run GoogleTest, pytest and the notebooks"
 	@echo "make bench  - run the benchmarks (add QUICK=1 for --quick)"
+	@echo "make docs   - build the Sphinx documentation into build/docs (warnings are errors)"
 
 demo: deps build
 	HF_HUB_OFFLINE=1 $(PYTHON) -m llmdbg.cli demo --out report --force
 
-test: deps build cpp-test py-test notebooks
+test: deps test-system-deps build docs cpp-test py-test notebooks
 
 deps: system-deps torch python-deps
 
@@ -32,6 +35,9 @@ system-deps:
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+test-system-deps:
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(TEST_APT_PACKAGES)"
 
 torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "torch==$(TORCH_VERSION)"
@@ -59,10 +65,23 @@ py-test:
 notebooks:
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest --nbmake --nbmake-timeout=300 -p no:cacheprovider notebooks
 
+# The HTML documentation; -W --keep-going lists every warning, then fails.
+docs: build
+	$(PYTHON) -m sphinx -b html -W --keep-going -q -d $(BUILD_DIR)/docs/.doctrees docs $(BUILD_DIR)/docs
+	@if [ -s $(BUILD_DIR)/docs/docstring-problems.txt ]; then \
+	  echo "docstring problems not counted as warnings (docs/conf.py: llmdbg_lenient_modules):"; \
+	  cat $(BUILD_DIR)/docs/docstring-problems.txt; fi
+	@echo "documentation in $(BUILD_DIR)/docs/index.html"
+
 bench:
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/capture.py $(if $(QUICK),--quick,)
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/capture_gpu.py $(if $(QUICK),--quick,)
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/attention.py $(if $(QUICK),--quick,)
+	HF_HUB_OFFLINE=1 WANDB_SILENT=true $(PYTHON) benchmarks/watch.py $(if $(QUICK),--quick,)
+	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/attribution.py $(if $(QUICK),--quick,)
+	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/report.py $(if $(QUICK),--quick,)
+	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/tsne.py $(if $(QUICK),--quick,)
+	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/data_profile.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(BUILD_DIR) report

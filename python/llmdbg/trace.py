@@ -224,13 +224,31 @@ class Trace:
         return (f"<llmdbg.Trace: {len(self.activations)} activations, "
                 f"{len(self.attention_modules)} attention modules, {self.nbytes / 2**20:.1f} MiB>")
 
-    def _repr_html_(self) -> str:
-        import html
+    #: Rows shown by the notebook display; the full table is :meth:`stats_table`.
+    _HTML_ROWS = 12
 
-        rows = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{s.count}</td><td>{s.mean:.4g}</td>"
-            f"<td>{s.std:.4g}</td><td>{s.absmax:.4g}</td><td>{s.nan_count + s.inf_count}</td></tr>"
-            for k, s in list(self.stats.items())[:50])
-        return (f"<div><b>llmdbg.Trace</b> — {self.nbytes / 2**20:.1f} MiB captured"
-                "<table><tr><th>key</th><th>count</th><th>mean</th><th>std</th><th>absmax</th>"
-                f"<th>non-finite</th></tr>{rows}</table></div>")
+    def _repr_html_(self) -> str:
+        """A compact notebook view: what was captured, then statistics of the first tensors,
+        with non-finite values in red. Inline HTML only (no script, works offline)."""
+        from . import _html as h
+
+        stats = list(self.stats.items())
+        mask = self.attention_mask
+        shape = f"batch {mask.shape[0]} × {mask.shape[1]} tokens, " if mask is not None else ""
+        bad = sum(1 for _, s in stats if s.nan_count or s.inf_count)
+        alarm = f', <span style="{h.BAD}">{bad} with NaN/Inf</span>' if bad else ", all finite"
+        summary = (f"{shape}{len(self.activations)} activations, {len(self.attentions)} attention maps, "
+                   f"{len(self.hidden_states)} hidden states, {self.nbytes / 2**20:.1f} MiB on the host; "
+                   f"statistics of {len(stats)} tensors{alarm}")
+        rows = []
+        for key, s in stats[: self._HTML_ROWS]:
+            nonfinite = s.nan_count + s.inf_count
+            rows.append([
+                f"<code>{h.esc(key)}</code>", h.fmt(s.count), h.fmt(s.mean), h.fmt(s.std), h.fmt(s.absmax),
+                f"{100 * s.zero_fraction:.1f}%",
+                f'<span style="{h.BAD}">{nonfinite:,}</span>' if nonfinite else "0"])
+        body = h.table(["key", "count", "mean", "std", "absmax", "zeros", "NaN/Inf"], rows) if rows else ""
+        more = len(stats) - len(rows)
+        footer = (f"… {more} more; " if more > 0 else "") + \
+            "<code>trace.stats_table()</code> gives every row as a DataFrame"
+        return h.box("llmdbg.Trace", summary, body, footer if rows else "")

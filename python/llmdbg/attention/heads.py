@@ -273,12 +273,14 @@ def attention_summary(attentions: Any, *, special_tokens: Any = None, tokenizer:
 
     Returns
     -------
-    pandas.DataFrame
-        One row per (layer, head) that exists, with ``attrs``: ``causal`` (bool),
+    AttentionSummary
+        A :class:`pandas.DataFrame` (with a compact layer × head grid as its notebook display),
+        one row per (layer, head) that exists, with ``attrs``: ``causal`` (bool),
         ``special_tokens`` (where they came from: ``"special_tokens"``, ``"tokenizer"``,
         ``"default"`` or None) and ``thresholds``. Columns:
 
         layer, head : int
+            Layer index (in ``attentions`` order) and head index.
         entropy : float
             Mean row entropy in nats over real queries (see :func:`head_entropy`).
         entropy_norm : float
@@ -315,7 +317,7 @@ def attention_summary(attentions: Any, *, special_tokens: Any = None, tokenizer:
         Bad thresholds, ``special_tokens`` of the wrong shape, or anything
         :func:`~llmdbg.attention.attention_stack` rejects.
     """
-    import pandas as pd
+    from .summary import AttentionSummary
 
     _check_causal(causal)
     collapse = _check_threshold("collapse_threshold", collapse_threshold)
@@ -358,7 +360,7 @@ def attention_summary(attentions: Any, *, special_tokens: Any = None, tokenizer:
                 "uniform": bool(e_norm > uniform),
                 "sink": bool(score > sink_t),
             })
-    table = pd.DataFrame(rows)
+    table = AttentionSummary(rows)
     table.attrs["causal"] = is_causal
     table.attrs["special_tokens"] = source
     table.attrs["thresholds"] = {"collapse": collapse, "uniform": uniform, "sink": sink_t}

@@ -1,0 +1,152 @@
+"""Cost of llmdbg.watch in a real training loop, side by side with detect_anomaly and wandb.watch.
+
+A GPT-2-style causal LM (4 layers, hidden 128, 4 heads, vocabulary 1000; random init) is fine-tuned
+with AdamW on generated token sequences (batch 8 x 64 tokens): forward with labels, backward,
+clip_grad_norm_(1.0), optimizer step, for 200 steps per run (25 with --quick, one timed repeat). Configurations,
+interleaved round by round (benchmarks/_harness.time_interleaved) on the same model, data and
+initial weights:
+
+  baseline          the plain loop
+  watch_default     llmdbg.watch(model, opt) - every=50, locate="forward" (per-module forward
+                    NaN records every step, per-layer statistics and histograms every 50 steps)
+  watch_full        llmdbg.watch(model, opt, every=1, locate="always") - everything every step,
+                    including the backward NaN records
+  detect_anomaly    the loop inside torch.autograd.detect_anomaly()
+  wandb_watch       wandb.watch(model, log="all", log_freq=50) with WANDB_MODE=offline and
+                    run.log({"loss": ...}) every step (if wandb imports)
+
+Figures: overhead_default = t(watch_default)/t(baseline) - 1 (goal <= 0.03; also from process
+CPU time, *_cpu_time, which a busy shared machine disturbs less than the wall clock),
+overhead_every_step_full, time_ratio_vs_detect_anomaly = t(watch_default)/t(detect_anomaly),
+time_ratio_vs_wandb_watch = t(watch_default)/t(wandb_watch). Medians over repeats of whole runs.
+
+    python benchmarks/watch.py [--quick]        (threads: BENCH_THREADS, default torch's)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import torch
+from _harness import median, parse_args, report, time_interleaved
+
+
+def build(steps: int):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.GPT2Config(n_embd=128, n_layer=4, n_head=4, vocab_size=1000, n_positions=128,
+                        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = tf.GPT2LMHeadModel(cfg).train()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randint(3, 1000, (8, 64), generator=g) for _ in range(steps)]
+    return model, init, data
+
+
+def run_loop(model, init, data, *, watch_kwargs=None, anomaly=False, wandb_run=None):
+    model.load_state_dict(init)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    w = None
+    if watch_kwargs is not None:
+        import llmdbg
+
+        w = llmdbg.watch(model, opt, **watch_kwargs)
+    if wandb_run is not None:
+        wandb_run.watch(model, log="all", log_freq=50)
+    ctx = torch.autograd.detect_anomaly() if anomaly else contextlib.nullcontext()
+    try:
+        with ctx:
+            for ids in data:
+                loss = model(input_ids=ids, labels=ids).loss
+                loss.backward()
+                if w is not None:
+                    w.step(loss=loss)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if wandb_run is not None:
+                    wandb_run.log({"loss": loss.item()})
+    finally:
+        if w is not None:
+            w.close()
+        if wandb_run is not None:
+            wandb_run.unwatch(model)
+    return w
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    threads = int(os.environ.get("BENCH_THREADS", torch.get_num_threads()))
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")  # detect_anomaly announces itself; transformers config notes
+    logging.getLogger("llmdbg").setLevel(logging.ERROR)
+    steps = 25 if args.quick else 200
+    repeats = args.repeats or (1 if args.quick else 3)
+    model, init, data = build(steps)
+    cpu: dict[str, list[float]] = {}
+
+    def timed(name, **kw):
+        # Process CPU time next to the harness's wall time: on a shared, oversubscribed machine
+        # the wall clock mostly measures the neighbours; with one thread, CPU time measures us.
+        def fn():
+            t0 = time.process_time()
+            run_loop(model, init, data, **kw)
+            cpu.setdefault(name, []).append(time.process_time() - t0)
+        return fn
+
+    configs = {
+        "baseline": timed("baseline"),
+        "watch_default": timed("watch_default", watch_kwargs={}),
+        "watch_full": timed("watch_full", watch_kwargs={"every": 1, "locate": "always"}),
+        "detect_anomaly": timed("detect_anomaly", anomaly=True),
+    }
+    wandb_run, tmp = None, tempfile.TemporaryDirectory(prefix="llmdbg-bench-wandb-")
+    try:
+        os.environ["WANDB_MODE"] = "offline"
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        wandb_run = wandb.init(mode="offline", dir=tmp.name, project="llmdbg-bench", reinit=True,
+                               settings=wandb.Settings(console="off", x_disable_stats=True))
+        configs["wandb_watch"] = timed("wandb_watch", wandb_run=wandb_run)
+    except Exception as exc:  # noqa: BLE001 - wandb is an optional anchor
+        print(f"wandb.watch skipped: {type(exc).__name__}: {exc}")
+    try:
+        times = time_interleaved(configs, repeats)
+    finally:
+        if wandb_run is not None:
+            wandb_run.finish()
+        tmp.cleanup()
+    med = {k: median(v) for k, v in times.items()}
+    cpu_med = {k: median(v[1:]) for k, v in cpu.items()}  # [0] is the warm-up run
+    base = med["baseline"]
+    rows = [(name, f"{t:8.3f} s  ({t / steps * 1e3:7.2f} ms/step, x{t / base:5.3f})") for name, t in med.items()]
+    figures: dict[str, object] = {
+        "overhead_default": round(med["watch_default"] / base - 1, 4),
+        "overhead_every_step_full": round(med["watch_full"] / base - 1, 4),
+        "time_ratio_vs_detect_anomaly": round(med["watch_default"] / med["detect_anomaly"], 4),
+        "detect_anomaly_slowdown": round(med["detect_anomaly"] / base, 4),
+    }
+    figures["overhead_default_cpu_time"] = round(cpu_med["watch_default"] / cpu_med["baseline"] - 1, 4)
+    figures["overhead_every_step_full_cpu_time"] = round(cpu_med["watch_full"] / cpu_med["baseline"] - 1, 4)
+    if "wandb_watch" in med:
+        figures["time_ratio_vs_wandb_watch"] = round(med["watch_default"] / med["wandb_watch"], 4)
+        figures["wandb_watch_overhead"] = round(med["wandb_watch"] / base - 1, 4)
+    extra = {"steps": steps, "repeats": repeats, "bench_threads": threads,
+             "times_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
+             "cpu_times_s": {k: [round(x, 4) for x in v[1:]] for k, v in cpu.items()}}
+    report("watch", args.quick, rows, figures, extra, write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()

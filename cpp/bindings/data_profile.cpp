@@ -1,0 +1,117 @@
+// Bindings for the data-profiling counters in cpp/core/data. Torch-free: Python strings and
+// numpy arrays in, numpy arrays and lists out. Strings are read in place through their UTF-8
+// representation (cached by CPython, no copy for ASCII), then counted without the GIL.
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common.hpp"
+#include "core/data/profile.hpp"
+
+namespace llmdbg::bindings {
+
+namespace {
+
+namespace dp = llmdbg::data;
+
+// UTF-8 views of a sequence of str. `keep` holds a reference to a tuple/list of the strings,
+// so the views stay valid while the GIL is released.
+std::vector<std::string_view> text_views(const py::handle& texts, const char* fn, py::object& keep) {
+  PyObject* seq = PySequence_Fast(texts.ptr(), "texts must be a sequence of str");
+  if (seq == nullptr) throw py::error_already_set();
+  keep = py::reinterpret_steal<py::object>(seq);
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  PyObject** items = PySequence_Fast_ITEMS(seq);
+  std::vector<std::string_view> out;
+  out.reserve(static_cast<size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (!PyUnicode_Check(items[i])) {
+      throw py::type_error(std::string(fn) + ": texts[" + std::to_string(i) + "] must be str, got " +
+                           Py_TYPE(items[i])->tp_name);
+    }
+    Py_ssize_t size = 0;
+    const char* data = PyUnicode_AsUTF8AndSize(items[i], &size);
+    if (data == nullptr) {
+      PyErr_Clear();
+      throw py::value_error(std::string(fn) + ": texts[" + std::to_string(i) +
+                            "] cannot be encoded as UTF-8 (lone surrogate?)");
+    }
+    out.emplace_back(data, static_cast<size_t>(size));
+  }
+  return out;
+}
+
+template <typename T>
+py::array_t<T> to_numpy(std::vector<T>&& v) {
+  auto* heap = new std::vector<T>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(static_cast<py::ssize_t>(heap->size()), heap->data(), owner);
+}
+
+py::tuple count_whitespace_tokens(const py::object& texts, int num_threads) {
+  py::object keep;
+  const auto views = text_views(texts, "count_whitespace_tokens", keep);
+  dp::TokenCounts r;
+  without_gil([&] { r = dp::count_whitespace_tokens(views, num_threads); });
+  py::list tokens(r.tokens.size());
+  for (size_t i = 0; i < r.tokens.size(); ++i) {
+    PyObject* s = PyUnicode_DecodeUTF8(r.tokens[i].data(), static_cast<Py_ssize_t>(r.tokens[i].size()), "strict");
+    if (s == nullptr) throw py::error_already_set();
+    PyList_SET_ITEM(tokens.ptr(), static_cast<Py_ssize_t>(i), s);
+  }
+  return py::make_tuple(tokens, to_numpy(std::move(r.counts)), to_numpy(std::move(r.lengths)));
+}
+
+py::array_t<int64_t> duplicate_groups(const py::object& texts, int num_threads) {
+  py::object keep;
+  const auto views = text_views(texts, "duplicate_groups", keep);
+  std::vector<int64_t> g;
+  without_gil([&] { g = dp::duplicate_groups(views, num_threads); });
+  return to_numpy(std::move(g));
+}
+
+py::tuple count_ids(const py::array& ids, const py::array& offsets, int64_t vocab_size, int num_threads) {
+  // Types, then sizes, then the one call.
+  if (!py::isinstance<py::array_t<int64_t>>(ids) || ids.ndim() != 1 || !(ids.flags() & py::array::c_style)) {
+    throw py::type_error("count_ids: ids must be a C-contiguous 1-D int64 array");
+  }
+  if (!py::isinstance<py::array_t<int64_t>>(offsets) || offsets.ndim() != 1 ||
+      !(offsets.flags() & py::array::c_style)) {
+    throw py::type_error("count_ids: offsets must be a C-contiguous 1-D int64 array");
+  }
+  if (offsets.shape(0) < 1) throw py::value_error("count_ids: offsets needs n_seqs + 1 >= 1 entries");
+  const int64_t n_seqs = offsets.shape(0) - 1;
+  const auto* off = static_cast<const int64_t*>(offsets.data());
+  if (off[n_seqs] != ids.shape(0)) {
+    throw py::value_error("count_ids: offsets[-1] = " + std::to_string(off[n_seqs]) + " but ids has " +
+                          std::to_string(ids.shape(0)) + " entries");
+  }
+  const auto* p = static_cast<const int64_t*>(ids.data());
+  dp::IdCounts r;
+  without_gil([&] { r = dp::count_ids(p, off, n_seqs, vocab_size, num_threads); });
+  return py::make_tuple(to_numpy(std::move(r.counts)), to_numpy(std::move(r.lengths)));
+}
+
+}  // namespace
+
+void bind_data_profile(py::module_& m) {
+  m.def("count_whitespace_tokens", &count_whitespace_tokens, py::arg("texts"), py::arg("num_threads") = 0,
+        R"doc(Split each str on whitespace (exactly str.split()) and count the tokens.
+
+Returns (tokens, counts, lengths): unique tokens in first-occurrence order (list of str), their
+counts (int64, same length) and the number of tokens of each text (int64, len(texts)).)doc");
+  m.def("duplicate_groups", &duplicate_groups, py::arg("texts"), py::arg("num_threads") = 0,
+        R"doc(For each text the index of the first identical text (itself if first); int64, len(texts).
+64-bit hashes, every match confirmed byte by byte.)doc");
+  m.def("count_ids", &count_ids, py::arg("ids"), py::arg("offsets"), py::arg("vocab_size"),
+        py::arg("num_threads") = 0,
+        R"doc(Counts of token ids stored flat (sequence s is ids[offsets[s]:offsets[s+1]]).
+
+Returns (counts, lengths): int64 (vocab_size,) and int64 (len(offsets) - 1,). ValueError for an id
+outside [0, vocab_size).)doc");
+}
+
+}  // namespace llmdbg::bindings

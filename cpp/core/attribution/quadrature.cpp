@@ -1,0 +1,145 @@
+#include "quadrature.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+#include <stdexcept>
+
+namespace llmdbg::attribution {
+
+namespace {
+
+void need(bool ok, const std::string& method, int n, int least) {
+  if (!ok) {
+    throw std::invalid_argument("n_steps must be >= " + std::to_string(least) + " for method '" + method +
+                                "', got " + std::to_string(n));
+  }
+}
+
+}  // namespace
+
+Rule gauss_legendre(int n) {
+  need(n >= 1, "gausslegendre", n, 1);
+  if (n == 1) return Rule{{0.5}, {1.0}};
+  Rule r{std::vector<double>(n), std::vector<double>(n)};
+  // Roots of P_n by Newton from Tricomi's initial guess; symmetric pairs filled together.
+  for (int i = 0; i < (n + 1) / 2; ++i) {
+    double x = std::cos(std::numbers::pi * (i + 0.75) / (n + 0.5));
+    double dp = 1.0;
+    for (int it = 0; it < 100; ++it) {
+      double p0 = 1.0, p1 = x;
+      for (int k = 2; k <= n; ++k) {
+        const double p2 = ((2.0 * k - 1.0) * x * p1 - (k - 1.0) * p0) / k;
+        p0 = p1, p1 = p2;
+      }
+      dp = n * (x * p1 - p0) / (x * x - 1.0);
+      const double dx = p1 / dp;
+      x -= dx;
+      if (std::abs(dx) < 1e-16) break;
+    }
+    // Recompute the derivative at the converged root for the weight.
+    double p0 = 1.0, p1 = x;
+    for (int k = 2; k <= n; ++k) {
+      const double p2 = ((2.0 * k - 1.0) * x * p1 - (k - 1.0) * p0) / k;
+      p0 = p1, p1 = p2;
+    }
+    dp = n * (x * p1 - p0) / (x * x - 1.0);
+    const double w = 2.0 / ((1.0 - x * x) * dp * dp);
+    // Map [-1, 1] -> [0, 1]; increasing α order.
+    r.nodes[i] = 0.5 * (1.0 - x), r.weights[i] = 0.5 * w;
+    r.nodes[n - 1 - i] = 0.5 * (1.0 + x), r.weights[n - 1 - i] = 0.5 * w;
+  }
+  return r;
+}
+
+Rule clenshaw_curtis(int n) {
+  need(n >= 2, "clenshaw_curtis", n, 2);
+  const int N = n - 1;
+  Rule r{std::vector<double>(n), std::vector<double>(n)};
+  for (int j = 0; j <= N; ++j) {
+    const double theta = std::numbers::pi * j / N;
+    // Waldvogel's closed form on [-1, 1], halved for [0, 1].
+    double s = 0.0;
+    for (int k = 1; k <= N / 2; ++k) {
+      const double b = (2 * k == N) ? 1.0 : 2.0;
+      s += b / (4.0 * k * k - 1.0) * std::cos(2.0 * k * theta);
+    }
+    const double c = (j == 0 || j == N) ? 1.0 : 2.0;
+    r.weights[j] = 0.5 * c / N * (1.0 - s);
+    // α = (1 - cos θ) / 2 = sin²(θ/2) on the lower half, mirrored above: exactly symmetric, with
+    // exact 0, 1/2 and 1, so nested levels share bit-identical nodes.
+    if (2 * j < N) {
+      const double half = std::sin(0.5 * theta);
+      r.nodes[j] = half * half;
+    } else if (2 * j == N) {
+      r.nodes[j] = 0.5;
+    }
+  }
+  for (int j = (N + 2) / 2; j <= N; ++j) r.nodes[j] = 1.0 - r.nodes[N - j];
+  return r;
+}
+
+Rule fixed_rule(const std::string& method, int n) {
+  if (method == "gausslegendre") return gauss_legendre(n);
+  if (method == "clenshaw_curtis") return clenshaw_curtis(n);
+  Rule r;
+  if (method == "riemann_left" || method == "riemann_right" || method == "riemann_middle") {
+    need(n >= 1, method, n, 1);
+    const double shift = method == "riemann_left" ? 0.0 : method == "riemann_right" ? 1.0 : 0.5;
+    for (int k = 0; k < n; ++k) {
+      r.nodes.push_back((k + shift) / n);
+      r.weights.push_back(1.0 / n);
+    }
+    return r;
+  }
+  if (method == "trapezoid" || method == "captum_trapezoid") {
+    need(n >= 2, method, n, 2);
+    const bool captum = method == "captum_trapezoid";
+    for (int k = 0; k < n; ++k) {
+      r.nodes.push_back(k == n - 1 ? 1.0 : static_cast<double>(k) / (n - 1));
+      const double w = captum ? 1.0 / n : 1.0 / (n - 1);
+      r.weights.push_back((k == 0 || k == n - 1) ? 0.5 * w : w);
+    }
+    return r;
+  }
+  throw std::invalid_argument(
+      "method must be one of 'riemann_left', 'riemann_right', 'riemann_middle', 'trapezoid', "
+      "'gausslegendre', 'clenshaw_curtis', 'captum_trapezoid' or 'adaptive', got '" + method + "'");
+}
+
+int nested_size(int level) {
+  if (level < 0 || level > 20) {
+    throw std::invalid_argument("nested level must be in [0, 20], got " + std::to_string(level));
+  }
+  return level == 0 ? 2 : (1 << level) + 1;
+}
+
+Rule nested_rule(int level) {
+  const int n = nested_size(level);
+  const Rule cc = clenshaw_curtis(n);  // nodes j = 0..N, N = n - 1 = 2^level (or 1)
+  const int N = n - 1;
+  // Node j of level `level` first appears at the lowest level whose grid holds it:
+  // j * 2^(l - level) integer for grid size 2^l, i.e. l = level - (trailing zeros of j).
+  std::vector<int> order(n);
+  std::vector<int> first(n);
+  for (int j = 0; j <= N; ++j) {
+    int l = level;
+    if (j == 0 || j == N) {
+      l = 0;
+    } else {
+      int jj = j;
+      while (jj % 2 == 0 && l > 1) jj /= 2, --l;
+    }
+    first[j] = l;
+    order[j] = j;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return first[a] < first[b]; });
+  Rule r;
+  for (int j : order) {
+    r.nodes.push_back(cc.nodes[j]);
+    r.weights.push_back(cc.weights[j]);
+  }
+  return r;
+}
+
+}  // namespace llmdbg::attribution

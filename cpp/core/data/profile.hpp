@@ -1,0 +1,55 @@
+#pragma once
+// Counting kernels behind llmdbg.data.profile: whitespace tokenisation with token frequencies
+// and per-text lengths, frequencies of integer token ids (a tokenizer's flat batch output), and
+// exact-duplicate detection by 64-bit hashing with byte-wise verification.
+//
+// Inputs are views (pointer + size) into buffers the caller keeps alive; nothing is copied.
+// Results are deterministic for every thread count: each thread counts a contiguous block of
+// texts into its own table, tables are merged by summing (exact integers) and by taking the
+// earliest first occurrence, and unique tokens come out in first-occurrence order.
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+namespace llmdbg::data {
+
+// 64-bit hash of a byte string (multiply-xorshift over 8-byte words, murmur3 finaliser).
+uint64_t hash_bytes(const char* data, size_t size) noexcept;
+
+// Length in bytes of the whitespace character starting at p (0 if none), for UTF-8 text ending
+// at end. "Whitespace" is exactly what Python's str.isspace() accepts, so that splitting here
+// equals Python's str.split() without arguments: ASCII \t \n \v \f \r, space, \x1c-\x1f, and
+// U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000.
+int whitespace_length(const char* p, const char* end) noexcept;
+
+struct TokenCounts {
+  std::vector<std::string_view> tokens;  // unique tokens, in order of first occurrence
+  std::vector<int64_t> counts;           // occurrences of each token
+  std::vector<int64_t> lengths;          // tokens per text
+  int64_t total = 0;                     // sum of counts
+};
+
+// Split every text on whitespace (str.split() semantics) and count tokens. The views in the
+// result point into `texts`' buffers.
+TokenCounts count_whitespace_tokens(const std::vector<std::string_view>& texts, int num_threads);
+
+struct IdCounts {
+  std::vector<int64_t> counts;   // (vocab_size,) occurrences of each id
+  std::vector<int64_t> lengths;  // (n_seqs,) ids per sequence
+  int64_t total = 0;
+};
+
+// Count ids of n_seqs sequences stored flat: sequence s is ids[offsets[s] .. offsets[s + 1]).
+// offsets has n_seqs + 1 non-decreasing entries starting at 0. Throws std::invalid_argument
+// for an id outside [0, vocab_size) or bad offsets.
+IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, int64_t vocab_size,
+                   int num_threads);
+
+// For each item, the index of the first item with identical bytes (itself if it is the first).
+// Equal hashes are always confirmed by comparing bytes, so collisions never merge different
+// items; `hash_mask` (tests only) masks the hashes to force collisions.
+std::vector<int64_t> duplicate_groups(const std::vector<std::string_view>& items, int num_threads,
+                                      uint64_t hash_mask = ~uint64_t{0});
+
+}  // namespace llmdbg::data

@@ -1,0 +1,119 @@
+#include "core/tsne/affinity.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "core/common/parallel.hpp"
+
+namespace llmdbg::tsne {
+
+void calibrate(const double* sqdist, int64_t n, int64_t k, double perplexity, double tol,
+               int max_iter, double* P, double* perplexities, int num_threads) {
+  if (!(perplexity >= 1.0)) {
+    throw std::invalid_argument("calibrate: perplexity must be >= 1, got " +
+                                std::to_string(perplexity));
+  }
+  if (k < 1) throw std::invalid_argument("calibrate: need at least one neighbour per point");
+  const double target = std::log(perplexity);
+  const int threads = resolve_threads(num_threads);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const double* d = sqdist + i * k;
+    double* p = P + i * k;
+    const double dmin = *std::min_element(d, d + k);
+    double beta = 1.0, lo = 0.0, hi = std::numeric_limits<double>::infinity();
+    double entropy = 0.0;
+    for (int step = 0; step < max_iter; ++step) {
+      // Shifted exponent: the nearest neighbour has weight 1, so the sum never underflows.
+      double sum = 0.0, dsum = 0.0;
+      for (int64_t m = 0; m < k; ++m) {
+        const double s = d[m] - dmin;
+        const double w = std::exp(-beta * s);
+        p[m] = w;
+        sum += w;
+        dsum += w * s;
+      }
+      entropy = std::log(sum) + beta * dsum / sum;
+      const double diff = entropy - target;
+      if (std::abs(diff) <= tol) break;
+      if (diff > 0) {  // too flat: sharpen
+        lo = beta;
+        beta = std::isinf(hi) ? beta * 2.0 : 0.5 * (beta + hi);
+      } else {
+        hi = beta;
+        beta = 0.5 * (beta + lo);
+      }
+    }
+    double sum = 0.0;
+    for (int64_t m = 0; m < k; ++m) sum += p[m];
+    for (int64_t m = 0; m < k; ++m) p[m] /= sum;
+    if (perplexities) perplexities[i] = std::exp(entropy);
+  }
+}
+
+Csr joint_probabilities(const int64_t* indices, const double* P_cond, int64_t n, int64_t k,
+                        int num_threads) {
+  const int threads = resolve_threads(num_threads);
+  // Row i holds its own k entries plus every (j -> i) entry transposed: count, fill, then sort
+  // and merge each row.
+  std::vector<int64_t> count(n + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    count[i + 1] += k;
+    for (int64_t m = 0; m < k; ++m) {
+      const int64_t j = indices[i * k + m];
+      if (j < 0 || j >= n || j == i) {
+        throw std::invalid_argument("joint_probabilities: neighbour index " + std::to_string(j) +
+                                    " of row " + std::to_string(i) + " is out of range or self");
+      }
+      count[j + 1] += 1;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) count[i + 1] += count[i];
+  std::vector<std::pair<int64_t, double>> coo(static_cast<size_t>(count[n]));
+  std::vector<int64_t> fill(count.begin(), count.end() - 1);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t m = 0; m < k; ++m) coo[fill[i]++] = {indices[i * k + m], P_cond[i * k + m]};
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t m = 0; m < k; ++m) coo[fill[indices[i * k + m]]++] = {i, P_cond[i * k + m]};
+  }
+  std::vector<int64_t> row_nnz(n);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    auto b = coo.begin() + count[i], e = coo.begin() + count[i + 1];
+    // Stable on column so the (at most two) values of one column are added in a fixed order.
+    std::stable_sort(b, e, [](const auto& x, const auto& y) { return x.first < y.first; });
+    int64_t out = count[i];
+    for (auto it = b; it != e; ++it) {
+      if (out > count[i] && coo[out - 1].first == it->first) {
+        coo[out - 1].second += it->second;
+      } else {
+        coo[out++] = *it;
+      }
+    }
+    row_nnz[i] = out - count[i];
+  }
+  Csr P;
+  P.n = n;
+  P.indptr.assign(n + 1, 0);
+  for (int64_t i = 0; i < n; ++i) P.indptr[i + 1] = P.indptr[i] + row_nnz[i];
+  P.indices.resize(P.indptr[n]);
+  P.data.resize(P.indptr[n]);
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t m = 0; m < row_nnz[i]; ++m) total += coo[count[i] + m].second;
+  }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t m = 0; m < row_nnz[i]; ++m) {
+      P.indices[P.indptr[i] + m] = coo[count[i] + m].first;
+      P.data[P.indptr[i] + m] = coo[count[i] + m].second / total;
+    }
+  }
+  return P;
+}
+
+}  // namespace llmdbg::tsne

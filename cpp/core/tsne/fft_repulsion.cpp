@@ -1,0 +1,238 @@
+#include "core/tsne/fft_repulsion.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <complex>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "core/common/parallel.hpp"
+#include "core/tsne/fft.hpp"
+
+namespace llmdbg::tsne {
+
+using cd = std::complex<double>;
+
+namespace {
+
+// Lagrange basis weights at local coordinate t ∈ [0, 1] for p nodes at (k + ½)/p.
+inline void lagrange(double t, int p, const double* nodes, const double* denom, double* w) {
+  for (int k = 0; k < p; ++k) {
+    double num = 1.0;
+    for (int l = 0; l < p; ++l) {
+      if (l != k) num *= t - nodes[l];
+    }
+    w[k] = num * denom[k];
+  }
+}
+
+struct Cell {
+  int64_t bx, by;
+  double wx[16], wy[16];
+};
+
+// Buffers and the FFT plan, kept between calls on the same thread: the optimiser calls this
+// every iteration with slowly changing sizes, and fresh multi-megabyte allocations would cost
+// a page fault per 4 KiB each time. Every buffer is fully overwritten before it is read.
+struct Workspace {
+  std::vector<Cell> cells;
+  std::vector<double> priv, zpart;
+  std::vector<cd> A, B, K;
+  std::unique_ptr<Fft> fft;
+};
+
+Workspace& workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
+}  // namespace
+
+double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* rep, int num_threads) {
+  if (prm.n_interp < 1 || prm.n_interp > 16) {
+    throw std::invalid_argument("repulsion_fft: n_interp must be in [1, 16]");
+  }
+  if (prm.min_intervals < 1 || !(prm.intervals_per_unit > 0.0)) {
+    throw std::invalid_argument("repulsion_fft: min_intervals and intervals_per_unit must be positive");
+  }
+  if (n <= 0) return 0.0;
+  const int threads = resolve_threads(num_threads);
+  const int p = prm.n_interp;
+
+  // Square bounding box, slightly enlarged so no point sits on the far edge.
+  double xmin = Y[0], xmax = Y[0], ymin = Y[1], ymax = Y[1];
+  for (int64_t i = 1; i < n; ++i) {
+    xmin = std::min(xmin, Y[2 * i]);
+    xmax = std::max(xmax, Y[2 * i]);
+    ymin = std::min(ymin, Y[2 * i + 1]);
+    ymax = std::max(ymax, Y[2 * i + 1]);
+  }
+  if (!std::isfinite(xmin + xmax + ymin + ymax)) {
+    throw std::invalid_argument("repulsion_fft: non-finite coordinates");
+  }
+  const double cx = 0.5 * (xmin + xmax), cy = 0.5 * (ymin + ymax);
+  double side = std::max(xmax - xmin, ymax - ymin);
+  side = std::max(side * (1.0 + 1e-9), 1e-9);
+  // m intervals per dimension; 2·m·p (the padded transform size) is kept 5-smooth.
+  int64_t m = std::max<int64_t>(prm.min_intervals,
+                                static_cast<int64_t>(std::ceil(prm.intervals_per_unit * side)));
+  while (next_smooth(2 * m * p) != 2 * m * p) ++m;
+  const double h = side / static_cast<double>(m);
+  const double x0 = cx - 0.5 * side, y0 = cy - 0.5 * side;
+  const int64_t N = m * p;  // nodes per dimension
+  const int64_t L = 2 * N;  // padded transform size
+  const double dh = h / p;  // node spacing
+
+  double nodes[16], denom[16];
+  for (int k = 0; k < p; ++k) nodes[k] = (k + 0.5) / p;
+  for (int k = 0; k < p; ++k) {
+    double d = 1.0;
+    for (int l = 0; l < p; ++l) {
+      if (l != k) d *= nodes[k] - nodes[l];
+    }
+    denom[k] = 1.0 / d;
+  }
+
+  // Interval and interpolation weights of every point (x indexes grid rows, y columns).
+  Workspace& ws = workspace();
+  std::vector<Cell>& cells = ws.cells;
+  cells.resize(static_cast<size_t>(n));
+
+  // Spread charges 1 (→ A, real) and (ỹx, ỹy) (→ B = ỹx + i ỹy), ỹ = y − box centre. Each
+  // thread spreads a fixed block of points into its own grid; grids are summed in thread order.
+  const size_t NN = static_cast<size_t>(N * N);
+  std::vector<double>& priv = ws.priv;
+  priv.assign(static_cast<size_t>(threads) * 3 * NN, 0.0);
+  std::vector<cd>& A = ws.A;
+  std::vector<cd>& B = ws.B;
+  std::vector<cd>& K = ws.K;
+  A.resize(static_cast<size_t>(L * L));
+  B.resize(static_cast<size_t>(L * L));
+  K.resize(static_cast<size_t>(L * L));
+#pragma omp parallel num_threads(threads)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num();
+    const int nt = omp_get_num_threads();
+#else
+    const int t = 0, nt = 1;
+#endif
+    double* g1 = priv.data() + static_cast<size_t>(t) * 3 * NN;
+    double* gx = g1 + NN;
+    double* gy = gx + NN;
+    const int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
+    for (int64_t i = lo; i < hi; ++i) {
+      Cell& c = cells[static_cast<size_t>(i)];
+      const double ux = (Y[2 * i] - x0) / h, uy = (Y[2 * i + 1] - y0) / h;
+      c.bx = std::clamp<int64_t>(static_cast<int64_t>(ux), 0, m - 1);
+      c.by = std::clamp<int64_t>(static_cast<int64_t>(uy), 0, m - 1);
+      lagrange(ux - static_cast<double>(c.bx), p, nodes, denom, c.wx);
+      lagrange(uy - static_cast<double>(c.by), p, nodes, denom, c.wy);
+      const double qx = Y[2 * i] - cx, qy = Y[2 * i + 1] - cy;
+      for (int kx = 0; kx < p; ++kx) {
+        const size_t row = static_cast<size_t>((c.bx * p + kx) * N + c.by * p);
+        for (int ky = 0; ky < p; ++ky) {
+          const double w = c.wx[kx] * c.wy[ky];
+          g1[row + ky] += w;
+          gx[row + ky] += w * qx;
+          gy[row + ky] += w * qy;
+        }
+      }
+    }
+#pragma omp barrier
+    // Sum the private grids into the zero-padded transform inputs; build the kernel array
+    // K1 + i·K2 at circular offsets (both kernels are real and even, so their spectra are real).
+#pragma omp for schedule(static)
+    for (int64_t a = 0; a < L; ++a) {
+      cd* Ar = A.data() + a * L;
+      cd* Br = B.data() + a * L;
+      cd* Kr = K.data() + a * L;
+      const int64_t da = a < N ? a : (a > N ? L - a : -1);
+      for (int64_t b = 0; b < L; ++b) {
+        const int64_t db = b < N ? b : (b > N ? L - b : -1);
+        if (da < 0 || db < 0) {
+          Kr[b] = 0.0;
+        } else {
+          const double d2 = static_cast<double>(da * da + db * db) * dh * dh;
+          const double k1 = 1.0 / (1.0 + d2);
+          Kr[b] = cd(k1, k1 * k1);
+        }
+        if (a < N && b < N) {
+          double s1 = 0.0, sx = 0.0, sy = 0.0;
+          for (int u = 0; u < nt; ++u) {
+            const double* gu = priv.data() + static_cast<size_t>(u) * 3 * NN;
+            const size_t idx = static_cast<size_t>(a * N + b);
+            s1 += gu[idx];
+            sx += gu[NN + idx];
+            sy += gu[2 * NN + idx];
+          }
+          Ar[b] = s1;
+          Br[b] = cd(sx, sy);
+        } else {
+          Ar[b] = 0.0;
+          Br[b] = 0.0;
+        }
+      }
+    }
+  }
+  if (!ws.fft || ws.fft->size() != L) ws.fft = std::make_unique<Fft>(L);
+  const Fft& fft = *ws.fft;
+  {
+    cd* arrays[3] = {K.data(), A.data(), B.data()};
+    const int64_t nonzero[3] = {L, N, N}, needed[3] = {L, L, L};
+    fft2d_batch(fft, arrays, nonzero, needed, 3, false, threads);
+  }
+  const double scale = 1.0 / static_cast<double>(L * L);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < L * L; ++i) {
+    const double k1 = K[static_cast<size_t>(i)].real() * scale;
+    const double k2 = K[static_cast<size_t>(i)].imag() * scale;
+    const cd a = A[static_cast<size_t>(i)];  // → (K1 ∗ 1) + i (K2 ∗ 1)
+    A[static_cast<size_t>(i)] = cd(a.real() * k1 - a.imag() * k2, a.real() * k2 + a.imag() * k1);
+    B[static_cast<size_t>(i)] *= k2;           // → (K2 ∗ ỹx) + i (K2 ∗ ỹy)
+  }
+  {
+    cd* arrays[2] = {A.data(), B.data()};
+    const int64_t nonzero[2] = {L, L}, needed[2] = {N, N};
+    fft2d_batch(fft, arrays, nonzero, needed, 2, true, threads);
+  }
+
+  // Gather the potentials back to the points.
+  double Z = 0.0;
+  std::vector<double>& zpart = ws.zpart;
+  zpart.resize(static_cast<size_t>(n));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const Cell& c = cells[static_cast<size_t>(i)];
+    double phi1 = 0.0, psi0 = 0.0, psix = 0.0, psiy = 0.0;
+    for (int kx = 0; kx < p; ++kx) {
+      const size_t row = static_cast<size_t>((c.bx * p + kx) * L + c.by * p);
+      double r1 = 0.0, r0 = 0.0, rx = 0.0, ry = 0.0;
+      for (int ky = 0; ky < p; ++ky) {
+        const cd a = A[row + ky], b = B[row + ky];
+        r1 += c.wy[ky] * a.real();
+        r0 += c.wy[ky] * a.imag();
+        rx += c.wy[ky] * b.real();
+        ry += c.wy[ky] * b.imag();
+      }
+      phi1 += c.wx[kx] * r1;
+      psi0 += c.wx[kx] * r0;
+      psix += c.wx[kx] * rx;
+      psiy += c.wx[kx] * ry;
+    }
+    const double qx = Y[2 * i] - cx, qy = Y[2 * i + 1] - cy;
+    // Σ_j w_ij² (y_i − y_j) = ỹ_i Σ_j w_ij² − Σ_j w_ij² ỹ_j; the self term cancels exactly.
+    rep[2 * i] = qx * psi0 - psix;
+    rep[2 * i + 1] = qy * psi0 - psiy;
+    zpart[static_cast<size_t>(i)] = phi1 - 1.0;  // remove the self term K1(0) = 1
+  }
+  for (int64_t i = 0; i < n; ++i) Z += zpart[static_cast<size_t>(i)];
+  return Z;
+}
+
+}  // namespace llmdbg::tsne

@@ -1,0 +1,43 @@
+#pragma once
+// FFT-accelerated interpolation of the t-SNE repulsive forces (FIt-SNE; Linderman, Rachh,
+// Hoskins, Steinerberger & Kluger 2019, "Fast interpolation-based t-SNE for improved
+// visualization of single-cell RNA-seq data", Nat. Methods 16, arXiv:1712.09005).
+//
+// Output convention (the same as repulsion_exact / repulsion_bh in repulsion.hpp): for a 2-D
+// embedding Y (n × 2, row-major),
+//   rep_i = Σ_{j≠i} w_ij² (y_i − y_j)    (written to rep, n × 2 row-major)
+//   return Z = Σ_{i≠j} w_ij,             w_ij = 1 / (1 + ‖y_i − y_j‖²).
+//
+// Method. The square bounding box of Y is cut into an m × m grid of equal intervals, with
+// m = max(min_intervals, ceil(intervals_per_unit · box side)) (rounded up so the transform size
+// 2·m·n_interp is 5-smooth), and n_interp equispaced Lagrange nodes per interval and dimension
+// (at (k + ½)/n_interp of the interval, so the nodes are equispaced over the whole box). Three
+// charges per point, 1 and ỹ = y − box centre, are spread to the nodes with tensor-product
+// Lagrange weights and convolved on the node grid with K1 = 1/(1+d²) (charge 1) and
+// K2 = 1/(1+d²)² (all three) by one zero-padded 2-D FFT each way (a circulant embedding of the
+// Toeplitz kernel matrix; two real charges share one complex transform because the kernels are
+// real and even). Interpolating back gives, per point,
+//   φ_i = Σ_j w_ij,  ψ_i = Σ_j w_ij²,  χ_i = Σ_j w_ij² ỹ_j      (j = i included)
+// so Z = Σ_i (φ_i − 1) and rep_i = ỹ_i ψ_i − χ_i (the self term cancels). Z comes from K1
+// directly rather than from FIt-SNE's K2 with a ‖y‖² charge, which cancels badly when the
+// embedding is wide. The interpolation error is the method's only approximation; see
+// tests/cpp/test_tsne_fft.cpp for measured force and Z errors (about openTSNE's own).
+//
+// Cost O(n · n_interp² + M² log M) with M = 2·m·n_interp: linear in n, but the grid grows with
+// the square of the embedding's extent. Spreading is parallel over fixed point blocks (one
+// private grid each, summed in a fixed order), gathering and the FFT passes over points / rows,
+// so results are bitwise identical for a fixed num_threads (not across thread counts).
+
+#include <cstdint>
+
+namespace llmdbg::tsne {
+
+struct FftParams {
+  int n_interp = 3;
+  int min_intervals = 50;
+  double intervals_per_unit = 1.0;
+};
+
+double repulsion_fft(const double* Y, int64_t n, const FftParams& p, double* rep, int num_threads);
+
+}  // namespace llmdbg::tsne

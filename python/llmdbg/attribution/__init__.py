@@ -1,0 +1,16 @@
+"""Attributions for Hugging Face models: which input tokens drive an output.
+
+Integrated gradients with exact and adaptive quadrature (``integrated.py``), saliency,
+input × gradient and SmoothGrad (``gradients.py``), occlusion (``occlusion.py``), all returning an
+:class:`Attribution` (``result.py``). Inputs, baselines and the embedding layer are found in
+``_inputs.py``, targets in ``_targets.py``; the chunked path evaluation in ``_engine.py``.
+"""
+
+from ._similarity import similarity_target
+from .gradients import input_x_gradient, saliency, smoothgrad
+from .integrated import ConvergenceWarning, integrated_gradients
+from .occlusion import occlusion
+from .result import Attribution
+
+__all__ = ["Attribution", "ConvergenceWarning", "input_x_gradient", "integrated_gradients", "occlusion", "saliency",
+           "similarity_target", "smoothgrad"]

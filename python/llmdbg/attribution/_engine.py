@@ -1,0 +1,133 @@
+"""Evaluate the model at a chunk of points along attribution paths: one forward over K points of
+R examples (K·R rows, the embedding output replaced by the path), the target values, and their
+gradients with respect to the path points (one batched vector-Jacobian product for all G targets).
+Also the chunk sizing shared by every method."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+
+from ._inputs import Prepared, replaced_output
+from ._targets import Target
+
+#: Token rows per forward on CPU when batch_size="auto": throughput saturates well below this,
+#: and peak memory stays proportional to it rather than to n_steps (Captum's whole-path batch).
+CPU_TOKENS_PER_CHUNK = 4096
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def _bytes_per_row(model: torch.nn.Module, t: int, n_out: int, dtype: torch.dtype) -> int:
+    """A rough upper estimate of forward+backward activation memory of one row of T tokens."""
+    cfg = getattr(model, "config", None)
+    d = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None) or getattr(cfg, "n_embd", 0) or 1024)
+    layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 0) or 12)
+    heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 0) or 16)
+    elem = torch.finfo(dtype).bits // 8
+    per_token = layers * (20 * d + 3 * heads * t) * elem
+    return int(per_token * t * max(1.0, math.sqrt(n_out)))
+
+
+def rows_per_chunk(model: torch.nn.Module, prep: Prepared, n_out: int, batch_size: Any) -> int:
+    """Model rows (path points × examples) per forward."""
+    if batch_size != "auto":
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+        return batch_size
+    t = prep.ids.shape[1]
+    budget = _available_bytes(prep.device) // (2 if prep.device.type == "cuda" else 4)
+    rows = max(1, budget // max(1, _bytes_per_row(model, t, n_out, prep.dtype)))
+    if prep.device.type != "cuda":
+        rows = min(rows, max(1, CPU_TOKENS_PER_CHUNK // t))
+    return int(rows)
+
+
+def expand_batch(batch: dict[str, Any], rows: torch.Tensor, k: int, n_examples: int) -> dict[str, Any]:
+    """Every per-example tensor of ``batch`` indexed by ``rows`` and repeated K times (step-major)."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n_examples:
+            picked = value[rows.to(value.device)]
+            out[key] = picked.repeat(k, *([1] * (picked.dim() - 1))) if k > 1 else picked
+        else:
+            out[key] = value
+    return out
+
+
+def vjp(values: torch.Tensor, point: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradients of each of the G columns of ``values`` (N, G) w.r.t. ``point``: (G, *point.shape).
+
+    G = 1 is one backward. G > 1 uses one batched vector-Jacobian product
+    (``is_grads_batched``, vmap over the backward) on the shared graph, falling back to one
+    backward per column with a retained graph where an operation has no batching rule.
+    """
+    n, g = values.shape
+    if g == 1:
+        (grad,) = torch.autograd.grad(values.sum(), point)
+        return grad[None]
+    eye = torch.eye(g, dtype=values.dtype, device=values.device)
+    if os.environ.get("LLMDBG_IG_VJP", "batched") == "batched":
+        try:
+            (grads,) = torch.autograd.grad(values, point, grad_outputs=eye[:, None, :].expand(g, n, g).contiguous(),
+                                           is_grads_batched=True, retain_graph=True)
+            return grads
+        except RuntimeError:
+            pass
+    out = []
+    for j in range(g):
+        (grad,) = torch.autograd.grad(values[:, j].sum(), point, retain_graph=j < g - 1)
+        out.append(grad)
+    return torch.stack(out)
+
+
+def forward_rows(model: torch.nn.Module, prep: Prepared, target: Target, point: torch.Tensor, rows: torch.Tensor,
+                 k: int, *, batch: dict[str, Any] | None = None, resolve_at: int | None = None) -> torch.Tensor:
+    """Run the model on ``point`` (K·R, T, d) as the embedding output for examples ``rows`` (R,),
+    K points each (step-major). Returns the target values (K·R, G) float32.
+
+    ``resolve_at``: index of the point that is the input itself (α = 1), used to fix "predicted"
+    targets on first use.
+    """
+    n_examples = prep.ids.shape[0]
+    kwargs = expand_batch(batch if batch is not None else prep.batch, rows, k, n_examples)
+    with replaced_output(prep.embedding) as slot:
+        slot["value"] = point
+        outputs = prep.model(**kwargs, **target.model_kwargs())
+        if not slot["fired"]:
+            raise RuntimeError("the attributed embedding was not called by the model's forward; pass "
+                               "layer=<the module that embeds input_ids>")
+    all_rows = rows.repeat(k)
+    if target.needs(rows):
+        if resolve_at is None:
+            raise RuntimeError("internal: a predicted target must be resolved on the input itself")
+        r = rows.shape[0]
+        sl = slice(resolve_at * r, (resolve_at + 1) * r)
+        target.resolve(_slice_outputs(outputs, sl), rows)
+    return target(outputs, all_rows, kwargs)
+
+
+def _slice_outputs(outputs: Any, sl: slice) -> Any:
+    logits = outputs.logits if hasattr(outputs, "logits") else outputs
+
+    class _View:
+        pass
+
+    view = _View()
+    view.logits = logits[sl]
+    return view

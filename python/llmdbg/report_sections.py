@@ -1,0 +1,210 @@
+"""Report sections that work on any model, used by :func:`llmdbg.report_job.run_report`: what
+the model predicts, token attributions and a map of the texts' hidden states.
+
+Each section takes a :class:`~llmdbg.report_job.ReportContext`, adds to ``ctx.report``, and
+records its arrays in ``ctx.arrays`` and its facts in ``ctx.summary``. A section whose feature is
+missing from this build of llmdbg (or that does not apply, like a map of fewer than
+:data:`MIN_TEXTS_FOR_MAP` texts) adds no HTML and says why in ``ctx.summary["skipped"]``.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MIN_TEXTS_FOR_MAP", "attribution_section", "embedding_section", "outputs_section"]
+
+#: Fewest texts for which the report draws a t-SNE map of their hidden states.
+MIN_TEXTS_FOR_MAP = 8
+_TOP_K = 5
+
+
+def _skip(ctx: Any, section: str, why: str) -> None:
+    ctx.summary.setdefault("skipped", {})[section] = why
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _last_real(mask: np.ndarray) -> np.ndarray:
+    """Index of the last real token per row of a right-padded ``(B, T)`` mask."""
+    return mask.sum(axis=1).astype(int) - 1
+
+
+def _top_tokens(tokenizer: Any, probs: np.ndarray) -> tuple[np.ndarray, str]:
+    top = np.argsort(-probs)[:_TOP_K]
+    text = ", ".join(f"{tokenizer.convert_ids_to_tokens(int(i))} ({probs[i]:.3f})" for i in top)
+    return top, text
+
+
+def outputs_section(ctx: Any) -> None:
+    """What the model computes for each text: class probabilities, the next token, the token at
+    the mask, or (for an encoder without a head) the cosine similarity of mean-pooled embeddings."""
+    mask = ctx.trace.attention_mask
+    tok, kind, rows = ctx.tokenizer, ctx.kind, []
+    if kind == "classifier":
+        logits = ctx.outputs.logits.detach().float().cpu().numpy()  # (B, C)
+        probs = _softmax(logits)
+        labels = ctx.model.config.id2label or {}
+        for i, p in enumerate(probs):
+            c = int(p.argmax())
+            row = {"#": i, "predicted": str(labels.get(c, c)), "probability": float(p[c])}
+            if ctx.target is not None:
+                row[f"p({labels.get(ctx.target, ctx.target)})"] = float(p[ctx.target])
+            rows.append(row)
+        ctx.arrays.update(logits=logits.astype(np.float32))
+        ctx.summary["predictions"] = [int(c) for c in probs.argmax(axis=1)]
+        note = "Class probabilities (softmax of the logits)."
+    elif kind in ("causal-lm", "masked-lm"):
+        logits = ctx.outputs.logits.detach().float().cpu()  # (B, T, V)
+        ids = ctx.trace.input_ids
+        if kind == "causal-lm":
+            where = _last_real(mask)
+            note = "The five most likely next tokens after each text."
+        else:
+            where = np.array([int(np.flatnonzero(r == tok.mask_token_id)[0]) if (r == tok.mask_token_id).any()
+                              else -1 for r in ids])
+            note = f"The five most likely tokens at the first {html.escape(str(tok.mask_token))} of each text."
+        top_ids = np.full((len(where), _TOP_K), -1, dtype=np.int64)
+        top_p = np.zeros((len(where), _TOP_K), dtype=np.float32)
+        for i, pos in enumerate(where):
+            if pos < 0:
+                rows.append({"#": i, "top tokens": f"(no {tok.mask_token} in this text)"})
+                continue
+            probs = _softmax(logits[i, pos].numpy())
+            top, text = _top_tokens(tok, probs)
+            top_ids[i], top_p[i] = top, probs[top]
+            rows.append({"#": i, "position": int(pos), "top tokens": text})
+        ctx.arrays.update(top_token_ids=top_ids, top_token_probs=top_p)
+        ctx.summary["predictions"] = [[tok.convert_ids_to_tokens(int(j)) for j in r if j >= 0] for r in top_ids]
+    else:
+        hidden = ctx.outputs.last_hidden_state.detach().float().cpu().numpy()  # (B, T, D)
+        m = mask[..., None].astype(np.float64)
+        pooled = (hidden * m).sum(axis=1) / m.sum(axis=1)
+        unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        cos = unit @ unit.T
+        rows = [{"#": i, **{str(j): float(cos[i, j]) for j in range(len(cos))}} for i in range(len(cos))]
+        ctx.arrays.update(sentence_embeddings=pooled.astype(np.float32), cosine_similarity=cos.astype(np.float32))
+        note = ("Cosine similarity of the texts' mean-pooled last hidden states (padding excluded), "
+                "the sentence embedding of sentence-transformers models.")
+    ctx.report.add_section("Outputs", html=f"<p>{note}</p>", table=rows)
+
+
+#: Examples drawn as figures in the attribution section (all are in the arrays and the table).
+MAX_ATTRIBUTION_FIGURES = 4
+
+
+def _ig_target(ctx: Any) -> tuple[Any, str] | None:
+    """(target for integrated_gradients, what it explains), or None when nothing applies."""
+    tok, kind = ctx.tokenizer, ctx.kind
+    if kind == "classifier":
+        labels = ctx.model.config.id2label or {}
+        if ctx.target is None:
+            return None, "the logit of the predicted class"
+        return ctx.target, f"the logit of class {ctx.target} ({html.escape(str(labels.get(ctx.target, '')))})"
+    if kind == "causal-lm":
+        if ctx.target is None:
+            return None, "the log-probability of the most likely next token"
+        return ctx.target, (f"the log-probability of each token of the continuation "
+                            f"<em>{html.escape(ctx.target)}</em>")
+    if kind == "masked-lm":
+        if not any(tok.mask_token_id in row for row in ctx.trace.input_ids.tolist()):
+            return None
+        what = "the predicted token" if ctx.target is None else \
+            f"<code>{html.escape(tok.convert_ids_to_tokens(ctx.target))}</code>"
+        return ctx.target, f"the log-probability of {what} at the first {html.escape(tok.mask_token)}"
+    if len(ctx.texts) < 2:
+        return None
+    import llmdbg
+
+    pooled = ctx.arrays["sentence_embeddings"]
+    reference = pooled[(np.arange(len(pooled)) + 1) % len(pooled)]
+    return llmdbg.similarity_target(reference), ("the cosine similarity of each text's mean-pooled "
+                                                 "embedding with the next text's (the last with the first)")
+
+
+def attribution_section(ctx: Any) -> None:
+    """Integrated-gradients attributions of each token (:func:`llmdbg.integrated_gradients`)."""
+    import llmdbg
+
+    ig = getattr(llmdbg, "integrated_gradients", None)
+    if ig is None:
+        _skip(ctx, "attribution", "llmdbg.integrated_gradients is not available in this build")
+        return
+    chosen = _ig_target(ctx)
+    if chosen is None:
+        why = ("no text holds the mask token" if ctx.kind == "masked-lm"
+               else "an encoder without a head needs two texts to attribute their similarity")
+        _skip(ctx, "attribution", why)
+        return
+    target, what = chosen
+    enc = {k: v for k, v in ctx.enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    attr = ig(ctx.model, enc, target=target, tokenizer=ctx.tokenizer, progress=ctx.progress)
+    rel = attr.relative_delta
+    rows = []
+    for i in range(len(attr.tokens)):
+        row = {"#": i, "model evaluations": int(attr.n_evals[i])}
+        if attr.target_tokens is not None:
+            row["target"] = "".join(attr.target_tokens[i])
+        if attr.delta is not None:
+            row["max |delta|"] = float(np.abs(np.asarray(attr.delta[i])).max())
+        if rel is not None:
+            row["relative delta"] = float(np.asarray(rel[i]).max())
+        if attr.converged is not None:
+            row["converged"] = bool(attr.converged[i])
+        rows.append(row)
+    n_fig = min(len(attr.tokens), MAX_ATTRIBUTION_FIGURES)
+    more = (f" Figures for the first {n_fig} texts; every score is in <code>arrays.npz</code>."
+            if len(attr.tokens) > n_fig else "")
+    ctx.report.add_section(
+        "Attribution",
+        html=(f"<p>Integrated gradients ({html.escape(attr.method)}) of {what}, per input token: "
+              "red tokens push it up, blue ones down; the baseline replaces every token but the special "
+              "ones by padding. The convergence delta is the sum of the scores minus the change of the "
+              f"explained value between baseline and input; small relative deltas mean the integral is "
+              f"accurate.{more}</p>" + attr.to_html()),
+        figure=[attr.plot(i) for i in range(n_fig)],
+        captions=[f"Attribution of text {i}." for i in range(n_fig)],
+        table=rows)
+    ctx.arrays.update(attribution_scores=attr.scores.astype(np.float32))
+    if attr.delta is not None:
+        ctx.arrays.update(attribution_delta=np.asarray(attr.delta, dtype=np.float32))
+    ctx.summary["attribution"] = {
+        "method": attr.method,
+        "target": None if attr.target is None else np.asarray(attr.target).tolist(),
+        "target_tokens": attr.target_tokens, "n_evals": attr.n_evals.tolist(),
+        "relative_delta": None if rel is None else np.asarray(rel).tolist(),
+        "converged": None if attr.converged is None else attr.converged.tolist()}
+
+
+def embedding_section(ctx: Any) -> None:
+    """A t-SNE map of the texts' mean-pooled last hidden states, for 8 texts or more."""
+    import llmdbg
+
+    from . import plot
+
+    if len(ctx.texts) < MIN_TEXTS_FOR_MAP:
+        _skip(ctx, "embedding map", f"{len(ctx.texts)} texts; the map needs at least {MIN_TEXTS_FOR_MAP}")
+        return
+    labels = None
+    if ctx.kind == "classifier":
+        names = ctx.model.config.id2label or {}
+        labels = [str(names.get(c, c)) for c in ctx.summary["predictions"]]
+    texts = [t if len(t) <= 40 else t[:37] + "..." for t in ctx.texts]
+    emap = llmdbg.embed_hidden_states(ctx.trace, -1, "mean", labels=labels or texts, random_state=0)
+    fig = plot.embedding(emap.coords, labels=labels, texts=texts,
+                                title="t-SNE of mean-pooled last hidden states")
+    ctx.report.add_section(
+        "Embedding map",
+        html=("<p>Each text is a point: its last hidden state averaged over its real tokens, mapped to "
+              "two dimensions by llmdbg's t-SNE (perplexity min(30, (N - 1) / 3), seed 0). Nearby "
+              "points are texts the model represents alike; distances between far-apart groups mean "
+              + ("little. Colours are the predicted classes.</p>" if labels else "little.</p>")),
+        figure=fig, captions=["t-SNE map of the texts."])
+    ctx.arrays.update(embedding_map=np.asarray(emap.coords, dtype=np.float32))
+    ctx.summary["embedding_map"] = {"n": len(ctx.texts), "layer": -1, "pooling": "mean"}

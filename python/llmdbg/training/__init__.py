@@ -1,0 +1,78 @@
+"""Training-run debugging: :func:`watch` for plain loops (and the integrations' callbacks).
+
+A plain loop needs three added lines::
+
+    w = llmdbg.watch(model, optimizer, log_dir="runs/exp1")   # 1
+    for batch in loader:
+        loss = model(**batch).loss
+        loss.backward()
+        w.step(loss=loss)                                      # 2: after backward, before step
+        optimizer.step(); optimizer.zero_grad()
+    w.close()                                                  # 3 (or use `with llmdbg.watch(...)`)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .detectors import DEFAULTS, DetectorSuite, Event, find_spikes, robust_z
+from .watch import LOCATE, TRACKS, Watch
+
+__all__ = ["DEFAULTS", "LOCATE", "TRACKS", "DetectorSuite", "Event", "Watch", "find_spikes", "robust_z", "watch"]
+
+
+def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 50,
+          log_dir: Any = None, detectors: Any = "default", track: Any = TRACKS, on_nan: str = "warn",
+          locate: str = "forward") -> Watch:
+    """Watch a training run: loss, gradients, weights and activations, with problem detectors.
+
+    Every step (cheap, one host sync): the loss, the global gradient norm before clipping (equal
+    to what :func:`torch.nn.utils.clip_grad_norm_` returns), the learning rate and non-finite
+    flags. Every ``every`` steps: per-layer gradient/weight norms and RMS, update/weight ratios,
+    fixed log2-bin histograms of gradients, weights and block outputs, activation statistics,
+    dead feed-forward units and outlier features. Re-watching a model closes its previous watch,
+    so re-running a notebook cell never stacks hooks.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model (a ``DistributedDataParallel``/``DataParallel`` wrapper is unwrapped). Register
+        the watch *before* ``torch.compile``: hooks added to a compiled module never run.
+    optimizer : torch.optim.Optimizer, optional
+        Gives the learning rate; must own (some of) the model's trainable parameters.
+    every : int
+        Period of the detailed tier, in optimizer steps (step 0 is always detailed).
+    log_dir : str or Path, optional
+        TensorBoard event directory (written by rank 0 only). Must be writable.
+    detectors : "default", None, list of str or dict
+        Which detectors run and their thresholds (:data:`llmdbg.training.DEFAULTS`), e.g.
+        ``{"loss_spike": {"z": 8}, "overfitting": {}}``.
+    track : tuple of str
+        Any of ``"loss"``, ``"grads"``, ``"weights"``, ``"activations"``.
+    on_nan : {"warn", "raise", "skip"}
+        On a non-finite loss, gradient or activation: warn (``RuntimeWarning``), raise
+        ``FloatingPointError``, or drop the gradients so that the following ``optimizer.step()``
+        changes nothing. The event naming the first module is logged in every case.
+    locate : {"forward", "always", "after_nan", "off"}
+        Where-is-the-first-NaN hooks. ``"forward"`` (default): per-module forward records every
+        step, backward records armed after the first non-finite step; ``"always"``: both every
+        step; ``"after_nan"``: both armed after the first non-finite step; ``"off"``. Without
+        backward records a non-finite gradient is still reported by parameter name.
+
+    Returns
+    -------
+    Watch
+        Call ``step(loss=...)`` after each backward (before clipping and ``optimizer.step()``),
+        ``eval(step, val_loss=..., metrics=...)`` after evaluations, and ``close()`` at the end.
+
+    Notes
+    -----
+    The gradients are read at the end of each backward pass (an autograd end-of-pass
+    callback, after DDP's gradient reduction), so clipping between ``backward()`` and
+    ``step()`` does not change the recorded norm. With AMP's ``GradScaler`` the gradients are
+    still scaled at that point: divide the recorded norms by ``scaler.get_scale()``.
+    """
+    return Watch(model, optimizer, every=every, log_dir=log_dir, detectors=detectors, track=track,
+                 on_nan=on_nan, locate=locate)

@@ -1,0 +1,67 @@
+"""Gradient and weight measurements: the global norm every step, per-layer numbers when logged.
+
+The global norm is computed exactly as :func:`torch.nn.utils.clip_grad_norm_` computes it (one
+``torch._foreach_norm`` over the gradients, then the 2-norm of the stacked norms), so the two
+agree to float rounding, and it stays on the device until the watch's single host copy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-tensor 2-norms, grouped by (device, dtype) for the fused ``_foreach_norm``."""
+    groups: dict[tuple[Any, Any], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    out: list[Any] = [None] * len(tensors)
+    for idx in groups.values():
+        for i, n in zip(idx, torch._foreach_norm([tensors[i] for i in idx])):
+            out[i] = n
+    return out
+
+
+def grad_norms(params: list[torch.nn.Parameter]) -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
+    """(indices of params with a dense gradient, their norms ``(n,)`` float32, global norm 0-d).
+
+    None when no parameter has a gradient.
+    """
+    idx = [i for i, p in enumerate(params) if p.grad is not None and not p.grad.is_sparse]
+    if not idx:
+        return None
+    norms = _norms([params[i].grad.detach() for i in idx])
+    dev = norms[0].device
+    stacked = torch.stack([n.to(dev) for n in norms])
+    total = torch.linalg.vector_norm(stacked, 2.0)
+    return idx, stacked.float(), total.float()
+
+
+def weight_norms(params: list[torch.nn.Parameter], idx: list[int]) -> list[float]:
+    """2-norms of ``params[i]`` for ``i`` in ``idx`` (one host copy)."""
+    if not idx:
+        return []
+    norms = _norms([params[i].detach() for i in idx])
+    dev = norms[0].device
+    return torch.stack([n.float().to(dev) for n in norms]).tolist()
+
+
+def snapshot(params: list[torch.nn.Parameter], idx: list[int]) -> list[torch.Tensor]:
+    """Copies of the weights, to measure the next update's size."""
+    return [params[i].detach().clone() for i in idx]
+
+
+def update_ratios(params: list[torch.nn.Parameter], idx: list[int], before: list[torch.Tensor]) -> list[float]:
+    """``||w_now - w_before|| / ||w_before||`` per parameter (NaN where ``w_before`` is 0)."""
+    if not idx:
+        return []
+    now = [params[i].detach() for i in idx]
+    delta = _norms(torch._foreach_sub(now, before))
+    base = _norms(before)
+    dev = delta[0].device
+    d = torch.stack([x.float().to(dev) for x in delta])
+    b = torch.stack([x.float().to(dev) for x in base])
+    return [x / y if y > 0 else math.nan for x, y in zip(d.tolist(), b.tolist())]

@@ -1,0 +1,515 @@
+"""``llmdbg.watch``: debug a training run from inside the loop.
+
+A watch measures in two tiers. Every step: the loss, the global gradient norm *before clipping*
+(read at the end of the backward pass), the learning rate and non-finite flags, reduced on the
+device and copied to the host once. Every ``every`` steps: per-layer gradient and weight norms,
+update/weight ratios, fixed log2-bin histograms (the C++ statistics kernel) and activation
+statistics per block (mean, std, absmax, zero fraction, dead units, outlier features).
+Detectors turn these numbers into events (:class:`~llmdbg.training.Event`), logged to the
+``llmdbg`` logger and kept in :attr:`Watch.events`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import grads as G
+from .detectors import DetectorSuite, Event
+from .distributed import rank_world
+from .hooks import NonFiniteLocator, float_tensors
+from .probes import ActivationProbe, find_blocks
+
+logger = logging.getLogger("llmdbg")
+
+TRACKS = ("loss", "grads", "weights", "activations")
+ON_NAN = ("raise", "warn", "skip")
+LOCATE = ("always", "forward", "after_nan", "off")
+_LEVEL = {"info": logging.INFO, "low": logging.WARNING, "medium": logging.WARNING, "high": logging.WARNING,
+          "critical": logging.ERROR}
+
+# One watch per model: re-running a notebook cell closes the previous watch instead of stacking hooks.
+_REGISTRY: weakref.WeakKeyDictionary[nn.Module, Watch] = weakref.WeakKeyDictionary()
+
+
+def _unwrap(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
+def _baseline_loss(model: nn.Module) -> float | None:
+    """A trivial loss to compare against: ln V for language models, ln K for classifiers."""
+    cfg, name = getattr(model, "config", None), type(model).__name__
+    if cfg is None:
+        return None
+    if name.endswith(("LMHeadModel", "ForCausalLM", "ForMaskedLM")) and getattr(cfg, "vocab_size", 0) > 1:
+        return math.log(cfg.vocab_size)
+    if name.endswith("ForSequenceClassification") and getattr(cfg, "num_labels", 0) > 1:
+        return math.log(cfg.num_labels)
+    return None
+
+
+class Watch:
+    """Training-run monitor returned by :func:`llmdbg.watch`; see there for the parameters.
+
+    Attributes
+    ----------
+    events : list of Event
+        Detected problems in order.
+    histograms : dict
+        ``{"grads"|"weights"|"activations": {name: {step: counts (HIST_BINS,) float64}}}`` on the
+        fixed log2 bins of :func:`llmdbg.hist_edges`.
+    frozen : list of str
+        Parameters without ``requires_grad`` (reported, never touched).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 50,
+                 log_dir: Any = None, detectors: Any = "default", track: Any = TRACKS, on_nan: str = "warn",
+                 locate: str = "forward") -> None:
+        inner = _unwrap(model)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every: expected a positive int, got {every!r}")
+        track = (track,) if isinstance(track, str) else tuple(track)
+        bad = [t for t in track if t not in TRACKS]
+        if bad:
+            raise ValueError(f"track: unknown {bad}; choose from {TRACKS}")
+        if on_nan not in ON_NAN:
+            raise ValueError(f"on_nan: expected one of {ON_NAN}, got {on_nan!r}")
+        if locate not in LOCATE:
+            raise ValueError(f"locate: expected one of {LOCATE}, got {locate!r}")
+        self.model, self.optimizer, self.every, self.track = inner, optimizer, every, track
+        self.on_nan, self.locate = on_nan, locate
+        self.rank, self.world = rank_world()
+        named = list(inner.named_parameters())
+        self.frozen = [n for n, p in named if not p.requires_grad]
+        self._names = [n for n, p in named if p.requires_grad]
+        self._params = [p for _, p in named if p.requires_grad]
+        if optimizer is not None:
+            self._check_optimizer(optimizer)
+        self.detectors = DetectorSuite(detectors)
+        base = _baseline_loss(inner)
+        if "underfitting" in self.detectors.cfg and self.detectors.cfg["underfitting"]["baseline"] is None:
+            self.detectors.cfg["underfitting"]["baseline"] = base
+        self.sink = None
+        if log_dir is not None and self.rank == 0:
+            from .sinks import TensorBoardSink, check_writable
+
+            check_writable(log_dir)  # ValueError naming log_dir before any hook is registered
+            self.sink = TensorBoardSink(log_dir)
+        self.events: list[Event] = []
+        self.histograms: dict[str, dict[str, dict[int, np.ndarray]]] = {"grads": {}, "weights": {}, "activations": {}}
+        self._rows: list[dict[str, Any]] = []
+        self._eval_rows: list[dict[str, Any]] = []
+        self._layer_rows: list[dict[str, Any]] = []
+        self._act_rows: list[dict[str, Any]] = []
+        self._step = 0
+        self._pending: tuple | None = None
+        self._queued = False
+        self._model_losses: list[torch.Tensor] = []
+        self._snapshot: tuple[list[int], list[torch.Tensor], list[dict[str, Any]]] | None = None
+        self._active: dict[str, np.ndarray] = {}
+        self._tokens: dict[str, float] = {}
+        self._warned_no_grad: set[str] = set()
+        self.closed = False
+        previous = _REGISTRY.get(inner)
+        if previous is not None and not previous.closed:
+            logger.info("llmdbg.watch: closing the previous watch of this model (no hooks are stacked)")
+            previous.close()
+        modules = list(inner.named_modules())
+        self._module_index = {n: i for i, (n, _) in enumerate(modules)}
+        self._owner = [self._module_index.get(n.rpartition(".")[0], 0) for n in self._names]
+        self.locator = None
+        self.probe = None
+        self._modules = modules
+        try:
+            if locate != "off" and locate != "after_nan":
+                self.locator = NonFiniteLocator(modules, forward=True, backward=locate == "always")
+            if "activations" in track:
+                blocks, acts = find_blocks(inner)
+                self.probe = ActivationProbe(inner, blocks, acts)
+                self.probe.armed = True  # step 0 is a logged step
+        except BaseException:  # never leave half the hooks behind
+            for part in (self.locator, self.probe):
+                if part is not None:
+                    part.remove()
+            if self.sink is not None:
+                self.sink.close()
+            raise
+        self._root_handle = inner.register_forward_hook(self._root_hook)
+        _REGISTRY[inner] = self
+        if self.frozen:
+            self._emit(Event(0, self.frozen[0], "frozen_parameters", "info",
+                             f"{len(self.frozen)} parameters are frozen (requires_grad=False) and not "
+                             f"watched: {', '.join(self.frozen[:5])}{' ...' if len(self.frozen) > 5 else ''}"))
+
+    # -- construction checks ------------------------------------------------------------------------
+    def _check_optimizer(self, optimizer: Any) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer: expected a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        mine = {id(p) for p in self._params}
+        if mine and not owned & mine:
+            raise ValueError("optimizer: it owns none of the model's trainable parameters (was it built for "
+                             "another model, or before the model was re-created?)")
+        missing = [n for n, p in zip(self._names, self._params) if id(p) not in owned]
+        if missing:
+            logger.warning("llmdbg.watch: %d trainable parameters are not in the optimizer: %s",
+                           len(missing), ", ".join(missing[:5]))
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.locator is not None and not self.locator.backward:
+            self.locator.forward_done(output)
+        if not torch.is_grad_enabled():
+            return
+        loss = output.get("loss") if isinstance(output, dict) else None
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self._model_losses.append(loss.detach())
+        if "grads" in self.track:
+            for t in float_tensors(output):
+                if t.requires_grad:
+                    t.register_hook(self._on_output_grad)
+
+    def _on_output_grad(self, grad: torch.Tensor) -> None:
+        # Queue one callback for the end of this backward pass (the DDP reducer queues its own
+        # finalisation later in the pass, so ours re-queues itself to run after it).
+        if not self._queued:
+            self._queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._after_backward_outer)
+
+    def _after_backward_outer(self) -> None:
+        torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
+
+    def _after_backward(self) -> None:
+        self._queued = False
+        if not self.closed:
+            self._pending = G.grad_norms(self._params)
+
+    # -- the step -------------------------------------------------------------------------------------
+    def _loss_value(self, loss: Any) -> torch.Tensor | float | None:
+        if loss is None:
+            if not self._model_losses:
+                return None
+            return torch.stack(self._model_losses).float().mean()
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"loss: expected a scalar tensor or a float, got a tensor of shape {tuple(loss.shape)}")
+            if loss.is_complex():
+                raise TypeError("loss: complex tensors are not supported")
+            return loss.detach().reshape(()).float()
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            return float(loss)
+        raise TypeError(f"loss: expected a scalar tensor or a float, got {type(loss).__name__}")
+
+    def _lr(self) -> float | None:
+        if self.optimizer is None or not self.optimizer.param_groups:
+            return None
+        lr = self.optimizer.param_groups[0].get("lr")
+        return float(lr) if lr is not None else None
+
+    def step(self, loss: Any = None, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        """Record one optimizer step; call it after ``loss.backward()`` and before ``optimizer.step()``.
+
+        Parameters
+        ----------
+        loss : scalar torch.Tensor or float, optional
+            The step's loss. By default, the mean of the ``loss`` fields of the model outputs seen
+            since the last step (Hugging Face models called with ``labels``).
+        metrics : dict of str to float, optional
+            Extra training metrics for :attr:`history` (and TensorBoard ``metrics/<name>``).
+
+        Returns
+        -------
+        dict
+            This step's row of :attr:`history`.
+
+        Raises
+        ------
+        RuntimeError
+            No backward pass has produced gradients yet, or the watch is closed.
+        FloatingPointError
+            ``on_nan="raise"`` and the step was not finite.
+        """
+        if self.closed:
+            raise RuntimeError("watch.step(): this watch is closed; create a new one with llmdbg.watch()")
+        lv = self._loss_value(loss)
+        if "loss" in self.track and lv is None:
+            raise ValueError("loss: no loss given and the model returned none; pass watch.step(loss=loss)")
+        step = self._step
+        logged = step % self.every == 0
+        if self._snapshot is not None:
+            self._update_ratios()
+        pending = self._pending
+        if "grads" in self.track and pending is None:
+            pending = G.grad_norms(self._params)
+            if pending is None:
+                raise RuntimeError("watch.step() was called before any backward pass: no parameter has a "
+                                   "gradient. Call it after loss.backward() and before optimizer.step().")
+        # The single host copy of this step.
+        parts = []
+        dev = pending[1].device if pending else (lv.device if isinstance(lv, torch.Tensor) else torch.device("cpu"))
+        if isinstance(lv, torch.Tensor):
+            parts.append(lv.to(dev).reshape(1))
+        if pending:
+            parts += [pending[2].reshape(1), pending[1]]
+        fwd = bwd = None
+        if self.locator is not None:
+            fwd, bwd = self.locator.packed(dev)
+            parts += [fwd.reshape(-1), bwd.reshape(-1)]
+        host = torch.cat([p.to(dev) for p in parts]).tolist() if parts else []
+        pos = 0
+        if isinstance(lv, torch.Tensor):
+            loss_v, pos = host[0], 1
+        else:
+            loss_v = lv if lv is not None else math.nan
+        gnorm = None
+        norms: list[float] = []
+        if pending:
+            gnorm, norms = host[pos], host[pos + 1: pos + 1 + len(pending[0])]
+            pos += 1 + len(pending[0])
+        fwd_vals = bwd_vals = []
+        if fwd is not None:
+            nf, nb = fwd.shape[0], bwd.shape[0]
+            fwd_vals = [host[pos + 4 * i: pos + 4 * i + 4] for i in range(nf)]
+            bwd_vals = [host[pos + 4 * nf + 2 * i: pos + 4 * nf + 2 * i + 2] for i in range(nb)]
+        bad_fwd = any(not (math.isfinite(v[2]) and math.isfinite(v[3])) for v in fwd_vals)
+        nonfinite = not math.isfinite(loss_v) or (gnorm is not None and not math.isfinite(gnorm)) or bad_fwd
+        row = {"step": step, "loss": loss_v, "grad_norm": gnorm, "lr": self._lr(), "nonfinite": nonfinite}
+        if metrics:
+            row.update({str(k): float(v) for k, v in metrics.items()})
+        self._rows.append(row)
+        new: list[Event] = self.detectors.on_step(step, loss_v, gnorm) if self.detectors.cfg else []
+        if nonfinite:
+            new += self._locate(step, pending, norms, fwd_vals, bwd_vals)
+        layers = []
+        if logged and not nonfinite:
+            layers = self._logged_step(step, pending, norms, loss_v)
+            new += self.detectors.on_layers(step, layers)
+        for e in new:
+            self._emit(e)
+        if self.sink is not None:
+            self._write_step(row, layers)
+        self._finish_step(step)
+        if nonfinite:
+            self._handle_nan(step, new)
+        return row
+
+    def _finish_step(self, step: int) -> None:
+        self._pending = None
+        self._model_losses.clear()
+        if self.locator is not None:
+            self.locator.reset()
+        self._step = step + 1
+        if self.probe is not None:
+            self.probe.armed = self._step % self.every == 0
+
+    def _locate(self, step: int, pending: Any, norms: list[float], fwd_vals: list, bwd_vals: list) -> list[Event]:
+        """Events naming where the first NaN/Inf appeared, from this step's records."""
+        ev: list[Event] = []
+        bad_params = [pending[0][j] for j, v in enumerate(norms) if not math.isfinite(v)] if pending else []
+        if self.locator is not None and "nonfinite" in self.detectors.cfg:
+            first = self.locator.first_forward(fwd_vals)
+            if first:
+                ev.append(Event(step, first["module"], "nonfinite_forward", "critical",
+                                f"first non-finite output in the forward pass: input abs-max "
+                                f"{first['input_absmax']:.4g}, output abs-max {first['output_absmax']}"))
+            if self.locator.backward and bwd_vals:
+                # Later parameters are reached first by the backward pass.
+                owners = list(dict.fromkeys(self._owner[i] for i in reversed(bad_params)))
+                first_b = self.locator.first_backward(bwd_vals, owners)
+                if first_b:
+                    how = ("gradient of its parameters" if first_b.get("parameter") else
+                           f"incoming gradient abs-max {first_b['grad_output_absmax']:.4g}, outgoing "
+                           f"{first_b['grad_input_absmax']:.4g}")
+                    if "seen_at" in first_b:
+                        how += f" (first seen entering {first_b['seen_at']})"
+                    ev.append(Event(step, first_b["module"], "nonfinite_backward", "critical",
+                                    f"first non-finite gradient in the backward pass: {how}"))
+        if bad_params and not any(e.kind == "nonfinite_backward" for e in ev):
+            names = [self._names[i] for i in reversed(bad_params)]  # in the order the backward reaches them
+            ev.append(Event(step, names[0], "nonfinite_gradients", "critical",
+                            f"{len(names)} parameters have non-finite gradients: {', '.join(names[:5])}"
+                            f"{' ...' if len(names) > 5 else ''}"))
+        # Arm the forensic hooks for the next steps when they were not on.
+        if self.locate in ("forward", "after_nan"):
+            if self.locator is None:
+                self.locator = NonFiniteLocator(self._modules, forward=True, backward=True)
+            elif not self.locator.backward:
+                self.locator.attach_backward()
+        return ev
+
+    def _handle_nan(self, step: int, events: list[Event]) -> None:
+        where = "; ".join(f"{e.kind} at {e.module or 'model'}" for e in events if e.severity == "critical")
+        msg = f"llmdbg.watch: step {step} is not finite ({where or 'loss or gradient norm'})"
+        if self.on_nan == "raise":
+            raise FloatingPointError(msg)
+        if self.on_nan == "warn":
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        else:  # skip: the optimizer ignores parameters without gradients
+            for p in self._params:
+                p.grad = None
+            logger.warning("%s; gradients dropped, the optimizer step is skipped", msg)
+
+    # -- the periodic tier ----------------------------------------------------------------------------
+    def _update_ratios(self) -> None:
+        """Size of the optimizer update that followed the last logged step (weights then vs now)."""
+        s_idx, before, s_rows = self._snapshot
+        self._snapshot = None
+        for r, ratio in zip(s_rows, G.update_ratios(self._params, s_idx, before)):
+            r["update_ratio"] = ratio
+            if self.sink is not None:
+                self.sink.scalars(r["step"], {f"update_ratio/{r['layer']}": ratio})
+
+    def _logged_step(self, step: int, pending: Any, norms: list[float], loss_v: float) -> list[dict[str, Any]]:
+        from .periodic import logged_step
+
+        return logged_step(self, step, pending, norms, loss_v)
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def eval(self, step: int | None = None, val_loss: float | None = None,
+             metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        """Record an evaluation: validation loss and metrics; runs the over/underfitting detectors.
+
+        ``step`` defaults to the last recorded step. The training loss it is compared with is the
+        mean loss over the steps since the previous evaluation.
+        """
+        if step is None:
+            step = max(self._step - 1, 0)
+        if isinstance(val_loss, torch.Tensor):
+            val_loss = float(self._loss_value(val_loss))
+        row: dict[str, Any] = {"step": int(step)}
+        if val_loss is not None:
+            row["val_loss"] = float(val_loss)
+        for k, v in (metrics or {}).items():
+            row[f"val_{k}"] = float(v)
+        last_eval = self._eval_rows[-1]["step"] if self._eval_rows else -1
+        recent = [r["loss"] for r in self._rows if last_eval < r["step"] <= step and math.isfinite(r["loss"])]
+        train = float(np.mean(recent)) if recent else math.nan
+        row["train_loss"] = train
+        self._eval_rows.append(row)
+        if val_loss is not None and math.isfinite(train):
+            for e in self.detectors.on_eval(int(step), train, float(val_loss)):
+                self._emit(e)
+        if self.sink is not None:
+            self.sink.scalars(int(step), {"loss/val": row.get("val_loss"),
+                                          **{f"metrics/{k}": float(v) for k, v in (metrics or {}).items()}})
+        return row
+
+    # -- output ---------------------------------------------------------------------------------------
+    def _emit(self, e: Event) -> None:
+        self.events.append(e)
+        if self.rank == 0:
+            logger.log(_LEVEL.get(e.severity, logging.WARNING), "[step %d] %s (%s) %s: %s", e.step, e.kind,
+                       e.severity, e.module or "model", e.message)
+            if self.sink is not None:
+                self.sink.text("events", e.step, f"**{e.kind}** ({e.severity}) `{e.module or 'model'}`: {e.message}")
+
+    def _write_step(self, row: dict[str, Any], layers: list[dict[str, Any]]) -> None:
+        step = row["step"]
+        extra = {f"metrics/{k}": v for k, v in row.items() if k not in ("step", "loss", "grad_norm", "lr", "nonfinite")}
+        self.sink.scalars(step, {"loss/train": row["loss"], "grad_norm/global": row["grad_norm"], "lr": row["lr"], **extra})
+        for r in layers:
+            self.sink.scalars(step, {f"grad_norm/{r['layer']}": r["grad_norm"],
+                                     f"weight_norm/{r['layer']}": r["weight_norm"]})
+        for kind in ("grads", "activations"):
+            for name, by_step in self.histograms[kind].items():
+                if step in by_step:
+                    self.sink.histogram(f"{kind}/{name}", step, by_step[step], by_step[step].sum(), 0.0, 0.0)
+        for r in self._act_rows:
+            if r["step"] == step and "absmax" in r:
+                self.sink.scalars(step, {f"activations/{r['module']}/absmax": r["absmax"],
+                                         f"activations/{r['module']}/std": r["std"]})
+
+    def add_embedding(self, mat: Any, metadata: Any = None, tag: str = "default") -> None:
+        """Write vectors to TensorBoard's embedding projector (needs ``log_dir``)."""
+        if self.sink is None:
+            raise ValueError("add_embedding: this watch has no log_dir (TensorBoard sink)")
+        self.sink.embedding(mat, metadata=metadata, tag=tag, step=self._step)
+
+    @property
+    def history(self):
+        """Per-step pandas DataFrame indexed by step: loss, grad_norm, lr, nonfinite, metrics,
+        and the evaluation columns (val_loss, val_<metric>, train_loss) on evaluated steps."""
+        from .views import history_frame
+
+        return history_frame(self._rows, self._eval_rows)
+
+    @property
+    def layers(self):
+        """Per-layer DataFrame of the logged steps: step, layer, grad_norm, grad_rms, weight_norm,
+        update_ratio (the size of the optimizer update that followed that step)."""
+        import pandas as pd
+
+        return pd.DataFrame(self._layer_rows, columns=["step", "layer", "grad_norm", "grad_rms", "weight_norm",
+                                                       "update_ratio"])
+
+    @property
+    def activations(self):
+        """Per-module DataFrame of the logged steps: block statistics (mean, std, absmax,
+        zero_fraction, nan/inf counts, outlier_features) and dead_fraction of FFN activations."""
+        import pandas as pd
+
+        return pd.DataFrame(self._act_rows)
+
+    def events_frame(self):
+        """:attr:`events` as a DataFrame (step, module, kind, severity, message)."""
+        import pandas as pd
+
+        return pd.DataFrame([e.__dict__ for e in self.events], columns=["step", "module", "kind", "severity", "message"])
+
+    def plot(self, **kwargs: Any):
+        """The training dashboard; see :func:`llmdbg.plot.training_dashboard`."""
+        from ..plot.training import training_dashboard
+
+        return training_dashboard(self, **kwargs)
+
+    def add_to_report(self, report: Any, title: str = "Training run") -> Any:
+        """Append a section (dashboard figure, events and last-step table) to a :class:`~llmdbg.report.Report`."""
+        from .views import add_report_section
+
+        return add_report_section(self, report, title)
+
+    def _repr_html_(self) -> str:
+        from .views import repr_html
+
+        return repr_html(self)
+
+    def __repr__(self) -> str:
+        return (f"Watch({type(self.model).__name__}, steps={self._step}, every={self.every}, "
+                f"events={len(self.events)}{', closed' if self.closed else ''})")
+
+    # -- lifetime ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Remove every hook and close the TensorBoard writer; the recorded data stay readable."""
+        if self.closed:
+            return
+        self.closed = True
+        self._root_handle.remove()
+        if self.locator is not None:
+            self.locator.remove()
+        if self.probe is not None:
+            self.probe.remove()
+        self._snapshot = None
+        self._pending = None
+        self._model_losses.clear()
+        if self.sink is not None:
+            self.sink.close()
+        if _REGISTRY.get(self.model) is self:
+            del _REGISTRY[self.model]
+
+    def __enter__(self) -> Watch:  # noqa: PYI034 - Watch is not meant to be subclassed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

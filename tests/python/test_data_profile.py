@@ -1,0 +1,137 @@
+"""llmdbg.data.profile against plain-Python references (Counter, dicts, str.split)."""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+
+import numpy as np
+import pytest
+from llmdbg import _core
+from llmdbg.data import profile
+
+
+def _texts(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
+    rng = random.Random(seed)
+    words = ["the", "cat", "Cat", "sat", "naïve", "über", "x", "a\u3000b", "zz\u00a0y", "end."]
+    texts, labels = [], []
+    for _ in range(n):
+        if texts and rng.random() < 0.2:
+            i = rng.randrange(len(texts))
+            texts.append(texts[i])
+            labels.append(labels[i] if rng.random() < 0.7 else 1 - labels[i])
+            continue
+        k = rng.randrange(0, 9)
+        texts.append(rng.choice(["", " ", "\t"]) + rng.choice([" ", "  ", "\n"]).join(rng.choices(words, k=k)))
+        labels.append(rng.randrange(2))
+    return texts, labels
+
+
+def test_whitespace_counts_equal_python_reference():
+    texts, labels = _texts(3000)
+    p = profile(texts, labels, max_length=4, progress=False)
+    ref = collections.Counter()
+    lengths = []
+    for t in texts:
+        toks = t.split()
+        ref.update(toks)
+        lengths.append(len(toks))
+    assert dict(zip(p.tokens.tolist(), p.token_counts.tolist())) == dict(ref)
+    assert np.all(np.diff(p.token_counts) <= 0)  # most frequent first
+    np.testing.assert_array_equal(p.lengths, lengths)
+    assert p.truncated_share == pytest.approx(np.mean(np.array(lengths) > 4))
+    assert p.n_tokens == sum(ref.values())
+    # Duplicates: first index of each text, groups and conflicting labels.
+    first: dict[str, int] = {}
+    groups = [first.setdefault(t, i) for i, t in enumerate(texts)]
+    np.testing.assert_array_equal(p.groups, groups)
+    assert p.n_duplicates == len(texts) - len(first)
+    members = collections.defaultdict(set)
+    sizes = collections.Counter(texts)
+    for t, y in zip(texts, labels):
+        members[t].add(y)
+    repeated = {t for t, c in sizes.items() if c > 1}
+    assert set(p.duplicates["text"]) == repeated
+    assert dict(zip(p.duplicates["text"], p.duplicates["count"])) == {t: sizes[t] for t in repeated}
+    conflicting = {t for t in repeated if len(members[t]) > 1}
+    assert p.n_conflicting == len(conflicting) > 0
+    assert set(p.conflicting["text"]) == conflicting
+    # Labels and normalised entropy.
+    c = collections.Counter(labels)
+    assert p.labels.tolist() == [0, 1] and p.label_counts.tolist() == [c[0], c[1]]
+    q = np.array([c[0], c[1]]) / len(labels)
+    assert p.label_entropy == pytest.approx(-(q * np.log(q)).sum() / math.log(2))
+    assert p.unk_rate is None
+
+
+def test_results_do_not_depend_on_threads():
+    texts, _ = _texts(5000, seed=3)
+    a = profile(texts, num_threads=1, progress=False)
+    b = profile(texts, num_threads=2, progress=False)
+    assert a.tokens.tolist() == b.tokens.tolist()
+    np.testing.assert_array_equal(a.token_counts, b.token_counts)
+    np.testing.assert_array_equal(a.groups, b.groups)
+
+
+def test_core_split_equals_str_split_on_unicode_spaces():
+    spaces = [c for c in map(chr, range(0x3001)) if c.isspace()]
+    text = "x".join(spaces) + "y"
+    tokens, _, lengths = _core.count_whitespace_tokens([text, "a\u200bb"])
+    assert lengths.tolist() == [len(text.split()), 1]
+    assert sorted(tokens) == sorted(set(text.split()) | {"a\u200bb"})
+
+
+def test_tokenizer_counts_equal_python_reference():
+    from llmdbg.demo import load_minilm
+
+    _, tok = load_minilm()
+    texts = ["The cat sat.", "Zzyzx qwjkx ☃ unknownish", "The cat sat.", "", "a " * 30]
+    p = profile(texts, tokenizer=tok, max_length=16, progress=False)
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    ref = collections.Counter(i for seq in ids for i in seq)
+    got = dict(zip(tok.convert_tokens_to_ids(p.tokens.tolist()), p.token_counts.tolist()))
+    assert got == dict(ref)
+    full = [len(s) for s in tok(texts)["input_ids"]]  # with [CLS] and [SEP]
+    np.testing.assert_array_equal(p.lengths, full)
+    assert p.truncated_share == pytest.approx(np.mean(np.array(full) > 16))
+    assert p.unk_rate == pytest.approx(ref[tok.unk_token_id] / sum(ref.values()))
+    assert p.unk_rate > 0 and p.n_duplicates == 1 and p.n_conflicting == 0
+
+
+def test_string_labels_and_single_label():
+    p = profile(["a", "b", "c"], ["pos", "neg", "pos"], progress=False)
+    assert p.labels.tolist() == ["neg", "pos"] and p.label_counts.tolist() == [1, 2]
+    assert profile(["a", "b"], [1, 1], progress=False).label_entropy == 0.0
+    assert profile(["a", "b"], [0, 1], progress=False).label_entropy == pytest.approx(1.0)
+
+
+def test_summary_and_plot():
+    texts, labels = _texts(200)
+    p = profile(texts, labels, max_length=3, progress=False)
+    s = p.summary()
+    assert s["n_texts"] == 200 and s["n_duplicates"] == p.n_duplicates
+    table = p.token_frequency
+    assert table["rank"].tolist()[:2] == [1, 2] and table["share"].sum() == pytest.approx(1.0)
+    fig = p.plot()
+    assert len(fig.axes) == 3
+    assert len(profile(texts, progress=False).plot().axes) == 2
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="texts is empty"):
+        profile([])
+    with pytest.raises(ValueError, match="labels has 1 entries but texts has 2"):
+        profile(["a", "b"], labels=[0])
+    with pytest.raises(TypeError, match="single string"):
+        profile("a b c")
+    with pytest.raises(TypeError, match=r"texts\[1\] must be str"):
+        profile(["a", 3])
+    with pytest.raises(ValueError, match="max_length"):
+        profile(["a"], max_length=0)
+    with pytest.raises(TypeError, match="tokenizer"):
+        profile(["a"], tokenizer=str.split)
+    with pytest.raises(ValueError, match="outside"):
+        _core.count_ids(np.array([0, 7]), np.array([0, 2]), 5)
+    with pytest.raises(ValueError, match="offsets"):
+        _core.count_ids(np.array([0, 1]), np.array([0, 3]), 5)
