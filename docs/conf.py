@@ -63,16 +63,10 @@ autodoc_member_order = "bysource"
 # The compiled extension (llmdbg._core) has no Python source for viewcode; skip its lookups.
 viewcode_follow_imported_members = False
 
-# Modules other engineers are still writing: a docstring there that is not valid
-# reStructuredText is shown as plain text and listed in build/docs/docstring-problems.txt (and at
-# the end of the build) instead of failing it. Everything else stays an error under -W. Remove a
-# module from this list once its docstrings build cleanly.
-llmdbg_lenient_modules = [
-    "llmdbg.attribution", "llmdbg.embedding", "llmdbg.training", "llmdbg.metrics",
-    "llmdbg.integrations", "llmdbg.lens", "llmdbg.patching", "llmdbg.checks", "llmdbg.edits",
-    "llmdbg.data", "llmdbg.plot.attribution", "llmdbg.plot.embedding", "llmdbg.plot.training",
-    "llmdbg.plot.data",
-]
+# Modules listed here would have docstrings that are not valid reStructuredText shown as plain
+# text and listed in build/docs/docstring-problems.txt instead of failing the -W build. Empty:
+# every module builds cleanly, so every docstring warning is an error.
+llmdbg_lenient_modules: list[str] = []
 
 # Type names in docstrings ("array_like", "(B, T) float32") are prose, not cross references:
 # keep nitpicky off so they do not become warnings while every real warning stays an error.
