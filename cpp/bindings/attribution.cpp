@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common.hpp"
+#include "core/attribution/patterson.hpp"
 #include "core/attribution/quadrature.hpp"
 
 namespace llmdbg::bindings {
@@ -37,15 +38,17 @@ method: riemann_left, riemann_right, riemann_middle, trapezoid, gausslegendre, c
 captum_trapezoid (Captum's riemann_trapezoid, whose weights sum to 1 - 1/n). ValueError for an
 unknown method or too few nodes.)doc");
   m.def(
-      "nested_quadrature",
+      "patterson_quadrature",
       [](int level) {
         attribution::Rule r;
-        without_gil([&] { r = attribution::nested_rule(level); });
+        without_gil([&] { r = attribution::patterson_rule(level); });
         return to_arrays(r);
       },
       py::arg("level"),
-      R"doc(Nested Clenshaw–Curtis rule of `level` (2 nodes at level 0, 2**level + 1 after), nodes in
-the order they were first added, so level k's new nodes follow all of level k - 1's.)doc");
+      R"doc(Nested Gauss–Kronrod–Patterson rule of `level` in [0, 4] (5, 11, 23, 47, 95 nodes on [0, 1]),
+nodes in the order they were first added, so level k's new nodes follow all of level k - 1's.
+ValueError for a level out of range.)doc");
+  m.attr("PATTERSON_MAX_LEVEL") = attribution::kPattersonMaxLevel;
 }
 
 }  // namespace llmdbg::bindings

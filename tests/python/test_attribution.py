@@ -70,13 +70,20 @@ def test_rules_match_captum_nodes():
     assert _core.quadrature("trapezoid", 50)[1].sum() == pytest.approx(1.0)
 
 
-def test_nested_rule_reuses_nodes():
-    prev = _core.nested_quadrature(0)[0]
-    for level in range(1, 7):
-        nodes, weights = _core.nested_quadrature(level)
-        assert nodes.size == 2 ** level + 1 and np.array_equal(nodes[:prev.size], prev)
-        assert weights.sum() == pytest.approx(1.0)
+def test_patterson_rule_reuses_nodes_and_is_exact():
+    prev = _core.patterson_quadrature(0)[0]
+    np.testing.assert_array_equal(prev, _core.quadrature("gausslegendre", 5)[0])
+    for level in range(1, _core.PATTERSON_MAX_LEVEL + 1):
+        nodes, weights = _core.patterson_quadrature(level)
+        assert nodes.size == 2 * prev.size + 1 and np.array_equal(nodes[:prev.size], prev)
+        assert weights.sum() == pytest.approx(1.0) and (weights > 0).all()
+        # Exact to degree 3 n + 1 (n: the previous level's size): against numpy's Legendre moments.
+        for deg in range(3 * prev.size + 2):
+            p = np.polynomial.legendre.Legendre.basis(deg)
+            assert weights @ p(2 * nodes - 1) == pytest.approx(1.0 if deg == 0 else 0.0, abs=1e-10)
         prev = nodes
+    with pytest.raises(ValueError, match="level"):
+        _core.patterson_quadrature(_core.PATTERSON_MAX_LEVEL + 1)
 
 
 def test_accumulate_kernel_is_float32_and_exact():
@@ -120,7 +127,7 @@ def test_exact_on_quadratic_model(method, n):
     np.testing.assert_allclose(attr.scores, model.exact(ids, base), rtol=1e-5, atol=1e-5)
     assert np.abs(attr.delta).max() < 1e-4
     if method == "adaptive":
-        assert attr.n_evals.tolist() == [2, 2]  # level 0 (the trapezoid on both endpoints) is already exact
+        assert attr.n_evals.tolist() == [7, 7]  # level 0 (5-point Gauss + the 2 endpoints) is already exact
 
 
 def test_riemann_left_right_error_on_quadratic_is_first_order():
@@ -319,11 +326,13 @@ def test_adaptive_meets_tol_and_reports_when_not():
     inputs = tiny_inputs("bert", batch=2, length=7)
     attr = llmdbg.integrated_gradients(model, inputs, target=0, method="adaptive", tol=1e-3, progress=False)
     assert attr.converged.all() and (attr.relative_delta < 1e-3).all()
-    assert set(attr.n_evals.tolist()) <= {2, 3, 5, 9, 17, 33, 65, 129}
-    with pytest.warns(ConvergenceWarning, match="max_evals=3"):
-        bad = llmdbg.integrated_gradients(model, inputs, target=0, method="adaptive", tol=1e-12, max_evals=3,
+    assert set(attr.n_evals.tolist()) <= {7, 13, 25, 49, 97}
+    # An oscillating target (the logits are ~1e-3): far from polynomial along the path, so 5 nodes cannot meet 1e-6.
+    wiggly = lambda out: torch.sin(1e4 * out.logits[:, 0])  # noqa: E731
+    with pytest.warns(ConvergenceWarning, match="max_evals=12"):
+        bad = llmdbg.integrated_gradients(model, inputs, target=wiggly, method="adaptive", tol=1e-6, max_evals=12,
                                           progress=False)
-    assert not bad.converged.any() and bad.n_evals.tolist() == [3, 3]
+    assert not bad.converged.any() and bad.n_evals.tolist() == [7, 7]
 
 
 def test_adaptive_matches_dense_reference():

@@ -113,7 +113,7 @@ def test_model_without_input_embeddings():
     (dict(tol=float("nan")), "tol must be a positive number"),
     (dict(method="simpson"), "method must be one of"),
     (dict(method="adaptive", n_steps=8), "n_steps does not apply"),
-    (dict(method="adaptive", n_steps=None, max_evals=2), "max_evals must be an int >= 3"),
+    (dict(method="adaptive", n_steps=None, max_evals=6), "max_evals must be an int >= 7"),
     (dict(reduce="max"), "reduce must be one of"),
     (dict(batch_size=0), "batch_size must be a positive int"),
     (dict(layer="bert.embedings"), "did you mean"),

@@ -107,39 +107,4 @@ Rule fixed_rule(const std::string& method, int n) {
       "'gausslegendre', 'clenshaw_curtis', 'captum_trapezoid' or 'adaptive', got '" + method + "'");
 }
 
-int nested_size(int level) {
-  if (level < 0 || level > 20) {
-    throw std::invalid_argument("nested level must be in [0, 20], got " + std::to_string(level));
-  }
-  return level == 0 ? 2 : (1 << level) + 1;
-}
-
-Rule nested_rule(int level) {
-  const int n = nested_size(level);
-  const Rule cc = clenshaw_curtis(n);  // nodes j = 0..N, N = n - 1 = 2^level (or 1)
-  const int N = n - 1;
-  // Node j of level `level` first appears at the lowest level whose grid holds it:
-  // j * 2^(l - level) integer for grid size 2^l, i.e. l = level - (trailing zeros of j).
-  std::vector<int> order(n);
-  std::vector<int> first(n);
-  for (int j = 0; j <= N; ++j) {
-    int l = level;
-    if (j == 0 || j == N) {
-      l = 0;
-    } else {
-      int jj = j;
-      while (jj % 2 == 0 && l > 1) jj /= 2, --l;
-    }
-    first[j] = l;
-    order[j] = j;
-  }
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return first[a] < first[b]; });
-  Rule r;
-  for (int j : order) {
-    r.nodes.push_back(cc.nodes[j]);
-    r.weights.push_back(cc.weights[j]);
-  }
-  return r;
-}
-
 }  // namespace llmdbg::attribution

@@ -10,8 +10,8 @@ The path is evaluated in chunks of α (never all n_steps × B inputs at once); g
 chunk are folded into float32 accumulators by a C++ kernel, whatever the model's dtype. The
 endpoint values F(x) and F(b) come from the rule's own nodes when it has them (trapezoid,
 adaptive), else from one forward-only pass of both. ``method="adaptive"`` refines a nested
-Clenshaw–Curtis rule (3, 5, 9, 17, ... nodes, every earlier evaluation reused), per example, until
-|delta| / |F(x) − F(b)| < tol.
+Gauss–Kronrod–Patterson rule (5, 11, 23, 47, 95 nodes, exact to degree 9, 16, 34, 70, 142, every
+earlier evaluation reused), per example, until |delta| / |F(x) − F(b)| < tol.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ METHODS = ("riemann_left", "riemann_right", "riemann_middle", "trapezoid", "gaus
            "captum_trapezoid", "adaptive")
 REDUCTIONS = ("sum", "norm", "none")
 DEFAULT_STEPS = 50
-DEFAULT_MAX_EVALS = 129
+#: Adaptive: 2 endpoint evaluations + up to 95 Patterson nodes (level 4, the last).
+DEFAULT_MAX_EVALS = 97
+MIN_MAX_EVALS = 7  # 2 endpoints + the 5 nodes of level 0
 
 
 class ConvergenceWarning(UserWarning):
@@ -57,8 +59,9 @@ def check_options(method: str, n_steps: Any, tol: Any, max_evals: Any, reduce: s
         if n_steps is not None:
             raise ValueError("n_steps does not apply to method='adaptive' (it refines until tol); set max_evals")
         cap = DEFAULT_MAX_EVALS if max_evals is None else max_evals
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 3:
-            raise ValueError(f"max_evals must be an int >= 3 for method='adaptive', got {max_evals!r}")
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < MIN_MAX_EVALS:
+            raise ValueError(f"max_evals must be an int >= {MIN_MAX_EVALS} for method='adaptive' (2 endpoint "
+                             f"evaluations + the first level's 5 nodes), got {max_evals!r}")
         return 0, cap
     steps = DEFAULT_STEPS if n_steps is None else n_steps
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
@@ -168,24 +171,34 @@ def _fixed(prep: Prepared, target: Target, method: str, n_steps: int, chunk_rows
     return attr, ends[1.0], ends[0.0], n_evals, None
 
 
+def _patterson(level: int) -> tuple[np.ndarray, np.ndarray]:
+    return _core.patterson_quadrature(level)
+
+
 def _adaptive(prep: Prepared, target: Target, tol: float, max_evals: int, chunk_rows: int, reduce: str,
               progress: bool):
+    """Nested Gauss–Kronrod–Patterson refinement (5, 11, 23, 47, 95 nodes), per example.
+
+    F(x) and F(b) come first from one forward-only pass (2 evaluations per example); then each
+    level adds its new nodes for the examples whose relative delta is still >= tol, reusing every
+    earlier node. ``n_evals`` counts the 2 endpoint evaluations plus the gradient nodes.
+    """
     bsz, t, d = prep.x.shape
     g = target.n_out
     diff = prep.diff
     store: list[torch.Tensor] = []  # per node: (G, B, T) or (G, B, T, d) contribution diff ⊙ grad
-    level = 0
     final_level = np.zeros(bsz, dtype=np.int64)
-    active = torch.arange(bsz)
-    fx = torch.zeros(bsz, g, device=prep.device)
-    fb = torch.zeros(bsz, g, device=prep.device)
     valid = target.valid.to(prep.device) if target.valid is not None else torch.ones(bsz, g, dtype=torch.bool,
                                                                                      device=prep.device)
     converged = np.zeros(bsz, dtype=bool)
+    active = torch.arange(bsz)
+    ends = _endpoint_values(prep, target, [1.0, 0.0], active)
+    fx, fb = ends[1.0].to(prep.device), ends[0.0].to(prep.device)
     with progress_bar(progress, None, "integrated gradients (adaptive)") as bar:
+        level = 0
         while True:
-            nodes, weights = _core.nested_quadrature(level)
-            start = 0 if level == 0 else _core.nested_quadrature(level - 1)[0].shape[0]
+            nodes, weights = _patterson(level)
+            start = 0 if level == 0 else _patterson(level - 1)[0].shape[0]
             new = nodes[start:]
             new_store = [torch.zeros((g, bsz, t) if reduce == "sum" else (g, bsz, t, d), device=prep.device)
                          for _ in new]
@@ -199,11 +212,8 @@ def _adaptive(prep: Prepared, target: Target, tol: float, max_evals: int, chunk_
                 for i in range(k1 - k0):
                     new_store[k0 + i][:, dev_sub] = contrib[:, i]
 
-            ends = _run_nodes(prep, target, new, active, chunk_rows, bar, keep)
+            _run_nodes(prep, target, new, active, chunk_rows, bar, keep)
             store.extend(new_store)
-            if level == 0:
-                fx[active.to(prep.device)] = ends[1.0]
-                fb[active.to(prep.device)] = ends[0.0]
             w = torch.from_numpy(weights).float().to(prep.device)
             idx = active.to(prep.device)
             total = sum(w[i] * (s[:, idx] if s.dim() == 3 else s[:, idx].sum(-1)).sum(-1) for i, s in enumerate(store))
@@ -213,17 +223,17 @@ def _adaptive(prep: Prepared, target: Target, tol: float, max_evals: int, chunk_
             final_level[active.numpy()] = level
             converged[active[ok].numpy()] = True
             active = active[~ok]
-            nxt = _core.nested_quadrature(level + 1)[0].shape[0] if level < 20 else max_evals + 1
-            if active.numel() == 0 or nxt > max_evals:
+            if active.numel() == 0 or level == _core.PATTERSON_MAX_LEVEL or \
+                    2 + _patterson(level + 1)[0].shape[0] > max_evals:
                 break
             level += 1
     attr = torch.zeros((g, bsz, t) if reduce == "sum" else (g, bsz, t, d), device=prep.device)
     for lvl in np.unique(final_level):
         sel = torch.from_numpy(np.nonzero(final_level == lvl)[0]).to(prep.device)
-        _, w = _core.nested_quadrature(int(lvl))
+        _, w = _patterson(int(lvl))
         for i, wi in enumerate(w):
             attr[:, sel] += float(wi) * store[i][:, sel]
-    sizes = np.array([_core.nested_quadrature(int(lvl))[0].shape[0] for lvl in final_level], dtype=np.int64)
+    sizes = np.array([2 + _patterson(int(lvl))[0].shape[0] for lvl in final_level], dtype=np.int64)
     if not converged.all():
         bad = np.nonzero(~converged)[0].tolist()
         warnings.warn(f"adaptive integrated gradients did not reach |delta| / |F(x) - F(b)| < {tol} within "
@@ -272,7 +282,8 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, *, target: Any = N
         Relative delta |delta| / |F(x) − F(b)| the adaptive rule stops at (and which
         ``Attribution.converged`` reports for every rule).
     max_evals : int, optional
-        Adaptive only: most model evaluations per example (default 129 = level 7).
+        Adaptive only: most model evaluations per example, endpoints included (default 97: all
+        five levels; at least 7). Levels cost 2 + 5, 11, 23, 47, 95 evaluations in total.
     layer : "embeddings", str or torch.nn.Module
         The word embedding whose output is interpolated.
     batch_size : int or "auto"
