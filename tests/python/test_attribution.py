@@ -273,7 +273,7 @@ def test_loop_and_batched_vjp_agree(monkeypatch):
     cont = torch.tensor([[11, 42, 7], [5, 6, 8]])
     a = llmdbg.integrated_gradients(model, {"input_ids": prompt}, target=cont, baseline="zeros", n_steps=6,
                                     progress=False)
-    monkeypatch.setenv("LLMDBG_IG_VJP", "loop")
+    monkeypatch.setenv("LLMDBG_IG_VJP", "batched")
     b = llmdbg.integrated_gradients(model, {"input_ids": prompt}, target=cont, baseline="zeros", n_steps=6,
                                     progress=False)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)

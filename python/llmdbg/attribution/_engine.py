@@ -1,16 +1,19 @@
 """Evaluate the model at a chunk of points along attribution paths: one forward over K points of
 R examples (K·R rows, the embedding output replaced by the path), the target values, and their
-gradients with respect to the path points (one batched vector-Jacobian product for all G targets).
+gradients with respect to the path points (closed form at the LM head input for token targets, then
+one backward per target through the body on the shared graph).
 Also the chunk sizing shared by every method."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any
 
 import torch
 
+from ._head import cotangents, output_head, tap
 from ._inputs import Prepared, replaced_output
 from ._targets import Target
 
@@ -71,38 +74,65 @@ def expand_batch(batch: dict[str, Any], rows: torch.Tensor, k: int, n_examples: 
 
 
 def vjp(values: torch.Tensor, point: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Gradients of each of the G columns of ``values`` (N, G) w.r.t. ``point``: (G, *point.shape).
-
-    G = 1 is one backward. G > 1 uses one batched vector-Jacobian product
-    (``is_grads_batched``, vmap over the backward) on the shared graph, falling back to one
-    backward per column with a retained graph where an operation has no batching rule.
-    """
-    n, g = values.shape
-    if g == 1:
-        (grad,) = torch.autograd.grad(values.sum(), point)
-        return grad[None]
+    """Gradients of each of the G columns of ``values`` (N, G) w.r.t. ``point``: (G, *point.shape)."""
+    g = values.shape[1]
     eye = torch.eye(g, dtype=values.dtype, device=values.device)
-    if os.environ.get("LLMDBG_IG_VJP", "batched") == "batched":
+    return batched_vjp(values, eye[:, None, :].expand(g, *values.shape), point)
+
+
+def batched_vjp(out: torch.Tensor, cotangents: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """Σ cotangents[j] · ∂out/∂point for each j: (G, *point.shape).
+
+    G = 1 is one backward. G > 1 runs one backward per cotangent on the retained graph: vmap over
+    the backward (``is_grads_batched``) hits slow fallbacks (concatenations) in attention and
+    layer-norm backward on CPU; on the benchmark's 16-target GPT-2 case it took 1.35x the CPU time
+    of the loop. ``LLMDBG_IG_VJP=batched`` selects it (a batching failure falls back to the loop).
+    """
+    g = cotangents.shape[0]
+    if g == 1:
+        (grad,) = torch.autograd.grad(out, point, grad_outputs=cotangents[0])
+        return grad[None]
+    if os.environ.get("LLMDBG_IG_VJP", "loop") == "batched":
         try:
-            (grads,) = torch.autograd.grad(values, point, grad_outputs=eye[:, None, :].expand(g, n, g).contiguous(),
-                                           is_grads_batched=True, retain_graph=True)
+            (grads,) = torch.autograd.grad(out, point, grad_outputs=cotangents.contiguous(), is_grads_batched=True,
+                                           retain_graph=True)
             return grads
-        except RuntimeError:
-            pass
-    out = []
+        except RuntimeError as err:  # an op without a batching rule
+            logging.getLogger("llmdbg").debug("batched VJP unavailable (%s); one backward per target", err)
+    grads = torch.empty((g, *point.shape), dtype=point.dtype, device=point.device)
     for j in range(g):
-        (grad,) = torch.autograd.grad(values[:, j].sum(), point, retain_graph=j < g - 1)
-        out.append(grad)
-    return torch.stack(out)
+        (grads[j],) = torch.autograd.grad(out, point, grad_outputs=cotangents[j], retain_graph=j < g - 1)
+    return grads
+
+
+def values_and_grads(prep: Prepared, target: Target, point: torch.Tensor, rows: torch.Tensor, k: int, *,
+                     resolve_at: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target values (K·R, G) float32 at ``point`` and their gradients (G, *point.shape).
+
+    Token log-probabilities of language models take the closed-form gradient at the LM head's
+    input (see ``_head``) so autograd differentiates only the body; everything else goes through
+    autograd end to end.
+    """
+    head = output_head(prep.model, target)
+    with tap(head) as seen:
+        vals, outputs = forward_rows(prep.model, prep, target, point, rows, k, resolve_at=resolve_at,
+                                     return_outputs=True)
+    closed = cotangents(target, outputs, rows.repeat(k), head, seen) if head is not None else None
+    del outputs, seen
+    if closed is None:
+        return vals, vjp(vals, point)
+    h, cot = closed
+    return vals.detach(), batched_vjp(h, cot, point)
 
 
 def forward_rows(model: torch.nn.Module, prep: Prepared, target: Target, point: torch.Tensor, rows: torch.Tensor,
-                 k: int, *, batch: dict[str, Any] | None = None, resolve_at: int | None = None) -> torch.Tensor:
+                 k: int, *, batch: dict[str, Any] | None = None, resolve_at: int | None = None,
+                 return_outputs: bool = False) -> Any:
     """Run the model on ``point`` (K·R, T, d) as the embedding output for examples ``rows`` (R,),
     K points each (step-major). Returns the target values (K·R, G) float32.
 
     ``resolve_at``: index of the point that is the input itself (α = 1), used to fix "predicted"
-    targets on first use.
+    targets on first use. ``return_outputs``: also return the model outputs, ``(values, outputs)``.
     """
     n_examples = prep.ids.shape[0]
     kwargs = expand_batch(batch if batch is not None else prep.batch, rows, k, n_examples)
@@ -119,7 +149,8 @@ def forward_rows(model: torch.nn.Module, prep: Prepared, target: Target, point: 
         r = rows.shape[0]
         sl = slice(resolve_at * r, (resolve_at + 1) * r)
         target.resolve(_slice_outputs(outputs, sl), rows)
-    return target(outputs, all_rows, kwargs)
+    values = target(outputs, all_rows, kwargs)
+    return (values, outputs) if return_outputs else values
 
 
 def _slice_outputs(outputs: Any, sl: slice) -> Any:

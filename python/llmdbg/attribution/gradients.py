@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ._assemble import assemble, progress_bar
-from ._engine import forward_rows, rows_per_chunk, vjp
+from ._engine import rows_per_chunk, values_and_grads
 from ._inputs import Prepared, model_state
 from ._targets import Target
 from .integrated import setup
@@ -41,8 +41,8 @@ def _gradients(prep: Prepared, target: Target, points: torch.Tensor, k: int, chu
         for k0 in range(0, k, step):
             k1 = min(k, k0 + step)
             point = points[k0:k1][:, dev].reshape(-1, t, d).to(prep.dtype).requires_grad_(True)
-            vals = forward_rows(prep.model, prep, target, point, sub, k1 - k0, resolve_at=0 if k0 == 0 else None)
-            grads = vjp(vals, point).float().reshape(target.n_out, k1 - k0, sub.shape[0], t, d)
+            _, grads = values_and_grads(prep, target, point, sub, k1 - k0, resolve_at=0 if k0 == 0 else None)
+            grads = grads.float().reshape(target.n_out, k1 - k0, sub.shape[0], t, d)
             acc[:, dev] += grads.sum(1) / k
             bar.update((k1 - k0) * sub.shape[0])
     return acc

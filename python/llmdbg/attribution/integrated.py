@@ -26,7 +26,7 @@ import torch
 from .. import _core
 from ..models import check_module
 from ._assemble import assemble, progress_bar
-from ._engine import forward_rows, rows_per_chunk, vjp
+from ._engine import forward_rows, rows_per_chunk, values_and_grads
 from ._inputs import Prepared, find_embedding, model_batch, model_state, prepare
 from ._targets import Target, build_target
 from .result import Attribution
@@ -136,13 +136,12 @@ def _run_nodes(prep: Prepared, target: Target, nodes: np.ndarray, rows: torch.Te
             alphas = torch.from_numpy(np.ascontiguousarray(nodes[k0:k1]))
             point = _core.ig_path(prep.b[sub], prep.diff[sub], alphas, _dtype_name(prep.dtype)).requires_grad_(True)
             resolve = next((i for i, a in enumerate(nodes[k0:k1]) if a == 1.0), None)
-            vals = forward_rows(prep.model, prep, target, point, sub, k1 - k0, resolve_at=resolve)
+            vals, grads = values_and_grads(prep, target, point, sub, k1 - k0, resolve_at=resolve)
             r = sub.shape[0]
             for i, a in enumerate(nodes[k0:k1]):
                 if a in (0.0, 1.0):
                     part = vals[i * r:(i + 1) * r].detach()
                     ends[float(a)] = part if float(a) not in ends else torch.cat([ends[float(a)], part])
-            grads = vjp(vals, point)
             del vals, point
             on_chunk(k0, k1, sub, grads)
             bar.update((k1 - k0) * r)
