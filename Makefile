@@ -58,8 +58,9 @@ cpp-test:
 	cmake --build $(BUILD_DIR)/cpp
 	ctest --test-dir $(BUILD_DIR)/cpp --output-on-failure
 
+# LLMDBG_DOCS_HTML: test_docs.py inspects the docs `make docs` just built instead of building twice.
 py-test:
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
+	HF_HUB_OFFLINE=1 LLMDBG_DOCS_HTML=$(BUILD_DIR)/docs $(PYTHON) -m pytest
 
 # Notebooks run offline through nbmake (a fresh kernel each); outputs stay stripped in git.
 notebooks:

@@ -4,6 +4,7 @@ API reference, the benchmarks page) contain what their sources say."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,8 +20,22 @@ import llmdbg_benchmarks
 import llmdbg_toc
 
 
+def _fresh_build() -> Path | None:
+    """``make test`` builds the docs with -W just before pytest and names the output in
+    LLMDBG_DOCS_HTML; reuse it when it is newer than every source it was built from."""
+    html = os.environ.get("LLMDBG_DOCS_HTML")
+    index = Path(html) / "index.html" if html else None
+    if index is None or not index.is_file():
+        return None
+    sources = [*DOCS.rglob("*"), *(ROOT / "python" / "llmdbg").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.json")]
+    newest = max(p.stat().st_mtime for p in sources if p.is_file())
+    return index.parent if newest < index.stat().st_mtime else None
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
+    if (fresh := _fresh_build()) is not None:
+        return fresh
     out = tmp_path_factory.mktemp("docs")
     proc = subprocess.run(
         [sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q",

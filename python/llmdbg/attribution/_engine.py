@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import types
 from typing import Any
 
 import torch
@@ -155,10 +156,4 @@ def forward_rows(model: torch.nn.Module, prep: Prepared, target: Target, point: 
 
 def _slice_outputs(outputs: Any, sl: slice) -> Any:
     logits = outputs.logits if hasattr(outputs, "logits") else outputs
-
-    class _View:
-        pass
-
-    view = _View()
-    view.logits = logits[sl]
-    return view
+    return types.SimpleNamespace(logits=logits[sl])
