@@ -8,9 +8,12 @@ What is timed (each side does the same job on the same texts, labels and max_len
 (a) whitespace path (no tokenizer): split every text on whitespace, count token frequencies and
     per-text lengths, share longer than max_length, label counts, exact duplicates and duplicates
     with conflicting labels.
-    - llmdbg: ``llmdbg.data.profile(texts, labels, max_length=32)`` - the split runs in C++
-      (str.split() semantics), counting and duplicate hashing in the C++ core; the time includes
-      building the sorted token table and the duplicates DataFrame.
+    - llmdbg: ``llmdbg.data.profile(texts, labels, max_length=32)`` - one C++ pass splits
+      (str.split() semantics), counts tokens and hashes texts, then duplicates are grouped in C++;
+      the time includes building the sorted token table and the duplicates DataFrame. Timed with
+      torch.get_num_threads() threads (``profile_speedup_vs_python``, the thread count is in the
+      JSON as ``llmdbg_threads``) and with one thread (``profile_speedup_vs_python_1thread``),
+      since the plain-Python and pandas references run on one thread.
     - plain Python: ``str.split`` + ``collections.Counter.update`` loop, ``dict.setdefault`` for
       duplicates, ``Counter`` for labels, sets for label conflicts.
     - pandas: ``Series.str.split().explode().value_counts()``, ``.str.len()``, ``duplicated`` and
@@ -119,10 +122,13 @@ def main() -> None:
     texts, labels = generate(n)
     threads = torch.get_num_threads()
 
-    def ours():
-        return profile(texts, labels, max_length=MAX_LENGTH, progress=False)
+    def ours(num_threads=None):
+        return profile(texts, labels, max_length=MAX_LENGTH, num_threads=num_threads, progress=False)
 
-    times = time_interleaved({"llmdbg": ours, "python": lambda: python_profile(texts, labels, MAX_LENGTH)}, repeats)
+    # The plain-Python reference is single-threaded by nature: llmdbg is timed both with the
+    # default thread count (torch.get_num_threads(), the headline figure) and with one thread.
+    times = time_interleaved({"llmdbg": ours, "llmdbg_1thread": lambda: ours(1),
+                              "python": lambda: python_profile(texts, labels, MAX_LENGTH)}, repeats)
     # pandas is ~10x slower than plain Python: one timed run, no warm-up, keeps the full run
     # within the time budget (its figure is not close to any goal).
     t0 = time.perf_counter()
@@ -134,7 +140,10 @@ def main() -> None:
              and p.lengths.tolist() == ref[1] and p.truncated_share == ref[2]
              and p.n_duplicates == ref[3] and p.n_conflicting == ref[5]
              and dict(zip(p.labels.tolist(), p.label_counts.tolist())) == dict(ref[4]))
-    t_ours, t_py, t_pd = (median(times[k]) for k in ("llmdbg", "python", "pandas"))
+    p1 = ours(1)  # one thread: identical results
+    equal = equal and (p1.tokens.tolist() == p.tokens.tolist() and np.array_equal(p1.token_counts, p.token_counts)
+                       and np.array_equal(p1.groups, p.groups) and np.array_equal(p1.lengths, p.lengths))
+    t_ours, t_one, t_py, t_pd = (median(times[k]) for k in ("llmdbg", "llmdbg_1thread", "python", "pandas"))
 
     # (b) tokenizer path on N/100 texts.
     from llmdbg.demo import load_minilm
@@ -152,6 +161,7 @@ def main() -> None:
 
     figures = {
         "profile_speedup_vs_python": round(t_py / t_ours, 2),
+        "profile_speedup_vs_python_1thread": round(t_py / t_one, 2),
         "profile_speedup_vs_pandas": round(t_pd / t_ours, 2),
         "time_ratio_vs_python": round(t_ours / t_py, 4),
         "counts_equal_python": int(equal),
@@ -161,7 +171,8 @@ def main() -> None:
     n_tok = int(p.token_counts.sum())
     rows = [
         ("texts / tokens / distinct", f"{n:,} / {n_tok:,} / {len(p.tokens):,}  (threads={threads})"),
-        ("llmdbg.data.profile", f"{t_ours:.3f} s"),
+        (f"llmdbg.data.profile ({threads} threads)", f"{t_ours:.3f} s"),
+        ("llmdbg.data.profile (1 thread)", f"{t_one:.3f} s  ({t_py / t_one:.1f}x vs Python)"),
         ("plain Python (split + Counter)", f"{t_py:.3f} s  ({t_py / t_ours:.1f}x)"),
         ("pandas", f"{t_pd:.3f} s  ({t_pd / t_ours:.1f}x)"),
         ("counts equal to Python", str(bool(equal))),
@@ -169,7 +180,8 @@ def main() -> None:
         ("tokenizer path: plain Python", f"{t_tok_py:.3f} s  ({t_tok_py / t_tok_ours:.2f}x)"),
     ]
     extra = {"n_texts": n, "n_tokens": n_tok, "n_tokenizer_texts": m, "repeats": repeats, "pandas_repeats": 1,
-             "seconds": {"llmdbg": t_ours, "python": t_py, "pandas": t_pd,
+             "llmdbg_threads": threads, "python_threads": 1, "pandas_threads": 1,
+             "seconds": {"llmdbg": t_ours, "llmdbg_1thread": t_one, "python": t_py, "pandas": t_pd,
                          "tokenizer_llmdbg": t_tok_ours, "tokenizer_python": t_tok_py},
              "covers": "whitespace split + token counts + lengths + truncation + labels + duplicates"}
     report("data_profile", args.quick, rows, figures, extra, write=not args.no_write)

@@ -135,3 +135,71 @@ def test_bad_input():
         _core.count_ids(np.array([0, 7]), np.array([0, 2]), 5)
     with pytest.raises(ValueError, match="offsets"):
         _core.count_ids(np.array([0, 1]), np.array([0, 3]), 5)
+
+
+def test_long_unicode_texts_equal_str_split():
+    # Texts longer than the C++ scan's 64-byte windows, with every str.isspace() character and
+    # non-space multi-byte characters at random offsets (also across window edges).
+    rng = random.Random(7)
+    spaces = [c for c in map(chr, range(0x3001)) if c.isspace()]
+    pieces = ["a", "naïve", "☃☃", "x\u200by", "long_token_" * 4, "é", "日本語"]
+    texts = []
+    for _ in range(400):
+        parts = []
+        for _ in range(rng.randrange(0, 40)):
+            parts.append(rng.choice(pieces))
+            parts.append("".join(rng.choices(spaces, k=rng.randrange(1, 3))))
+        texts.append("".join(parts[:rng.randrange(0, len(parts) + 1)]))
+    texts += texts[:50]
+    ref = collections.Counter(w for t in texts for w in t.split())
+    for threads in (1, 2):
+        tokens, counts, lengths, groups = _core.profile_whitespace(texts, threads)
+        assert dict(zip(tokens, counts.tolist())) == dict(ref)
+        assert lengths.tolist() == [len(t.split()) for t in texts]
+        first: dict[str, int] = {}
+        assert groups.tolist() == [first.setdefault(t, i) for i, t in enumerate(texts)]
+
+
+@pytest.mark.parametrize("labels", [
+    [3, -1, 3, 7, -1, 3],                                # ints, counted with bincount
+    np.array([2, 0, 2, 1, 2, 0], dtype=np.uint8),
+    np.array([5, 5, -4, 9, 5, 9], dtype=np.int32),
+    [0, 10**12, 0, -10**12, 10**12, 0],                  # wide range: falls back to np.unique
+    [True, False, True, True, False, True],
+    [2**63, 1, 2**63, 1, 1, 1],                           # beyond int64
+    ["b", "a", "b", "c", "a", "b"],
+    [0.5, 1.5, 0.5, 0.5, 2.5, 1.5],
+])
+def test_labels_equal_np_unique(labels):
+    texts = ["a", "b", "a", "c", "b", "a"]
+    p = profile(texts, labels, progress=False)
+    uniq, codes, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    assert p.labels.dtype == uniq.dtype
+    np.testing.assert_array_equal(p.labels, uniq)
+    np.testing.assert_array_equal(p.label_counts, counts)
+    q = counts / counts.sum()
+    assert p.label_entropy == pytest.approx(-(q * np.log(q)).sum() / math.log(len(uniq)))
+    # Duplicate groups "a" (0, 2, 5) and "b" (1, 4): distinct labels from the reference codes.
+    want = {0: len(set(codes[[0, 2, 5]])), 1: len(set(codes[[1, 4]]))}
+    assert dict(zip(p.duplicates["first"], p.duplicates["n_labels"])) == want
+    assert p.n_conflicting == sum(v > 1 for v in want.values())
+
+
+def test_int64_array_takes_only_exact_ints():
+    np.testing.assert_array_equal(_core.int64_array([1, -2, 2**63 - 1]), [1, -2, 2**63 - 1])
+    assert _core.int64_array((4, 5)).dtype == np.int64
+    for bad in ([1, True], [1, 2.0], [2**63], [np.int64(1)], "12", np.array([1, 2])):
+        assert _core.int64_array(bad) is None
+
+
+def test_duplicate_summary_checks_its_input():
+    groups = np.array([0, 1, 0, 1, 0, 5], dtype=np.int64)
+    first, count, n_labels = _core.duplicate_summary(groups, np.array([1, 2, 1, 3, 2, 0]))
+    assert first.tolist() == [0, 1] and count.tolist() == [3, 2] and n_labels.tolist() == [2, 2]
+    assert _core.duplicate_summary(groups)[2].tolist() == [0, 0]
+    with pytest.raises(TypeError, match="groups"):
+        _core.duplicate_summary(groups.astype(np.float64))
+    with pytest.raises(ValueError, match="codes has 2 entries"):
+        _core.duplicate_summary(groups, np.array([0, 1]))
+    with pytest.raises(ValueError, match="first occurrence"):
+        _core.duplicate_summary(np.array([0, 2, 1], dtype=np.int64))

@@ -12,18 +12,36 @@
 #include <omp.h>
 #endif
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+// Reading a few bytes past the end of a text is safe as long as the read stays inside the page
+// that holds the text's last byte; the extra bytes are masked off. Sanitizers do not know this,
+// so their builds copy the tail instead.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_MEMORY__)
+#define LLMDBG_PAGE_OVERREAD 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer)
+#define LLMDBG_PAGE_OVERREAD 0
+#endif
+#endif
+#ifndef LLMDBG_PAGE_OVERREAD
+#define LLMDBG_PAGE_OVERREAD 1
+#endif
+
+#if defined(__GNUC__)
+#define LLMDBG_INLINE __attribute__((always_inline))
+#else
+#define LLMDBG_INLINE
+#endif
+
 namespace llmdbg::data {
 
 namespace {
 
-inline uint64_t fmix64(uint64_t h) noexcept {
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ULL;
-  h ^= h >> 33;
-  return h;
-}
+// ---------------------------------------------------------------------------------------------
+// Loads and hashing
 
 inline uint64_t load64(const char* p) noexcept {
   uint64_t w;
@@ -37,28 +55,88 @@ inline uint32_t load32(const char* p) noexcept {
   return w;
 }
 
-// The first min(n, 8) bytes as one word, injective for a given n (overlapping loads instead of
-// a byte loop, never reading outside [p, p + n)).
-inline uint64_t head_word(const char* p, size_t n) noexcept {
-  if (n >= 8) return load64(p);
-  if (n >= 4) return load32(p) | (static_cast<uint64_t>(load32(p + n - 4)) << 32);
-  if (n == 0) return 0;
-  return static_cast<uint8_t>(p[0]) | (static_cast<uint64_t>(static_cast<uint8_t>(p[n / 2])) << 8) |
-         (static_cast<uint64_t>(static_cast<uint8_t>(p[n - 1])) << 16);
+// True when k bytes from p stay inside p's 4 KiB page (p itself points at a valid byte).
+inline bool same_page(const char* p, size_t k) noexcept {
+  return LLMDBG_PAGE_OVERREAD && (reinterpret_cast<uintptr_t>(p) & 4095) <= 4096 - k;
 }
 
-inline uint64_t hash_inline(const char* d, size_t n) noexcept {
-  uint64_t h = 0x9E3779B97F4A7C15ULL ^ (static_cast<uint64_t>(n) * 0xff51afd7ed558ccdULL);
-  if (n <= 8) return fmix64((h ^ head_word(d, n)) * 0xbf58476d1ce4e5b9ULL);
-  const char* end = d + n;
-  while (end - d > 8) {
-    h = (h ^ load64(d)) * 0xbf58476d1ce4e5b9ULL;
-    h ^= h >> 31;
-    d += 8;
-  }
-  h = (h ^ load64(end - 8)) * 0x94d049bb133111ebULL;  // the last 8 bytes (overlapping)
-  return fmix64(h);
+constexpr uint64_t kP0 = 0xa0761d6478bd642fULL, kP1 = 0xe7037ed1a0b428dbULL;
+constexpr uint64_t kP2 = 0x8ebc6af09c88c6e3ULL, kP3 = 0x589965cc75374cc3ULL;
+
+// 64 x 64 -> 128-bit product, folded by xor (wyhash's "mum").
+inline uint64_t mum(uint64_t a, uint64_t b) noexcept {
+  const unsigned __int128 r = static_cast<unsigned __int128>(a) * b;
+  return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
 }
+
+// Bytes [0, n) of a key as two little-endian words, bytes >= n zero: word masks by length.
+struct KeyMasks {
+  uint64_t lo[17] = {}, hi[17] = {};
+  constexpr KeyMasks() {
+    for (int k = 0; k <= 16; ++k) {
+      lo[k] = k >= 8 ? ~uint64_t{0} : (uint64_t{1} << (8 * k)) - 1;
+      hi[k] = k <= 8 ? 0 : k >= 16 ? ~uint64_t{0} : (uint64_t{1} << (8 * (k - 8))) - 1;
+    }
+  }
+};
+constexpr KeyMasks kMasks{};
+
+// The first min(n, 16) bytes of [p, p + n), zero-padded, never reading outside the range.
+inline void load_key_exact(const char* p, size_t n, uint64_t& lo, uint64_t& hi) noexcept {
+  if (n >= 16) {
+    lo = load64(p), hi = load64(p + 8);
+  } else if (n > 8) {
+    lo = load64(p), hi = load64(p + n - 8) >> (8 * (16 - n));
+  } else if (n >= 4) {  // overlapping loads: the shared bytes are equal, so OR is exact
+    lo = load32(p) | (static_cast<uint64_t>(load32(p + n - 4)) << (8 * (n - 4))), hi = 0;
+  } else if (n > 0) {
+    lo = static_cast<uint8_t>(p[0]) | (static_cast<uint64_t>(static_cast<uint8_t>(p[n / 2])) << (8 * (n / 2))) |
+         (static_cast<uint64_t>(static_cast<uint8_t>(p[n - 1])) << (8 * (n - 1)));
+    hi = 0;
+  } else {
+    lo = hi = 0;
+  }
+}
+
+// Same words, but reads 16 bytes whenever that is safe (the common case inside a text).
+inline void load_key(const char* p, size_t n, const char* end, uint64_t& lo, uint64_t& hi) noexcept {
+  if (end - p >= 16 || same_page(p, 16)) {
+    const size_t k = n < 16 ? n : 16;
+    lo = load64(p) & kMasks.lo[k];
+    hi = load64(p + 8) & kMasks.hi[k];
+  } else {
+    load_key_exact(p, n, lo, hi);
+  }
+}
+
+inline uint64_t hash_short(uint64_t lo, uint64_t hi, size_t n) noexcept {
+  return mum(lo ^ kP0, hi ^ kP1 ^ static_cast<uint64_t>(n));
+}
+
+// n > 16; lo, hi are the first 16 bytes.
+inline uint64_t hash_long(const char* p, size_t n, uint64_t lo, uint64_t hi) noexcept {
+  uint64_t h = hash_short(lo, hi, n);
+  const char* q = p + 16;
+  const char* end = p + n;
+  while (end - q > 16) {
+    h = mum(h ^ load64(q) ^ kP2, load64(q + 8) ^ kP3);
+    q += 16;
+  }
+  return mum(h ^ load64(end - 16) ^ kP2, load64(end - 8) ^ kP3);  // last 16 bytes (overlapping)
+}
+
+inline uint64_t hash_key(const char* p, size_t n, uint64_t lo, uint64_t hi) noexcept {
+  return n <= 16 ? hash_short(lo, hi, n) : hash_long(p, n, lo, hi);
+}
+
+inline uint64_t hash_exact(const char* p, size_t n) noexcept {
+  uint64_t lo, hi;
+  load_key_exact(p, n, lo, hi);
+  return hash_key(p, n, lo, hi);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whitespace
 
 // Byte classes: 0 part of a token, 1 ASCII whitespace, 2 lead byte of a multi-byte sequence that
 // may be whitespace (checked in full by ws_inline).
@@ -92,91 +170,96 @@ inline int ws_inline(const char* p, const char* end) noexcept {
   return (b1 == 0x81 && b2 == 0x9f) ? 3 : 0;  // U+205F
 }
 
-// First whitespace at or after p (end if none). Eight bytes at a time: a word with no byte
-// <= 0x20 and none >= 0x80 holds no whitespace, so the scan jumps to the first candidate byte.
-inline const char* token_end(const char* p, const char* end) noexcept {
-  constexpr uint64_t kOnes = 0x0101010101010101ULL, kHigh = 0x8080808080808080ULL;
-  for (;;) {
-    while (end - p >= 8) {
-      const uint64_t w = load64(p);
-      const uint64_t candidates = (((w - kOnes * 0x21) & ~w) | w) & kHigh;  // byte < 0x21 or >= 0x80
-      if (candidates == 0) {
-        p += 8;
-        continue;
-      }
-      p += __builtin_ctzll(candidates) / 8;  // little-endian: lowest byte first
-      break;
-    }
-    if (p >= end) return end;
-    if (end - p < 8) {  // short tail: byte by byte
-      while (p < end && (kClass.c[static_cast<uint8_t>(*p)] == 0 || ws_inline(p, end) == 0)) ++p;
-      return p;
-    }
-    if (ws_inline(p, end) > 0) return p;
-    ++p;  // a control byte or a non-space multi-byte character: keep scanning
+// 64 bytes at w: bit k set when byte k is ASCII whitespace; `high` gets the bytes >= 0x80
+// (candidates for multi-byte whitespace, resolved by the caller).
+inline uint64_t ascii_ws64(const char* w, uint64_t& high) noexcept {
+  uint64_t ws = 0, hi = 0;
+#if defined(__SSE2__)
+  const __m128i c09 = _mm_set1_epi8(0x09), c1c = _mm_set1_epi8(0x1c), c4 = _mm_set1_epi8(4);
+  for (int j = 0; j < 4; ++j) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * j));
+    const __m128i a = _mm_sub_epi8(x, c09);  // 0x09..0x0d: x - 0x09 <= 4 (unsigned)
+    const __m128i b = _mm_sub_epi8(x, c1c);  // 0x1c..0x20: x - 0x1c <= 4
+    const __m128i m = _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(a, c4), a), _mm_cmpeq_epi8(_mm_min_epu8(b, c4), b));
+    ws |= static_cast<uint64_t>(static_cast<uint32_t>(_mm_movemask_epi8(m))) << (16 * j);
+    hi |= static_cast<uint64_t>(static_cast<uint32_t>(_mm_movemask_epi8(x))) << (16 * j);
   }
+#else
+  for (int k = 0; k < 64; ++k) {
+    const auto b = static_cast<uint8_t>(w[k]);
+    ws |= static_cast<uint64_t>(kClass.c[b] == 1) << k;
+    hi |= static_cast<uint64_t>(b >> 7) << k;
+  }
+#endif
+  high = hi;
+  return ws;
 }
 
-// Open-addressing table from byte strings to counts, entries kept in insertion order. Counting
-// is bound by cache misses on the table, so a slot holds everything a lookup needs: the hash,
-// the count, the length and the first 8 bytes of the key; keys of up to 8 bytes (most words)
-// are compared without touching the text, longer ones by memcmp of the rest. Callers prefetch
-// slots a few tokens ahead (see `prefetch`).
-class Counter {
- public:
-  Counter() { rehash(1024); }
+// ---------------------------------------------------------------------------------------------
+// Token table
 
-  // Bytes after the first 8 equal (keys of equal length n > 8, whose first 8 bytes match).
-  static bool same_tail(const char* a, const char* b, size_t n) noexcept {
-    if (n <= 16) return load64(a + n - 8) == load64(b + n - 8);
-    return std::memcmp(a + 8, b + 8, n - 8) == 0;
-  }
+// Open-addressing table (linear probing, load <= 1/2) from byte strings to counts, entries kept
+// in insertion order. A 32-byte slot holds the key's first 16 bytes (zero-padded), its length
+// and its count, so keys of up to 16 bytes (nearly all words) are found with one cache line and
+// two word compares, without touching the text; longer keys compare the rest with memcmp.
+class alignas(64) TokenTable {  // own cache lines: one table per thread
+ public:
+  struct Entry {
+    const char* key;
+    size_t len;
+    uint64_t lo, hi, hash;
+    int64_t count;
+  };
+
+  TokenTable() { resize(1024); }
 
   void prefetch(uint64_t h) const noexcept { __builtin_prefetch(&slots_[h & mask_]); }
 
-  void add(const char* p, size_t n, uint64_t h, int64_t by = 1) {
-    const uint64_t pre = head_word(p, n);
+  void add(const char* p, size_t n, uint64_t lo, uint64_t hi, uint64_t h, int64_t by = 1) {
     size_t i = h & mask_;
     for (;;) {
       Slot& s = slots_[i];
       if (s.entry == 0) break;
-      if (s.hash == h && s.len == n && s.prefix == pre &&
-          (n <= 8 || same_tail(keys_[s.entry - 1], p, n))) {
+      if (s.lo == lo && s.hi == hi && s.len == n && (n <= 16 || std::memcmp(keys_[s.entry - 1] + 16, p + 16, n - 16) == 0)) {
         s.count += by;
         return;
       }
       i = (i + 1) & mask_;
     }
     keys_.push_back(p);
-    slots_[i] = {h, by, static_cast<uint32_t>(n), static_cast<uint32_t>(keys_.size()), pre};
-    if (keys_.size() * 2 > slots_.size()) rehash(slots_.size() * 2);
+    hashes_.push_back(h);
+    slots_[i] = {lo, hi, static_cast<uint32_t>(n), static_cast<uint32_t>(keys_.size()), by};
+    if (keys_.size() * 2 > slots_.size()) resize(slots_.size() * 2);
   }
 
-  // (key, count) in insertion order.
-  std::vector<std::pair<std::string_view, int64_t>> entries() const {
-    std::vector<std::pair<std::string_view, int64_t>> out(keys_.size());
+  size_t size() const noexcept { return keys_.size(); }
+
+  // Entries in insertion order.
+  std::vector<Entry> entries() const {
+    std::vector<Entry> out(keys_.size());
     for (const Slot& s : slots_) {
-      if (s.entry != 0) out[s.entry - 1] = {std::string_view(keys_[s.entry - 1], s.len), s.count};
+      if (s.entry == 0) continue;
+      const size_t e = s.entry - 1;
+      out[e] = {keys_[e], s.len, s.lo, s.hi, hashes_[e], s.count};
     }
     return out;
   }
 
  private:
   struct Slot {
-    uint64_t hash = 0;
-    int64_t count = 0;
+    uint64_t lo = 0, hi = 0;
     uint32_t len = 0;
     uint32_t entry = 0;  // 1-based index into keys_, 0: empty
-    uint64_t prefix = 0;
+    int64_t count = 0;
   };
 
-  void rehash(size_t size) {
+  void resize(size_t size) {
     std::vector<Slot> old(size);
     old.swap(slots_);
     mask_ = size - 1;
     for (const Slot& s : old) {
       if (s.entry == 0) continue;
-      size_t i = s.hash & mask_;
+      size_t i = hashes_[s.entry - 1] & mask_;
       while (slots_[i].entry != 0) i = (i + 1) & mask_;
       slots_[i] = s;
     }
@@ -184,47 +267,131 @@ class Counter {
 
   std::vector<Slot> slots_;
   std::vector<const char*> keys_;
+  std::vector<uint64_t> hashes_;
   size_t mask_ = 0;
 };
 
-// Tokens wait in a small ring after their slot is prefetched, so the table's cache misses
-// overlap with tokenising the next ones.
+// Tokens wait in a small ring after their slot is prefetched, so that the table's cache misses
+// (rare words) overlap with tokenising the next ones.
 class PrefetchingCounter {
  public:
-  explicit PrefetchingCounter(Counter& c) : c_(c) {}
-  void add(const char* p, size_t n) {
-    const uint64_t h = hash_inline(p, n);
-    c_.prefetch(h);
-    Pending& slot = ring_[head_ % kDepth];
-    if (head_ >= kDepth) c_.add(slot.p, slot.n, slot.h);
-    slot = {p, n, h};
+  explicit PrefetchingCounter(TokenTable& t) : t_(t) {}
+
+  void add(const char* p, size_t n, uint64_t lo, uint64_t hi, uint64_t h) {
+    t_.prefetch(h);
+    Pending& s = ring_[head_ & (kDepth - 1)];
+    if (head_ >= kDepth) t_.add(s.p, s.n, s.lo, s.hi, s.h);
+    s = {p, n, lo, hi, h};
     ++head_;
   }
+
   void flush() {
-    const size_t first = head_ > kDepth ? head_ - kDepth : 0;
-    for (size_t k = first; k < head_; ++k) {
-      const Pending& s = ring_[k % kDepth];
-      c_.add(s.p, s.n, s.h);
+    for (size_t k = head_ > kDepth ? head_ - kDepth : 0; k < head_; ++k) {
+      const Pending& s = ring_[k & (kDepth - 1)];
+      t_.add(s.p, s.n, s.lo, s.hi, s.h);
     }
     head_ = 0;
   }
 
  private:
-  static constexpr size_t kDepth = 8;
+  static constexpr size_t kDepth = 16;
   struct Pending {
     const char* p;
     size_t n;
-    uint64_t h;
+    uint64_t lo, hi, h;
   };
-  Counter& c_;
+  TokenTable& t_;
   Pending ring_[kDepth] = {};
   size_t head_ = 0;
 };
 
-// Contiguous block [lo, hi) of n items for thread t of team size nt.
-inline void block(int64_t n, int t, int nt, int64_t& lo, int64_t& hi) {
-  lo = n * t / nt;
-  hi = n * (t + 1) / nt;
+// ---------------------------------------------------------------------------------------------
+// Tokenising one text
+
+// Calls emit(start, size) for every whitespace-separated token of [p, p + n), in order. The text
+// is scanned 64 bytes at a time into a whitespace bit mask; tokens are the runs of zero bits.
+template <typename Emit>
+LLMDBG_INLINE inline void for_each_token(const char* p, size_t n, Emit&& emit) {
+  const char* const end = p + n;
+  uint64_t carry_ns = 0;  // 1 if the byte before the window is part of a token
+  uint64_t carry_ws = 0;  // bits of a multi-byte space that began in the previous window
+  size_t start = 0;       // start of the open token (valid when carry_ns)
+  alignas(16) char pad[64];
+  for (size_t off = 0; off < n; off += 64) {
+    const size_t avail = n - off;
+    const char* w = p + off;
+    if (avail < 64 && !same_page(w, 64)) {  // the last window near a page end: copy it
+      std::memcpy(pad, w, avail);
+      std::memset(pad + avail, ' ', 64 - avail);
+      w = pad;
+    }
+    uint64_t high;
+    uint64_t ws = ascii_ws64(w, high);
+    if (avail < 64) {
+      const uint64_t valid = (uint64_t{1} << avail) - 1;
+      ws = (ws & valid) | ~valid;  // past the end counts as whitespace
+      high &= valid;
+    }
+    ws |= carry_ws;
+    carry_ws = 0;
+    if (high != 0) {  // multi-byte whitespace: check each possible lead byte in full
+      const char* wend = w == pad ? pad + avail : end;
+      for (uint64_t m = high; m != 0; m &= m - 1) {
+        const int k = __builtin_ctzll(m);
+        if (kClass.c[static_cast<uint8_t>(w[k])] != 2) continue;
+        const int len = ws_inline(w + k, wend);
+        if (len == 0) continue;
+        const uint64_t bits = len == 2 ? 3 : 7;
+        ws |= bits << k;
+        if (k + len > 64) carry_ws = bits >> (64 - k);
+      }
+    }
+    const uint64_t ns = ~ws;
+    const uint64_t before = (ns << 1) | carry_ns;  // bit k: byte k - 1 is part of a token
+    uint64_t starts = ns & ~before;
+    uint64_t ends = ws & before;  // starts and ends alternate
+    if (carry_ns != 0 && ends != 0) {  // the first end closes the token left open before
+      emit(start, off + static_cast<size_t>(__builtin_ctzll(ends)) - start);
+      ends &= ends - 1;
+    }
+    carry_ns = ns >> 63;
+    while (starts != 0) {
+      const int s = __builtin_ctzll(starts);
+      starts &= starts - 1;
+      if (ends != 0) {
+        const int e = __builtin_ctzll(ends);
+        ends &= ends - 1;
+        emit(off + static_cast<size_t>(s), static_cast<size_t>(e - s));
+      } else {
+        start = off + static_cast<size_t>(s);  // runs into the next window
+      }
+    }
+  }
+  if (carry_ns != 0) emit(start, n - start);
+}
+
+// Contiguous blocks of items with about equal work (bytes + a constant per item): thread t of
+// nt gets [bounds[t], bounds[t + 1]).
+std::vector<int64_t> balanced_blocks(const std::vector<std::string_view>& texts, int nt) {
+  const auto n = static_cast<int64_t>(texts.size());
+  std::vector<int64_t> bounds(static_cast<size_t>(nt) + 1, n);
+  bounds[0] = 0;
+  if (nt == 1) return bounds;
+  uint64_t total = 0;
+  for (const auto& t : texts) total += t.size() + 16;
+  uint64_t acc = 0;
+  int next = 1;
+  for (int64_t i = 0; i < n && next < nt; ++i) {
+    while (next < nt && acc >= total * static_cast<uint64_t>(next) / static_cast<uint64_t>(nt)) bounds[next++] = i;
+    acc += texts[static_cast<size_t>(i)].size() + 16;
+  }
+  return bounds;
+}
+
+void check_sizes(const std::vector<std::string_view>& texts) {
+  for (const auto& t : texts) {
+    if (t.size() >= (uint64_t{1} << 32)) throw std::invalid_argument("texts of 4 GiB or more are not supported");
+  }
 }
 
 inline int thread_id() {
@@ -243,56 +410,140 @@ inline int team_size() {
 #endif
 }
 
-}  // namespace
-
-uint64_t hash_bytes(const char* data, size_t size) noexcept { return hash_inline(data, size); }
-
-int whitespace_length(const char* p, const char* end) noexcept { return p < end ? ws_inline(p, end) : 0; }
-
-TokenCounts count_whitespace_tokens(const std::vector<std::string_view>& texts, int num_threads) {
+// Tokenise and count texts (and hash each whole text into `text_hashes` if not null).
+TokenCounts count_tokens(const std::vector<std::string_view>& texts, int num_threads, uint64_t* text_hashes) {
+  check_sizes(texts);
   const auto n = static_cast<int64_t>(texts.size());
   TokenCounts out;
   out.lengths.assign(texts.size(), 0);
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), n)));
-  std::vector<Counter> local(static_cast<size_t>(threads));
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = thread_id(), nt = team_size();
-    int64_t lo, hi;
-    block(n, t, nt, lo, hi);
-    PrefetchingCounter counter(local[static_cast<size_t>(t)]);
-    for (int64_t i = lo; i < hi; ++i) {
-      const char* p = texts[static_cast<size_t>(i)].data();
-      const char* end = p + texts[static_cast<size_t>(i)].size();
-      int64_t len = 0;
-      while (p < end) {
-        int w;
-        while (p < end && (w = ws_inline(p, end)) > 0) p += w;
-        if (p == end) break;
-        const char* start = p;
-        p = token_end(p + 1, end);
-        const auto size = static_cast<size_t>(p - start);
-        counter.add(start, size);
-        ++len;
+  std::vector<TokenTable> local(static_cast<size_t>(threads));
+  const auto bounds = balanced_blocks(texts, threads);
+  int64_t* lengths = out.lengths.data();
+  // One table per block; a smaller team than asked (nested parallelism) still does every block.
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int t = 0; t < threads; ++t) {
+    TokenTable& table = local[static_cast<size_t>(t)];
+    PrefetchingCounter counter(table);
+    for (int64_t i = bounds[static_cast<size_t>(t)]; i < bounds[static_cast<size_t>(t) + 1]; ++i) {
+      if (i + 4 < n) {  // a later text's first 256 bytes: texts are scattered in memory
+        const std::string_view next = texts[static_cast<size_t>(i) + 4];
+        const size_t lines = std::min<size_t>(next.size(), 256);
+        for (size_t k = 0; k < lines; k += 64) __builtin_prefetch(next.data() + k);
       }
-      out.lengths[static_cast<size_t>(i)] = len;
+      const char* p = texts[static_cast<size_t>(i)].data();
+      const size_t size = texts[static_cast<size_t>(i)].size();
+      const char* end = p + size;
+      int64_t len = 0;
+      for_each_token(p, size, [&](size_t s, size_t k) LLMDBG_INLINE {
+        uint64_t lo, hi;
+        load_key(p + s, k, end, lo, hi);
+        counter.add(p + s, k, lo, hi, hash_key(p + s, k, lo, hi));
+        ++len;
+      });
+      lengths[i] = len;
+      if (text_hashes != nullptr) text_hashes[i] = hash_exact(p, size);
     }
     counter.flush();
   }
-  // Blocks are in text order, so merging thread tables in thread order, each in its own
+  // Blocks are in text order, so merging their tables in block order, each in its own
   // insertion order, yields global first-occurrence order.
-  Counter merged;
-  for (const Counter& c : local) {
-    for (const auto& [key, count] : c.entries()) merged.add(key.data(), key.size(), hash_inline(key.data(), key.size()), count);
+  std::vector<TokenTable::Entry> entries;
+  if (threads == 1) {
+    entries = local[0].entries();
+  } else {
+    TokenTable merged;
+    for (const TokenTable& c : local) {
+      for (const auto& e : c.entries()) merged.add(e.key, e.len, e.lo, e.hi, e.hash, e.count);
+    }
+    entries = merged.entries();
   }
-  const auto entries = merged.entries();
   out.tokens.reserve(entries.size());
   out.counts.reserve(entries.size());
-  for (const auto& [key, count] : entries) {
-    out.tokens.push_back(key);
-    out.counts.push_back(count);
-    out.total += count;
+  for (const auto& e : entries) {
+    out.tokens.emplace_back(e.key, e.len);
+    out.counts.push_back(e.count);
+    out.total += e.count;
   }
+  return out;
+}
+
+// duplicate_groups from precomputed item hashes.
+std::vector<int64_t> groups_from_hashes(const std::vector<std::string_view>& items, const uint64_t* hashes,
+                                        int num_threads) {
+  const auto n = static_cast<int64_t>(items.size());
+  if (n >= (int64_t{1} << 32) - 1) throw std::invalid_argument("duplicate_groups: at most 2^32 - 2 items");
+  std::vector<int64_t> group(items.size());
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n / 4096)));
+#pragma omp parallel num_threads(threads)
+  {
+    // Shard by the hash's high bits: equal items share a hash, hence a shard; each shard is
+    // scanned in item order, so the representative is always the earliest item.
+    const int t = thread_id(), nt = team_size();
+    const auto shard = [nt](uint64_t h) { return static_cast<int>(((h >> 32) * static_cast<uint64_t>(nt)) >> 32); };
+    int64_t own = 0;
+    for (int64_t i = 0; i < n; ++i) own += shard(hashes[i]) == t;
+    size_t size = 16;
+    while (size < 2 * static_cast<size_t>(own)) size *= 2;
+    // 8-byte slots (the table is larger than the cache): the hash's high half as a tag and the
+    // item index + 1 (0: empty). A tag match is confirmed by the full hash, then the bytes.
+    struct Slot {
+      uint32_t tag;
+      uint32_t item;
+    };
+    std::vector<Slot> table(size, Slot{0, 0});
+    const size_t mask = size - 1;
+    const auto place = [&](int64_t i) {
+      const uint64_t h = hashes[i];
+      const auto tag = static_cast<uint32_t>(h >> 32);
+      const auto& s = items[static_cast<size_t>(i)];
+      size_t k = h & mask;
+      while (table[k].item != 0) {
+        const int64_t j = static_cast<int64_t>(table[k].item) - 1;
+        if (table[k].tag == tag && hashes[j] == h) {
+          const auto& o = items[static_cast<size_t>(j)];
+          if (o.size() == s.size() && std::memcmp(o.data(), s.data(), s.size()) == 0) {
+            group[static_cast<size_t>(i)] = j;
+            return;
+          }
+        }
+        k = (k + 1) & mask;
+      }
+      table[k] = {tag, static_cast<uint32_t>(i + 1)};
+      group[static_cast<size_t>(i)] = i;
+    };
+    // Items wait in a ring after their slot is prefetched.
+    constexpr int64_t kDepth = 16;
+    int64_t ring[kDepth];
+    int64_t head = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (shard(hashes[i]) != t) continue;
+      __builtin_prefetch(&table[hashes[i] & mask]);
+      int64_t& r = ring[head & (kDepth - 1)];
+      if (head >= kDepth) place(r);
+      r = i;
+      ++head;
+    }
+    for (int64_t k = head > kDepth ? head - kDepth : 0; k < head; ++k) place(ring[k & (kDepth - 1)]);
+  }
+  return group;
+}
+
+}  // namespace
+
+uint64_t hash_bytes(const char* data, size_t size) noexcept { return hash_exact(data, size); }
+
+int whitespace_length(const char* p, const char* end) noexcept { return p < end ? ws_inline(p, end) : 0; }
+
+TokenCounts count_whitespace_tokens(const std::vector<std::string_view>& texts, int num_threads) {
+  return count_tokens(texts, num_threads, nullptr);
+}
+
+TextProfile profile_whitespace(const std::vector<std::string_view>& texts, int num_threads) {
+  std::vector<uint64_t> hashes(texts.size());
+  TextProfile out;
+  out.tokens = count_tokens(texts, num_threads, hashes.data());
+  out.groups = groups_from_hashes(texts, hashes.data(), num_threads);
   return out;
 }
 
@@ -315,8 +566,7 @@ IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, i
 #pragma omp parallel num_threads(threads)
   {
     const int t = thread_id(), nt = team_size();
-    int64_t lo, hi;
-    block(n_ids, t, nt, lo, hi);
+    const int64_t lo = n_ids * t / nt, hi = n_ids * (t + 1) / nt;
     auto& c = local[static_cast<size_t>(t)];
     c.assign(static_cast<size_t>(vocab_size), 0);
     for (int64_t i = lo; i < hi; ++i) {
@@ -336,6 +586,7 @@ IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, i
   }
   out.counts = std::move(local[0]);
   for (size_t t = 1; t < local.size(); ++t) {
+    if (local[t].empty()) continue;
     for (size_t v = 0; v < out.counts.size(); ++v) out.counts[v] += local[t][v];
   }
   return out;
@@ -344,61 +595,61 @@ IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, i
 std::vector<int64_t> duplicate_groups(const std::vector<std::string_view>& items, int num_threads,
                                       uint64_t hash_mask) {
   const auto n = static_cast<int64_t>(items.size());
-  std::vector<int64_t> group(items.size());
   std::vector<uint64_t> hashes(items.size());
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n / 4096)));
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = thread_id(), nt = team_size();
-    int64_t lo, hi;
-    block(n, t, nt, lo, hi);
-    for (int64_t i = lo; i < hi; ++i) {
-      const auto& s = items[static_cast<size_t>(i)];
-      hashes[static_cast<size_t>(i)] = hash_inline(s.data(), s.size()) & hash_mask;
-    }
-#pragma omp barrier
-    // Shard by hash: equal items share a hash, hence a shard; each shard is scanned in item
-    // order, so the representative is always the earliest item.
-    std::vector<int64_t> table(1024, -1);
-    size_t mask = table.size() - 1, used = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const uint64_t h = hashes[static_cast<size_t>(i)];
-      if (static_cast<int>((h >> 40) % static_cast<uint64_t>(nt)) != t) continue;
-      const auto& s = items[static_cast<size_t>(i)];
-      size_t k = (h ^ (h >> 21)) & mask;
-      int64_t found = -1;
-      while (table[k] >= 0) {
-        const int64_t j = table[k];
-        const auto& o = items[static_cast<size_t>(j)];
-        if (hashes[static_cast<size_t>(j)] == h && o.size() == s.size() &&
-            std::memcmp(o.data(), s.data(), s.size()) == 0) {
-          found = j;
-          break;
-        }
-        k = (k + 1) & mask;
-      }
-      if (found >= 0) {
-        group[static_cast<size_t>(i)] = found;
-        continue;
-      }
-      group[static_cast<size_t>(i)] = i;
-      table[k] = i;
-      if (++used * 2 > table.size()) {  // grow and reinsert the representatives
-        std::vector<int64_t> bigger(table.size() * 2, -1);
-        const size_t m2 = bigger.size() - 1;
-        for (int64_t j : table) {
-          if (j < 0) continue;
-          const uint64_t hj = hashes[static_cast<size_t>(j)];
-          size_t q = (hj ^ (hj >> 21)) & m2;
-          while (bigger[q] >= 0) q = (q + 1) & m2;
-          bigger[q] = j;
-        }
-        table.swap(bigger);
-        mask = m2;
-      }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const auto& s = items[static_cast<size_t>(i)];
+    hashes[static_cast<size_t>(i)] = hash_exact(s.data(), s.size()) & hash_mask;
+  }
+  return groups_from_hashes(items, hashes.data(), num_threads);
+}
+
+DuplicateSummary duplicate_summary(const int64_t* groups, int64_t n, const int64_t* codes) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t g = groups[i];
+    if (g < 0 || g > i || groups[g] != g) {
+      throw std::invalid_argument("duplicate_summary: groups[" + std::to_string(i) + "] = " + std::to_string(g) +
+                                  " is not the index of a first occurrence at or before " + std::to_string(i));
     }
   }
-  return group;
+  std::vector<int64_t> size(static_cast<size_t>(n), 0);
+  for (int64_t i = 0; i < n; ++i) ++size[static_cast<size_t>(groups[i])];
+  DuplicateSummary out;
+  for (int64_t i = 0; i < n; ++i) {
+    if (size[static_cast<size_t>(i)] > 1) {
+      out.first.push_back(i);
+      out.count.push_back(size[static_cast<size_t>(i)]);
+    }
+  }
+  out.n_labels.assign(out.first.size(), 0);
+  if (codes != nullptr && !out.first.empty()) {
+    std::vector<std::pair<int64_t, int64_t>> pairs;  // (group, code) of every member
+    for (int64_t i = 0; i < n; ++i) {
+      if (size[static_cast<size_t>(groups[i])] > 1) pairs.emplace_back(groups[i], codes[i]);
+    }
+    std::sort(pairs.begin(), pairs.end());
+    size_t r = 0;  // index into out.first (ascending, like the sorted pairs' groups)
+    for (size_t k = 0; k < pairs.size(); ++k) {
+      if (k > 0 && pairs[k] == pairs[k - 1]) continue;
+      while (out.first[r] != pairs[k].first) ++r;
+      ++out.n_labels[r];
+    }
+  }
+  // Most frequent first; first indices ascend already, so a stable sort keeps ties in order.
+  std::vector<size_t> order(out.first.size());
+  for (size_t k = 0; k < order.size(); ++k) order[k] = k;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return out.count[a] > out.count[b]; });
+  DuplicateSummary sorted;
+  sorted.first.reserve(order.size());
+  sorted.count.reserve(order.size());
+  sorted.n_labels.reserve(order.size());
+  for (size_t k : order) {
+    sorted.first.push_back(out.first[k]);
+    sorted.count.push_back(out.count[k]);
+    sorted.n_labels.push_back(out.n_labels[k]);
+  }
+  return sorted;
 }
 
 }  // namespace llmdbg::data

@@ -1,7 +1,8 @@
 #pragma once
 // Counting kernels behind llmdbg.data.profile: whitespace tokenisation with token frequencies
-// and per-text lengths, frequencies of integer token ids (a tokenizer's flat batch output), and
-// exact-duplicate detection by 64-bit hashing with byte-wise verification.
+// and per-text lengths, frequencies of integer token ids (a tokenizer's flat batch output),
+// exact-duplicate detection by 64-bit hashing with byte-wise verification, and the summary of
+// duplicate groups (sizes, distinct labels).
 //
 // Inputs are views (pointer + size) into buffers the caller keeps alive; nothing is copied.
 // Results are deterministic for every thread count: each thread counts a contiguous block of
@@ -14,7 +15,8 @@
 
 namespace llmdbg::data {
 
-// 64-bit hash of a byte string (multiply-xorshift over 8-byte words, murmur3 finaliser).
+// 64-bit hash of a byte string (multiply-fold over 16-byte words, wyhash-style). Token tables
+// and duplicate detection use this one function.
 uint64_t hash_bytes(const char* data, size_t size) noexcept;
 
 // Length in bytes of the whitespace character starting at p (0 if none), for UTF-8 text ending
@@ -34,6 +36,15 @@ struct TokenCounts {
 // result point into `texts`' buffers.
 TokenCounts count_whitespace_tokens(const std::vector<std::string_view>& texts, int num_threads);
 
+struct TextProfile {
+  TokenCounts tokens;           // as count_whitespace_tokens
+  std::vector<int64_t> groups;  // as duplicate_groups
+};
+
+// count_whitespace_tokens and duplicate_groups in one pass over the texts: each text is hashed
+// right after it is tokenised, while its bytes are still in cache.
+TextProfile profile_whitespace(const std::vector<std::string_view>& texts, int num_threads);
+
 struct IdCounts {
   std::vector<int64_t> counts;   // (vocab_size,) occurrences of each id
   std::vector<int64_t> lengths;  // (n_seqs,) ids per sequence
@@ -51,5 +62,17 @@ IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, i
 // items; `hash_mask` (tests only) masks the hashes to force collisions.
 std::vector<int64_t> duplicate_groups(const std::vector<std::string_view>& items, int num_threads,
                                       uint64_t hash_mask = ~uint64_t{0});
+
+struct DuplicateSummary {
+  std::vector<int64_t> first;     // index of the first text of each group with >= 2 texts
+  std::vector<int64_t> count;     // texts in the group
+  std::vector<int64_t> n_labels;  // distinct label codes in the group (0 without codes)
+};
+
+// Groups that occur more than once, most frequent first (ties: smaller first index first).
+// groups[i] must lie in [0, i] with groups[groups[i]] == groups[i] (duplicate_groups' output);
+// codes, if not null, holds one integer label code per item. Throws std::invalid_argument for
+// groups that break the rule.
+DuplicateSummary duplicate_summary(const int64_t* groups, int64_t n, const int64_t* codes);
 
 }  // namespace llmdbg::data

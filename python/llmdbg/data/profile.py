@@ -169,24 +169,24 @@ def profile(texts: Sequence[str], labels: Sequence[Any] | None = None, tokenizer
     threads = thread_count(num_threads)
 
     unk_rate = None
-    if tokenizer is None:
-        tokens_list, counts, lengths = _core.count_whitespace_tokens(texts, threads)
+    if tokenizer is None:  # one C++ pass: split, count, hash texts, group duplicates
+        tokens_list, counts, lengths, groups = _core.profile_whitespace(texts, threads)
         tokens = np.array(tokens_list, dtype=object)
         name = "whitespace"
     else:
         tokens, counts, lengths, unk_rate = _count_with_tokenizer(tokenizer, texts, threads, progress)
+        groups = _core.duplicate_groups(texts, threads)
         name = type(tokenizer).__name__
     order = np.argsort(-counts, kind="stable")  # ties keep first-occurrence (or id) order
     tokens, counts = tokens[order], counts[order]
 
-    groups = _core.duplicate_groups(texts, threads)
     codes, uniq, label_counts, entropy = _labels(labels)
-    duplicates, n_conflicting = _duplicates(texts, groups, codes)
+    duplicates, n_duplicates, n_conflicting = _duplicates(texts, groups, codes)
     truncated = None if max_length is None else float(np.mean(lengths > max_length))
     return DataProfile(n_texts=n, tokenizer=name, tokens=tokens, token_counts=counts, lengths=lengths,
                        max_length=None if max_length is None else int(max_length), truncated_share=truncated,
                        labels=uniq, label_counts=label_counts, label_entropy=entropy, groups=groups,
-                       duplicates=duplicates, n_duplicates=int(n - np.count_nonzero(groups == np.arange(n))),
+                       duplicates=duplicates, n_duplicates=n_duplicates,
                        n_conflicting=n_conflicting, unk_rate=unk_rate)
 
 
@@ -238,16 +238,18 @@ def _count_with_tokenizer(tokenizer: Any, texts, threads: int, progress: bool):
 
 
 def _labels(labels):
-    """(codes (N,) int64, distinct labels (K,), counts (K,), normalised entropy) or Nones."""
+    """(codes (N,) int64, distinct labels (K,), counts (K,), normalised entropy) or Nones.
+
+    Distinct labels are sorted (``np.unique``); integer labels over a small range are counted
+    with ``np.bincount`` instead of sorting, with the same result.
+    """
     if labels is None:
         return None, None, None, None
-    try:
-        uniq, codes, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
-    except TypeError:  # unorderable mix: order by first occurrence instead
-        import pandas as pd
-
-        codes, uniq = pd.factorize(pd.Series(list(labels), dtype=object))
-        counts = np.bincount(codes, minlength=len(uniq))
+    arr = labels if isinstance(labels, np.ndarray) else _core.int64_array(labels)
+    if arr is None or arr.dtype.kind not in "iu" or arr.ndim != 1 or (arr.dtype.kind == "u" and arr.itemsize == 8):
+        uniq, codes, counts = _unique(labels)
+    else:
+        uniq, codes, counts = _unique_small_ints(arr)
     codes = np.asarray(codes, dtype=np.int64).reshape(-1)
     k = len(uniq)
     p = counts / counts.sum()
@@ -255,19 +257,34 @@ def _labels(labels):
     return codes, np.asarray(uniq), counts.astype(np.int64), entropy
 
 
+def _unique(labels):
+    try:
+        return np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    except TypeError:  # unorderable mix: order by first occurrence instead
+        import pandas as pd
+
+        codes, uniq = pd.factorize(pd.Series(list(labels), dtype=object))
+        return uniq, codes, np.bincount(codes, minlength=len(uniq))
+
+
+def _unique_small_ints(arr: np.ndarray):
+    """``np.unique(arr, return_inverse=True, return_counts=True)`` for 1-D integer arrays, by
+    counting when the values span a small range (falls back to ``np.unique`` otherwise)."""
+    lo, hi = int(arr.min()), int(arr.max())
+    if hi - lo > 4 * len(arr) + 1024:
+        return np.unique(arr, return_inverse=True, return_counts=True)
+    shifted = arr.astype(np.int64, copy=False) - lo
+    all_counts = np.bincount(shifted, minlength=hi - lo + 1)
+    present = np.flatnonzero(all_counts)
+    code_of = np.cumsum(all_counts > 0) - 1
+    return (present + lo).astype(arr.dtype), code_of[shifted], all_counts[present]
+
+
 def _duplicates(texts, groups: np.ndarray, codes: np.ndarray | None):
+    """(table, n_duplicates, n_conflicting): groups of identical texts counted in C++."""
     import pandas as pd
 
-    n = len(groups)
-    repeat = groups != np.arange(n)
-    reps = np.unique(groups[repeat])
-    sizes = np.bincount(groups, minlength=n)[reps]
-    n_labels = np.zeros(len(reps), dtype=np.int64)
-    if codes is not None and len(reps):
-        members = np.flatnonzero(np.isin(groups, reps))
-        pairs = np.unique(np.stack([groups[members], codes[members]]), axis=1)
-        distinct = np.bincount(pairs[0], minlength=n)
-        n_labels = distinct[reps]
-    table = pd.DataFrame({"first": reps, "count": sizes, "text": [texts[i] for i in reps], "n_labels": n_labels})
-    table = table.sort_values(["count", "first"], ascending=[False, True], kind="stable").reset_index(drop=True)
-    return table, int(np.count_nonzero(n_labels > 1))
+    first, count, n_labels = _core.duplicate_summary(groups, codes)
+    table = pd.DataFrame({"first": first, "count": count, "text": [texts[i] for i in first.tolist()],
+                          "n_labels": n_labels})
+    return table, int((count - 1).sum()), int(np.count_nonzero(n_labels > 1))
