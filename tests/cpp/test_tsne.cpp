@@ -135,6 +135,26 @@ TEST(TsneCalibration, HitsTargetPerplexity) {
   }
 }
 
+TEST(TsneCalibration, ConvergesFastAtAnyDistanceScale) {
+  // The search starts from 1 / mean distance and takes safeguarded Newton steps, so 25 steps
+  // reach the tolerance whatever the units (squared distances from 1e-8 to 1e8).
+  const int64_t n = 50, d = 4, k = 45;
+  auto X = gaussian(n, d, 21);
+  std::vector<int64_t> idx(n * k);
+  std::vector<double> d2(n * k), P(n * k), perp(n);
+  ts::knn_exact(X.data(), n, d, k, ts::Metric::euclidean, idx.data(), d2.data(), 1);
+  for (const double scale : {1e-8, 1.0, 1e8}) {
+    std::vector<double> scaled(d2);
+    for (auto& v : scaled) v *= scale;
+    ts::calibrate(scaled.data(), n, k, 10.0, 1e-8, 25, P.data(), perp.data(), 1);
+    for (int64_t i = 0; i < n; ++i) {
+      double h = 0.0;
+      for (int64_t m = 0; m < k; ++m) h -= P[i * k + m] > 0 ? P[i * k + m] * std::log(P[i * k + m]) : 0.0;
+      EXPECT_NEAR(h, std::log(10.0), 1e-8) << "scale " << scale << " row " << i;
+    }
+  }
+}
+
 TEST(TsneCalibration, DuplicatesStayFinite) {
   const int64_t n = 1, k = 6;
   std::vector<double> d2(k, 0.0), P(k), perp(1);
@@ -223,6 +243,47 @@ TEST(TsneRepulsion, BarnesHutMatchesBruteForce) {
     EXPECT_NEAR(z5 / zref, 1.0, 1e-2);
     EXPECT_LT(rel_force_error(bh5, ref), 5e-2) << "n=" << n;
   }
+}
+
+TEST(TsneTree, LeafListsAreNeverLooserThanPerPointTest) {
+  // Every cell a leaf's list summarises passes the per-point test d² > thr for each point of the
+  // leaf, and the list covers every other point exactly once (total mass n − 1 per point).
+  auto Y = gaussian(1500, 2, 22, 10.0);
+  for (int i = 0; i < 30; ++i) Y[2 * (200 + i)] = Y[0], Y[2 * (200 + i) + 1] = Y[1];
+  ts::QuadTree tree;
+  tree.build(Y.data(), 1500, 0.5);
+  const auto& nodes = tree.nodes();
+  const auto& pos = tree.sorted_positions();
+  ts::QuadTree::Scratch scratch;
+  int32_t covered = 0;
+  for (const int32_t leaf : tree.leaves()) {
+    const auto& L = nodes[leaf];
+    const int32_t m = L.end - L.begin;
+    std::vector<double> z(m), fx(m), fy(m);
+    const int64_t len = tree.leaf_repulsion(leaf, scratch, z.data(), fx.data(), fy.data());
+    covered += m;
+    double mass = 0.0;
+    for (int64_t j = 0; j < len; ++j) {
+      mass += scratch.m[j];
+      if (j >= m && scratch.m[j] > 1.0) {
+        // A summarised cell (a parent with one child has the child's centre and mass, so any
+        // matching node will do): the per-point test holds for every point of the leaf.
+        bool ok = false;
+        for (const auto& c : nodes) {
+          if (c.cx != scratch.x[j] || c.cy != scratch.y[j] || c.end - c.begin != scratch.m[j]) continue;
+          bool all = true;
+          for (int32_t s = L.begin; s < L.end; ++s) {
+            const double dx = pos[2 * s] - c.cx, dy = pos[2 * s + 1] - c.cy;
+            all = all && dx * dx + dy * dy > c.thr;
+          }
+          ok = ok || all;
+        }
+        EXPECT_TRUE(ok) << "leaf " << leaf << " entry " << j;
+      }
+    }
+    EXPECT_EQ(mass, 1500.0);
+  }
+  EXPECT_EQ(covered, 1500);
 }
 
 TEST(TsneRepulsion, DeterministicAcrossThreadCounts) {

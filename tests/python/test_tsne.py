@@ -231,13 +231,21 @@ def test_deterministic_for_seed_and_thread_count():
     d = TSNE(n_jobs=2, **{**kw, "random_state": 4}).fit_transform(X)
     assert not np.array_equal(a, d)
     # The core's reductions run in a fixed order, so the thread count does not matter either
-    # (random init keeps torch's BLAS, used for PCA, out of this comparison).
-    # (n >= 4000: the core uses at most one thread per 2000 points.)
-    P = _problem(4500, perplexity=10.0)
-    Y0 = np.random.default_rng(0).normal(0, 1e-4, size=(4500, 2))
-    runs = [_core.tsne_optimize(*P, Y0, [(30, 12.0, 375.0, 0.8), (30, 1.0, 4500.0, 0.8)],
-                                num_threads=t)["embedding"] for t in (1, 2)]
+    # (random init keeps torch's BLAS, used for PCA, out of this comparison). n >= 1000: the
+    # core uses at most one thread per 500 points; below 20000 points it also switches between
+    # the full team and one thread by measured speed, which must not change the result.
+    P = _problem(1500, perplexity=10.0)
+    Y0 = np.random.default_rng(0).normal(0, 1e-4, size=(1500, 2))
+    runs = [_core.tsne_optimize(*P, Y0, [(220, 12.0, 125.0, 0.8), (200, 1.0, 1500.0, 0.8)],
+                                num_threads=t)["embedding"] for t in (1, 2, 2)]
     np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[1], runs[2])
+    # Small inputs (digits-sized): PCA runs on one thread, so the estimator is thread-count
+    # independent end to end.
+    X = _blobs(600, 30, seed=8)
+    kw = {"n_iter": 120, "exaggeration_iter": 60, "random_state": 0, "progress": False}
+    np.testing.assert_array_equal(TSNE(n_jobs=1, **kw).fit_transform(X),
+                                  TSNE(n_jobs=2, **kw).fit_transform(X))
 
 
 def test_torch_and_float32_input():

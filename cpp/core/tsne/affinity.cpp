@@ -24,26 +24,42 @@ void calibrate(const double* sqdist, int64_t n, int64_t k, double perplexity, do
     const double* d = sqdist + i * k;
     double* p = P + i * k;
     const double dmin = *std::min_element(d, d + k);
-    double beta = 1.0, lo = 0.0, hi = std::numeric_limits<double>::infinity();
+    // Start from 1 / mean shifted distance (about the right scale for any units), then Newton
+    // steps on H(β), dH/dβ = −β Var_p(s), kept inside the bisection bracket [lo, hi]; a step
+    // that would leave it bisects instead. Converges in a handful of steps instead of ~30.
+    double mean_s = 0.0;
+    for (int64_t m = 0; m < k; ++m) mean_s += d[m] - dmin;
+    mean_s /= static_cast<double>(k);
+    double beta = mean_s > 0 ? 1.0 / mean_s : 1.0, lo = 0.0;
+    double hi = std::numeric_limits<double>::infinity();
     double entropy = 0.0;
     for (int step = 0; step < max_iter; ++step) {
       // Shifted exponent: the nearest neighbour has weight 1, so the sum never underflows.
-      double sum = 0.0, dsum = 0.0;
+      double sum = 0.0, dsum = 0.0, d2sum = 0.0;
       for (int64_t m = 0; m < k; ++m) {
         const double s = d[m] - dmin;
         const double w = std::exp(-beta * s);
         p[m] = w;
         sum += w;
         dsum += w * s;
+        d2sum += w * s * s;
       }
-      entropy = std::log(sum) + beta * dsum / sum;
+      const double mean = dsum / sum;
+      entropy = std::log(sum) + beta * mean;
       const double diff = entropy - target;
       if (std::abs(diff) <= tol) break;
       if (diff > 0) {  // too flat: sharpen
         lo = beta;
-        beta = std::isinf(hi) ? beta * 2.0 : 0.5 * (beta + hi);
       } else {
         hi = beta;
+      }
+      const double slope = -beta * (d2sum / sum - mean * mean);
+      const double newton = slope < 0 ? beta - diff / slope : -1.0;
+      if (newton > lo && newton < hi && std::isfinite(newton)) {
+        beta = newton;
+      } else if (diff > 0) {
+        beta = std::isinf(hi) ? beta * 2.0 : 0.5 * (beta + hi);
+      } else {
         beta = 0.5 * (beta + lo);
       }
     }

@@ -16,6 +16,11 @@ namespace {
 
 using RowMatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using RowMatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+// Query blocks of at most 32 rows: Eigen runs the GEMM of a destination with at most 32 rows
+// (known at compile time) on the calling thread, never in a nested OpenMP region of its own.
+constexpr int kQueryBlock = 32;
+using BlockF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor, kQueryBlock,
+                             Eigen::Dynamic>;
 
 // The cap smallest (distance, index) pairs seen so far, ordered lexicographically so the kept
 // set does not depend on the order candidates arrive in. Candidates under the current bound are
@@ -77,24 +82,23 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
 
   // A few spare candidates absorb float32 rounding in the ranking.
   const int64_t cand = std::min<int64_t>(n - 1, k + std::max<int64_t>(4, k / 8));
-  constexpr int64_t kQueryBlock = 128, kRefBlock = 1024;
+  constexpr int64_t kRefBlock = 1024;
   const int64_t n_qblocks = (n + kQueryBlock - 1) / kQueryBlock;
 
 #pragma omp parallel num_threads(threads)
   {
-    RowMatF S(kQueryBlock, kRefBlock);
+    BlockF S(kQueryBlock, kRefBlock);
     std::vector<TopK> tops(kQueryBlock);
     std::vector<std::pair<double, int64_t>> exact;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t qb = 0; qb < n_qblocks; ++qb) {
-      const int64_t q0 = qb * kQueryBlock, nq = std::min(kQueryBlock, n - q0);
+      const int64_t q0 = qb * kQueryBlock, nq = std::min<int64_t>(kQueryBlock, n - q0);
       for (int64_t a = 0; a < nq; ++a) tops[a].reset(static_cast<size_t>(cand));
       for (int64_t r0 = 0; r0 < n; r0 += kRefBlock) {
         const int64_t nr = std::min(kRefBlock, n - r0);
-        // lazyProduct: a plain vectorised product. Eigen's GEMM would open its own nested
-        // OpenMP region when our team has one thread, which is pathologically slow.
+        // A cache-blocked GEMM (serial: see BlockF).
         S.topLeftCorner(nq, nr).noalias() =
-            Xf.middleRows(q0, nq).lazyProduct(Xf.middleRows(r0, nr).transpose());
+            Xf.middleRows(q0, nq) * Xf.middleRows(r0, nr).transpose();
         for (int64_t a = 0; a < nq; ++a) {
           TopK& top = tops[a];
           const int64_t i = q0 + a;

@@ -1,6 +1,7 @@
 #include "core/tsne/optimize.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -9,6 +10,11 @@
 #include "core/tsne/fft_repulsion.hpp"
 #include "core/tsne/quadtree.hpp"
 #include "core/tsne/repulsion.hpp"
+#include "core/tsne/simd.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace llmdbg::tsne {
 
@@ -21,56 +27,103 @@ Method parse_method(const std::string& name) {
 
 namespace {
 
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 // Buffers reused across iterations.
 struct Workspace {
-  explicit Workspace(int64_t n) : attr(2 * n), rep(2 * n), zi(n), plogw(n) {}
-  std::vector<double> attr, rep, zi, plogw;
+  Workspace(const Csr& P, int threads)
+      : attr(2 * P.n), rep(2 * P.n), zs(P.n), fs(2 * P.n), plogw(P.n), scratch(threads),
+        cols(P.indices.begin(), P.indices.end()) {}
+  std::vector<double> attr, rep, zs, fs, plogw;
+  std::vector<QuadTree::Scratch> scratch;  // one interaction list per thread
+  std::vector<int32_t> cols;  // P.indices as int32: less memory traffic in the attraction
   QuadTree tree;
 };
 
-// Σ_j p_ij w_ij (y_i − y_j) over row i of P; adds Σ_j p_ij log w_ij to *plogw when asked.
-inline void attraction_row(const Csr& P, const double* Y, int64_t i, double* out, double* plogw) {
+// Σ_j p_ij w_ij (y_i − y_j) for the rows [i0, i1) of P, one vectorised (gather) loop per row.
+LLMDBG_TSNE_CLONES
+void attraction_rows(const int64_t* __restrict indptr, const int32_t* __restrict indices,
+                     const double* __restrict data, const double* __restrict Y, int64_t i0,
+                     int64_t i1, double* __restrict out) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const double px = Y[2 * i], py = Y[2 * i + 1];
+    double ax = 0.0, ay = 0.0;
+#pragma omp simd reduction(+ : ax, ay)
+    for (int64_t e = indptr[i]; e < indptr[i + 1]; ++e) {
+      const int64_t j = indices[e];  // widened: the gather below uses 64-bit offsets
+      const double dx = px - Y[2 * j], dy = py - Y[2 * j + 1];
+      const double pw = data[e] / (1.0 + dx * dx + dy * dy);
+      ax += pw * dx;
+      ay += pw * dy;
+    }
+    out[2 * i] = ax, out[2 * i + 1] = ay;
+  }
+}
+
+// Σ_j p_ij log w_ij over row i of P (for the KL estimate).
+inline double plogw_row(const Csr& P, const double* Y, int64_t i) {
   const double px = Y[2 * i], py = Y[2 * i + 1];
-  double ax = 0.0, ay = 0.0, lw = 0.0;
+  double lw = 0.0;
   for (int64_t e = P.indptr[i]; e < P.indptr[i + 1]; ++e) {
     const int64_t j = P.indices[e];
     const double dx = px - Y[2 * j], dy = py - Y[2 * j + 1];
-    const double d2 = dx * dx + dy * dy;
-    const double pw = P.data[e] / (1.0 + d2);
-    ax += pw * dx, ay += pw * dy;
-    if (plogw) lw -= P.data[e] * std::log1p(d2);
+    lw -= P.data[e] * std::log1p(dx * dx + dy * dy);
   }
-  out[2 * i] = ax, out[2 * i + 1] = ay;
-  if (plogw) plogw[i] = lw;
+  return lw;
 }
+
+constexpr int64_t kRowBlock = 64;  // rows of P per attraction task
+constexpr int64_t kParallelUpdateFrom = 16384;  // points
 
 // Fills ws.attr (Σ_j p_ij w_ij (y_i − y_j)) and ws.rep (Σ_j w_ij² (y_i − y_j)) and returns Z.
 // With want_kl, *plogw_sum receives Σ p_ij log w_ij.
 double compute_forces(const Csr& P, const double* Y, const OptimizeParams& prm, int threads,
                       Workspace& ws, bool want_kl, double* plogw_sum) {
   const int64_t n = P.n;
-  double* plogw = want_kl ? ws.plogw.data() : nullptr;
+  const int64_t n_blocks = (n + kRowBlock - 1) / kRowBlock;
+  auto attraction_block = [&](int64_t blk) {
+    const int64_t i0 = blk * kRowBlock, i1 = std::min(n, i0 + kRowBlock);
+    attraction_rows(P.indptr.data(), ws.cols.data(), P.data.data(), Y, i0, i1, ws.attr.data());
+    if (want_kl) {
+      for (int64_t i = i0; i < i1; ++i) ws.plogw[i] = plogw_row(P, Y, i);
+    }
+  };
   double Z = 0.0;
   if (prm.method == Method::bh) {
-    // One parallel region (one fork/join) for both halves: the tree walk over the points in
-    // Morton order, so neighbouring queries share the cells they open, then the attraction
-    // over the rows of P in storage order, so the CSR arrays stream.
+    // One parallel region (one fork/join) for the repulsion, a leaf at a time in Morton order
+    // (neighbouring leaves share the cells they open), its scatter back to the original order,
+    // and the attraction over the rows of P in storage order (the CSR arrays stream).
     ws.tree.build(Y, n, prm.theta);
     const auto& order = ws.tree.order();
-    const auto& pos = ws.tree.sorted_positions();
+    const auto& nodes = ws.tree.nodes();
+    const auto& leaves = ws.tree.leaves();
+    const int64_t n_leaves = static_cast<int64_t>(leaves.size());
+    double* zs = ws.zs.data();
+    double* fs = ws.fs.data();
 #pragma omp parallel num_threads(threads)
     {
-#pragma omp for schedule(dynamic, 256) nowait
+      QuadTree::Scratch& scratch = ws.scratch[thread_id()];
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t l = 0; l < n_leaves; ++l) {
+        const QuadNode& leaf = nodes[leaves[l]];
+        ws.tree.leaf_repulsion(leaves[l], scratch, zs + leaf.begin, fs + leaf.begin,
+                               fs + n + leaf.begin);
+      }
+#pragma omp for schedule(static) nowait
       for (int64_t s = 0; s < n; ++s) {
         const int64_t i = order[s];
-        double rx, ry;
-        ws.zi[i] = ws.tree.point(static_cast<int32_t>(s), pos[2 * s], pos[2 * s + 1], rx, ry);
-        ws.rep[2 * i] = rx, ws.rep[2 * i + 1] = ry;
+        ws.rep[2 * i] = fs[s], ws.rep[2 * i + 1] = fs[n + s];
       }
-#pragma omp for schedule(dynamic, 1024) nowait
-      for (int64_t i = 0; i < n; ++i) attraction_row(P, Y, i, ws.attr.data(), plogw);
+#pragma omp for schedule(dynamic, 4) nowait
+      for (int64_t blk = 0; blk < n_blocks; ++blk) attraction_block(blk);
     }
-    for (int64_t i = 0; i < n; ++i) Z += ws.zi[i];
+    for (int64_t s = 0; s < n; ++s) Z += zs[s];  // sorted order: fixed for any thread count
   } else {
     if (prm.method == Method::exact) {
       Z = repulsion_exact(Y, n, ws.rep.data(), threads);
@@ -81,8 +134,8 @@ double compute_forces(const Csr& P, const double* Y, const OptimizeParams& prm, 
       fp.intervals_per_unit = prm.fft_intervals_per_unit;
       Z = repulsion_fft(Y, n, fp, ws.rep.data(), threads);
     }
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < n; ++i) attraction_row(P, Y, i, ws.attr.data(), plogw);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
+    for (int64_t blk = 0; blk < n_blocks; ++blk) attraction_block(blk);
   }
   if (want_kl) {
     double s = 0.0;
@@ -103,8 +156,48 @@ int effective_threads(int requested, int64_t n, int64_t min_points_per_thread) {
 
 inline int sgn(double x) { return (x > 0) - (x < 0); }
 
+// Picks the team size for small problems from measurements (Barnes-Hut and exact only: their
+// results do not depend on the thread count). A probe runs kProbe iterations on all
+// `max_threads` and kProbe on one thread, timed (wall clock); the iterations up to the next
+// probe run on whichever was faster. Results do not depend on the
+// thread count, so this changes only the speed: on a quiet machine the full team wins, on an
+// oversubscribed one (every barrier can wait a scheduler time slice, which dwarfs an iteration
+// of ~0.5 ms at a few thousand points) one thread does.
+class ThreadChooser {
+ public:
+  static constexpr int kCycle = 200, kProbe = 6;
+  ThreadChooser(int max_threads, bool adaptive) : max_(max_threads), adaptive_(adaptive) {}
+  int threads(int it) {
+    if (!adaptive_) return max_;
+    const int pos = it - probe_at_;
+    const auto now = std::chrono::steady_clock::now();
+    if (pos == 0) start_ = now;
+    if (pos == kProbe) multi_ = std::chrono::duration<double>(now - start_).count(), start_ = now;
+    if (pos == 2 * kProbe) {
+      const double single = std::chrono::duration<double>(now - start_).count();
+      choice_ = multi_ <= single ? max_ : 1;
+      // The next probe after kCycle iterations, or twice as long after each lost probe: on a
+      // busy machine the team's probe iterations are the expensive ones.
+      gap_ = choice_ == max_ ? kCycle : 2 * gap_;
+      probe_at_ += gap_;
+    }
+    return pos >= 0 && pos < kProbe ? max_ : pos >= kProbe && pos < 2 * kProbe ? 1 : choice_;
+  }
+
+ private:
+  int max_;
+  bool adaptive_;
+  int choice_ = 1;
+  int probe_at_ = 0, gap_ = kCycle;
+  double multi_ = 0.0;
+  std::chrono::steady_clock::time_point start_;
+};
+
 void check_problem(const Csr& P) {
   if (P.n < 2) throw std::invalid_argument("t-SNE needs at least 2 points");
+  if (P.n > std::numeric_limits<int32_t>::max() / 2) {
+    throw std::invalid_argument("t-SNE supports at most 2^30 points");
+  }
   if (static_cast<int64_t>(P.indptr.size()) != P.n + 1 ||
       static_cast<int64_t>(P.indices.size()) != P.indptr[P.n] ||
       P.data.size() != P.indices.size()) {
@@ -126,7 +219,7 @@ double gradient(const Csr& P, const double* Y, double exaggeration, Method metho
   OptimizeParams prm;
   prm.method = method, prm.theta = theta;
   const int threads = resolve_threads(num_threads);
-  Workspace ws(P.n);
+  Workspace ws(P, threads);
   const double Z = compute_forces(P, Y, prm, threads, ws, false, nullptr);
   for (int64_t c = 0; c < 2 * P.n; ++c) grad[c] = exaggeration * ws.attr[c] - ws.rep[c] / Z;
   return Z;
@@ -174,8 +267,11 @@ OptimizeResult optimize(const Csr& P, double* Y, const OptimizeParams& params,
     throw std::invalid_argument("theta must be >= 0");
   }
   const int64_t n = P.n;
-  const int threads = effective_threads(params.num_threads, n, params.min_points_per_thread);
-  Workspace ws(n);
+  const int max_threads = effective_threads(params.num_threads, n, params.min_points_per_thread);
+  // Not for FFT: its per-thread grids make its sums depend on the thread count.
+  ThreadChooser chooser(max_threads, max_threads > 1 && n < params.adaptive_threads_below &&
+                                         params.method != Method::fft);
+  Workspace ws(P, max_threads);
   std::vector<double> update(2 * n, 0.0), gains(2 * n, 1.0);
   double plogp = 0.0;
   for (const double p : P.data) plogp += p > 0 ? p * std::log(p) : 0.0;
@@ -187,6 +283,9 @@ OptimizeResult optimize(const Csr& P, double* Y, const OptimizeParams& params,
     for (int t = 0; t < ph.n_iter && !result.stopped; ++t) {
       const bool report = callback && (it + 1) % every == 0;
       const bool want_kl = callback && params.kl_every > 0 && (it + 1) % params.kl_every == 0;
+      const int threads = chooser.threads(it);
+      // The update is a few microseconds per thousand points: not worth a fork/join when small.
+      const int update_threads = n >= kParallelUpdateFrom ? threads : 1;
       double plogw = 0.0;
       const double Z = compute_forces(P, Y, params, threads, ws, want_kl, &plogw);
       if (want_kl) kl_estimate = plogp - plogw + std::log(Z);
@@ -194,7 +293,7 @@ OptimizeResult optimize(const Csr& P, double* Y, const OptimizeParams& params,
       const double eta = ph.learning_rate, mu = ph.momentum;
       const double cap = params.max_step_norm, min_gain = params.min_gain;
       // Gradient, gains, momentum, step cap and step in one pass (one fork/join).
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(update_threads) schedule(static)
       for (int64_t i = 0; i < n; ++i) {
         double u[2];
         for (int d = 0; d < 2; ++d) {
@@ -222,7 +321,7 @@ OptimizeResult optimize(const Csr& P, double* Y, const OptimizeParams& params,
     }
   }
   result.n_iter = it;
-  result.kl = kl_divergence(P, Y, threads);
+  result.kl = kl_divergence(P, Y, max_threads);
   return result;
 }
 

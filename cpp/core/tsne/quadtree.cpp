@@ -1,7 +1,7 @@
 #include "core/tsne/quadtree.hpp"
+#include "core/tsne/simd.hpp"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -49,12 +49,25 @@ void QuadTree::build(const double* Y, int64_t n, double theta) {
     order_[i] = i;
   }
   // LSD radix sort on the 42 code bits, 11 bits per pass (stable, so ties keep index order).
-  constexpr int kBits = 11, kBuckets = 1 << kBits;
-  std::array<int32_t, kBuckets + 1> hist;
-  for (int shift = 0; shift < 2 * kMaxDepth; shift += kBits) {
-    hist.fill(0);
-    for (int32_t i = 0; i < m; ++i) ++hist[((codes_[i] >> shift) & (kBuckets - 1)) + 1];
-    for (int b = 0; b < kBuckets; ++b) hist[b + 1] += hist[b];
+  // All four histograms come from one read of the codes; a pass whose digit is the same for
+  // every point is skipped.
+  constexpr int kBits = 11, kBuckets = 1 << kBits, kPasses = (2 * kMaxDepth + kBits - 1) / kBits;
+  hist_.assign(static_cast<size_t>(kPasses) * (kBuckets + 1), 0);
+  for (int32_t i = 0; i < m; ++i) {
+    const uint64_t code = codes_[i];
+    for (int p = 0; p < kPasses; ++p) {
+      ++hist_[p * (kBuckets + 1) + ((code >> (p * kBits)) & (kBuckets - 1)) + 1];
+    }
+  }
+  for (int p = 0; p < kPasses; ++p) {
+    int32_t* hist = hist_.data() + p * (kBuckets + 1);
+    bool single = false;
+    for (int b = 0; b < kBuckets; ++b) {
+      single = single || hist[b + 1] == m;
+      hist[b + 1] += hist[b];
+    }
+    if (single) continue;
+    const int shift = p * kBits;
     for (int32_t i = 0; i < m; ++i) {
       const int32_t dst = hist[(codes_[i] >> shift) & (kBuckets - 1)]++;
       tmp_codes_[dst] = codes_[i];
@@ -75,6 +88,7 @@ void QuadTree::build(const double* Y, int64_t n, double theta) {
   }
   nodes_.clear();
   nodes_.reserve(static_cast<size_t>(m / 2 + 16));
+  leaves_.clear();
   build_node(0, 0, m);
 }
 
@@ -85,6 +99,7 @@ int32_t QuadTree::build_node(int level, int32_t b, int32_t e) {
   if (e - b <= kLeafSize || level == kMaxDepth) {
     for (int32_t s = b; s < e; ++s) cx += pos_[2 * s], cy += pos_[2 * s + 1];
     nodes_[idx].leaf = 1;
+    leaves_.push_back(idx);
   } else {
     const int shift = 2 * (kMaxDepth - 1 - level);
     int32_t lo = b;
@@ -107,6 +122,82 @@ int32_t QuadTree::build_node(int level, int32_t b, int32_t e) {
   nodes_[idx].cy = cy * inv;
   nodes_[idx].next = static_cast<int32_t>(nodes_.size());
   return idx;
+}
+
+namespace {
+
+// Σ over the list of m w and m w² (y − c) for the query points, which are the list's first nq
+// entries; each query's own mass is zeroed while it is summed, so it adds exactly nothing. The
+// SIMD reduction's order is fixed at compile time: the sums do not depend on the thread count.
+LLMDBG_TSNE_CLONES
+void sum_list(const double* __restrict lx, const double* __restrict ly, double* __restrict lm,
+              int64_t count, int64_t nq, double* __restrict z, double* __restrict fx,
+              double* __restrict fy) {
+  for (int64_t q = 0; q < nq; ++q) {
+    const double px = lx[q], py = ly[q], mass = lm[q];
+    lm[q] = 0.0;
+    double zs = 0.0, sx = 0.0, sy = 0.0;
+#pragma omp simd reduction(+ : zs, sx, sy)
+    for (int64_t j = 0; j < count; ++j) {
+      const double dx = px - lx[j], dy = py - ly[j];
+      const double w = 1.0 / (1.0 + dx * dx + dy * dy);
+      const double mw = lm[j] * w;
+      zs += mw;
+      sx += mw * w * dx;
+      sy += mw * w * dy;
+    }
+    lm[q] = mass;
+    z[q] = zs, fx[q] = sx, fy[q] = sy;
+  }
+}
+
+}  // namespace
+
+int64_t QuadTree::leaf_repulsion(int32_t leaf, Scratch& sc, double* z, double* fx,
+                                 double* fy) const {
+  const QuadNode& L = nodes_[leaf];
+  const int32_t b = L.begin, e = L.end;
+  const double* pos = pos_.data();
+  double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
+  for (int32_t s = b; s < e; ++s) {
+    xmin = std::min(xmin, pos[2 * s]), xmax = std::max(xmax, pos[2 * s]);
+    ymin = std::min(ymin, pos[2 * s + 1]), ymax = std::max(ymax, pos[2 * s + 1]);
+  }
+  // At most one entry per node or point: size once, write by index (no push_back checks).
+  const size_t cap = nodes_.size() + pos_.size() / 2;
+  if (sc.x.size() < cap) sc.x.resize(cap), sc.y.resize(cap), sc.m.resize(cap);
+  double* lx = sc.x.data();
+  double* ly = sc.y.data();
+  double* lm = sc.m.data();
+  // The leaf's own points first (they are the queries), then the walk's cells and points.
+  int64_t len = 0;
+  for (int32_t s = b; s < e; ++s, ++len) lx[len] = pos[2 * s], ly[len] = pos[2 * s + 1], lm[len] = 1.0;
+  const QuadNode* nodes = nodes_.data();
+  const int32_t count = static_cast<int32_t>(nodes_.size());
+  int32_t k = 0;
+  while (k < count) {
+    const QuadNode& c = nodes[k];
+    if (c.begin <= b && b < c.end) {  // the leaf itself or an ancestor: open
+      k = k == leaf ? c.next : k + 1;
+      continue;
+    }
+    const double dx = std::max({xmin - c.cx, c.cx - xmax, 0.0});
+    const double dy = std::max({ymin - c.cy, c.cy - ymax, 0.0});
+    if (dx * dx + dy * dy > c.thr) {
+      lx[len] = c.cx, ly[len] = c.cy, lm[len] = static_cast<double>(c.end - c.begin);
+      ++len;
+      k = c.next;
+    } else if (c.leaf) {
+      for (int32_t j = c.begin; j < c.end; ++j, ++len) {
+        lx[len] = pos[2 * j], ly[len] = pos[2 * j + 1], lm[len] = 1.0;
+      }
+      k = c.next;
+    } else {
+      k += 1;
+    }
+  }
+  sum_list(lx, ly, lm, len, e - b, z, fx, fy);
+  return len;
 }
 
 }  // namespace llmdbg::tsne

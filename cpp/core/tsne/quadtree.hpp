@@ -8,6 +8,7 @@
 // the depth cap (exact duplicates share one leaf and are summed exactly, never merged). A cell of
 // side s is accepted for a query at squared distance d² from its centre of mass when
 // s² < θ² d², precomputed per node as d² > thr = s²/θ² (no sqrt); θ = 0 gives the exact sum.
+// Queries are answered a leaf at a time, with d² the distance to the leaf's bounding box.
 #include <cstdint>
 #include <vector>
 
@@ -24,49 +25,27 @@ struct QuadNode {
 class QuadTree {
  public:
   static constexpr int kMaxDepth = 21;
-  static constexpr int kLeafSize = 8;
+  static constexpr int kLeafSize = 16;
 
   void build(const double* Y, int64_t n, double theta);
 
-  // Repulsion on sorted point s (position px, py): adds Σ_j w² (y − y_j) to (rx, ry) and returns
-  // Σ_j w over every other point, approximated per accepted cell.
-  inline double point(int32_t s, double px, double py, double& rx, double& ry) const {
-    double z = 0.0, fx = 0.0, fy = 0.0;
-    const QuadNode* nodes = nodes_.data();
-    const double* pos = pos_.data();
-    const int32_t count = static_cast<int32_t>(nodes_.size());
-    int32_t k = 0;
-    while (k < count) {
-      const QuadNode& c = nodes[k];
-      const double dx = px - c.cx, dy = py - c.cy;
-      const double d2 = dx * dx + dy * dy;
-      const bool contains = c.begin <= s && s < c.end;
-      if (!contains && d2 > c.thr) {
-        const double m = static_cast<double>(c.end - c.begin);
-        const double w = 1.0 / (1.0 + d2);
-        const double mw = m * w;
-        z += mw;
-        fx += mw * w * dx;
-        fy += mw * w * dy;
-        k = c.next;
-      } else if (c.leaf) {
-        for (int32_t j = c.begin; j < c.end; ++j) {
-          if (j == s) continue;
-          const double ex = px - pos[2 * j], ey = py - pos[2 * j + 1];
-          const double w = 1.0 / (1.0 + ex * ex + ey * ey);
-          z += w;
-          fx += w * w * ex;
-          fy += w * w * ey;
-        }
-        k = c.next;
-      } else {
-        k += 1;
-      }
-    }
-    rx = fx, ry = fy;
-    return z;
-  }
+  // Scratch space for one thread's interaction list (reused across leaves and iterations).
+  struct Scratch {
+    std::vector<double> x, y, m;
+  };
 
+  // Repulsion on every point of one leaf (a node index from leaves()) with one interaction list
+  // shared by the leaf's points (Barnes 1990 grouping): a cell is summarised when d² > thr holds
+  // from its centre of mass to the leaf's bounding box, so for each of the leaf's points (never
+  // looser than the per-point test); otherwise it is opened, and the points of an unaccepted
+  // leaf enter the list one by one. The list is then summed for every point of the leaf in one
+  // vectorised loop, plus the leaf's own pairs exactly (self excluded). Writes, for the sorted
+  // points [begin, end) of the leaf, Σ_j w to z[0..], Σ_j w² (y − y_j) to fx[0..] and fy[0..].
+  // Returns the list's length; scratch.{x, y, m}[0, length) hold it (the leaf's own points
+  // first, mass 1), so its masses add up to n.
+  int64_t leaf_repulsion(int32_t leaf, Scratch& scratch, double* z, double* fx, double* fy) const;
+
+  const std::vector<int32_t>& leaves() const { return leaves_; }  // leaf node indices
   const std::vector<int32_t>& order() const { return order_; }  // sorted -> original
   const std::vector<double>& sorted_positions() const { return pos_; }
   const std::vector<QuadNode>& nodes() const { return nodes_; }
@@ -76,9 +55,11 @@ class QuadTree {
   int32_t build_node(int level, int32_t b, int32_t e);
 
   std::vector<QuadNode> nodes_;
+  std::vector<int32_t> leaves_;
   std::vector<double> pos_;        // sorted positions, n×2
   std::vector<int32_t> order_, tmp_order_;
   std::vector<uint64_t> codes_, tmp_codes_;
+  std::vector<int32_t> hist_;  // radix-sort histograms, one per pass
   std::vector<double> level_thr_;
   double side_ = 0.0;
 };

@@ -34,15 +34,24 @@ double repulsion_bh(const double* Y, int64_t n, double theta, double* rep, int n
   QuadTree tree;
   tree.build(Y, n, theta);
   const auto& order = tree.order();
-  const auto& pos = tree.sorted_positions();
-  std::vector<double> zi(n);
+  const auto& nodes = tree.nodes();
+  const auto& leaves = tree.leaves();
+  const int64_t n_leaves = static_cast<int64_t>(leaves.size());
+  std::vector<double> zs(n), fs(2 * n), zi(n);
   const int threads = resolve_threads(num_threads);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 64)
+#pragma omp parallel num_threads(threads)
+  {
+    QuadTree::Scratch scratch;
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t l = 0; l < n_leaves; ++l) {
+      const QuadNode& leaf = nodes[leaves[l]];
+      tree.leaf_repulsion(leaves[l], scratch, &zs[leaf.begin], &fs[leaf.begin], &fs[n + leaf.begin]);
+    }
+  }
   for (int64_t s = 0; s < n; ++s) {
     const int64_t i = order[s];
-    double rx, ry;
-    zi[i] = tree.point(static_cast<int32_t>(s), pos[2 * s], pos[2 * s + 1], rx, ry);
-    rep[2 * i] = rx, rep[2 * i + 1] = ry;
+    zi[i] = zs[s];
+    rep[2 * i] = fs[s], rep[2 * i + 1] = fs[n + s];
   }
   double z = 0.0;
   for (int64_t i = 0; i < n; ++i) z += zi[i];

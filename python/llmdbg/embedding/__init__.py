@@ -3,4 +3,4 @@
 from .maps import EmbeddingMap, embed_hidden_states, embed_tokens, pool_hidden_states
 from .tsne import TSNE
 
-__all__ = ["EmbeddingMap", "embed_hidden_states", "embed_tokens", "pool_hidden_states", "TSNE"]
+__all__ = ["TSNE", "EmbeddingMap", "embed_hidden_states", "embed_tokens", "pool_hidden_states"]

@@ -82,14 +82,21 @@ def normalize_rows(X: np.ndarray, name: str = "X") -> np.ndarray:
     return np.ascontiguousarray(X / norms[:, None].astype(X.dtype))
 
 
+_SMALL_PCA = 1 << 20  # entries
+
+
 def pca(X: np.ndarray, n_components: int, num_threads: int) -> np.ndarray:
     """Project the centred X onto its first n_components principal axes, (N, n_components).
 
     Deterministic: the sign of each axis is fixed so its largest-magnitude loading is positive.
-    The output has X's dtype.
+    The output has X's dtype. Inputs under ~1M entries run on one thread: waking torch's pool
+    costs more than the GEMM (tens of milliseconds on a busy machine), and the result is then
+    the same for every thread count.
     """
     if not X.flags.writeable:  # torch.from_numpy warns on read-only arrays
         X = X.copy()
+    if X.shape[0] * X.shape[1] < _SMALL_PCA:
+        num_threads = 1
     with torch_threads(num_threads), torch.no_grad():
         Xt = torch.from_numpy(X)
         mean = Xt.mean(dim=0, dtype=torch.float64).to(Xt.dtype)

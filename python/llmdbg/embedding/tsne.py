@@ -3,12 +3,14 @@
 t-SNE places points in 2-D so that the Student-t similarities of the map match the Gaussian
 neighbourhood probabilities P of the data, by minimising KL(P || Q). Everything after the input
 checks runs in the compiled core without the GIL: exact k-nearest neighbours from blocked GEMMs
-(on PCA-50 projections of wide inputs), per-point bisection of the Gaussian precision to the
-target perplexity, the symmetric sparse P, and the whole gradient-descent loop with a Barnes-Hut
-quadtree rebuilt every iteration (flat arrays, Morton order), FFT-interpolated repulsion or the
-exact O(N^2) sum. Results are bitwise reproducible for a fixed ``random_state`` and ``n_jobs``.
-The core's reductions run in a fixed order, so its output does not depend on the thread count;
-the PCA step (torch's BLAS) may differ in the last bits between thread counts.
+(on PCA-50 projections of wide inputs), a per-point search (safeguarded Newton steps) for the
+Gaussian precision of the target perplexity, the symmetric sparse P, and the whole
+gradient-descent loop with a Barnes-Hut quadtree rebuilt every iteration (flat arrays, Morton
+order, one interaction list per leaf), FFT-interpolated repulsion or the exact O(N^2) sum.
+Results are bitwise reproducible for a fixed ``random_state`` and ``n_jobs`` on one machine.
+The core's reductions run in a fixed order, so its output does not depend on the thread count
+(the core may itself run small problems on one thread when that is faster); the PCA step
+(torch's BLAS) may differ in the last bits between thread counts for inputs over ~1M entries.
 
 References: van der Maaten, "Accelerating t-SNE using tree-based algorithms", JMLR 15 (2014);
 Linderman et al., Nat. Methods 16 (2019); Kobak & Berens, Nat. Commun. 10 (2019) for the default
@@ -97,7 +99,10 @@ class TSNE:
     random_state : int, numpy Generator / RandomState or None
         Seed for the initial map (PCA jitter or random init).
     n_jobs : int or None
-        Threads. None uses ``torch.get_num_threads()``; -1 all cores.
+        Threads (at most). None uses ``torch.get_num_threads()``; -1 all cores. The optimiser
+        uses at most one thread per 500 points and, below 20,000 points (``method`` "bh" or
+        "exact"), runs on one thread whenever its periodic timing finds that faster (busy
+        machines); the map is the same.
     verbose : bool
         Print stage timings and the KL estimate every 50 iterations.
     progress : bool
