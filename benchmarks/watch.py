@@ -7,8 +7,10 @@ interleaved round by round (benchmarks/_harness.time_interleaved) on the same mo
 initial weights:
 
   baseline          the plain loop
-  watch_default     llmdbg.watch(model, opt) - every=50, locate="forward" (per-module forward
-                    NaN records every step, per-layer statistics and histograms every 50 steps)
+  watch_default     llmdbg.watch(model, opt) - every=50, locate="replay" (loss, global grad norm,
+                    lr and non-finite flags every step with one host copy, no per-module hooks;
+                    a non-finite step would be replayed with temporary per-module hooks;
+                    per-layer statistics, histograms and activation probes every 50 steps)
   watch_full        llmdbg.watch(model, opt, every=1, locate="always") - everything every step,
                     including the backward NaN records
   detect_anomaly    the loop inside torch.autograd.detect_anomaly()

@@ -31,7 +31,7 @@ class DebugCallback(pl.Callback):
     """
 
     def __init__(self, *, every: int = 50, log_dir: Any = None, detectors: Any = "default",
-                 track: Any = TRACKS, on_nan: str = "warn", locate: str = "forward") -> None:
+                 track: Any = TRACKS, on_nan: str = "warn", locate: str = "replay") -> None:
         super().__init__()
         self.every, self.log_dir, self.detectors = every, log_dir, detectors
         self.track, self.on_nan, self.locate = track, on_nan, locate

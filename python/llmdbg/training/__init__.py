@@ -25,7 +25,7 @@ __all__ = ["DEFAULTS", "LOCATE", "TRACKS", "DetectorSuite", "Event", "Watch", "f
 
 def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 50,
           log_dir: Any = None, detectors: Any = "default", track: Any = TRACKS, on_nan: str = "warn",
-          locate: str = "forward") -> Watch:
+          locate: str = "replay") -> Watch:
     """Watch a training run: loss, gradients, weights and activations, with problem detectors.
 
     Every step (cheap, one host sync): the loss, the global gradient norm before clipping (equal
@@ -55,11 +55,20 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
         On a non-finite loss, gradient or activation: warn (``RuntimeWarning``), raise
         ``FloatingPointError``, or drop the gradients so that the following ``optimizer.step()``
         changes nothing. The event naming the first module is logged in every case.
-    locate : {"forward", "always", "after_nan", "off"}
-        Where-is-the-first-NaN hooks. ``"forward"`` (default): per-module forward records every
-        step, backward records armed after the first non-finite step; ``"always"``: both every
-        step; ``"after_nan"``: both armed after the first non-finite step; ``"off"``. Without
-        backward records a non-finite gradient is still reported by parameter name.
+    locate : {"replay", "forward", "always", "after_nan", "off"}
+        How the first module that made a NaN/Inf is found. ``"replay"`` (default): no
+        per-module hooks while training; when a step's loss or global gradient norm is
+        non-finite, its recorded forwards (same inputs, same dropout masks) are run again with
+        temporary per-module hooks, and, if the forward was finite, back-propagated with the
+        recorded output gradients, naming the first module in the forward or the backward; the
+        hooks are removed afterwards. It costs nothing per step (references to the inputs and
+        the random state), about two forwards and a backward on a bad step, and sees a NaN/Inf
+        only when it reaches the loss or the gradients (an ``inf`` squashed by ``tanh`` is not
+        reported). ``"forward"``: per-module forward records every step (any non-finite
+        activation, at the cost of a hook and a reduction per module and step), backward records
+        armed after the first non-finite step; ``"always"``: both every step; ``"after_nan"``:
+        both armed after the first non-finite step; ``"off"``. Without module records a
+        non-finite gradient is still reported by parameter name.
 
     Returns
     -------
@@ -69,6 +78,11 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
 
     Notes
     -----
+    The replay runs before the weights change: in ``watch.step()``, or, when
+    ``optimizer.step()`` comes first, in an optimizer step pre-hook (``on_nan="skip"`` then drops
+    the gradients there, ``"raise"`` raises there). Inputs that a forward would change (a
+    key/value cache object) are not replayed.
+
     The gradients are read at the end of each backward pass (an autograd end-of-pass
     callback, after DDP's gradient reduction), so clipping between ``backward()`` and
     ``step()`` does not change the recorded norm. With AMP's ``GradScaler`` the gradients are

@@ -80,12 +80,23 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _median(values: Iterable[float]) -> float:
+    """Median as :func:`numpy.median` computes it (mean of the two middle values when even);
+    plain Python, several times faster than NumPy on the short windows of the per-step tier."""
+    v = sorted(values)
+    n = len(v)
+    if n == 0:
+        return math.nan
+    h = n // 2
+    return float(v[h]) if n % 2 else (v[h - 1] + v[h]) / 2.0
+
+
 def robust_z(window: Iterable[float], x: float) -> float:
     """``(x - median) / (1.4826 · MAD)`` of ``x`` against ``window`` (0 when MAD is 0 and
     ``x`` equals the median; ``inf`` when MAD is 0 and it does not)."""
-    w = np.asarray(list(window), dtype=np.float64)
-    med = float(np.median(w))
-    mad = 1.4826 * float(np.median(np.abs(w - med)))
+    w = [float(v) for v in window]
+    med = _median(w)
+    mad = 1.4826 * _median([abs(v - med) for v in w])
     if mad == 0.0:
         return 0.0 if x == med else math.copysign(math.inf, x - med)
     return (x - med) / mad
@@ -119,7 +130,7 @@ class _SpikeState:
         x = math.log(v)
         score = 0.0
         if self.recent:
-            r = x - float(np.median(self.recent))
+            r = x - _median(self.recent)
             if len(self.resid) >= self.min_history:
                 score = robust_z(self.resid, r)
             self.resid.append(r)

@@ -87,11 +87,18 @@ def find_blocks(model: nn.Module) -> tuple[list[str], list[str]]:
 
 
 class ActivationProbe:
-    """Hooks that summarise block outputs and FFN activations while :attr:`armed`."""
+    """Hooks that summarise block outputs and FFN activations while :attr:`armed`.
+
+    The hooks exist only while armed (the logged steps): the other steps pay no hook call.
+    """
 
     def __init__(self, model: nn.Module, blocks: list[str], activations: list[str]) -> None:
         self.blocks, self.activations = blocks, activations
-        self.armed = False
+        self._targets = [(model.get_submodule(n), self._block_hook(n)) for n in blocks]
+        for name in activations:
+            mod = model.get_submodule(name)
+            self._targets.append((mod, self._act_hook(name, isinstance(mod, _RELU_LIKE))))
+        self._armed = False
         self.handles: list[Any] = []
         self.sums: dict[str, np.ndarray] = {}
         self.absmax: dict[str, float] = {}
@@ -99,11 +106,25 @@ class ActivationProbe:
         self.positions: dict[str, float] = {}       # block -> positions seen
         self.active: dict[str, np.ndarray] = {}     # activation -> per-unit "active on a token" (0/1)
         self.tokens: dict[str, float] = {}
-        for name in blocks:
-            self.handles.append(model.get_submodule(name).register_forward_hook(self._block_hook(name)))
-        for name in activations:
-            mod = model.get_submodule(name)
-            self.handles.append(mod.register_forward_hook(self._act_hook(name, isinstance(mod, _RELU_LIKE))))
+
+    @property
+    def armed(self) -> bool:
+        """Whether the hooks are attached (and record)."""
+        return self._armed
+
+    @armed.setter
+    def armed(self, on: bool) -> None:
+        on = bool(on)
+        if on and not self.handles:
+            self.handles = [mod.register_forward_hook(hook) for mod, hook in self._targets]
+        elif not on and self.handles:
+            self._detach()
+        self._armed = on
+
+    def _detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
 
     def _block_hook(self, name: str):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -140,7 +161,5 @@ class ActivationProbe:
         return out
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        self.armed = False
+        self._detach()
+        self._armed = False

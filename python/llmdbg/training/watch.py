@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 import weakref
 from typing import Any
 
@@ -25,13 +24,15 @@ from . import grads as G
 from .detectors import DetectorSuite, Event
 from .distributed import rank_world
 from .hooks import NonFiniteLocator, float_tensors
+from .nonfinite import before_optimizer_step, handle_nan, locate_events
 from .probes import ActivationProbe, find_blocks
+from .replay import ForwardRecorder
 
 logger = logging.getLogger("llmdbg")
 
 TRACKS = ("loss", "grads", "weights", "activations")
 ON_NAN = ("raise", "warn", "skip")
-LOCATE = ("always", "forward", "after_nan", "off")
+LOCATE = ("replay", "forward", "always", "after_nan", "off")
 _LEVEL = {"info": logging.INFO, "low": logging.WARNING, "medium": logging.WARNING, "high": logging.WARNING,
           "critical": logging.ERROR}
 
@@ -76,7 +77,7 @@ class Watch:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 50,
                  log_dir: Any = None, detectors: Any = "default", track: Any = TRACKS, on_nan: str = "warn",
-                 locate: str = "forward") -> None:
+                 locate: str = "replay") -> None:
         inner = _unwrap(model)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every: expected a positive int, got {every!r}")
@@ -121,6 +122,8 @@ class Watch:
         self._active: dict[str, np.ndarray] = {}
         self._tokens: dict[str, float] = {}
         self._warned_no_grad: set[str] = set()
+        self._replaying = False
+        self._early: list[Event] | None = None  # NaN/Inf located before optimizer.step()
         self.closed = False
         previous = _REGISTRY.get(inner)
         if previous is not None and not previous.closed:
@@ -131,16 +134,25 @@ class Watch:
         self._owner = [self._module_index.get(n.rpartition(".")[0], 0) for n in self._names]
         self.locator = None
         self.probe = None
+        self.recorder = None
+        self._opt_handle = None
         self._modules = modules
         try:
-            if locate != "off" and locate != "after_nan":
+            if locate in ("forward", "always"):
                 self.locator = NonFiniteLocator(modules, forward=True, backward=locate == "always")
+            elif locate == "replay":
+                self.recorder = ForwardRecorder(inner)
+                opt = optimizer  # wrappers (accelerate's AcceleratedOptimizer) step the inner one
+                while opt is not None and not hasattr(opt, "_optimizer_step_pre_hooks") and hasattr(opt, "optimizer"):
+                    opt = opt.optimizer
+                if opt is not None and hasattr(opt, "_optimizer_step_pre_hooks"):
+                    self._opt_handle = opt.register_step_pre_hook(self._before_optimizer_step)
             if "activations" in track:
                 blocks, acts = find_blocks(inner)
                 self.probe = ActivationProbe(inner, blocks, acts)
                 self.probe.armed = True  # step 0 is a logged step
         except BaseException:  # never leave half the hooks behind
-            for part in (self.locator, self.probe):
+            for part in (self.locator, self.probe, self.recorder, self._opt_handle):
                 if part is not None:
                     part.remove()
             if self.sink is not None:
@@ -169,6 +181,8 @@ class Watch:
 
     # -- hooks ----------------------------------------------------------------------------------------
     def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._replaying:
+            return
         if self.locator is not None and not self.locator.backward:
             self.locator.forward_done(output)
         if not torch.is_grad_enabled():
@@ -176,17 +190,28 @@ class Watch:
         loss = output.get("loss") if isinstance(output, dict) else None
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             self._model_losses.append(loss.detach())
-        if "grads" in self.track:
+        rec = self.recorder.current() if self.recorder is not None else None
+        if "grads" in self.track or rec is not None:
+            k = 0
             for t in float_tensors(output):
                 if t.requires_grad:
-                    t.register_hook(self._on_output_grad)
+                    t.register_hook(self._output_grad_hook(rec, k))
+                    k += 1
 
-    def _on_output_grad(self, grad: torch.Tensor) -> None:
-        # Queue one callback for the end of this backward pass (the DDP reducer queues its own
-        # finalisation later in the pass, so ours re-queues itself to run after it).
-        if not self._queued:
-            self._queued = True
-            torch.autograd.Variable._execution_engine.queue_callback(self._after_backward_outer)
+    def _output_grad_hook(self, rec: Any, k: int):
+        def hook(grad: torch.Tensor) -> None:
+            if rec is not None:  # kept for a replay of this step's backward
+                rec.grads[k] = grad.detach()
+            # Queue one callback for the end of this backward pass (the DDP reducer queues its own
+            # finalisation later in the pass, so ours re-queues itself to run after it).
+            if not self._queued and "grads" in self.track:
+                self._queued = True
+                torch.autograd.Variable._execution_engine.queue_callback(self._after_backward_outer)
+        return hook
+
+    def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self.closed and not self._replaying and self._pending is not None and self._early is None:
+            before_optimizer_step(self)
 
     def _after_backward_outer(self) -> None:
         torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
@@ -291,7 +316,7 @@ class Watch:
         self._rows.append(row)
         new: list[Event] = self.detectors.on_step(step, loss_v, gnorm) if self.detectors.cfg else []
         if nonfinite:
-            new += self._locate(step, pending, norms, fwd_vals, bwd_vals)
+            new += locate_events(self, step, pending, norms, fwd_vals, bwd_vals)
         layers = []
         if logged and not nonfinite:
             layers = self._logged_step(step, pending, norms, loss_v)
@@ -302,64 +327,20 @@ class Watch:
             self._write_step(row, layers)
         self._finish_step(step)
         if nonfinite:
-            self._handle_nan(step, new)
+            handle_nan(self, step, new)
         return row
 
     def _finish_step(self, step: int) -> None:
         self._pending = None
         self._model_losses.clear()
+        self._early = None
         if self.locator is not None:
             self.locator.reset()
+        if self.recorder is not None:
+            self.recorder.reset()
         self._step = step + 1
         if self.probe is not None:
             self.probe.armed = self._step % self.every == 0
-
-    def _locate(self, step: int, pending: Any, norms: list[float], fwd_vals: list, bwd_vals: list) -> list[Event]:
-        """Events naming where the first NaN/Inf appeared, from this step's records."""
-        ev: list[Event] = []
-        bad_params = [pending[0][j] for j, v in enumerate(norms) if not math.isfinite(v)] if pending else []
-        if self.locator is not None and "nonfinite" in self.detectors.cfg:
-            first = self.locator.first_forward(fwd_vals)
-            if first:
-                ev.append(Event(step, first["module"], "nonfinite_forward", "critical",
-                                f"first non-finite output in the forward pass: input abs-max "
-                                f"{first['input_absmax']:.4g}, output abs-max {first['output_absmax']}"))
-            if self.locator.backward and bwd_vals:
-                # Later parameters are reached first by the backward pass.
-                owners = list(dict.fromkeys(self._owner[i] for i in reversed(bad_params)))
-                first_b = self.locator.first_backward(bwd_vals, owners)
-                if first_b:
-                    how = ("gradient of its parameters" if first_b.get("parameter") else
-                           f"incoming gradient abs-max {first_b['grad_output_absmax']:.4g}, outgoing "
-                           f"{first_b['grad_input_absmax']:.4g}")
-                    if "seen_at" in first_b:
-                        how += f" (first seen entering {first_b['seen_at']})"
-                    ev.append(Event(step, first_b["module"], "nonfinite_backward", "critical",
-                                    f"first non-finite gradient in the backward pass: {how}"))
-        if bad_params and not any(e.kind == "nonfinite_backward" for e in ev):
-            names = [self._names[i] for i in reversed(bad_params)]  # in the order the backward reaches them
-            ev.append(Event(step, names[0], "nonfinite_gradients", "critical",
-                            f"{len(names)} parameters have non-finite gradients: {', '.join(names[:5])}"
-                            f"{' ...' if len(names) > 5 else ''}"))
-        # Arm the forensic hooks for the next steps when they were not on.
-        if self.locate in ("forward", "after_nan"):
-            if self.locator is None:
-                self.locator = NonFiniteLocator(self._modules, forward=True, backward=True)
-            elif not self.locator.backward:
-                self.locator.attach_backward()
-        return ev
-
-    def _handle_nan(self, step: int, events: list[Event]) -> None:
-        where = "; ".join(f"{e.kind} at {e.module or 'model'}" for e in events if e.severity == "critical")
-        msg = f"llmdbg.watch: step {step} is not finite ({where or 'loss or gradient norm'})"
-        if self.on_nan == "raise":
-            raise FloatingPointError(msg)
-        if self.on_nan == "warn":
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        else:  # skip: the optimizer ignores parameters without gradients
-            for p in self._params:
-                p.grad = None
-            logger.warning("%s; gradients dropped, the optimizer step is skipped", msg)
 
     # -- the periodic tier ----------------------------------------------------------------------------
     def _update_ratios(self) -> None:
@@ -500,6 +481,9 @@ class Watch:
             self.locator.remove()
         if self.probe is not None:
             self.probe.remove()
+        for part in (self.recorder, self._opt_handle):
+            if part is not None:
+                part.remove()
         self._snapshot = None
         self._pending = None
         self._model_losses.clear()
