@@ -11,14 +11,17 @@ Figures (ratios are llmdbg / Captum; below 1 means llmdbg is cheaper):
   (Captum: LayerIntegratedGradients on the word embedding with return_convergence_delta=True);
   the worse of the MiniLM and GPT-2 next-token cases (each also reported).
 - evals_ratio_vs_captum_at_1pct_delta: model evaluations to reach |delta| / |F(x) − F(b)| < 1 %,
-  summed over the examples. llmdbg: method="adaptive" (n_evals, endpoints included). Captum: its
+  summed over the examples. llmdbg: method="adaptive" (nested Gauss–Kronrod–Patterson; n_evals
+  counts its 2 endpoint forwards). Captum: its
   default rule (gausslegendre) used as a user must without knowing the needed n: n_steps = 50
   (the default) and doubled until the delta is met; every run counts n_steps + 2 (its two delta
   forwards; the two extra layer forwards LayerIntegratedGradients makes are not counted).
   Also reported: the oracle ratio against the smallest n in (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64,
   96, 128) at which Captum meets 1 % in one run (n + 2), which no user can know in advance.
 - multitoken_time_ratio_vs_captum_llm: a 16-token continuation after a 32-token prompt, n_steps =
-  50 (quick: 10), gausslegendre, baseline id 0 (Captum's TextTokenInput default) on both sides: one llmdbg call vs Captum's LLMGradientAttribution(LayerIntegratedGradients).
+  50 (quick: 10), gausslegendre, baseline id 0 (Captum's TextTokenInput default) on both sides: one
+  llmdbg call vs Captum's LLMGradientAttribution(LayerIntegratedGradients); median of 3 interleaved
+  repeats (quick: 1), as Captum's side alone takes ~20 s a run at n = 50.
 - peak_mem_ratio_vs_captum: MiniLM similarity, T = 512 (quick: 64), n_steps = 50: peak RSS growth
   of each side in its own fresh process (VmHWM after /proc/self/clear_refs), model loaded first.
 - max_abs_diff_vs_captum_*: largest |difference| of token scores at equal rule and n_steps,
@@ -321,7 +324,7 @@ def main() -> None:
     rows += r
     figures.update(f)
     print("multi-token ...", file=sys.stderr, flush=True)
-    r, f = bench_multitoken(gpt2, tok, 1 if args.quick else repeats, n_steps=10 if args.quick else 50)
+    r, f = bench_multitoken(gpt2, tok, 1 if args.quick else 3, n_steps=10 if args.quick else 50)
     rows += r
     figures.update(f)
     print("peak memory ...", file=sys.stderr, flush=True)
