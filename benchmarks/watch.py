@@ -46,13 +46,17 @@ import torch
 from _harness import median, parse_args, report, time_interleaved
 
 
-def build(steps: int):
+def new_model():
     import transformers as tf
 
-    torch.manual_seed(0)
     cfg = tf.GPT2Config(n_embd=128, n_layer=4, n_head=4, vocab_size=1000, n_positions=128,
                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model = tf.GPT2LMHeadModel(cfg).train()
+    return tf.GPT2LMHeadModel(cfg).train()
+
+
+def build(steps: int):
+    torch.manual_seed(0)
+    model = new_model()
     init = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(1)
     data = [torch.randint(3, 1000, (8, 64), generator=g) for _ in range(steps)]
@@ -97,12 +101,10 @@ def paired_overhead(init, data, watch_kwargs) -> tuple[float, float, float]:
     alike, so the ratio of the sums resolves overheads of a few per cent. Returns
     (watched seconds, plain seconds, overhead)."""
     import llmdbg
-    import transformers as tf
 
     models = []
     for _ in range(2):
-        m = tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=128, n_layer=4, n_head=4, vocab_size=1000, n_positions=128,
-                                             bos_token_id=1, eos_token_id=2, pad_token_id=0)).train()
+        m = new_model()
         m.load_state_dict(init)
         models.append(m)
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models]
@@ -175,9 +177,10 @@ def main() -> None:
     cpu_med = {k: median(v[1:]) for k, v in cpu.items()}  # [0] is the warm-up run
     base = med["baseline"]
     rows = [(name, f"{t:8.3f} s  ({t / steps * 1e3:7.2f} ms/step, x{t / base:5.3f})") for name, t in med.items()]
+    overheads = ", ".join(f"{p[2]:+.4f}" for p in paired)
     rows.append(("watch_default, step-interleaved A/B",
-                 f"{median([p[0] for p in paired]):8.3f} s vs {median([p[1] for p in paired]):8.3f} s plain "
-                 f"(overheads {', '.join(f'{p[2]:+.4f}' for p in paired)})"))
+                 (f"{median([p[0] for p in paired]):8.3f} s vs {median([p[1] for p in paired]):8.3f} s plain "
+                  f"(overheads {overheads})")))
     figures: dict[str, object] = {
         "overhead_default": round(median([p[2] for p in paired]), 4),
         "overhead_default_whole_runs": round(med["watch_default"] / base - 1, 4),

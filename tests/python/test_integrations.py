@@ -8,15 +8,11 @@ import llmdbg
 import pytest
 import torch
 import transformers as tf
-from tiny_models import CONFIGS, VOCAB
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tiny_models import (
+    CONFIGS,
+    VOCAB,
+    one_thread,  # noqa: F401  (autouse fixture: tiny models on one thread)
+)
 
 
 def _events(path):

@@ -11,15 +11,12 @@ import pytest
 import torch
 import transformers as tf
 from llmdbg.training.hooks import float_tensors
-from tiny_models import CONFIGS, tiny_inputs, tiny_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tiny_models import (
+    CONFIGS,
+    one_thread,  # noqa: F401  (autouse fixture: tiny models on one thread)
+    tiny_inputs,
+    tiny_model,
+)
 
 
 def _lm(seed: int = 0):

@@ -12,16 +12,11 @@ import llmdbg
 import pytest
 import torch
 from llmdbg.training.hooks import float_tensors
-from tiny_models import tiny_inputs, tiny_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread avoids OpenMP spin contention on a busy shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tiny_models import (
+    one_thread,  # noqa: F401  (autouse fixture: tiny models on one thread)
+    tiny_inputs,
+    tiny_model,
+)
 
 
 def _poison(t: torch.Tensor, value: float) -> torch.Tensor:

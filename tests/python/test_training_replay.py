@@ -14,15 +14,11 @@ import llmdbg
 import pytest
 import torch
 from test_training_nonfinite import _loss, _poison, _PoisonGrad, _replace_first
-from tiny_models import tiny_inputs, tiny_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tiny_models import (
+    one_thread,  # noqa: F401  (autouse fixture: tiny models on one thread)
+    tiny_inputs,
+    tiny_model,
+)
 
 
 def _hooks(model, *, root: bool = True) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 import transformers as tf
 
@@ -50,3 +51,13 @@ def tiny_inputs(family: str, batch: int = 2, length: int = 7, *, seed: int = 1) 
     if family == "t5":
         inputs["decoder_input_ids"] = torch.randint(3, VOCAB, (batch, length - 2), generator=g)
     return inputs
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Import into a test module to run its tiny models on one thread: on a busy shared machine
+    OpenMP spin contention makes tiny ops slower with two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
