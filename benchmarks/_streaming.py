@@ -43,7 +43,7 @@ def probe(approach: str, layers: int, tokens: int, out: str) -> None:
     start = _kib("VmRSS")
     t0 = time.perf_counter()
     if approach == "streaming":
-        result = llmdbg.rollout(model, inputs).rollout
+        result = llmdbg.streaming_rollout(model, inputs).rollout
     elif approach == "forward":
         with llmdbg.eager_attention(model), torch.no_grad():
             model(**inputs)

@@ -9,7 +9,7 @@
     random maps, and T = 32 on MiniLM's real attention. networkx needs minutes at T = 32 and
     hours at T = 64, so there it is timed on a fixed subset of (output, input) pairs and
     extrapolated per pair (said so in the JSON); --quick runs T = 16 only.
-(c) Streaming rollout (llmdbg.rollout) against storing every map with capture() and then
+(c) Streaming rollout (llmdbg.streaming_rollout) against storing every map with capture() and then
     attention_rollout, on a random-weight GPT-2 (12 layers, 12 heads, hidden 768) at T = 2048
     (4 layers at T = 512 with --quick); each approach runs in a fresh process so its peak
     resident memory is its own (benchmarks/_streaming.py).

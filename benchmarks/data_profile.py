@@ -123,7 +123,7 @@ def main() -> None:
     threads = torch.get_num_threads()
 
     def ours(num_threads=None):
-        return profile(texts, labels, max_length=MAX_LENGTH, num_threads=num_threads, progress=False)
+        return profile(texts, labels, max_length=MAX_LENGTH, n_jobs=num_threads, progress=False)
 
     # The plain-Python reference is single-threaded by nature: llmdbg is timed both with the
     # default thread count (torch.get_num_threads(), the headline figure) and with one thread.
@@ -146,7 +146,7 @@ def main() -> None:
     t_ours, t_one, t_py, t_pd = (median(times[k]) for k in ("llmdbg", "llmdbg_1thread", "python", "pandas"))
 
     # (b) tokenizer path on N/100 texts.
-    from llmdbg.demo import load_minilm
+    from llmdbg.report.demo import load_minilm
 
     _, tok = load_minilm()
     m = n // 100

@@ -191,7 +191,7 @@ def pca_init(X, seed: int = 0):
 
 
 def minilm_matrix():
-    from llmdbg.demo import load_minilm
+    from llmdbg.report.demo import load_minilm
 
     model, _ = load_minilm()
     return model.get_input_embeddings().weight.detach().numpy().astype("float32")

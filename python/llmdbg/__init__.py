@@ -1,7 +1,8 @@
 """llmdbg: a debugger for large language models.
 
 Capture activations and attention maps from any Hugging Face model into numpy, and analyse them
-with a C++ core. The user guide lives in docs/.
+with a C++ core. This module only re-exports the public surface; the user guide lives in docs/
+and ``docs/architecture.md`` maps the folders.
 """
 
 # torch must be imported before the extension: it loads libtorch, torch_python and the one
@@ -9,15 +10,22 @@ with a C++ core. The user guide lives in docs/.
 import torch as _torch  # noqa: F401
 
 from ._core import CaptureBudgetError
+from ._internal import moved as _moved
+from .adapters.attention_impl import eager_attention
+from .adapters.layout import ModelLayout, find_layout
+from .adapters.unembedding import Unembedding, find_unembedding
 from .attention import (
+    AttentionSummary,
+    Relevance,
+    StreamingRollout,
     attention_drift,
     attention_flow,
     attention_rollout,
     attention_summary,
     gradient_rollout,
     head_entropy,
-    rollout,
     sink_scores,
+    streaming_rollout,
 )
 from .attribution import (
     Attribution,
@@ -28,60 +36,87 @@ from .attribution import (
     similarity_target,
     smoothgrad,
 )
-from .capture import Capture, capture
-from .models import ModelLayout, eager_attention, find_layout
-from .stats import ActivationStats, hist_edges, summarize
-from .trace import Trace
-from .embedding import TSNE, EmbeddingMap, embed_hidden_states, embed_tokens
-from .training import Watch, watch
-from . import metrics  # noqa: E402  (a submodule: llmdbg.metrics.classification_report)
-from .lens import LensResult, logit_lens
-from .interventions import ablate, head_importance, patch
-from . import data  # a submodule: llmdbg.data.profile
-from . import checks  # a submodule: llmdbg.checks.perturbation_test
+from .checks import CheckReport
+from .data import DataProfile
 from .edits import suggest_edits
+from .embedding import TSNE, EmbeddingMap, embed_hidden_states, embed_tokens
+from .interventions import AblationResult, HeadImportance, PatchResult, ablate, head_importance, patch
+from .lens import LensResult, logit_lens
+from .metrics import ClassificationReport, ErrorAnalysis
+from .tracing import ActivationStats, Capture, Trace, capture, hist_edges, summarize
+from .training import Event, Watch, watch
+
+# Submodules that are part of the public surface by name: llmdbg.metrics.classification_report,
+# llmdbg.data.profile, llmdbg.checks.perturbation_test.
+from . import checks, data, metrics  # noqa: E402,I001
 
 __version__ = "0.1.0"
 
+_moved.install()  # old module paths (llmdbg.models, llmdbg.report_job, ...) stay importable
+
+
+def __getattr__(name: str) -> object:
+    if name == "rollout":  # the streaming rollout's old name, which shadowed attention/rollout.py
+        import warnings
+
+        warnings.warn("llmdbg.rollout is deprecated; use llmdbg.streaming_rollout (same arguments)",
+                      DeprecationWarning, stacklevel=2)
+        return streaming_rollout
+    raise AttributeError(f"module 'llmdbg' has no attribute {name!r}")
+
+
 __all__ = [
+    "AblationResult",
     "ActivationStats",
+    "AttentionSummary",
     "Attribution",
     "Capture",
     "CaptureBudgetError",
+    "CheckReport",
+    "ClassificationReport",
+    "DataProfile",
+    "EmbeddingMap",
+    "ErrorAnalysis",
+    "Event",
+    "HeadImportance",
+    "LensResult",
     "ModelLayout",
+    "PatchResult",
+    "Relevance",
+    "StreamingRollout",
     "TSNE",
     "Trace",
+    "Unembedding",
     "Watch",
+    "ablate",
     "attention_drift",
     "attention_flow",
     "attention_rollout",
     "attention_summary",
     "capture",
+    "checks",
+    "data",
     "eager_attention",
+    "embed_hidden_states",
+    "embed_tokens",
     "find_layout",
+    "find_unembedding",
     "gradient_rollout",
     "head_entropy",
+    "head_importance",
     "hist_edges",
     "input_x_gradient",
     "integrated_gradients",
+    "logit_lens",
+    "metrics",
     "occlusion",
-    "rollout",
+    "patch",
     "saliency",
     "similarity_target",
     "sink_scores",
     "smoothgrad",
+    "streaming_rollout",
+    "suggest_edits",
     "summarize",
     "watch",
-    "metrics",
-    "EmbeddingMap",
-    "embed_hidden_states",
-    "embed_tokens",
-    "LensResult",
-    "logit_lens",
-    "ablate",
-    "head_importance",
-    "patch",
-    "data",
-    "checks",
-    "suggest_edits",
 ]

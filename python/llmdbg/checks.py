@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .interventions._common import device_of, eval_mode
-from .models import check_module
+from ._internal.modes import device_of, eval_mode
+from ._internal.pooling import last_real_index
+from .adapters.layout import check_module
 
 __all__ = ["PERTURBATIONS", "counterfactual_test", "perturb", "perturbation_test", "predict_scores"]
 
@@ -131,7 +132,7 @@ def predict_scores(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str],
             if logits is not None and logits.dim() == 2:
                 kind, s = "classifier", torch.softmax(logits.double(), -1)
             elif logits is not None and logits.dim() == 3:
-                last = mask.sum(1) - 1 if tokenizer.padding_side == "right" else torch.full_like(mask[:, 0], mask.shape[1] - 1)
+                last = last_real_index(mask)
                 kind, s = "lm", torch.softmax(logits[torch.arange(len(last)), last].double(), -1)
             else:
                 h = res.last_hidden_state if hasattr(res, "last_hidden_state") else res[0]

@@ -49,7 +49,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .report import build_demo_report
+    from .report.demo import build_demo_report
 
     path = build_demo_report(args.out, texts=args.texts, force=args.force,
                              progress=not args.no_progress)
@@ -113,7 +113,7 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .report_job import (
+    from .report.job import (
         SectionFailedWarning,
         TruncationWarning,
         check_out_dir,

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .interventions._common import device_of, eval_mode
-from .models import check_module
+from ._internal.modes import device_of, eval_mode
+from .adapters.layout import check_module
 
 __all__ = ["suggest_edits"]
 

@@ -19,15 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .interventions._common import (
-    as_inputs,
-    device_of,
-    eval_mode,
-    first_tensor,
-    token_shape,
-)
-from .models import check_module, find_layout
-from .unembed import find_unembedding
+from ._internal.inputs import as_inputs, token_shape
+from ._internal.modes import device_of, eval_mode
+from ._internal.hooks import first_tensor
+from .adapters.layout import check_module, find_layout
+from .adapters.unembedding import find_unembedding
 
 __all__ = ["LensResult", "logit_lens"]
 

@@ -1,4 +1,4 @@
-"""llmdbg.rollout (streaming) against an fp64 numpy rollout of the stored maps."""
+"""llmdbg.streaming_rollout against an fp64 numpy rollout of the stored maps."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import transformers as tf
 from tiny_models import tiny_inputs, tiny_model
 
 import llmdbg
-from llmdbg.attention.streaming import rollout
+from llmdbg.attention.streaming import streaming_rollout as rollout
 
 
 def numpy_rollout(maps, fusion="mean", residual=True, mask=None):

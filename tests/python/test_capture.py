@@ -10,7 +10,8 @@ import transformers as tf
 from tiny_models import FAMILIES, tiny_inputs, tiny_model
 
 import llmdbg
-from llmdbg.models import find_layout
+from llmdbg.adapters.attention_impl import needs_output_attentions_flag
+from llmdbg.adapters.layout import find_layout
 
 
 def _first(out):
@@ -431,11 +432,11 @@ def test_models_that_only_return_weights_when_asked_get_output_attentions(monkey
             return x, torch.softmax(x, -1)
 
     wrapper = torch.nn.ModuleDict({"gated": Gated(), "ungated": Ungated()})
-    assert llmdbg.models.needs_output_attentions_flag(wrapper, ["gated"])
-    assert not llmdbg.models.needs_output_attentions_flag(wrapper, ["ungated"])
+    assert needs_output_attentions_flag(wrapper, ["gated"])
+    assert not needs_output_attentions_flag(wrapper, ["ungated"])
     for family in ("gpt2", "llama", "t5"):
         model = tiny_model(family)
-        assert not llmdbg.models.needs_output_attentions_flag(model, find_layout(model).attention)
+        assert not needs_output_attentions_flag(model, find_layout(model).attention)
 
     # The capture side: pretend GPT-2 needs the flag and watch what reaches the model.
     import sys

@@ -67,8 +67,8 @@ def test_whitespace_counts_equal_python_reference():
 
 def test_results_do_not_depend_on_threads():
     texts, _ = _texts(5000, seed=3)
-    a = profile(texts, num_threads=1, progress=False)
-    b = profile(texts, num_threads=2, progress=False)
+    a = profile(texts, n_jobs=1, progress=False)
+    b = profile(texts, n_jobs=2, progress=False)
     assert a.tokens.tolist() == b.tokens.tolist()
     np.testing.assert_array_equal(a.token_counts, b.token_counts)
     np.testing.assert_array_equal(a.groups, b.groups)
@@ -83,7 +83,7 @@ def test_core_split_equals_str_split_on_unicode_spaces():
 
 
 def test_tokenizer_counts_equal_python_reference():
-    from llmdbg.demo import load_minilm
+    from llmdbg.report.demo import load_minilm
 
     _, tok = load_minilm()
     texts = ["The cat sat.", "Zzyzx qwjkx ☃ unknownish", "The cat sat.", "", "a " * 30]

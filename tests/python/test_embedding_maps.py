@@ -18,7 +18,7 @@ from tiny_models import tiny_inputs, tiny_model
 
 @pytest.fixture(scope="module")
 def minilm():
-    from llmdbg.demo import load_minilm
+    from llmdbg.report.demo import load_minilm
 
     return load_minilm()
 

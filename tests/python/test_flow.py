@@ -107,9 +107,9 @@ def test_rows_and_padding():
 
 def test_bitwise_identical_for_every_thread_count():
     maps = softmax_maps(l=4, b=2, t=20, seed=12)
-    ref = attention_flow(maps, num_threads=1)
+    ref = attention_flow(maps, n_jobs=1)
     for n in (2, 3):
-        np.testing.assert_array_equal(attention_flow(maps, num_threads=n), ref)
+        np.testing.assert_array_equal(attention_flow(maps, n_jobs=n), ref)
 
 
 def test_flow_differs_from_rollout_but_agrees_on_one_layer():
@@ -162,7 +162,7 @@ def test_kernel_releases_the_gil():
     done = threading.Event()
 
     def work():
-        attention_flow(maps, num_threads=1)
+        attention_flow(maps, n_jobs=1)
         done.set()
 
     worker = threading.Thread(target=work)

@@ -11,7 +11,7 @@ from tiny_models import tiny_inputs, tiny_model
 
 import llmdbg
 from llmdbg import _core
-from llmdbg.models import find_layout
+from llmdbg.adapters.layout import find_layout
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -176,15 +176,15 @@ def test_layers_with_different_head_counts_are_padded_with_nan():
 def test_bitwise_identical_for_every_thread_count():
     mask = right_padded_mask()
     a = random_maps(layers=3, heads=5, mask=mask, dtype=np.float32, seed=9)
-    ref = attention_summary(a, attention_mask=mask, special_tokens=mask == 0, num_threads=1)
-    ref_sink = sink_scores(a, attention_mask=mask, num_threads=1)
-    ref_js_ = attention_drift(a, a[::-1], attention_mask=mask, num_threads=1)
+    ref = attention_summary(a, attention_mask=mask, special_tokens=mask == 0, n_jobs=1)
+    ref_sink = sink_scores(a, attention_mask=mask, n_jobs=1)
+    ref_js_ = attention_drift(a, a[::-1], attention_mask=mask, n_jobs=1)
     for threads in (2, 3, 8):
-        got = attention_summary(a, attention_mask=mask, special_tokens=mask == 0, num_threads=threads)
+        got = attention_summary(a, attention_mask=mask, special_tokens=mask == 0, n_jobs=threads)
         assert got.equals(ref)
-        sinks = sink_scores(a, attention_mask=mask, num_threads=threads)
+        sinks = sink_scores(a, attention_mask=mask, n_jobs=threads)
         assert np.array_equal(sinks, ref_sink, equal_nan=True)
-        drift = attention_drift(a, a[::-1], attention_mask=mask, num_threads=threads)
+        drift = attention_drift(a, a[::-1], attention_mask=mask, n_jobs=threads)
         assert np.array_equal(drift, ref_js_)
 
 
@@ -451,7 +451,7 @@ def test_drift_shape_mismatch_names_both_shapes():
     (dict(special_tokens=np.zeros((3, 8), bool)), ValueError, r"special_tokens has shape \(3, 8\)"),
     (dict(special_tokens=np.full((3, 9), 2)), ValueError, "bool mask"),
     (dict(causal="yes"), TypeError, "causal"),
-    (dict(num_threads=0), ValueError, "num_threads"),
+    (dict(n_jobs=0), ValueError, "num_threads"),
     (dict(tokenizer=object(), special_tokens=None), None, None),  # no tokens known: no error
 ])
 def test_summary_bad_input(kwargs, err, match):

@@ -16,16 +16,16 @@ import transformers as tf  # noqa: E402
 from tiny_models import CONFIGS as BASE_CONFIGS  # noqa: E402
 from tiny_models import HEADS, IDS, LAYERS, VOCAB, H  # noqa: E402
 
-from llmdbg.models import (  # noqa: E402
+from llmdbg.adapters.layout import (
     ROLES,
     ModelLayout,
     check_module,
     closest_names,
-    eager_attention,
     find_layout,
     is_hf_model,
     resolve_role,
 )
+from llmdbg.adapters.attention_impl import eager_attention
 
 CONFIGS = {
     **BASE_CONFIGS,

@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from llmdbg import cli  # noqa: E402
-from llmdbg.report import Report, prepare_out_dir  # noqa: E402
+from llmdbg.report.page import Report, prepare_out_dir  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

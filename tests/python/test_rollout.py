@@ -147,11 +147,11 @@ def test_padding_gives_exactly_the_unpadded_result(side):
 
 def test_bitwise_identical_for_every_thread_count():
     maps = softmax_maps(l=3, b=3, t=120, seed=6)
-    ref = attention_rollout(maps, num_threads=1)
+    ref = attention_rollout(maps, n_jobs=1)
     for n in (2, 3, 4):
-        np.testing.assert_array_equal(attention_rollout(maps, num_threads=n), ref)
-        np.testing.assert_array_equal(attention_rollout(maps[:, :1], num_threads=n), ref[:1])
-        np.testing.assert_array_equal(attention_rollout(maps, rows=[7, 100], num_threads=n), ref[:, [7, 100]])
+        np.testing.assert_array_equal(attention_rollout(maps, n_jobs=n), ref)
+        np.testing.assert_array_equal(attention_rollout(maps[:, :1], n_jobs=n), ref[:1])
+        np.testing.assert_array_equal(attention_rollout(maps, rows=[7, 100], n_jobs=n), ref[:, [7, 100]])
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
@@ -223,8 +223,8 @@ def test_bad_inputs_raise_clear_errors():
         attention_rollout(maps, attention_mask=np.ones((2, 8)))
     with pytest.raises(ValueError, match="no real token"):
         attention_rollout(maps, attention_mask=np.zeros((2, 9)))
-    with pytest.raises(ValueError, match="num_threads"):
-        attention_rollout(maps, num_threads=0)
+    with pytest.raises(ValueError, match="n_jobs"):
+        attention_rollout(maps, n_jobs=0)
 
 
 def test_core_binding_checks_its_arguments():

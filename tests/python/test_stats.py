@@ -55,7 +55,7 @@ def test_summarize_accepts_tensors_bf16_and_ints():
 
 def test_summarize_bitwise_identical_for_any_thread_count():
     x = _with_specials(500_000, np.float32)
-    a, b = llmdbg.summarize(x, num_threads=1), llmdbg.summarize(x, num_threads=2)
+    a, b = llmdbg.summarize(x, n_jobs=1), llmdbg.summarize(x, n_jobs=2)
     assert (a.mean, a.std, a.min) == (b.mean, b.std, b.min)
 
 
@@ -80,8 +80,8 @@ def test_summarize_bad_input():
         llmdbg.summarize(np.array(["a"]))
     with pytest.raises(TypeError, match="complex"):
         llmdbg.summarize(torch.zeros(2, dtype=torch.complex64))
-    with pytest.raises(ValueError, match="num_threads"):
-        llmdbg.summarize(np.ones(3), num_threads=0)
+    with pytest.raises(ValueError, match="n_jobs"):
+        llmdbg.summarize(np.ones(3), n_jobs=0)
     with pytest.raises(ValueError, match="C-contiguous"):
         _core.summarize(np.ones((4, 4), dtype=np.float32)[:, ::2], 1)
     with pytest.raises(TypeError, match="float32 or float64"):

@@ -37,8 +37,8 @@ def _hook_count(model) -> int:
 def _np_hist(x: np.ndarray) -> np.ndarray:
     """Reference log2 magnitude histogram: bin b holds 2**(b-32) <= |x| < 2**(b-31)."""
     a = np.abs(x[np.isfinite(x) & (x != 0)].astype(np.float64))
-    b = np.clip(np.floor(np.log2(a)).astype(np.int64) - llmdbg.stats.HIST_MIN_EXP, 0, llmdbg.stats.HIST_BINS - 1)
-    return np.bincount(b, minlength=llmdbg.stats.HIST_BINS).astype(np.float64)
+    b = np.clip(np.floor(np.log2(a)).astype(np.int64) - llmdbg._core.HIST_MIN_EXP, 0, llmdbg._core.HIST_BINS - 1)
+    return np.bincount(b, minlength=llmdbg._core.HIST_BINS).astype(np.float64)
 
 
 # -- the per-step tier -------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def test_views_are_offline_and_plot(tmp_path):
         assert "http" not in html.replace("http://www.w3.org", "") and "<script" not in html
     fig = w.plot()
     assert len(fig.axes) >= 4
-    from llmdbg.report import Report
+    from llmdbg.report.page import Report
 
     r = Report("t")
     w.add_to_report(r)

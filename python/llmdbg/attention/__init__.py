@@ -17,11 +17,13 @@ from .heads import (
     sink_scores,
 )
 from .rollout import attention_rollout
-from .streaming import StreamingRollout, rollout
+from .streaming import StreamingRollout, streaming_rollout
+from .summary import AttentionSummary
 
 __all__ = [
     "DEFAULT_SPECIAL_TOKENS",
     "AttentionStack",
+    "AttentionSummary",
     "Relevance",
     "StreamingRollout",
     "attention_drift",
@@ -31,6 +33,6 @@ __all__ = [
     "attention_summary",
     "gradient_rollout",
     "head_entropy",
-    "rollout",
+    "streaming_rollout",
     "sink_scores",
 ]

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .._internal.threads import resolve_n_jobs
+
 FORMS = ("a Trace from llmdbg.capture(..., attentions=True), a sequence of per-layer (B, H, T, T) "
          "arrays or tensors, or one (L, B, H, T, T) array")
 
@@ -69,29 +71,6 @@ def stack_attention_modules(layout: Any, stack: str | None) -> list[str]:
     return [a for b, a in zip(layout.blocks, layout.attention) if b in blocks]
 
 
-def model_inputs(inputs: Any) -> dict[str, Any]:
-    """A tokenizer encoding / dict of tensors, or an ``input_ids`` tensor, as keyword arguments."""
-    import torch
-
-    if isinstance(inputs, torch.Tensor):
-        return {"input_ids": inputs}
-    if hasattr(inputs, "keys"):
-        return dict(inputs)
-    raise TypeError(f"inputs must be a tokenizer encoding / dict of tensors or an input_ids tensor, "
-                    f"got {type(inputs).__name__}")
-
-
-def thread_count(num_threads: Any) -> int:
-    """``num_threads`` checked (a positive integer), or ``torch.get_num_threads()`` for None."""
-    import torch
-
-    if num_threads is None:
-        return int(torch.get_num_threads())
-    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
-        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-    return int(num_threads)
-
-
 def query_rows(rows: Any, t: int) -> np.ndarray | None:
     """Query indices as an int64 array in [0, T) (negative ones count from the end)."""
     if rows is None:
@@ -137,7 +116,7 @@ def _row_sums(a: np.ndarray) -> np.ndarray:
     plus float64 sum cost about as much as a whole rollout)."""
     from .. import _core
 
-    return _core.attention_row_sums(a, num_threads=thread_count(None))
+    return _core.attention_row_sums(a, num_threads=resolve_n_jobs(None))
 
 
 def attention_stack(attentions: Any, *, attention_mask: Any = None, stack: str | None = None,
@@ -151,7 +130,7 @@ def attention_stack(attentions: Any, *, attention_mask: Any = None, stack: str |
     ``renormalize=True``, which divides every such row by its sum), and a bad mask. ``TypeError``
     for non-numeric input.
     """
-    from ..trace import Trace  # local: the trace module imports numpy only, no cycle
+    from ..tracing.trace import Trace  # local: the trace module imports numpy only, no cycle
 
     tokens = None
     if isinstance(attentions, Trace):

@@ -8,13 +8,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import _core
+from .._internal.threads import renamed_num_threads
 from ._inputs import attention_stack, query_rows
 from .rollout import _check_options
 
 
+@renamed_num_threads
 def attention_flow(attentions: Any, *, rows: Sequence[int] | None = None, head_fusion: str = "mean",
                    residual: bool = True, attention_mask: Any = None, stack: str | None = None,
-                   renormalize: bool = False, num_threads: int | None = None) -> np.ndarray:
+                   renormalize: bool = False, n_jobs: int | None = None) -> np.ndarray:
     """How much each input token can contribute to each output position when attention is read
     as a network of pipes with capacities (attention flow, Abnar & Zuidema 2020).
 
@@ -47,8 +49,8 @@ def attention_flow(attentions: Any, *, rows: Sequence[int] | None = None, head_f
         Which self-attention stack of an encoder-decoder Trace to use.
     renormalize : bool
         Divide rows that do not sum to 1 by their sums instead of raising.
-    num_threads : int, optional
-        Threads for the C++ kernel (default ``torch.get_num_threads()``). Results are bitwise
+    n_jobs : int, optional
+        Threads for the C++ kernel: None uses ``torch.get_num_threads()``, -1 all cores.
         identical for every thread count.
 
     Returns
@@ -77,7 +79,7 @@ def attention_flow(attentions: Any, *, rows: Sequence[int] | None = None, head_f
     ----------
     S. Abnar and W. Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020.
     """
-    threads = _check_options(head_fusion, num_threads)
+    threads = _check_options(head_fusion, n_jobs)
     st = attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize)
     _, _, t = st.shape
     return _core.attention_flow(st.layers, mask=st.mask, rows=query_rows(rows, t), head_fusion=head_fusion,

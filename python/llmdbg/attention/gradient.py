@@ -17,9 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..capture import capture
-from ..models import find_layout
-from ._inputs import model_inputs, stack_attention_modules
+from ..tracing.capture import capture
+from ..adapters.layout import find_layout
+from .._internal.inputs import as_inputs
+from .._internal.pooling import last_real_index
+from .._internal.modes import device_of, gradient_mode
+from ._inputs import stack_attention_modules
 
 
 @dataclasses.dataclass
@@ -57,14 +60,6 @@ def _per_example(value: Any, b: int, what: str) -> torch.Tensor:
     return t
 
 
-def _last_real(mask: torch.Tensor | None, b: int, t: int) -> torch.Tensor:
-    if mask is None:
-        return torch.full((b,), t - 1, dtype=torch.long)
-    # right padding: last 1; left padding: the last position is real anyway
-    positions = torch.arange(t).expand(b, t)
-    return torch.where(mask.bool().cpu(), positions, -1).amax(-1)
-
-
 def _target_value(outputs: Any, target: Any, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The per-sequence scalar to explain and the ids it used."""
     if callable(target):
@@ -90,7 +85,7 @@ def _target_value(outputs: Any, target: Any, rows: torch.Tensor) -> tuple[torch.
     raise ValueError(f"cannot pick a target from logits of shape {tuple(logits.shape)}; pass a callable")
 
 
-def gradient_rollout(model: torch.nn.Module, inputs: Any, *,
+def gradient_rollout(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = None,
                      target: int | Sequence[int] | Callable[[Any], Any] | None = None,
                      position: int | Sequence[int] | None = None, stack: str | None = None) -> Relevance:
     """Gradient-weighted attention rollout (Chefer et al. 2021b) for a Hugging Face model.
@@ -103,9 +98,13 @@ def gradient_rollout(model: torch.nn.Module, inputs: Any, *,
     Parameters
     ----------
     model : transformers model
-        Put it in eval mode first (dropout would make the result random).
-    inputs : dict or torch.Tensor
-        A tokenizer encoding / dict of tensors, or an ``input_ids`` tensor.
+        Run in eval mode (a model in train mode is warned about); every module's mode and every
+        parameter's ``requires_grad`` are restored afterwards.
+    inputs : str, list of str, dict, torch.Tensor or numpy.ndarray
+        Text (with ``tokenizer``), a tokenizer encoding / dict of tensors, or ``input_ids``
+        (B, T) or (T,).
+    tokenizer : transformers tokenizer, optional
+        Encodes text ``inputs`` (one padded batch).
     target : int, sequence of int, callable or None
         Sequence classifiers (logits ``(B, C)``): the class whose logit is explained (default:
         the predicted class). Language models (logits ``(B, T, V)``): the token id whose
@@ -124,7 +123,7 @@ def gradient_rollout(model: torch.nn.Module, inputs: Any, *,
     -------
     Relevance
     """
-    batch = model_inputs(inputs)
+    batch = as_inputs(inputs, tokenizer, device=device_of(model))
     layout = find_layout(model)
     names = stack_attention_modules(layout, stack)
     ids = batch.get("decoder_input_ids" if stack == "decoder" else "input_ids")
@@ -135,7 +134,7 @@ def gradient_rollout(model: torch.nn.Module, inputs: Any, *,
     if position is None:
         encoder_only = list(layout.stacks) == ["encoder"]
         row_ids = torch.zeros(b, dtype=torch.long) if encoder_only and getattr(
-            model, "num_labels", None) and not callable(target) else _last_real(mask, b, t)
+            model, "num_labels", None) and not callable(target) else (torch.full((b,), t - 1, dtype=torch.long) if mask is None else last_real_index(mask.cpu()))
     else:
         row_ids = _per_example(position, b, "position")
         if ((row_ids < -t) | (row_ids >= t)).any():
@@ -156,7 +155,7 @@ def gradient_rollout(model: torch.nn.Module, inputs: Any, *,
     handle = (model.get_submodule(layout.embeddings).register_forward_hook(needs_grad)
               if layout.embeddings else None)
     try:
-        with capture(model, attentions=True, attention_consumer=keep), torch.enable_grad():
+        with gradient_mode(model), capture(model, attentions=True, attention_consumer=keep):
             outputs = model(**batch)
             value, used = _target_value(outputs, target, row_ids)
             missing = [n for n in names if n not in maps or not maps[n].requires_grad]

@@ -19,7 +19,7 @@ Conventions shared by every function here:
 * Padding queries are ignored; padding keys are read (a masked model gives them weight 0).
 * Averages over queries are pooled over all real queries of all sequences (not a mean of
   per-sequence means).
-* ``num_threads`` defaults to ``torch.get_num_threads()``.
+* ``n_jobs`` defaults to ``torch.get_num_threads()``; -1 means all cores.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from ._inputs import AttentionStack, attention_stack, thread_count
+from .summary import AttentionSummary
+from ._inputs import AttentionStack, attention_stack
+from .._internal.threads import renamed_num_threads, resolve_n_jobs
 
 __all__ = ["DEFAULT_SPECIAL_TOKENS", "attention_drift", "attention_summary", "head_entropy",
            "sink_scores"]
@@ -52,10 +54,10 @@ def _u8(mask: np.ndarray | None) -> np.ndarray | None:
     return None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8)
 
 
-def _run(st: AttentionStack, special: np.ndarray | None, num_threads: int | None) -> dict[str, np.ndarray]:
+def _run(st: AttentionStack, special: np.ndarray | None, n_jobs: int | None) -> dict[str, np.ndarray]:
     from .. import _core
 
-    threads = thread_count(num_threads)
+    threads = resolve_n_jobs(n_jobs)
     return _core.attention_head_stats(_same_dtype(st.layers), _u8(st.mask), _u8(special), threads)
 
 
@@ -89,9 +91,10 @@ def _stack(attentions: Any, attention_mask: Any, stack: str | None, renormalize:
 
 # -- public functions ------------------------------------------------------------------------
 
+@renamed_num_threads
 def head_entropy(attentions: Any, *, normalize: bool = False, causal: bool | None = None,
                  attention_mask: Any = None, stack: str | None = None, renormalize: bool = False,
-                 num_threads: int | None = None) -> np.ndarray:
+                 n_jobs: int | None = None) -> np.ndarray:
     """Mean attention entropy of every head: how spread out each query's attention is.
 
     For query ``i`` the row entropy is ``H_i = -sum_j A[i, j] log A[i, j]`` (natural log,
@@ -124,8 +127,8 @@ def head_entropy(attentions: Any, *, normalize: bool = False, causal: bool | Non
         Which stack of an encoder-decoder Trace.
     renormalize : bool, default False
         Divide rows that do not sum to 1 by their sums instead of raising.
-    num_threads : int, optional
-        OpenMP threads; defaults to ``torch.get_num_threads()``. Results do not depend on it.
+    n_jobs : int, optional
+        Threads for the C++ kernel: None uses ``torch.get_num_threads()``, -1 all cores.
 
     Returns
     -------
@@ -148,16 +151,17 @@ def head_entropy(attentions: Any, *, normalize: bool = False, causal: bool | Non
         raise TypeError(f"normalize must be True or False, got {normalize!r}")
     _check_causal(causal)
     st = _stack(attentions, attention_mask, stack, renormalize)
-    stats = _run(st, None, num_threads)
+    stats = _run(st, None, n_jobs)
     if not normalize:
         return stats["entropy"]
     is_causal = _resolve_causal(causal, stats)
     return stats["entropy_norm_causal" if is_causal else "entropy_norm_bidirectional"]
 
 
+@renamed_num_threads
 def sink_scores(attentions: Any, *, causal: bool | None = None, attention_mask: Any = None,
                 stack: str | None = None, renormalize: bool = False,
-                num_threads: int | None = None) -> np.ndarray:
+                n_jobs: int | None = None) -> np.ndarray:
     """Attention-sink score of every key position, per layer, sequence and head.
 
     The sink score of key ``k`` is the mean attention it receives from the queries that can
@@ -174,7 +178,7 @@ def sink_scores(attentions: Any, *, causal: bool | None = None, attention_mask: 
     ----------
     causal : bool, optional
         Which definition to use; detected from the maps by default (see :func:`head_entropy`).
-    attentions, attention_mask, stack, renormalize, num_threads
+    attentions, attention_mask, stack, renormalize, n_jobs
         As in :func:`head_entropy`.
 
     Returns
@@ -191,7 +195,7 @@ def sink_scores(attentions: Any, *, causal: bool | None = None, attention_mask: 
     """
     _check_causal(causal)
     st = _stack(attentions, attention_mask, stack, renormalize)
-    stats = _run(st, None, num_threads)
+    stats = _run(st, None, n_jobs)
     return stats["sink" if _resolve_causal(causal, stats) else "sink_all"]
 
 
@@ -207,7 +211,7 @@ def _sink_max(alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _tokens_for(attentions: Any, st: AttentionStack, stack: str | None,
                 tokenizer: Any) -> list[list[str]] | None:
     """Token strings per sequence: the Trace's, or its input_ids through the tokenizer."""
-    from ..trace import Trace
+    from ..tracing.trace import Trace
 
     _, b, t = st.shape
     tokens = st.tokens
@@ -245,11 +249,12 @@ def _special_mask(special_tokens: Any, tokens: list[list[str]] | None, tokenizer
     return np.array([[tok in names for tok in row] for row in tokens], dtype=bool), source
 
 
+@renamed_num_threads
 def attention_summary(attentions: Any, *, special_tokens: Any = None, tokenizer: Any = None,
                       causal: bool | None = None, collapse_threshold: float = 0.1,
                       uniform_threshold: float = 0.9, sink_threshold: float = 0.3,
                       attention_mask: Any = None, stack: str | None = None,
-                      renormalize: bool = False, num_threads: int | None = None) -> Any:
+                      renormalize: bool = False, n_jobs: int | None = None) -> AttentionSummary:
     """One row per (layer, head) describing what the head does, with flags for the usual
     pathologies: collapsed heads, uniform heads and attention sinks.
 
@@ -268,7 +273,7 @@ def attention_summary(attentions: Any, *, special_tokens: Any = None, tokenizer:
         ``summary.attrs["causal"]``.
     collapse_threshold, uniform_threshold, sink_threshold : float
         Flag thresholds in ``[0, 1]``; ``collapse_threshold < uniform_threshold``.
-    attention_mask, stack, renormalize, num_threads
+    attention_mask, stack, renormalize, n_jobs
         As in :func:`head_entropy`.
 
     Returns
@@ -317,7 +322,6 @@ def attention_summary(attentions: Any, *, special_tokens: Any = None, tokenizer:
         Bad thresholds, ``special_tokens`` of the wrong shape, or anything
         :func:`~llmdbg.attention.attention_stack` rejects.
     """
-    from .summary import AttentionSummary
 
     _check_causal(causal)
     collapse = _check_threshold("collapse_threshold", collapse_threshold)
@@ -330,7 +334,7 @@ def attention_summary(attentions: Any, *, special_tokens: Any = None, tokenizer:
     _, b, t = st.shape
     tokens = _tokens_for(attentions, st, stack, tokenizer)
     special, source = _special_mask(special_tokens, tokens, tokenizer, (b, t))
-    stats = _run(st, special, num_threads)
+    stats = _run(st, special, n_jobs)
     is_causal = _resolve_causal(causal, stats)
     norm = stats["entropy_norm_causal" if is_causal else "entropy_norm_bidirectional"]
     sink_max, sink_arg = _sink_max(stats["sink" if is_causal else "sink_all"])  # (L, B, H)
@@ -374,9 +378,10 @@ def _describe(st: AttentionStack) -> str:
     return str(shapes)
 
 
+@renamed_num_threads
 def attention_drift(a: Any, b: Any, *, attention_mask: Any = None, base: float = 2,
                     stack: str | None = None, renormalize: bool = False,
-                    num_threads: int | None = None) -> np.ndarray:
+                    n_jobs: int | None = None) -> np.ndarray:
     """How much each head's attention changed between two runs: the Jensen-Shannon divergence
     between corresponding rows, averaged over real queries.
 
@@ -396,7 +401,7 @@ def attention_drift(a: Any, b: Any, *, attention_mask: Any = None, base: float =
         masks (those of the Traces).
     base : float, default 2
         Logarithm base: 2 gives bits in ``[0, 1]``, ``math.e`` gives nats in ``[0, log 2]``.
-    stack, renormalize, num_threads
+    stack, renormalize, n_jobs
         As in :func:`head_entropy` (``stack`` applies to both).
 
     Returns
@@ -430,5 +435,5 @@ def attention_drift(a: Any, b: Any, *, attention_mask: Any = None, base: float =
     if len({x.dtype for x in (*layers_a, *layers_b)}) > 1:
         layers_a = [np.ascontiguousarray(x, dtype=np.float64) for x in layers_a]
         layers_b = [np.ascontiguousarray(x, dtype=np.float64) for x in layers_b]
-    nats = _core.attention_js_divergence(layers_a, layers_b, _u8(mask), thread_count(num_threads))
+    nats = _core.attention_js_divergence(layers_a, layers_b, _u8(mask), resolve_n_jobs(n_jobs))
     return nats / math.log(base)

@@ -6,21 +6,23 @@ from typing import Any, Sequence
 
 import numpy as np
 from .. import _core
-from ._inputs import attention_stack, query_rows, thread_count
+from ._inputs import attention_stack, query_rows
+from .._internal.threads import renamed_num_threads, resolve_n_jobs
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
-def _check_options(head_fusion: str, num_threads: int | None) -> int:
+def _check_options(head_fusion: str, n_jobs: int | None) -> int:
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
-    return thread_count(num_threads)
+    return resolve_n_jobs(n_jobs)
 
 
+@renamed_num_threads
 def attention_rollout(attentions: Any, *, head_fusion: str = "mean", residual: bool = True,
                       discard_ratio: float = 0.0, rows: Sequence[int] | None = None,
                       attention_mask: Any = None, stack: str | None = None,
-                      renormalize: bool = False, num_threads: int | None = None) -> np.ndarray:
+                      renormalize: bool = False, n_jobs: int | None = None) -> np.ndarray:
     """How much each input token contributes to each position after the last layer, by
     multiplying the per-layer attention maps (attention rollout, Abnar & Zuidema 2020).
 
@@ -61,8 +63,8 @@ def attention_rollout(attentions: Any, *, head_fusion: str = "mean", residual: b
         Which self-attention stack of an encoder-decoder Trace to roll out.
     renormalize : bool
         Divide rows that do not sum to 1 by their sums instead of raising.
-    num_threads : int, optional
-        Threads for the C++ kernel (default ``torch.get_num_threads()``). Results are bitwise
+    n_jobs : int, optional
+        Threads for the C++ kernel: None uses ``torch.get_num_threads()``, -1 all cores.
         identical for every thread count.
 
     Returns
@@ -82,14 +84,14 @@ def attention_rollout(attentions: Any, *, head_fusion: str = "mean", residual: b
     -----
     Cost: O(L · H · T²) to read and fuse the maps plus O(L · T³) for the full product (a third
     of that for causal maps, whose zero upper triangle is skipped), or O(L · len(rows) · T²)
-    with ``rows``. Sequences are spread over threads when B >= num_threads, otherwise the rows
+    with ``rows``. Sequences are spread over threads when B >= n_jobs, otherwise the rows
     of each product are; the GIL is released.
 
     References
     ----------
     S. Abnar and W. Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020.
     """
-    threads = _check_options(head_fusion, num_threads)
+    threads = _check_options(head_fusion, n_jobs)
     if not 0.0 <= float(discard_ratio) < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}")
     st = attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize)

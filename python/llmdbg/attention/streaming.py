@@ -2,7 +2,7 @@
 
 Storing every attention map costs O(L·B·H·T²) memory: about 2.4 GB for a 12-layer, 12-head
 model at T = 2048, and tens of GB for larger models. Rollout only needs a running product, so
-:func:`rollout` consumes each layer's map inside its forward hook (on the map's own device), folds
+:func:`streaming_rollout` consumes each layer's map inside its forward hook (on the map's own device), folds
 it into the product and keeps a few per-head numbers, then lets the map go. Extra memory is
 O(B·T²) for the product plus one layer's fused map.
 """
@@ -10,21 +10,25 @@ O(B·T²) for the product plus one layer's fused map.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..capture import capture
-from ..models import find_layout
-from ._inputs import model_inputs, query_rows, stack_attention_modules
+from ..tracing.capture import capture
+from ..adapters.layout import find_layout
+from .._internal.inputs import as_inputs
+from .._internal.modes import device_of
+from .._internal.progress import check_progress, progress_bar
+from ._inputs import query_rows, stack_attention_modules
 from .rollout import HEAD_FUSIONS
 
 
 
 @dataclasses.dataclass
 class StreamingRollout:
-    """Result of :func:`rollout`.
+    """Result of :func:`streaming_rollout`.
 
     Attributes
     ----------
@@ -51,7 +55,9 @@ class StreamingRollout:
 class _RunningRollout:
     """The attention consumer: R ← Â_l R, bottom layer first, in float64 on the maps' device."""
 
-    def __init__(self, modules: list[str], mask: torch.Tensor | None, head_fusion: str, residual: bool):
+    def __init__(self, modules: list[str], mask: torch.Tensor | None, head_fusion: str, residual: bool,
+                 on_layer: Callable[[], Any] = lambda: None):
+        self.on_layer = on_layer
         self.modules = set(modules)
         self.mask = mask
         self.head_fusion = head_fusion
@@ -103,10 +109,12 @@ class _RunningRollout:
             fused /= fused.sum(-1, keepdim=True)
         self.product = fused if self.product is None else torch.matmul(fused, self.product)
         self.seen.append(name)
+        self.on_layer()
 
 
-def rollout(model: torch.nn.Module, inputs: Any, *, head_fusion: str = "mean", residual: bool = True,
-            rows: Any = None, stack: str | None = None) -> StreamingRollout:
+def streaming_rollout(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = None, head_fusion: str = "mean",
+                      residual: bool = True, rows: Any = None, stack: str | None = None,
+                      progress: bool = True) -> StreamingRollout:
     """Attention rollout computed while the model runs, without storing the attention maps.
 
     Runs ``model(**inputs)`` once under ``torch.no_grad()`` with eager attention; each layer's
@@ -120,9 +128,11 @@ def rollout(model: torch.nn.Module, inputs: Any, *, head_fusion: str = "mean", r
     ----------
     model : transformers model
         Any model :func:`llmdbg.find_layout` understands.
-    inputs : dict or torch.Tensor
-        A tokenizer encoding / dict of tensors (``attention_mask`` is honoured: padded rows and
-        columns are zero in the result), or an ``input_ids`` tensor.
+    inputs : str, list of str, dict, torch.Tensor or numpy.ndarray
+        Text (with ``tokenizer``), a tokenizer encoding / dict of tensors (``attention_mask`` is
+        honoured: padded rows and columns are zero in the result), or ``input_ids`` (B, T) or (T,).
+    tokenizer : transformers tokenizer, optional
+        Encodes text ``inputs`` (one padded batch).
     head_fusion : {"mean", "max", "min"}
     residual : bool
         Add the identity for the residual stream (default True).
@@ -131,6 +141,8 @@ def rollout(model: torch.nn.Module, inputs: Any, *, head_fusion: str = "mean", r
         product is computed bottom-up, so this saves memory in the result, not time.)
     stack : {"encoder", "decoder"}, optional
         For encoder-decoder models: which stack's self-attention to roll out (required there).
+    progress : bool
+        Show a progress bar over the layers (off when output is not interactive).
 
     Returns
     -------
@@ -138,15 +150,17 @@ def rollout(model: torch.nn.Module, inputs: Any, *, head_fusion: str = "mean", r
     """
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
-    batch = model_inputs(inputs)
+    check_progress(progress)
+    batch = as_inputs(inputs, tokenizer, device=device_of(model))
     modules = stack_attention_modules(find_layout(model), stack)
     ids = batch.get("decoder_input_ids" if stack == "decoder" else "input_ids")
     if isinstance(ids, torch.Tensor):
         query_rows(rows, ids.shape[-1])  # bad rows fail before the forward, not after it
     mask = batch.get("decoder_attention_mask" if stack == "decoder" else "attention_mask")
-    consumer = _RunningRollout(modules, mask, head_fusion, residual)
-    with capture(model, attentions=True, attention_consumer=consumer), torch.no_grad():
-        model(**batch)
+    with progress_bar(progress, len(modules), "streaming rollout", unit="layer") as bar:
+        consumer = _RunningRollout(modules, mask, head_fusion, residual, on_layer=lambda: bar.update(1))
+        with capture(model, attentions=True, attention_consumer=consumer), torch.no_grad():
+            model(**batch)
     if consumer.product is None:
         raise RuntimeError("no attention map reached the rollout; did the forward run the attention modules?")
     product = consumer.product

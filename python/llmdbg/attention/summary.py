@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import _html as h
+from .._internal import html as h
 
 __all__ = ["AttentionSummary"]
 

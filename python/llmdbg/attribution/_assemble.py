@@ -1,5 +1,5 @@
 """Shared by every method: turn per-target tensors into an :class:`Attribution` in the user's
-layout (continuation prompts mapped back to their original positions), and the progress bar."""
+layout (continuation prompts mapped back to their original positions)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._internal.progress import progress_bar
 from ._inputs import Prepared, token_strings
 from ._targets import Target
 from .result import Attribution
-
-
-@contextlib.contextmanager
-def progress_bar(progress: bool, total: int | None, desc: str) -> Iterator[Any]:
-    """A tqdm bar counting model rows; ``disable=None`` turns it off when stderr is not a terminal."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="row", disable=None if progress else True, leave=False)
-    try:
-        yield bar
-    finally:
-        bar.close()
 
 
 def _np(t: torch.Tensor | None) -> np.ndarray | None:

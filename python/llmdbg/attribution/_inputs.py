@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._internal.inputs import encode
+
 BASELINES = ("pad", "mask", "unk", "zeros")
 
 
@@ -73,12 +75,12 @@ def find_embedding(model: nn.Module, layer: Any = "embeddings") -> nn.Module:
         try:
             return model.get_submodule(layer)
         except AttributeError:
-            from ..models import closest_names
+            from ..adapters.layout import closest_names
 
             hint = closest_names(model, layer)
             raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}"
                              + (f"; did you mean {', '.join(hint)}?" if hint else "")) from None
-    from ..models import find_layout
+    from ..adapters.layout import find_layout
 
     with contextlib.suppress(ValueError, TypeError):
         name = find_layout(model).embeddings
@@ -97,35 +99,13 @@ def find_embedding(model: nn.Module, layer: Any = "embeddings") -> nn.Module:
 
 
 def model_batch(inputs: Any, tokenizer: Any, device: torch.device) -> tuple[dict[str, Any], list | None]:
-    """Model keyword arguments from text (with ``tokenizer``), an encoding/dict, or an ids tensor."""
-    word_ids = None
-    if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and all(isinstance(s, str) for s in inputs)):
-        if tokenizer is None:
-            raise TypeError("inputs is text: pass tokenizer= to tokenize it (or pass a tokenizer encoding)")
-        inputs = tokenizer(list([inputs] if isinstance(inputs, str) else inputs), return_tensors="pt", padding=True)
-    if hasattr(inputs, "word_ids") and getattr(inputs, "encodings", None):
-        with contextlib.suppress(Exception):
-            word_ids = [inputs.word_ids(i) for i in range(len(inputs.encodings))]
-    if isinstance(inputs, (torch.Tensor, np.ndarray)):
-        inputs = {"input_ids": inputs}
-    if not hasattr(inputs, "keys"):
-        raise TypeError("inputs must be text (with tokenizer=), a tokenizer encoding / dict of tensors or an "
-                        f"input_ids tensor, got {type(inputs).__name__}")
-    batch = {}
-    for key, value in dict(inputs).items():
-        if isinstance(value, np.ndarray):
-            value = torch.from_numpy(value)
-        batch[key] = value.to(device) if isinstance(value, torch.Tensor) else value
+    """Model keyword arguments (through the one normaliser, :func:`llmdbg._internal.inputs.encode`)
+    with what attributions need on top: ``input_ids`` present, int64, and an ``attention_mask``."""
+    batch, word_ids = encode(inputs, tokenizer, device=device)
     ids = batch.get("input_ids")
     if not isinstance(ids, torch.Tensor):
         raise ValueError("inputs must contain input_ids (attributions interpolate the embeddings of these ids)")
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must be an integer tensor, got {ids.dtype}")
-    if ids.dim() == 1:
-        batch = {k: (v[None] if isinstance(v, torch.Tensor) and v.dim() == 1 else v) for k, v in batch.items()}
-    if batch["input_ids"].dim() != 2:
-        raise ValueError(f"input_ids must have shape (B, T), got {tuple(batch['input_ids'].shape)}")
-    batch["input_ids"] = batch["input_ids"].long()
+    batch["input_ids"] = ids.long()
     if "attention_mask" not in batch:
         batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     return batch, word_ids
@@ -223,32 +203,6 @@ def token_strings(ids: torch.Tensor, tokenizer: Any) -> list[list[str]]:
     if tokenizer is None or not hasattr(tokenizer, "convert_ids_to_tokens"):
         return [[str(i) for i in row] for row in rows]
     return [[str(t) for t in tokenizer.convert_ids_to_tokens(row)] for row in rows]
-
-
-@contextlib.contextmanager
-def model_state(model: nn.Module) -> Iterator[None]:
-    """Eval mode and untracked parameters for the duration of the block, restored on exit.
-
-    A model in train mode is warned about (dropout would make attributions random) and evaluated in
-    eval mode. Parameters stop requiring gradients meanwhile: gradients are taken with respect to
-    the embeddings only, and autograd then neither stores what weight gradients need nor computes
-    them. Frozen models work unchanged.
-    """
-    was_training = model.training
-    if was_training:
-        warnings.warn("the model is in train mode (dropout); attributions are computed in eval mode and the "
-                      "mode is restored afterwards", UserWarning, stacklevel=4)
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 @contextlib.contextmanager

@@ -9,11 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(N, T, d) hidden states averaged over real tokens -> (N, d)."""
-    m = mask.to(hidden.dtype)[..., None]
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+from .._internal.pooling import mean_pool
 
 
 def similarity_target(reference: Any) -> Callable[[Any, dict], torch.Tensor]:

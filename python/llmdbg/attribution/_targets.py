@@ -16,21 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapters.task import task_type
 from ._inputs import config_id
 
-_CAUSAL_HINTS = ("ForCausalLM", "LMHeadModel")
+# The one task vocabulary (adapters.task) in the short words this module's branches use.
+_KIND = {"seq2seq": "seq2seq", "causal-lm": "causal", "masked-lm": "masked"}
 
 
 def _kind(model: nn.Module) -> str:
-    name = type(model).__name__
-    cfg = getattr(model, "config", None)
-    if getattr(cfg, "is_encoder_decoder", False):
-        return "seq2seq"
-    if any(h in name for h in _CAUSAL_HINTS):
-        return "causal"
-    if "MaskedLM" in name:
-        return "masked"
-    return "other"
+    return _KIND.get(task_type(model), "other")
 
 
 def _accepts_batch(fn: Callable) -> bool:

@@ -12,10 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._assemble import assemble, progress_bar
+from ._assemble import assemble
+from .._internal.progress import progress_bar
 from ._engine import rows_per_chunk, values_and_grads
-from ._inputs import Prepared, model_state
+from ._inputs import Prepared
+from .._internal.modes import gradient_mode
 from ._targets import Target
+from .result import Attribution
 from .integrated import setup
 
 REDUCTIONS = ("sum", "norm", "none")
@@ -55,7 +58,7 @@ def _reduce(attr: torch.Tensor, reduce: str, prep: Prepared) -> torch.Tensor:
 
 def _run(kind: str, model: Any, inputs: Any, target: Any, tokenizer: Any, layer: Any, batch_size: Any, reduce: str,
          progress: bool, *, abs_: bool = False, n_samples: int = 1, noise: float = 0.0, seed: int = 0,
-         multiply: bool = False) -> Any:
+         multiply: bool = False) -> Attribution:
     _check_reduce(reduce)
     prep, tgt, cont, batch = setup(model, inputs, target, tokenizer, "zeros", layer)
     chunk_rows = rows_per_chunk(model, prep, tgt.n_out, batch_size)
@@ -71,7 +74,7 @@ def _run(kind: str, model: Any, inputs: Any, target: Any, tokenizer: Any, layer:
         points[0] = x  # the clean input first: a "predicted" target is resolved on x itself
     else:
         points = x[None]
-    with model_state(model), progress_bar(progress, points.shape[0] * x.shape[0], kind) as bar:
+    with gradient_mode(model), progress_bar(progress, points.shape[0] * x.shape[0], kind) as bar:
         grad = _gradients(prep, tgt, points, points.shape[0], chunk_rows, bar)
     if abs_:
         grad = grad.abs()
@@ -81,7 +84,7 @@ def _run(kind: str, model: Any, inputs: Any, target: Any, tokenizer: Any, layer:
 
 def saliency(model: torch.nn.Module, inputs: Any, *, target: Any = None, abs: bool = True, layer: Any = "embeddings",
              batch_size: int | str = "auto", reduce: str = "sum", tokenizer: Any = None,
-             progress: bool = True) -> Any:
+             progress: bool = True) -> Attribution:
     """Gradient of the target with respect to the input embeddings (one forward and backward).
 
     Parameters not listed here are those of :func:`integrated_gradients`.
@@ -103,7 +106,7 @@ def saliency(model: torch.nn.Module, inputs: Any, *, target: Any = None, abs: bo
 
 def input_x_gradient(model: torch.nn.Module, inputs: Any, *, target: Any = None, layer: Any = "embeddings",
                      batch_size: int | str = "auto", reduce: str = "sum", tokenizer: Any = None,
-                     progress: bool = True) -> Any:
+                     progress: bool = True) -> Attribution:
     """Input embeddings times the target's gradient, x ⊙ ∂F/∂x (IG with one node and a zero
     baseline). Parameters as :func:`saliency`."""
     return _run("input_x_gradient", model, inputs, target, tokenizer, layer, batch_size, reduce, progress, multiply=True)
@@ -112,7 +115,7 @@ def input_x_gradient(model: torch.nn.Module, inputs: Any, *, target: Any = None,
 def smoothgrad(model: torch.nn.Module, inputs: Any, *, target: Any = None, n_samples: int = 16, noise: float = 0.15,
                abs: bool = True, multiply_by_inputs: bool = False, seed: int = 0, layer: Any = "embeddings",
                batch_size: int | str = "auto", reduce: str = "sum", tokenizer: Any = None,
-               progress: bool = True) -> Any:
+               progress: bool = True) -> Attribution:
     """SmoothGrad: the gradient averaged over ``n_samples`` noisy copies of the input embeddings.
 
     Parameters

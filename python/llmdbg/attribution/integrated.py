@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from .. import _core
-from ..models import check_module
-from ._assemble import assemble, progress_bar
+from ..adapters.layout import check_module
+from ._assemble import assemble
+from .._internal.progress import progress_bar
 from ._engine import forward_rows, rows_per_chunk, values_and_grads
-from ._inputs import Prepared, find_embedding, model_batch, model_state, prepare
+from ._inputs import Prepared, find_embedding, model_batch, prepare
+from .._internal.modes import gradient_mode
 from ._targets import Target, build_target
 from .result import Attribution
 
@@ -310,7 +312,7 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, *, target: Any = N
     steps, cap = check_options(method, n_steps, tol, max_evals, reduce)
     prep, tgt, cont, batch = setup(model, inputs, target, tokenizer, baseline, layer)
     chunk_rows = rows_per_chunk(model, prep, tgt.n_out, batch_size)
-    with model_state(model):
+    with gradient_mode(model):
         if method == "adaptive":
             attr, fx, fb, n_evals, converged = _adaptive(prep, tgt, float(tol), cap, chunk_rows, reduce, progress)
             if reduce == "sum":

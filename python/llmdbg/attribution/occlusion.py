@@ -10,10 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._assemble import assemble, progress_bar
+from ._assemble import assemble
+from .._internal.progress import progress_bar
 from ._engine import forward_rows, rows_per_chunk
-from ._inputs import model_state, special_ids
+from .._internal.modes import gradient_mode
+from ._inputs import special_ids
 from ._targets import Target
+from .result import Attribution
 from .integrated import setup
 
 REPLACEMENTS = ("pad", "mask", "unk", "delete")
@@ -71,7 +74,7 @@ def _deleted_batch(prep, target: Target, pairs) -> tuple[dict[str, Any], Target]
 
 def occlusion(model: torch.nn.Module, inputs: Any, *, target: Any = None, window: int = 1, stride: int = 1,
               replacement: str = "pad", layer: Any = "embeddings", batch_size: int | str = "auto",
-              tokenizer: Any = None, progress: bool = True) -> Any:
+              tokenizer: Any = None, progress: bool = True) -> Attribution:
     """Token occlusion sensitivity.
 
     Parameters not listed here are those of :func:`integrated_gradients`.
@@ -111,7 +114,7 @@ def occlusion(model: torch.nn.Module, inputs: Any, *, target: Any = None, window
     rows = torch.arange(bsz)
     sums = torch.zeros(bsz, g, t, dtype=torch.float64)
     counts = torch.zeros(bsz, t, dtype=torch.float64)
-    with model_state(model), torch.no_grad(), progress_bar(progress, bsz + len(pairs), "occlusion") as bar:
+    with gradient_mode(model), torch.no_grad(), progress_bar(progress, bsz + len(pairs), "occlusion") as bar:
         fx = torch.cat([forward_rows(model, prep, tgt, prep.x[sub.to(prep.device)].to(prep.dtype), sub, 1,
                                      resolve_at=0) for sub in rows.split(chunk)]).cpu().double()
         bar.update(bsz)

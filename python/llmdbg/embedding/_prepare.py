@@ -14,30 +14,7 @@ import os
 import numpy as np
 import torch
 
-
-def resolve_n_jobs(n_jobs: int | None) -> int:
-    """Threads for the kernels: None -> torch.get_num_threads(); -1 -> all cores (sklearn style)."""
-    if n_jobs is None:
-        return max(1, torch.get_num_threads())
-    if not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool) or n_jobs == 0:
-        raise ValueError(f"n_jobs must be None, a positive int or a negative int (-1 = all cores), "
-                         f"got {n_jobs!r}")
-    if n_jobs < 0:
-        return max(1, (os.cpu_count() or 1) + 1 + int(n_jobs))
-    return int(n_jobs)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run torch ops with n intra-op threads, restoring the previous setting afterwards."""
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+from .._internal.threads import torch_threads
 
 
 def as_float_matrix(X, name: str = "X") -> np.ndarray:

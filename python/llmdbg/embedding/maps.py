@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .._internal.pooling import last_real_index, mean_pool
+
 __all__ = ["EmbeddingMap", "embed_hidden_states", "embed_tokens", "pool_hidden_states"]
 
 POOLINGS = ("mean", "cls", "last")
@@ -53,7 +55,7 @@ class EmbeddingMap:
 
     def plot(self, labels: Sequence[Any] | None = None, texts: Sequence[Any] | None = None, **kwargs: Any):
         """:func:`llmdbg.plot.embedding` of this map; texts default to the point labels."""
-        from ..plot.embedding import embedding
+        from ..plot.embedding_map import embedding
 
         if texts is None:
             texts = self.labels
@@ -259,11 +261,8 @@ def pool_hidden_states(hidden: np.ndarray, attention_mask: np.ndarray | None = N
     if pooling == "cls":
         return np.ascontiguousarray(h[:, 0], dtype=np.float32)
     if pooling == "last":
-        last = T - 1 - np.argmax(mask[:, ::-1], axis=1)
-        return np.ascontiguousarray(h[np.arange(B), last], dtype=np.float32)
-    w = mask.astype(np.float64)
-    pooled = np.einsum("bt,btd->bd", w, h.astype(np.float64)) / w.sum(axis=1, keepdims=True)
-    return pooled.astype(np.float32)
+        return np.ascontiguousarray(h[np.arange(B), last_real_index(mask)], dtype=np.float32)
+    return mean_pool(h, mask)
 
 
 def embed_hidden_states(trace: Any, layer: int | str = -1, pooling: str = "mean", *,

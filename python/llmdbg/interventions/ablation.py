@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models import check_module
-from ._common import as_inputs, device_of, eval_mode, head_geometry, token_shape
+from ..adapters.layout import check_module
+from .._internal.inputs import as_inputs, token_shape
+from .._internal.modes import device_of, eval_mode
+from ..adapters.heads import head_geometry
 
 __all__ = ["AblationResult", "HeadImportance", "ablate", "ablation", "head_importance"]
 
@@ -296,7 +298,7 @@ def head_importance(model: torch.nn.Module, inputs: Any, *, loss: Callable[[Any,
 def _default_loss(model, out, batch):
     if not hasattr(out, "logits") or "input_ids" not in batch:
         raise ValueError(f"{type(model).__name__}: no default loss; pass labels in the inputs or loss=callable")
-    from ..unembed import find_unembedding
+    from ..adapters.unembedding import find_unembedding
 
     if find_unembedding(model).kind != "causal":
         raise ValueError("head_importance: a masked LM needs labels in the inputs or loss=callable")

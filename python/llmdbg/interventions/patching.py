@@ -17,16 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models import ROLES, check_module, resolve_role
-from ._common import (
-    as_inputs,
-    device_of,
-    eval_mode,
-    first_tensor,
-    hooks,
-    replace_first,
-    token_shape,
-)
+from ..adapters.layout import ROLES, check_module, resolve_role
+from .._internal.inputs import as_inputs, token_shape
+from .._internal.modes import device_of, eval_mode
+from .._internal.hooks import first_tensor, hooks, replace_first
 
 __all__ = ["PatchResult", "logit_diff", "patch"]
 

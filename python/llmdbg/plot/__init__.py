@@ -19,7 +19,7 @@ from .data import data_profile, rank_frequency
 from .lens import logit_lens
 from .interventions import head_importance, patching_heatmap
 from .checks import check_summary
-from .embedding import embedding
+from .embedding_map import embedding
 
 __all__ = ["activation_stats", "attribution_plot", "attention_grid", "attention_heatmap", "head_grid", "head_heatmap", "histogram",
            "token_relevance", "classification_figure", "training_dashboard"]

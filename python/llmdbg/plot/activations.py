@@ -10,7 +10,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ..stats import ActivationStats
+    from ..tracing.stats import ActivationStats
 
 from ._common import new_figure
 
@@ -110,7 +110,7 @@ def histogram(stats: ActivationStats, *, title: str | None = None) -> Figure:
         One axes; its bars are the non-empty range of ``stats.histogram``, bar ``b`` spanning
         ``log2(edges[b])`` to ``log2(edges[b + 1])`` with edges from :func:`llmdbg.hist_edges`.
     """
-    from ..stats import hist_edges
+    from ..tracing.stats import hist_edges
 
     counts = np.asarray(stats.histogram)
     log_edges = np.log2(hist_edges())

@@ -83,7 +83,7 @@ def training_dashboard(watch: Any, *, max_layers: int = 8, title: str | None = N
     grads = watch.histograms.get("grads", {})
     steps = sorted({s for d in grads.values() for s in d})
     if steps:
-        from ..stats import hist_edges
+        from ..tracing.stats import hist_edges
 
         mat = np.stack([np.sum([d[s] for d in grads.values() if s in d], axis=0) for s in steps], axis=1)
         rows = np.flatnonzero(mat.sum(1))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import _core
+from .._internal.threads import resolve_n_jobs
 from .hooks import float_tensors
 
 #: |a| at or above which a hidden feature counts as an outlier on a position (LLM.int8).
@@ -35,7 +36,7 @@ def packed_stats(x: torch.Tensor) -> tuple[np.ndarray, float]:
     t = x.detach()
     if t.device.type == "cpu":
         arr = t.to(torch.float32).contiguous().numpy() if t.dtype != torch.float64 else t.contiguous().numpy()
-        d = _core.summarize(arr, torch.get_num_threads())
+        d = _core.summarize(arr, resolve_n_jobs(None))
     else:
         d = _core.device_summary(t)
     fin = d["finite_count"]
@@ -69,7 +70,7 @@ def find_blocks(model: nn.Module) -> tuple[list[str], list[str]]:
     Hugging Face models use :func:`llmdbg.find_layout`; other models fall back to their direct
     children as blocks and every activation module as a feed-forward activation.
     """
-    from ..models import find_layout
+    from ..adapters.layout import find_layout
 
     names = dict(model.named_modules())
     try:

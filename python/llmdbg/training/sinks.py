@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..stats import hist_edges
+from ..tracing.stats import hist_edges
 
 
 def check_writable(log_dir: str | os.PathLike) -> Path:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapters.task import task_type
 from . import grads as G
 from .detectors import DetectorSuite, Event
 from .distributed import rank_world
@@ -51,12 +52,12 @@ def _unwrap(model: Any) -> nn.Module:
 
 def _baseline_loss(model: nn.Module) -> float | None:
     """A trivial loss to compare against: ln V for language models, ln K for classifiers."""
-    cfg, name = getattr(model, "config", None), type(model).__name__
+    cfg, task = getattr(model, "config", None), task_type(model)
     if cfg is None:
         return None
-    if name.endswith(("LMHeadModel", "ForCausalLM", "ForMaskedLM")) and getattr(cfg, "vocab_size", 0) > 1:
+    if task in ("causal-lm", "masked-lm") and getattr(cfg, "vocab_size", 0) > 1:
         return math.log(cfg.vocab_size)
-    if name.endswith("ForSequenceClassification") and getattr(cfg, "num_labels", 0) > 1:
+    if task == "classifier" and getattr(cfg, "num_labels", 0) > 1:
         return math.log(cfg.num_labels)
     return None
 

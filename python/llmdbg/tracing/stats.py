@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _core
+from .. import _core
+from .._internal.threads import renamed_num_threads, resolve_n_jobs
 
 #: Number of histogram bins and the exponent of the first bin edge.
 HIST_BINS: int = _core.HIST_BINS
@@ -84,7 +85,8 @@ class ActivationStats:
         return d
 
 
-def summarize(x: Any, *, num_threads: int | None = None) -> ActivationStats:
+@renamed_num_threads
+def summarize(x: Any, *, n_jobs: int | None = None) -> ActivationStats:
     """Summary statistics of an array or tensor in one fused pass (float64 accumulation).
 
     Parameters
@@ -92,8 +94,8 @@ def summarize(x: Any, *, num_threads: int | None = None) -> ActivationStats:
     x : array_like or torch.Tensor
         Any shape. float32 and float64 are read in place; other real dtypes (bf16, fp16,
         integers) are widened to float32 first.
-    num_threads : int, optional
-        OpenMP threads; defaults to ``torch.get_num_threads()``. The result is bitwise identical
+    n_jobs : int, optional
+        Threads for the C++ kernel: None uses ``torch.get_num_threads()``, -1 all cores.
         for every thread count.
 
     Returns
@@ -120,7 +122,5 @@ def summarize(x: Any, *, num_threads: int | None = None) -> ActivationStats:
         if arr.dtype != np.float64:
             arr = arr.astype(np.float32, copy=False)
         arr = np.ascontiguousarray(arr)
-    threads = torch.get_num_threads() if num_threads is None else int(num_threads)
-    if threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    threads = resolve_n_jobs(n_jobs)
     return ActivationStats.from_dict(_core.summarize(arr, threads))

@@ -5,11 +5,15 @@ tokenization with truncation warnings. Used by :mod:`llmdbg.report_job` and the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ..adapters.task import task_type
+from .page import prepare_out_dir
 
 __all__ = ["KINDS", "TruncationWarning", "check_out_dir", "check_target", "load_model", "model_kind",
            "read_texts", "tokenize"]
@@ -71,7 +75,6 @@ def load_model(name_or_path: str) -> tuple[Any, Any]:
     """
     import transformers
 
-    from .demo import _quiet_transformers_progress
 
     name = str(name_or_path)
     if not name.strip():
@@ -83,7 +86,7 @@ def load_model(name_or_path: str) -> tuple[Any, Any]:
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     cls = cls if cls is not None and hasattr(cls, "from_pretrained") else transformers.AutoModel
-    with _quiet_transformers_progress():
+    with quiet_transformers_progress():
         try:
             model = cls.from_pretrained(name)
         except (OSError, ValueError) as exc:
@@ -104,17 +107,11 @@ def model_kind(model: Any) -> str:
     ValueError
         Encoder-decoder models (not supported by the report yet).
     """
-    cls = type(model).__name__
-    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
-        raise ValueError(f"{cls} is an encoder-decoder model; llmdbg report supports encoders, "
+    task = task_type(model)
+    if task == "seq2seq":
+        raise ValueError(f"{type(model).__name__} is an encoder-decoder model; llmdbg report supports encoders, "
                          "classifiers and causal or masked language models")
-    if cls.endswith("ForSequenceClassification"):
-        return "classifier"
-    if cls.endswith(("ForCausalLM", "LMHeadModel")):
-        return "causal-lm"
-    if cls.endswith("ForMaskedLM"):
-        return "masked-lm"
-    return "encoder"
+    return task
 
 
 def read_texts(texts: Sequence[str] | None = None, file: str | os.PathLike | None = None) -> list[str]:
@@ -282,11 +279,18 @@ def check_out_dir(out_dir: str | os.PathLike, force: bool = False) -> Path:
     FileExistsError
         ``out_dir`` is a file, or a non-empty directory and ``force`` is False.
     """
-    path = Path(out_dir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a directory; choose another output directory")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise FileExistsError(
-            f"output directory {path} already exists and is not empty; pass --force to overwrite "
-            "the report in it (index.html, arrays.npz, summary.json), or choose another directory")
-    return path
+    return prepare_out_dir(out_dir, force, create=False)
+
+
+@contextlib.contextmanager
+def quiet_transformers_progress():
+    """Hide transformers' own "Loading weights" bar (the demo shows its own)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

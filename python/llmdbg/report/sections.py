@@ -1,7 +1,8 @@
-"""Report sections that work on any model, used by :func:`llmdbg.report_job.run_report`: what
-the model predicts, token attributions and a map of the texts' hidden states.
+"""Report sections that work on any model, used by :func:`llmdbg.report.run_report`: the model
+and its inputs, activation statistics, attention and its analysis, what the model predicts, token
+attributions and a map of the texts' hidden states.
 
-Each section takes a :class:`~llmdbg.report_job.ReportContext`, adds to ``ctx.report``, and
+Each section takes a :class:`~llmdbg.report.ReportContext`, adds to ``ctx.report``, and
 records its arrays in ``ctx.arrays`` and its facts in ``ctx.summary``. A section whose feature is
 missing from this build of llmdbg (or that does not apply, like a map of fewer than
 :data:`MIN_TEXTS_FOR_MAP` texts) adds no HTML and says why in ``ctx.summary["skipped"]``.
@@ -14,7 +15,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_TEXTS_FOR_MAP", "attribution_section", "embedding_section", "outputs_section"]
+from .._internal.pooling import last_real_index, mean_pool
+from .context import ReportContext
+
+__all__ = ["MIN_TEXTS_FOR_MAP", "attention_analysis_section", "attention_section", "attribution_section",
+           "embedding_section", "inputs_section", "model_section", "outputs_section", "stats_section"]
 
 #: Fewest texts for which the report draws a t-SNE map of their hidden states.
 MIN_TEXTS_FOR_MAP = 8
@@ -31,18 +36,126 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _last_real(mask: np.ndarray) -> np.ndarray:
-    """Index of the last real token per row of a right-padded ``(B, T)`` mask."""
-    return mask.sum(axis=1).astype(int) - 1
-
-
 def _top_tokens(tokenizer: Any, probs: np.ndarray) -> tuple[np.ndarray, str]:
     top = np.argsort(-probs)[:_TOP_K]
     text = ", ".join(f"{tokenizer.convert_ids_to_tokens(int(i))} ({probs[i]:.3f})" for i in top)
     return top, text
 
 
-def outputs_section(ctx: Any) -> None:
+def model_section(ctx: ReportContext) -> None:
+    """The model's class, size and the layout llmdbg found (blocks, attention, MLP per layer)."""
+    report, model, trace, name = ctx.report, ctx.model, ctx.trace, ctx.name
+    cfg, layout = model.config, trace.layout
+    n_params = sum(p.numel() for p in model.parameters())
+    facts = [
+        ("Model", name), ("Class", type(model).__name__), ("Family (llmdbg layout)", layout.family),
+        ("Layers", getattr(cfg, "num_hidden_layers", "-")),
+        ("Attention heads", getattr(cfg, "num_attention_heads", "-")),
+        ("Hidden size", getattr(cfg, "hidden_size", "-")), ("Parameters", n_params),
+        ("Vocabulary", getattr(cfg, "vocab_size", "-")),
+        ("Embeddings", layout.embeddings or "-"), ("Final norm", layout.final_norm or "-"),
+    ]
+    blocks = [{"layer": i, "block": b, "attention": a, "mlp": m}
+              for i, (b, a, m) in enumerate(zip(layout.blocks, layout.attention,
+                                                 layout.mlp or ("-",) * len(layout.blocks)))]
+    report.add_section("Model", table=[[{"property": k, "value": v} for k, v in facts], blocks])
+
+
+def inputs_section(ctx: ReportContext) -> None:
+    """The texts with their token counts and token strings."""
+    report, texts, trace = ctx.report, ctx.texts, ctx.trace
+    mask = trace.attention_mask
+    rows = [{"#": i, "text": t, "tokens": int(mask[i].sum()),
+             "token strings": " ".join(tok for tok, m in zip(trace.tokens[i], mask[i]) if m)}
+            for i, t in enumerate(texts)]
+    report.add_section("Inputs", html="<p>Tokenized with padding to the longest sentence; "
+                       "padding positions are left out of the plots below.</p>", table=rows)
+
+
+def stats_section(ctx: ReportContext) -> None:
+    """Residual-stream statistics per layer, a magnitude histogram and the statistics table."""
+    report, trace = ctx.report, ctx.trace
+    from .. import plot
+
+    keys = trace.hidden_state_modules
+    labels = ["embeddings"] + [f"layer {i}" for i in range(len(keys) - 1)]
+    last = trace.layout.blocks[-1]
+    report.add_section(
+        "Activation statistics",
+        html="<p>Statistics of the residual stream (the embedding output, then every block output) "
+             "over all tokens of all sentences, padding included, computed by the C++ core in one "
+             "pass per tensor. The table lists every captured tensor (<code>:input</code> is a "
+             "block's input, <code>:attn</code> an attention map); mean, std, min and max are "
+             "over the finite values.</p>",
+        figure=[plot.activation_stats(trace, keys, labels=labels, title="Residual stream per layer"),
+                plot.histogram(trace.stats[last], title=f"Magnitudes of {last} (last block output)")],
+        captions=["Mean, standard deviation, absolute maximum and fraction of exact zeros per layer.",
+                  "Histogram of |x| on the fixed log2 bins of llmdbg.hist_edges()."],
+        table=trace.stats_table().drop(columns=["var"]))  # var = std**2; keeps the table narrow
+
+
+def attention_section(ctx: ReportContext) -> None:
+    """Head-mean attention heatmaps of the first text, one per layer."""
+    report, trace, texts = ctx.report, ctx.trace, ctx.texts
+    from .. import plot
+
+    keep = trace.attention_mask[0].astype(bool)
+    tokens = [t for t, k in zip(trace.tokens[0], keep) if k]
+    maps = [a[0][:, keep][:, :, keep] for a in trace.attentions]  # (H, t, t), no padding
+    layers = ", ".join(str(i) for i in range(len(maps)))
+    report.add_section(
+        "Attention",
+        html=f"<p>Attention of sentence 0 (<em>{html.escape(texts[0])}</em>), averaged over heads, for "
+             f"layers {layers}. Each row is a query token; its weights over the key tokens "
+             "sum to 1.</p>",
+        figure=plot.attention_grid(maps, tokens, head="mean"),
+        captions=[f"Attention heatmaps, layers {layers}, mean over heads."])
+
+
+def attention_analysis_section(ctx: ReportContext) -> None:
+    """Rollout and flow of the first text's query row (0: [CLS]; a causal model's last real token)
+    and the per-head diagnostics table; writes ``rollout``, ``flow`` to ``ctx.arrays`` and
+    ``attention_heads``, ``flow_row`` to ``ctx.summary``."""
+    report, trace, texts, tokenizer = ctx.report, ctx.trace, ctx.texts, ctx.tokenizer
+    row = 0 if ctx.kind != "causal-lm" else int(trace.attention_mask[0].sum()) - 1
+    from .. import plot
+    from ..attention import attention_flow, attention_rollout, attention_summary
+
+    keep = trace.attention_mask[0].astype(bool)
+    tokens = [t for t, k in zip(trace.tokens[0], keep) if k]
+    name = trace.tokens[0][row]
+    who = html.escape(name)
+    rollout = attention_rollout(trace)
+    flow = attention_flow(trace, rows=[row])
+    summary = attention_summary(trace, tokenizer=tokenizer)
+    entropy = summary.pivot(index="layer", columns="head", values="entropy_norm").to_numpy()
+    flagged = (summary.pivot(index="layer", columns="head", values="sink").to_numpy(dtype=bool)
+               | summary.pivot(index="layer", columns="head", values="collapsed").to_numpy(dtype=bool))
+    counts = {k: int(summary[k].sum()) for k in ("collapsed", "uniform", "sink")}
+    report.add_section(
+        "Attention analysis",
+        html=(f"<p>How much each token of sentence 0 (<em>{html.escape(texts[0])}</em>) feeds "
+              f"position {row} (<code>{who}</code>) at the top of the network: attention <b>rollout</b> (the product of "
+              "the head-averaged maps mixed with the residual stream) and attention <b>flow</b> "
+              "(the maximum flow through the same layered graph), both from the C++ core with "
+              "padding removed. Then one row per layer and head: entropy (natural log), entropy "
+              "normalised by log(number of keys), the largest weight, the sink score (StreamingLLM's "
+              "α) with its token, the mass on special tokens, and flags: "
+              f"{counts['collapsed']} collapsed, {counts['uniform']} uniform, {counts['sink']} sink "
+              "heads.</p>"),
+        figure=[plot.token_relevance(rollout[0, row, keep], tokens, title=f"rollout, {name} row"),
+                plot.token_relevance(flow[0, 0, keep], tokens, title=f"attention flow, {name} row"),
+                plot.head_heatmap(entropy, title="normalised entropy per head (dots: sink or collapsed)",
+                                  label="entropy / log(keys)", flags=flagged)],
+        table=summary.drop(columns=["sink_token"]).round(4),
+        captions=[f"Rollout relevance of each token for {name} (position {row}).",
+                  f"Attention-flow relevance for {name} (position {row}).",
+                  "Normalised entropy per layer and head."])
+    ctx.arrays.update(rollout=rollout, flow=flow)
+    ctx.summary.update(attention_heads=summary.to_dict(orient="records"), flow_row=row)
+
+
+def outputs_section(ctx: ReportContext) -> None:
     """What the model computes for each text: class probabilities, the next token, the token at
     the mask, or (for an encoder without a head) the cosine similarity of mean-pooled embeddings."""
     mask = ctx.trace.attention_mask
@@ -64,7 +177,7 @@ def outputs_section(ctx: Any) -> None:
         logits = ctx.outputs.logits.detach().float().cpu()  # (B, T, V)
         ids = ctx.trace.input_ids
         if kind == "causal-lm":
-            where = _last_real(mask)
+            where = last_real_index(mask)
             note = "The five most likely next tokens after each text."
         else:
             where = np.array([int(np.flatnonzero(r == tok.mask_token_id)[0]) if (r == tok.mask_token_id).any()
@@ -84,8 +197,7 @@ def outputs_section(ctx: Any) -> None:
         ctx.summary["predictions"] = [[tok.convert_ids_to_tokens(int(j)) for j in r if j >= 0] for r in top_ids]
     else:
         hidden = ctx.outputs.last_hidden_state.detach().float().cpu().numpy()  # (B, T, D)
-        m = mask[..., None].astype(np.float64)
-        pooled = (hidden * m).sum(axis=1) / m.sum(axis=1)
+        pooled = mean_pool(hidden, mask).astype(np.float64)
         unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
         cos = unit @ unit.T
         rows = [{"#": i, **{str(j): float(cos[i, j]) for j in range(len(cos))}} for i in range(len(cos))]
@@ -99,7 +211,7 @@ def outputs_section(ctx: Any) -> None:
 MAX_ATTRIBUTION_FIGURES = 4
 
 
-def _ig_target(ctx: Any) -> tuple[Any, str] | None:
+def _ig_target(ctx: ReportContext) -> tuple[Any, str] | None:
     """(target for integrated_gradients, what it explains), or None when nothing applies."""
     tok, kind = ctx.tokenizer, ctx.kind
     if kind == "classifier":
@@ -128,7 +240,7 @@ def _ig_target(ctx: Any) -> tuple[Any, str] | None:
                                                  "embedding with the next text's (the last with the first)")
 
 
-def attribution_section(ctx: Any) -> None:
+def attribution_section(ctx: ReportContext) -> None:
     """Integrated-gradients attributions of each token (:func:`llmdbg.integrated_gradients`)."""
     import llmdbg
 
@@ -182,11 +294,11 @@ def attribution_section(ctx: Any) -> None:
         "converged": None if attr.converged is None else attr.converged.tolist()}
 
 
-def embedding_section(ctx: Any) -> None:
+def embedding_section(ctx: ReportContext) -> None:
     """A t-SNE map of the texts' mean-pooled last hidden states, for 8 texts or more."""
     import llmdbg
 
-    from . import plot
+    from .. import plot
 
     if len(ctx.texts) < MIN_TEXTS_FOR_MAP:
         _skip(ctx, "embedding map", f"{len(ctx.texts)} texts; the map needs at least {MIN_TEXTS_FOR_MAP}")

@@ -18,6 +18,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
+import os
 from pathlib import Path
 from typing import Any
 
@@ -126,25 +127,27 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def prepare_out_dir(out_dir: str | Path, force: bool = False) -> Path:
-    """Create ``out_dir`` for a report, refusing to reuse a non-empty one unless ``force``.
+def prepare_out_dir(out_dir: str | os.PathLike, force: bool = False, *, create: bool = True) -> Path:
+    """Check ``out_dir`` for a report and create it, refusing a non-empty one unless ``force``.
 
     With ``force=True`` the directory is reused as it is: the report's files are overwritten and
-    nothing else in it is deleted.
+    nothing else in it is deleted. ``create=False`` only checks, so that a failure later (loading
+    a model, say) leaves no empty directory behind.
 
     Raises
     ------
     FileExistsError
-        ``out_dir`` exists and is not empty (and ``force`` is False), or is not a directory.
+        ``out_dir`` exists and is not a directory, or is not empty (and ``force`` is False).
     """
     path = Path(out_dir).expanduser()
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory; choose another output directory")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise FileExistsError(
-            f"output directory {path} already exists and is not empty; pass --force "
-            "(force=True) to overwrite the report in it, or choose another directory")
-    path.mkdir(parents=True, exist_ok=True)
+            f"output directory {path} already exists and is not empty; pass --force (force=True) to "
+            "overwrite the report in it (index.html, arrays.npz, summary.json), or choose another directory")
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -253,9 +256,14 @@ class Report:
         return path
 
 
-def build_demo_report(out_dir: str | Path, *, texts: list[str] | None = None, force: bool = False,
-                      progress: bool = True) -> Path:
-    """Run the MiniLM demo and write its report; see :func:`llmdbg.demo.build_demo_report`."""
-    from .demo import build_demo_report as build
-
-    return build(out_dir, texts=texts, force=force, progress=progress)
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf (JSON has neither) by None and numpy scalars by Python ones, recursively."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -16,7 +16,7 @@ import numpy as np
 from .stats import ActivationStats
 
 if TYPE_CHECKING:
-    from .models import ModelLayout
+    from ..adapters.layout import ModelLayout
 
 # Suffixes that separate the kinds of tensors captured for one module.
 INPUT_SUFFIX = ":input"
@@ -230,7 +230,7 @@ class Trace:
     def _repr_html_(self) -> str:
         """A compact notebook view: what was captured, then statistics of the first tensors,
         with non-finite values in red. Inline HTML only (no script, works offline)."""
-        from . import _html as h
+        from .._internal import html as h
 
         stats = list(self.stats.items())
         mask = self.attention_mask

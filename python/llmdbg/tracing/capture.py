@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _core
-from .models import (ROLES, check_module, closest_names, eager_attention, find_layout, is_hf_model,
-                     needs_output_attentions_flag, resolve_role)
+from .. import _core
+from ..adapters.layout import ROLES, check_module, closest_names, find_layout, is_hf_model, resolve_role
+from ..adapters.attention_impl import eager_attention, needs_output_attentions_flag
 from .trace import ATTN_GRAD_SUFFIX, ATTN_SUFFIX, GRAD_SUFFIX, INPUT_SUFFIX, Trace
 
 # Models with a capture in progress: a second capture on the same model would stack hooks.

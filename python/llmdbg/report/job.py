@@ -1,15 +1,10 @@
-"""The report job behind ``llmdbg report`` and ``llmdbg demo``: load a model offline, run it on a
-few texts under :func:`llmdbg.capture`, and write one self-contained HTML page with everything
-llmdbg can say about that run, plus the raw arrays and a JSON summary.
+"""The report job behind ``llmdbg report`` and ``llmdbg demo``: run a loaded model on a few texts
+under :func:`llmdbg.capture`, and write one self-contained HTML page with everything llmdbg can
+say about that run, plus the raw arrays and a JSON summary.
 
-The steps are plain functions so a notebook can reuse them: the checks of
-:mod:`llmdbg.report_inputs` (:func:`~llmdbg.report_inputs.load_model` with friendly errors when
-a model cannot be found offline, :func:`~llmdbg.report_inputs.check_target`,
-:func:`~llmdbg.report_inputs.tokenize` with truncation warnings, ...), re-exported here, and
-:func:`run_report`, which takes an already loaded model. The report's sections are built in
-:mod:`llmdbg.demo` (model, inputs, statistics, attention) and :mod:`llmdbg.report_sections`
-(outputs, attribution, embedding map); extra sections are callables taking a
-:class:`ReportContext`.
+The input checks live in :mod:`llmdbg.report.inputs`, the sections in
+:mod:`llmdbg.report.sections` (each a callable taking a :class:`~llmdbg.report.ReportContext`),
+the page in :mod:`llmdbg.report.page`; :func:`run_report` puts them together.
 """
 
 from __future__ import annotations
@@ -25,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from .report import Report, prepare_out_dir
-from .report_inputs import (
+from . import sections
+from .context import ReportContext, Section, SectionFailedWarning, guarded
+from .page import Report, json_safe, prepare_out_dir
+from .inputs import (
     KINDS,
     TruncationWarning,
     check_out_dir,
@@ -37,101 +34,13 @@ from .report_inputs import (
     tokenize,
 )
 
-# The input checks live in report_inputs and are re-exported here for one-stop imports.
-__all__ = ["KINDS", "ReportContext", "SectionFailedWarning", "TruncationWarning", "check_out_dir",
-           "check_target", "load_model", "model_kind", "read_texts", "run_report", "tokenize"]
-
-
-class SectionFailedWarning(UserWarning):
-    """An optional report section (attribution, embedding map, an extra section) raised; the
-    report was written without it, with the error in its place and in ``summary.json``."""
-
-
-def _guarded(ctx: ReportContext, title: str, section: Callable[[ReportContext], None]) -> None:
-    """Run an optional section; if it raises, put the error in the report instead of losing it."""
-    import html
-    import traceback
-
-    try:
-        section(ctx)
-    except Exception as exc:  # noqa: BLE001 - the rest of the report is still worth writing
-        message = f"{type(exc).__name__}: {exc}"
-        ctx.summary.setdefault("errors", {})[title] = message
-        tb = "".join(traceback.format_exception(exc)[-6:])
-        ctx.report.add_section(f"{title} (failed)", html=(
-            f"<p>This section failed: <code>{html.escape(message)}</code>. The rest of the report is "
-            f"complete. Please report this with the traceback below.</p><pre>{html.escape(tb)}</pre>"))
-        warnings.warn(f"the {title.lower()} section failed ({message}); the report was written "
-                      "without it", SectionFailedWarning, stacklevel=2)
-
-
-@dataclass
-class ReportContext:
-    """Everything a report section may read, and the two places it writes to.
-
-    Attributes
-    ----------
-    model, tokenizer
-        The model (eval mode) and its tokenizer.
-    name : str
-        How the model is called in the report (a hub name or a path).
-    kind : str
-        One of :data:`KINDS`.
-    texts : list of str
-        The inputs, in order.
-    enc : Mapping[str, torch.Tensor]
-        The tokenizer's output the model ran on (padded, truncated).
-    trace : Trace
-        The capture of that forward (hidden states and attention maps, with tokens).
-    outputs : Any
-        The model's output object of that forward.
-    target : Any
-        The checked target (see :func:`check_target`), or None for the default.
-    report : Report
-        Add sections here.
-    arrays : dict of str to numpy.ndarray
-        Written to ``arrays.npz``.
-    summary : dict
-        Written to ``summary.json`` (JSON-serialisable values only).
-    progress : bool
-        Whether long steps may show progress bars.
-    """
-
-    model: Any
-    tokenizer: Any
-    name: str
-    kind: str
-    texts: list[str]
-    enc: Any
-    trace: Any
-    outputs: Any
-    target: Any
-    report: Report
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True
-
-
-Section = Callable[[ReportContext], None]
+__all__ = ["run_report"]
 
 
 def _short(name: str) -> str:
     """A model name for the page title: a local path shortened to its last two parts."""
     path = Path(name).expanduser()
     return "/".join(path.parts[-2:]) if path.exists() and len(path.parts) > 2 else name
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf (JSON has neither) by None and numpy scalars by Python ones, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def run_report(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | os.PathLike, *,
@@ -185,8 +94,7 @@ def run_report(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | 
     import torch
     from tqdm.auto import tqdm
 
-    from . import demo, report_sections
-    from .capture import capture
+    from ..tracing.capture import capture
 
     texts = read_texts(list(texts))
     out = prepare_out_dir(out_dir, force)
@@ -219,32 +127,30 @@ def run_report(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | 
                                  f"{'s' if len(texts) != 1 else ''}")
         ctx = ReportContext(model=model, tokenizer=tokenizer, name=name, kind=kind, texts=texts, enc=enc,
                             trace=trace, outputs=outputs, target=target, report=report, progress=progress)
-        demo._model_section(report, model, trace, name=name)
-        demo._inputs_section(report, texts, trace)
-        report_sections.outputs_section(ctx)
+        sections.model_section(ctx)
+        sections.inputs_section(ctx)
+        sections.outputs_section(ctx)
         step(2)
-        demo._stats_section(report, trace)
+        sections.stats_section(ctx)
         step(3)
-        demo._attention_section(report, trace, texts)
-        row = 0 if kind != "causal-lm" else int(trace.attention_mask[0].sum()) - 1
-        analysis = demo._attention_analysis_section(report, trace, texts, tokenizer, row=row)
+        sections.attention_section(ctx)
+        sections.attention_analysis_section(ctx)
         step(4)
-        _guarded(ctx, "Attribution", report_sections.attribution_section)
+        guarded(ctx, "Attribution", sections.attribution_section)
         step(5)
-        _guarded(ctx, "Embedding map", report_sections.embedding_section)
+        guarded(ctx, "Embedding map", sections.embedding_section)
         step(6)
         for section in extra_sections:
-            _guarded(ctx, getattr(section, "__name__", "extra").strip("_").replace("_", " ").capitalize(),
+            guarded(ctx, getattr(section, "__name__", "extra").strip("_").replace("_", " ").capitalize(),
                      section)
         step(7)
         arrays = {f"hidden_states_{i}": h for i, h in enumerate(trace.hidden_states)}
         arrays.update({f"attentions_{i}": a for i, a in enumerate(trace.attentions)})
-        arrays.update(rollout=analysis["rollout"], flow=analysis["flow"])
         arrays.update(input_ids=trace.input_ids, attention_mask=trace.attention_mask,
                       tokens=np.array(trace.tokens, dtype=str))
         arrays.update(ctx.arrays)
         np.savez(out / "arrays.npz", **arrays)
-        from . import __version__
+        from .. import __version__  # the package root holds only the version and re-exports
 
         summary = {
             "llmdbg": __version__, "model": name, "class": type(model).__name__, "kind": kind,
@@ -252,12 +158,11 @@ def run_report(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | 
             "n_tokens": [int(m.sum()) for m in trace.attention_mask],
             "target": target, "sections": [s.title for s in report.sections],
             "stats": {k: s.as_dict() for k, s in trace.stats.items()},
-            "attention_heads": analysis["summary"].to_dict(orient="records"),
-            "flow_row": row, **ctx.summary,
+            **ctx.summary,
         }
         path = report.write(out, force=True)
         timings["writing"] = round(time.perf_counter() - clock[0], 3)
         summary["seconds"] = timings
-        (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1), encoding="utf-8")
+        (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=1), encoding="utf-8")
         bar.update(1)
     return path

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
+from .._internal.threads import renamed_num_threads, resolve_n_jobs
 
 __all__ = ["DataProfile", "profile"]
 
@@ -115,8 +116,9 @@ class DataProfile:
         return data_profile(self, **kwargs)
 
 
+@renamed_num_threads
 def profile(texts: Sequence[str], labels: Sequence[Any] | None = None, tokenizer: Any = None,
-            max_length: int | None = None, *, num_threads: int | None = None,
+            max_length: int | None = None, *, n_jobs: int | None = None,
             progress: bool = True) -> DataProfile:
     """Profile a text dataset: token frequency, lengths, truncation, labels, duplicates, unknowns.
 
@@ -132,8 +134,8 @@ def profile(texts: Sequence[str], labels: Sequence[Any] | None = None, tokenizer
         semantics in C++ and the unknown-token rate is None.
     max_length : int, optional
         Report the share of texts longer than this many tokens (what truncation would cut).
-    num_threads : int, optional
-        Threads for the C++ counters; defaults to ``torch.get_num_threads()``. Results do not
+    n_jobs : int, optional
+        Threads for the C++ kernel: None uses ``torch.get_num_threads()``, -1 all cores.
         depend on it.
     progress : bool
         tqdm bar over tokenizer batches (auto-disabled when not interactive).
@@ -155,7 +157,6 @@ def profile(texts: Sequence[str], labels: Sequence[Any] | None = None, tokenizer
     >>> p.n_duplicates, p.n_conflicting
     (1, 1)
     """
-    from ..attention._inputs import thread_count
 
     texts = _check_texts(texts)
     n = len(texts)
@@ -166,7 +167,7 @@ def profile(texts: Sequence[str], labels: Sequence[Any] | None = None, tokenizer
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))
                                    or max_length < 1):
         raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
-    threads = thread_count(num_threads)
+    threads = resolve_n_jobs(n_jobs)
 
     unk_rate = None
     if tokenizer is None:  # one C++ pass: split, count, hash texts, group duplicates

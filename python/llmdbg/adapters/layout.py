@@ -10,10 +10,8 @@ names exactly the modules that return weights; (3) name patterns (family ``"gene
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
-import inspect
 import itertools
 import re
 import weakref
@@ -23,7 +21,7 @@ from collections.abc import Iterable, Iterator
 
 from torch import nn
 
-__all__ = ["ROLES", "ModelLayout", "check_module", "closest_names", "eager_attention", "find_layout",
+__all__ = ["ROLES", "ModelLayout", "check_module", "closest_names", "find_layout", "hf_roots",
            "is_hf_model", "resolve_role"]
 
 ROLES: tuple[str, ...] = ("blocks", "attention", "cross_attention", "mlp", "embeddings", "final_norm",
@@ -212,7 +210,7 @@ def _find_layout_uncached(model: nn.Module) -> ModelLayout:
     below = _descendants(modules)
     # A custom module wrapping one transformers model (a classifier head, PEFT) is laid out
     # like that model: generic patterns would miss e.g. T5's weights index.
-    roots = _hf_roots(model)
+    roots = hf_roots(model)
     hf = roots[0] if len(roots) == 1 else model
     model_type = getattr(getattr(hf, "config", None), "model_type", None)
     found = None
@@ -247,80 +245,6 @@ def resolve_role(model: nn.Module, role: str, layout: ModelLayout | None = None)
         raise ValueError(f"{type(model).__name__} has no {role!r} module (llmdbg layout family "
                          f"{layout.family!r}); pass module names or patterns explicitly")
     return names
-
-
-@contextlib.contextmanager
-def eager_attention(model: nn.Module) -> Iterator[nn.Module]:
-    """Switch a transformers model to eager attention for the duration of the block.
-
-    Only eager attention materialises the weights; SDPA and flash kernels never do. On
-    exit, also when the body raises, the original implementation of the model and of
-    every sub-config (T5 stacks, ``text_config``, ...) is restored exactly. Nested use is
-    safe: an inner context sees eager everywhere and does nothing. A plain module that
-    wraps transformers models (a custom head, a PEFT wrapper) has those switched.
-
-    Raises
-    ------
-    TypeError
-        If ``model`` neither is nor contains a transformers ``PreTrainedModel``.
-    RuntimeError
-        If the model refuses the switch (old-style attention classes chosen at load time).
-    """
-    targets = _hf_roots(model)
-    if not targets:
-        raise TypeError(
-            f"{type(model).__name__} is not a Hugging Face transformers model; attention "
-            "capture needs a transformers PreTrainedModel whose attention implementation can "
-            "be switched to 'eager' (for other models, hook modules that return weights)"
-        )
-    saved = [(cfg, cfg._attn_implementation_internal) for t in targets for cfg in _attn_configs(t)]
-    if all(value == "eager" for _, value in saved):
-        yield model
-        return
-    originals = [(t, t.config._attn_implementation) for t in targets]
-    try:
-        for target, _ in originals:
-            target.set_attn_implementation("eager")
-            if target.config._attn_implementation != "eager":  # transformers only logs this
-                raise RuntimeError(
-                    f"{type(target).__name__} cannot switch attention implementation at run time; "
-                    "load it with attn_implementation='eager' to capture attention"
-                )
-        yield model
-    finally:
-        # set_attn_implementation(str) spreads one value over every sub-model, so it alone
-        # cannot restore a mixed setup; writing back each saved value makes it exact.
-        for target, original in originals:
-            if isinstance(original, str):
-                target.set_attn_implementation(original)
-        for cfg, value in saved:
-            cfg._attn_implementation_internal = value
-
-
-_GATED_RE = re.compile(r"\bif\b[^\n]*\boutput_attentions\b|\boutput_attentions\s+else\b")
-
-
-def _returns_weights_only_when_asked(forward: Any) -> bool:
-    if "output_attentions" not in inspect.signature(forward).parameters:
-        return False
-    try:
-        source = inspect.getsource(forward)
-    except (OSError, TypeError):  # no source: trust the parameter
-        return True
-    return bool(_GATED_RE.search(source))
-
-
-def needs_output_attentions_flag(model: nn.Module, attention_modules: Iterable[str]) -> bool:
-    """True when an attention module returns its weights only if ``output_attentions=True``
-    reaches it (T5 in transformers 5.17, for instance: ``if output_attentions: outputs += ...``).
-
-    Capture then asks the model for ``output_attentions=True``, and the model's output carries the
-    maps as well, which costs O(L·H·T²) memory. Most modules in transformers 5.2x return weights
-    under eager attention anyway; some still accept the parameter without using it (GPT-2 in
-    5.24), so the test reads the forward's source for a condition on the flag, and falls back to
-    the parameter's presence when no source is available.
-    """
-    return any(_returns_weights_only_when_asked(model.get_submodule(n).forward) for n in attention_modules)
 
 
 def closest_names(model: nn.Module, pattern: str, n: int = 5) -> list[str]:
@@ -547,7 +471,7 @@ def _embeddings(model: nn.Module, hf: nn.Module, modules: dict, blocks) -> str |
     return next((n for n in shared if base and n.startswith(base + ".")), _name_of(model, emb))
 
 
-def _hf_roots(model: nn.Module) -> list:
+def hf_roots(model: nn.Module) -> list:
     """``[model]`` for a transformers model, else the outermost ones inside it."""
     if is_hf_model(model) or not isinstance(model, nn.Module):
         return [model] if is_hf_model(model) else []
@@ -556,15 +480,3 @@ def _hf_roots(model: nn.Module) -> list:
         if is_hf_model(module) and not any(name.startswith(r + ".") for r in roots):
             roots.append(name)
     return [model.get_submodule(r) for r in roots]
-
-
-def _attn_configs(model: nn.Module) -> list:
-    """Every config whose ``_attn_implementation`` the switch can touch, deduplicated."""
-    found, todo = {}, [model.config] + [getattr(m, "config", None) for m in model.modules()]
-    while todo:
-        cfg = todo.pop()
-        if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation_internal"):
-            continue
-        found[id(cfg)] = cfg
-        todo.extend(getattr(cfg, key, None) for key in getattr(cfg, "sub_configs", {}) or {})
-    return list(found.values())

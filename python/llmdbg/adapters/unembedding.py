@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .models import find_layout
+from .layout import find_layout
 
 __all__ = ["Unembedding", "find_unembedding"]
 
