@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from ._internal.modes import device_of, eval_mode
-from ._internal.pooling import last_real_index
+from ._internal.pooling import last_real_index, mean_pool
+from ._internal.progress import check_progress, progress_iter
 from .adapters.layout import check_module
 
 __all__ = ["PERTURBATIONS", "counterfactual_test", "perturb", "perturbation_test", "predict_scores"]
@@ -116,14 +117,14 @@ def perturb(text: str, perturbation: str, *, seed: int = 0, index: int = 0, vari
 
 
 def predict_scores(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *,
-                   batch_size: int = 32) -> tuple[np.ndarray, str]:
+                   batch_size: int = 32, progress: bool = False) -> tuple[np.ndarray, str]:
     """``(scores, kind)``: (N, C) class or next-token probabilities (``kind`` "classifier" or
     "lm"), or (N, D) mean-pooled embeddings (``kind`` "embedding"), float64."""
     check_module(model)
     dev = device_of(model)
     out, kind = [], None
     with eval_mode(model), torch.no_grad():
-        for start in range(0, len(texts), batch_size):
+        for start in progress_iter(range(0, len(texts), batch_size), progress, "predicting", unit="batch"):
             enc = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True)
             enc = {k: v.to(dev) for k, v in enc.items()}
             res = model(**enc)
@@ -136,8 +137,7 @@ def predict_scores(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str],
                 kind, s = "lm", torch.softmax(logits[torch.arange(len(last)), last].double(), -1)
             else:
                 h = res.last_hidden_state if hasattr(res, "last_hidden_state") else res[0]
-                w = mask[..., None].double()
-                kind, s = "embedding", (h.double() * w).sum(1) / w.sum(1)
+                kind, s = "embedding", mean_pool(h.double(), mask)
             out.append(s.cpu().numpy())
     return np.concatenate(out), kind
 
@@ -180,7 +180,7 @@ class CheckReport:
 
 def perturbation_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str],
                       perturbations: Sequence[str] = ("typo", "drop_word", "swap_case", "shuffle_clause"), *,
-                      n: int = 3, seed: int = 0, batch_size: int = 32) -> CheckReport:
+                      n: int = 3, seed: int = 0, batch_size: int = 32, progress: bool = True) -> CheckReport:
     """How often, and how much, do harmless edits change the prediction?
 
     Parameters
@@ -191,6 +191,8 @@ def perturbation_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[st
         Variants per text and perturbation (duplicates of one variant are kept: each is a draw).
     seed : int
         Same seed, same variants.
+    progress : bool
+        Show a progress bar (off when output is not interactive).
 
     Returns
     -------
@@ -203,6 +205,7 @@ def perturbation_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[st
     import pandas as pd
 
     texts = _check_texts(texts)
+    check_progress(progress)
     for p in perturbations:
         if p not in PERTURBATIONS:
             raise ValueError(f"unknown perturbation {p!r}; choose from {', '.join(PERTURBATIONS)}")
@@ -215,11 +218,12 @@ def perturbation_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[st
                 new = perturb(text, p, seed=seed, index=i, variant=v)
                 if new is not None and new != text:
                     records.append((i, p, v, text, new))
-    base, kind = predict_scores(model, tokenizer, texts, batch_size=batch_size)
+    base, kind = predict_scores(model, tokenizer, texts, batch_size=batch_size, progress=progress)
     cols = ["index", "perturbation", "variant", "original", "perturbed"]
     rows = pd.DataFrame(records, columns=cols)
     if records:
-        scores, _ = predict_scores(model, tokenizer, rows["perturbed"].tolist(), batch_size=batch_size)
+        scores, _ = predict_scores(model, tokenizer, rows["perturbed"].tolist(), batch_size=batch_size,
+                                   progress=progress)
         changed, delta = _compare(base[rows["index"].to_numpy()], scores, kind)
     else:
         changed = delta = np.zeros(0)
@@ -251,13 +255,31 @@ def _match_case(word: str, new: str) -> str:
 
 
 def counterfactual_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], swaps: Mapping[str, str], *,
-                        target: int | None = None, bidirectional: bool = True, batch_size: int = 32) -> CheckReport:
+                        target: int | None = None, bidirectional: bool = True, batch_size: int = 32,
+                        progress: bool = True) -> CheckReport:
     """Swap one term at a time (e.g. ``{"he": "she"}``) and measure the score difference.
 
     For each text and each swap term it contains (whole words, case-insensitive, every
     occurrence replaced with the case kept), the counterfactual text is scored. The score is the
     probability of class ``target`` (default: the class predicted for the original text) for
     classifiers and LMs, or the cosine similarity to the original embedding for encoders.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier, a language model or an encoder.
+    tokenizer : transformers tokenizer
+    texts : sequence of str
+    swaps : mapping of str to str
+        Term -> replacement, e.g. ``{"he": "she"}``.
+    target : int, optional
+        Class or token id whose probability is compared (default: the original prediction).
+    bidirectional : bool
+        Also swap each replacement back to its term.
+    batch_size : int
+        Texts per forward.
+    progress : bool
+        Show a progress bar (off when output is not interactive).
 
     Returns
     -------
@@ -269,6 +291,7 @@ def counterfactual_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[
     import pandas as pd
 
     texts = _check_texts(texts)
+    check_progress(progress)
     table = _swap_pattern(swaps, bidirectional)
     if not table:
         raise ValueError("swaps is empty")
@@ -279,10 +302,11 @@ def counterfactual_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[
             one = re.compile(r"\b" + re.escape(term) + r"\b", re.IGNORECASE)
             new = one.sub(lambda m, rep=table[term]: _match_case(m.group(), rep), text)
             records.append((i, term, table[term], text, new))
-    base, kind = predict_scores(model, tokenizer, texts, batch_size=batch_size)
+    base, kind = predict_scores(model, tokenizer, texts, batch_size=batch_size, progress=progress)
     rows = pd.DataFrame(records, columns=["index", "term", "replacement", "original", "counterfactual"])
     if records:
-        cf, _ = predict_scores(model, tokenizer, rows["counterfactual"].tolist(), batch_size=batch_size)
+        cf, _ = predict_scores(model, tokenizer, rows["counterfactual"].tolist(), batch_size=batch_size,
+                               progress=progress)
         orig = base[rows["index"].to_numpy()]
         if kind == "embedding":
             score = np.ones(len(rows))

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from ._internal.modes import device_of, eval_mode
+from ._internal.modes import device_of, eval_mode, gradient_mode
+from ._internal.progress import progress_iter
 from .adapters.layout import check_module
 
 __all__ = ["suggest_edits"]
@@ -36,7 +37,7 @@ def _objective(model: torch.nn.Module, outputs: Any, target: int, last: torch.Te
 
 
 def suggest_edits(model: torch.nn.Module, tokenizer: Any, text: str, target: int | str, k: int = 5, *,
-                  candidates: int = 4, increase: bool = True, batch_size: int = 64):
+                  candidates: int = 4, increase: bool = True, batch_size: int = 64, progress: bool = True) -> Any:
     """Single-token substitutions that most increase (or decrease) the target, verified.
 
     Parameters
@@ -52,6 +53,8 @@ def suggest_edits(model: torch.nn.Module, tokenizer: Any, text: str, target: int
         ``candidates * k`` first-order suggestions are verified by re-running the model.
     increase : bool
         Rank by increase (True) or decrease of the target log-probability.
+    progress : bool
+        Show a progress bar (off when output is not interactive).
 
     Returns
     -------
@@ -91,18 +94,13 @@ def suggest_edits(model: torch.nn.Module, tokenizer: Any, text: str, target: int
         captured["e"] = output
         return output
 
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     handle = emb.register_forward_hook(hook)
     try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        with eval_mode(model), torch.enable_grad():
+        with gradient_mode(model, warn_train=False):
             base = _objective(model, model(**enc), target, last)[0]
             (grad,) = torch.autograd.grad(base, captured["e"])
     finally:
         handle.remove()
-        for p, flag in flags:
-            p.requires_grad_(flag)
     weight = emb.weight.detach().double()
     g = grad[0].double()                                     # (T, D)
     first = g @ weight.T - (g * weight[ids[0]]).sum(-1, keepdim=True)   # (T, V)
@@ -122,7 +120,7 @@ def suggest_edits(model: torch.nn.Module, tokenizer: Any, text: str, target: int
     edited[torch.arange(n_cand), pos] = vocab
     scores = []
     with eval_mode(model), torch.no_grad():
-        for s in range(0, n_cand, batch_size):
+        for s in progress_iter(range(0, n_cand, batch_size), progress, "verifying edits", unit="batch"):
             batch = {k_: v.repeat(min(batch_size, n_cand - s), 1) for k_, v in enc.items()}
             batch["input_ids"] = edited[s:s + batch_size]
             scores.append(_objective(model, model(**batch), target, last.repeat(len(batch["input_ids"]))))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._internal.progress import progress_iter
 from ._internal.inputs import as_inputs, token_shape
 from ._internal.modes import device_of, eval_mode
 from ._internal.hooks import first_tensor
@@ -69,7 +70,7 @@ class LensResult:
 
 
 def logit_lens(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = None, top_k: int = 5,
-               layers: Any = None, target: Any = None) -> LensResult:
+               layers: Any = None, target: Any = None, progress: bool = True) -> LensResult:
     """Decode every layer's hidden state with the model's own final norm and unembedding.
 
     Parameters
@@ -88,6 +89,8 @@ def logit_lens(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = None, to
         Token whose rank and probability are tracked: one id (or a single-token string with
         ``tokenizer``) for every position, one id per position (negative: none), or ``"next"``:
         the next input token (causal LMs; the last position has none).
+    progress : bool
+        Show a progress bar (off when output is not interactive).
 
     Returns
     -------
@@ -126,7 +129,7 @@ def logit_lens(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = None, to
         with eval_mode(model), torch.no_grad():
             model(**inputs)
             ids, probs, ranks, tprobs = [], [], [], []
-            for r in rows:
+            for r in progress_iter(rows, progress, "logit lens", unit="layer"):
                 logits = unembed.apply(states[r]).float()
                 vocab = logits.shape[-1]
                 p = torch.softmax(logits, dim=-1)

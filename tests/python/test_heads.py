@@ -451,7 +451,7 @@ def test_drift_shape_mismatch_names_both_shapes():
     (dict(special_tokens=np.zeros((3, 8), bool)), ValueError, r"special_tokens has shape \(3, 8\)"),
     (dict(special_tokens=np.full((3, 9), 2)), ValueError, "bool mask"),
     (dict(causal="yes"), TypeError, "causal"),
-    (dict(n_jobs=0), ValueError, "num_threads"),
+    (dict(n_jobs=0), ValueError, "n_jobs"),
     (dict(tokenizer=object(), special_tokens=None), None, None),  # no tokens known: no error
 ])
 def test_summary_bad_input(kwargs, err, match):

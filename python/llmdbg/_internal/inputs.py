@@ -71,9 +71,9 @@ def encode(inputs: Any, tokenizer: Any = None, *, name: str = "inputs",
         if not isinstance(ids, torch.Tensor):
             raise TypeError(f"{name}['input_ids'] must be a tensor or array, got {type(ids).__name__}")
         if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise TypeError(f"{name}: input_ids must be integer token ids of shape (B, T) or (T,), got {ids.dtype}")
+            raise TypeError(f"{name}: input_ids must be an integer tensor of token ids, shape (B, T) or (T,); got {ids.dtype}")
         if ids.dim() not in (1, 2):
-            raise ValueError(f"{name}: input_ids must have shape (B, T) or (T,), got {tuple(ids.shape)}")
+            raise ValueError(f"{name}: input_ids must have shape (B, T) or (T,); got {tuple(ids.shape)}")
         if ids.dim() == 1:  # one example: every 1-D tensor gets the batch dimension
             batch = {k: v[None] if isinstance(v, torch.Tensor) and v.dim() == 1 else v for k, v in batch.items()}
     return batch, word_ids

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._internal.pooling import last_real_index, mean_pool
+from .._internal.progress import check_progress
 
 __all__ = ["EmbeddingMap", "embed_hidden_states", "embed_tokens", "pool_hidden_states"]
 
@@ -62,7 +63,8 @@ class EmbeddingMap:
         return embedding(self.coords, labels=labels, texts=texts, **kwargs)
 
 
-def _project(X: np.ndarray, projection: str, tsne: Any, random_state: int | None) -> tuple[np.ndarray, dict]:
+def _project(X: np.ndarray, projection: str, tsne: Any, random_state: int | None,
+             progress: bool = True) -> tuple[np.ndarray, dict]:
     """(N, D) -> (N, 2) float32 by t-SNE (default perplexity min(30, (N - 1) / 3)) or PCA."""
     n = len(X)
     if projection == "pca":
@@ -83,7 +85,7 @@ def _project(X: np.ndarray, projection: str, tsne: Any, random_state: int | None
         from .tsne import TSNE
 
         params: dict[str, Any] = {"perplexity": min(30.0, math.floor((n - 1) / 3 * 100) / 100 - 0.01),
-                                  "random_state": random_state}
+                                  "random_state": random_state, "progress": progress}
         params.update(tsne or {})
         est = TSNE(**params)
     elif hasattr(tsne, "fit_transform"):
@@ -139,7 +141,7 @@ def _token_ids(tokenizer: Any, tokens: Sequence[Any], vocab_size: int) -> np.nda
 
 def embed_tokens(model: Any, tokenizer: Any = None, tokens: Sequence[str | int] | None = None, *,
                  max_tokens: int | None = 5000, tsne: Any = None, projection: str = "tsne",
-                 random_state: int | None = 0) -> EmbeddingMap:
+                 random_state: int | None = 0, progress: bool = True) -> EmbeddingMap:
     """t-SNE map of a model's input-embedding matrix (the vocabulary), or of some of its rows.
 
     Parameters
@@ -163,6 +165,8 @@ def embed_tokens(model: Any, tokenizer: Any = None, tokens: Sequence[str | int] 
         ``"pca"`` gives the first two principal components instead (instant, linear).
     random_state : int or None
         Seeds the token sample and the t-SNE.
+    progress : bool
+        Show the t-SNE progress bar (off when output is not interactive).
 
     Returns
     -------
@@ -212,7 +216,7 @@ def embed_tokens(model: Any, tokenizer: Any = None, tokens: Sequence[str | int] 
         labels = [str(t) for t in tokenizer.convert_ids_to_tokens(ids.tolist())]
     else:
         labels = [str(i) for i in ids.tolist()]
-    coords, info = _project(X, projection, tsne, random_state)
+    coords, info = _project(X, projection, tsne, random_state, check_progress(progress))
     info.update(source="input embeddings", vocab_size=V)
     return EmbeddingMap(coords=coords, labels=labels, ids=ids, vectors=X, info=info)
 
@@ -267,7 +271,8 @@ def pool_hidden_states(hidden: np.ndarray, attention_mask: np.ndarray | None = N
 
 def embed_hidden_states(trace: Any, layer: int | str = -1, pooling: str = "mean", *,
                         labels: Sequence[Any] | None = None, tsne: Any = None,
-                        projection: str = "tsne", random_state: int | None = 0) -> EmbeddingMap:
+                        projection: str = "tsne", random_state: int | None = 0,
+                        progress: bool = True) -> EmbeddingMap:
     """Map of sequences by their pooled hidden state at one layer of a capture.
 
     Parameters
@@ -289,6 +294,8 @@ def embed_hidden_states(trace: Any, layer: int | str = -1, pooling: str = "mean"
         work (t-SNE needs B >= 4; use ``projection="pca"`` below that).
     projection : {"tsne", "pca"}
     random_state : int or None
+    progress : bool
+        Show the t-SNE progress bar (off when output is not interactive).
 
     Returns
     -------
@@ -318,6 +325,6 @@ def embed_hidden_states(trace: Any, layer: int | str = -1, pooling: str = "mean"
         labels = [str(v) for v in labels]
     if not np.isfinite(X).all():
         raise ValueError("the pooled hidden states contain NaN or infinite values")
-    coords, info = _project(X, projection, tsne, random_state)
+    coords, info = _project(X, projection, tsne, random_state, check_progress(progress))
     info.update(source="hidden states", layer=layer, pooling=pooling)
     return EmbeddingMap(coords=coords, labels=labels, ids=np.arange(B, dtype=np.int64), vectors=X, info=info)

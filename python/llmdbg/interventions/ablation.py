@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..adapters.layout import check_module
+from .._internal.progress import progress_bar
 from .._internal.inputs import as_inputs, token_shape
 from .._internal.modes import device_of, eval_mode
 from ..adapters.heads import head_geometry
@@ -180,7 +181,7 @@ def head_means(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
 
 
 def ablate(model: torch.nn.Module, inputs: Any, heads: Sequence[tuple[int, int]], *, mode: str = "zero",
-           metric: Callable[[Any], Any] | None = None, tokenizer: Any = None) -> AblationResult:
+           metric: Callable[[Any], Any] | None = None, tokenizer: Any = None, progress: bool = True) -> AblationResult:
     """Run ``inputs`` with and without the listed heads.
 
     Parameters
@@ -193,6 +194,10 @@ def ablate(model: torch.nn.Module, inputs: Any, heads: Sequence[tuple[int, int]]
         Zero each head's output, or replace it with its mean over this batch's real tokens.
     metric : callable, optional
         ``metric(outputs) -> scalar`` evaluated on both runs.
+    tokenizer : transformers tokenizer, optional
+        Encodes text ``inputs``.
+    progress : bool
+        Show a progress bar (off when output is not interactive).
 
     Returns
     -------
@@ -217,10 +222,12 @@ def ablate(model: torch.nn.Module, inputs: Any, heads: Sequence[tuple[int, int]]
         m = None if metric is None else _scalar(metric(out))
         return logits.float().cpu().numpy(), m
 
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), progress_bar(progress, 2, "ablate", unit="run") as bar:
         base, base_m = run()
+        bar.update(1)
         with ablation(model, heads, mode=mode, means=means):
             abl, abl_m = run()
+        bar.update(1)
     return AblationResult(heads=heads, mode=mode, logits=abl, baseline_logits=base, metric=abl_m,
                           baseline_metric=base_m)
 

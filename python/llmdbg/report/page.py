@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["Report", "build_demo_report", "prepare_out_dir"]
 
 _CSS = """
