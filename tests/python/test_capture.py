@@ -441,7 +441,7 @@ def test_models_that_only_return_weights_when_asked_get_output_attentions(monkey
     # The capture side: pretend GPT-2 needs the flag and watch what reaches the model.
     import sys
 
-    monkeypatch.setattr(sys.modules["llmdbg.tracing.capture"], "needs_output_attentions_flag", lambda m, names: True)
+    monkeypatch.setattr(sys.modules["llmdbg.tracing.session"], "needs_output_attentions_flag", lambda m, names: True)
     model, inputs = tiny_model("gpt2"), tiny_inputs("gpt2")
     seen, forward = [], model.forward
     model.forward = lambda *a, **k: (seen.append(k.get("output_attentions")), forward(*a, **k))[1]

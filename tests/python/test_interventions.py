@@ -164,7 +164,7 @@ def test_head_importance_equals_finite_differences():
     _, n_heads, _ = head_geometry(model)
     tokens = int(inputs["attention_mask"].sum())
     from llmdbg.interventions import lm_loss
-    from llmdbg.interventions.ablation import ablation
+    from llmdbg.interventions.heads import ablation
 
     model.eval()
     eps = 1e-5

@@ -42,7 +42,7 @@ def encode(inputs: Any, tokenizer: Any = None, *, name: str = "inputs",
         raise ValueError(f"{name} is empty")
     if is_text(inputs):
         if tokenizer is None:
-            raise TypeError(f"{name} is text; pass tokenizer= to encode it, or pass encoded inputs")
+            raise TypeError(f"{name} is text: pass tokenizer= to encode it (or pass encoded inputs)")
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         inputs = tokenizer(texts, return_tensors="pt", padding=True)
     word_ids = None

@@ -26,7 +26,7 @@ MOVED: dict[str, tuple[tuple[str, ...], bool]] = {
     "llmdbg.demo": (("llmdbg.report.demo",), False),
     "llmdbg.models": (("llmdbg.adapters.layout", "llmdbg.adapters.attention_impl"), True),
     "llmdbg.unembed": (("llmdbg.adapters.unembedding",), True),
-    "llmdbg.capture": (("llmdbg.tracing.capture",), True),
+    "llmdbg.capture": (("llmdbg.tracing.session",), True),
     "llmdbg.trace": (("llmdbg.tracing.trace",), True),
     "llmdbg.stats": (("llmdbg.tracing.stats",), True),
     "llmdbg.report_job": (("llmdbg.report.job", "llmdbg.report"), True),

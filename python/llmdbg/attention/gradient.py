@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..tracing.capture import capture
+from ..tracing.session import capture
 from ..adapters.layout import find_layout
 from .._internal.inputs import as_inputs
 from .._internal.pooling import last_real_index

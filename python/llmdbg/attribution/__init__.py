@@ -9,7 +9,7 @@ input × gradient and SmoothGrad (``gradients.py``), occlusion (``occlusion.py``
 from ._similarity import similarity_target
 from .gradients import input_x_gradient, saliency, smoothgrad
 from .integrated import ConvergenceWarning, integrated_gradients
-from .occlusion import occlusion
+from .perturbation import occlusion
 from .result import Attribution
 
 __all__ = ["Attribution", "ConvergenceWarning", "input_x_gradient", "integrated_gradients", "occlusion", "saliency",

@@ -1,7 +1,7 @@
 """Change the model's internals and watch the effect: activation patching, head ablation and
 head importance."""
 
-from .ablation import (
+from .heads import (
            AblationResult,
            HeadImportance,
            ablate,

@@ -98,7 +98,7 @@ def _sentence_map_section(ctx: ReportContext) -> None:
     import torch
 
     from .. import plot
-    from ..tracing.capture import capture
+    from ..tracing.session import capture
     from ..embedding import embed_hidden_states
 
     labels = [topic for topic, group in MAP_SENTENCES.items() for _ in group]

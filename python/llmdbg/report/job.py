@@ -94,7 +94,7 @@ def run_report(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | 
     import torch
     from tqdm.auto import tqdm
 
-    from ..tracing.capture import capture
+    from ..tracing.session import capture
 
     texts = read_texts(list(texts))
     out = prepare_out_dir(out_dir, force)

@@ -5,7 +5,7 @@ The package is called ``tracing`` rather than ``capture`` so that the function
 ``llmdbg.capture`` never shadows a package of the same name.
 """
 
-from .capture import Capture, capture
+from .session import Capture, capture
 from .stats import ActivationStats, hist_edges, summarize
 from .trace import Trace
 
