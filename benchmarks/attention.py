@@ -24,16 +24,16 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from _harness import median, parse_args, report  # noqa: E402
+import numpy as np
+import torch
 
-from llmdbg.attention import attention_flow, attention_rollout  # noqa: E402
+from _harness import median, parse_args, report
+from llmdbg.attention import attention_flow, attention_rollout
 
 Section = Callable[..., tuple[list[tuple[str, str]], dict[str, object], dict[str, object]]]
 

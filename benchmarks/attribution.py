@@ -42,11 +42,12 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import llmdbg
-import llmdbg.demo
 import numpy as np
 import torch
 import transformers as tf
+
+import llmdbg
+import llmdbg.demo
 from _harness import median, parse_args, report, time_interleaved
 
 SENTENCES = [
@@ -216,7 +217,7 @@ def bench_evals(cases):
             warnings.simplefilter("ignore", llmdbg.attribution.ConvergenceWarning)
             attr = case.ours(method="adaptive", tol=0.01)
         ours = int(attr.n_evals[0])
-        theirs, n = captum_default_protocol(case)
+        theirs, _n = captum_default_protocol(case)
         oracle = captum_oracle(case)
         ours_total += ours
         captum_total += theirs

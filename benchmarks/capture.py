@@ -18,12 +18,12 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers as tf  # noqa: E402
-from _harness import median, parse_args, python_hooks, report, time_interleaved  # noqa: E402
+import numpy as np
+import torch
+import transformers as tf
 
-import llmdbg  # noqa: E402
+import llmdbg
+from _harness import median, parse_args, python_hooks, report, time_interleaved
 
 BATCH, TOKENS = 8, 128
 
@@ -54,7 +54,7 @@ def llmdbg_capture(model, enc, **kwargs):
 def make_nnsight(model, n_blocks):
     try:
         from nnsight import NNsight
-    except Exception as e:  # noqa: BLE001 - report why, don't fail the benchmark
+    except Exception as e:
         return None, f"nnsight not importable: {e}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -137,7 +137,7 @@ def main() -> None:
         configs["nnsight"] = lambda: nnsight_run(enc)
     with torch.no_grad():
         times = time_interleaved(configs, repeats)
-        small = {k: v for k, v in dict(enc).items()}
+        small = dict(dict(enc).items())
         small = {k: v[:1, :16].contiguous() for k, v in small.items()}
         small_configs = {"plain forward": lambda: model(**small),
                          "llmdbg.capture": lambda: llmdbg_capture(model, small)}

@@ -15,12 +15,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import torch  # noqa: E402
-import transformers as tf  # noqa: E402
-import _harness  # noqa: E402
-from _harness import median, parse_args, report, time_interleaved  # noqa: E402
+import torch
+import transformers as tf
 
-import llmdbg  # noqa: E402
+import _harness
+import llmdbg
+from _harness import median, parse_args, report, time_interleaved
 
 BATCH, TOKENS = 8, 512
 

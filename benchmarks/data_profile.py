@@ -41,6 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np
+
 from _harness import median, parse_args, report, time_interleaved
 
 MAX_LENGTH = 32
@@ -115,6 +116,7 @@ def pandas_profile(texts, labels, max_length):
 def main() -> None:
     args = parse_args(__doc__.split("\n\n")[0])
     import torch
+
     from llmdbg.data import profile
 
     n = 100_000 if args.quick else 1_000_000

@@ -85,8 +85,9 @@ def worker(spec: dict) -> None:
 
     job, threads, seed = spec["job"], spec["threads"], spec.get("seed", 0)
     if job.startswith("ours"):
-        import llmdbg  # noqa: F401
         import torch
+
+        import llmdbg  # noqa: F401
 
         torch.set_num_threads(threads)
     elif job.startswith("opentsne"):
@@ -164,6 +165,7 @@ def run_worker(spec: dict, tmp: Path):
 def reference_P(X, threads: int):
     """Exact kNN (k = 90) + perplexity-30 calibration + symmetrisation, llmdbg's C++ kernels."""
     import numpy as np
+
     from llmdbg import _core
 
     idx, d2 = _core.tsne_knn(np.ascontiguousarray(X), min(K, len(X) - 1), num_threads=threads)
@@ -174,6 +176,7 @@ def reference_P(X, threads: int):
 
 def kl(P, Y, threads: int) -> float:
     import numpy as np
+
     from llmdbg import _core
 
     return float(_core.tsne_kl_divergence(P["indptr"], P["indices"], P["data"],

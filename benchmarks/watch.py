@@ -43,6 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import torch
+
 from _harness import median, parse_args, report, time_interleaved
 
 
@@ -164,7 +165,7 @@ def main() -> None:
         wandb_run = wandb.init(mode="offline", dir=tmp.name, project="llmdbg-bench", reinit=True,
                                settings=wandb.Settings(console="off", x_disable_stats=True))
         configs["wandb_watch"] = timed("wandb_watch", wandb_run=wandb_run)
-    except Exception as exc:  # noqa: BLE001 - wandb is an optional anchor
+    except Exception as exc:
         print(f"wandb.watch skipped: {type(exc).__name__}: {exc}")
     try:
         times = time_interleaved(configs, repeats)

@@ -157,7 +157,7 @@ def _public_modules(package: Any) -> list[Any]:
         name = f"{package.__name__}.{info.name}"
         try:
             mods.append(importlib.import_module(name))
-        except Exception as exc:  # noqa: BLE001 - a broken module is reported, the rest is still documented
+        except Exception as exc:
             logger.warning("API reference: cannot import %s (%s: %s)", name, type(exc).__name__, exc,
                            type="llmdbg", subtype="api_import")
     return mods

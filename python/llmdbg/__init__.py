@@ -9,6 +9,9 @@ and ``docs/architecture.md`` maps the folders.
 # OpenMP runtime that our kernels share with torch.
 import torch as _torch  # noqa: F401
 
+# Submodules that are part of the public surface by name: llmdbg.metrics.classification_report,
+# llmdbg.data.profile, llmdbg.checks.perturbation_test.
+from . import checks, data, metrics
 from ._core import CaptureBudgetError
 from ._internal import moved as _moved
 from .adapters.attention_impl import eager_attention
@@ -46,10 +49,6 @@ from .metrics import ClassificationReport, ErrorAnalysis
 from .tracing import ActivationStats, Capture, Trace, capture, hist_edges, summarize
 from .training import Event, Watch, watch
 
-# Submodules that are part of the public surface by name: llmdbg.metrics.classification_report,
-# llmdbg.data.profile, llmdbg.checks.perturbation_test.
-from . import checks, data, metrics  # noqa: E402,I001
-
 __version__ = "0.1.0"
 
 _moved.install()  # old module paths (llmdbg.models, llmdbg.report_job, ...) stay importable
@@ -66,6 +65,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "TSNE",
     "AblationResult",
     "ActivationStats",
     "AttentionSummary",
@@ -84,7 +84,6 @@ __all__ = [
     "PatchResult",
     "Relevance",
     "StreamingRollout",
-    "TSNE",
     "Trace",
     "Unembedding",
     "Watch",

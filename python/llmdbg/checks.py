@@ -16,6 +16,7 @@ given ``seed`` (each variant is seeded from ``(seed, text index, perturbation, v
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -139,7 +140,7 @@ def predict_scores(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str],
                 h = res.last_hidden_state if hasattr(res, "last_hidden_state") else res[0]
                 kind, s = "embedding", mean_pool(h.double(), mask)
             out.append(s.cpu().numpy())
-    return np.concatenate(out), kind
+    return np.concatenate(out), kind or "embedding"
 
 
 def _compare(a: np.ndarray, b: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -246,6 +247,10 @@ def _swap_pattern(swaps: Mapping[str, str], bidirectional: bool) -> dict[str, st
     return table
 
 
+def _replace_match(rep: str, m: re.Match[str]) -> str:
+    return _match_case(m.group(), rep)
+
+
 def _match_case(word: str, new: str) -> str:
     if word.isupper() and len(word) > 1:
         return new.upper()
@@ -300,7 +305,8 @@ def counterfactual_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[
     for i, text in enumerate(texts):
         for term in sorted({m.group().lower() for m in pattern.finditer(text)}):
             one = re.compile(r"\b" + re.escape(term) + r"\b", re.IGNORECASE)
-            new = one.sub(lambda m, rep=table[term]: _match_case(m.group(), rep), text)
+            rep = table[term]
+            new = one.sub(functools.partial(_replace_match, rep), text)
             records.append((i, term, table[term], text, new))
     base, kind = predict_scores(model, tokenizer, texts, batch_size=batch_size, progress=progress)
     rows = pd.DataFrame(records, columns=["index", "term", "replacement", "original", "counterfactual"])

@@ -71,14 +71,15 @@ def suggest_edits(model: torch.nn.Module, tokenizer: Any, text: str, target: int
         raise ValueError("text must be a non-empty str")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    getter = getattr(model, "get_input_embeddings", None)
+    emb = getter() if callable(getter) else None
     if not isinstance(emb, torch.nn.Embedding):
         raise TypeError(f"{type(model).__name__} has no input embedding (get_input_embeddings())")
     if isinstance(target, str):
         ids = tokenizer(target, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise ValueError(f"target {target!r} is {len(ids)} tokens; pass a single token or an id")
-        target = ids[0]
+        target = int(ids[0])
     dev = device_of(model)
     enc = tokenizer(text, return_tensors="pt")
     enc = {k_: v.to(dev) for k_, v in enc.items()}

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._internal.progress import progress_iter
+from ._internal.hooks import first_tensor
 from ._internal.inputs import as_inputs, token_shape
 from ._internal.modes import device_of, eval_mode
-from ._internal.hooks import first_tensor
+from ._internal.progress import progress_iter
 from .adapters.layout import check_module, find_layout
 from .adapters.unembedding import find_unembedding
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import transformers as tf
+
 from tiny_models import CONFIGS
 
 MAX_POS = 32  # the tiny models' maximum length, far below the tokenizer's 512

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_inputs, tiny_model
 
 import llmdbg
 from llmdbg.attention import attention_stack
+from tiny_models import tiny_inputs, tiny_model
 
 
 def softmax_maps(l=2, b=2, h=3, t=5, seed=0):

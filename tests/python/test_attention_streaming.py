@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from tiny_models import tiny_inputs, tiny_model
 
 import llmdbg
 from llmdbg.attention.streaming import streaming_rollout as rollout
+from tiny_models import tiny_inputs, tiny_model
 
 
 def numpy_rollout(maps, fusion="mean", residual=True, mask=None):

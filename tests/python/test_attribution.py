@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import types
 
-import llmdbg
 import numpy as np
 import pytest
 import torch
 import transformers as tf
 from captum.attr import LayerIntegratedGradients
+
+import llmdbg
 from llmdbg import _core
 from llmdbg.attribution import ConvergenceWarning
 from tiny_models import CONFIGS, tiny_inputs
@@ -328,7 +329,7 @@ def test_adaptive_meets_tol_and_reports_when_not():
     assert attr.converged.all() and (attr.relative_delta < 1e-3).all()
     assert set(attr.n_evals.tolist()) <= {7, 13, 25, 49, 97}
     # An oscillating target (the logits are ~1e-3): far from polynomial along the path, so 5 nodes cannot meet 1e-6.
-    wiggly = lambda out: torch.sin(1e4 * out.logits[:, 0])  # noqa: E731
+    wiggly = lambda out: torch.sin(1e4 * out.logits[:, 0])
     with pytest.warns(ConvergenceWarning, match="max_evals=12"):
         bad = llmdbg.integrated_gradients(model, inputs, target=wiggly, method="adaptive", tol=1e-6, max_evals=12,
                                           progress=False)

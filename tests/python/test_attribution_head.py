@@ -4,12 +4,13 @@ the closed form is really what multi-token attributions use."""
 
 from __future__ import annotations
 
-import llmdbg
 import numpy as np
 import pytest
 import torch
 import transformers as tf
 from captum.attr import LayerIntegratedGradients
+
+import llmdbg
 from llmdbg.attribution import _engine, _head
 from llmdbg.attribution.integrated import setup
 from tiny_models import CONFIGS, tiny_inputs
@@ -85,5 +86,5 @@ def test_postprocessed_logits_fall_back_and_match_captum(monkeypatch):
 def test_classifier_targets_do_not_use_the_head():
     torch.manual_seed(0)
     model = tf.GPT2ForSequenceClassification(CONFIGS["gpt2"]()).eval()
-    prep, tgt, _, _ = setup(model, tiny_inputs("gpt2", batch=1, length=5), 0, None, "zeros", "embeddings")
+    _prep, tgt, _, _ = setup(model, tiny_inputs("gpt2", batch=1, length=5), 0, None, "zeros", "embeddings")
     assert _head.output_head(model, tgt) is None

@@ -4,11 +4,12 @@ Attribution views (words, HTML, plot)."""
 
 from __future__ import annotations
 
-import llmdbg
 import numpy as np
 import pytest
 import torch
 import transformers as tf
+
+import llmdbg
 from tiny_models import CONFIGS, tiny_inputs
 
 

@@ -19,6 +19,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+
 from llmdbg import cli
 from saved_models import minilm_path
 

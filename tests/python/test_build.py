@@ -13,7 +13,6 @@ import time
 import numpy as np
 import torch
 
-import llmdbg
 from llmdbg import _core
 
 _OPENMP_RE = re.compile(r"lib(gomp|iomp5|omp)[^/]*\.so")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from tiny_models import FAMILIES, tiny_inputs, tiny_model
 
 import llmdbg
 from llmdbg.adapters.attention_impl import needs_output_attentions_flag
 from llmdbg.adapters.layout import find_layout
+from tiny_models import FAMILIES, tiny_inputs, tiny_model
 
 
 def _first(out):

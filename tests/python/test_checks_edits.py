@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+
 from llmdbg import checks, suggest_edits
 
 TEXTS = ["The doctor said he would call, and the nurse agreed.",

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import transformers as tf
+
 from llmdbg import cli
 from saved_models import KINDS, MAX_POS, minilm_path, save_tiny
 

@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+
 from llmdbg import _core
 from llmdbg.data import profile
 

@@ -16,8 +16,8 @@ ROOT = Path(__file__).parents[2]
 DOCS = ROOT / "docs"
 sys.path.insert(0, str(DOCS / "_ext"))
 
-import llmdbg_benchmarks
-import llmdbg_toc
+import llmdbg_benchmarks  # noqa: E402 (after the sys.path line)
+import llmdbg_toc  # noqa: E402
 
 
 def _fresh_build() -> Path | None:

@@ -4,15 +4,16 @@ own hidden states, numpy PCA)."""
 
 from __future__ import annotations
 
-import llmdbg
 import matplotlib  # noqa: F401 - fail, never skip, when a test dependency is missing
 import numpy as np
 import pytest
 import torch
-from llmdbg import plot
-from llmdbg.embedding import EmbeddingMap, pool_hidden_states
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
+
+import llmdbg
+from llmdbg import plot
+from llmdbg.embedding import EmbeddingMap, pool_hidden_states
 from tiny_models import tiny_inputs, tiny_model
 
 

@@ -8,10 +8,10 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_inputs, tiny_model
 
 import llmdbg
 from llmdbg.attention import attention_flow, attention_rollout
+from tiny_models import tiny_inputs, tiny_model
 
 
 def softmax_maps(l=3, b=2, h=3, t=6, seed=0, dtype=np.float32):

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_inputs, tiny_model
 
 import llmdbg
 from llmdbg import _core
 from llmdbg.adapters.layout import find_layout
+from tiny_models import tiny_inputs, tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from tiny_models import CONFIGS, tiny_inputs
 
 import llmdbg
 from llmdbg.attention.gradient import gradient_rollout
+from tiny_models import CONFIGS, tiny_inputs
 
 
 def reference(model, inputs, scalar_fn):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from tiny_models import tiny_inputs, tiny_model
 
 import llmdbg
 from llmdbg.attention import (
@@ -21,6 +20,7 @@ from llmdbg.attention import (
     head_entropy,
     sink_scores,
 )
+from tiny_models import tiny_inputs, tiny_model
 
 COLUMNS = ["layer", "head", "entropy", "entropy_norm", "max_weight", "sink_score", "sink_token",
            "sink_token_str", "special_mass", "collapsed", "uniform", "sink"]
@@ -218,7 +218,7 @@ def test_summary_columns_match_numpy(padding):
     assert list(s.columns) == COLUMNS and len(s) == 2 * 4
     assert s.attrs["causal"] is False and s.attrs["special_tokens"] == "special_tokens"
     assert list(s["layer"]) == [0] * 4 + [1] * 4 and list(s["head"]) == [0, 1, 2, 3] * 2
-    as_lh = lambda col: s[col].to_numpy().reshape(2, 4)  # noqa: E731
+    as_lh = lambda col: s[col].to_numpy().reshape(2, 4)
     np.testing.assert_allclose(as_lh("entropy"), ref_entropy(a, mask), rtol=1e-12)
     np.testing.assert_allclose(as_lh("entropy_norm"), ref_entropy(a, mask, normalize=True), rtol=1e-12)
     np.testing.assert_allclose(as_lh("max_weight"), ref_query_mean(a.max(-1), mask), rtol=1e-12)

@@ -4,10 +4,11 @@ and the Lightning callback."""
 
 from __future__ import annotations
 
-import llmdbg
 import pytest
 import torch
 import transformers as tf
+
+import llmdbg
 from tiny_models import (
     CONFIGS,
     VOCAB,
@@ -87,6 +88,7 @@ def test_hf_trainer_callback_writes_tensorboard(tmp_path):
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # lightning 2.6 uses a deprecated torch pytree API
 def test_lightning_callback(tmp_path):
     import lightning.pytorch as pl
+
     from llmdbg.integrations.lightning import DebugCallback
 
     class Tiny(pl.LightningModule):

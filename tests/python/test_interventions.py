@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from llmdbg.interventions import ablate, head_importance, head_means, logit_diff, patch
+
 from llmdbg.adapters.heads import head_geometry
+from llmdbg.interventions import ablate, head_importance, head_means, logit_diff, patch
 from tiny_models import tiny_inputs, tiny_model
 
 CAUSAL = {"gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "gpt_neox": tf.GPTNeoXForCausalLM}

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from llmdbg.lens import logit_lens
+
 from llmdbg.adapters.unembedding import find_unembedding
+from llmdbg.lens import logit_lens
 from tiny_models import tiny_inputs, tiny_model
 
 CAUSAL = {"gpt2": (tf.GPT2LMHeadModel, "transformer.ln_f"), "llama": (tf.LlamaForCausalLM, "model.norm"),

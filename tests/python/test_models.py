@@ -11,11 +11,9 @@ import torch
 from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built from configs; never download
-import transformers as tf  # noqa: E402
+import transformers as tf
 
-from tiny_models import CONFIGS as BASE_CONFIGS  # noqa: E402
-from tiny_models import HEADS, IDS, LAYERS, VOCAB, H  # noqa: E402
-
+from llmdbg.adapters.attention_impl import eager_attention
 from llmdbg.adapters.layout import (
     ROLES,
     ModelLayout,
@@ -25,7 +23,8 @@ from llmdbg.adapters.layout import (
     is_hf_model,
     resolve_role,
 )
-from llmdbg.adapters.attention_impl import eager_attention
+from tiny_models import CONFIGS as BASE_CONFIGS
+from tiny_models import HEADS, IDS, LAYERS, VOCAB, H
 
 CONFIGS = {
     **BASE_CONFIGS,
@@ -85,7 +84,7 @@ CASES = [
 IDS_OF = [c[0] for c in CASES]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build(cls_name: str, eager: bool = False) -> nn.Module:
     """A tiny random model; cached because several tests share it (eager tests restore state)."""
     cls = getattr(tf, cls_name)

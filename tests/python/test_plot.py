@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import matplotlib  # noqa: F401 - fail, never skip, when a test dependency is missing
 import numpy as np
 import pytest
+from matplotlib.collections import QuadMesh
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
-import matplotlib  # noqa: F401 - fail, never skip, when a test dependency is missing
-from matplotlib.collections import QuadMesh  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.image import AxesImage  # noqa: E402
-
-from llmdbg import hist_edges, plot, summarize  # noqa: E402
+from llmdbg import hist_edges, plot, summarize
 
 
 def _softmax_maps(rng: np.random.Generator, *shape: int) -> np.ndarray:

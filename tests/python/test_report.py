@@ -10,15 +10,14 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 
-import numpy as np
-import pytest
-
 import matplotlib  # noqa: F401 - fail, never skip, when a test dependency is missing
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
 
-from llmdbg import cli  # noqa: E402
-from llmdbg.report.page import Report, prepare_out_dir  # noqa: E402
+from llmdbg import cli
+from llmdbg.report.page import Report, prepare_out_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-import llmdbg
 import numpy as np
 import pandas as pd
 import torch
+
+import llmdbg
 from tiny_models import HEADS, LAYERS, tiny_inputs, tiny_model
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_inputs, tiny_model
 
 import llmdbg
 from llmdbg.attention import attention_rollout
+from tiny_models import tiny_inputs, tiny_model
 
 
 def softmax_maps(l=3, b=2, h=4, t=9, seed=0, causal=False, dtype=np.float32):

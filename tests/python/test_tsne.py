@@ -5,10 +5,11 @@ forces and KL), openTSNE and scikit-learn on sklearn's bundled digits (same perp
 iterations; KL of every map evaluated exactly under the same P).
 """
 
-import llmdbg
 import numpy as np
 import pytest
 import torch
+
+import llmdbg
 from llmdbg import _core
 from llmdbg.embedding import TSNE
 

@@ -14,15 +14,18 @@ import dataclasses
 import difflib
 import itertools
 import re
-import weakref
 import sys
-from typing import Any
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Union, cast
 
 from torch import nn
 
 __all__ = ["ROLES", "ModelLayout", "check_module", "closest_names", "find_layout", "hf_roots",
            "is_hf_model", "resolve_role"]
+
+# What a layout search finds: stacks, attention, cross-attention, MLPs, final norm, weights index.
+_Found = tuple[dict[str, tuple[str, ...]], tuple[str, ...], tuple[str, ...], tuple[str, ...], Union[str, None], int]
 
 ROLES: tuple[str, ...] = ("blocks", "attention", "cross_attention", "mlp", "embeddings", "final_norm",
                           "unembedding")
@@ -296,13 +299,13 @@ def _descendants(modules: dict) -> dict[str, list[str]]:
     return below
 
 
-def _per_block(modules: dict, blocks, alternatives) -> tuple[str, ...] | None:
+def _per_block(modules: dict, blocks: Iterable[str], alternatives: Iterable[str]) -> tuple[str, ...] | None:
     """For every block the first existing ``block.alt``; None unless all blocks have one."""
     out = [next((n for n in (_join(b, a) for a in alternatives) if n in modules), None) for b in blocks]
-    return None if None in out else tuple(out)
+    return None if None in out else tuple(n for n in out if n is not None)
 
 
-def _from_rule(modules: dict, rule: _Rule):
+def _from_rule(modules: dict, rule: _Rule) -> _Found | None:
     stacks = {}
     for key, suffix in rule.stacks.items():
         lst = next((n for n, m in modules.items() if isinstance(m, nn.ModuleList)
@@ -333,7 +336,7 @@ def _specs(table: dict, key: str) -> list[tuple]:
     return out
 
 
-def _matches(name: str, module: nn.Module, specs) -> int | None:
+def _matches(name: str, module: nn.Module, specs: list[tuple]) -> int | None:
     """The recorded output index if ``module`` matches one of ``specs``, else None."""
     for cls, cls_name, index, layer in specs:
         hit = (cls is not None and isinstance(module, cls)) or (
@@ -343,7 +346,7 @@ def _matches(name: str, module: nn.Module, specs) -> int | None:
     return None
 
 
-def _from_recorders(modules: dict, below: dict):
+def _from_recorders(modules: dict, below: dict) -> _Found | None:
     """Use the ``_can_record_outputs`` tables transformers itself hooks for outputs.
 
     Composite models keep them on sub-models (BART: encoder and decoder), so every
@@ -365,10 +368,10 @@ def _from_recorders(modules: dict, below: dict):
     if not found:
         return None
     order = {name: i for i, name in enumerate(modules)}
-    stacks = _group(sorted(found, key=order.get))  # roots may be visited out of module order
+    stacks = _group(sorted(found, key=order.__getitem__))  # roots may be visited out of module order
     blocks = tuple(itertools.chain.from_iterable(stacks.values()))
-    cross = tuple(found[b][2] for b in blocks if found[b][2] is not None)
-    return (stacks, tuple(found[b][0] for b in blocks), cross, _mlps(modules, below, blocks),
+    crosses = tuple(found[b][2] for b in blocks if found[b][2] is not None)
+    return (stacks, tuple(found[b][0] for b in blocks), crosses, _mlps(modules, below, blocks),
             _norm_after(modules, blocks), found[blocks[0]][1])
 
 
@@ -390,7 +393,7 @@ def _attention_like(block: str, modules: dict, below: dict, cross: bool) -> list
             and bool(_CROSS_RE.search(n[len(block):])) == cross]
 
 
-def _mlps(modules: dict, below: dict, blocks) -> tuple[str, ...]:
+def _mlps(modules: dict, below: dict, blocks: Iterable[str]) -> tuple[str, ...]:
     out = []
     for block in blocks:
         hits = [n for n in below[block] if _MLP_RE.search(_last(n)) and not _NOT_PART_RE.search(_last(n))]
@@ -400,7 +403,7 @@ def _mlps(modules: dict, below: dict, blocks) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _from_patterns(model: nn.Module, modules: dict, below: dict):
+def _from_patterns(model: nn.Module, modules: dict, below: dict) -> _Found:
     lists = [n for n, m in modules.items() if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m)
              and len({type(c) for c in m.children()}) == 1
              and all(_attention_like(f"{n}.{i}", modules, below, False) for i in range(len(m)))]
@@ -412,7 +415,7 @@ def _from_patterns(model: nn.Module, modules: dict, below: dict):
             f"{', '.join(n for n, _ in itertools.islice(model.named_children(), 8)) or 'none'}); "
             "pass module names or patterns explicitly"
         )
-    size = lambda n: len(modules[n])  # noqa: E731
+    size = lambda n: len(modules[n])
     enc = [n for n in lists if "encoder" in n.lower()]
     dec = [n for n in lists if "decoder" in n.lower()]
     chosen = [max(enc, key=size), max(dec, key=size)] if enc and dec else [max(lists, key=size)]
@@ -420,13 +423,14 @@ def _from_patterns(model: nn.Module, modules: dict, below: dict):
     blocks = tuple(itertools.chain.from_iterable(stacks.values()))
     # Deepest wins: BERT-style wrappers (output projection + residual) contain the module
     # that computes the weights; ties keep module order.
-    deepest = lambda names: max(names, key=lambda n: n.count("."), default=None)  # noqa: E731
+    deepest = lambda names: max(names, key=lambda n: n.count("."), default=None)
     attention = tuple(deepest(_attention_like(b, modules, below, False)) for b in blocks)
     cross = tuple(c for b in blocks if (c := deepest(_attention_like(b, modules, below, True))))
-    return stacks, attention, cross, _mlps(modules, below, blocks), _norm_after(modules, blocks), 1
+    # A block without an attention-like child keeps None in its place (the tuples stay aligned).
+    return cast(_Found, (stacks, attention, cross, _mlps(modules, below, blocks), _norm_after(modules, blocks), 1))
 
 
-def _norm_after(modules: dict, blocks) -> str | None:
+def _norm_after(modules: dict, blocks: Sequence[str]) -> str | None:
     """The norm beside the last stack's list (ln_f, norm, final_layer_norm), or None.
 
     Registration order is only a hint: OPT registers final_layer_norm before its layers,
@@ -454,7 +458,7 @@ def _get(model: nn.Module, method: str) -> nn.Module | None:
     return found if isinstance(found, nn.Module) else None
 
 
-def _embeddings(model: nn.Module, hf: nn.Module, modules: dict, blocks) -> str | None:
+def _embeddings(model: nn.Module, hf: nn.Module, modules: dict, blocks: Sequence[str]) -> str | None:
     """The word embedding that really runs on ``input_ids``.
 
     In transformers 5 T5's ``get_input_embeddings()`` is ``shared``, a separate module that

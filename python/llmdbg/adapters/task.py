@@ -9,7 +9,7 @@ after unwrapping DDP/DataParallel and ``torch.compile``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 from torch import nn
 
@@ -25,9 +25,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DDP/DataParallel wrappers and ``torch.compile``'s ``OptimizedModule``."""
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
+            model = cast(nn.Module, model.module)
         elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
+            model = cast(nn.Module, model._orig_mod)
         else:
             return model
 

@@ -14,6 +14,8 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
+from typing import cast
+
 from torch import nn
 
 from .layout import find_layout
@@ -85,7 +87,7 @@ def find_unembedding(model: nn.Module) -> Unembedding:
     # DistilBERT keeps its MLM head as siblings on the model itself.
     parts = [getattr(model, n, None) for n in ("vocab_transform", "activation", "vocab_layer_norm")]
     if all(isinstance(p, nn.Module) for p in parts):
-        transform, act, ln = parts
+        transform, act, ln = cast("list[nn.Module]", parts)
         return Unembedding("masked_lm", None, layout.unembedding,
                            lambda h, normed=False: unembed(ln(act(transform(h)))))
     raise ValueError(f"{name}: cannot tell which modules form the masked-LM head around {layout.unembedding!r}")

@@ -33,6 +33,6 @@ __all__ = [
     "attention_summary",
     "gradient_rollout",
     "head_entropy",
-    "streaming_rollout",
     "sink_scores",
+    "streaming_rollout",
 ]

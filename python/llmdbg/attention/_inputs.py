@@ -148,7 +148,8 @@ def attention_stack(attentions: Any, *, attention_mask: Any = None, stack: str |
     if not raw:
         raise ValueError(f"{name} is empty; expected {FORMS}")
 
-    layers, row_sums = [], []
+    layers: list[np.ndarray] = []
+    row_sums: list[np.ndarray] = []
     for i, a in enumerate(raw):
         a = _to_numpy(a, name)
         if a.ndim == 3:  # head-mean maps: one fused head

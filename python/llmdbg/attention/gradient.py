@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..tracing.session import capture
-from ..adapters.layout import find_layout
 from .._internal.inputs import as_inputs
-from .._internal.pooling import last_real_index
 from .._internal.modes import device_of, gradient_mode
+from .._internal.pooling import last_real_index
+from ..adapters.layout import find_layout
+from ..tracing.session import capture
 from ._inputs import stack_attention_modules
 
 

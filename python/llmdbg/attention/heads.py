@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from .summary import AttentionSummary
-from ._inputs import AttentionStack, attention_stack
 from .._internal.threads import renamed_num_threads, resolve_n_jobs
+from ._inputs import AttentionStack, attention_stack
+from .summary import AttentionSummary
 
 __all__ = ["DEFAULT_SPECIAL_TOKENS", "attention_drift", "attention_summary", "head_entropy",
            "sink_scores"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
 from .. import _core
-from ._inputs import attention_stack, query_rows
 from .._internal.threads import renamed_num_threads, resolve_n_jobs
+from ._inputs import attention_stack, query_rows
 
 HEAD_FUSIONS = ("mean", "max", "min")
 

@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..tracing.session import capture
-from ..adapters.layout import find_layout
 from .._internal.inputs import as_inputs
 from .._internal.modes import device_of
 from .._internal.progress import check_progress, progress_bar
+from ..adapters.layout import find_layout
+from ..tracing.session import capture
 from ._inputs import query_rows, stack_attention_modules
 from .rollout import HEAD_FUSIONS
-
 
 
 @dataclasses.dataclass
@@ -82,7 +81,7 @@ class _RunningRollout:
         first = real.to(torch.int64).argmax(-1)  # first real position per sequence
         entropy = torch.empty(b, n_heads, dtype=torch.float64, device=w.device)
         top, first_mass = torch.empty_like(entropy), torch.empty_like(entropy)
-        fused = None
+        fused: torch.Tensor | None = None
         # One head at a time, so the float64 temporaries stay at a few (B, T, T) arrays rather
         # than (B, H, T, T) ones: at T = 2048 that is 32 MB per array instead of 400 MB.
         for h in range(n_heads):
@@ -99,6 +98,7 @@ class _RunningRollout:
             else:
                 torch.minimum(fused, a, out=fused)
             del a
+        assert fused is not None  # n_heads >= 1: the weights tensor has a head dimension
         if self.head_fusion == "mean":
             fused /= n_heads
         self.entropy.append(entropy)

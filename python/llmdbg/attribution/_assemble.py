@@ -3,14 +3,11 @@ layout (continuation prompts mapped back to their original positions)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._internal.progress import progress_bar
 from ._inputs import Prepared, token_strings
 from ._targets import Target
 from .result import Attribution
@@ -42,6 +39,7 @@ def assemble(prep: Prepared, target: Target, cont: Any, batch: dict[str, Any], s
         if t is None:
             return None
         arr = _np(t)
+        assert arr is not None
         arr[~valid.numpy()] = np.nan
         return arr if per_target else arr[:, 0]
 

@@ -15,8 +15,8 @@ caller falls back to autograd through the head.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ def output_head(model: nn.Module, target: Target) -> nn.Linear | None:
     if target.kind != "token" or not hasattr(model, "get_output_embeddings"):
         return None
     try:
-        head = model.get_output_embeddings()
+        head = model.get_output_embeddings()  # type: ignore[operator]
     except (AttributeError, NotImplementedError):
         return None
     return head if type(head) is nn.Linear else None
@@ -62,6 +62,7 @@ def cotangents(target: Target, outputs: Any, rows: torch.Tensor, head: nn.Linear
     h = seen.get("input")
     if logits is None or h is None or seen.get("output") is not logits or not h.requires_grad:
         return None
+    assert target.ids is not None and target.positions is not None and head is not None  # token targets have both
     picked = target._picked(logits.detach(), rows).float()  # (N, G, V)
     ids = target.ids.to(logits.device)[rows.to(logits.device)]  # (N, G)
     weight = head.weight.detach()
@@ -70,7 +71,7 @@ def cotangents(target: Target, outputs: Any, rows: torch.Tensor, head: nn.Linear
     grad = weight[ids].float() - expected  # (N, G, d)
     n, g, _ = grad.shape
     pos = target.positions[rows.cpu()].to(h.device)
-    if target.keep is not None and h.shape[1] == target.keep:
+    if target.keep is not None and target.length is not None and h.shape[1] == target.keep:
         pos = pos - (target.length - target.keep)
     out = torch.zeros((g, *h.shape), dtype=h.dtype, device=h.device)
     out[torch.arange(g, device=h.device)[:, None], torch.arange(n, device=h.device)[None, :], pos.T] = \

@@ -109,8 +109,9 @@ class Target:
 
     def _picked(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(N, G, V) logits at the target positions of each row."""
+        assert self.positions is not None  # token targets always have positions
         pos = self.positions[rows]
-        if self.keep is not None and logits.shape[1] == self.keep:  # only the last `keep` positions
+        if self.keep is not None and self.length is not None and logits.shape[1] == self.keep:  # only the last `keep` positions
             pos = pos - (self.length - self.keep)
         n = torch.arange(logits.shape[0], device=logits.device)[:, None]
         return logits[n, pos.to(logits.device)]
@@ -140,6 +141,7 @@ class Target:
     def __call__(self, outputs: Any, rows: torch.Tensor, batch: dict[str, Any] | None = None) -> torch.Tensor:
         """(N, G) float32 target values of the N rows."""
         if self.kind == "callable":
+            assert self.fn is not None
             value = self.fn(outputs, {**(batch or {}), "example": rows}) if self.batch_for_fn else self.fn(outputs)
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"target callable must return a torch tensor (differentiable), got {type(value).__name__}")
@@ -150,6 +152,7 @@ class Target:
                 raise TypeError(f"target callable must return floating point values, got {value.dtype}")
             return value.float().reshape(rows.shape[0], -1)
         logits = self._logits(outputs)
+        assert self.ids is not None  # class and token targets always have ids
         ids = self.ids.to(logits.device)[rows.to(logits.device)]  # (N, G)
         if self.kind == "class":
             if logits.dim() != 2:

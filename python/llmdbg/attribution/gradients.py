@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._assemble import assemble
+from .._internal.modes import gradient_mode
 from .._internal.progress import progress_bar
+from ._assemble import assemble
 from ._engine import rows_per_chunk, values_and_grads
 from ._inputs import Prepared
-from .._internal.modes import gradient_mode
 from ._targets import Target
-from .result import Attribution
 from .integrated import setup
+from .result import Attribution
 
 REDUCTIONS = ("sum", "norm", "none")
 

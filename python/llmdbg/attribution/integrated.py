@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from .. import _core
+from .._internal.modes import gradient_mode
+from .._internal.progress import progress_bar
 from ..adapters.layout import check_module
 from ._assemble import assemble
-from .._internal.progress import progress_bar
 from ._engine import forward_rows, rows_per_chunk, values_and_grads
 from ._inputs import Prepared, find_embedding, model_batch, prepare
-from .._internal.modes import gradient_mode
 from ._targets import Target, build_target
 from .result import Attribution
 
@@ -231,8 +231,8 @@ def _adaptive(prep: Prepared, target: Target, tol: float, max_evals: int, chunk_
     attr = torch.zeros((g, bsz, t) if reduce == "sum" else (g, bsz, t, d), device=prep.device)
     for lvl in np.unique(final_level):
         sel = torch.from_numpy(np.nonzero(final_level == lvl)[0]).to(prep.device)
-        _, w = _patterson(int(lvl))
-        for i, wi in enumerate(w):
+        _, node_w = _patterson(int(lvl))
+        for i, wi in enumerate(node_w):
             attr[:, sel] += float(wi) * store[i][:, sel]
     sizes = np.array([2 + _patterson(int(lvl))[0].shape[0] for lvl in final_level], dtype=np.int64)
     if not converged.all():

@@ -10,21 +10,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._assemble import assemble
-from .._internal.progress import progress_bar
-from ._engine import forward_rows, rows_per_chunk
 from .._internal.modes import gradient_mode
+from .._internal.progress import progress_bar
+from ._assemble import assemble
+from ._engine import forward_rows, rows_per_chunk
 from ._inputs import special_ids
 from ._targets import Target
-from .result import Attribution
 from .integrated import setup
+from .result import Attribution
 
 REPLACEMENTS = ("pad", "mask", "unk", "delete")
 
 
 def _windows(region: torch.Tensor, window: int, stride: int) -> list[tuple[int, list[int]]]:
     """(example, positions) for windows of ``window`` consecutive attributed positions."""
-    out = []
+    out: list[tuple[int, list[int]]] = []
     for e in range(region.shape[0]):
         pos = torch.nonzero(region[e]).reshape(-1).tolist()
         if not pos:
@@ -108,7 +108,7 @@ def occlusion(model: torch.nn.Module, inputs: Any, *, target: Any = None, window
         specials = torch.tensor(sorted(special_ids(model, tokenizer)), dtype=torch.long)
         region = region & ~torch.isin(prep.ids.cpu(), specials)
     pairs = _windows(region, window, stride)
-    bsz, t, d = prep.x.shape
+    bsz, t, _d = prep.x.shape
     g = tgt.n_out
     chunk = rows_per_chunk(model, prep, 1, batch_size)
     rows = torch.arange(bsz)

@@ -66,7 +66,7 @@ class Attribution:
     @property
     def relative_delta(self) -> np.ndarray | None:
         """|delta| / |F(x) − F(b)| (float64), the figure ``tol`` is checked against."""
-        if self.delta is None or self.value is None:
+        if self.delta is None or self.value is None or self.baseline_value is None:
             return None
         gap = np.abs(self.value.astype(np.float64) - self.baseline_value.astype(np.float64))
         with np.errstate(divide="ignore", invalid="ignore"):

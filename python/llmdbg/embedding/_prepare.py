@@ -8,9 +8,6 @@ the portable (SSE2-only) build of the C++ core.
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import numpy as np
 import torch
 

@@ -27,8 +27,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _core
-from ._prepare import as_float_matrix, check_finite_rows, normalize_rows, pca
 from .._internal.threads import resolve_n_jobs
+from ._prepare import as_float_matrix, check_finite_rows, normalize_rows, pca
 
 _METHODS = ("bh", "fft", "exact")
 _METRICS = ("euclidean", "cosine")

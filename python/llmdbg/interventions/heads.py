@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..adapters.layout import check_module
-from .._internal.progress import progress_bar
 from .._internal.inputs import as_inputs, token_shape
 from .._internal.modes import device_of, eval_mode
+from .._internal.progress import progress_bar
 from ..adapters.heads import head_geometry
+from ..adapters.layout import check_module
 
 __all__ = ["AblationResult", "HeadImportance", "ablate", "ablation", "head_importance"]
 
@@ -76,7 +76,8 @@ class HeadImportance:
     def ranking(self) -> list[tuple[int, int]]:
         """All heads as (layer, head), most important first."""
         order = np.argsort(-self.scores, axis=None, kind="stable")
-        return [tuple(int(i) for i in np.unravel_index(k, self.scores.shape)) for k in order]
+        return [(int(np.unravel_index(k, self.scores.shape)[0]), int(np.unravel_index(k, self.scores.shape)[1]))
+                for k in order]
 
     def plot(self, **kwargs: Any):
         """Layers × heads heatmap (see :func:`llmdbg.plot.head_importance`)."""
@@ -140,7 +141,7 @@ def ablation(model: torch.nn.Module, heads: Sequence[tuple[int, int]], *, mode: 
                 y = y * gates[layer].to(y.dtype)[:, None]
             if hs:
                 y = y.clone() if gates is None else y
-                y[..., hs, :] = 0 if mode == "zero" else means[layer, hs].to(y.dtype).to(y.device)
+                y[..., hs, :] = 0 if mode == "zero" else torch.as_tensor(means[layer, hs]).to(y.dtype).to(y.device)  # type: ignore[index]
             y = y.reshape(x.shape)
             return ((y, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": y})
         return hook

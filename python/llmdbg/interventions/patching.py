@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..adapters.layout import ROLES, check_module, resolve_role
+from .._internal.hooks import first_tensor, hooks, replace_first
 from .._internal.inputs import as_inputs, token_shape
 from .._internal.modes import device_of, eval_mode
-from .._internal.hooks import first_tensor, hooks, replace_first
+from ..adapters.layout import ROLES, check_module, resolve_role
 
 __all__ = ["PatchResult", "logit_diff", "patch"]
 

@@ -12,16 +12,26 @@ One module per topic (attention, activations, ...); this package re-exports the 
 """
 
 from .activations import activation_stats, histogram
-from .attribution import attribution_plot
 from .attention import attention_grid, attention_heatmap, head_grid, head_heatmap, token_relevance
-from .training import classification_figure, training_dashboard
-from .data import data_profile, rank_frequency
-from .lens import logit_lens
-from .interventions import head_importance, patching_heatmap
+from .attribution import attribution_plot
 from .checks import check_summary
+from .data import data_profile, rank_frequency
 from .embedding_map import embedding
+from .interventions import head_importance, patching_heatmap
+from .lens import logit_lens
+from .training import classification_figure, training_dashboard
 
-__all__ = ["activation_stats", "attribution_plot", "attention_grid", "attention_heatmap", "head_grid", "head_heatmap", "histogram",
-           "token_relevance", "classification_figure", "training_dashboard"]
+__all__ = [
+           "activation_stats",
+           "attention_grid",
+           "attention_heatmap",
+           "attribution_plot",
+           "classification_figure",
+           "head_grid",
+           "head_heatmap",
+           "histogram",
+           "token_relevance",
+           "training_dashboard",
+]
 __all__ += ["check_summary", "data_profile", "head_importance", "logit_lens", "patching_heatmap", "rank_frequency"]
 __all__ += ["embedding"]

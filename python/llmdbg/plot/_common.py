@@ -45,7 +45,7 @@ def _split_tokens(tokens: Any, n_q: int, n_k: int) -> tuple[list[str] | None, li
 
 def _label_axes(ax: Axes, q: list[str] | None, k: list[str] | None) -> None:
     n = max(len(q or ()), len(k or ()))
-    if not q or n > MAX_LABELED_TOKENS:
+    if not q or not k or n > MAX_LABELED_TOKENS:
         ax.set_xticks([])
         ax.set_yticks([])
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-from ._common import MAX_LABELED_TOKENS, _CMAP, _as_map, _draw_heatmap, _split_tokens, new_figure
+from ._common import _CMAP, MAX_LABELED_TOKENS, _as_map, _draw_heatmap, _split_tokens, new_figure
 
 
 def attention_heatmap(attn: Any, tokens: Sequence[str] | None = None, *, title: str | None = None,
@@ -46,12 +46,14 @@ def attention_heatmap(attn: Any, tokens: Sequence[str] | None = None, *, title: 
         fig = new_figure(side + 1.0, side)
         ax = fig.add_subplot()
     vmax = float(np.nanmax(arr)) if arr.size and np.isfinite(arr).any() else 1.0
+    assert ax is not None
     image = _draw_heatmap(ax, arr, q, k, 0.0, vmax if vmax > 0 else 1.0)
     if title:
         ax.set_title(title, fontsize=10)
+    figure = cast("Figure", ax.figure)
     if own:
-        ax.figure.colorbar(image, ax=ax, shrink=0.8, label="attention weight")
-    return ax.figure
+        figure.colorbar(image, ax=ax, shrink=0.8, label="attention weight")
+    return figure
 
 
 def attention_grid(attentions: Sequence[Any], tokens: Sequence[str] | None = None, *,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def embedding(Y: Any, labels: Sequence[Any] | None = None, texts: Sequence[Any] 
         fig = new_figure(*figsize)
         ax = fig.add_subplot()
     else:
-        fig = ax.figure
+        fig = cast("Figure", ax.figure)
     size = point_size if point_size is not None else float(np.clip(4000.0 / max(n, 1), 2.0, 40.0))
     hue = None if labels is None else [str(v) for v in labels]
     n_labels = 0 if hue is None else len(set(hue))

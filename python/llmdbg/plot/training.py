@@ -68,7 +68,7 @@ def training_dashboard(watch: Any, *, max_layers: int = 8, title: str | None = N
     ax = axes[1, 0]
     ratios = layers.dropna(subset=["update_ratio"]) if len(layers) else layers
     if len(ratios):
-        for name, d in list(ratios.groupby("layer", sort=False))[:max_layers * 4]:
+        for _name, d in list(ratios.groupby("layer", sort=False))[:max_layers * 4]:
             ax.plot(d["step"], d["update_ratio"].clip(lower=1e-12), lw=0.8, alpha=0.7)
         ax.axhspan(1e-4, 1e-2, color="#2ecc71", alpha=0.12, label="healthy ≈ 1e-3")
         ax.set_yscale("log")

@@ -144,7 +144,7 @@ def run_report(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | 
             guarded(ctx, getattr(section, "__name__", "extra").strip("_").replace("_", " ").capitalize(),
                      section)
         step(7)
-        arrays = {f"hidden_states_{i}": h for i, h in enumerate(trace.hidden_states)}
+        arrays: dict[str, Any] = {f"hidden_states_{i}": h for i, h in enumerate(trace.hidden_states)}
         arrays.update({f"attentions_{i}": a for i, a in enumerate(trace.attentions)})
         arrays.update(input_ids=trace.input_ids, attention_mask=trace.attention_mask,
                       tokens=np.array(trace.tokens, dtype=str))
@@ -155,7 +155,7 @@ def run_report(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | 
         summary = {
             "llmdbg": __version__, "model": name, "class": type(model).__name__, "kind": kind,
             "texts": texts, "tokens": trace.tokens,
-            "n_tokens": [int(m.sum()) for m in trace.attention_mask],
+            "n_tokens": [int(m.sum()) for m in (trace.attention_mask if trace.attention_mask is not None else [])],
             "target": target, "sections": [s.title for s in report.sections],
             "stats": {k: s.as_dict() for k, s in trace.stats.items()},
             **ctx.summary,

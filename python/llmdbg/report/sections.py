@@ -260,7 +260,7 @@ def attribution_section(ctx: ReportContext) -> None:
     rel = attr.relative_delta
     rows = []
     for i in range(len(attr.tokens)):
-        row = {"#": i, "model evaluations": int(attr.n_evals[i])}
+        row: dict[str, Any] = {"#": i, "model evaluations": int(attr.n_evals[i])}
         if attr.target_tokens is not None:
             row["target"] = "".join(attr.target_tokens[i])
         if attr.delta is not None:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .. import _core
-from ..adapters.layout import ROLES, check_module, closest_names, find_layout, is_hf_model, resolve_role
 from ..adapters.attention_impl import eager_attention, needs_output_attentions_flag
+from ..adapters.layout import ROLES, check_module, closest_names, find_layout, is_hf_model, resolve_role
 from .trace import ATTN_GRAD_SUFFIX, ATTN_SUFFIX, GRAD_SUFFIX, INPUT_SUFFIX, Trace
 
 # Models with a capture in progress: a second capture on the same model would stack hooks.
@@ -229,6 +229,7 @@ class Capture:
             except TypeError:
                 bound = kwargs
             ids, mask = bound.get("input_ids"), bound.get("attention_mask")
+            assert self.trace is not None  # hooks exist only between __enter__ and __exit__
             self.trace._record_inputs(ids if isinstance(ids, torch.Tensor) else None,
                                       mask if isinstance(mask, torch.Tensor) else None,
                                       self._tokenizer)
@@ -258,16 +259,18 @@ class Capture:
                 if flags["attentions"] or flags["hidden_states"]:
                     raise
         selected = _select_modules(self.model, self._modules_spec, layout)
+        if layout is None and (flags["attentions"] or flags["hidden_states"]):  # find_layout raised above
+            raise AssertionError("unreachable: attentions and hidden states need a layout")
         input_modules = list(selected) if flags["inputs"] else []
         hidden: list[str] = []
         if flags["hidden_states"]:
             # Per stack: the first block's input (the embedding output, as in HF's
             # hidden_states[0]), then every block's output.
-            for blocks in layout.stacks.values():
+            for blocks in layout.stacks.values():  # type: ignore[union-attr]  # checked above
                 hidden += [blocks[0] + INPUT_SUFFIX, *blocks]
                 input_modules += [] if blocks[0] in input_modules else [blocks[0]]
                 selected.extend(n for n in blocks if n not in selected)
-        attention = list(layout.attention) + list(layout.cross_attention) if flags["attentions"] else []
+        attention = list(layout.attention) + list(layout.cross_attention) if layout and flags["attentions"] else []
         if not (selected or attention):
             raise ValueError("nothing to capture: pass modules=..., attentions=True or hidden_states=True")
 
@@ -285,7 +288,7 @@ class Capture:
                 reg(named[name].register_forward_hook(self._output_hook(name), with_kwargs=True))
             for layer, name in enumerate(attention):
                 reg(named[name].register_forward_hook(
-                    self._attention_hook(name, layout.attention_index, layer), with_kwargs=True))
+                    self._attention_hook(name, layout.attention_index if layout else 1, layer), with_kwargs=True))
             if attention:
                 self._eager = eager_attention(self.model)
                 self._eager.__enter__()
