@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +14,23 @@ from .detectors import DetectorSuite, Event
 from .distributed import all_reduce_packed
 from .probes import N_SUM, ActivationProbe, packed_stats, unpack_stats
 from .state import Pending, WatchState
+
+if TYPE_CHECKING:
+    from .sinks import TensorBoardSink
+
+
+def update_ratios(state: WatchState, sink: TensorBoardSink | None) -> None:
+    """Size of the optimizer update that followed the last logged step (the weights in
+    ``state.snapshot`` vs now), filled into that step's layer rows and written to ``sink``;
+    clears the snapshot."""
+    if state.snapshot is None:
+        return
+    s_idx, before, s_rows = state.snapshot
+    state.snapshot = None
+    for r, ratio in zip(s_rows, G.update_ratios(state.params, s_idx, before)):
+        r["update_ratio"] = ratio
+        if sink is not None:
+            sink.scalars(r["step"], {f"update_ratio/{r['layer']}": ratio})
 
 
 def logged_step(state: WatchState, step: int, pending: Pending | None, norms: list[float], loss_v: float, *,

@@ -26,7 +26,7 @@ from .detectors import DetectorSuite, Event
 from .distributed import rank_world
 from .hooks import NonFiniteLocator, float_tensors
 from .nonfinite import arm_locator, before_optimizer_step, handle_nan, locate_events
-from .periodic import logged_step
+from .periodic import logged_step, update_ratios
 from .probes import ActivationProbe, find_blocks
 from .replay import ForwardRecorder
 from .state import WatchState
@@ -261,7 +261,7 @@ class Watch:
         step = s.step
         logged = step % self.every == 0
         if s.snapshot is not None:
-            self._update_ratios()
+            update_ratios(s, self.sink)
         pending = s.pending
         if "grads" in self.track and pending is None:
             pending = G.grad_norms(s.params)
@@ -315,7 +315,7 @@ class Watch:
         for e in new:
             self._emit(e)
         if self.sink is not None:
-            self._write_step(row, layers)
+            self.sink.write_step(row, layers, s.histograms, s.act_rows)
         self._finish_step(step)
         if nonfinite:
             handle_nan(s, step, new, on_nan=self.on_nan)
@@ -333,16 +333,6 @@ class Watch:
         s.step = step + 1
         if self.probe is not None:
             self.probe.armed = s.step % self.every == 0
-
-    # -- the periodic tier ----------------------------------------------------------------------------
-    def _update_ratios(self) -> None:
-        """Size of the optimizer update that followed the last logged step (weights then vs now)."""
-        s_idx, before, s_rows = self.state.snapshot
-        self.state.snapshot = None
-        for r, ratio in zip(s_rows, G.update_ratios(self.state.params, s_idx, before)):
-            r["update_ratio"] = ratio
-            if self.sink is not None:
-                self.sink.scalars(r["step"], {f"update_ratio/{r['layer']}": ratio})
 
     # -- evaluation -----------------------------------------------------------------------------------
     def eval(self, step: int | None = None, val_loss: float | None = None,
@@ -383,22 +373,6 @@ class Watch:
                        e.severity, e.module or "model", e.message)
             if self.sink is not None:
                 self.sink.text("events", e.step, f"**{e.kind}** ({e.severity}) `{e.module or 'model'}`: {e.message}")
-
-    def _write_step(self, row: dict[str, Any], layers: list[dict[str, Any]]) -> None:
-        step = row["step"]
-        extra = {f"metrics/{k}": v for k, v in row.items() if k not in ("step", "loss", "grad_norm", "lr", "nonfinite")}
-        self.sink.scalars(step, {"loss/train": row["loss"], "grad_norm/global": row["grad_norm"], "lr": row["lr"], **extra})
-        for r in layers:
-            self.sink.scalars(step, {f"grad_norm/{r['layer']}": r["grad_norm"],
-                                     f"weight_norm/{r['layer']}": r["weight_norm"]})
-        for kind in ("grads", "activations"):
-            for name, by_step in self.histograms[kind].items():
-                if step in by_step:
-                    self.sink.histogram(f"{kind}/{name}", step, by_step[step], by_step[step].sum(), 0.0, 0.0)
-        for r in self.state.act_rows:
-            if r["step"] == step and "absmax" in r:
-                self.sink.scalars(step, {f"activations/{r['module']}/absmax": r["absmax"],
-                                         f"activations/{r['module']}/std": r["std"]})
 
     def add_embedding(self, mat: Any, metadata: Any = None, tag: str = "default") -> None:
         """Write vectors to TensorBoard's embedding projector (needs ``log_dir``)."""
