@@ -145,7 +145,7 @@ def test_watch_step_first_leaves_the_optimizer_hook_idle():
         w.step(loss=loss)
         opt.step()
         opt.zero_grad()
-    assert w._early is None and len(w.history) == 2 and not w.history["nonfinite"].any()
+    assert w.state.early is None and len(w.history) == 2 and not w.history["nonfinite"].any()
     w.close()
     loss = _loss(model(**inputs))
     loss.backward()

@@ -7,21 +7,21 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
-from .detectors import Event
+from .detectors import DetectorSuite, Event
 from .hooks import NonFiniteLocator
-from .replay import replay_locate
-
-if TYPE_CHECKING:
-    from .watch import Watch
+from .probes import ActivationProbe
+from .replay import ForwardRecorder, replay_locate
+from .state import Pending, WatchState
 
 logger = logging.getLogger("llmdbg")
 
 
-def _bad_params(pending: Any, norms: list[float]) -> list[int]:
+def _bad_params(pending: Pending | None, norms: list[float]) -> list[int]:
     return [pending[0][j] for j, v in enumerate(norms) if not math.isfinite(v)] if pending else []
 
 
@@ -42,55 +42,72 @@ def _events(step: int, first_f: dict | None, first_b: dict | None) -> list[Event
     return ev
 
 
-def replay(w: Watch, bad_params: list[int]) -> list[Event]:
-    """Replay the step's recorded forwards/backwards with temporary per-module hooks."""
-    owners = list(dict.fromkeys(w._owner[i] for i in reversed(bad_params)))
-    armed = w.probe.armed if w.probe is not None else False
-    w._replaying, w.recorder.enabled = True, False
-    if w.probe is not None:
-        w.probe.armed = False
+def replay(state: WatchState, bad_params: list[int], *, model: nn.Module, recorder: ForwardRecorder,
+           probe: ActivationProbe | None) -> list[Event]:
+    """Replay the step's recorded forwards/backwards with temporary per-module hooks.
+
+    ``bad_params`` indexes ``state.params``; ``state.replaying`` is set while the replay runs, and
+    the recorder and the activation probe are paused.
+    """
+    owners = state.owners(bad_params)
+    armed = probe.armed if probe is not None else False
+    state.replaying, recorder.enabled = True, False
+    if probe is not None:
+        probe.armed = False
     try:
-        first_f, first_b, _ = replay_locate(w.model, w._modules, w.recorder.records, w._params, owners)
+        first_f, first_b, _ = replay_locate(model, state.modules, recorder.records, state.params, owners)
     except Exception as exc:  # noqa: BLE001 - a failed replay must not end the training run
         logger.warning("llmdbg.watch: replaying step %d to locate the NaN/Inf failed (%s: %s); reporting "
-                       "parameter names only", w._step, type(exc).__name__, exc)
+                       "parameter names only", state.step, type(exc).__name__, exc)
         return []
     finally:
-        w._replaying, w.recorder.enabled = False, True
-        if w.probe is not None:
-            w.probe.armed = armed
-    return _events(w._step, first_f, first_b)
+        state.replaying, recorder.enabled = False, True
+        if probe is not None:
+            probe.armed = armed
+    return _events(state.step, first_f, first_b)
 
 
-def locate_events(w: Watch, step: int, pending: Any, norms: list[float], fwd_vals: list,
-                  bwd_vals: list) -> list[Event]:
-    """Events naming where the first NaN/Inf appeared in this step."""
+def locate_events(state: WatchState, step: int, pending: Pending | None, norms: list[float], fwd_vals: list,
+                  bwd_vals: list, *, model: nn.Module, detectors: DetectorSuite, locator: NonFiniteLocator | None,
+                  recorder: ForwardRecorder | None, probe: ActivationProbe | None) -> list[Event]:
+    """Events naming where the first NaN/Inf appeared in this step.
+
+    From the check made before ``optimizer.step()`` (``state.early``), else a replay (with a
+    ``recorder``), else the ``locator``'s always-on records (``fwd_vals``/``bwd_vals``, its packed
+    host values); a non-finite gradient is always reported by parameter name at least.
+    """
     ev: list[Event] = []
     bad_params = _bad_params(pending, norms)
-    if "nonfinite" in w.detectors.cfg:
-        if w._early is not None:  # already located before the optimizer step
-            ev += w._early
-        elif w.recorder is not None:
-            ev += replay(w, bad_params)
-        elif w.locator is not None:
-            first_f = w.locator.first_forward(fwd_vals)
+    if "nonfinite" in detectors.cfg:
+        if state.early is not None:  # already located before the optimizer step
+            ev += state.early
+        elif recorder is not None:
+            ev += replay(state, bad_params, model=model, recorder=recorder, probe=probe)
+        elif locator is not None:
+            first_f = locator.first_forward(fwd_vals)
             first_b = None
-            if w.locator.backward and bwd_vals:
-                owners = list(dict.fromkeys(w._owner[i] for i in reversed(bad_params)))
-                first_b = w.locator.first_backward(bwd_vals, owners)
+            if locator.backward and bwd_vals:
+                first_b = locator.first_backward(bwd_vals, state.owners(bad_params))
             ev += _events(step, first_f, first_b)
     if bad_params and not any(e.kind == "nonfinite_backward" for e in ev):
-        names = [w._names[i] for i in reversed(bad_params)]  # in the order the backward reaches them
+        names = [state.names[i] for i in reversed(bad_params)]  # in the order the backward reaches them
         ev.append(Event(step, names[0], "nonfinite_gradients", "critical",
                         f"{len(names)} parameters have non-finite gradients: {', '.join(names[:5])}"
                         f"{' ...' if len(names) > 5 else ''}"))
-    # Arm the forensic hooks for the next steps when they were not on.
-    if w.locate in ("forward", "after_nan"):
-        if w.locator is None:
-            w.locator = NonFiniteLocator(w._modules, forward=True, backward=True)
-        elif not w.locator.backward:
-            w.locator.attach_backward()
     return ev
+
+
+def arm_locator(locator: NonFiniteLocator | None, modules: list[tuple[str, nn.Module]],
+                locate: str) -> NonFiniteLocator | None:
+    """After a non-finite step: the locator for the next steps. With ``locate`` "forward" or
+    "after_nan" the forensic hooks that were not on are armed (a new locator with forward and
+    backward records over ``modules``, or backward records added to ``locator``)."""
+    if locate in ("forward", "after_nan"):
+        if locator is None:
+            return NonFiniteLocator(modules, forward=True, backward=True)
+        if not locator.backward:
+            locator.attach_backward()
+    return locator
 
 
 def nan_message(step: int, events: list[Event]) -> str:
@@ -98,40 +115,42 @@ def nan_message(step: int, events: list[Event]) -> str:
     return f"llmdbg.watch: step {step} is not finite ({where or 'loss or gradient norm'})"
 
 
-def handle_nan(w: Watch, step: int, events: list[Event]) -> None:
+def handle_nan(state: WatchState, step: int, events: list[Event], *, on_nan: str) -> None:
+    """Apply ``on_nan`` to a non-finite step: raise, warn, or drop the gradients (``"skip"``)."""
     msg = nan_message(step, events)
-    if w.on_nan == "raise":
+    if on_nan == "raise":
         raise FloatingPointError(msg)
-    if w.on_nan == "warn":
+    if on_nan == "warn":
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
     else:  # skip: the optimizer ignores parameters without gradients
-        for p in w._params:
-            p.grad = None
+        state.drop_grads()
         logger.warning("%s; gradients dropped, the optimizer step is skipped", msg)
 
 
-def before_optimizer_step(w: Watch) -> None:
-    """``optimizer.step()`` is about to run and ``watch.step()`` has not seen this backward yet:
-    check the global gradient norm (and the model's loss) now, and locate a NaN/Inf while the
-    weights are still those that produced it. The events are emitted by the next ``watch.step()``
-    (immediately with ``on_nan="raise"``, which raises here); ``"skip"`` drops the gradients."""
-    pending = w._pending
+def before_optimizer_step(state: WatchState, pending: Pending, *, model: nn.Module, detectors: DetectorSuite,
+                          recorder: ForwardRecorder | None, probe: ActivationProbe | None, on_nan: str,
+                          emit: Callable[[Event], None]) -> None:
+    """``optimizer.step()`` is about to run and ``watch.step()`` has not seen this backward yet
+    (``pending``: ``state.pending``): check the global gradient norm (and the model's loss) now, and
+    locate a NaN/Inf while the weights are still those that produced it. The events are kept in
+    ``state.early`` and emitted by the next ``watch.step()`` (immediately through ``emit`` with
+    ``on_nan="raise"``, which raises here); ``"skip"`` drops the gradients."""
     parts = [pending[2].reshape(1), pending[1]]
-    if w._model_losses:
-        parts.append(torch.stack(w._model_losses).float().reshape(-1).to(pending[1].device))
+    if state.model_losses:
+        parts.append(torch.stack(state.model_losses).float().reshape(-1).to(pending[1].device))
     host = torch.cat(parts).tolist()
     if all(math.isfinite(v) for v in host):
-        w._early = []
+        state.early = []
         return
     norms = host[1: 1 + len(pending[0])]
     bad = _bad_params(pending, norms)
-    ev = replay(w, bad) if "nonfinite" in w.detectors.cfg and w.recorder is not None else []
-    w._early = ev
-    if w.on_nan == "raise":
+    ev = (replay(state, bad, model=model, recorder=recorder, probe=probe)
+          if "nonfinite" in detectors.cfg and recorder is not None else [])
+    state.early = ev
+    if on_nan == "raise":
         for e in ev:
-            w._emit(e)
-        w._early = None
-        raise FloatingPointError(nan_message(w._step, ev) + " (checked before optimizer.step())")
-    if w.on_nan == "skip":
-        for p in w._params:
-            p.grad = None
+            emit(e)
+        state.early = None
+        raise FloatingPointError(nan_message(state.step, ev) + " (checked before optimizer.step())")
+    if on_nan == "skip":
+        state.drop_grads()

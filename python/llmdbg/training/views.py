@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import html
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .watch import Watch
+from .detectors import Event
+from .state import WatchState
+
+EVENT_COLUMNS = ["step", "module", "kind", "severity", "message"]
 
 
 def history_frame(rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]):
+    """The per-step table: ``rows`` (``WatchState.rows``) joined with ``eval_rows`` on the step."""
     import pandas as pd
 
     cols = ["step", "loss", "grad_norm", "lr", "nonfinite"]
@@ -52,19 +55,28 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def repr_html(w: Watch, max_events: int = 8) -> str:
+def events_frame(events: list[Event]):
+    """``events`` as a DataFrame with the columns :data:`EVENT_COLUMNS`."""
+    import pandas as pd
+
+    return pd.DataFrame([e.__dict__ for e in events], columns=EVENT_COLUMNS)
+
+
+def repr_html(state: WatchState, *, model_name: str, every: int, closed: bool, max_events: int = 8) -> str:
+    """The compact notebook view of a watch of a ``model_name`` model (``every``: its period)."""
     esc = html.escape
-    rows = w._rows
+    rows = state.rows
     last = rows[-1] if rows else {}
     losses = [r["loss"] for r in rows]
-    spikes = [i for i, r in enumerate(rows) if any(e.kind == "loss_spike" and e.step == r["step"] for e in w.events)]
+    spikes = [i for i, r in enumerate(rows)
+              if any(e.kind == "loss_spike" and e.step == r["step"] for e in state.events)]
     counts: dict[str, int] = {}
-    for e in w.events:
+    for e in state.events:
         counts[e.severity] = counts.get(e.severity, 0) + 1
     sev = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "none"
-    state = "closed" if w.closed else "watching"
-    head = (f"<b>llmdbg.watch</b> · <code>{esc(type(w.model).__name__)}</code> · {state} · "
-            f"{w._step} steps · every {w.every} · events: {esc(sev)}")
+    status = "closed" if closed else "watching"
+    head = (f"<b>llmdbg.watch</b> · <code>{esc(model_name)}</code> · {status} · "
+            f"{state.step} steps · every {every} · events: {esc(sev)}")
     table = ("<table style='border-collapse:collapse;font-size:12px'><tr>"
              + "".join(f"<th style='text-align:left;padding:2px 8px'>{k}</th>" for k in ("loss", "grad norm", "lr"))
              + "</tr><tr>"
@@ -74,7 +86,7 @@ def repr_html(w: Watch, max_events: int = 8) -> str:
                                          color="#8e44ad")),
                  ("lr", "")))
              + "</tr></table>")
-    ev = w.events[-max_events:]
+    ev = state.events[-max_events:]
     ev_html = ""
     if ev:
         ev_html = ("<table style='border-collapse:collapse;font-size:12px;margin-top:4px'><tr>"
@@ -86,16 +98,16 @@ def repr_html(w: Watch, max_events: int = 8) -> str:
     return f"<div class='llmdbg-watch'>{head}{table}{ev_html}</div>"
 
 
-def add_report_section(w: Watch, report: Any, title: str = "Training run") -> Any:
-    """Dashboard figure, events table and last-step numbers as one report section."""
-    fig = w.plot() if w._rows else None
-    intro = (f"<p>{w._step} optimizer steps watched on <code>{html.escape(type(w.model).__name__)}</code>; "
-             f"per-layer statistics every {w.every} steps; {len(w.events)} events.</p>")
+def add_report_section(state: WatchState, report: Any, title: str = "Training run", *, model_name: str,
+                       every: int, figure: Any = None) -> Any:
+    """Dashboard ``figure`` (None: none), events table and last-step numbers as one section of ``report``."""
+    intro = (f"<p>{state.step} optimizer steps watched on <code>{html.escape(model_name)}</code>; "
+             f"per-layer statistics every {every} steps; {len(state.events)} events.</p>")
     tables = []
-    if w.events:
-        tables.append(w.events_frame())
-    if w._rows:
-        tables.append(w.history.tail(5).reset_index())
-    return report.add_section(title, html=intro, figure=fig, table=tables or None,
-                              captions=[("Loss (spikes and overfitting marked), gradient norms per layer, "
-                                         "update/weight ratios and gradient histograms over time.")] if fig else None)
+    if state.events:
+        tables.append(events_frame(state.events))
+    if state.rows:
+        tables.append(history_frame(state.rows, state.eval_rows).tail(5).reset_index())
+    captions = [("Loss (spikes and overfitting marked), gradient norms per layer, "
+                 "update/weight ratios and gradient histograms over time.")] if figure else None
+    return report.add_section(title, html=intro, figure=figure, table=tables or None, captions=captions)

@@ -25,9 +25,11 @@ from . import grads as G
 from .detectors import DetectorSuite, Event
 from .distributed import rank_world
 from .hooks import NonFiniteLocator, float_tensors
-from .nonfinite import before_optimizer_step, handle_nan, locate_events
+from .nonfinite import arm_locator, before_optimizer_step, handle_nan, locate_events
+from .periodic import logged_step, update_ratios
 from .probes import ActivationProbe, find_blocks
 from .replay import ForwardRecorder
+from .state import WatchState
 
 logger = logging.getLogger("llmdbg")
 
@@ -74,6 +76,8 @@ class Watch:
         fixed log2 bins of :func:`llmdbg.hist_edges`.
     frozen : list of str
         Parameters without ``requires_grad`` (reported, never touched).
+    state : WatchState
+        The parameter bookkeeping and the recorded run, shared with the helper modules.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 50,
@@ -93,10 +97,8 @@ class Watch:
         self.model, self.optimizer, self.every, self.track = inner, optimizer, every, track
         self.on_nan, self.locate = on_nan, locate
         self.rank, self.world = rank_world()
-        named = list(inner.named_parameters())
-        self.frozen = [n for n, p in named if not p.requires_grad]
-        self._names = [n for n, p in named if p.requires_grad]
-        self._params = [p for _, p in named if p.requires_grad]
+        self.frozen = [n for n, p in inner.named_parameters() if not p.requires_grad]
+        self.state = WatchState.for_model(inner)
         if optimizer is not None:
             self._check_optimizer(optimizer)
         self.detectors = DetectorSuite(detectors)
@@ -109,35 +111,16 @@ class Watch:
 
             check_writable(log_dir)  # ValueError naming log_dir before any hook is registered
             self.sink = TensorBoardSink(log_dir)
-        self.events: list[Event] = []
-        self.histograms: dict[str, dict[str, dict[int, np.ndarray]]] = {"grads": {}, "weights": {}, "activations": {}}
-        self._rows: list[dict[str, Any]] = []
-        self._eval_rows: list[dict[str, Any]] = []
-        self._layer_rows: list[dict[str, Any]] = []
-        self._act_rows: list[dict[str, Any]] = []
-        self._step = 0
-        self._pending: tuple | None = None
-        self._queued = False
-        self._model_losses: list[torch.Tensor] = []
-        self._snapshot: tuple[list[int], list[torch.Tensor], list[dict[str, Any]]] | None = None
-        self._active: dict[str, np.ndarray] = {}
-        self._tokens: dict[str, float] = {}
-        self._warned_no_grad: set[str] = set()
-        self._replaying = False
-        self._early: list[Event] | None = None  # NaN/Inf located before optimizer.step()
         self.closed = False
         previous = _REGISTRY.get(inner)
         if previous is not None and not previous.closed:
             logger.info("llmdbg.watch: closing the previous watch of this model (no hooks are stacked)")
             previous.close()
-        modules = list(inner.named_modules())
-        self._module_index = {n: i for i, (n, _) in enumerate(modules)}
-        self._owner = [self._module_index.get(n.rpartition(".")[0], 0) for n in self._names]
+        modules = self.state.modules
         self.locator = None
         self.probe = None
         self.recorder = None
         self._opt_handle = None
-        self._modules = modules
         try:
             if locate in ("forward", "always"):
                 self.locator = NonFiniteLocator(modules, forward=True, backward=locate == "always")
@@ -171,18 +154,18 @@ class Watch:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        mine = {id(p) for p in self._params}
+        mine = {id(p) for p in self.state.params}
         if mine and not owned & mine:
             raise ValueError("optimizer: it owns none of the model's trainable parameters (was it built for "
                              "another model, or before the model was re-created?)")
-        missing = [n for n, p in zip(self._names, self._params) if id(p) not in owned]
+        missing = [n for n, p in zip(self.state.names, self.state.params) if id(p) not in owned]
         if missing:
             logger.warning("llmdbg.watch: %d trainable parameters are not in the optimizer: %s",
                            len(missing), ", ".join(missing[:5]))
 
     # -- hooks ----------------------------------------------------------------------------------------
     def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._replaying:
+        if self.state.replaying:
             return
         if self.locator is not None and not self.locator.backward:
             self.locator.forward_done(output)
@@ -190,7 +173,7 @@ class Watch:
             return
         loss = output.get("loss") if isinstance(output, dict) else None
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            self._model_losses.append(loss.detach())
+            self.state.model_losses.append(loss.detach())
         rec = self.recorder.current() if self.recorder is not None else None
         if "grads" in self.track or rec is not None:
             k = 0
@@ -205,29 +188,31 @@ class Watch:
                 rec.grads[k] = grad.detach()
             # Queue one callback for the end of this backward pass (the DDP reducer queues its own
             # finalisation later in the pass, so ours re-queues itself to run after it).
-            if not self._queued and "grads" in self.track:
-                self._queued = True
+            if not self.state.queued and "grads" in self.track:
+                self.state.queued = True
                 torch.autograd.Variable._execution_engine.queue_callback(self._after_backward_outer)
         return hook
 
     def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self.closed and not self._replaying and self._pending is not None and self._early is None:
-            before_optimizer_step(self)
+        s = self.state
+        if not self.closed and not s.replaying and s.pending is not None and s.early is None:
+            before_optimizer_step(s, s.pending, model=self.model, detectors=self.detectors,
+                                  recorder=self.recorder, probe=self.probe, on_nan=self.on_nan, emit=self._emit)
 
     def _after_backward_outer(self) -> None:
         torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
 
     def _after_backward(self) -> None:
-        self._queued = False
+        self.state.queued = False
         if not self.closed:
-            self._pending = G.grad_norms(self._params)
+            self.state.pending = G.grad_norms(self.state.params)
 
     # -- the step -------------------------------------------------------------------------------------
     def _loss_value(self, loss: Any) -> torch.Tensor | float | None:
         if loss is None:
-            if not self._model_losses:
+            if not self.state.model_losses:
                 return None
-            return torch.stack(self._model_losses).float().mean()
+            return torch.stack(self.state.model_losses).float().mean()
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
                 raise ValueError(f"loss: expected a scalar tensor or a float, got a tensor of shape {tuple(loss.shape)}")
@@ -272,13 +257,14 @@ class Watch:
         lv = self._loss_value(loss)
         if "loss" in self.track and lv is None:
             raise ValueError("loss: no loss given and the model returned none; pass watch.step(loss=loss)")
-        step = self._step
+        s = self.state
+        step = s.step
         logged = step % self.every == 0
-        if self._snapshot is not None:
-            self._update_ratios()
-        pending = self._pending
+        if s.snapshot is not None:
+            update_ratios(s, self.sink)
+        pending = s.pending
         if "grads" in self.track and pending is None:
-            pending = G.grad_norms(self._params)
+            pending = G.grad_norms(s.params)
             if pending is None:
                 raise RuntimeError("watch.step() was called before any backward pass: no parameter has a "
                                    "gradient. Call it after loss.backward() and before optimizer.step().")
@@ -314,49 +300,39 @@ class Watch:
         row = {"step": step, "loss": loss_v, "grad_norm": gnorm, "lr": self._lr(), "nonfinite": nonfinite}
         if metrics:
             row.update({str(k): float(v) for k, v in metrics.items()})
-        self._rows.append(row)
+        s.rows.append(row)
         new: list[Event] = self.detectors.on_step(step, loss_v, gnorm) if self.detectors.cfg else []
         if nonfinite:
-            new += locate_events(self, step, pending, norms, fwd_vals, bwd_vals)
+            new += locate_events(s, step, pending, norms, fwd_vals, bwd_vals, model=self.model,
+                                 detectors=self.detectors, locator=self.locator, recorder=self.recorder,
+                                 probe=self.probe)
+            self.locator = arm_locator(self.locator, s.modules, self.locate)  # for the next steps
         layers = []
         if logged and not nonfinite:
-            layers = self._logged_step(step, pending, norms, loss_v)
+            layers = logged_step(s, step, pending, norms, loss_v, track=self.track, probe=self.probe,
+                                 detectors=self.detectors, emit=self._emit)
             new += self.detectors.on_layers(step, layers)
         for e in new:
             self._emit(e)
         if self.sink is not None:
-            self._write_step(row, layers)
+            self.sink.write_step(row, layers, s.histograms, s.act_rows)
         self._finish_step(step)
         if nonfinite:
-            handle_nan(self, step, new)
+            handle_nan(s, step, new, on_nan=self.on_nan)
         return row
 
     def _finish_step(self, step: int) -> None:
-        self._pending = None
-        self._model_losses.clear()
-        self._early = None
+        s = self.state
+        s.pending = None
+        s.model_losses.clear()
+        s.early = None
         if self.locator is not None:
             self.locator.reset()
         if self.recorder is not None:
             self.recorder.reset()
-        self._step = step + 1
+        s.step = step + 1
         if self.probe is not None:
-            self.probe.armed = self._step % self.every == 0
-
-    # -- the periodic tier ----------------------------------------------------------------------------
-    def _update_ratios(self) -> None:
-        """Size of the optimizer update that followed the last logged step (weights then vs now)."""
-        s_idx, before, s_rows = self._snapshot
-        self._snapshot = None
-        for r, ratio in zip(s_rows, G.update_ratios(self._params, s_idx, before)):
-            r["update_ratio"] = ratio
-            if self.sink is not None:
-                self.sink.scalars(r["step"], {f"update_ratio/{r['layer']}": ratio})
-
-    def _logged_step(self, step: int, pending: Any, norms: list[float], loss_v: float) -> list[dict[str, Any]]:
-        from .periodic import logged_step
-
-        return logged_step(self, step, pending, norms, loss_v)
+            self.probe.armed = s.step % self.every == 0
 
     # -- evaluation -----------------------------------------------------------------------------------
     def eval(self, step: int | None = None, val_loss: float | None = None,
@@ -366,8 +342,9 @@ class Watch:
         ``step`` defaults to the last recorded step. The training loss it is compared with is the
         mean loss over the steps since the previous evaluation.
         """
+        s = self.state
         if step is None:
-            step = max(self._step - 1, 0)
+            step = max(s.step - 1, 0)
         if isinstance(val_loss, torch.Tensor):
             val_loss = float(self._loss_value(val_loss))
         row: dict[str, Any] = {"step": int(step)}
@@ -375,11 +352,11 @@ class Watch:
             row["val_loss"] = float(val_loss)
         for k, v in (metrics or {}).items():
             row[f"val_{k}"] = float(v)
-        last_eval = self._eval_rows[-1]["step"] if self._eval_rows else -1
-        recent = [r["loss"] for r in self._rows if last_eval < r["step"] <= step and math.isfinite(r["loss"])]
+        last_eval = s.eval_rows[-1]["step"] if s.eval_rows else -1
+        recent = [r["loss"] for r in s.rows if last_eval < r["step"] <= step and math.isfinite(r["loss"])]
         train = float(np.mean(recent)) if recent else math.nan
         row["train_loss"] = train
-        self._eval_rows.append(row)
+        s.eval_rows.append(row)
         if val_loss is not None and math.isfinite(train):
             for e in self.detectors.on_eval(int(step), train, float(val_loss)):
                 self._emit(e)
@@ -390,34 +367,29 @@ class Watch:
 
     # -- output ---------------------------------------------------------------------------------------
     def _emit(self, e: Event) -> None:
-        self.events.append(e)
+        self.state.events.append(e)
         if self.rank == 0:
             logger.log(_LEVEL.get(e.severity, logging.WARNING), "[step %d] %s (%s) %s: %s", e.step, e.kind,
                        e.severity, e.module or "model", e.message)
             if self.sink is not None:
                 self.sink.text("events", e.step, f"**{e.kind}** ({e.severity}) `{e.module or 'model'}`: {e.message}")
 
-    def _write_step(self, row: dict[str, Any], layers: list[dict[str, Any]]) -> None:
-        step = row["step"]
-        extra = {f"metrics/{k}": v for k, v in row.items() if k not in ("step", "loss", "grad_norm", "lr", "nonfinite")}
-        self.sink.scalars(step, {"loss/train": row["loss"], "grad_norm/global": row["grad_norm"], "lr": row["lr"], **extra})
-        for r in layers:
-            self.sink.scalars(step, {f"grad_norm/{r['layer']}": r["grad_norm"],
-                                     f"weight_norm/{r['layer']}": r["weight_norm"]})
-        for kind in ("grads", "activations"):
-            for name, by_step in self.histograms[kind].items():
-                if step in by_step:
-                    self.sink.histogram(f"{kind}/{name}", step, by_step[step], by_step[step].sum(), 0.0, 0.0)
-        for r in self._act_rows:
-            if r["step"] == step and "absmax" in r:
-                self.sink.scalars(step, {f"activations/{r['module']}/absmax": r["absmax"],
-                                         f"activations/{r['module']}/std": r["std"]})
-
     def add_embedding(self, mat: Any, metadata: Any = None, tag: str = "default") -> None:
         """Write vectors to TensorBoard's embedding projector (needs ``log_dir``)."""
         if self.sink is None:
             raise ValueError("add_embedding: this watch has no log_dir (TensorBoard sink)")
-        self.sink.embedding(mat, metadata=metadata, tag=tag, step=self._step)
+        self.sink.embedding(mat, metadata=metadata, tag=tag, step=self.state.step)
+
+    @property
+    def events(self) -> list[Event]:
+        """Detected problems in order (:class:`~llmdbg.training.Event`)."""
+        return self.state.events
+
+    @property
+    def histograms(self) -> dict[str, dict[str, dict[int, np.ndarray]]]:
+        """``{"grads"|"weights"|"activations": {name: {step: counts (HIST_BINS,) float64}}}`` on the
+        fixed log2 bins of :func:`llmdbg.hist_edges`."""
+        return self.state.histograms
 
     @property
     def history(self):
@@ -425,7 +397,7 @@ class Watch:
         and the evaluation columns (val_loss, val_<metric>, train_loss) on evaluated steps."""
         from .views import history_frame
 
-        return history_frame(self._rows, self._eval_rows)
+        return history_frame(self.state.rows, self.state.eval_rows)
 
     @property
     def layers(self):
@@ -433,7 +405,7 @@ class Watch:
         update_ratio (the size of the optimizer update that followed that step)."""
         import pandas as pd
 
-        return pd.DataFrame(self._layer_rows, columns=["step", "layer", "grad_norm", "grad_rms", "weight_norm",
+        return pd.DataFrame(self.state.layer_rows, columns=["step", "layer", "grad_norm", "grad_rms", "weight_norm",
                                                        "update_ratio"])
 
     @property
@@ -442,13 +414,13 @@ class Watch:
         zero_fraction, nan/inf counts, outlier_features) and dead_fraction of FFN activations."""
         import pandas as pd
 
-        return pd.DataFrame(self._act_rows)
+        return pd.DataFrame(self.state.act_rows)
 
     def events_frame(self):
         """:attr:`events` as a DataFrame (step, module, kind, severity, message)."""
-        import pandas as pd
+        from .views import events_frame
 
-        return pd.DataFrame([e.__dict__ for e in self.events], columns=["step", "module", "kind", "severity", "message"])
+        return events_frame(self.state.events)
 
     def plot(self, **kwargs: Any):
         """The training dashboard; see :func:`llmdbg.plot.training_dashboard`."""
@@ -460,15 +432,16 @@ class Watch:
         """Append a section (dashboard figure, events and last-step table) to a :class:`~llmdbg.report.Report`."""
         from .views import add_report_section
 
-        return add_report_section(self, report, title)
+        return add_report_section(self.state, report, title, model_name=type(self.model).__name__, every=self.every,
+                                  figure=self.plot() if self.state.rows else None)
 
     def _repr_html_(self) -> str:
         from .views import repr_html
 
-        return repr_html(self)
+        return repr_html(self.state, model_name=type(self.model).__name__, every=self.every, closed=self.closed)
 
     def __repr__(self) -> str:
-        return (f"Watch({type(self.model).__name__}, steps={self._step}, every={self.every}, "
+        return (f"Watch({type(self.model).__name__}, steps={self.state.step}, every={self.every}, "
                 f"events={len(self.events)}{', closed' if self.closed else ''})")
 
     # -- lifetime ---------------------------------------------------------------------------------------
@@ -485,9 +458,9 @@ class Watch:
         for part in (self.recorder, self._opt_handle):
             if part is not None:
                 part.remove()
-        self._snapshot = None
-        self._pending = None
-        self._model_losses.clear()
+        self.state.snapshot = None
+        self.state.pending = None
+        self.state.model_losses.clear()
         if self.sink is not None:
             self.sink.close()
         if _REGISTRY.get(self.model) is self:
