@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
-import llmdbg
 import numpy as np
 import pytest
 import torch
 import transformers as tf
+
+import llmdbg
 from llmdbg.training.hooks import float_tensors
 from tiny_models import (
     CONFIGS,

@@ -23,6 +23,7 @@ STEPS = 3
 
 def _model():
     import transformers as tf
+
     from tiny_models import CONFIGS
 
     torch.manual_seed(0)

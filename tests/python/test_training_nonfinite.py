@@ -8,9 +8,10 @@ module must be exactly the injected one every time: with the always-on per-modul
 
 from __future__ import annotations
 
-import llmdbg
 import pytest
 import torch
+
+import llmdbg
 from llmdbg.training.hooks import float_tensors
 from tiny_models import (
     one_thread,  # noqa: F401  (autouse fixture: tiny models on one thread)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 
-import llmdbg
 import pytest
 import torch
+
+import llmdbg
 from test_training_nonfinite import _loss, _poison, _PoisonGrad, _replace_first
 from tiny_models import (
     one_thread,  # noqa: F401  (autouse fixture: tiny models on one thread)

@@ -21,18 +21,19 @@ from typing import Any
 
 __all__ = ["MOVED", "install"]
 
-#: old module path -> (new module paths searched in order, whether importing the old path warns)
+#: old module path -> (new module paths searched in order, whether importing the old path warns).
+#: Old paths whose last part is also a public function of the parent (``llmdbg.capture``,
+#: ``llmdbg.data.profile``, ``llmdbg.training.watch``, ...) are left out on purpose: importing a
+#: module by that name would replace the function on the parent package.
 MOVED: dict[str, tuple[tuple[str, ...], bool]] = {
     "llmdbg.demo": (("llmdbg.report.demo",), False),
     "llmdbg.models": (("llmdbg.adapters.layout", "llmdbg.adapters.attention_impl"), True),
     "llmdbg.unembed": (("llmdbg.adapters.unembedding",), True),
-    "llmdbg.capture": (("llmdbg.tracing.session",), True),
     "llmdbg.trace": (("llmdbg.tracing.trace",), True),
     "llmdbg.stats": (("llmdbg.tracing.stats",), True),
     "llmdbg.report_job": (("llmdbg.report.job", "llmdbg.report"), True),
     "llmdbg.report_inputs": (("llmdbg.report.inputs",), True),
     "llmdbg.report_sections": (("llmdbg.report.sections",), True),
-    "llmdbg.data.profile": (("llmdbg.data.profiling",), True),
 }
 
 

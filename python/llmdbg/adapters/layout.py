@@ -17,7 +17,7 @@ import re
 import sys
 import weakref
 from collections.abc import Iterable, Sequence
-from typing import Union, cast
+from typing import cast
 
 from torch import nn
 
@@ -25,7 +25,7 @@ __all__ = ["ROLES", "ModelLayout", "check_module", "closest_names", "find_layout
            "is_hf_model", "resolve_role"]
 
 # What a layout search finds: stacks, attention, cross-attention, MLPs, final norm, weights index.
-_Found = tuple[dict[str, tuple[str, ...]], tuple[str, ...], tuple[str, ...], tuple[str, ...], Union[str, None], int]
+_Found = tuple[dict[str, tuple[str, ...]], tuple[str, ...], tuple[str, ...], tuple[str, ...], str | None, int]
 
 ROLES: tuple[str, ...] = ("blocks", "attention", "cross_attention", "mlp", "embeddings", "final_norm",
                           "unembedding")

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-
-import torch
 from typing import cast
 
+import torch
 from torch import nn
 
 from .layout import find_layout

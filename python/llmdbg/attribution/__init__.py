@@ -1,7 +1,7 @@
 """Attributions for Hugging Face models: which input tokens drive an output.
 
 Integrated gradients with exact and adaptive quadrature (``integrated.py``), saliency,
-input × gradient and SmoothGrad (``gradients.py``), occlusion (``occlusion.py``), all returning an
+input × gradient and SmoothGrad (``gradients.py``), occlusion (``perturbation.py``), all returning an
 :class:`Attribution` (``result.py``). Inputs, baselines and the embedding layer are found in
 ``_inputs.py``, targets in ``_targets.py``; the chunked path evaluation in ``_engine.py``.
 """

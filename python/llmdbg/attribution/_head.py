@@ -62,7 +62,7 @@ def cotangents(target: Target, outputs: Any, rows: torch.Tensor, head: nn.Linear
     h = seen.get("input")
     if logits is None or h is None or seen.get("output") is not logits or not h.requires_grad:
         return None
-    assert target.ids is not None and target.positions is not None and head is not None  # token targets have both
+    assert logits is not None and target.ids is not None and target.positions is not None  # token targets have both
     picked = target._picked(logits.detach(), rows).float()  # (N, G, V)
     ids = target.ids.to(logits.device)[rows.to(logits.device)]  # (N, G)
     weight = head.weight.detach()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .detectors import DEFAULTS, DetectorSuite, Event, find_spikes, robust_z
-from .watch import LOCATE, TRACKS, Watch
+from .monitor import LOCATE, TRACKS, Watch
 
 __all__ = ["DEFAULTS", "LOCATE", "TRACKS", "DetectorSuite", "Event", "Watch", "find_spikes", "robust_z", "watch"]
 

@@ -148,6 +148,7 @@ def _resolve(spec: Any) -> dict[str, dict[str, Any]]:
         if spec != "default":
             raise ValueError(f"detectors: expected 'default', None, a list of names or a dict, got {spec!r}")
         return {k: dict(v) for k, v in DEFAULTS.items()}
+    items: Iterable[tuple[Any, Any]]
     if isinstance(spec, Mapping):
         items = spec.items()
     elif isinstance(spec, Iterable):

@@ -8,12 +8,13 @@ agree to float rounding, and it stays on the device until the watch's single hos
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 
-def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+def _norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Per-tensor 2-norms, grouped by (device, dtype) for the fused ``_foreach_norm``."""
     groups: dict[tuple[Any, Any], list[int]] = {}
     for i, t in enumerate(tensors):
@@ -33,7 +34,7 @@ def grad_norms(params: list[torch.nn.Parameter]) -> tuple[list[int], torch.Tenso
     idx = [i for i, p in enumerate(params) if p.grad is not None and not p.grad.is_sparse]
     if not idx:
         return None
-    norms = _norms([params[i].grad.detach() for i in idx])
+    norms = _norms([params[i].grad.detach() for i in idx])  # type: ignore[union-attr]  # idx: grads exist
     dev = norms[0].device
     stacked = torch.stack([n.to(dev) for n in norms])
     total = torch.linalg.vector_norm(stacked, 2.0)

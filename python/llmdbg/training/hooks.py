@@ -85,8 +85,10 @@ class NonFiniteLocator:
         self.names = [n for n, _ in modules]
         self._modules = modules
         self.handles: list[Any] = []
-        self.fwd: list[tuple[int, torch.Tensor | None, torch.Tensor]] = []
-        self.bwd: list[tuple[int, torch.Tensor | None, torch.Tensor | None]] = []
+        # (module index, (min, max) of the inputs or None, (min, max) of the output)
+        self.fwd: list[tuple[int, tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor]]] = []
+        # (module index, "pre" or "post", (min, max) of the gradient or None)
+        self.bwd: list[tuple[int, str, tuple[torch.Tensor, torch.Tensor] | None]] = []
         self.enabled = True
         self._cap = 64 * max(len(modules), 1)  # records kept per step (many micro-batches)
         self.forward = forward
@@ -219,7 +221,7 @@ class NonFiniteLocator:
         an, cn = self.names[a], self.names[c]
         return an == "" or cn.startswith(an + ".")
 
-    def first_backward(self, values: list[float], param_bad: list[int]) -> dict[str, Any] | None:
+    def first_backward(self, values: list[list[float]], param_bad: list[int]) -> dict[str, Any] | None:
         """Where the first non-finite gradient was made (see the class docstring).
 
         ``values`` are the host values of :meth:`packed`'s backward records; ``param_bad`` the

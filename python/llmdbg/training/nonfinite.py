@@ -56,7 +56,7 @@ def replay(state: WatchState, bad_params: list[int], *, model: nn.Module, record
         probe.armed = False
     try:
         first_f, first_b, _ = replay_locate(model, state.modules, recorder.records, state.params, owners)
-    except Exception as exc:  # noqa: BLE001 - a failed replay must not end the training run
+    except Exception as exc:
         logger.warning("llmdbg.watch: replaying step %d to locate the NaN/Inf failed (%s: %s); reporting "
                        "parameter names only", state.step, type(exc).__name__, exc)
         return []

@@ -48,6 +48,7 @@ def logged_step(state: WatchState, step: int, pending: Pending | None, norms: li
             rows.append({"step": step, "layer": name, "grad_norm": norms[j],
                          "grad_rms": norms[j] / math.sqrt(max(p.numel(), 1)), "weight_norm": wn[j],
                          "update_ratio": math.nan})
+            assert p.grad is not None  # pending lists parameters with gradients
             sums, _ = packed_stats(p.grad)
             state.histograms["grads"].setdefault(name, {})[step] = sums[7:]
             if "weights" in track:
@@ -73,7 +74,7 @@ def activation_step(state: WatchState, step: int, loss_v: float, *, probe: Activ
     got = probe.take()
     blocks = [b for b in probe.blocks if b in got["sums"]]
     acts = [a for a in probe.activations if a in got["active"]]
-    sums = [np.asarray([loss_v if math.isfinite(loss_v) else 0.0])]
+    sums: list[Any] = [np.asarray([loss_v if math.isfinite(loss_v) else 0.0])]
     for b in blocks:
         sums += [got["sums"][b], np.ravel(got["outliers"][b]), [got["positions"][b]]]
     for a in acts:

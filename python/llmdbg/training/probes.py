@@ -77,7 +77,7 @@ def find_blocks(model: nn.Module) -> tuple[list[str], list[str]]:
         layout = find_layout(model)
         blocks = list(layout.blocks)
         mlps = list(layout.mlp) or blocks
-    except Exception:  # noqa: BLE001 - not a recognised transformer: use the top level
+    except Exception:
         blocks = [n for n, _ in model.named_children()]
         mlps = [""]
     acts = []

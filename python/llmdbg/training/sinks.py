@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ class TensorBoardSink:
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
         self._edges = hist_edges()
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
+    def scalars(self, step: int, values: Mapping[str, float | None]) -> None:
         for tag, v in values.items():
             if v is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.writer.add_scalar(tag, float(v), step)

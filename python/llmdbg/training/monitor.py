@@ -290,8 +290,9 @@ class Watch:
         if pending:
             gnorm, norms = host[pos], host[pos + 1: pos + 1 + len(pending[0])]
             pos += 1 + len(pending[0])
-        fwd_vals = bwd_vals = []
-        if fwd is not None:
+        fwd_vals: list[list[float]] = []
+        bwd_vals: list[list[float]] = []
+        if fwd is not None and bwd is not None:
             nf, nb = fwd.shape[0], bwd.shape[0]
             fwd_vals = [host[pos + 4 * i: pos + 4 * i + 4] for i in range(nf)]
             bwd_vals = [host[pos + 4 * nf + 2 * i: pos + 4 * nf + 2 * i + 2] for i in range(nb)]
@@ -466,7 +467,7 @@ class Watch:
         if _REGISTRY.get(self.model) is self:
             del _REGISTRY[self.model]
 
-    def __enter__(self) -> Watch:  # noqa: PYI034 - Watch is not meant to be subclassed
+    def __enter__(self) -> Watch:
         return self
 
     def __exit__(self, *exc: object) -> None:
