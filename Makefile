@@ -13,18 +13,19 @@ export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
 # Never let pip resolve a new torch: pin whatever torch is installed.
 CONSTRAINTS := $(BUILD_DIR)/constraints.txt
 
-.PHONY: demo test deps system-deps test-system-deps torch python-deps build cpp-test py-test notebooks docs bench clean help
+.PHONY: lint lint-py demo test deps system-deps test-system-deps torch python-deps build cpp-test py-test notebooks docs bench clean help
 
 help:
 	@echo "make demo   - install what is missing, build, write report/index.html on MiniLM"
 	@echo "make test   - install what is missing, build, docs, run GoogleTest, pytest and the notebooks"
 	@echo "make bench  - run the benchmarks (add QUICK=1 for --quick)"
 	@echo "make docs   - build the Sphinx documentation into build/docs (warnings are errors)"
+	@echo "make lint   - ruff (lint and format), mypy, the import-linter layering contracts, clang-format"
 
 demo: deps build
 	HF_HUB_OFFLINE=1 $(PYTHON) -m llmdbg.cli demo --out report --force
 
-test: deps test-system-deps build docs cpp-test py-test notebooks
+test: deps test-system-deps build lint docs cpp-test py-test notebooks
 
 deps: system-deps torch python-deps
 
@@ -52,6 +53,16 @@ python-deps:
 build: torch
 	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) --no-build-isolation \
 	  -Cbuild-dir=$(BUILD_DIR)/py -e ".[test]"
+
+# ruff, mypy and the layering contracts (pyproject.toml); clang-format on the C++ (lint-cpp).
+LINT_PATHS := python tests/python benchmarks docs/_ext
+lint: build lint-py
+
+lint-py:
+	$(PYTHON) -m ruff check $(LINT_PATHS)
+	$(PYTHON) -m ruff format --check $(LINT_PATHS)
+	$(PYTHON) -m mypy
+	lint-imports --no-cache
 
 cpp-test:
 	cmake -S . -B $(BUILD_DIR)/cpp -G Ninja -DLLMDBG_BUILD_EXTENSION=OFF -DLLMDBG_BUILD_TESTS=ON >/dev/null

@@ -72,6 +72,10 @@ def _entries(module: Any, names: list[str]) -> list[str]:
             out.append(_data_entry(f"{module.__name__}.{name}", obj))
             continue
         kind, options = _directive(obj)
+        if inspect.ismodule(obj):  # members also exported beside the module are documented there
+            twice = [m for m in getattr(obj, "__all__", []) if m in names and _get(module, m) is _get(obj, m)]
+            if twice:
+                options += f"   :exclude-members: {', '.join(twice)}\n"
         out.append(f"```{{eval-rst}}\n.. {kind}:: {module.__name__}.{name}\n{options}```\n")
     return out
 
@@ -160,6 +164,8 @@ def _public_modules(package: Any) -> list[Any]:
         except Exception as exc:
             logger.warning("API reference: cannot import %s (%s: %s)", name, type(exc).__name__, exc,
                            type="llmdbg", subtype="api_import")
+    if package.__name__ == "llmdbg":  # public by name, served from report/ (see _internal/moved.py)
+        mods.append(importlib.import_module("llmdbg.report.demo"))
     return mods
 
 

@@ -3,7 +3,7 @@
 nostalgebraist (2020) read each layer's residual stream h_l through the model's own output map,
 ``W_U · LN_f(h_l)``, and found that predictions sharpen layer by layer. :func:`logit_lens` does
 this for any Hugging Face causal LM (final norm + unembedding) or masked-LM encoder (the MLM
-head), found by :func:`llmdbg.unembed.find_unembedding`.
+head), found by :func:`llmdbg.find_unembedding`.
 
 Row 0 is the embedding output (the input of block 0), row l the output of block l. The last row
 is the model's own prediction: it is computed from the last block's output through the final

@@ -5,7 +5,7 @@ last block. For decoder-only LMs (GPT-2, Llama, Mistral, Qwen2, GPT-NeoX, ...) t
 ``unembedding(final_norm(h))``; for masked-LM encoders (BERT, RoBERTa, DistilBERT) it is the MLM
 head, e.g. BERT's ``cls.predictions`` (dense, GELU, LayerNorm, decoder), and there is no final
 norm because each post-LN block already ends in a LayerNorm. Both parts are found through
-:func:`llmdbg.models.find_layout`.
+:func:`llmdbg.find_layout`.
 """
 
 from __future__ import annotations

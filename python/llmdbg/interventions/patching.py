@@ -86,7 +86,7 @@ def patch(model: torch.nn.Module, clean_inputs: Any, corrupted_inputs: Any, *,
         ``metric(outputs) -> scalar`` (tensor or float; a tensor with several elements is
         averaged), e.g. :func:`logit_diff`.
     modules : str or sequence of str
-        A role of :func:`llmdbg.models.resolve_role` (``"blocks"``: the residual stream after each
+        A role of :func:`llmdbg.adapters.layout.resolve_role` (``"blocks"``: the residual stream after each
         block; ``"attention"``, ``"mlp"``) or explicit module names. Each module's output (or the
         first element of its output tuple) must have shape (B, T, ...).
     positions : "all", "joint" or sequence of int

@@ -1,6 +1,6 @@
 """Checking what a user gives ``llmdbg report`` before anything runs: the model (loaded offline,
 with friendly errors), the texts, the target for the model's type, the output directory, and the
-tokenization with truncation warnings. Used by :mod:`llmdbg.report_job` and the command line.
+tokenization with truncation warnings. Used by :func:`llmdbg.report.run_report` and the command line.
 """
 
 from __future__ import annotations

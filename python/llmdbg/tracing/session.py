@@ -205,7 +205,7 @@ class Capture:
                 raise RuntimeError(
                     f"attention module {name!r} returned no attention weights under eager "
                     f"attention (got {type(weights).__name__}); this architecture needs an adapter "
-                    "rule in llmdbg.models")
+                    "rule in llmdbg.adapters.layout")
             if self._consumer is not None:
                 if self._active:
                     self._consumer(layer, name, weights)

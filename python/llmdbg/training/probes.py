@@ -1,7 +1,7 @@
 """Activation probes of the periodic tier: statistics per block, dead units, outlier features.
 
 On a logged step (every ``every`` steps) the hooks summarise each block's output with the C++
-statistics kernel (:func:`llmdbg.stats.summarize`: fixed log2 bins, float64 accumulation), count
+statistics kernel (:func:`llmdbg.summarize`: fixed log2 bins, float64 accumulation), count
 per hidden feature the positions with ``|a| >= 6`` (outlier features, LLM.int8) and record
 which feed-forward units were active on any token (dead units). Everything is kept as *sums*
 (counts, sums, sums of squares, histogram counts) so that calls, steps and ranks merge exactly.
