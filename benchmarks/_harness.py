@@ -44,8 +44,10 @@ def python_hooks(model, names, inputs, to_numpy=lambda t: t.detach().cpu().numpy
     numpy, removed afterwards. Returns {name: array}."""
     out, handles = {}, []
     for name in names:
+
         def hook(m, a, o, name=name):
             out[name] = to_numpy(o if isinstance(o, torch.Tensor) else o[0])
+
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     try:
         model(**inputs)
@@ -63,14 +65,25 @@ def env() -> dict[str, object]:
     import numpy
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "numpy": numpy.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count()}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
 
 
-def report(name: str, quick: bool, rows: list[tuple[str, str]], figures: dict[str, object],
-           extra: dict[str, object] | None = None, write: bool = True) -> Path | None:
+def report(
+    name: str,
+    quick: bool,
+    rows: list[tuple[str, str]],
+    figures: dict[str, object],
+    extra: dict[str, object] | None = None,
+    write: bool = True,
+) -> Path | None:
     width = max(len(r[0]) for r in rows)
     print(f"\n{name} ({'quick' if quick else 'full'})")
     for label, value in rows:

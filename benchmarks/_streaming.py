@@ -23,8 +23,9 @@ import llmdbg
 
 def _model(layers: int, tokens: int):
     torch.manual_seed(0)
-    cfg = tf.GPT2Config(n_embd=768, n_layer=layers, n_head=12, vocab_size=5000, n_positions=tokens,
-                        bos_token_id=1, eos_token_id=2)
+    cfg = tf.GPT2Config(
+        n_embd=768, n_layer=layers, n_head=12, vocab_size=5000, n_positions=tokens, bos_token_id=1, eos_token_id=2
+    )
     model = tf.GPT2LMHeadModel(cfg).eval()
     ids = torch.randint(3, cfg.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(1))
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -63,22 +64,32 @@ def run(quick: bool) -> tuple[dict, list[tuple[str, str]]]:
     measured = {}
     for approach in ("forward", "streaming", "stored"):
         path = f"/tmp/llmdbg_rollout_{approach}.npy"
-        res = subprocess.run([sys.executable, __file__, approach, str(layers), str(tokens), path],
-                             capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, __file__, approach, str(layers), str(tokens), path],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         measured[approach] = json.loads(res.stdout.strip().splitlines()[-1])
         measured[approach]["rollout"] = np.load(path)
     f, s, st = measured["forward"], measured["streaming"], measured["stored"]
     figures = {
-        "rollout_peak_mem_ratio": round((s["extra_bytes"] - f["extra_bytes"])
-                                        / (st["extra_bytes"] - f["extra_bytes"]), 4),
+        "rollout_peak_mem_ratio": round(
+            (s["extra_bytes"] - f["extra_bytes"]) / (st["extra_bytes"] - f["extra_bytes"]), 4
+        ),
         "rollout_total_peak_mem_ratio": round(s["extra_bytes"] / st["extra_bytes"], 4),
         "rollout_streaming_max_abs_diff_vs_stored": float(np.abs(s["rollout"] - st["rollout"]).max()),
         "rollout_streaming_time_ratio_vs_stored": round(s["seconds"] / st["seconds"], 4),
     }
     name = f"GPT-2 {layers} layers x 12 heads, T={tokens}"
-    rows = [(f"plain eager forward, {name}", f"{f['extra_bytes'] / 2**20:8.0f} MiB extra peak, {f['seconds']:6.1f} s"),
-            (f"streaming rollout, {name}", f"{s['extra_bytes'] / 2**20:8.0f} MiB extra peak, {s['seconds']:6.1f} s"),
-            ("store every map + attention_rollout", f"{st['extra_bytes'] / 2**20:8.0f} MiB extra peak, {st['seconds']:6.1f} s")]
+    rows = [
+        (f"plain eager forward, {name}", f"{f['extra_bytes'] / 2**20:8.0f} MiB extra peak, {f['seconds']:6.1f} s"),
+        (f"streaming rollout, {name}", f"{s['extra_bytes'] / 2**20:8.0f} MiB extra peak, {s['seconds']:6.1f} s"),
+        (
+            "store every map + attention_rollout",
+            f"{st['extra_bytes'] / 2**20:8.0f} MiB extra peak, {st['seconds']:6.1f} s",
+        ),
+    ]
     return figures, rows
 
 

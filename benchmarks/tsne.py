@@ -62,6 +62,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 # worker: one run in a fresh process
 # ---------------------------------------------------------------------------------------------
 
+
 def _kib(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
@@ -70,9 +71,17 @@ def _kib(field: str) -> int:
 def _ours_tsne(X, method: str, threads: int, seed: int, pca_components):
     import llmdbg
 
-    est = llmdbg.TSNE(perplexity=PERPLEXITY, n_iter=EE_ITER + MAIN_ITER, early_exaggeration=EXAGGERATION,
-                      exaggeration_iter=EE_ITER, method=method, n_jobs=threads, random_state=seed,
-                      pca_components=pca_components, progress=False)
+    est = llmdbg.TSNE(
+        perplexity=PERPLEXITY,
+        n_iter=EE_ITER + MAIN_ITER,
+        early_exaggeration=EXAGGERATION,
+        exaggeration_iter=EE_ITER,
+        method=method,
+        n_jobs=threads,
+        random_state=seed,
+        pca_components=pca_components,
+        progress=False,
+    )
     return est.fit_transform(X), est
 
 
@@ -106,33 +115,53 @@ def worker(spec: dict) -> None:
     if job == "ours_e2e":
         Y, est = _ours_tsne(X, spec["method"], threads, seed, spec.get("pca", None))
     elif job == "opentsne_e2e":
-        Y = openTSNE.TSNE(perplexity=PERPLEXITY, n_iter=MAIN_ITER, early_exaggeration_iter=EE_ITER,
-                          early_exaggeration=EXAGGERATION, neighbors="exact",
-                          negative_gradient_method=spec["method"], n_jobs=threads,
-                          random_state=seed).fit(X)
+        Y = openTSNE.TSNE(
+            perplexity=PERPLEXITY,
+            n_iter=MAIN_ITER,
+            early_exaggeration_iter=EE_ITER,
+            early_exaggeration=EXAGGERATION,
+            neighbors="exact",
+            negative_gradient_method=spec["method"],
+            n_jobs=threads,
+            random_state=seed,
+        ).fit(X)
     elif job == "sklearn_e2e":
-        Y = SkTSNE(perplexity=PERPLEXITY, max_iter=EE_ITER + MAIN_ITER, learning_rate="auto",
-                   early_exaggeration=EXAGGERATION, init="pca", method="barnes_hut", angle=0.5,
-                   n_iter_without_progress=EE_ITER + MAIN_ITER, min_grad_norm=0.0, n_jobs=threads,
-                   random_state=seed).fit_transform(X)
+        Y = SkTSNE(
+            perplexity=PERPLEXITY,
+            max_iter=EE_ITER + MAIN_ITER,
+            learning_rate="auto",
+            early_exaggeration=EXAGGERATION,
+            init="pca",
+            method="barnes_hut",
+            angle=0.5,
+            n_iter_without_progress=EE_ITER + MAIN_ITER,
+            min_grad_norm=0.0,
+            n_jobs=threads,
+            random_state=seed,
+        ).fit_transform(X)
     elif job == "ours_kernel":
         from llmdbg import _core
 
-        out = _core.tsne_optimize(P["indptr"], P["indices"], P["data"], init, _phases(len(init)),
-                                  method=spec["method"], num_threads=threads)
+        out = _core.tsne_optimize(
+            P["indptr"], P["indices"], P["data"], init, _phases(len(init)), method=spec["method"], num_threads=threads
+        )
         Y = out["embedding"]
     elif job == "opentsne_kernel":
         import scipy.sparse as sp
 
         Pm = sp.csr_matrix((P["data"], P["indices"], P["indptr"]), shape=(len(init), len(init)))
-        emb = openTSNE.TSNEEmbedding(init.copy(), openTSNE.affinity.PrecomputedAffinities(Pm),
-                                     negative_gradient_method=spec["method"], n_jobs=threads,
-                                     random_state=seed)
+        emb = openTSNE.TSNEEmbedding(
+            init.copy(),
+            openTSNE.affinity.PrecomputedAffinities(Pm),
+            negative_gradient_method=spec["method"],
+            n_jobs=threads,
+            random_state=seed,
+        )
         n = len(init)
-        emb = emb.optimize(EE_ITER, exaggeration=EXAGGERATION, learning_rate=n / EXAGGERATION,
-                           momentum=0.8, max_step_norm=5)
-        Y = emb.optimize(MAIN_ITER, exaggeration=1.0, learning_rate=float(n), momentum=0.8,
-                         max_step_norm=5)
+        emb = emb.optimize(
+            EE_ITER, exaggeration=EXAGGERATION, learning_rate=n / EXAGGERATION, momentum=0.8, max_step_norm=5
+        )
+        Y = emb.optimize(MAIN_ITER, exaggeration=1.0, learning_rate=float(n), momentum=0.8, max_step_norm=5)
     else:
         raise ValueError(f"unknown job {job!r}")
     seconds = time.perf_counter() - t0
@@ -147,6 +176,7 @@ def worker(spec: dict) -> None:
 # parent
 # ---------------------------------------------------------------------------------------------
 
+
 def run_worker(spec: dict, tmp: Path):
     """Run one job in a fresh process with every thread variable set; returns (seconds, peak
     extra bytes, embedding)."""
@@ -154,8 +184,9 @@ def run_worker(spec: dict, tmp: Path):
 
     spec = dict(spec, out=str(tmp / f"Y_{spec['name']}.npy"))
     env = dict(os.environ, **{v: str(spec["threads"]) for v in THREAD_VARS})
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{spec['name']} failed:\n{proc.stderr[-3000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -179,8 +210,11 @@ def kl(P, Y, threads: int) -> float:
 
     from llmdbg import _core
 
-    return float(_core.tsne_kl_divergence(P["indptr"], P["indices"], P["data"],
-                                          np.ascontiguousarray(Y, dtype=np.float64), num_threads=threads))
+    return float(
+        _core.tsne_kl_divergence(
+            P["indptr"], P["indices"], P["data"], np.ascontiguousarray(Y, dtype=np.float64), num_threads=threads
+        )
+    )
 
 
 def pca_init(X, seed: int = 0):
@@ -229,19 +263,21 @@ def main() -> None:
     if "--threads" in sys.argv:
         i = sys.argv.index("--threads")
         threads_arg = int(sys.argv[i + 1])
-        del sys.argv[i:i + 2]
+        del sys.argv[i : i + 2]
     sections = {"digits", "minilm", "blobs"}
     if "--sections" in sys.argv:
         i = sys.argv.index("--sections")
         sections = set(sys.argv[i + 1].split(","))
-        del sys.argv[i:i + 2]
+        del sys.argv[i : i + 2]
         if not sections <= {"digits", "minilm", "blobs"}:
-            raise SystemExit(f"--sections: expected a comma-separated subset of digits,minilm,blobs, "
-                             f"got {sorted(sections)}")
+            raise SystemExit(
+                f"--sections: expected a comma-separated subset of digits,minilm,blobs, got {sorted(sections)}"
+            )
     from _harness import median, parse_args, report
 
-    args = parse_args(__doc__.splitlines()[0] + " (add --threads T, default: all cores; "
-                      "--sections digits,minilm,blobs, default: all)")
+    args = parse_args(
+        __doc__.splitlines()[0] + " (add --threads T, default: all cores; --sections digits,minilm,blobs, default: all)"
+    )
     import numpy as np
     from sklearn.datasets import load_digits, make_blobs
     from sklearn.manifold import trustworthiness
@@ -250,8 +286,13 @@ def main() -> None:
     quick = args.quick
     rows: list[tuple[str, str]] = []
     figures: dict[str, object] = {}
-    extra: dict[str, object] = {"threads": threads, "perplexity": PERPLEXITY, "k": K,
-                                "iterations": [EE_ITER, MAIN_ITER], "sections": {}}
+    extra: dict[str, object] = {
+        "threads": threads,
+        "perplexity": PERPLEXITY,
+        "k": K,
+        "iterations": [EE_ITER, MAIN_ITER],
+        "sections": {},
+    }
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmdbg_tsne_bench_") as tmpdir:
         tmp = Path(tmpdir)
@@ -261,11 +302,13 @@ def main() -> None:
             X = load_digits().data.astype(np.float64)
             np.save(tmp / "digits.npy", X)
             base = {"data": str(tmp / "digits.npy"), "threads": threads}
-            cfgs = [dict(base, name="llmdbg bh", job="ours_e2e", method="bh"),
-                    # openTSNE's digits figures are KL (deterministic) and an informational
-                    # time ratio: one run, so the repeats go to the sklearn ratio.
-                    dict(base, name="openTSNE bh", job="opentsne_e2e", method="bh", max_runs=1),
-                    dict(base, name="sklearn bh", job="sklearn_e2e")]
+            cfgs = [
+                dict(base, name="llmdbg bh", job="ours_e2e", method="bh"),
+                # openTSNE's digits figures are KL (deterministic) and an informational
+                # time ratio: one run, so the repeats go to the sklearn ratio.
+                dict(base, name="openTSNE bh", job="opentsne_e2e", method="bh", max_runs=1),
+                dict(base, name="sklearn bh", job="sklearn_e2e"),
+            ]
             reps = args.repeats or (1 if quick else 3)
             times, mem, Ys = run_section("digits", cfgs, reps, tmp)
             P = reference_P(X, threads)
@@ -273,17 +316,30 @@ def main() -> None:
             kls = {k: kl(P, Y, threads) for k, Y in Ys.items()}
             trust = {k: float(trustworthiness(X, Y, n_neighbors=10)) for k, Y in Ys.items()}
             for k, t in med.items():
-                rows.append((f"digits {k}", (f"{t:7.2f} s  KL {kls[k]:.4f}  trust10 {trust[k]:.4f}  "
-                                             f"peak +{median(mem[k]) / 2**20:.0f} MiB")))
+                rows.append(
+                    (
+                        f"digits {k}",
+                        (
+                            f"{t:7.2f} s  KL {kls[k]:.4f}  trust10 {trust[k]:.4f}  "
+                            f"peak +{median(mem[k]) / 2**20:.0f} MiB"
+                        ),
+                    )
+                )
             figures["time_ratio_vs_sklearn"] = round(med["llmdbg bh"] / med["sklearn bh"], 4)
             figures["time_ratio_vs_opentsne_bh_digits"] = round(med["llmdbg bh"] / med["openTSNE bh"], 4)
             figures["kl_rel_diff_vs_opentsne"] = round((kls["llmdbg bh"] - kls["openTSNE bh"]) / kls["openTSNE bh"], 5)
             figures["kl_rel_diff_vs_sklearn"] = round((kls["llmdbg bh"] - kls["sklearn bh"]) / kls["sklearn bh"], 5)
             figures["trustworthiness_diff_vs_sklearn"] = round(trust["llmdbg bh"] - trust["sklearn bh"], 5)
             figures["trustworthiness_llmdbg_digits"] = round(trust["llmdbg bh"], 5)
-            extra["sections"]["digits"] = {"n": len(X), "d": X.shape[1], "repeats": reps,
-                                           "seconds": times, "kl": kls, "trustworthiness_k10": trust,
-                                           "peak_extra_mib": {k: median(v) / 2**20 for k, v in mem.items()}}
+            extra["sections"]["digits"] = {
+                "n": len(X),
+                "d": X.shape[1],
+                "repeats": reps,
+                "seconds": times,
+                "kl": kls,
+                "trustworthiness_k10": trust,
+                "peak_extra_mib": {k: median(v) / 2**20 for k, v in mem.items()},
+            }
 
         if "minilm" in sections:
             # (b) MiniLM token embeddings ------------------------------------------------------
@@ -292,13 +348,22 @@ def main() -> None:
                 X = X[np.random.default_rng(0).choice(len(X), 1500, replace=False)]
             np.save(tmp / "minilm.npy", X)
             base = {"data": str(tmp / "minilm.npy")}
-            cfgs = [dict(base, name="llmdbg bh", job="ours_e2e", method="bh", threads=threads,
-                         save_P=str(tmp / "minilm_P.npz")),
-                    dict(base, name="openTSNE bh", job="opentsne_e2e", method="bh", threads=threads),
-                    dict(base, name="llmdbg bh, 1 thread", job="ours_e2e", method="bh", threads=1)]
+            cfgs = [
+                dict(
+                    base,
+                    name="llmdbg bh",
+                    job="ours_e2e",
+                    method="bh",
+                    threads=threads,
+                    save_P=str(tmp / "minilm_P.npz"),
+                ),
+                dict(base, name="openTSNE bh", job="opentsne_e2e", method="bh", threads=threads),
+                dict(base, name="llmdbg bh, 1 thread", job="ours_e2e", method="bh", threads=1),
+            ]
             if not quick:
-                cfgs.append(dict(base, name="llmdbg bh, PCA 50", job="ours_e2e", method="bh",
-                                 threads=threads, pca="auto"))
+                cfgs.append(
+                    dict(base, name="llmdbg bh, PCA 50", job="ours_e2e", method="bh", threads=threads, pca="auto")
+                )
             reps = args.repeats or 1
             times, mem, Ys = run_section("minilm", cfgs, reps, tmp)
             P = dict(np.load(tmp / "minilm_P.npz"))  # = reference_P(X, threads), computed once
@@ -307,28 +372,41 @@ def main() -> None:
             sub = np.random.default_rng(1).choice(len(X), min(len(X), 5000), replace=False)
             trust = {k: float(trustworthiness(X[sub], Y[sub], n_neighbors=10)) for k, Y in Ys.items()}
             for k, t in med.items():
-                rows.append((f"MiniLM {len(X)}x{X.shape[1]} {k}",
-                             (f"{t:7.2f} s  KL {kls[k]:.4f}  trust10 {trust[k]:.4f}  "
-                              f"peak +{median(mem[k]) / 2**20:.0f} MiB")))
+                rows.append(
+                    (
+                        f"MiniLM {len(X)}x{X.shape[1]} {k}",
+                        (
+                            f"{t:7.2f} s  KL {kls[k]:.4f}  trust10 {trust[k]:.4f}  "
+                            f"peak +{median(mem[k]) / 2**20:.0f} MiB"
+                        ),
+                    )
+                )
             figures["time_ratio_vs_opentsne_bh"] = round(med["llmdbg bh"] / med["openTSNE bh"], 4)
             if "llmdbg bh, PCA 50" in med:
                 figures["time_ratio_vs_opentsne_bh_pca50"] = round(med["llmdbg bh, PCA 50"] / med["openTSNE bh"], 4)
                 figures["kl_rel_diff_vs_opentsne_minilm_pca50"] = round(
-                    (kls["llmdbg bh, PCA 50"] - kls["openTSNE bh"]) / kls["openTSNE bh"], 5)
+                    (kls["llmdbg bh, PCA 50"] - kls["openTSNE bh"]) / kls["openTSNE bh"], 5
+                )
             figures["thread_speedup_2_vs_1"] = round(med["llmdbg bh, 1 thread"] / med["llmdbg bh"], 4)
             figures["kl_rel_diff_vs_opentsne_minilm"] = round(
-                (kls["llmdbg bh"] - kls["openTSNE bh"]) / kls["openTSNE bh"], 5)
-            extra["sections"]["minilm"] = {"n": len(X), "d": X.shape[1], "repeats": reps, "seconds": times,
-                                           "kl": kls, "trustworthiness_k10_5k_sample": trust,
-                                           "peak_extra_mib": {k: median(v) / 2**20 for k, v in mem.items()}}
+                (kls["llmdbg bh"] - kls["openTSNE bh"]) / kls["openTSNE bh"], 5
+            )
+            extra["sections"]["minilm"] = {
+                "n": len(X),
+                "d": X.shape[1],
+                "repeats": reps,
+                "seconds": times,
+                "kl": kls,
+                "trustworthiness_k10_5k_sample": trust,
+                "peak_extra_mib": {k: median(v) / 2**20 for k, v in mem.items()},
+            }
             figures["peak_mem_mib_llmdbg"] = round(median(mem["llmdbg bh"]) / 2**20, 1)
             figures["peak_mem_mib_opentsne"] = round(median(mem["openTSNE bh"]) / 2**20, 1)
 
         if "blobs" in sections:
             # (c) blobs, optimisation only -----------------------------------------------------
             n = 2000 if quick else 50000
-            X, _ = make_blobs(n_samples=n, n_features=768, centers=10 if quick else 30, cluster_std=4.0,
-                              random_state=0)
+            X, _ = make_blobs(n_samples=n, n_features=768, centers=10 if quick else 30, cluster_std=4.0, random_state=0)
             X = X.astype(np.float32)
             # P from the first 50 principal components: the same P for both sides is all this
             # section needs, and an exact kNN in 768 dimensions would take a minute by itself.
@@ -339,12 +417,18 @@ def main() -> None:
             np.save(tmp / "blobs.npy", X[:1])  # the kernel jobs read only P and the init
             np.savez(tmp / "P.npz", **P)
             np.save(tmp / "init.npy", pca_init(X))
-            base = {"data": str(tmp / "blobs.npy"), "P": str(tmp / "P.npz"), "init": str(tmp / "init.npy"),
-                    "threads": threads}
+            base = {
+                "data": str(tmp / "blobs.npy"),
+                "P": str(tmp / "P.npz"),
+                "init": str(tmp / "init.npy"),
+                "threads": threads,
+            }
             # Our BH at 50k (~40 s) runs only with --quick: the full run's figure is our FFT
             # alone against openTSNE's FFT (at most as flattering as "the faster of ours").
-            cfgs = [dict(base, name="llmdbg fft", job="ours_kernel", method="fft"),
-                    dict(base, name="openTSNE fft", job="opentsne_kernel", method="fft")]
+            cfgs = [
+                dict(base, name="llmdbg fft", job="ours_kernel", method="fft"),
+                dict(base, name="openTSNE fft", job="opentsne_kernel", method="fft"),
+            ]
             if quick:
                 cfgs.insert(1, dict(base, name="llmdbg bh", job="ours_kernel", method="bh"))
             reps = args.repeats or 1
@@ -352,18 +436,29 @@ def main() -> None:
             med = {k: median(v) for k, v in times.items()}
             kls = {k: kl(P, Y, threads) for k, Y in Ys.items()}
             for k, t in med.items():
-                rows.append((f"blobs {n}x768 optimisation {k}",
-                             f"{t:7.2f} s  KL {kls[k]:.4f}  peak +{median(mem[k]) / 2**20:.0f} MiB"))
+                rows.append(
+                    (
+                        f"blobs {n}x768 optimisation {k}",
+                        f"{t:7.2f} s  KL {kls[k]:.4f}  peak +{median(mem[k]) / 2**20:.0f} MiB",
+                    )
+                )
             best = min((k for k in ("llmdbg fft", "llmdbg bh") if k in med), key=lambda k: med[k])
             figures["time_ratio_vs_opentsne_fft"] = round(med[best] / med["openTSNE fft"], 4)
             figures["time_ratio_vs_opentsne_fft_our_fft"] = round(med["llmdbg fft"] / med["openTSNE fft"], 4)
             if "llmdbg bh" in med:
                 figures["time_ratio_vs_opentsne_fft_our_bh"] = round(med["llmdbg bh"] / med["openTSNE fft"], 4)
             figures["kl_rel_diff_vs_opentsne_fft"] = round(
-                (kls["llmdbg fft"] - kls["openTSNE fft"]) / kls["openTSNE fft"], 5)
-            extra["sections"]["blobs"] = {"n": n, "d": 768, "repeats": reps, "seconds": times, "kl": kls,
-                                          "faster_llmdbg_method": best,
-                                          "peak_extra_mib": {k: median(v) / 2**20 for k, v in mem.items()}}
+                (kls["llmdbg fft"] - kls["openTSNE fft"]) / kls["openTSNE fft"], 5
+            )
+            extra["sections"]["blobs"] = {
+                "n": n,
+                "d": 768,
+                "repeats": reps,
+                "seconds": times,
+                "kl": kls,
+                "faster_llmdbg_method": best,
+                "peak_extra_mib": {k: median(v) / 2**20 for k, v in mem.items()},
+            }
     extra["runs"] = RUNS
     extra["total_seconds"] = round(time.perf_counter() - t_start, 1)
     rows.append(("total wall time", f"{extra['total_seconds']:.0f} s"))

@@ -50,8 +50,16 @@ from _harness import median, parse_args, report, time_interleaved
 def new_model():
     import transformers as tf
 
-    cfg = tf.GPT2Config(n_embd=128, n_layer=4, n_head=4, vocab_size=1000, n_positions=128,
-                        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = tf.GPT2Config(
+        n_embd=128,
+        n_layer=4,
+        n_head=4,
+        vocab_size=1000,
+        n_positions=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return tf.GPT2LMHeadModel(cfg).train()
 
 
@@ -114,7 +122,7 @@ def paired_overhead(init, data, watch_kwargs) -> tuple[float, float, float]:
     torch.manual_seed(0)
     try:
         for i, ids in enumerate(data):
-            for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+            for side in (0, 1) if i % 2 == 0 else (1, 0):
                 model, opt = models[side], opts[side]
                 t0 = time.perf_counter()
                 loss = model(input_ids=ids, labels=ids).loss
@@ -148,6 +156,7 @@ def main() -> None:
             t0 = time.process_time()
             run_loop(model, init, data, **kw)
             cpu.setdefault(name, []).append(time.process_time() - t0)
+
         return fn
 
     configs = {
@@ -162,8 +171,13 @@ def main() -> None:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
-        wandb_run = wandb.init(mode="offline", dir=tmp.name, project="llmdbg-bench", reinit=True,
-                               settings=wandb.Settings(console="off", x_disable_stats=True))
+        wandb_run = wandb.init(
+            mode="offline",
+            dir=tmp.name,
+            project="llmdbg-bench",
+            reinit=True,
+            settings=wandb.Settings(console="off", x_disable_stats=True),
+        )
         configs["wandb_watch"] = timed("wandb_watch", wandb_run=wandb_run)
     except Exception as exc:
         print(f"wandb.watch skipped: {type(exc).__name__}: {exc}")
@@ -179,9 +193,15 @@ def main() -> None:
     base = med["baseline"]
     rows = [(name, f"{t:8.3f} s  ({t / steps * 1e3:7.2f} ms/step, x{t / base:5.3f})") for name, t in med.items()]
     overheads = ", ".join(f"{p[2]:+.4f}" for p in paired)
-    rows.append(("watch_default, step-interleaved A/B",
-                 (f"{median([p[0] for p in paired]):8.3f} s vs {median([p[1] for p in paired]):8.3f} s plain "
-                  f"(overheads {overheads})")))
+    rows.append(
+        (
+            "watch_default, step-interleaved A/B",
+            (
+                f"{median([p[0] for p in paired]):8.3f} s vs {median([p[1] for p in paired]):8.3f} s plain "
+                f"(overheads {overheads})"
+            ),
+        )
+    )
     figures: dict[str, object] = {
         "overhead_default": round(median([p[2] for p in paired]), 4),
         "overhead_default_whole_runs": round(med["watch_default"] / base - 1, 4),
@@ -194,10 +214,14 @@ def main() -> None:
     if "wandb_watch" in med:
         figures["time_ratio_vs_wandb_watch"] = round(med["watch_default"] / med["wandb_watch"], 4)
         figures["wandb_watch_overhead"] = round(med["wandb_watch"] / base - 1, 4)
-    extra = {"steps": steps, "repeats": repeats, "bench_threads": threads,
-             "overhead_default_paired_runs": [round(p[2], 4) for p in paired],
-             "times_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
-             "cpu_times_s": {k: [round(x, 4) for x in v[1:]] for k, v in cpu.items()}}
+    extra = {
+        "steps": steps,
+        "repeats": repeats,
+        "bench_threads": threads,
+        "overhead_default_paired_runs": [round(p[2], 4) for p in paired],
+        "times_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
+        "cpu_times_s": {k: [round(x, 4) for x in v[1:]] for k, v in cpu.items()},
+    }
     report("watch", args.quick, rows, figures, extra, write=not args.no_write)
 
 

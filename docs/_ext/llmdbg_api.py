@@ -59,8 +59,10 @@ def _data_entry(dotted: str, obj: Any) -> str:
     if len(value) > 40:
         value = value[:40] + ["..."]
     body = "\n".join(f"      {line}" for line in value)
-    return (f"```{{eval-rst}}\n.. py:data:: {dotted}\n   :type: {type(obj).__name__}\n\n"
-            f"   Value:\n\n   .. code-block:: python\n\n{body}\n```\n")
+    return (
+        f"```{{eval-rst}}\n.. py:data:: {dotted}\n   :type: {type(obj).__name__}\n\n"
+        f"   Value:\n\n   .. code-block:: python\n\n{body}\n```\n"
+    )
 
 
 # Docstrings are reStructuredText (numpydoc), so autodoc runs inside eval-rst blocks.
@@ -143,8 +145,12 @@ def _report_problems(app: Any, exc: Any) -> None:
         return
     text = "".join(f"{line}\n" for line in dict.fromkeys(filt.caught))
     out.write_text(text, encoding="utf-8")
-    logger.info("\nnot counted as warnings (docstrings of modules in llmdbg_lenient_modules, still "
-                "being written; also in %s):\n%s", out, text)
+    logger.info(
+        "\nnot counted as warnings (docstrings of modules in llmdbg_lenient_modules, still "
+        "being written; also in %s):\n%s",
+        out,
+        text,
+    )
 
 
 def _markdown_inline(text: str) -> str:
@@ -162,8 +168,14 @@ def _public_modules(package: Any) -> list[Any]:
         try:
             mods.append(importlib.import_module(name))
         except Exception as exc:
-            logger.warning("API reference: cannot import %s (%s: %s)", name, type(exc).__name__, exc,
-                           type="llmdbg", subtype="api_import")
+            logger.warning(
+                "API reference: cannot import %s (%s: %s)",
+                name,
+                type(exc).__name__,
+                exc,
+                type="llmdbg",
+                subtype="api_import",
+            )
     if package.__name__ == "llmdbg":  # public by name, served from report/ (see _internal/moved.py)
         mods.append(importlib.import_module("llmdbg.report.demo"))
     return mods
@@ -179,8 +191,12 @@ def render() -> str:
         obj = getattr(llmdbg, n)
         if inspect.ismodule(obj):
             seen.update(id(_get(obj, m)) for m in getattr(obj, "__all__", []))
-    out = ["## Top level\n", "Everything below is importable as `llmdbg.<name>`.\n",
-           _summary(llmdbg, top), *_entries(llmdbg, top)]
+    out = [
+        "## Top level\n",
+        "Everything below is importable as `llmdbg.<name>`.\n",
+        _summary(llmdbg, top),
+        *_entries(llmdbg, top),
+    ]
     for mod in _public_modules(llmdbg):
         if id(mod) in seen:
             continue

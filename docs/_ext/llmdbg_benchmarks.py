@@ -49,8 +49,7 @@ def render(results_dir: Path, goals_file: Path | None = None) -> str:
     """The Markdown that replaces :data:`MARKER`."""
     goals: dict[str, dict[str, str]] = {}
     if goals_file is not None and goals_file.is_file():
-        goals = {k: v for k, v in json.loads(goals_file.read_text("utf-8")).items()
-                 if not k.startswith("_")}
+        goals = {k: v for k, v in json.loads(goals_file.read_text("utf-8")).items() if not k.startswith("_")}
     files = sorted(results_dir.glob("*.json"))
     if not files:
         return "No benchmark results are recorded yet (`benchmarks/results/` is empty).\n"
@@ -63,8 +62,9 @@ def render(results_dir: Path, goals_file: Path | None = None) -> str:
         bench_goals = goals.get(name, {})
         out.append(f"## {name}\n")
         run = "quick run (`--quick`): indicative only" if data.get("quick") else "full run"
-        out.append(f"Reproduce with `python benchmarks/{name}.py` ({run}; "
-                   f"results in `benchmarks/results/{path.name}`).\n")
+        out.append(
+            f"Reproduce with `python benchmarks/{name}.py` ({run}; results in `benchmarks/results/{path.name}`).\n"
+        )
         facts = [f"{k} {_fmt(v)}" for k, v in env.items()]
         for key in ("model", "device", "batch", "tokens", "repeats"):
             if key in data and not isinstance(data[key], (dict, list)):
@@ -74,13 +74,15 @@ def render(results_dir: Path, goals_file: Path | None = None) -> str:
         out.append("| figure | value | goal | status |\n| --- | --- | --- | --- |")
         for fig, value in figures.items():
             goal = bench_goals.get(fig)
-            out.append(f"| `{fig}` | {_cell(_fmt(value))} | {_cell(goal or '')} | "
-                       f"{goal_status(value, goal)} |")
+            out.append(f"| `{fig}` | {_cell(_fmt(value))} | {_cell(goal or '')} | {goal_status(value, goal)} |")
         missing = [f for f in bench_goals if f not in figures]
         if missing:
             out.append("")
-            out.append("Figures with a goal that this run did not record: "
-                       + ", ".join(f"`{f}` ({_cell(bench_goals[f])})" for f in missing) + ".")
+            out.append(
+                "Figures with a goal that this run did not record: "
+                + ", ".join(f"`{f}` ({_cell(bench_goals[f])})" for f in missing)
+                + "."
+            )
         out.append("")
     return "\n".join(out) + "\n"
 

@@ -14,8 +14,19 @@ from typing import Any
 
 MARKER = "<!-- llmdbg-toctree -->"
 # Reading order of the user guide; pages not named here follow alphabetically.
-GUIDE_ORDER = ["capture", "attention", "attribution", "embeddings", "training", "lens",
-               "interventions", "patching", "checks", "data", "report"]
+GUIDE_ORDER = [
+    "capture",
+    "attention",
+    "attribution",
+    "embeddings",
+    "training",
+    "lens",
+    "interventions",
+    "patching",
+    "checks",
+    "data",
+    "report",
+]
 REFERENCE = ["api", "migrating", "benchmarks", "architecture"]
 
 
@@ -31,8 +42,7 @@ def toctree_markdown(guide: list[str], reference: list[str]) -> str:
     out = []
     for caption, entries in (("User guide", guide), ("Reference", reference)):
         if entries:
-            out.append("```{toctree}\n:maxdepth: 2\n:caption: " + caption + "\n\n"
-                       + "\n".join(entries) + "\n```\n")
+            out.append("```{toctree}\n:maxdepth: 2\n:caption: " + caption + "\n\n" + "\n".join(entries) + "\n```\n")
     return "\n".join(out)
 
 

@@ -58,8 +58,11 @@ def __getattr__(name: str) -> object:
     if name == "rollout":  # the streaming rollout's old name, which shadowed attention/rollout.py
         import warnings
 
-        warnings.warn("llmdbg.rollout is deprecated; use llmdbg.streaming_rollout (same arguments)",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "llmdbg.rollout is deprecated; use llmdbg.streaming_rollout (same arguments)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return streaming_rollout
     raise AttributeError(f"module 'llmdbg' has no attribute {name!r}")
 

@@ -41,7 +41,7 @@ def _neighbours(c: str) -> str:
     for r, row in enumerate(_KEYBOARD):
         i = row.find(lower)
         if i >= 0:
-            near = row[max(i - 1, 0):i] + row[i + 1:i + 2]
+            near = row[max(i - 1, 0) : i] + row[i + 1 : i + 2]
             near += "".join(_KEYBOARD[r2][i] for r2 in (r - 1, r + 1) if 0 <= r2 < 3 and i < len(_KEYBOARD[r2]))
             return near.upper() if c.isupper() else near
     return ""
@@ -57,14 +57,14 @@ def _typo(text: str, rng: random.Random) -> str | None:
     kind = rng.choice(["swap", "delete", "repeat", "neighbour"])
     i = rng.choice(letters[:-1]) if kind == "swap" else rng.choice(letters)
     if kind == "swap" and w[i] != w[i + 1]:
-        new = w[:i] + w[i + 1] + w[i] + w[i + 2:]
+        new = w[:i] + w[i + 1] + w[i] + w[i + 2 :]
     elif kind == "delete":
-        new = w[:i] + w[i + 1:]
+        new = w[:i] + w[i + 1 :]
     elif kind == "neighbour" and _neighbours(w[i]):
-        new = w[:i] + rng.choice(_neighbours(w[i])) + w[i + 1:]
+        new = w[:i] + rng.choice(_neighbours(w[i])) + w[i + 1 :]
     else:
         new = w[:i] + w[i] + w[i:]
-    return text[:m.start()] + new + text[m.end():]
+    return text[: m.start()] + new + text[m.end() :]
 
 
 def _drop_word(text: str, rng: random.Random) -> str | None:
@@ -72,7 +72,7 @@ def _drop_word(text: str, rng: random.Random) -> str | None:
     if len(words) < 2:
         return None
     m = rng.choice(words)
-    left, right = text[:m.start()].rstrip(), text[m.end():].lstrip()
+    left, right = text[: m.start()].rstrip(), text[m.end() :].lstrip()
     return (left + " " + right).strip() if left and right else left + right
 
 
@@ -81,7 +81,7 @@ def _swap_case(text: str, rng: random.Random) -> str | None:
     if not words:
         return None
     m = rng.choice(words)
-    return text[:m.start()] + m.group().swapcase() + text[m.end():]
+    return text[: m.start()] + m.group().swapcase() + text[m.end() :]
 
 
 _CLAUSE = re.compile(r"\s*(?:[,;:]|\s(?:and|but|or|because|while|so)\s)\s*")
@@ -89,7 +89,7 @@ _CLAUSE = re.compile(r"\s*(?:[,;:]|\s(?:and|but|or|because|while|so)\s)\s*")
 
 def _shuffle_clause(text: str, rng: random.Random) -> str | None:
     body = text.rstrip(".!? ")
-    end = text[len(body):]
+    end = text[len(body) :]
     parts = [p for p in _CLAUSE.split(body) if p]
     seps = _CLAUSE.findall(body)
     if len(parts) < 2 or len(seps) != len(parts) - 1:
@@ -105,7 +105,11 @@ def _shuffle_clause(text: str, rng: random.Random) -> str | None:
 
 #: Name -> function(text, rng) returning the perturbed text, or None when it does not apply.
 PERTURBATIONS: dict[str, Callable[[str, random.Random], str | None]] = {
-    "typo": _typo, "drop_word": _drop_word, "swap_case": _swap_case, "shuffle_clause": _shuffle_clause}
+    "typo": _typo,
+    "drop_word": _drop_word,
+    "swap_case": _swap_case,
+    "shuffle_clause": _shuffle_clause,
+}
 
 
 def perturb(text: str, perturbation: str, *, seed: int = 0, index: int = 0, variant: int = 0) -> str | None:
@@ -117,8 +121,9 @@ def perturb(text: str, perturbation: str, *, seed: int = 0, index: int = 0, vari
     return PERTURBATIONS[perturbation](text, rng)
 
 
-def predict_scores(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *,
-                   batch_size: int = 32, progress: bool = False) -> tuple[np.ndarray, str]:
+def predict_scores(
+    model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False
+) -> tuple[np.ndarray, str]:
     """``(scores, kind)``: (N, C) class or next-token probabilities (``kind`` "classifier" or
     "lm"), or (N, D) mean-pooled embeddings (``kind`` "embedding"), float64."""
     check_module(model)
@@ -126,7 +131,7 @@ def predict_scores(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str],
     out, kind = [], None
     with eval_mode(model), torch.no_grad():
         for start in progress_iter(range(0, len(texts), batch_size), progress, "predicting", unit="batch"):
-            enc = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True)
+            enc = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True)
             enc = {k: v.to(dev) for k, v in enc.items()}
             res = model(**enc)
             mask = enc.get("attention_mask", torch.ones_like(enc["input_ids"]))
@@ -179,9 +184,17 @@ class CheckReport:
         return check_summary(self, **kwargs)
 
 
-def perturbation_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str],
-                      perturbations: Sequence[str] = ("typo", "drop_word", "swap_case", "shuffle_clause"), *,
-                      n: int = 3, seed: int = 0, batch_size: int = 32, progress: bool = True) -> CheckReport:
+def perturbation_test(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    perturbations: Sequence[str] = ("typo", "drop_word", "swap_case", "shuffle_clause"),
+    *,
+    n: int = 3,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> CheckReport:
     """How often, and how much, do harmless edits change the prediction?
 
     Parameters
@@ -223,15 +236,23 @@ def perturbation_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[st
     cols = ["index", "perturbation", "variant", "original", "perturbed"]
     rows = pd.DataFrame(records, columns=cols)
     if records:
-        scores, _ = predict_scores(model, tokenizer, rows["perturbed"].tolist(), batch_size=batch_size,
-                                   progress=progress)
+        scores, _ = predict_scores(
+            model, tokenizer, rows["perturbed"].tolist(), batch_size=batch_size, progress=progress
+        )
         changed, delta = _compare(base[rows["index"].to_numpy()], scores, kind)
     else:
         changed = delta = np.zeros(0)
     rows["changed"], rows["delta"] = changed, delta
-    summary = rows.groupby("perturbation", sort=False).agg(
-        n=("delta", "size"), change_rate=("changed", "mean"), mean_delta=("delta", "mean"),
-        max_delta=("delta", "max")).reindex(list(perturbations))
+    summary = (
+        rows.groupby("perturbation", sort=False)
+        .agg(
+            n=("delta", "size"),
+            change_rate=("changed", "mean"),
+            mean_delta=("delta", "mean"),
+            max_delta=("delta", "max"),
+        )
+        .reindex(list(perturbations))
+    )
     summary["n"] = summary["n"].fillna(0).astype(int)
     return CheckReport(rows, summary, kind, "perturbation test")
 
@@ -259,9 +280,17 @@ def _match_case(word: str, new: str) -> str:
     return new
 
 
-def counterfactual_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], swaps: Mapping[str, str], *,
-                        target: int | None = None, bidirectional: bool = True, batch_size: int = 32,
-                        progress: bool = True) -> CheckReport:
+def counterfactual_test(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    swaps: Mapping[str, str],
+    *,
+    target: int | None = None,
+    bidirectional: bool = True,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> CheckReport:
     """Swap one term at a time (e.g. ``{"he": "she"}``) and measure the score difference.
 
     For each text and each swap term it contains (whole words, case-insensitive, every
@@ -300,7 +329,9 @@ def counterfactual_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[
     table = _swap_pattern(swaps, bidirectional)
     if not table:
         raise ValueError("swaps is empty")
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(table, key=len, reverse=True))) + r")\b", re.IGNORECASE)
+    pattern = re.compile(
+        r"\b(" + "|".join(map(re.escape, sorted(table, key=len, reverse=True))) + r")\b", re.IGNORECASE
+    )
     records = []
     for i, text in enumerate(texts):
         for term in sorted({m.group().lower() for m in pattern.finditer(text)}):
@@ -311,8 +342,9 @@ def counterfactual_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[
     base, kind = predict_scores(model, tokenizer, texts, batch_size=batch_size, progress=progress)
     rows = pd.DataFrame(records, columns=["index", "term", "replacement", "original", "counterfactual"])
     if records:
-        cf, _ = predict_scores(model, tokenizer, rows["counterfactual"].tolist(), batch_size=batch_size,
-                               progress=progress)
+        cf, _ = predict_scores(
+            model, tokenizer, rows["counterfactual"].tolist(), batch_size=batch_size, progress=progress
+        )
         orig = base[rows["index"].to_numpy()]
         if kind == "embedding":
             score = np.ones(len(rows))
@@ -330,7 +362,10 @@ def counterfactual_test(model: torch.nn.Module, tokenizer: Any, texts: Sequence[
     else:
         for c in ("score", "counterfactual_score", "diff", "changed"):
             rows[c] = np.zeros(0)
-    summary = rows.groupby("term", sort=True).agg(n=("diff", "size"), mean_diff=("diff", "mean"),
-                                                  mean_abs_diff=("diff", lambda d: float(np.abs(d).mean())),
-                                                  change_rate=("changed", "mean"))
+    summary = rows.groupby("term", sort=True).agg(
+        n=("diff", "size"),
+        mean_diff=("diff", "mean"),
+        mean_abs_diff=("diff", lambda d: float(np.abs(d).mean())),
+        change_rate=("changed", "mean"),
+    )
     return CheckReport(rows, summary, kind, "counterfactual test")

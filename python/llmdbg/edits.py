@@ -27,8 +27,9 @@ __all__ = ["suggest_edits"]
 def _objective(model: torch.nn.Module, outputs: Any, target: int, last: torch.Tensor) -> torch.Tensor:
     logits = getattr(outputs, "logits", None)
     if logits is None:
-        raise ValueError(f"{type(model).__name__} has no logits; suggest_edits needs a sequence classifier or a "
-                         "causal LM")
+        raise ValueError(
+            f"{type(model).__name__} has no logits; suggest_edits needs a sequence classifier or a causal LM"
+        )
     if logits.dim() == 3:
         logits = logits[torch.arange(len(last)), last]
     if not 0 <= target < logits.shape[-1]:
@@ -36,8 +37,18 @@ def _objective(model: torch.nn.Module, outputs: Any, target: int, last: torch.Te
     return torch.log_softmax(logits.double(), -1)[:, target]
 
 
-def suggest_edits(model: torch.nn.Module, tokenizer: Any, text: str, target: int | str, k: int = 5, *,
-                  candidates: int = 4, increase: bool = True, batch_size: int = 64, progress: bool = True) -> Any:
+def suggest_edits(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    text: str,
+    target: int | str,
+    k: int = 5,
+    *,
+    candidates: int = 4,
+    increase: bool = True,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Any:
     """Single-token substitutions that most increase (or decrease) the target, verified.
 
     Parameters
@@ -103,12 +114,12 @@ def suggest_edits(model: torch.nn.Module, tokenizer: Any, text: str, target: int
     finally:
         handle.remove()
     weight = emb.weight.detach().double()
-    g = grad[0].double()                                     # (T, D)
-    first = g @ weight.T - (g * weight[ids[0]]).sum(-1, keepdim=True)   # (T, V)
+    g = grad[0].double()  # (T, D)
+    first = g @ weight.T - (g * weight[ids[0]]).sum(-1, keepdim=True)  # (T, V)
     sign = 1.0 if increase else -1.0
     first = sign * first
-    first[:, list(special)] = -torch.inf                     # never suggest special tokens
-    first[torch.arange(ids.shape[1]), ids[0]] = -torch.inf   # nor the token already there
+    first[:, list(special)] = -torch.inf  # never suggest special tokens
+    first[torch.arange(ids.shape[1]), ids[0]] = -torch.inf  # nor the token already there
     for i, tok in enumerate(ids[0].tolist()):
         if tok in special:
             first[i] = -torch.inf
@@ -123,20 +134,22 @@ def suggest_edits(model: torch.nn.Module, tokenizer: Any, text: str, target: int
     with eval_mode(model), torch.no_grad():
         for s in progress_iter(range(0, n_cand, batch_size), progress, "verifying edits", unit="batch"):
             batch = {k_: v.repeat(min(batch_size, n_cand - s), 1) for k_, v in enc.items()}
-            batch["input_ids"] = edited[s:s + batch_size]
+            batch["input_ids"] = edited[s : s + batch_size]
             scores.append(_objective(model, model(**batch), target, last.repeat(len(batch["input_ids"]))))
     new = torch.cat(scores).cpu().numpy()
     base_v = float(base.detach())
-    table = pd.DataFrame({
-        "position": pos.cpu().numpy(),
-        "original": tokenizer.convert_ids_to_tokens(ids[0, pos].tolist()),
-        "replacement": tokenizer.convert_ids_to_tokens(vocab.tolist()),
-        "replacement_id": vocab.cpu().numpy(),
-        "predicted_delta": sign * first.flatten()[top].cpu().numpy(),
-        "delta": new - base_v,
-        "score": new,
-        "text": [tokenizer.decode(row, skip_special_tokens=True) for row in edited.tolist()],
-    })
+    table = pd.DataFrame(
+        {
+            "position": pos.cpu().numpy(),
+            "original": tokenizer.convert_ids_to_tokens(ids[0, pos].tolist()),
+            "replacement": tokenizer.convert_ids_to_tokens(vocab.tolist()),
+            "replacement_id": vocab.cpu().numpy(),
+            "predicted_delta": sign * first.flatten()[top].cpu().numpy(),
+            "delta": new - base_v,
+            "score": new,
+            "text": [tokenizer.decode(row, skip_special_tokens=True) for row in edited.tolist()],
+        }
+    )
     table = table.sort_values("delta", ascending=not increase, kind="stable").head(k).reset_index(drop=True)
     table.attrs["base_score"] = base_v
     return table

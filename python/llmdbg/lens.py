@@ -69,8 +69,16 @@ class LensResult:
         return plot_lens(self, batch=batch, **kwargs)
 
 
-def logit_lens(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = None, top_k: int = 5,
-               layers: Any = None, target: Any = None, progress: bool = True) -> LensResult:
+def logit_lens(
+    model: torch.nn.Module,
+    inputs: Any,
+    *,
+    tokenizer: Any = None,
+    top_k: int = 5,
+    layers: Any = None,
+    target: Any = None,
+    progress: bool = True,
+) -> LensResult:
     """Decode every layer's hidden state with the model's own final norm and unembedding.
 
     Parameters
@@ -120,6 +128,7 @@ def logit_lens(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = None, to
     def post(i):
         def hook(module, args, output):
             states[i] = first_tensor(output).detach()
+
         return hook
 
     blocks = [model.get_submodule(n) for n in layout.blocks]
@@ -157,12 +166,17 @@ def logit_lens(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = None, to
         input_tokens = [tokenizer.convert_ids_to_tokens(row.tolist()) for row in inputs["input_ids"].cpu()]
     mask = inputs.get("attention_mask")
     mask = np.ones((b, t), dtype=np.int64) if mask is None else mask.cpu().numpy()
-    return LensResult(layers=np.asarray(rows, dtype=np.int64), top_ids=top_ids,
-                      top_probs=np.stack(probs).astype(np.float32), top_tokens=top_tokens,
-                      input_tokens=input_tokens,
-                      target_rank=np.stack(ranks).astype(np.int64) if targets is not None else None,
-                      target_prob=np.stack(tprobs) if targets is not None else None,
-                      attention_mask=mask, kind=unembed.kind)
+    return LensResult(
+        layers=np.asarray(rows, dtype=np.int64),
+        top_ids=top_ids,
+        top_probs=np.stack(probs).astype(np.float32),
+        top_tokens=top_tokens,
+        input_tokens=input_tokens,
+        target_rank=np.stack(ranks).astype(np.int64) if targets is not None else None,
+        target_prob=np.stack(tprobs) if targets is not None else None,
+        attention_mask=mask,
+        kind=unembed.kind,
+    )
 
 
 def _rows(layers: Any, n_layers: int) -> list[int]:
@@ -176,8 +190,10 @@ def _rows(layers: Any, n_layers: int) -> list[int]:
             raise TypeError(f"layers must hold ints, got {layer!r}")
         r = int(layer) + (n_layers + 1 if layer < 0 else 0)
         if not 0 <= r <= n_layers:
-            raise ValueError(f"layer {layer} is out of range: the model has {n_layers} blocks, so rows are "
-                             f"0 (embeddings) .. {n_layers} (or -{n_layers + 1} .. -1)")
+            raise ValueError(
+                f"layer {layer} is out of range: the model has {n_layers} blocks, so rows are "
+                f"0 (embeddings) .. {n_layers} (or -{n_layers + 1} .. -1)"
+            )
         out.append(r)
     if not out:
         raise ValueError("layers is empty")

@@ -70,9 +70,13 @@ class ClassificationReport:
         """Per-class rows plus ``macro avg`` and ``weighted avg`` rows (sklearn's layout)."""
         import pandas as pd
 
-        extra = pd.DataFrame([{**self.macro, "support": int(self.per_class["support"].sum())},
-                              {**self.weighted, "support": int(self.per_class["support"].sum())}],
-                             index=["macro avg", "weighted avg"])
+        extra = pd.DataFrame(
+            [
+                {**self.macro, "support": int(self.per_class["support"].sum())},
+                {**self.weighted, "support": int(self.per_class["support"].sum())},
+            ],
+            index=["macro avg", "weighted avg"],
+        )
         return pd.concat([self.per_class, extra])
 
     def plot(self, normalize: bool = True, title: str | None = None):
@@ -110,15 +114,18 @@ def classification_report(y_true: Any, y_pred: Any, labels: Sequence | None = No
     p, r, f, s = skm.precision_recall_fscore_support(yt, yp, labels=labels, zero_division=0)
     import pandas as pd
 
-    per = pd.DataFrame({"precision": p, "recall": r, "f1": f, "support": s.astype(np.int64)},
-                       index=pd.Index([x.item() if hasattr(x, "item") else x for x in labels], name="label"))
+    per = pd.DataFrame(
+        {"precision": p, "recall": r, "f1": f, "support": s.astype(np.int64)},
+        index=pd.Index([x.item() if hasattr(x, "item") else x for x in labels], name="label"),
+    )
     avg = {}
     for kind in ("macro", "weighted"):
         pa, ra, fa, _ = skm.precision_recall_fscore_support(yt, yp, labels=labels, average=kind, zero_division=0)
         avg[kind] = {"precision": float(pa), "recall": float(ra), "f1": float(fa)}
     cm = skm.confusion_matrix(yt, yp, labels=labels).astype(np.int64)
-    return ClassificationReport(float(skm.accuracy_score(yt, yp)), list(per.index), per, avg["macro"],
-                                avg["weighted"], cm)
+    return ClassificationReport(
+        float(skm.accuracy_score(yt, yp)), list(per.index), per, avg["macro"], avg["weighted"], cm
+    )
 
 
 @dataclasses.dataclass
@@ -153,8 +160,16 @@ def _tokenize(texts: list[str], tokenizer: Any) -> list[list[str]]:
     raise TypeError(f"tokenizer: expected a Hugging Face tokenizer, a callable or None, got {type(tokenizer).__name__}")
 
 
-def error_analysis(texts: Sequence[str], y_true: Any, y_pred: Any, tokenizer: Any = None, *,
-                   n_buckets: int = 4, top_tokens: int = 20, min_count: int = 2) -> ErrorAnalysis:
+def error_analysis(
+    texts: Sequence[str],
+    y_true: Any,
+    y_pred: Any,
+    tokenizer: Any = None,
+    *,
+    n_buckets: int = 4,
+    top_tokens: int = 20,
+    min_count: int = 2,
+) -> ErrorAnalysis:
     """Group the errors of a text classifier by label pair, length and over-represented tokens.
 
     Parameters
@@ -191,11 +206,18 @@ def error_analysis(texts: Sequence[str], y_true: Any, y_pred: Any, tokenizer: An
         edges = np.array([lengths.min(), lengths.max() + 1])
     bucket_idx = np.clip(np.searchsorted(edges, lengths, side="right") - 1, 0, edges.size - 2)
     names = [f"{math.ceil(edges[i])}-{int(edges[i + 1])}" for i in range(edges.size - 1)]
-    df = pd.DataFrame({"text": texts, "true": yt, "pred": yp, "length": lengths,
-                       "bucket": [names[i] for i in bucket_idx]})
+    df = pd.DataFrame(
+        {"text": texts, "true": yt, "pred": yp, "length": lengths, "bucket": [names[i] for i in bucket_idx]}
+    )
     errors = df[wrong]
-    by_pair = (errors.groupby(["true", "pred"]).size().rename("errors").reset_index()
-               .sort_values("errors", ascending=False, kind="stable").reset_index(drop=True))
+    by_pair = (
+        errors.groupby(["true", "pred"])
+        .size()
+        .rename("errors")
+        .reset_index()
+        .sort_values("errors", ascending=False, kind="stable")
+        .reset_index(drop=True)
+    )
     by_pair["share"] = by_pair["errors"] / max(int(wrong.sum()), 1)
     by_length = df.assign(error=wrong).groupby("bucket", sort=False).agg(n=("error", "size"), errors=("error", "sum"))
     by_length = by_length.reindex([n for n in names if n in by_length.index])

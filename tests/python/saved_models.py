@@ -15,8 +15,11 @@ LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
 # kind -> (config family, model class, config overrides)
 KINDS = {
-    "classifier": ("bert", tf.BertForSequenceClassification,
-                   {"num_labels": 3, "id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}),
+    "classifier": (
+        "bert",
+        tf.BertForSequenceClassification,
+        {"num_labels": 3, "id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}},
+    ),
     "causal": ("gpt2", tf.GPT2LMHeadModel, {"n_positions": MAX_POS}),
     "masked": ("bert", tf.BertForMaskedLM, {}),
     "encoder": ("bert", tf.BertModel, {}),

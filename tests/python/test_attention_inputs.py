@@ -71,15 +71,18 @@ def test_padding_rows_are_not_checked():
     assert attention_stack(maps, attention_mask=mask).mask[1, -1] == False  # noqa: E712
 
 
-@pytest.mark.parametrize("given, exc, match", [
-    (np.ones((2, 3, 5, 5)), ValueError, r"\(L, B, H, T, T\)"),
-    ([np.ones((2, 3, 5))[None, None]], ValueError, r"\(B, H, T, T\)"),
-    ([np.full((2, 3, 5, 4), 0.25)], ValueError, "square"),
-    ([np.full((2, 3, 5, 5), 0.2), np.full((2, 3, 6, 6), 1 / 6)], ValueError, "T must agree"),
-    ([np.ones((2, 3, 5, 5), dtype=int)], TypeError, "floating point"),
-    ([], ValueError, "empty"),
-    ([np.array([["a"]], dtype=object)], TypeError, "numeric"),
-])
+@pytest.mark.parametrize(
+    "given, exc, match",
+    [
+        (np.ones((2, 3, 5, 5)), ValueError, r"\(L, B, H, T, T\)"),
+        ([np.ones((2, 3, 5))[None, None]], ValueError, r"\(B, H, T, T\)"),
+        ([np.full((2, 3, 5, 4), 0.25)], ValueError, "square"),
+        ([np.full((2, 3, 5, 5), 0.2), np.full((2, 3, 6, 6), 1 / 6)], ValueError, "T must agree"),
+        ([np.ones((2, 3, 5, 5), dtype=int)], TypeError, "floating point"),
+        ([], ValueError, "empty"),
+        ([np.array([["a"]], dtype=object)], TypeError, "numeric"),
+    ],
+)
 def test_shape_and_type_errors(given, exc, match):
     with pytest.raises(exc, match=match):
         attention_stack(given)

@@ -66,14 +66,14 @@ def test_streaming_head_statistics_and_rows():
             real = mask[bi]
             np.testing.assert_allclose(got.entropy[layer, bi], ent[bi][:, real].mean(-1), rtol=1e-9)
             np.testing.assert_allclose(got.max_weight[layer, bi], a[bi].max(-1)[:, real].mean(-1), rtol=1e-9)
-            np.testing.assert_allclose(got.first_token_mass[layer, bi], a[bi, :, :, 0][:, real].mean(-1),
-                                       rtol=1e-9)
+            np.testing.assert_allclose(got.first_token_mass[layer, bi], a[bi, :, :, 0][:, real].mean(-1), rtol=1e-9)
 
 
 def test_streaming_runs_at_2048_tokens_on_a_causal_lm():
     torch.manual_seed(0)
-    cfg = tf.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=2048,
-                        bos_token_id=1, eos_token_id=2)
+    cfg = tf.GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=2048, bos_token_id=1, eos_token_id=2
+    )
     model = tf.GPT2LMHeadModel(cfg).eval()
     ids = torch.randint(3, 100, (1, 2048))
     got = rollout(model, {"input_ids": ids}, rows=[-1])
@@ -89,16 +89,20 @@ def test_streaming_encoder_decoder_needs_a_stack():
     trace = stored_maps(model, inputs)
     enc = rollout(model, inputs, stack="encoder")
     dec = rollout(model, inputs, stack="decoder")
-    np.testing.assert_allclose(enc.rollout, numpy_rollout(trace.attentions[:2],
-                                                          mask=inputs["attention_mask"].numpy()), atol=1e-6)
+    np.testing.assert_allclose(
+        enc.rollout, numpy_rollout(trace.attentions[:2], mask=inputs["attention_mask"].numpy()), atol=1e-6
+    )
     np.testing.assert_allclose(dec.rollout, numpy_rollout(trace.attentions[2:4]), atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(head_fusion="median"), ValueError, "head_fusion"),
-    (dict(rows=[7]), ValueError, "rows"),
-    (dict(stack="encoder"), ValueError, "stack"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(head_fusion="median"), ValueError, "head_fusion"),
+        (dict(rows=[7]), ValueError, "rows"),
+        (dict(stack="encoder"), ValueError, "stack"),
+    ],
+)
 def test_streaming_bad_arguments(kwargs, exc, match):
     model, inputs = tiny_model("gpt2"), tiny_inputs("gpt2")
     with pytest.raises(exc, match=match):

@@ -49,6 +49,7 @@ def _ids(b=2, t=5, vocab=20, seed=3):
 
 # --------------------------------------------------------------------------- quadrature
 
+
 @pytest.mark.parametrize("n", [1, 4, 50])
 def test_gauss_legendre_matches_numpy(n):
     nodes, weights = _core.quadrature("gausslegendre", n)
@@ -60,9 +61,13 @@ def test_gauss_legendre_matches_numpy(n):
 def test_rules_match_captum_nodes():
     from captum.attr._utils.approximation_methods import approximation_parameters
 
-    for ours, theirs in [("riemann_left", "riemann_left"), ("riemann_middle", "riemann_middle"),
-                         ("riemann_right", "riemann_right"), ("captum_trapezoid", "riemann_trapezoid"),
-                         ("gausslegendre", "gausslegendre")]:
+    for ours, theirs in [
+        ("riemann_left", "riemann_left"),
+        ("riemann_middle", "riemann_middle"),
+        ("riemann_right", "riemann_right"),
+        ("captum_trapezoid", "riemann_trapezoid"),
+        ("gausslegendre", "gausslegendre"),
+    ]:
         sizes, alphas = approximation_parameters(theirs)
         nodes, weights = _core.quadrature(ours, 12)
         np.testing.assert_allclose(nodes, alphas(12), atol=1e-7)  # Captum's nodes are float32
@@ -76,7 +81,7 @@ def test_patterson_rule_reuses_nodes_and_is_exact():
     np.testing.assert_array_equal(prev, _core.quadrature("gausslegendre", 5)[0])
     for level in range(1, _core.PATTERSON_MAX_LEVEL + 1):
         nodes, weights = _core.patterson_quadrature(level)
-        assert nodes.size == 2 * prev.size + 1 and np.array_equal(nodes[:prev.size], prev)
+        assert nodes.size == 2 * prev.size + 1 and np.array_equal(nodes[: prev.size], prev)
         assert weights.sum() == pytest.approx(1.0) and (weights > 0).all()
         # Exact to degree 3 n + 1 (n: the previous level's size): against numpy's Legendre moments.
         for deg in range(3 * prev.size + 2):
@@ -101,7 +106,7 @@ def test_accumulate_kernel_is_float32_and_exact():
     # The same sum accumulated in bfloat16 is far off: the kernel must not accumulate in the grads' dtype.
     low = torch.zeros(g, r, n, dtype=torch.bfloat16)
     for i in range(k):
-        low += w[i].to(torch.bfloat16) * grads[:, i * r:(i + 1) * r]
+        low += w[i].to(torch.bfloat16) * grads[:, i * r : (i + 1) * r]
     assert np.abs(low.double().numpy() - ref).max() > 10 * np.abs(acc[:, [4, 0, 2]].double().numpy() - ref).max()
 
 
@@ -116,15 +121,26 @@ def test_path_kernel():
 
 # --------------------------------------------------------------------------- closed forms
 
-@pytest.mark.parametrize("method,n", [("gausslegendre", 1), ("gausslegendre", 3), ("riemann_middle", 1),
-                                      ("trapezoid", 2), ("clenshaw_curtis", 3), ("adaptive", None)])
+
+@pytest.mark.parametrize(
+    "method,n",
+    [
+        ("gausslegendre", 1),
+        ("gausslegendre", 3),
+        ("riemann_middle", 1),
+        ("trapezoid", 2),
+        ("clenshaw_curtis", 3),
+        ("adaptive", None),
+    ],
+)
 def test_exact_on_quadratic_model(method, n):
     # The gradient of a quadratic is linear along the path: every rule exact for degree 1 is exact.
     model = Quadratic()
     ids = _ids()
     base = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(9))
-    attr = llmdbg.integrated_gradients(model, {"input_ids": ids}, target=0, baseline=base, method=method,
-                                       n_steps=n, progress=False)
+    attr = llmdbg.integrated_gradients(
+        model, {"input_ids": ids}, target=0, baseline=base, method=method, n_steps=n, progress=False
+    )
     np.testing.assert_allclose(attr.scores, model.exact(ids, base), rtol=1e-5, atol=1e-5)
     assert np.abs(attr.delta).max() < 1e-4
     if method == "adaptive":
@@ -137,8 +153,9 @@ def test_riemann_left_right_error_on_quadratic_is_first_order():
     exact = model.exact(ids, torch.zeros(2, 5, 6))
     errs = {}
     for method in ("riemann_left", "riemann_right"):
-        attr = llmdbg.integrated_gradients(model, {"input_ids": ids}, target=0, baseline="zeros", method=method,
-                                           n_steps=10, progress=False)
+        attr = llmdbg.integrated_gradients(
+            model, {"input_ids": ids}, target=0, baseline="zeros", method=method, n_steps=10, progress=False
+        )
         errs[method] = attr.scores - exact
     # Left and right errors are equal and opposite (± h/2 · [g(1) − g(0)] per token).
     np.testing.assert_allclose(errs["riemann_left"], -errs["riemann_right"], rtol=1e-4, atol=1e-5)
@@ -149,8 +166,9 @@ def test_our_trapezoid_exact_where_captums_is_off_by_one_over_n():
     model = Quadratic(quadratic=False)  # linear F: constant gradient along the path
     ids = _ids(b=1)
     n = 10
-    ours = llmdbg.integrated_gradients(model, {"input_ids": ids}, target=0, baseline="zeros", method="trapezoid",
-                                       n_steps=n, progress=False)
+    ours = llmdbg.integrated_gradients(
+        model, {"input_ids": ids}, target=0, baseline="zeros", method="trapezoid", n_steps=n, progress=False
+    )
     exact = model.exact(ids, torch.zeros(1, 5, 6))
     np.testing.assert_allclose(ours.scores, exact, rtol=1e-5, atol=1e-6)
     lig = LayerIntegratedGradients(lambda i: model(i).logits, model.emb)
@@ -159,16 +177,33 @@ def test_our_trapezoid_exact_where_captums_is_off_by_one_over_n():
     f = lambda i: model(i).logits[:, 0].double()
     gap = (f(ids) - f(torch.zeros_like(ids))).item()
     assert theirs.sum().item() / gap == pytest.approx(1 - 1 / n, rel=1e-5)
-    assert ours.scores.sum() / ours.value[0] - 0 == pytest.approx(1.0, rel=1e-5) if ours.baseline_value[0] == 0 else True
-    ours_ids = llmdbg.integrated_gradients(model, {"input_ids": ids}, target=0, baseline=torch.zeros_like(ids),
-                                           method="trapezoid", n_steps=n, progress=False)
+    assert (
+        ours.scores.sum() / ours.value[0] - 0 == pytest.approx(1.0, rel=1e-5) if ours.baseline_value[0] == 0 else True
+    )
+    ours_ids = llmdbg.integrated_gradients(
+        model,
+        {"input_ids": ids},
+        target=0,
+        baseline=torch.zeros_like(ids),
+        method="trapezoid",
+        n_steps=n,
+        progress=False,
+    )
     assert ours_ids.scores.sum() / gap == pytest.approx(1.0, rel=1e-5)
-    mimic = llmdbg.integrated_gradients(model, {"input_ids": ids}, target=0, baseline=torch.zeros_like(ids),
-                                        method="captum_trapezoid", n_steps=n, progress=False)
+    mimic = llmdbg.integrated_gradients(
+        model,
+        {"input_ids": ids},
+        target=0,
+        baseline=torch.zeros_like(ids),
+        method="captum_trapezoid",
+        n_steps=n,
+        progress=False,
+    )
     np.testing.assert_allclose(mimic.scores[0], theirs.sum(-1)[0].detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- Captum agreement
+
 
 def _bert_classifier():
     torch.manual_seed(0)
@@ -182,19 +217,33 @@ def _gpt2_lm():
     return tf.GPT2LMHeadModel(CONFIGS["gpt2"]()).eval()
 
 
-@pytest.mark.parametrize("method,theirs", [("gausslegendre", "gausslegendre"), ("riemann_middle", "riemann_middle"),
-                                           ("captum_trapezoid", "riemann_trapezoid")])
+@pytest.mark.parametrize(
+    "method,theirs",
+    [
+        ("gausslegendre", "gausslegendre"),
+        ("riemann_middle", "riemann_middle"),
+        ("captum_trapezoid", "riemann_trapezoid"),
+    ],
+)
 def test_matches_captum_on_tiny_bert(method, theirs):
     model = _bert_classifier()
     inputs = tiny_inputs("bert", batch=2, length=7)
     base = torch.where(inputs["attention_mask"].bool(), torch.zeros_like(inputs["input_ids"]), inputs["input_ids"])
-    ours = llmdbg.integrated_gradients(model, inputs, target=[1, 2], baseline=base, method=method, n_steps=16,
-                                       progress=False)
-    lig = LayerIntegratedGradients(lambda i, m: model(input_ids=i, attention_mask=m).logits,
-                                   model.bert.embeddings.word_embeddings)
-    ref, delta = lig.attribute(inputs["input_ids"], baselines=base, target=torch.tensor([1, 2]),
-                               additional_forward_args=(inputs["attention_mask"],), n_steps=16, method=theirs,
-                               return_convergence_delta=True)
+    ours = llmdbg.integrated_gradients(
+        model, inputs, target=[1, 2], baseline=base, method=method, n_steps=16, progress=False
+    )
+    lig = LayerIntegratedGradients(
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model.bert.embeddings.word_embeddings
+    )
+    ref, delta = lig.attribute(
+        inputs["input_ids"],
+        baselines=base,
+        target=torch.tensor([1, 2]),
+        additional_forward_args=(inputs["attention_mask"],),
+        n_steps=16,
+        method=theirs,
+        return_convergence_delta=True,
+    )
     np.testing.assert_allclose(ours.scores, ref.sum(-1).detach().numpy(), rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(ours.delta, delta.detach().numpy(), atol=2e-5)
     # Rules without α = 0 and 1 add both endpoints in one forward-only pass; the trapezoid reuses its own.
@@ -205,8 +254,9 @@ def test_matches_captum_on_tiny_gpt2_next_token():
     model = _gpt2_lm()
     ids = tiny_inputs("gpt2", batch=1, length=8)["input_ids"]
     target = 17
-    ours = llmdbg.integrated_gradients(model, {"input_ids": ids}, target=target, baseline=torch.zeros_like(ids),
-                                       n_steps=20, progress=False)
+    ours = llmdbg.integrated_gradients(
+        model, {"input_ids": ids}, target=target, baseline=torch.zeros_like(ids), n_steps=20, progress=False
+    )
 
     def forward(i):
         return torch.log_softmax(model(input_ids=i).logits[:, -1].float(), -1)
@@ -222,18 +272,19 @@ def test_continuation_equals_per_token_loop():
     prompt = tiny_inputs("gpt2", batch=1, length=6)["input_ids"]
     cont = torch.tensor([[11, 42, 7, 93]])
     base_id = 0
-    ours = llmdbg.integrated_gradients(model, {"input_ids": prompt}, target=cont,
-                                       baseline=torch.full_like(prompt, base_id), n_steps=12, progress=False)
+    ours = llmdbg.integrated_gradients(
+        model, {"input_ids": prompt}, target=cont, baseline=torch.full_like(prompt, base_id), n_steps=12, progress=False
+    )
     assert ours.scores.shape == (1, 4, 6) and ours.delta.shape == (1, 4)
     for k in range(4):
         ids = torch.cat([prompt, cont[:, :k]], 1)
         base = ids.clone()
         base[:, :6] = base_id  # the prefix of the continuation is not interpolated
-        one = llmdbg.integrated_gradients(model, {"input_ids": ids}, target=int(cont[0, k]), baseline=base,
-                                          n_steps=12, progress=False)
+        one = llmdbg.integrated_gradients(
+            model, {"input_ids": ids}, target=int(cont[0, k]), baseline=base, n_steps=12, progress=False
+        )
         np.testing.assert_allclose(ours.scores[0, k], one.scores[0, :6], rtol=1e-4, atol=2e-5)
         np.testing.assert_allclose(ours.delta[0, k], one.delta[0], atol=2e-5)
-
 
 
 def test_multitoken_matches_captum_llm_gradient_attribution():
@@ -255,15 +306,19 @@ def test_multitoken_matches_captum_llm_gradient_attribution():
     with warnings.catch_warnings():  # Captum's pretty-token decoding warns on WordPiece
         warnings.simplefilter("ignore")
         res = LLMGradientAttribution(LayerIntegratedGradients(model, model.transformer.wte), tok).attribute(
-            inp, target=target_ids, n_steps=10, baselines=base)
-    ours = llmdbg.integrated_gradients(model, {"input_ids": inp.inp_tensor}, target=target_ids[None], baseline=base,
-                                       n_steps=10, progress=False)
+            inp, target=target_ids, n_steps=10, baselines=base
+        )
+    ours = llmdbg.integrated_gradients(
+        model, {"input_ids": inp.inp_tensor}, target=target_ids[None], baseline=base, n_steps=10, progress=False
+    )
     assert ours.scores.shape == (1, len(target_ids), inp.inp_tensor.shape[1])
     np.testing.assert_allclose(ours.scores[0], res.token_attr.detach().numpy(), rtol=1e-4, atol=2e-5)
-    text = llmdbg.integrated_gradients(model, prompt, target=cont, tokenizer=tok, baseline=base, n_steps=10,
-                                       progress=False)
-    enc = llmdbg.integrated_gradients(model, tok(prompt, return_tensors="pt"), target=target_ids[None],
-                                      baseline=base, n_steps=10, progress=False)  # token_type_ids included
+    text = llmdbg.integrated_gradients(
+        model, prompt, target=cont, tokenizer=tok, baseline=base, n_steps=10, progress=False
+    )
+    enc = llmdbg.integrated_gradients(
+        model, tok(prompt, return_tensors="pt"), target=target_ids[None], baseline=base, n_steps=10, progress=False
+    )  # token_type_ids included
     np.testing.assert_allclose(text.scores, enc.scores, rtol=1e-5, atol=1e-6)
     assert text.target_tokens == [tok.convert_ids_to_tokens(target_ids.tolist())]
 
@@ -272,15 +327,18 @@ def test_loop_and_batched_vjp_agree(monkeypatch):
     model = _gpt2_lm()
     prompt = tiny_inputs("gpt2", batch=2, length=6)["input_ids"]
     cont = torch.tensor([[11, 42, 7], [5, 6, 8]])
-    a = llmdbg.integrated_gradients(model, {"input_ids": prompt}, target=cont, baseline="zeros", n_steps=6,
-                                    progress=False)
+    a = llmdbg.integrated_gradients(
+        model, {"input_ids": prompt}, target=cont, baseline="zeros", n_steps=6, progress=False
+    )
     monkeypatch.setenv("LLMDBG_IG_VJP", "batched")
-    b = llmdbg.integrated_gradients(model, {"input_ids": prompt}, target=cont, baseline="zeros", n_steps=6,
-                                    progress=False)
+    b = llmdbg.integrated_gradients(
+        model, {"input_ids": prompt}, target=cont, baseline="zeros", n_steps=6, progress=False
+    )
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- batching, dtype, adaptive
+
 
 def test_batched_equals_single_despite_padding():
     model = _bert_classifier()
@@ -289,8 +347,9 @@ def test_batched_equals_single_despite_padding():
     both = llmdbg.integrated_gradients(model, inputs, target=None, n_steps=8, batch_size=5, progress=False)
     for i in range(3):
         real = inputs["attention_mask"][i].bool()
-        one = llmdbg.integrated_gradients(model, {"input_ids": inputs["input_ids"][i:i + 1, real]}, target=None,
-                                          n_steps=8, progress=False)
+        one = llmdbg.integrated_gradients(
+            model, {"input_ids": inputs["input_ids"][i : i + 1, real]}, target=None, n_steps=8, progress=False
+        )
         np.testing.assert_allclose(both.scores[i][real.numpy()], one.scores[0], rtol=1e-4, atol=1e-5)
         assert both.target[i] == one.target[0]
         assert np.all(both.scores[i][~real.numpy()] == 0)
@@ -301,10 +360,12 @@ def test_left_padded_continuation_maps_back_to_input_positions():
     ids = torch.tensor([[0, 0, 5, 9, 14], [4, 8, 5, 9, 14]])
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     cont = torch.tensor([[3, 4], [3, 4]])
-    both = llmdbg.integrated_gradients(model, {"input_ids": ids, "attention_mask": mask}, target=cont,
-                                       baseline="zeros", n_steps=6, progress=False)
-    one = llmdbg.integrated_gradients(model, {"input_ids": ids[:1, 2:]}, target=cont[:1], baseline="zeros",
-                                      n_steps=6, progress=False)
+    both = llmdbg.integrated_gradients(
+        model, {"input_ids": ids, "attention_mask": mask}, target=cont, baseline="zeros", n_steps=6, progress=False
+    )
+    one = llmdbg.integrated_gradients(
+        model, {"input_ids": ids[:1, 2:]}, target=cont[:1], baseline="zeros", n_steps=6, progress=False
+    )
     np.testing.assert_allclose(both.scores[0, :, 2:], one.scores[0], rtol=1e-4, atol=1e-5)
     assert np.all(both.scores[0, :, :2] == 0)
 
@@ -312,10 +373,10 @@ def test_left_padded_continuation_maps_back_to_input_positions():
 def test_bf16_model_accumulates_in_float32():
     model = _gpt2_lm()
     ids = tiny_inputs("gpt2", batch=1, length=8)["input_ids"]
-    ref = llmdbg.integrated_gradients(model, {"input_ids": ids}, target=5, baseline="zeros", n_steps=64,
-                                      progress=False)
-    low = llmdbg.integrated_gradients(model.to(torch.bfloat16), {"input_ids": ids}, target=5, baseline="zeros",
-                                      n_steps=64, progress=False)
+    ref = llmdbg.integrated_gradients(model, {"input_ids": ids}, target=5, baseline="zeros", n_steps=64, progress=False)
+    low = llmdbg.integrated_gradients(
+        model.to(torch.bfloat16), {"input_ids": ids}, target=5, baseline="zeros", n_steps=64, progress=False
+    )
     assert low.scores.dtype == np.float32 and np.isfinite(low.scores).all()
     assert next(model.parameters()).dtype == torch.bfloat16
     # bf16 forward noise stays per-step noise: the float32 sum keeps the bf16 result close to fp32.
@@ -331,8 +392,9 @@ def test_adaptive_meets_tol_and_reports_when_not():
     # An oscillating target (the logits are ~1e-3): far from polynomial along the path, so 5 nodes cannot meet 1e-6.
     wiggly = lambda out: torch.sin(1e4 * out.logits[:, 0])
     with pytest.warns(ConvergenceWarning, match="max_evals=12"):
-        bad = llmdbg.integrated_gradients(model, inputs, target=wiggly, method="adaptive", tol=1e-6, max_evals=12,
-                                          progress=False)
+        bad = llmdbg.integrated_gradients(
+            model, inputs, target=wiggly, method="adaptive", tol=1e-6, max_evals=12, progress=False
+        )
     assert not bad.converged.any() and bad.n_evals.tolist() == [7, 7]
 
 
@@ -346,6 +408,7 @@ def test_adaptive_matches_dense_reference():
 
 # --------------------------------------------------------------------------- other targets
 
+
 def test_callable_similarity_target_completeness():
     torch.manual_seed(0)
     model = tf.BertModel(CONFIGS["bert"]()).eval()
@@ -353,8 +416,9 @@ def test_callable_similarity_target_completeness():
     with torch.no_grad():
         ref = llmdbg.attribution._similarity.mean_pool(model(**inputs).last_hidden_state, inputs["attention_mask"])
     ref = ref.flip(0)  # each sentence against the other
-    attr = llmdbg.integrated_gradients(model, inputs, target=llmdbg.similarity_target(ref), method="adaptive",
-                                       progress=False)
+    attr = llmdbg.integrated_gradients(
+        model, inputs, target=llmdbg.similarity_target(ref), method="adaptive", progress=False
+    )
     assert attr.converged.all()
     np.testing.assert_allclose(attr.scores.sum(1), attr.value - attr.baseline_value, rtol=0.011, atol=1e-5)
 
@@ -366,16 +430,18 @@ def test_masked_lm_and_encoder_decoder():
     ids = tiny_inputs("bert", batch=1, length=6)["input_ids"].clone()
     ids[0, 3] = 4
     mlm.config.mask_token_id = 4
-    attr = llmdbg.integrated_gradients(mlm, {"input_ids": ids}, target=None, method="adaptive", baseline="zeros",
-                                       progress=False)
+    attr = llmdbg.integrated_gradients(
+        mlm, {"input_ids": ids}, target=None, method="adaptive", baseline="zeros", progress=False
+    )
     assert attr.converged.all() and attr.scores.shape == (1, 6)
     t5 = tf.T5ForConditionalGeneration(CONFIGS["t5"]()).eval()
     src = tiny_inputs("t5", batch=1, length=6)
     src.pop("decoder_input_ids")
     # Not baseline="zeros": T5's RMSNorm makes F jump at the zero embedding (F is scale-invariant
     # along the path except within sqrt(eps) of 0), an integrand no quadrature resolves.
-    attr = llmdbg.integrated_gradients(t5, src, target=torch.tensor([[7, 8, 9]]), method="adaptive",
-                                       baseline="pad", tol=0.02, progress=False)
+    attr = llmdbg.integrated_gradients(
+        t5, src, target=torch.tensor([[7, 8, 9]]), method="adaptive", baseline="pad", tol=0.02, progress=False
+    )
     assert attr.scores.shape == (1, 3, 6) and attr.converged.all()
 
 

@@ -60,8 +60,9 @@ def test_multitoken_uses_the_closed_form(monkeypatch):
         raise AssertionError("autograd through the LM head was used")
 
     monkeypatch.setattr(_engine, "vjp", no_autograd_through_head)
-    attr = llmdbg.integrated_gradients(model, {"input_ids": prompt}, target=torch.tensor([[11, 42, 7]]),
-                                       baseline="zeros", n_steps=8, progress=False)
+    attr = llmdbg.integrated_gradients(
+        model, {"input_ids": prompt}, target=torch.tensor([[11, 42, 7]]), baseline="zeros", n_steps=8, progress=False
+    )
     assert np.isfinite(attr.scores).all() and (np.abs(attr.scores) > 0).any()
 
 
@@ -71,15 +72,17 @@ def test_postprocessed_logits_fall_back_and_match_captum(monkeypatch):
     used = []
     real = _head.cotangents
     monkeypatch.setattr(_engine, "cotangents", lambda *a: used.append(real(*a)) or used[-1])
-    ours = llmdbg.integrated_gradients(model, {"input_ids": ids}, target=17, baseline=torch.zeros_like(ids),
-                                       n_steps=12, progress=False)
+    ours = llmdbg.integrated_gradients(
+        model, {"input_ids": ids}, target=17, baseline=torch.zeros_like(ids), n_steps=12, progress=False
+    )
     assert used and all(u is None for u in used)  # the halved logits are not the head's output tensor
 
     def forward(i):
         return torch.log_softmax(model(input_ids=i).logits[:, -1].float(), -1)
 
     ref = LayerIntegratedGradients(forward, model.transformer.wte).attribute(
-        ids, baselines=torch.zeros_like(ids), target=17, n_steps=12)
+        ids, baselines=torch.zeros_like(ids), target=17, n_steps=12
+    )
     np.testing.assert_allclose(ours.scores, ref.sum(-1).detach().numpy(), rtol=1e-4, atol=2e-5)
 
 

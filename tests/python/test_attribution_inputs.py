@@ -34,6 +34,7 @@ def ig(model, inputs, **kw):
 
 # --------------------------------------------------------------------------- bad input
 
+
 def test_target_out_of_range(bert, gpt2):
     with pytest.raises(ValueError, match="target class 3 is out of range: the model has 3 classes"):
         ig(bert, tiny_inputs("bert"), target=3)
@@ -105,20 +106,23 @@ def test_model_without_input_embeddings():
         ig(object(), {"input_ids": torch.ones(1, 4, dtype=torch.long)})
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(n_steps=0), "n_steps must be >= 1"),
-    (dict(n_steps=1, method="trapezoid"), "n_steps must be >= 2"),
-    (dict(n_steps=2.5), "n_steps must be an int"),
-    (dict(tol=0), "tol must be a positive number"),
-    (dict(tol=-0.1), "tol must be a positive number"),
-    (dict(tol=float("nan")), "tol must be a positive number"),
-    (dict(method="simpson"), "method must be one of"),
-    (dict(method="adaptive", n_steps=8), "n_steps does not apply"),
-    (dict(method="adaptive", n_steps=None, max_evals=6), "max_evals must be an int >= 7"),
-    (dict(reduce="max"), "reduce must be one of"),
-    (dict(batch_size=0), "batch_size must be a positive int"),
-    (dict(layer="bert.embedings"), "did you mean"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(n_steps=0), "n_steps must be >= 1"),
+        (dict(n_steps=1, method="trapezoid"), "n_steps must be >= 2"),
+        (dict(n_steps=2.5), "n_steps must be an int"),
+        (dict(tol=0), "tol must be a positive number"),
+        (dict(tol=-0.1), "tol must be a positive number"),
+        (dict(tol=float("nan")), "tol must be a positive number"),
+        (dict(method="simpson"), "method must be one of"),
+        (dict(method="adaptive", n_steps=8), "n_steps does not apply"),
+        (dict(method="adaptive", n_steps=None, max_evals=6), "max_evals must be an int >= 7"),
+        (dict(reduce="max"), "reduce must be one of"),
+        (dict(batch_size=0), "batch_size must be a positive int"),
+        (dict(layer="bert.embedings"), "did you mean"),
+    ],
+)
 def test_bad_options(bert, kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         ig(bert, tiny_inputs("bert"), **kw)
@@ -172,6 +176,7 @@ def test_callable_target_shape_checked(bert):
 
 # --------------------------------------------------------------------------- other methods
 
+
 def _grad_reference(model, inputs, target):
     emb = model.get_input_embeddings()
     x = emb(inputs["input_ids"]).detach().requires_grad_(True)
@@ -219,7 +224,7 @@ def test_occlusion_matches_loop(bert, replacement):
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     for b, cls in enumerate([0, 1]):
         real = torch.nonzero(mask[b]).reshape(-1).tolist()
-        one_ids = ids[b:b + 1, real]
+        one_ids = ids[b : b + 1, real]
         with torch.no_grad():
             fx = bert(input_ids=one_ids).logits[0, cls].item()
             sums, counts = np.zeros(len(real)), np.zeros(len(real))
@@ -259,13 +264,19 @@ def test_gradient_methods_on_continuation(gpt2):
 
 # --------------------------------------------------------------------------- views
 
+
 def test_words_html_and_plot():
     from matplotlib.figure import Figure
 
     attr = llmdbg.Attribution(
         scores=np.array([[0.0, 1.0, -2.0, 0.5, 3.0, 0.0]], np.float32),
-        tokens=[["[CLS]", "play", "##ing", "##s", "well", "[PAD]"]], mask=np.array([[1, 1, 1, 1, 1, 0]], bool),
-        delta=np.array([0.01], np.float32), n_evals=np.array([9]), target=np.array([1]), method="integrated_gradients")
+        tokens=[["[CLS]", "play", "##ing", "##s", "well", "[PAD]"]],
+        mask=np.array([[1, 1, 1, 1, 1, 0]], bool),
+        delta=np.array([0.01], np.float32),
+        n_evals=np.array([9]),
+        target=np.array([1]),
+        method="integrated_gradients",
+    )
     assert attr.words("sum", index=0) == [("[CLS]", 0.0), ("playings", -0.5), ("well", 3.0)]
     assert attr.words("mean", index=0)[1] == ("playings", pytest.approx(-0.5 / 3))
     assert attr.words("absmax", index=0)[1] == ("playings", -2.0)
@@ -275,8 +286,15 @@ def test_words_html_and_plot():
     assert "http" not in html and "<script" not in html and "well" in html and "[PAD]" not in html
     assert attr._repr_html_() == html
     assert isinstance(attr.plot(), Figure)
-    bpe = llmdbg.Attribution(scores=np.array([[1.0, 2.0, 4.0]], np.float32), tokens=[["Hello", "Ġwor", "ld"]],
-                             mask=np.ones((1, 3), bool), delta=None, n_evals=np.array([1]), target=None, method="x")
+    bpe = llmdbg.Attribution(
+        scores=np.array([[1.0, 2.0, 4.0]], np.float32),
+        tokens=[["Hello", "Ġwor", "ld"]],
+        mask=np.ones((1, 3), bool),
+        delta=None,
+        n_evals=np.array([1]),
+        target=None,
+        method="x",
+    )
     assert bpe.words(index=0) == [("Hello", 1.0), ("world", 6.0)]
 
 
@@ -293,6 +311,11 @@ def test_word_ids_from_tokenizer_and_continuation_plot(gpt2):
     words = [w for w, _ in attr.words(index=0)]
     assert words == ["[CLS]", "tokenization", "works", "[SEP]"]
     assert attr.scores[0, 0] == 0 and attr.scores[0, -1] == 0  # special tokens kept in the "pad" baseline
-    cont = llmdbg.integrated_gradients(gpt2, {"input_ids": tiny_inputs("gpt2", batch=1)["input_ids"]},
-                                       target=torch.tensor([[3, 4]]), n_steps=4, progress=False)
+    cont = llmdbg.integrated_gradients(
+        gpt2,
+        {"input_ids": tiny_inputs("gpt2", batch=1)["input_ids"]},
+        target=torch.tensor([[3, 4]]),
+        n_steps=4,
+        progress=False,
+    )
     assert isinstance(cont.plot(), Figure) and "→" in cont.to_html()

@@ -23,8 +23,11 @@ import pytest
 from llmdbg import cli
 from saved_models import minilm_path
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France.",
-         "Attention heads often look at the separator token."]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Paris is the capital of France.",
+    "Attention heads often look at the separator token.",
+]
 
 # Appended to a copy of the report (never to the report itself, which has no script at all): once
 # the page has loaded, record every image's decoding and pixels, every resource the page fetched,
@@ -60,8 +63,10 @@ window.addEventListener("load", () => {
 });
 </script>"""
 
-INSTALL_HINT = ("headless Chromium is needed to check the report in a real browser: run `make test` "
-                "(it installs Debian's chromium when missing) or `apt-get install chromium`")
+INSTALL_HINT = (
+    "headless Chromium is needed to check the report in a real browser: run `make test` "
+    "(it installs Debian's chromium when missing) or `apt-get install chromium`"
+)
 
 
 def chromium() -> str:
@@ -74,9 +79,19 @@ def chromium() -> str:
 
 def run_chromium(url: str, *args: str, user_dir) -> subprocess.CompletedProcess:
     """Headless Chromium that cannot resolve any host name (so any request would fail loudly)."""
-    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           f"--user-data-dir={user_dir}", "--host-resolver-rules=MAP * ~NOTFOUND",
-           "--enable-logging=stderr", "--v=0", *args, url]
+    cmd = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        f"--user-data-dir={user_dir}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+        url,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
 
 
@@ -84,8 +99,7 @@ def run_chromium(url: str, *args: str, user_dir) -> subprocess.CompletedProcess:
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("browser") / "report"
     err = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err), \
-            contextlib.redirect_stdout(io.StringIO()):
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         mp.setenv("HF_HUB_OFFLINE", "1")
         argv = ["report", "--model", minilm_path(), "--out", str(out), "--no-progress"]
         for text in TEXTS:
@@ -143,8 +157,13 @@ def test_report_renders_offline_in_chromium(report, tmp_path):
 
 def test_report_screenshot_is_not_blank(report, tmp_path):
     shot = tmp_path / "shot.png"
-    proc = run_chromium(report.as_uri(), "--window-size=1200,1600", "--hide-scrollbars",
-                        f"--screenshot={shot}", user_dir=tmp_path / "profile")
+    proc = run_chromium(
+        report.as_uri(),
+        "--window-size=1200,1600",
+        "--hide-scrollbars",
+        f"--screenshot={shot}",
+        user_dir=tmp_path / "profile",
+    )
     assert proc.returncode == 0 and shot.is_file(), proc.stderr[-3000:]
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console
@@ -163,4 +182,3 @@ def test_missing_chromium_fails_with_a_hint(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(pytest.fail.Exception, match="apt-get install chromium"):
         chromium()
-

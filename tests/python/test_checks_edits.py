@@ -11,9 +11,11 @@ import transformers as tf
 
 from llmdbg import checks, suggest_edits
 
-TEXTS = ["The doctor said he would call, and the nurse agreed.",
-         "She paid the bill; he left a tip.",
-         "A quiet film with a great cast"]
+TEXTS = [
+    "The doctor said he would call, and the nurse agreed.",
+    "She paid the bill; he left a tip.",
+    "A quiet film with a great cast",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +28,14 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def classifier(tokenizer):
     torch.manual_seed(0)
-    cfg = tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                        vocab_size=len(tokenizer), num_labels=3)
+    cfg = tf.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=len(tokenizer),
+        num_labels=3,
+    )
     return tf.BertForSequenceClassification(cfg).eval()
 
 
@@ -47,8 +55,9 @@ def test_perturbations_are_deterministic_and_local():
         diff = [(x, y) for x, y in zip(swapped, words) if x != y]
         assert len(diff) == 1 and diff[0][0] == diff[0][1].swapcase()
         shuffled = checks.perturb(text, "shuffle_clause", seed=v)
-        assert shuffled != text and sorted(shuffled.replace(",", " ").replace(".", " ").split()) == \
-            sorted(text.replace(",", " ").replace(".", " ").split())
+        assert shuffled != text and sorted(shuffled.replace(",", " ").replace(".", " ").split()) == sorted(
+            text.replace(",", " ").replace(".", " ").split()
+        )
     assert checks.perturb("single", "shuffle_clause") is None
     assert checks.perturb("one", "drop_word") is None
     with pytest.raises(ValueError, match="unknown perturbation"):
@@ -61,8 +70,10 @@ def test_perturbation_test_against_direct_scores(classifier, tokenizer):
     assert rep.rows.equals(rep2.rows)
     assert rep.kind == "classifier"
     with torch.no_grad():
+
         def probs(t):
             return torch.softmax(classifier(**tokenizer(t, return_tensors="pt")).logits.double(), -1)[0].numpy()
+
         for _, row in rep.rows.sample(5, random_state=0).iterrows():
             a, b = probs(row["original"]), probs(row["perturbed"])
             assert row["delta"] == pytest.approx(0.5 * np.abs(a - b).sum(), rel=1e-5, abs=1e-7)  # padding noise
@@ -108,7 +119,9 @@ def test_suggest_edits_first_order_and_verified(classifier, tokenizer):
     ids = enc["input_ids"]
     # Independent first-order reference through inputs_embeds.
     e = classifier.get_input_embeddings()(ids).detach().requires_grad_(True)
-    base = torch.log_softmax(classifier(inputs_embeds=e, attention_mask=enc["attention_mask"]).logits.double(), -1)[0, 2]
+    base = torch.log_softmax(classifier(inputs_embeds=e, attention_mask=enc["attention_mask"]).logits.double(), -1)[
+        0, 2
+    ]
     (g,) = torch.autograd.grad(base, e)
     w = classifier.get_input_embeddings().weight.detach().double()
     base = base.detach()
@@ -121,11 +134,13 @@ def test_suggest_edits_first_order_and_verified(classifier, tokenizer):
         new = ids.clone()
         new[0, i] = v
         with torch.no_grad():
-            score = torch.log_softmax(classifier(input_ids=new, attention_mask=enc["attention_mask"]).logits.double(), -1)[0, 2]
+            score = torch.log_softmax(
+                classifier(input_ids=new, attention_mask=enc["attention_mask"]).logits.double(), -1
+            )[0, 2]
         assert row["delta"] == pytest.approx(float(score - base), abs=1e-6)  # batched float32 run
         assert 0 < i < ids.shape[1] - 1  # never [CLS] / [SEP]
     # The best first-order candidates were the ones verified.
-    all_first = (g[0].double() @ w.T - (g[0].double() * w[ids[0]]).sum(-1, keepdim=True))
+    all_first = g[0].double() @ w.T - (g[0].double() * w[ids[0]]).sum(-1, keepdim=True)
     assert table["predicted_delta"].max() <= float(all_first.max()) + 1e-9
 
 
@@ -143,8 +158,11 @@ def test_suggest_edits_bad_input(classifier, tokenizer):
 
 def test_embedding_kind_and_seed_changes_variants(tokenizer):
     torch.manual_seed(0)
-    model = tf.BertModel(tf.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                       intermediate_size=64, vocab_size=len(tokenizer))).eval()
+    model = tf.BertModel(
+        tf.BertConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=len(tokenizer)
+        )
+    ).eval()
     rep = checks.perturbation_test(model, tokenizer, TEXTS[:2], perturbations=("typo",), n=2)
     assert rep.kind == "embedding" and rep.rows["changed"].isna().all() and (rep.rows["delta"] >= -1e-12).all()
     a = checks.perturb(TEXTS[0], "typo", seed=0)

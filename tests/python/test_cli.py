@@ -54,8 +54,20 @@ def _summary(out):
 def test_report_help_is_complete():
     code, out, _ = _run(["report", "--help"])
     assert code == 0
-    for option in ("--model", "--text", "--file", "--target", "--out", "--force", "--max-length",
-                   "--no-progress", "examples:", "causal LM", "sequence classifier", "masked LM"):
+    for option in (
+        "--model",
+        "--text",
+        "--file",
+        "--target",
+        "--out",
+        "--force",
+        "--max-length",
+        "--no-progress",
+        "examples:",
+        "causal LM",
+        "sequence classifier",
+        "masked LM",
+    ):
         assert option in out, option
     code, out, _ = _run(["--help"])
     assert code == 0 and "report" in out and "demo" in out
@@ -69,13 +81,11 @@ def test_report_help_is_complete():
 def test_report_on_minilm(tmp_path, minilm):
     texts = tmp_path / "texts.txt"
     texts.write_text("Paris is the capital of France.\n\nThe cat sat on the mat.\n", encoding="utf-8")
-    out, code, stdout, stderr = _report(tmp_path, minilm, "--text", "A third sentence.",
-                                        "--file", str(texts))
+    out, code, stdout, stderr = _report(tmp_path, minilm, "--text", "A third sentence.", "--file", str(texts))
     assert code == 0, stderr
     assert stdout.strip() == f"Report written to {(out / 'index.html').resolve()}"
     summary = _summary(out)
-    assert summary["texts"] == ["A third sentence.", "Paris is the capital of France.",
-                                "The cat sat on the mat."]
+    assert summary["texts"] == ["A third sentence.", "Paris is the capital of France.", "The cat sat on the mat."]
     assert summary["kind"] == "encoder" and summary["class"] == "BertModel"
     assert "errors" not in summary and "Attribution" in summary["sections"]
     for title in ("Model", "Inputs", "Outputs", "Activation statistics", "Attention", "Attention analysis"):
@@ -93,8 +103,9 @@ def test_report_on_minilm(tmp_path, minilm):
 
 
 def test_report_on_a_classifier_with_a_label_target(tmp_path, saved):
-    out, code, _, stderr = _report(tmp_path, saved["classifier"], "--text", "good", "--text", "bad movie",
-                                   "--target", "positive")
+    out, code, _, stderr = _report(
+        tmp_path, saved["classifier"], "--text", "good", "--text", "bad movie", "--target", "positive"
+    )
     assert code == 0, stderr
     summary = _summary(out)
     assert summary["kind"] == "classifier" and summary["target"] == 2
@@ -107,8 +118,7 @@ def test_report_on_a_classifier_with_a_label_target(tmp_path, saved):
 
 
 def test_report_on_a_causal_lm_with_a_continuation(tmp_path, saved):
-    out, code, _, stderr = _report(tmp_path, saved["causal"], "--text", "the capital of france is",
-                                   "--target", "paris")
+    out, code, _, stderr = _report(tmp_path, saved["causal"], "--text", "the capital of france is", "--target", "paris")
     assert code == 0, stderr
     summary = _summary(out)
     assert summary["kind"] == "causal-lm" and summary["target"] == "paris"
@@ -146,11 +156,14 @@ def test_directory_without_a_model(tmp_path):
     assert code == 2 and "save_pretrained" in stderr and "Traceback" not in stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--text", "   "], "non-empty"),
-    (["--text", "ok", "--text", ""], "--text number 2 is empty"),
-    ([], "no input text"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--text", "   "], "non-empty"),
+        (["--text", "ok", "--text", ""], "--text number 2 is empty"),
+        ([], "no input text"),
+    ],
+)
 def test_empty_text_is_refused_before_anything_runs(tmp_path, saved, args, message):
     out, code, _, stderr = _report(tmp_path, saved["encoder"], *args)
     assert code == 2 and message in stderr and "Traceback" not in stderr
@@ -179,8 +192,9 @@ def test_long_text_is_truncated_with_a_warning(tmp_path, saved):
 
 
 def test_max_length_option(tmp_path, saved):
-    out, code, _, stderr = _report(tmp_path, saved["encoder"], "--text", "one two three four five six",
-                                   "--max-length", "5")
+    out, code, _, stderr = _report(
+        tmp_path, saved["encoder"], "--text", "one two three four five six", "--max-length", "5"
+    )
     assert code == 0, stderr
     assert "--max-length 5 is 5" in stderr and "truncated to its first 5 tokens" in stderr
     assert _summary(out)["n_tokens"] == [5]
@@ -201,12 +215,15 @@ def test_existing_output_directory_needs_force(tmp_path, saved):
     assert {"index.html", "arrays.npz", "summary.json"} <= {p.name for p in out.iterdir()}
 
 
-@pytest.mark.parametrize("model, target, message", [
-    ("encoder", "positive", "encoder without a task head"),
-    ("classifier", "7", "it has 3 classes, 0..2"),
-    ("classifier", "happy", "one of the labels ['negative', 'neutral', 'positive']"),
-    ("masked", "two words", "give the one token that should fill the mask"),
-])
+@pytest.mark.parametrize(
+    "model, target, message",
+    [
+        ("encoder", "positive", "encoder without a task head"),
+        ("classifier", "7", "it has 3 classes, 0..2"),
+        ("classifier", "happy", "one of the labels ['negative', 'neutral', 'positive']"),
+        ("masked", "two words", "give the one token that should fill the mask"),
+    ],
+)
 def test_target_that_does_not_fit_the_model(tmp_path, saved, model, target, message):
     out, code, stdout, stderr = _report(tmp_path, saved[model], "--text", "a [MASK] text", "--target", target)
     assert code == 2 and stdout == ""
@@ -218,8 +235,9 @@ def test_classifier_target_by_index_and_masked_lm_target(tmp_path, saved):
     out, code, _, stderr = _report(tmp_path, saved["classifier"], "--text", "fine", "--target", "0")
     assert code == 0, stderr
     assert _summary(out)["target"] == 0
-    out, code, _, stderr = _report(tmp_path, saved["masked"], "--text", "paris is the [MASK] of france",
-                                   "--target", "capital", "--force")
+    out, code, _, stderr = _report(
+        tmp_path, saved["masked"], "--text", "paris is the [MASK] of france", "--target", "capital", "--force"
+    )
     assert code == 0, stderr
     summary = _summary(out)
     tok = tf.AutoTokenizer.from_pretrained(saved["masked"])
@@ -258,8 +276,9 @@ def test_a_failing_section_does_not_lose_the_report(tmp_path, saved):
     model, tok = load_model(str(saved["encoder"]))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = run_report(model, tok, ["one text", "two texts"], tmp_path / "r", progress=False,
-                          extra_sections=[broken_section])
+        path = run_report(
+            model, tok, ["one text", "two texts"], tmp_path / "r", progress=False, extra_sections=[broken_section]
+        )
     assert [w.category for w in caught if issubclass(w.category, SectionFailedWarning)] == [SectionFailedWarning]
     summary = _summary(path.parent)
     assert summary["errors"] == {"Broken section": "RuntimeError: boom in a section"}

@@ -33,8 +33,14 @@ def tokenizer():
 
 def _bert(cls, tokenizer, **extra):
     torch.manual_seed(0)
-    cfg = tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                        vocab_size=len(tokenizer), **extra)
+    cfg = tf.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=len(tokenizer),
+        **extra,
+    )
     return cls(cfg).eval()
 
 
@@ -54,29 +60,63 @@ def _logit0(out):
 
 # name -> (fixture, call(model, inputs, tokenizer), how to read the numbers)
 CALLS = {
-    "integrated_gradients": ("classifier", lambda m, x, t: llmdbg.integrated_gradients(
-        m, x, tokenizer=t, target=1, n_steps=8, progress=False), lambda r: r.scores),
-    "saliency": ("classifier", lambda m, x, t: llmdbg.saliency(m, x, tokenizer=t, target=1, progress=False),
-                 lambda r: r.scores),
-    "input_x_gradient": ("classifier", lambda m, x, t: llmdbg.input_x_gradient(
-        m, x, tokenizer=t, target=1, progress=False), lambda r: r.scores),
-    "smoothgrad": ("classifier", lambda m, x, t: llmdbg.smoothgrad(
-        m, x, tokenizer=t, target=1, n_samples=2, progress=False), lambda r: r.scores),
-    "occlusion": ("classifier", lambda m, x, t: llmdbg.occlusion(m, x, tokenizer=t, target=1, progress=False),
-                  lambda r: r.scores),
-    "gradient_rollout": ("classifier", lambda m, x, t: llmdbg.gradient_rollout(m, x, tokenizer=t, target=1),
-                         lambda r: r.matrix),
-    "streaming_rollout": ("classifier", lambda m, x, t: llmdbg.streaming_rollout(m, x, tokenizer=t, progress=False),
-                          lambda r: r.rollout),
-    "logit_lens": ("masked_lm", lambda m, x, t: llmdbg.logit_lens(m, x, tokenizer=t, progress=False),
-                   lambda r: np.moveaxis(r.top_probs, 1, 0)),
-    "ablate": ("classifier", lambda m, x, t: llmdbg.ablate(m, x, [(0, 1)], tokenizer=t, progress=False),
-               lambda r: r.logits),
-    "head_importance": ("classifier", lambda m, x, t: llmdbg.head_importance(
-        m, x, tokenizer=t, loss=lambda out, batch: out.logits[:, 0].sum(), progress=False),
-        lambda r: r.raw[None]),
-    "patch": ("classifier", lambda m, x, t: llmdbg.patch(
-        m, x, x, metric=_logit0, tokenizer=t, progress=False), lambda r: r.values.T),
+    "integrated_gradients": (
+        "classifier",
+        lambda m, x, t: llmdbg.integrated_gradients(m, x, tokenizer=t, target=1, n_steps=8, progress=False),
+        lambda r: r.scores,
+    ),
+    "saliency": (
+        "classifier",
+        lambda m, x, t: llmdbg.saliency(m, x, tokenizer=t, target=1, progress=False),
+        lambda r: r.scores,
+    ),
+    "input_x_gradient": (
+        "classifier",
+        lambda m, x, t: llmdbg.input_x_gradient(m, x, tokenizer=t, target=1, progress=False),
+        lambda r: r.scores,
+    ),
+    "smoothgrad": (
+        "classifier",
+        lambda m, x, t: llmdbg.smoothgrad(m, x, tokenizer=t, target=1, n_samples=2, progress=False),
+        lambda r: r.scores,
+    ),
+    "occlusion": (
+        "classifier",
+        lambda m, x, t: llmdbg.occlusion(m, x, tokenizer=t, target=1, progress=False),
+        lambda r: r.scores,
+    ),
+    "gradient_rollout": (
+        "classifier",
+        lambda m, x, t: llmdbg.gradient_rollout(m, x, tokenizer=t, target=1),
+        lambda r: r.matrix,
+    ),
+    "streaming_rollout": (
+        "classifier",
+        lambda m, x, t: llmdbg.streaming_rollout(m, x, tokenizer=t, progress=False),
+        lambda r: r.rollout,
+    ),
+    "logit_lens": (
+        "masked_lm",
+        lambda m, x, t: llmdbg.logit_lens(m, x, tokenizer=t, progress=False),
+        lambda r: np.moveaxis(r.top_probs, 1, 0),
+    ),
+    "ablate": (
+        "classifier",
+        lambda m, x, t: llmdbg.ablate(m, x, [(0, 1)], tokenizer=t, progress=False),
+        lambda r: r.logits,
+    ),
+    "head_importance": (
+        "classifier",
+        lambda m, x, t: llmdbg.head_importance(
+            m, x, tokenizer=t, loss=lambda out, batch: out.logits[:, 0].sum(), progress=False
+        ),
+        lambda r: r.raw[None],
+    ),
+    "patch": (
+        "classifier",
+        lambda m, x, t: llmdbg.patch(m, x, x, metric=_logit0, tokenizer=t, progress=False),
+        lambda r: r.values.T,
+    ),
 }
 
 
@@ -94,8 +134,9 @@ def test_text_with_a_tokenizer_equals_the_encoded_batch(name, request, tokenizer
         assert np.asarray(one).shape[0] == 1
 
 
-@pytest.mark.parametrize("name", ["integrated_gradients", "gradient_rollout", "streaming_rollout", "logit_lens",
-                                  "ablate"])
+@pytest.mark.parametrize(
+    "name", ["integrated_gradients", "gradient_rollout", "streaming_rollout", "logit_lens", "ablate"]
+)
 def test_text_without_a_tokenizer_names_the_argument(name, request):
     fixture, call, _ = CALLS[name]
     with pytest.raises(TypeError, match="inputs is text: pass tokenizer="):
@@ -111,10 +152,23 @@ def test_one_dimensional_ids_are_one_example(classifier, tokenizer):
 
 
 LONG_OPERATIONS = [
-    llmdbg.integrated_gradients, llmdbg.saliency, llmdbg.input_x_gradient, llmdbg.smoothgrad, llmdbg.occlusion,
-    llmdbg.streaming_rollout, llmdbg.logit_lens, llmdbg.ablate, llmdbg.head_importance, llmdbg.patch,
-    llmdbg.checks.perturbation_test, llmdbg.checks.counterfactual_test, llmdbg.suggest_edits,
-    llmdbg.embed_tokens, llmdbg.embed_hidden_states, llmdbg.data.profile, llmdbg.TSNE,
+    llmdbg.integrated_gradients,
+    llmdbg.saliency,
+    llmdbg.input_x_gradient,
+    llmdbg.smoothgrad,
+    llmdbg.occlusion,
+    llmdbg.streaming_rollout,
+    llmdbg.logit_lens,
+    llmdbg.ablate,
+    llmdbg.head_importance,
+    llmdbg.patch,
+    llmdbg.checks.perturbation_test,
+    llmdbg.checks.counterfactual_test,
+    llmdbg.suggest_edits,
+    llmdbg.embed_tokens,
+    llmdbg.embed_hidden_states,
+    llmdbg.data.profile,
+    llmdbg.TSNE,
 ]
 
 
@@ -160,8 +214,7 @@ THREADED = {
     "attention_drift": lambda a, **k: llmdbg.attention_drift(a, a[::-1].copy(), **k),
     "attention_summary": lambda a, **k: llmdbg.attention_summary(a, **k).to_numpy(dtype=float),
     "summarize": lambda a, **k: np.array(list(llmdbg.summarize(a, **k).as_dict().values()), dtype=object),
-    "data.profile": lambda a, **k: llmdbg.data.profile(["a b c", "b c d", "a b c"], progress=False,
-                                                       **k).token_counts,
+    "data.profile": lambda a, **k: llmdbg.data.profile(["a b c", "b c d", "a b c"], progress=False, **k).token_counts,
 }
 
 
@@ -205,8 +258,17 @@ def _mixed(model):
     return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
 
 
-MODE_CALLS = ["integrated_gradients", "saliency", "occlusion", "gradient_rollout", "streaming_rollout",
-              "logit_lens", "ablate", "head_importance", "patch"]
+MODE_CALLS = [
+    "integrated_gradients",
+    "saliency",
+    "occlusion",
+    "gradient_rollout",
+    "streaming_rollout",
+    "logit_lens",
+    "ablate",
+    "head_importance",
+    "patch",
+]
 
 
 @pytest.mark.parametrize("name", MODE_CALLS)
@@ -215,8 +277,11 @@ def test_modes_and_requires_grad_are_restored(name, tokenizer):
     cls = tf.BertForMaskedLM if fixture == "masked_lm" else tf.BertForSequenceClassification
     model = _bert(cls, tokenizer, **({} if fixture == "masked_lm" else {"num_labels": 3}))
     modes, grads = _mixed(model)
-    with pytest.warns(UserWarning) if name in ("integrated_gradients", "saliency", "occlusion",
-                                               "gradient_rollout") else _no_warning():
+    with (
+        pytest.warns(UserWarning)
+        if name in ("integrated_gradients", "saliency", "occlusion", "gradient_rollout")
+        else _no_warning()
+    ):
         call(model, TEXTS, tokenizer)
     assert [m.training for m in model.modules()] == modes
     assert [p.requires_grad for p in model.parameters()] == grads

@@ -150,7 +150,7 @@ def test_long_unicode_texts_equal_str_split():
         for _ in range(rng.randrange(0, 40)):
             parts.append(rng.choice(pieces))
             parts.append("".join(rng.choices(spaces, k=rng.randrange(1, 3))))
-        texts.append("".join(parts[:rng.randrange(0, len(parts) + 1)]))
+        texts.append("".join(parts[: rng.randrange(0, len(parts) + 1)]))
     texts += texts[:50]
     ref = collections.Counter(w for t in texts for w in t.split())
     for threads in (1, 2):
@@ -161,16 +161,19 @@ def test_long_unicode_texts_equal_str_split():
         assert groups.tolist() == [first.setdefault(t, i) for i, t in enumerate(texts)]
 
 
-@pytest.mark.parametrize("labels", [
-    [3, -1, 3, 7, -1, 3],                                # ints, counted with bincount
-    np.array([2, 0, 2, 1, 2, 0], dtype=np.uint8),
-    np.array([5, 5, -4, 9, 5, 9], dtype=np.int32),
-    [0, 10**12, 0, -10**12, 10**12, 0],                  # wide range: falls back to np.unique
-    [True, False, True, True, False, True],
-    [2**63, 1, 2**63, 1, 1, 1],                           # beyond int64
-    ["b", "a", "b", "c", "a", "b"],
-    [0.5, 1.5, 0.5, 0.5, 2.5, 1.5],
-])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        [3, -1, 3, 7, -1, 3],  # ints, counted with bincount
+        np.array([2, 0, 2, 1, 2, 0], dtype=np.uint8),
+        np.array([5, 5, -4, 9, 5, 9], dtype=np.int32),
+        [0, 10**12, 0, -(10**12), 10**12, 0],  # wide range: falls back to np.unique
+        [True, False, True, True, False, True],
+        [2**63, 1, 2**63, 1, 1, 1],  # beyond int64
+        ["b", "a", "b", "c", "a", "b"],
+        [0.5, 1.5, 0.5, 0.5, 2.5, 1.5],
+    ],
+)
 def test_labels_equal_np_unique(labels):
     texts = ["a", "b", "a", "c", "b", "a"]
     p = profile(texts, labels, progress=False)

@@ -38,9 +38,25 @@ def built(tmp_path_factory):
         return fresh
     out = tmp_path_factory.mktemp("docs")
     proc = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q",
-         "-d", str(out / ".doctrees"), str(DOCS), str(out / "html")],
-        check=False, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-b",
+            "html",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-d",
+            str(out / ".doctrees"),
+            str(DOCS),
+            str(out / "html"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"sphinx failed:\n{proc.stderr[-6000:]}"
     assert proc.stderr.strip() == "", proc.stderr
     return out / "html"
@@ -64,8 +80,9 @@ def test_api_reference_documents_every_export(built):
 
     html = (built / "api.html").read_text("utf-8")
     for name in llmdbg.__all__:
-        assert f'id="llmdbg.{name}"' in html or f'id="module-llmdbg.{name}"' in html, \
+        assert f'id="llmdbg.{name}"' in html or f'id="module-llmdbg.{name}"' in html, (
             f"llmdbg.{name} has no entry in the API reference"
+        )
     # Docstrings are rendered as reStructuredText (numpydoc sections become field lists).
     assert "Parameters" in _text(built / "api.html")
     assert ":func:" not in _text(built / "api.html")
@@ -101,8 +118,9 @@ def test_goals_file_is_readable():
 
 
 def test_benchmarks_render_from_results(tmp_path):
-    (tmp_path / "x.json").write_text(json.dumps(
-        {"benchmark": "x", "quick": True, "figures": {"speedup": 3.0, "ratio": 0.7}, "env": {"threads": 2}}))
+    (tmp_path / "x.json").write_text(
+        json.dumps({"benchmark": "x", "quick": True, "figures": {"speedup": 3.0, "ratio": 0.7}, "env": {"threads": 2}})
+    )
     goals = tmp_path / "goals.json"
     goals.write_text(json.dumps({"x": {"speedup": ">= 2", "ratio": "<= 0.5", "absent": "<= 1"}}))
     md = llmdbg_benchmarks.render(tmp_path, goals)
@@ -173,5 +191,4 @@ def test_escape_pipes_leaves_literals_and_tables():
 
     lines = ["Relative |delta| / |F(x)|", "a ``|x|`` literal and :math:`|x|`", "| a | b |", "+---+---+"]
     llmdbg_api.escape_pipes(lines)
-    assert lines == ["Relative \\|delta\\| / \\|F(x)\\|", "a ``|x|`` literal and :math:`|x|`", "| a | b |",
-                     "+---+---+"]
+    assert lines == ["Relative \\|delta\\| / \\|F(x)\\|", "a ``|x|`` literal and :math:`|x|`", "| a | b |", "+---+---+"]

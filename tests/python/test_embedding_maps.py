@@ -45,13 +45,23 @@ def _same_up_to_sign(a: np.ndarray, b: np.ndarray, tol: float) -> None:
 # embed_tokens
 # ---------------------------------------------------------------------------------------------
 
+
 def test_embed_tokens_rows_are_the_model_weights(minilm):
     model, tok = minilm
     words = ["paris", "london", "france", "dog", "cat", "##ing", "the", 1000, 2023]
     m = llmdbg.embed_tokens(model, tok, words, projection="pca")
     W = model.embeddings.word_embeddings.weight.detach().numpy()
-    want_ids = [tok.vocab["paris"], tok.vocab["london"], tok.vocab["france"], tok.vocab["dog"],
-                tok.vocab["cat"], tok.vocab["##ing"], tok.vocab["the"], 1000, 2023]
+    want_ids = [
+        tok.vocab["paris"],
+        tok.vocab["london"],
+        tok.vocab["france"],
+        tok.vocab["dog"],
+        tok.vocab["cat"],
+        tok.vocab["##ing"],
+        tok.vocab["the"],
+        1000,
+        2023,
+    ]
     assert m.ids.tolist() == want_ids
     np.testing.assert_array_equal(m.vectors, W[want_ids])
     assert m.labels[:7] == ["paris", "london", "france", "dog", "cat", "##ing", "the"]
@@ -103,15 +113,18 @@ def test_embed_tokens_small_subset_clamps_perplexity_and_accepts_an_estimator(be
     np.testing.assert_array_equal(m3.vectors, W[5:9])
 
 
-@pytest.mark.parametrize("tokens, exc, match", [
-    (["dog", "zzqxjv"], ValueError, "not one token"),
-    ([5, 10**6], ValueError, "outside the vocabulary"),
-    ([-1, 2], ValueError, "outside the vocabulary"),
-    ([True, 2], TypeError, "token strings or integer ids"),
-    ([1.5, 2], TypeError, "token strings or integer ids"),
-    ("dog", TypeError, "single string"),
-    ([], ValueError, "empty"),
-])
+@pytest.mark.parametrize(
+    "tokens, exc, match",
+    [
+        (["dog", "zzqxjv"], ValueError, "not one token"),
+        ([5, 10**6], ValueError, "outside the vocabulary"),
+        ([-1, 2], ValueError, "outside the vocabulary"),
+        ([True, 2], TypeError, "token strings or integer ids"),
+        ([1.5, 2], TypeError, "token strings or integer ids"),
+        ("dog", TypeError, "single string"),
+        ([], ValueError, "empty"),
+    ],
+)
 def test_embed_tokens_bad_tokens(minilm, tokens, exc, match):
     model, tok = minilm
     with pytest.raises(exc, match=match):
@@ -140,6 +153,7 @@ def test_embed_tokens_bad_arguments(bert):
 # ---------------------------------------------------------------------------------------------
 # embed_hidden_states / pool_hidden_states
 # ---------------------------------------------------------------------------------------------
+
 
 def _capture(model, inputs):
     with llmdbg.capture(model, hidden_states=True) as trace, torch.no_grad():
@@ -245,6 +259,7 @@ def test_embed_hidden_states_bad_input(bert):
 # plot.embedding
 # ---------------------------------------------------------------------------------------------
 
+
 def _scatter(fig: Figure) -> PathCollection:
     cols = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
     assert len(cols) == 1
@@ -267,8 +282,12 @@ def test_plot_embedding_shows_the_points_labels_and_texts():
 
 
 def test_plot_embedding_of_a_map_annotates_its_labels():
-    m = EmbeddingMap(coords=np.array([[0, 0], [1, 1], [2, 0]], np.float32), labels=["x", "y", "z"],
-                     ids=np.arange(3), vectors=np.zeros((3, 4), np.float32))
+    m = EmbeddingMap(
+        coords=np.array([[0, 0], [1, 1], [2, 0]], np.float32),
+        labels=["x", "y", "z"],
+        ids=np.arange(3),
+        vectors=np.zeros((3, 4), np.float32),
+    )
     fig = m.plot()
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["x", "y", "z"]
     assert fig.axes[0].get_legend() is None

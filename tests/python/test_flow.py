@@ -46,8 +46,7 @@ def networkx_flow(mats):
     flows = np.zeros((t, t))
     for u in range(t):
         for v in range(t):
-            flows[u, v] = nx.maximum_flow_value(graph, n_layers * t + u, v,
-                                                flow_func=nx.algorithms.flow.edmonds_karp)
+            flows[u, v] = nx.maximum_flow_value(graph, n_layers * t + u, v, flow_func=nx.algorithms.flow.edmonds_karp)
         flows[u] /= flows[u].sum()
     return flows
 
@@ -58,7 +57,7 @@ def test_equals_networkx_edmonds_karp(seed):
     l, t = int(rng.integers(1, 4)), int(rng.integers(2, 7))
     maps = softmax_maps(l=l, b=2, t=t, seed=seed)
     if seed % 2:  # sparse maps: many zero capacities
-        maps = np.where(rng.random(maps.shape) < 0.5, 0, maps ** 3)
+        maps = np.where(rng.random(maps.shape) < 0.5, 0, maps**3)
         maps[..., np.arange(t), np.arange(t)] += 0.01
         maps = (maps / maps.sum(-1, keepdims=True)).astype(np.float32)
     got = attention_flow(maps)

@@ -20,9 +20,17 @@ def _reference_stats(x: np.ndarray) -> dict:
     x = x.astype(np.float64).ravel()
     fin = x[np.isfinite(x)]
     nz = np.abs(fin[fin != 0])
-    return dict(count=x.size, nan_count=int(np.isnan(x).sum()), inf_count=int(np.isinf(x).sum()),
-                zero_count=int((x == 0).sum()), mean=fin.mean(), std=fin.std(), min=fin.min(),
-                max=fin.max(), histogram=np.bincount(np.clip(np.frexp(nz)[1] - 1 + 32, 0, 63), minlength=64))
+    return dict(
+        count=x.size,
+        nan_count=int(np.isnan(x).sum()),
+        inf_count=int(np.isinf(x).sum()),
+        zero_count=int((x == 0).sum()),
+        mean=fin.mean(),
+        std=fin.std(),
+        min=fin.min(),
+        max=fin.max(),
+        histogram=np.bincount(np.clip(np.frexp(nz)[1] - 1 + 32, 0, 63), minlength=64),
+    )
 
 
 def _check(stats, ref):
@@ -49,8 +57,13 @@ def test_cuda_capture_equals_plain_hooks_and_output_attentions(family):
     model.set_attn_implementation("eager")
     ref, handles = {}, []
     for n in blocks:
-        handles.append(model.get_submodule(n).register_forward_hook(
-            lambda m, a, o, n=n: ref.__setitem__(n, (o if isinstance(o, torch.Tensor) else o[0]).detach().cpu().numpy())))
+        handles.append(
+            model.get_submodule(n).register_forward_hook(
+                lambda m, a, o, n=n: ref.__setitem__(
+                    n, (o if isinstance(o, torch.Tensor) else o[0]).detach().cpu().numpy()
+                )
+            )
+        )
     with torch.no_grad():
         out = model(**inputs, output_attentions=True)
     for h in handles:
@@ -59,8 +72,11 @@ def test_cuda_capture_equals_plain_hooks_and_output_attentions(family):
     with llmdbg.capture(model, "blocks", attentions=True) as trace, torch.no_grad():
         model(**inputs)
     assert model.config._attn_implementation == "sdpa"
-    expected = ([*out.encoder_attentions, *out.decoder_attentions, *out.cross_attentions]
-                if family == "t5" else list(out.attentions))
+    expected = (
+        [*out.encoder_attentions, *out.decoder_attentions, *out.cross_attentions]
+        if family == "t5"
+        else list(out.attentions)
+    )
     for got, want in zip(trace.attentions, expected, strict=True):
         np.testing.assert_array_equal(got, want.cpu().numpy())
     for n in blocks:

@@ -18,9 +18,11 @@ def reference(model, inputs, scalar_fn):
     layout = llmdbg.find_layout(model)
     kept, handles = [], []
     for name in layout.attention:
+
         def hook(m, a, o):
             o[1].retain_grad()
             kept.append(o[1])
+
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     model.set_attn_implementation("eager")
     try:

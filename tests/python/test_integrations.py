@@ -49,8 +49,15 @@ def test_tensorboard_sink(tmp_path):
         w.add_embedding(torch.randn(6, 4), metadata=list("abcdef"), tag="probe")
     acc = _events(tmp_path)
     scalars = set(acc.Tags()["scalars"])
-    assert {"loss/train", "grad_norm/global", "lr", "loss/val", "metrics/accuracy",
-            "grad_norm/transformer.h.0.mlp.c_fc.weight", "update_ratio/transformer.h.0.mlp.c_fc.weight"} <= scalars
+    assert {
+        "loss/train",
+        "grad_norm/global",
+        "lr",
+        "loss/val",
+        "metrics/accuracy",
+        "grad_norm/transformer.h.0.mlp.c_fc.weight",
+        "update_ratio/transformer.h.0.mlp.c_fc.weight",
+    } <= scalars
     loss = [e.value for e in acc.Scalars("loss/train")]
     assert loss == pytest.approx(w.history["loss"].tolist(), rel=1e-6)
     hists = set(acc.Tags()["histograms"])
@@ -66,12 +73,23 @@ def test_hf_trainer_callback_writes_tensorboard(tmp_path):
 
     model = _lm()
     cb = DebugCallback(every=2)
-    args = tf.TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4,
-                                gradient_accumulation_steps=2, logging_steps=1, report_to=[], save_strategy="no",
-                                eval_strategy="steps", eval_steps=3, use_cpu=True, max_grad_norm=0.5,
-                                learning_rate=1e-3, disable_tqdm=True, dataloader_num_workers=0)
-    trainer = tf.Trainer(model=model, args=args, train_dataset=_data(48), eval_dataset=_data(8, seed=1),
-                         callbacks=[cb])
+    args = tf.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="steps",
+        eval_steps=3,
+        use_cpu=True,
+        max_grad_norm=0.5,
+        learning_rate=1e-3,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = tf.Trainer(model=model, args=args, train_dataset=_data(48), eval_dataset=_data(8, seed=1), callbacks=[cb])
     trainer.train()
     w = cb.watch
     assert w.closed and len(w.history.dropna(subset=["loss"])) == 6
@@ -112,9 +130,17 @@ def test_lightning_callback(tmp_path):
     ds = torch.utils.data.TensorDataset(torch.randn(64, 8, generator=g), torch.randint(0, 2, (64,), generator=g))
     dl = torch.utils.data.DataLoader(ds, batch_size=16)
     cb = DebugCallback(every=2)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
-                         default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb],
+        default_root_dir=str(tmp_path),
+        num_sanity_val_steps=0,
+    )
     trainer.fit(Tiny(), dl, dl)
     w = cb.watch
     assert len(w.history.dropna(subset=["loss"])) == 8 and w.history["val_loss"].notna().sum() == 2

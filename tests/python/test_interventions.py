@@ -59,18 +59,19 @@ def test_patch_matches_manual_hook():
     model = tiny_model("llama", tf.LlamaForCausalLM)
     clean, corrupt = _pair("llama")
     metric = logit_diff(5, 6)
-    res = patch(model, clean, corrupt, metric=metric, modules=["model.layers.0.mlp"], positions=[2, -1],
-                progress=False)
+    res = patch(model, clean, corrupt, metric=metric, modules=["model.layers.0.mlp"], positions=[2, -1], progress=False)
     with torch.no_grad():
         store = {}
         h = model.model.layers[0].mlp.register_forward_hook(lambda m, a, o: store.setdefault("c", o.clone()))
         model(**clean)
         h.remove()
         for j, p in enumerate([2, 5]):
+
             def put(m, a, o, p=p):
                 o = o.clone()
                 o[:, p] = store["c"][:, p]
                 return o
+
             h = model.model.layers[0].mlp.register_forward_hook(put)
             v = float(metric(model(**corrupt)))
             h.remove()

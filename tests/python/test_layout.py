@@ -59,8 +59,12 @@ def test_no_private_module_of_another_package_is_imported():
                     continue
                 owner = ".".join(parts[: private[0]])
                 # _internal and _core are shared by design; inside one package its private modules are its own
-                if parts[private[0]] in ("_internal", "_core") or owner == own or owner.startswith(own + ".") \
-                        or own.startswith(owner + "."):
+                if (
+                    parts[private[0]] in ("_internal", "_core")
+                    or owner == own
+                    or owner.startswith(own + ".")
+                    or own.startswith(owner + ".")
+                ):
                     continue
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {full}")
     assert not bad, "\n".join(bad)
@@ -95,30 +99,51 @@ def test_no_public_name_shadows_a_module_of_the_same_package():
         module = importlib.import_module(pkg)
         for sub in init.parent.glob("*.py"):
             name = sub.stem
-            if name != "__init__" and hasattr(module, name) and not hasattr(getattr(module, name), "__path__") \
-                    and getattr(getattr(module, name), "__name__", None) != f"{pkg}.{name}":
+            if (
+                name != "__init__"
+                and hasattr(module, name)
+                and not hasattr(getattr(module, name), "__path__")
+                and getattr(getattr(module, name), "__name__", None) != f"{pkg}.{name}"
+            ):
                 shadowed.append(f"{pkg}.{name}")
     assert not shadowed, f"these names hide modules of the same name: {shadowed}"
 
 
 def test_every_public_result_type_is_exported():
-    for name in ("PatchResult", "HeadImportance", "AblationResult", "Relevance", "CheckReport", "DataProfile",
-                 "StreamingRollout", "AttentionSummary", "LensResult", "Attribution", "EmbeddingMap",
-                 "ClassificationReport", "ErrorAnalysis", "Event", "Unembedding"):
+    for name in (
+        "PatchResult",
+        "HeadImportance",
+        "AblationResult",
+        "Relevance",
+        "CheckReport",
+        "DataProfile",
+        "StreamingRollout",
+        "AttentionSummary",
+        "LensResult",
+        "Attribution",
+        "EmbeddingMap",
+        "ClassificationReport",
+        "ErrorAnalysis",
+        "Event",
+        "Unembedding",
+    ):
         assert name in llmdbg.__all__ and isinstance(getattr(llmdbg, name), type), name
     assert all(hasattr(llmdbg, name) for name in llmdbg.__all__)
 
 
-@pytest.mark.parametrize(("old", "attr", "new"), [
-    ("llmdbg.models", "find_layout", "llmdbg.adapters.layout"),
-    ("llmdbg.models", "eager_attention", "llmdbg.adapters.attention_impl"),
-    ("llmdbg.unembed", "find_unembedding", "llmdbg.adapters.unembedding"),
-    ("llmdbg.trace", "Trace", "llmdbg.tracing.trace"),
-    ("llmdbg.stats", "summarize", "llmdbg.tracing.stats"),
-    ("llmdbg.report_job", "run_report", "llmdbg.report.job"),
-    ("llmdbg.report_job", "ReportContext", "llmdbg.report.context"),
-    ("llmdbg.report_inputs", "load_model", "llmdbg.report.inputs"),
-])
+@pytest.mark.parametrize(
+    ("old", "attr", "new"),
+    [
+        ("llmdbg.models", "find_layout", "llmdbg.adapters.layout"),
+        ("llmdbg.models", "eager_attention", "llmdbg.adapters.attention_impl"),
+        ("llmdbg.unembed", "find_unembedding", "llmdbg.adapters.unembedding"),
+        ("llmdbg.trace", "Trace", "llmdbg.tracing.trace"),
+        ("llmdbg.stats", "summarize", "llmdbg.tracing.stats"),
+        ("llmdbg.report_job", "run_report", "llmdbg.report.job"),
+        ("llmdbg.report_job", "ReportContext", "llmdbg.report.context"),
+        ("llmdbg.report_inputs", "load_model", "llmdbg.report.inputs"),
+    ],
+)
 def test_old_module_paths_still_import_with_a_deprecation_warning(old, attr, new):
     import sys
 

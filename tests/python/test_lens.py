@@ -11,9 +11,13 @@ from llmdbg.adapters.unembedding import find_unembedding
 from llmdbg.lens import logit_lens
 from tiny_models import tiny_inputs, tiny_model
 
-CAUSAL = {"gpt2": (tf.GPT2LMHeadModel, "transformer.ln_f"), "llama": (tf.LlamaForCausalLM, "model.norm"),
-          "qwen2": (tf.Qwen2ForCausalLM, "model.norm"), "mistral": (tf.MistralForCausalLM, "model.norm"),
-          "gpt_neox": (tf.GPTNeoXForCausalLM, "gpt_neox.final_layer_norm")}
+CAUSAL = {
+    "gpt2": (tf.GPT2LMHeadModel, "transformer.ln_f"),
+    "llama": (tf.LlamaForCausalLM, "model.norm"),
+    "qwen2": (tf.Qwen2ForCausalLM, "model.norm"),
+    "mistral": (tf.MistralForCausalLM, "model.norm"),
+    "gpt_neox": (tf.GPTNeoXForCausalLM, "gpt_neox.final_layer_norm"),
+}
 
 
 def _manual(model, inputs, norm):
@@ -39,11 +43,16 @@ def test_equals_manual_computation(family):
         np.testing.assert_array_equal(res.top_ids[r], ti.numpy())
         nxt = inputs["input_ids"][:, 1:]
         pt = p[:, :-1].gather(-1, nxt[..., None])[..., 0]
-        np.testing.assert_allclose(res.target_prob[r][:, :-1][inputs["attention_mask"][:, 1:].bool().numpy()],
-                                   pt[inputs["attention_mask"][:, 1:].bool()].numpy(), rtol=1e-5)
+        np.testing.assert_allclose(
+            res.target_prob[r][:, :-1][inputs["attention_mask"][:, 1:].bool().numpy()],
+            pt[inputs["attention_mask"][:, 1:].bool()].numpy(),
+            rtol=1e-5,
+        )
         rank = (p[:, :-1] > pt[..., None]).sum(-1) + 1
-        assert (res.target_rank[r][:, :-1][inputs["attention_mask"][:, 1:].bool().numpy()]
-                == rank[inputs["attention_mask"][:, 1:].bool()].numpy()).all()
+        assert (
+            res.target_rank[r][:, :-1][inputs["attention_mask"][:, 1:].bool().numpy()]
+            == rank[inputs["attention_mask"][:, 1:].bool()].numpy()
+        ).all()
     assert (res.target_rank[:, :, -1] == -1).all() and np.isnan(res.target_prob[:, :, -1]).all()
     assert (res.target_rank[:, -1, -2] == -1).all()  # the next position is padding
 
@@ -55,13 +64,16 @@ def test_last_row_is_model_output_not_normalised_twice():
     with torch.no_grad():
         logits = model(**inputs).logits
     np.testing.assert_allclose(res.top_probs[0, ..., 0], torch.softmax(logits, -1).max(-1).values.numpy(), rtol=1e-5)
-    double = torch.softmax(model.lm_head(model.transformer.ln_f(model(**inputs, output_hidden_states=True)
-                                                                .hidden_states[-1])), -1)
+    double = torch.softmax(
+        model.lm_head(model.transformer.ln_f(model(**inputs, output_hidden_states=True).hidden_states[-1])), -1
+    )
     assert not np.allclose(res.top_probs[0, ..., 0], double.max(-1).values.detach().numpy(), rtol=1e-3)
 
 
-@pytest.mark.parametrize("family,cls", [("bert", tf.BertForMaskedLM), ("roberta", tf.RobertaForMaskedLM),
-                                        ("distilbert", tf.DistilBertForMaskedLM)])
+@pytest.mark.parametrize(
+    "family,cls",
+    [("bert", tf.BertForMaskedLM), ("roberta", tf.RobertaForMaskedLM), ("distilbert", tf.DistilBertForMaskedLM)],
+)
 def test_masked_lm_head(family, cls):
     model = tiny_model(family, cls)
     inputs = tiny_inputs(family)

@@ -27,8 +27,9 @@ def test_classification_report_matches_sklearn():
     for avg, name in ((r.macro, "macro avg"), (r.weighted, "weighted avg")):
         assert avg["f1"] == pytest.approx(ref[name]["f1-score"])
         assert avg["precision"] == pytest.approx(ref[name]["precision"])
-    np.testing.assert_array_equal(r.confusion, np.array([[np.sum((y == i) & (pred == j)) for j in range(4)]
-                                                         for i in range(4)]))
+    np.testing.assert_array_equal(
+        r.confusion, np.array([[np.sum((y == i) & (pred == j)) for j in range(4)] for i in range(4)])
+    )
     assert list(r.to_frame().index[-2:]) == ["macro avg", "weighted avg"]
     fig = r.plot()
     assert len(fig.axes) >= 2
@@ -40,16 +41,25 @@ def test_classification_report_labels_and_strings():
     assert r.labels == ["pos", "neg"] and r.confusion.tolist() == [[2, 0], [1, 0]]
 
 
-@pytest.mark.parametrize("a, b, exc", [([0, 1], [0], ValueError), ([[0, 1]], [[0, 1]], ValueError),
-                                       ([], [], ValueError)])
+@pytest.mark.parametrize(
+    "a, b, exc", [([0, 1], [0], ValueError), ([[0, 1]], [[0, 1]], ValueError), ([], [], ValueError)]
+)
 def test_classification_report_bad_input(a, b, exc):
     with pytest.raises(exc):
         metrics.classification_report(a, b)
 
 
 def test_error_analysis_groups():
-    texts = ["good movie", "bad movie", "not good at all, really", "great", "not bad", "awful not fun at all",
-             "fine", "not great"]
+    texts = [
+        "good movie",
+        "bad movie",
+        "not good at all, really",
+        "great",
+        "not bad",
+        "awful not fun at all",
+        "fine",
+        "not great",
+    ]
     y = ["pos", "neg", "neg", "pos", "pos", "neg", "pos", "neg"]
     p = ["pos", "neg", "pos", "pos", "neg", "neg", "pos", "pos"]
     ea = metrics.error_analysis(texts, y, p, n_buckets=2)

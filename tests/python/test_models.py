@@ -29,57 +29,219 @@ from tiny_models import HEADS, IDS, LAYERS, VOCAB, H
 CONFIGS = {
     **BASE_CONFIGS,
     # Not in llmdbg's family table: found through transformers' own _can_record_outputs.
-    "bart": lambda: tf.BartConfig(d_model=H, encoder_layers=LAYERS, decoder_layers=LAYERS,
-                                  encoder_attention_heads=HEADS, decoder_attention_heads=HEADS,
-                                  encoder_ffn_dim=2 * H, decoder_ffn_dim=2 * H, vocab_size=VOCAB,
-                                  decoder_start_token_id=2, forced_eos_token_id=2, **IDS),
-    "opt": lambda: tf.OPTConfig(hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS, ffn_dim=2 * H,
-                                word_embed_proj_dim=H, vocab_size=VOCAB, **IDS),
+    "bart": lambda: tf.BartConfig(
+        d_model=H,
+        encoder_layers=LAYERS,
+        decoder_layers=LAYERS,
+        encoder_attention_heads=HEADS,
+        decoder_attention_heads=HEADS,
+        encoder_ffn_dim=2 * H,
+        decoder_ffn_dim=2 * H,
+        vocab_size=VOCAB,
+        decoder_start_token_id=2,
+        forced_eos_token_id=2,
+        **IDS,
+    ),
+    "opt": lambda: tf.OPTConfig(
+        hidden_size=H,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        ffn_dim=2 * H,
+        word_embed_proj_dim=H,
+        vocab_size=VOCAB,
+        **IDS,
+    ),
 }
 
 # class, family, first attention, first cross-attention, first mlp, embeddings, final norm,
 # unembedding, {stack: n_blocks}
 L2 = {"decoder": LAYERS}
 CASES = [
-    ("BertModel", "bert", "encoder.layer.0.attention.self", None, "encoder.layer.0.intermediate",
-     "embeddings.word_embeddings", None, None, {"encoder": LAYERS}),
-    ("BertForSequenceClassification", "bert", "bert.encoder.layer.0.attention.self", None,
-     "bert.encoder.layer.0.intermediate", "bert.embeddings.word_embeddings", None, None, {"encoder": LAYERS}),
-    ("BertForMaskedLM", "bert", "bert.encoder.layer.0.attention.self", None, "bert.encoder.layer.0.intermediate",
-     "bert.embeddings.word_embeddings", None, "cls.predictions.decoder", {"encoder": LAYERS}),
-    ("RobertaModel", "roberta", "encoder.layer.0.attention.self", None, "encoder.layer.0.intermediate",
-     "embeddings.word_embeddings", None, None, {"encoder": LAYERS}),
-    ("RobertaForMaskedLM", "roberta", "roberta.encoder.layer.0.attention.self", None,
-     "roberta.encoder.layer.0.intermediate", "roberta.embeddings.word_embeddings", None, "lm_head.decoder",
-     {"encoder": LAYERS}),
-    ("DistilBertModel", "distilbert", "transformer.layer.0.attention", None, "transformer.layer.0.ffn",
-     "embeddings.word_embeddings", None, None, {"encoder": LAYERS}),
-    ("DistilBertForSequenceClassification", "distilbert", "distilbert.transformer.layer.0.attention", None,
-     "distilbert.transformer.layer.0.ffn", "distilbert.embeddings.word_embeddings", None, None, {"encoder": LAYERS}),
+    (
+        "BertModel",
+        "bert",
+        "encoder.layer.0.attention.self",
+        None,
+        "encoder.layer.0.intermediate",
+        "embeddings.word_embeddings",
+        None,
+        None,
+        {"encoder": LAYERS},
+    ),
+    (
+        "BertForSequenceClassification",
+        "bert",
+        "bert.encoder.layer.0.attention.self",
+        None,
+        "bert.encoder.layer.0.intermediate",
+        "bert.embeddings.word_embeddings",
+        None,
+        None,
+        {"encoder": LAYERS},
+    ),
+    (
+        "BertForMaskedLM",
+        "bert",
+        "bert.encoder.layer.0.attention.self",
+        None,
+        "bert.encoder.layer.0.intermediate",
+        "bert.embeddings.word_embeddings",
+        None,
+        "cls.predictions.decoder",
+        {"encoder": LAYERS},
+    ),
+    (
+        "RobertaModel",
+        "roberta",
+        "encoder.layer.0.attention.self",
+        None,
+        "encoder.layer.0.intermediate",
+        "embeddings.word_embeddings",
+        None,
+        None,
+        {"encoder": LAYERS},
+    ),
+    (
+        "RobertaForMaskedLM",
+        "roberta",
+        "roberta.encoder.layer.0.attention.self",
+        None,
+        "roberta.encoder.layer.0.intermediate",
+        "roberta.embeddings.word_embeddings",
+        None,
+        "lm_head.decoder",
+        {"encoder": LAYERS},
+    ),
+    (
+        "DistilBertModel",
+        "distilbert",
+        "transformer.layer.0.attention",
+        None,
+        "transformer.layer.0.ffn",
+        "embeddings.word_embeddings",
+        None,
+        None,
+        {"encoder": LAYERS},
+    ),
+    (
+        "DistilBertForSequenceClassification",
+        "distilbert",
+        "distilbert.transformer.layer.0.attention",
+        None,
+        "distilbert.transformer.layer.0.ffn",
+        "distilbert.embeddings.word_embeddings",
+        None,
+        None,
+        {"encoder": LAYERS},
+    ),
     ("GPT2Model", "gpt2", "h.0.attn", None, "h.0.mlp", "wte", "ln_f", None, L2),
-    ("GPT2LMHeadModel", "gpt2", "transformer.h.0.attn", None, "transformer.h.0.mlp", "transformer.wte",
-     "transformer.ln_f", "lm_head", L2),
+    (
+        "GPT2LMHeadModel",
+        "gpt2",
+        "transformer.h.0.attn",
+        None,
+        "transformer.h.0.mlp",
+        "transformer.wte",
+        "transformer.ln_f",
+        "lm_head",
+        L2,
+    ),
     ("GPTNeoXModel", "gpt_neox", "layers.0.attention", None, "layers.0.mlp", "embed_in", "final_layer_norm", None, L2),
-    ("GPTNeoXForCausalLM", "gpt_neox", "gpt_neox.layers.0.attention", None, "gpt_neox.layers.0.mlp",
-     "gpt_neox.embed_in", "gpt_neox.final_layer_norm", "lm_head", L2),
-    *[(f"{p}Model", f, "layers.0.self_attn", None, "layers.0.mlp", "embed_tokens", "norm", None, L2)
-      for p, f in [("Llama", "llama"), ("Mistral", "mistral"), ("Qwen2", "qwen2")]],
-    *[(f"{p}ForCausalLM", f, "model.layers.0.self_attn", None, "model.layers.0.mlp", "model.embed_tokens",
-       "model.norm", "lm_head", L2) for p, f in [("Llama", "llama"), ("Mistral", "mistral"), ("Qwen2", "qwen2")]],
-    ("Qwen2ForSequenceClassification", "qwen2", "model.layers.0.self_attn", None, "model.layers.0.mlp",
-     "model.embed_tokens", "model.norm", None, L2),
-    ("T5Model", "t5", "encoder.block.0.layer.0.SelfAttention", "decoder.block.0.layer.1.EncDecAttention",
-     "encoder.block.0.layer.1.DenseReluDense", "encoder.embed_tokens", "decoder.final_layer_norm", None,
-     {"encoder": LAYERS, "decoder": LAYERS}),
-    ("T5ForConditionalGeneration", "t5", "encoder.block.0.layer.0.SelfAttention",
-     "decoder.block.0.layer.1.EncDecAttention", "encoder.block.0.layer.1.DenseReluDense", "encoder.embed_tokens",
-     "decoder.final_layer_norm", "lm_head", {"encoder": LAYERS, "decoder": LAYERS}),
-    ("T5EncoderModel", "t5", "encoder.block.0.layer.0.SelfAttention", None, "encoder.block.0.layer.1.DenseReluDense",
-     "encoder.embed_tokens", "encoder.final_layer_norm", None, {"encoder": LAYERS}),
-    ("BartModel", "bart", "encoder.layers.0.self_attn", "decoder.layers.0.encoder_attn", None,
-     "encoder.embed_tokens", None, None, {"encoder": LAYERS, "decoder": LAYERS}),
-    ("OPTForCausalLM", "opt", "model.decoder.layers.0.self_attn", None, None, "model.decoder.embed_tokens",
-     "model.decoder.final_layer_norm", "lm_head", L2),
+    (
+        "GPTNeoXForCausalLM",
+        "gpt_neox",
+        "gpt_neox.layers.0.attention",
+        None,
+        "gpt_neox.layers.0.mlp",
+        "gpt_neox.embed_in",
+        "gpt_neox.final_layer_norm",
+        "lm_head",
+        L2,
+    ),
+    *[
+        (f"{p}Model", f, "layers.0.self_attn", None, "layers.0.mlp", "embed_tokens", "norm", None, L2)
+        for p, f in [("Llama", "llama"), ("Mistral", "mistral"), ("Qwen2", "qwen2")]
+    ],
+    *[
+        (
+            f"{p}ForCausalLM",
+            f,
+            "model.layers.0.self_attn",
+            None,
+            "model.layers.0.mlp",
+            "model.embed_tokens",
+            "model.norm",
+            "lm_head",
+            L2,
+        )
+        for p, f in [("Llama", "llama"), ("Mistral", "mistral"), ("Qwen2", "qwen2")]
+    ],
+    (
+        "Qwen2ForSequenceClassification",
+        "qwen2",
+        "model.layers.0.self_attn",
+        None,
+        "model.layers.0.mlp",
+        "model.embed_tokens",
+        "model.norm",
+        None,
+        L2,
+    ),
+    (
+        "T5Model",
+        "t5",
+        "encoder.block.0.layer.0.SelfAttention",
+        "decoder.block.0.layer.1.EncDecAttention",
+        "encoder.block.0.layer.1.DenseReluDense",
+        "encoder.embed_tokens",
+        "decoder.final_layer_norm",
+        None,
+        {"encoder": LAYERS, "decoder": LAYERS},
+    ),
+    (
+        "T5ForConditionalGeneration",
+        "t5",
+        "encoder.block.0.layer.0.SelfAttention",
+        "decoder.block.0.layer.1.EncDecAttention",
+        "encoder.block.0.layer.1.DenseReluDense",
+        "encoder.embed_tokens",
+        "decoder.final_layer_norm",
+        "lm_head",
+        {"encoder": LAYERS, "decoder": LAYERS},
+    ),
+    (
+        "T5EncoderModel",
+        "t5",
+        "encoder.block.0.layer.0.SelfAttention",
+        None,
+        "encoder.block.0.layer.1.DenseReluDense",
+        "encoder.embed_tokens",
+        "encoder.final_layer_norm",
+        None,
+        {"encoder": LAYERS},
+    ),
+    (
+        "BartModel",
+        "bart",
+        "encoder.layers.0.self_attn",
+        "decoder.layers.0.encoder_attn",
+        None,
+        "encoder.embed_tokens",
+        None,
+        None,
+        {"encoder": LAYERS, "decoder": LAYERS},
+    ),
+    (
+        "OPTForCausalLM",
+        "opt",
+        "model.decoder.layers.0.self_attn",
+        None,
+        None,
+        "model.decoder.embed_tokens",
+        "model.decoder.final_layer_norm",
+        "lm_head",
+        L2,
+    ),
 ]
 IDS_OF = [c[0] for c in CASES]
 
@@ -97,8 +259,10 @@ def build(cls_name: str, eager: bool = False) -> nn.Module:
 
 def batch_for(model: nn.Module) -> dict:
     g = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(3, VOCAB, (2, 6), generator=g),
-             "attention_mask": torch.ones(2, 6, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.randint(3, VOCAB, (2, 6), generator=g),
+        "attention_mask": torch.ones(2, 6, dtype=torch.long),
+    }
     if model.config.is_encoder_decoder and not isinstance(model, tf.T5EncoderModel):
         batch["decoder_input_ids"] = torch.randint(3, VOCAB, (2, 4), generator=g)
     return batch
@@ -142,9 +306,13 @@ def test_attention_modules_return_weights(case):
     model = build(case[0])
     layout, batch = find_layout(model), batch_for(model)
     seen: dict[str, list] = {"self": [], "cross": []}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda mod, args, out, kind=kind: seen[kind].append(out[layout.attention_index]))
-        for kind, names in [("self", layout.attention), ("cross", layout.cross_attention)] for n in names]
+    hooks = [
+        model.get_submodule(n).register_forward_hook(
+            lambda mod, args, out, kind=kind: seen[kind].append(out[layout.attention_index])
+        )
+        for kind, names in [("self", layout.attention), ("cross", layout.cross_attention)]
+        for n in names
+    ]
     try:
         with torch.no_grad():
             model(**batch)  # SDPA: the weights slot exists but is empty
@@ -157,8 +325,9 @@ def test_attention_modules_return_weights(case):
     finally:
         for h in hooks:
             h.remove()
-    expected_self = [w for key in ("attentions", "encoder_attentions", "decoder_attentions")
-                     for w in (getattr(out, key, None) or ())]
+    expected_self = [
+        w for key in ("attentions", "encoder_attentions", "decoder_attentions") for w in (getattr(out, key, None) or ())
+    ]
     expected_cross = list(getattr(out, "cross_attentions", None) or ())
     assert len(captured["self"]) == len(layout.attention) == len(expected_self)
     assert len(captured["cross"]) == len(layout.cross_attention) == len(expected_cross)
@@ -231,11 +400,14 @@ def test_wrapped_model_is_laid_out_and_switched_like_the_model(cls_name):
     assert layout.family == want.family and layout.attention_index == want.attention_index
     assert layout.attention == tuple(f"backbone.{n}" for n in want.attention)
     assert layout.cross_attention == tuple(f"backbone.{n}" for n in want.cross_attention)
-    assert (layout.embeddings, layout.final_norm) == (f"backbone.{want.embeddings}",
-                                                      want.final_norm and f"backbone.{want.final_norm}")
+    assert (layout.embeddings, layout.final_norm) == (
+        f"backbone.{want.embeddings}",
+        want.final_norm and f"backbone.{want.final_norm}",
+    )
     weights = []
     hook = model.get_submodule(layout.attention[-1]).register_forward_hook(
-        lambda m, a, o: weights.append(o[layout.attention_index]))
+        lambda m, a, o: weights.append(o[layout.attention_index])
+    )
     try:
         with eager_attention(model) as m, torch.no_grad():
             assert m is model and set(all_impls(inner)) == {"eager"}

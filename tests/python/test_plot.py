@@ -128,8 +128,7 @@ def test_activation_stats_panels_and_nonfinite_annotation():
     assert [t.get_text() for t in fig.axes[3].get_xticklabels()] == list(stats)
 
     fig = plot.activation_stats(stats, ["layer.1", "emb"], labels=["L1", "E"])
-    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(),
-                               [stats["layer.1"].mean, stats["emb"].mean])
+    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), [stats["layer.1"].mean, stats["emb"].mean])
     assert [t.get_text() for t in fig.axes[3].get_xticklabels()] == ["L1", "E"]
     with pytest.raises(KeyError, match="nope"):
         plot.activation_stats(stats, ["nope"])
@@ -149,8 +148,7 @@ def test_activation_stats_from_a_trace():
         model(torch.randn(3, 4))
     fig = plot.activation_stats(trace)
     assert [t.get_text() for t in fig.axes[3].get_xticklabels()] == ["0", "1", "2"]
-    np.testing.assert_allclose(fig.axes[3].get_lines()[0].get_ydata(),
-                               [trace.stats[k].zero_fraction for k in "012"])
+    np.testing.assert_allclose(fig.axes[3].get_lines()[0].get_ydata(), [trace.stats[k].zero_fraction for k in "012"])
 
 
 def test_histogram_bars_are_the_nonempty_bins():
@@ -180,6 +178,7 @@ def test_figures_render_to_png():
 
 
 # ---- attention-analysis figures ---------------------------------------------------------------
+
 
 def test_head_grid_shows_every_layer_and_head():
     maps = [np.random.default_rng(i).random((4, 6, 6)) for i in range(3)]

@@ -84,8 +84,9 @@ def _figure() -> Figure:
 def test_report_writes_a_self_contained_page(tmp_path):
     report = Report("My <model>", subtitle="two & sections")
     df = pd.DataFrame({"key": ["a", "b"], "mean": [0.5, np.nan], "count": [1200, 3]}).set_index("key")
-    report.add_section("Figures", html="<p>raw <b>html</b></p>", figure=[_figure(), _figure()],
-                       captions=["first"], table=df)
+    report.add_section(
+        "Figures", html="<p>raw <b>html</b></p>", figure=[_figure(), _figure()], captions=["first"], table=df
+    )
     report.add_section("Figures", table=[{"x": 1}, {"y": "two"}])  # same title: unique anchor
     path = report.write(tmp_path / "out")
     assert path == tmp_path / "out" / "index.html"
@@ -99,7 +100,7 @@ def test_report_writes_a_self_contained_page(tmp_path):
     assert "first" in body and "1,200" in body and "nan" in body
     # the named index became a column; missing cells in list-of-dict tables are empty
     assert [t for t, _ in page.sections["figures"] if t == "th"] == ["th"] * 3
-    footer = text[text.index("<footer>"):]
+    footer = text[text.index("<footer>") :]
     for name in ("llmdbg", "torch", "transformers"):
         assert name in footer
 
@@ -173,8 +174,9 @@ def test_cli_demo_refuses_existing_dir_without_force(tmp_path):
 
 
 def test_cli_runs_as_a_module():
-    result = subprocess.run([sys.executable, "-m", "llmdbg.cli", "demo", "--help"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "llmdbg.cli", "demo", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "--force" in result.stdout
 
 
@@ -212,8 +214,9 @@ def test_demo_writes_arrays_and_summary(demo_run):
     assert code == 0, stderr
     with np.load(out / "arrays.npz") as arrays:  # no pickles: tokens are a str array
         hidden = [arrays[f"hidden_states_{i}"] for i in range(7)]
-        assert sorted(k for k in arrays.files if k.startswith("hidden_states_")) == \
-            [f"hidden_states_{i}" for i in range(7)]
+        assert sorted(k for k in arrays.files if k.startswith("hidden_states_")) == [
+            f"hidden_states_{i}" for i in range(7)
+        ]
         attn = [arrays[k] for k in sorted(arrays.files) if k.startswith("attentions_")]
         mask, tokens = arrays["attention_mask"], arrays["tokens"]
     b, t = mask.shape

@@ -74,7 +74,7 @@ def test_identity_and_uniform_attention():
     uniform = np.full((5, 1, 3, t, t), 1 / t, np.float32)
     np.testing.assert_allclose(attention_rollout(uniform, residual=False), np.full((1, t, t), 1 / t), atol=1e-7)
     # With the residual, Â = (U + I) / 2 and Â^L = 2^-L I + (1 − 2^-L) U.
-    w = 2.0 ** -5
+    w = 2.0**-5
     np.testing.assert_allclose(attention_rollout(uniform), (w * np.eye(t) + (1 - w) / t)[None], atol=1e-7)
 
 
@@ -106,8 +106,12 @@ def test_discard_ratio_follows_documented_semantics(ratio, fusion):
     np.testing.assert_allclose(got, reference(maps, fusion=fusion, discard_ratio=ratio), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
     # Without the residual the filtered maps are used as they are.
-    np.testing.assert_allclose(attention_rollout(maps, discard_ratio=ratio, residual=False),
-                               reference(maps, discard_ratio=ratio, residual=False), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        attention_rollout(maps, discard_ratio=ratio, residual=False),
+        reference(maps, discard_ratio=ratio, residual=False),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 def test_discard_ties_are_taken_in_row_major_order():

@@ -15,14 +15,22 @@ def _numpy_reference(x: np.ndarray) -> dict:
     fin = x[np.isfinite(x)]
     nz = np.abs(fin[fin != 0])
     return dict(
-        count=x.size, finite_count=fin.size, nan_count=int(np.isnan(x).sum()),
-        inf_count=int(np.isinf(x).sum()), zero_count=int((x == 0).sum()),
-        mean=fin.mean(), std=fin.std(), min=fin.min(), max=fin.max(), absmax=np.abs(fin).max(),
-        histogram=np.bincount(np.clip(np.frexp(nz)[1] - 1 + 32, 0, 63), minlength=64))
+        count=x.size,
+        finite_count=fin.size,
+        nan_count=int(np.isnan(x).sum()),
+        inf_count=int(np.isinf(x).sum()),
+        zero_count=int((x == 0).sum()),
+        mean=fin.mean(),
+        std=fin.std(),
+        min=fin.min(),
+        max=fin.max(),
+        absmax=np.abs(fin).max(),
+        histogram=np.bincount(np.clip(np.frexp(nz)[1] - 1 + 32, 0, 63), minlength=64),
+    )
 
 
 def _with_specials(n: int, dtype, seed: int = 0) -> np.ndarray:
-    x = (np.random.default_rng(seed).standard_normal(n) * 10.0 ** np.random.default_rng(1).integers(-12, 12, n))
+    x = np.random.default_rng(seed).standard_normal(n) * 10.0 ** np.random.default_rng(1).integers(-12, 12, n)
     x = x.astype(dtype)
     x[::97] = 0
     x[5], x[17], x[-3] = np.nan, np.inf, -np.inf

@@ -31,8 +31,10 @@ def _batch(seed: int):
 
 
 def _hook_count(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(m._backward_pre_hooks) for m in model.modules())
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
+        for m in model.modules()
+    )
 
 
 def _np_hist(x: np.ndarray) -> np.ndarray:
@@ -82,7 +84,8 @@ def test_periodic_tier_against_references():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     outs = {}
     h = model.transformer.h[1].register_forward_hook(
-        lambda m, a, o: outs.__setitem__("h1", (o[0] if isinstance(o, tuple) else o).detach().clone()))
+        lambda m, a, o: outs.__setitem__("h1", (o[0] if isinstance(o, tuple) else o).detach().clone())
+    )
     with llmdbg.watch(model, opt, every=2) as w:
         before = after = None
         for i in range(3):
@@ -133,7 +136,9 @@ def test_dead_units_detected():
     dead = [e for e in w.events if e.kind == "dead_units"]
     assert [e.module for e in dead] == ["transformer.h.0.mlp.act"]
     acts = w.activations.dropna(subset=["dead_fraction"])
-    assert acts[acts["module"] == "transformer.h.0.mlp.act"]["dead_fraction"].iloc[-1] == pytest.approx(16 / c_fc.weight.shape[1])
+    assert acts[acts["module"] == "transformer.h.0.mlp.act"]["dead_fraction"].iloc[-1] == pytest.approx(
+        16 / c_fc.weight.shape[1]
+    )
     assert acts[acts["module"] == "transformer.h.1.mlp.act"]["dead_fraction"].iloc[-1] == 0.0
 
 
@@ -187,11 +192,11 @@ def test_overfitting_planted_and_clean():
         suite = DetectorSuite(["overfitting"])
         ev = []
         for i, v in enumerate(val_curve):
-            ev += suite.on_eval(i * 100, 2.0 * 0.9 ** i, v)
+            ev += suite.on_eval(i * 100, 2.0 * 0.9**i, v)
         return ev
 
-    healthy = [2.2 * 0.9 ** i for i in range(10)]
-    overfit = [2.2 * 0.9 ** i for i in range(5)] + [2.2 * 0.9 ** 4 * 1.05 ** k for k in range(1, 6)]
+    healthy = [2.2 * 0.9**i for i in range(10)]
+    overfit = [2.2 * 0.9**i for i in range(5)] + [2.2 * 0.9**4 * 1.05**k for k in range(1, 6)]
     assert not [e for e in run(healthy) if e.kind == "overfitting"]
     ev = [e for e in run(overfit) if e.kind == "overfitting"]
     assert len(ev) == 1 and ev[0].step == 700  # 3 evaluations without improvement after step 400
@@ -202,7 +207,7 @@ def test_overfitting_through_watch_eval_and_underfitting():
     with llmdbg.watch(model, every=100) as w:
         for i in range(8):
             model(**_batch(i)).loss.backward()
-            w.step(loss=3.0 * 0.9 ** i)
+            w.step(loss=3.0 * 0.9**i)
             model.zero_grad()
             w.eval(i, val_loss=3.0 * 0.95 ** min(i, 2) * (1.1 ** max(i - 2, 0)), metrics={"acc": 0.5})
     assert any(e.kind == "overfitting" for e in w.events)
@@ -298,10 +303,17 @@ def test_log_dir_not_writable(tmp_path):
     assert _hook_count(model) == base  # nothing registered
 
 
-@pytest.mark.parametrize("kwargs, exc", [({"every": 0}, ValueError), ({"track": ("grads", "x")}, ValueError),
-                                         ({"on_nan": "ignore"}, ValueError), ({"locate": "x"}, ValueError),
-                                         ({"detectors": ["nope"]}, ValueError),
-                                         ({"detectors": {"loss_spike": {"zz": 1}}}, ValueError)])
+@pytest.mark.parametrize(
+    "kwargs, exc",
+    [
+        ({"every": 0}, ValueError),
+        ({"track": ("grads", "x")}, ValueError),
+        ({"on_nan": "ignore"}, ValueError),
+        ({"locate": "x"}, ValueError),
+        ({"detectors": ["nope"]}, ValueError),
+        ({"detectors": {"loss_spike": {"zz": 1}}}, ValueError),
+    ],
+)
 def test_bad_arguments(kwargs, exc):
     with pytest.raises(exc):
         llmdbg.watch(_lm(), **kwargs)

@@ -73,8 +73,10 @@ def _worker(rank: int, world: int, port: int, out: str):
         w, norms = _run(ddp, rank, world, os.path.join(out, "tb"))
         D.torch.distributed.all_reduce = real
         if rank == 0:
-            torch.save({"hist": w.histograms["activations"], "norms": norms, "acts": w.activations,
-                        "collectives": len(calls)}, os.path.join(out, "rank0.pt"))
+            torch.save(
+                {"hist": w.histograms["activations"], "norms": norms, "acts": w.activations, "collectives": len(calls)},
+                os.path.join(out, "rank0.pt"),
+            )
     finally:
         dist.destroy_process_group()
 

@@ -74,15 +74,15 @@ def _clean_step(model, inputs, w):
 
 def _step_is_finite(model, loss) -> bool:
     """Independent check of what the cheap per-step tier sees: loss and every gradient finite."""
-    return bool(torch.isfinite(loss)) and all(bool(torch.isfinite(p.grad).all()) for p in model.parameters()
-                                              if p.grad is not None)
+    return bool(torch.isfinite(loss)) and all(
+        bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None
+    )
 
 
 def _modules_that_run(model, inputs, need_grad: bool):
     """Modules called in a forward whose first output is a float tensor (needing a gradient)."""
     seen = []
-    handles = [m.register_forward_hook(lambda m, a, o, n=n: seen.append((n, o)))
-               for n, m in model.named_modules()]
+    handles = [m.register_forward_hook(lambda m, a, o, n=n: seen.append((n, o))) for n, m in model.named_modules()]
     try:
         model(**inputs)
     finally:
@@ -113,8 +113,7 @@ def test_first_nonfinite_module_forward(family, value, locate):
         _clean_step(model, inputs, w)
         for name in names:
             mod = model.get_submodule(name)
-            h = mod.register_forward_hook(lambda m, a, o: _replace_first(o, lambda t: _poison(t, value)),
-                                          prepend=True)
+            h = mod.register_forward_hook(lambda m, a, o: _replace_first(o, lambda t: _poison(t, value)), prepend=True)
             try:
                 model.zero_grad(set_to_none=True)
                 loss = _loss(model(**inputs))
@@ -153,7 +152,8 @@ def test_first_nonfinite_module_backward(family, value, locate):
         for name in names:
             mod = model.get_submodule(name)
             h = mod.register_forward_hook(
-                lambda m, a, o: _replace_first(o, lambda t: _PoisonGrad.apply(t, value)), prepend=True)
+                lambda m, a, o: _replace_first(o, lambda t: _PoisonGrad.apply(t, value)), prepend=True
+            )
             try:
                 model.zero_grad(set_to_none=True)
                 loss = _loss(model(**inputs))
@@ -191,8 +191,7 @@ def test_forward_mode_arms_backward_after_the_first_bad_step():
     target = "h.1.mlp.c_fc"
     with llmdbg.watch(model, on_nan="skip", locate="forward") as w:
         assert not w.locator.backward
-        h = model.get_submodule(target).register_forward_hook(
-            lambda m, a, o: _PoisonGrad.apply(o, float("nan")))
+        h = model.get_submodule(target).register_forward_hook(lambda m, a, o: _PoisonGrad.apply(o, float("nan")))
         try:
             for _ in range(2):
                 loss = _loss(model(**inputs))
@@ -213,8 +212,9 @@ def test_on_nan_modes(mode):
     inputs = tiny_inputs("gpt2")
     before = [p.detach().clone() for p in model.parameters()]
     w = llmdbg.watch(model, opt, on_nan=mode)
-    h = model.h[0].attn.register_forward_hook(lambda m, a, o: _replace_first(o, lambda t: _poison(t, float("nan"))),
-                                              prepend=True)
+    h = model.h[0].attn.register_forward_hook(
+        lambda m, a, o: _replace_first(o, lambda t: _poison(t, float("nan"))), prepend=True
+    )
     try:
         loss = _loss(model(**inputs))
         loss.backward()

@@ -27,19 +27,23 @@ def _hooks(model, *, root: bool = True) -> int:
     n = 0
     for name, m in model.named_modules():
         if name or root:
-            n += sum(len(getattr(m, a)) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                                                  "_backward_pre_hooks"))
+            n += sum(
+                len(getattr(m, a))
+                for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+            )
     return n
 
 
 def _poison_fwd(model, name, value=float("nan")):
     return model.get_submodule(name).register_forward_hook(
-        lambda m, a, o: _replace_first(o, lambda t: _poison(t, value)), prepend=True)
+        lambda m, a, o: _replace_first(o, lambda t: _poison(t, value)), prepend=True
+    )
 
 
 def _poison_bwd(model, name, value=float("nan")):
     return model.get_submodule(name).register_forward_hook(
-        lambda m, a, o: _replace_first(o, lambda t: _PoisonGrad.apply(t, value)), prepend=True)
+        lambda m, a, o: _replace_first(o, lambda t: _PoisonGrad.apply(t, value)), prepend=True
+    )
 
 
 def test_default_is_replay_without_module_hooks():
@@ -96,7 +100,8 @@ def test_gradient_accumulation_replays_every_micro_batch():
     first, second = tiny_inputs("gpt2", length=7), tiny_inputs("gpt2", length=5, seed=2)
     # NaN in the backward of the second micro-batch only (sequence length 5).
     h = model.h[1].mlp.c_fc.register_forward_hook(
-        lambda m, a, o: _PoisonGrad.apply(o, float("nan")) if o.shape[1] == 5 else o)
+        lambda m, a, o: _PoisonGrad.apply(o, float("nan")) if o.shape[1] == 5 else o
+    )
     w = llmdbg.watch(model, on_nan="skip", track=("loss", "grads"))
     try:
         total = 0.0

@@ -44,7 +44,7 @@ def _dense(P, n):
     indptr, cols, vals = P
     D = np.zeros((n, n))
     for i in range(n):
-        D[i, cols[indptr[i]:indptr[i + 1]]] = vals[indptr[i]:indptr[i + 1]]
+        D[i, cols[indptr[i] : indptr[i + 1]]] = vals[indptr[i] : indptr[i + 1]]
     return D
 
 
@@ -143,8 +143,9 @@ def test_callback_stops_and_interrupts_cleanly():
         seen.append((it, kl))
         return it >= 40
 
-    out = _core.tsne_optimize(*P, Y0, [(100, 12.0, 20.0, 0.8), (100, 1.0, 200.0, 0.8)],
-                              callback=stop_at_40, callback_every=10, kl_every=20)
+    out = _core.tsne_optimize(
+        *P, Y0, [(100, 12.0, 20.0, 0.8), (100, 1.0, 200.0, 0.8)], callback=stop_at_40, callback_every=10, kl_every=20
+    )
     assert out["stopped"] and out["n_iter"] == 40
     assert [s[0] for s in seen] == [10, 20, 30, 40]
     assert np.isnan(seen[0][1]) and np.isfinite(seen[1][1])
@@ -197,12 +198,29 @@ def test_digits_kl_no_worse_than_opentsne_and_sklearn(digits_maps):
     n = len(X)
     # openTSNE: exact neighbours, BH, its default schedule (250 exaggerated + 500). The anchors
     # run on one thread: their cost is what it is, and oversubscription only adds noise.
-    Yo = np.asarray(openTSNE.TSNE(perplexity=30, n_iter=500, early_exaggeration_iter=250,
-                                  neighbors="exact", negative_gradient_method="bh", theta=0.5,
-                                  n_jobs=1, random_state=0).fit(X))
+    Yo = np.asarray(
+        openTSNE.TSNE(
+            perplexity=30,
+            n_iter=500,
+            early_exaggeration_iter=250,
+            neighbors="exact",
+            negative_gradient_method="bh",
+            theta=0.5,
+            n_jobs=1,
+            random_state=0,
+        ).fit(X)
+    )
     # scikit-learn: 750 iterations, learning_rate "auto" (= max(N/48, 50) with its factor 4).
-    Ys = SkTSNE(perplexity=30, max_iter=750, learning_rate="auto", init="pca", angle=0.5,
-                method="barnes_hut", random_state=0, n_jobs=1).fit_transform(X)
+    Ys = SkTSNE(
+        perplexity=30,
+        max_iter=750,
+        learning_rate="auto",
+        init="pca",
+        angle=0.5,
+        method="barnes_hut",
+        random_state=0,
+        n_jobs=1,
+    ).fit_transform(X)
     P = ours.affinities_
     kl_ours = _core.tsne_kl_divergence(*P, np.ascontiguousarray(Y, dtype=np.float64))
     kl_open = _core.tsne_kl_divergence(*P, np.ascontiguousarray(Yo, dtype=np.float64))
@@ -237,16 +255,17 @@ def test_deterministic_for_seed_and_thread_count():
     # the full team and one thread by measured speed, which must not change the result.
     P = _problem(1500, perplexity=10.0)
     Y0 = np.random.default_rng(0).normal(0, 1e-4, size=(1500, 2))
-    runs = [_core.tsne_optimize(*P, Y0, [(220, 12.0, 125.0, 0.8), (200, 1.0, 1500.0, 0.8)],
-                                num_threads=t)["embedding"] for t in (1, 2, 2)]
+    runs = [
+        _core.tsne_optimize(*P, Y0, [(220, 12.0, 125.0, 0.8), (200, 1.0, 1500.0, 0.8)], num_threads=t)["embedding"]
+        for t in (1, 2, 2)
+    ]
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_array_equal(runs[1], runs[2])
     # Small inputs (digits-sized): PCA runs on one thread, so the estimator is thread-count
     # independent end to end.
     X = _blobs(600, 30, seed=8)
     kw = {"n_iter": 120, "exaggeration_iter": 60, "random_state": 0, "progress": False}
-    np.testing.assert_array_equal(TSNE(n_jobs=1, **kw).fit_transform(X),
-                                  TSNE(n_jobs=2, **kw).fit_transform(X))
+    np.testing.assert_array_equal(TSNE(n_jobs=1, **kw).fit_transform(X), TSNE(n_jobs=2, **kw).fit_transform(X))
 
 
 def test_torch_and_float32_input():
@@ -262,8 +281,7 @@ def test_many_duplicates_do_not_collapse():
     base = _blobs(40, 16, seed=9)
     X = np.repeat(base, 10, axis=0)  # 400 rows, 40 distinct
     for method in ("bh", "exact"):
-        t = TSNE(perplexity=20, n_iter=300, exaggeration_iter=100, random_state=0,
-                 method=method, progress=False)
+        t = TSNE(perplexity=20, n_iter=300, exaggeration_iter=100, random_state=0, method=method, progress=False)
         Y = t.fit_transform(X)
         assert np.isfinite(Y).all() and np.isfinite(t.kl_divergence_)
         spread = np.abs(Y).max()
@@ -297,13 +315,19 @@ def test_cosine_metric_equals_euclidean_on_normalised_rows():
 def test_pca_reduction_for_wide_inputs():
     X = _blobs(300, 200, seed=12)
     t = TSNE(n_iter=50, exaggeration_iter=50, random_state=0, progress=False).fit(X)
-    u = TSNE(n_iter=50, exaggeration_iter=50, random_state=0, progress=False,
-             pca_components=None).fit(X)
+    u = TSNE(n_iter=50, exaggeration_iter=50, random_state=0, progress=False, pca_components=None).fit(X)
     # Well-separated blobs: PCA-50 keeps nearly all neighbourhoods.
     assert t.n_features_in_ == 200 and np.isfinite(t.kl_divergence_)
-    overlap = np.mean([len(set(t.affinities_.indices[t.affinities_.indptr[i]:t.affinities_.indptr[i + 1]])
-                           & set(u.affinities_.indices[u.affinities_.indptr[i]:u.affinities_.indptr[i + 1]]))
-                       / (u.affinities_.indptr[i + 1] - u.affinities_.indptr[i]) for i in range(300)])
+    overlap = np.mean(
+        [
+            len(
+                set(t.affinities_.indices[t.affinities_.indptr[i] : t.affinities_.indptr[i + 1]])
+                & set(u.affinities_.indices[u.affinities_.indptr[i] : u.affinities_.indptr[i + 1]])
+            )
+            / (u.affinities_.indptr[i + 1] - u.affinities_.indptr[i])
+            for i in range(300)
+        ]
+    )
     assert overlap > 0.9
 
 
@@ -378,10 +402,15 @@ def test_non_2d_input(shape):
 
 def test_bad_options():
     X = _blobs(50, 4)
-    for kw, msg in [({"method": "fast"}, "method"), ({"metric": "l1"}, "metric"),
-                    ({"schedule": "x"}, "schedule"), ({"learning_rate": -1}, "learning_rate"),
-                    ({"theta": -0.1}, "theta"), ({"n_jobs": 0}, "n_jobs"),
-                    ({"pca_components": 1}, "pca_components")]:
+    for kw, msg in [
+        ({"method": "fast"}, "method"),
+        ({"metric": "l1"}, "metric"),
+        ({"schedule": "x"}, "schedule"),
+        ({"learning_rate": -1}, "learning_rate"),
+        ({"theta": -0.1}, "theta"),
+        ({"n_jobs": 0}, "n_jobs"),
+        ({"pca_components": 1}, "pca_components"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             TSNE(perplexity=5, progress=False, **kw).fit(X)
     with pytest.raises(TypeError, match="real numbers"):

@@ -12,28 +12,66 @@ H, LAYERS, HEADS, VOCAB = 32, 2, 4, 100
 IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)  # inside the tiny vocabulary
 
 CONFIGS = {
-    "bert": lambda: tf.BertConfig(hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                                  intermediate_size=2 * H, vocab_size=VOCAB, **IDS),
-    "roberta": lambda: tf.RobertaConfig(hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                                        intermediate_size=2 * H, vocab_size=VOCAB, **IDS),
-    "distilbert": lambda: tf.DistilBertConfig(dim=H, n_layers=LAYERS, n_heads=HEADS, hidden_dim=2 * H,
-                                              vocab_size=VOCAB, pad_token_id=0),
+    "bert": lambda: tf.BertConfig(
+        hidden_size=H,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=2 * H,
+        vocab_size=VOCAB,
+        **IDS,
+    ),
+    "roberta": lambda: tf.RobertaConfig(
+        hidden_size=H,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=2 * H,
+        vocab_size=VOCAB,
+        **IDS,
+    ),
+    "distilbert": lambda: tf.DistilBertConfig(
+        dim=H, n_layers=LAYERS, n_heads=HEADS, hidden_dim=2 * H, vocab_size=VOCAB, pad_token_id=0
+    ),
     "gpt2": lambda: tf.GPT2Config(n_embd=H, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, **IDS),
-    "gpt_neox": lambda: tf.GPTNeoXConfig(hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                                         intermediate_size=2 * H, vocab_size=VOCAB, **IDS),
-    **{name: functools.partial(cfg, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                               num_key_value_heads=2, intermediate_size=2 * H, vocab_size=VOCAB, **IDS)
-       for name, cfg in [("llama", tf.LlamaConfig), ("mistral", tf.MistralConfig), ("qwen2", tf.Qwen2Config)]},
-    "t5": lambda: tf.T5Config(d_model=H, d_kv=H // HEADS, d_ff=2 * H, num_layers=LAYERS, num_heads=HEADS,
-                              vocab_size=VOCAB, decoder_start_token_id=0, **IDS),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(
+        hidden_size=H,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=2 * H,
+        vocab_size=VOCAB,
+        **IDS,
+    ),
+    **{
+        name: functools.partial(
+            cfg,
+            hidden_size=H,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=2,
+            intermediate_size=2 * H,
+            vocab_size=VOCAB,
+            **IDS,
+        )
+        for name, cfg in [("llama", tf.LlamaConfig), ("mistral", tf.MistralConfig), ("qwen2", tf.Qwen2Config)]
+    },
+    "t5": lambda: tf.T5Config(
+        d_model=H,
+        d_kv=H // HEADS,
+        d_ff=2 * H,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        vocab_size=VOCAB,
+        decoder_start_token_id=0,
+        **IDS,
+    ),
 }
 
 # The base model class of each family (what AutoModel builds).
 FAMILIES = tuple(CONFIGS)
 
 
-def tiny_model(family: str, cls: type | None = None, *, seed: int = 0,
-               dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def tiny_model(
+    family: str, cls: type | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
     """A tiny random-weight model of ``family`` in eval mode (AutoModel unless ``cls`` given)."""
     torch.manual_seed(seed)
     config = CONFIGS[family]()

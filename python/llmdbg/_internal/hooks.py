@@ -14,8 +14,9 @@ __all__ = ["first_tensor", "forward", "hooks", "replace_first"]
 
 
 @contextlib.contextmanager
-def hooks(model: nn.Module, forward: Mapping[str, Any] | None = None,
-          pre: Mapping[str, Any] | None = None) -> Iterator[None]:
+def hooks(
+    model: nn.Module, forward: Mapping[str, Any] | None = None, pre: Mapping[str, Any] | None = None
+) -> Iterator[None]:
     """Register forward hooks (``hook(module, args, output)``) and forward pre-hooks
     (``hook(module, args)``) by module name; all removed on exit, also on exceptions."""
     handles = []

@@ -12,11 +12,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-BOX = ("font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; font-size: 12.5px; "
-       "line-height: 1.4; max-width: 100%; overflow-x: auto;")
+BOX = (
+    "font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; font-size: 12.5px; "
+    "line-height: 1.4; max-width: 100%; overflow-x: auto;"
+)
 CELL = "padding: 2px 8px; text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap;"
-HEAD = ("padding: 2px 8px; text-align: right; font-weight: 600; border-bottom: 1px solid #8884; "
-        "white-space: nowrap;")
+HEAD = "padding: 2px 8px; text-align: right; font-weight: 600; border-bottom: 1px solid #8884; white-space: nowrap;"
 MUTED = "color: #888;"
 BAD = "color: #c0392b; font-weight: 600;"
 
@@ -47,15 +48,18 @@ def shade(value: float, lo: float = 0.0, hi: float = 1.0) -> str:
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], first_left: bool = True) -> str:
     """Rows of already-escaped cell HTML under ``header`` (escaped here)."""
     left = "text-align: left;"
-    head = "".join(f'<th style="{HEAD}{left if first_left and i == 0 else ""}">{esc(h)}</th>'
-                   for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(
-        f'<td style="{CELL}{left if first_left and i == 0 else ""}">{c}</td>' for i, c in enumerate(row))
-        + "</tr>" for row in rows)
+    head = "".join(
+        f'<th style="{HEAD}{left if first_left and i == 0 else ""}">{esc(h)}</th>' for i, h in enumerate(header)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td style="{CELL}{left if first_left and i == 0 else ""}">{c}</td>' for i, c in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def box(title: str, summary: str, body: str, footer: str = "") -> str:
     foot = f'<div style="{MUTED}">{footer}</div>' if footer else ""
-    return (f'<div style="{BOX}"><div><b>{esc(title)}</b> <span style="{MUTED}">{summary}</span></div>'
-            f"{body}{foot}</div>")
+    return f'<div style="{BOX}"><div><b>{esc(title)}</b> <span style="{MUTED}">{summary}</span></div>{body}{foot}</div>'

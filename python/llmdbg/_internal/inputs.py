@@ -22,12 +22,14 @@ _FORMS = "text (with tokenizer=), a tokenizer encoding / dict of tensors, or an 
 
 def is_text(value: Any) -> bool:
     """A string, or a non-empty list/tuple of strings."""
-    return isinstance(value, str) or (isinstance(value, (list, tuple)) and bool(value)
-                                      and all(isinstance(t, str) for t in value))
+    return isinstance(value, str) or (
+        isinstance(value, (list, tuple)) and bool(value) and all(isinstance(t, str) for t in value)
+    )
 
 
-def encode(inputs: Any, tokenizer: Any = None, *, name: str = "inputs",
-           device: torch.device | str | None = None) -> tuple[dict[str, Any], list[Any] | None]:
+def encode(
+    inputs: Any, tokenizer: Any = None, *, name: str = "inputs", device: torch.device | str | None = None
+) -> tuple[dict[str, Any], list[Any] | None]:
     """``(kwargs, word_ids)``: keyword arguments for ``model(**kwargs)``, and the tokenizer's
     word index of every token when the input was text or a fast tokenizer's encoding (else None).
 
@@ -71,7 +73,9 @@ def encode(inputs: Any, tokenizer: Any = None, *, name: str = "inputs",
         if not isinstance(ids, torch.Tensor):
             raise TypeError(f"{name}['input_ids'] must be a tensor or array, got {type(ids).__name__}")
         if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise TypeError(f"{name}: input_ids must be an integer tensor of token ids, shape (B, T) or (T,); got {ids.dtype}")
+            raise TypeError(
+                f"{name}: input_ids must be an integer tensor of token ids, shape (B, T) or (T,); got {ids.dtype}"
+            )
         if ids.dim() not in (1, 2):
             raise ValueError(f"{name}: input_ids must have shape (B, T) or (T,); got {tuple(ids.shape)}")
         if ids.dim() == 1:  # one example: every 1-D tensor gets the batch dimension
@@ -79,8 +83,9 @@ def encode(inputs: Any, tokenizer: Any = None, *, name: str = "inputs",
     return batch, word_ids
 
 
-def as_inputs(inputs: Any, tokenizer: Any = None, *, name: str = "inputs",
-              device: torch.device | str | None = None) -> dict[str, Any]:
+def as_inputs(
+    inputs: Any, tokenizer: Any = None, *, name: str = "inputs", device: torch.device | str | None = None
+) -> dict[str, Any]:
     """Keyword arguments for ``model(**kwargs)`` from any accepted input form (see the module)."""
     return encode(inputs, tokenizer, name=name, device=device)[0]
 

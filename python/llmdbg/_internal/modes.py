@@ -42,9 +42,12 @@ def gradient_mode(model: nn.Module, *, warn_train: bool = True) -> Iterator[None
     """
     training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
     if warn_train and training:
-        warnings.warn(f"the model is in train mode (dropout; {len(training)} modules, e.g. {training[0]!r}); "
-                      "gradients are computed in eval mode and every module's mode is restored afterwards",
-                      UserWarning, stacklevel=4)
+        warnings.warn(
+            f"the model is in train mode (dropout; {len(training)} modules, e.g. {training[0]!r}); "
+            "gradients are computed in eval mode and every module's mode is restored afterwards",
+            UserWarning,
+            stacklevel=4,
+        )
     flags = [(p, p.requires_grad) for p in model.parameters()]
     with eval_mode(model):
         try:

@@ -51,8 +51,9 @@ class _Forward(types.ModuleType):
             module = importlib.import_module(target)
             if hasattr(module, attr):
                 return getattr(module, attr)
-        raise AttributeError(f"module {self.__name__!r} (moved to {self.__llmdbg_targets__[0]}) has no "
-                             f"attribute {attr!r}")
+        raise AttributeError(
+            f"module {self.__name__!r} (moved to {self.__llmdbg_targets__[0]}) has no attribute {attr!r}"
+        )
 
     def __dir__(self) -> list[str]:
         names: set[str] = set()
@@ -65,8 +66,11 @@ class _Loader(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         targets, deprecated = MOVED[spec.name]
         if deprecated:
-            warnings.warn(f"{spec.name} moved to {targets[0]}; the old path will be removed in a later "
-                          "release", DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                f"{spec.name} moved to {targets[0]}; the old path will be removed in a later release",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         return _Forward(spec.name, targets)
 
     def exec_module(self, module: types.ModuleType) -> None:

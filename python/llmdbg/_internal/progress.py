@@ -34,8 +34,9 @@ def progress_bar(progress: bool, total: int | None, desc: str, unit: str = "it")
         bar.close()
 
 
-def progress_iter(items: Iterable[T], progress: bool, desc: str, total: int | None = None,
-                  unit: str = "it") -> Iterator[T]:
+def progress_iter(
+    items: Iterable[T], progress: bool, desc: str, total: int | None = None, unit: str = "it"
+) -> Iterator[T]:
     """Iterate ``items`` with a progress bar."""
     with progress_bar(progress, total if total is not None else _len(items), desc, unit) as bar:
         for item in items:

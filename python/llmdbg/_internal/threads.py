@@ -34,8 +34,7 @@ def resolve_n_jobs(n_jobs: Any, name: str = "n_jobs") -> int:
     if n_jobs is None:
         return max(1, int(torch.get_num_threads()))
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
-        raise ValueError(f"{name} must be None, a positive integer or a negative one (-1 = all cores), "
-                         f"got {n_jobs!r}")
+        raise ValueError(f"{name} must be None, a positive integer or a negative one (-1 = all cores), got {n_jobs!r}")
     if n_jobs < 0:
         return max(1, (os.cpu_count() or 1) + 1 + int(n_jobs))
     return int(n_jobs)
@@ -49,8 +48,11 @@ def renamed_num_threads(fn: F) -> F:
         if "num_threads" in kwargs:
             if "n_jobs" in kwargs:
                 raise TypeError(f"{fn.__name__}() got both n_jobs and its old name num_threads; pass n_jobs only")
-            warnings.warn(f"{fn.__name__}(num_threads=...) is deprecated; pass n_jobs=... (same meaning, "
-                          "and -1 = all cores)", DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                f"{fn.__name__}(num_threads=...) is deprecated; pass n_jobs=... (same meaning, and -1 = all cores)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             kwargs["n_jobs"] = kwargs.pop("num_threads")
         return fn(*args, **kwargs)
 

@@ -90,7 +90,6 @@ def needs_output_attentions_flag(model: nn.Module, attention_modules: Iterable[s
     return any(_returns_weights_only_when_asked(model.get_submodule(n).forward) for n in attention_modules)
 
 
-
 def _attn_configs(model: nn.Module) -> list:
     """Every config whose ``_attn_implementation`` the switch can touch, deduplicated."""
     found, todo = {}, [model.config] + [getattr(m, "config", None) for m in model.modules()]

@@ -14,8 +14,16 @@ __all__ = ["head_geometry"]
 
 # Attention output projections, relative to the block (first match wins); the fallback searches
 # the attention module for a projection back to the hidden size.
-_OUT_PROJ = ("self_attn.o_proj", "attn.c_proj", "attention.dense", "attention.output.dense",
-             "attention.out_lin", "self_attention.dense", "attn.out_proj", "self_attn.out_proj")
+_OUT_PROJ = (
+    "self_attn.o_proj",
+    "attn.c_proj",
+    "attention.dense",
+    "attention.output.dense",
+    "attention.out_lin",
+    "self_attention.dense",
+    "attn.out_proj",
+    "self_attn.out_proj",
+)
 _OUT_RE = re.compile(r"(^|\.)(o_proj|out_proj|c_proj|out_lin|dense|o|wo|proj)$")
 
 
@@ -31,8 +39,14 @@ def head_geometry(model: nn.Module) -> tuple[list[str], int, int]:
     check_module(model)
     layout = find_layout(model)
     config = getattr(model, "config", None)
-    heads = next((getattr(config, k) for k in ("num_attention_heads", "n_head", "num_heads", "n_heads")
-                  if isinstance(getattr(config, k, None), int)), None)
+    heads = next(
+        (
+            getattr(config, k)
+            for k in ("num_attention_heads", "n_head", "num_heads", "n_heads")
+            if isinstance(getattr(config, k, None), int)
+        ),
+        None,
+    )
     if heads is None:
         raise ValueError(f"{type(model).__name__}: cannot find the number of attention heads in its config")
     modules = dict(model.named_modules())
@@ -40,8 +54,9 @@ def head_geometry(model: nn.Module) -> tuple[list[str], int, int]:
     for block, attn in zip(layout.blocks, layout.attention):
         found = next((f"{block}.{s}" for s in _OUT_PROJ if f"{block}.{s}" in modules), None)
         if found is None:
-            cands = [n for n in modules if n.startswith(attn + ".") and _OUT_RE.search(n)
-                     and hasattr(modules[n], "weight")]
+            cands = [
+                n for n in modules if n.startswith(attn + ".") and _OUT_RE.search(n) and hasattr(modules[n], "weight")
+            ]
             found = cands[-1] if cands else None
         if found is None:
             raise ValueError(f"{type(model).__name__}: no attention output projection found in block {block!r}")
@@ -51,6 +66,7 @@ def head_geometry(model: nn.Module) -> tuple[list[str], int, int]:
     if width is None and hasattr(proj, "weight"):  # GPT-2 Conv1D stores (in, out)
         width = proj.weight.shape[0] if type(proj).__name__ == "Conv1D" else proj.weight.shape[1]
     if not width or width % heads:
-        raise ValueError(f"{type(model).__name__}: projection {names[0]!r} input width {width} is not a multiple "
-                         f"of {heads} heads")
+        raise ValueError(
+            f"{type(model).__name__}: projection {names[0]!r} input width {width} is not a multiple of {heads} heads"
+        )
     return names, heads, width // heads

@@ -21,14 +21,21 @@ from typing import cast
 
 from torch import nn
 
-__all__ = ["ROLES", "ModelLayout", "check_module", "closest_names", "find_layout", "hf_roots",
-           "is_hf_model", "resolve_role"]
+__all__ = [
+    "ROLES",
+    "ModelLayout",
+    "check_module",
+    "closest_names",
+    "find_layout",
+    "hf_roots",
+    "is_hf_model",
+    "resolve_role",
+]
 
 # What a layout search finds: stacks, attention, cross-attention, MLPs, final norm, weights index.
 _Found = tuple[dict[str, tuple[str, ...]], tuple[str, ...], tuple[str, ...], tuple[str, ...], str | None, int]
 
-ROLES: tuple[str, ...] = ("blocks", "attention", "cross_attention", "mlp", "embeddings", "final_norm",
-                          "unembedding")
+ROLES: tuple[str, ...] = ("blocks", "attention", "cross_attention", "mlp", "embeddings", "final_norm", "unembedding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +106,14 @@ _FAMILIES: dict[str, _Rule] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     # The inner T5Attention modules, not the T5Layer* wrappers that add the residual.
-    "t5": _Rule({"encoder": "encoder.block", "decoder": "decoder.block"}, ("layer.0.SelfAttention",),
-                ("layer.2.DenseReluDense", "layer.1.DenseReluDense"), ("layer.1.EncDecAttention",),
-                "final_layer_norm", index=2),
+    "t5": _Rule(
+        {"encoder": "encoder.block", "decoder": "decoder.block"},
+        ("layer.0.SelfAttention",),
+        ("layer.2.DenseReluDense", "layer.1.DenseReluDense"),
+        ("layer.1.EncDecAttention",),
+        "final_layer_norm",
+        index=2,
+    ),
 }
 
 _ATTN_RE = re.compile(r"attn|attention", re.I)
@@ -145,20 +157,26 @@ def check_module(model: object) -> nn.Module:
         places = {str(v) for v in device_map.values()}
         if "disk" in places or ("cpu" in places and len(places) > 1):
             off = [k for k, v in device_map.items() if str(v) in ("cpu", "disk")]
-            raise ValueError(f"{cls} is offloaded (hf_device_map puts {off[:3]} on cpu/disk); llmdbg "
-                             "needs materialised weights: use a device_map without offload")
+            raise ValueError(
+                f"{cls} is offloaded (hf_device_map puts {off[:3]} on cpu/disk); llmdbg "
+                "needs materialised weights: use a device_map without offload"
+            )
     # One traversal for both checks: this runs on every capture, so it must stay cheap.
     for name, module in model.named_modules():
         hook = getattr(module, "_hf_hook", None)
         if hook is not None:
             for h in getattr(hook, "hooks", (hook,)):  # accelerate's SequentialHook nests hooks
                 if getattr(h, "offload", False) or getattr(h, "weights_map", None) is not None:
-                    raise ValueError(f"module {name or cls!r} is offloaded by accelerate; llmdbg needs "
-                                     "materialised weights: load the model without offloading")
+                    raise ValueError(
+                        f"module {name or cls!r} is offloaded by accelerate; llmdbg needs "
+                        "materialised weights: load the model without offloading"
+                    )
         for local, tensor in itertools.chain(module._parameters.items(), module._buffers.items()):
             if tensor is not None and tensor.is_meta:
-                raise ValueError(f"{_join(name, local)!r} of {cls} is on the meta device; llmdbg needs "
-                                 "materialised weights (load real weights, not init_empty_weights)")
+                raise ValueError(
+                    f"{_join(name, local)!r} of {cls} is on the meta device; llmdbg needs "
+                    "materialised weights (load real weights, not init_empty_weights)"
+                )
     return model
 
 
@@ -245,8 +263,10 @@ def resolve_role(model: nn.Module, role: str, layout: ModelLayout | None = None)
     value = getattr(layout, role)
     names = [value] if isinstance(value, str) else list(value or ())
     if not names:
-        raise ValueError(f"{type(model).__name__} has no {role!r} module (llmdbg layout family "
-                         f"{layout.family!r}); pass module names or patterns explicitly")
+        raise ValueError(
+            f"{type(model).__name__} has no {role!r} module (llmdbg layout family "
+            f"{layout.family!r}); pass module names or patterns explicitly"
+        )
     return names
 
 
@@ -276,6 +296,7 @@ def closest_names(model: nn.Module, pattern: str, n: int = 5) -> list[str]:
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _parent(name: str) -> str:
     return name.rpartition(".")[0]
@@ -308,8 +329,14 @@ def _per_block(modules: dict, blocks: Iterable[str], alternatives: Iterable[str]
 def _from_rule(modules: dict, rule: _Rule) -> _Found | None:
     stacks = {}
     for key, suffix in rule.stacks.items():
-        lst = next((n for n, m in modules.items() if isinstance(m, nn.ModuleList)
-                    and (n == suffix or n.endswith("." + suffix))), None)
+        lst = next(
+            (
+                n
+                for n, m in modules.items()
+                if isinstance(m, nn.ModuleList) and (n == suffix or n.endswith("." + suffix))
+            ),
+            None,
+        )
         if lst is not None and len(modules[lst]):
             stacks[key] = tuple(f"{lst}.{i}" for i in range(len(modules[lst])))
     blocks = tuple(itertools.chain.from_iterable(stacks.values()))
@@ -320,8 +347,14 @@ def _from_rule(modules: dict, rule: _Rule) -> _Found | None:
     # with add_cross_attention have it.
     cross = tuple(n for b in blocks for n in (_join(b, c) for c in rule.cross) if n in modules)
     norm = _join(_parent(_parent(blocks[-1])), rule.final_norm) if rule.final_norm else None
-    return (stacks, attention, cross, _per_block(modules, blocks, rule.mlp) or (),
-            norm if norm in modules else None, rule.index)
+    return (
+        stacks,
+        attention,
+        cross,
+        _per_block(modules, blocks, rule.mlp) or (),
+        norm if norm in modules else None,
+        rule.index,
+    )
 
 
 def _specs(table: dict, key: str) -> list[tuple]:
@@ -340,7 +373,8 @@ def _matches(name: str, module: nn.Module, specs: list[tuple]) -> int | None:
     """The recorded output index if ``module`` matches one of ``specs``, else None."""
     for cls, cls_name, index, layer in specs:
         hit = (cls is not None and isinstance(module, cls)) or (
-            cls_name is not None and (type(module).__name__ == cls_name or name.endswith(cls_name)))
+            cls_name is not None and (type(module).__name__ == cls_name or name.endswith(cls_name))
+        )
         if hit and (layer is None or f".{layer.strip('.')}." in f".{name}."):
             return index
     return None
@@ -371,8 +405,14 @@ def _from_recorders(modules: dict, below: dict) -> _Found | None:
     stacks = _group(sorted(found, key=order.__getitem__))  # roots may be visited out of module order
     blocks = tuple(itertools.chain.from_iterable(stacks.values()))
     crosses = tuple(found[b][2] for b in blocks if found[b][2] is not None)
-    return (stacks, tuple(found[b][0] for b in blocks), crosses, _mlps(modules, below, blocks),
-            _norm_after(modules, blocks), found[blocks[0]][1])
+    return (
+        stacks,
+        tuple(found[b][0] for b in blocks),
+        crosses,
+        _mlps(modules, below, blocks),
+        _norm_after(modules, blocks),
+        found[blocks[0]][1],
+    )
 
 
 def _group(blocks: list[str]) -> dict[str, tuple[str, ...]]:
@@ -388,9 +428,14 @@ def _group(blocks: list[str]) -> dict[str, tuple[str, ...]]:
 
 
 def _attention_like(block: str, modules: dict, below: dict, cross: bool) -> list[str]:
-    return [n for n in below[block] if _ATTN_RE.search(_last(n)) and not _NOT_PART_RE.search(_last(n))
-            and not (_LEAF_CLASS_RE.search(type(modules[n]).__name__) and not below[n])
-            and bool(_CROSS_RE.search(n[len(block):])) == cross]
+    return [
+        n
+        for n in below[block]
+        if _ATTN_RE.search(_last(n))
+        and not _NOT_PART_RE.search(_last(n))
+        and not (_LEAF_CLASS_RE.search(type(modules[n]).__name__) and not below[n])
+        and bool(_CROSS_RE.search(n[len(block) :])) == cross
+    ]
 
 
 def _mlps(modules: dict, below: dict, blocks: Iterable[str]) -> tuple[str, ...]:
@@ -404,9 +449,14 @@ def _mlps(modules: dict, below: dict, blocks: Iterable[str]) -> tuple[str, ...]:
 
 
 def _from_patterns(model: nn.Module, modules: dict, below: dict) -> _Found:
-    lists = [n for n, m in modules.items() if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m)
-             and len({type(c) for c in m.children()}) == 1
-             and all(_attention_like(f"{n}.{i}", modules, below, False) for i in range(len(m)))]
+    lists = [
+        n
+        for n, m in modules.items()
+        if isinstance(m, (nn.ModuleList, nn.Sequential))
+        and len(m)
+        and len({type(c) for c in m.children()}) == 1
+        and all(_attention_like(f"{n}.{i}", modules, below, False) for i in range(len(m)))
+    ]
     lists = [n for n in lists if not any(n.startswith(o + ".") for o in lists)]
     if not lists:
         raise ValueError(
@@ -437,9 +487,15 @@ def _norm_after(modules: dict, blocks: Sequence[str]) -> str | None:
     while BART's layernorm_embedding (applied before the blocks) comes after them.
     """
     stack_list, order = _parent(blocks[-1]), list(modules)
-    norms = [n for n in order if n and _parent(n) == _parent(stack_list) and n != stack_list
-             and "embed" not in n.lower() and ("norm" in type(modules[n]).__name__.lower()
-                                               or re.search(r"norm|^ln", _last(n), re.I))]
+    norms = [
+        n
+        for n in order
+        if n
+        and _parent(n) == _parent(stack_list)
+        and n != stack_list
+        and "embed" not in n.lower()
+        and ("norm" in type(modules[n]).__name__.lower() or re.search(r"norm|^ln", _last(n), re.I))
+    ]
     after = [n for n in norms if order.index(n) > order.index(stack_list)]
     return (after or norms or [None])[0]
 
@@ -467,11 +523,20 @@ def _embeddings(model: nn.Module, hf: nn.Module, modules: dict, blocks: Sequence
     """
     emb = _get(hf, "get_input_embeddings")
     if emb is None:  # plain modules: the first embedding outside the blocks
-        return next((n for n, m in modules.items() if isinstance(m, nn.Embedding)
-                     and not any(n.startswith(b + ".") for b in blocks)), None)
+        return next(
+            (
+                n
+                for n, m in modules.items()
+                if isinstance(m, nn.Embedding) and not any(n.startswith(b + ".") for b in blocks)
+            ),
+            None,
+        )
     base, weight = _parent(_parent(blocks[0])), getattr(emb, "weight", None)
-    shared = [n for n, m in modules.items() if m is emb or (
-        weight is not None and isinstance(m, nn.Embedding) and m.weight is weight)]
+    shared = [
+        n
+        for n, m in modules.items()
+        if m is emb or (weight is not None and isinstance(m, nn.Embedding) and m.weight is weight)
+    ]
     return next((n for n in shared if base and n.startswith(base + ".")), _name_of(model, emb))
 
 

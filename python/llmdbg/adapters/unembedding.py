@@ -58,11 +58,14 @@ def find_unembedding(model: nn.Module) -> Unembedding:
     layout = find_layout(model)
     name = type(model).__name__
     if layout.unembedding is None:
-        raise ValueError(f"{name} has no unembedding (get_output_embeddings() is None): the logit lens needs "
-                         "a language-model head; load it with AutoModelForCausalLM or AutoModelForMaskedLM")
+        raise ValueError(
+            f"{name} has no unembedding (get_output_embeddings() is None): the logit lens needs "
+            "a language-model head; load it with AutoModelForCausalLM or AutoModelForMaskedLM"
+        )
     if len(layout.stacks) != 1:
-        raise ValueError(f"{name} is an encoder-decoder model; logit lens and patching support decoder-only "
-                         "and encoder-only models")
+        raise ValueError(
+            f"{name} is an encoder-decoder model; logit lens and patching support decoder-only and encoder-only models"
+        )
     unembed = model.get_submodule(layout.unembedding)
     cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
 
@@ -87,6 +90,7 @@ def find_unembedding(model: nn.Module) -> Unembedding:
     parts = [getattr(model, n, None) for n in ("vocab_transform", "activation", "vocab_layer_norm")]
     if all(isinstance(p, nn.Module) for p in parts):
         transform, act, ln = cast("list[nn.Module]", parts)
-        return Unembedding("masked_lm", None, layout.unembedding,
-                           lambda h, normed=False: unembed(ln(act(transform(h)))))
+        return Unembedding(
+            "masked_lm", None, layout.unembedding, lambda h, normed=False: unembed(ln(act(transform(h))))
+        )
     raise ValueError(f"{name}: cannot tell which modules form the masked-LM head around {layout.unembedding!r}")

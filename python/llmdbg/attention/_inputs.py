@@ -11,8 +11,10 @@ import numpy as np
 
 from .._internal.threads import resolve_n_jobs
 
-FORMS = ("a Trace from llmdbg.capture(..., attentions=True), a sequence of per-layer (B, H, T, T) "
-         "arrays or tensors, or one (L, B, H, T, T) array")
+FORMS = (
+    "a Trace from llmdbg.capture(..., attentions=True), a sequence of per-layer (B, H, T, T) "
+    "arrays or tensors, or one (L, B, H, T, T) array"
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ def stack_attention_modules(layout: Any, stack: str | None) -> list[str]:
         raise ValueError(
             f"the model has {' and '.join(names)} stacks; pass stack='{names[0]}' or "
             f"stack='{names[-1]}' (each stack's self-attention is rolled out on its own; "
-            "cross-attention is exposed in the Trace but not rolled out)")
+            "cross-attention is exposed in the Trace but not rolled out)"
+        )
     if stack is not None and stack not in layout.stacks:
         raise ValueError(f"stack must be one of {names}, got {stack!r}")
     blocks = set(layout.stacks[stack]) if stack else set(layout.blocks)
@@ -86,8 +89,7 @@ def query_rows(rows: Any, t: int) -> np.ndarray | None:
         raise ValueError(f"rows must be a 1-D sequence of query indices, got shape {arr.shape}")
     bad = (arr < -t) | (arr >= t)
     if bad.any():
-        raise ValueError(f"rows must be in [-{t}, {t}) for sequences of T = {t} tokens; "
-                         f"got {arr[bad][0]}")
+        raise ValueError(f"rows must be in [-{t}, {t}) for sequences of T = {t} tokens; got {arr[bad][0]}")
     return np.ascontiguousarray(np.where(arr < 0, arr + t, arr), dtype=np.int64)
 
 
@@ -119,9 +121,15 @@ def _row_sums(a: np.ndarray) -> np.ndarray:
     return _core.attention_row_sums(a, num_threads=resolve_n_jobs(None))
 
 
-def attention_stack(attentions: Any, *, attention_mask: Any = None, stack: str | None = None,
-                    renormalize: bool = False, atol: float = 1e-3,
-                    name: str = "attentions") -> AttentionStack:
+def attention_stack(
+    attentions: Any,
+    *,
+    attention_mask: Any = None,
+    stack: str | None = None,
+    renormalize: bool = False,
+    atol: float = 1e-3,
+    name: str = "attentions",
+) -> AttentionStack:
     """Check and normalise attention maps for the analysis functions.
 
     Raises ``ValueError`` for a wrong number of dimensions or mismatched shapes (naming the
@@ -155,18 +163,24 @@ def attention_stack(attentions: Any, *, attention_mask: Any = None, stack: str |
         if a.ndim == 3:  # head-mean maps: one fused head
             a = a[:, None]
         if a.ndim != 4:
-            raise ValueError(f"{name}[{i}] has shape {a.shape}; expected (B, H, T, T) per layer "
-                             f"(or (B, T, T) head-mean maps), i.e. {FORMS}")
+            raise ValueError(
+                f"{name}[{i}] has shape {a.shape}; expected (B, H, T, T) per layer "
+                f"(or (B, T, T) head-mean maps), i.e. {FORMS}"
+            )
         if a.shape[-1] != a.shape[-2]:
-            raise ValueError(f"{name}[{i}] has shape {a.shape}: maps must be square (T, T) "
-                             "self-attention; cross-attention is not supported here")
+            raise ValueError(
+                f"{name}[{i}] has shape {a.shape}: maps must be square (T, T) "
+                "self-attention; cross-attention is not supported here"
+            )
         if a.dtype.kind != "f":
             raise TypeError(f"{name}[{i}] must be floating point, got {a.dtype}")
         if a.dtype not in (np.float32, np.float64):
             a = a.astype(np.float32)
         if layers and (a.shape[0], a.shape[2]) != (layers[0].shape[0], layers[0].shape[2]):
-            raise ValueError(f"{name}[{i}] has shape {a.shape} but layer 0 has "
-                             f"{layers[0].shape}: batch size and T must agree across layers")
+            raise ValueError(
+                f"{name}[{i}] has shape {a.shape} but layer 0 has "
+                f"{layers[0].shape}: batch size and T must agree across layers"
+            )
         a = np.ascontiguousarray(a)
         sums = _row_sums(a)  # a row holding NaN/Inf sums to NaN/Inf
         if not np.isfinite(sums).all() and not np.isfinite(a).all():
@@ -198,7 +212,8 @@ def attention_stack(attentions: Any, *, attention_mask: Any = None, stack: str |
                 bi, hi, qi = np.argwhere(bad)[0]
                 raise ValueError(
                     f"{name}[{i}] row (batch {bi}, head {hi}, query {qi}) sums to "
-                    f"{sums[bi, hi, qi]:.6g}, not 1; pass renormalize=True to divide rows by their sums")
+                    f"{sums[bi, hi, qi]:.6g}, not 1; pass renormalize=True to divide rows by their sums"
+                )
             with np.errstate(divide="ignore", invalid="ignore"):
                 scale = np.where(sums > 0, 1.0 / sums, 0.0)
             layers[i] = np.ascontiguousarray(a * scale[..., None].astype(a.dtype))

@@ -15,9 +15,17 @@ from .rollout import _check_options
 
 
 @renamed_num_threads
-def attention_flow(attentions: Any, *, rows: Sequence[int] | None = None, head_fusion: str = "mean",
-                   residual: bool = True, attention_mask: Any = None, stack: str | None = None,
-                   renormalize: bool = False, n_jobs: int | None = None) -> np.ndarray:
+def attention_flow(
+    attentions: Any,
+    *,
+    rows: Sequence[int] | None = None,
+    head_fusion: str = "mean",
+    residual: bool = True,
+    attention_mask: Any = None,
+    stack: str | None = None,
+    renormalize: bool = False,
+    n_jobs: int | None = None,
+) -> np.ndarray:
     """How much each input token can contribute to each output position when attention is read
     as a network of pipes with capacities (attention flow, Abnar & Zuidema 2020).
 
@@ -83,5 +91,11 @@ def attention_flow(attentions: Any, *, rows: Sequence[int] | None = None, head_f
     threads = _check_options(head_fusion, n_jobs)
     st = attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize)
     _, _, t = st.shape
-    return _core.attention_flow(st.layers, mask=st.mask, rows=query_rows(rows, t), head_fusion=head_fusion,
-                                residual=bool(residual), num_threads=threads)
+    return _core.attention_flow(
+        st.layers,
+        mask=st.mask,
+        rows=query_rows(rows, t),
+        head_fusion=head_fusion,
+        residual=bool(residual),
+        num_threads=threads,
+    )

@@ -66,13 +66,16 @@ def _target_value(outputs: Any, target: Any, rows: torch.Tensor) -> tuple[torch.
         value = target(outputs)
         value = torch.as_tensor(value) if not isinstance(value, torch.Tensor) else value
         if value.dim() > 1:
-            raise ValueError(f"target callable must return a scalar or one value per sequence, "
-                             f"got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"target callable must return a scalar or one value per sequence, got shape {tuple(value.shape)}"
+            )
         return value.reshape(-1).to(torch.float64), None
     logits = getattr(outputs, "logits", None)
     if logits is None:
-        raise ValueError("the model returns no logits; pass target=callable(outputs) -> (B,) values "
-                         "(e.g. lambda out: out.last_hidden_state[:, 0].norm(dim=-1))")
+        raise ValueError(
+            "the model returns no logits; pass target=callable(outputs) -> (B,) values "
+            "(e.g. lambda out: out.last_hidden_state[:, 0].norm(dim=-1))"
+        )
     b = logits.shape[0]
     if logits.dim() == 2:  # sequence classification: the class logit, as in Captum
         ids = logits.argmax(-1).cpu() if target is None else _per_example(target, b, "target")
@@ -85,9 +88,15 @@ def _target_value(outputs: Any, target: Any, rows: torch.Tensor) -> tuple[torch.
     raise ValueError(f"cannot pick a target from logits of shape {tuple(logits.shape)}; pass a callable")
 
 
-def gradient_rollout(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = None,
-                     target: int | Sequence[int] | Callable[[Any], Any] | None = None,
-                     position: int | Sequence[int] | None = None, stack: str | None = None) -> Relevance:
+def gradient_rollout(
+    model: torch.nn.Module,
+    inputs: Any,
+    *,
+    tokenizer: Any = None,
+    target: int | Sequence[int] | Callable[[Any], Any] | None = None,
+    position: int | Sequence[int] | None = None,
+    stack: str | None = None,
+) -> Relevance:
     """Gradient-weighted attention rollout (Chefer et al. 2021b) for a Hugging Face model.
 
     One forward with eager attention records every layer's attention map, one
@@ -133,8 +142,11 @@ def gradient_rollout(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = No
     mask = batch.get("decoder_attention_mask" if stack == "decoder" else "attention_mask")
     if position is None:
         encoder_only = list(layout.stacks) == ["encoder"]
-        row_ids = torch.zeros(b, dtype=torch.long) if encoder_only and getattr(
-            model, "num_labels", None) and not callable(target) else (torch.full((b,), t - 1, dtype=torch.long) if mask is None else last_real_index(mask.cpu()))
+        row_ids = (
+            torch.zeros(b, dtype=torch.long)
+            if encoder_only and getattr(model, "num_labels", None) and not callable(target)
+            else (torch.full((b,), t - 1, dtype=torch.long) if mask is None else last_real_index(mask.cpu()))
+        )
     else:
         row_ids = _per_example(position, b, "position")
         if ((row_ids < -t) | (row_ids >= t)).any():
@@ -152,8 +164,7 @@ def gradient_rollout(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = No
         # Frozen models: make the graph start at the embeddings so the maps get gradients.
         return output if output.requires_grad else output.detach().requires_grad_(True)
 
-    handle = (model.get_submodule(layout.embeddings).register_forward_hook(needs_grad)
-              if layout.embeddings else None)
+    handle = model.get_submodule(layout.embeddings).register_forward_hook(needs_grad) if layout.embeddings else None
     try:
         with gradient_mode(model), capture(model, attentions=True, attention_consumer=keep):
             outputs = model(**batch)
@@ -173,5 +184,6 @@ def gradient_rollout(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = No
         relevance = relevance + cam @ relevance
     matrix = relevance.astype(np.float32)
     picked = matrix[np.arange(b), row_ids.numpy()]
-    return Relevance(matrix, picked, row_ids.numpy(), None if used is None else used.numpy(),
-                     value.detach().cpu().numpy())
+    return Relevance(
+        matrix, picked, row_ids.numpy(), None if used is None else used.numpy(), value.detach().cpu().numpy()
+    )

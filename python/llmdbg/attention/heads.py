@@ -34,14 +34,14 @@ from .._internal.threads import renamed_num_threads, resolve_n_jobs
 from ._inputs import AttentionStack, attention_stack
 from .summary import AttentionSummary
 
-__all__ = ["DEFAULT_SPECIAL_TOKENS", "attention_drift", "attention_summary", "head_entropy",
-           "sink_scores"]
+__all__ = ["DEFAULT_SPECIAL_TOKENS", "attention_drift", "attention_summary", "head_entropy", "sink_scores"]
 
 #: Token strings treated as special when a Trace knows its tokens but no tokenizer is given.
 DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = ("[CLS]", "[SEP]", "<s>", "</s>", "<|endoftext|>", "<pad>")
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
 
 def _same_dtype(layers: list[np.ndarray]) -> list[np.ndarray]:
     """The kernels take one dtype per call: widen a float32/float64 mix to float64."""
@@ -83,18 +83,26 @@ def _check_threshold(name: str, value: Any) -> float:
     return value
 
 
-def _stack(attentions: Any, attention_mask: Any, stack: str | None, renormalize: bool,
-           name: str = "attentions") -> AttentionStack:
-    return attention_stack(attentions, attention_mask=attention_mask, stack=stack,
-                           renormalize=renormalize, name=name)
+def _stack(
+    attentions: Any, attention_mask: Any, stack: str | None, renormalize: bool, name: str = "attentions"
+) -> AttentionStack:
+    return attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize, name=name)
 
 
 # -- public functions ------------------------------------------------------------------------
 
+
 @renamed_num_threads
-def head_entropy(attentions: Any, *, normalize: bool = False, causal: bool | None = None,
-                 attention_mask: Any = None, stack: str | None = None, renormalize: bool = False,
-                 n_jobs: int | None = None) -> np.ndarray:
+def head_entropy(
+    attentions: Any,
+    *,
+    normalize: bool = False,
+    causal: bool | None = None,
+    attention_mask: Any = None,
+    stack: str | None = None,
+    renormalize: bool = False,
+    n_jobs: int | None = None,
+) -> np.ndarray:
     """Mean attention entropy of every head: how spread out each query's attention is.
 
     For query ``i`` the row entropy is ``H_i = -sum_j A[i, j] log A[i, j]`` (natural log,
@@ -159,9 +167,15 @@ def head_entropy(attentions: Any, *, normalize: bool = False, causal: bool | Non
 
 
 @renamed_num_threads
-def sink_scores(attentions: Any, *, causal: bool | None = None, attention_mask: Any = None,
-                stack: str | None = None, renormalize: bool = False,
-                n_jobs: int | None = None) -> np.ndarray:
+def sink_scores(
+    attentions: Any,
+    *,
+    causal: bool | None = None,
+    attention_mask: Any = None,
+    stack: str | None = None,
+    renormalize: bool = False,
+    n_jobs: int | None = None,
+) -> np.ndarray:
     """Attention-sink score of every key position, per layer, sequence and head.
 
     The sink score of key ``k`` is the mean attention it receives from the queries that can
@@ -208,8 +222,7 @@ def _sink_max(alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(missing, np.nan, best), np.where(missing, -1, arg)
 
 
-def _tokens_for(attentions: Any, st: AttentionStack, stack: str | None,
-                tokenizer: Any) -> list[list[str]] | None:
+def _tokens_for(attentions: Any, st: AttentionStack, stack: str | None, tokenizer: Any) -> list[list[str]] | None:
     """Token strings per sequence: the Trace's, or its input_ids through the tokenizer."""
     from ..tracing.trace import Trace
 
@@ -227,8 +240,9 @@ def _tokens_for(attentions: Any, st: AttentionStack, stack: str | None,
     return [list(row) for row in tokens]
 
 
-def _special_mask(special_tokens: Any, tokens: list[list[str]] | None, tokenizer: Any,
-                  shape: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:
+def _special_mask(
+    special_tokens: Any, tokens: list[list[str]] | None, tokenizer: Any, shape: tuple[int, int]
+) -> tuple[np.ndarray | None, str | None]:
     if special_tokens is not None:
         from ._inputs import _to_numpy
 
@@ -250,11 +264,20 @@ def _special_mask(special_tokens: Any, tokens: list[list[str]] | None, tokenizer
 
 
 @renamed_num_threads
-def attention_summary(attentions: Any, *, special_tokens: Any = None, tokenizer: Any = None,
-                      causal: bool | None = None, collapse_threshold: float = 0.1,
-                      uniform_threshold: float = 0.9, sink_threshold: float = 0.3,
-                      attention_mask: Any = None, stack: str | None = None,
-                      renormalize: bool = False, n_jobs: int | None = None) -> AttentionSummary:
+def attention_summary(
+    attentions: Any,
+    *,
+    special_tokens: Any = None,
+    tokenizer: Any = None,
+    causal: bool | None = None,
+    collapse_threshold: float = 0.1,
+    uniform_threshold: float = 0.9,
+    sink_threshold: float = 0.3,
+    attention_mask: Any = None,
+    stack: str | None = None,
+    renormalize: bool = False,
+    n_jobs: int | None = None,
+) -> AttentionSummary:
     """One row per (layer, head) describing what the head does, with flags for the usual
     pathologies: collapsed heads, uniform heads and attention sinks.
 
@@ -351,19 +374,22 @@ def attention_summary(attentions: Any, *, special_tokens: Any = None, tokenizer:
                 token = tokens[first][pos]
             e_norm = float(norm[layer, head])
             score = float(sink_max[layer, :, head].mean())
-            rows.append({
-                "layer": layer, "head": head,
-                "entropy": float(stats["entropy"][layer, head]),
-                "entropy_norm": e_norm,
-                "max_weight": float(stats["max_weight"][layer, head]),
-                "sink_score": score,
-                "sink_token": pos,
-                "sink_token_str": token,
-                "special_mass": float(stats["special_mass"][layer, head]),
-                "collapsed": bool(e_norm < collapse),
-                "uniform": bool(e_norm > uniform),
-                "sink": bool(score > sink_t),
-            })
+            rows.append(
+                {
+                    "layer": layer,
+                    "head": head,
+                    "entropy": float(stats["entropy"][layer, head]),
+                    "entropy_norm": e_norm,
+                    "max_weight": float(stats["max_weight"][layer, head]),
+                    "sink_score": score,
+                    "sink_token": pos,
+                    "sink_token_str": token,
+                    "special_mass": float(stats["special_mass"][layer, head]),
+                    "collapsed": bool(e_norm < collapse),
+                    "uniform": bool(e_norm > uniform),
+                    "sink": bool(score > sink_t),
+                }
+            )
     table = AttentionSummary(rows)
     table.attrs["causal"] = is_causal
     table.attrs["special_tokens"] = source
@@ -379,9 +405,16 @@ def _describe(st: AttentionStack) -> str:
 
 
 @renamed_num_threads
-def attention_drift(a: Any, b: Any, *, attention_mask: Any = None, base: float = 2,
-                    stack: str | None = None, renormalize: bool = False,
-                    n_jobs: int | None = None) -> np.ndarray:
+def attention_drift(
+    a: Any,
+    b: Any,
+    *,
+    attention_mask: Any = None,
+    base: float = 2,
+    stack: str | None = None,
+    renormalize: bool = False,
+    n_jobs: int | None = None,
+) -> np.ndarray:
     """How much each head's attention changed between two runs: the Jensen-Shannon divergence
     between corresponding rows, averaged over real queries.
 
@@ -417,14 +450,20 @@ def attention_drift(a: Any, b: Any, *, attention_mask: Any = None, base: float =
     """
     from .. import _core
 
-    if isinstance(base, bool) or not isinstance(base, numbers.Real) or not (base > 0 and base != 1) \
-            or not math.isfinite(base):
+    if (
+        isinstance(base, bool)
+        or not isinstance(base, numbers.Real)
+        or not (base > 0 and base != 1)
+        or not math.isfinite(base)
+    ):
         raise ValueError(f"base must be a positive number other than 1, got {base!r}")
     sa = _stack(a, attention_mask, stack, renormalize, name="a")
     sb = _stack(b, attention_mask, stack, renormalize, name="b")
     if [x.shape for x in sa.layers] != [x.shape for x in sb.layers]:
-        raise ValueError(f"attention_drift needs two runs with the same shapes: a has shape "
-                         f"{_describe(sa)} but b has shape {_describe(sb)}")
+        raise ValueError(
+            f"attention_drift needs two runs with the same shapes: a has shape "
+            f"{_describe(sa)} but b has shape {_describe(sb)}"
+        )
     masks = [m for m in (sa.mask, sb.mask) if m is not None]
     mask = None
     if masks:

@@ -21,10 +21,18 @@ def _check_options(head_fusion: str, n_jobs: int | None) -> int:
 
 
 @renamed_num_threads
-def attention_rollout(attentions: Any, *, head_fusion: str = "mean", residual: bool = True,
-                      discard_ratio: float = 0.0, rows: Sequence[int] | None = None,
-                      attention_mask: Any = None, stack: str | None = None,
-                      renormalize: bool = False, n_jobs: int | None = None) -> np.ndarray:
+def attention_rollout(
+    attentions: Any,
+    *,
+    head_fusion: str = "mean",
+    residual: bool = True,
+    discard_ratio: float = 0.0,
+    rows: Sequence[int] | None = None,
+    attention_mask: Any = None,
+    stack: str | None = None,
+    renormalize: bool = False,
+    n_jobs: int | None = None,
+) -> np.ndarray:
     """How much each input token contributes to each position after the last layer, by
     multiplying the per-layer attention maps (attention rollout, Abnar & Zuidema 2020).
 
@@ -98,6 +106,12 @@ def attention_rollout(attentions: Any, *, head_fusion: str = "mean", residual: b
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}")
     st = attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize)
     _, _, t = st.shape
-    return _core.attention_rollout(st.layers, mask=st.mask, rows=query_rows(rows, t), head_fusion=head_fusion,
-                                   residual=bool(residual), discard_ratio=float(discard_ratio),
-                                   num_threads=threads)
+    return _core.attention_rollout(
+        st.layers,
+        mask=st.mask,
+        rows=query_rows(rows, t),
+        head_fusion=head_fusion,
+        residual=bool(residual),
+        discard_ratio=float(discard_ratio),
+        num_threads=threads,
+    )

@@ -54,8 +54,14 @@ class StreamingRollout:
 class _RunningRollout:
     """The attention consumer: R ← Â_l R, bottom layer first, in float64 on the maps' device."""
 
-    def __init__(self, modules: list[str], mask: torch.Tensor | None, head_fusion: str, residual: bool,
-                 on_layer: Callable[[], Any] = lambda: None):
+    def __init__(
+        self,
+        modules: list[str],
+        mask: torch.Tensor | None,
+        head_fusion: str,
+        residual: bool,
+        on_layer: Callable[[], Any] = lambda: None,
+    ):
         self.on_layer = on_layer
         self.modules = set(modules)
         self.mask = mask
@@ -74,8 +80,9 @@ class _RunningRollout:
             raise ValueError(f"{name} returned non-square attention {tuple(weights.shape)}")
         w = weights.detach()
         b, n_heads, t, _ = w.shape
-        real = (torch.ones(b, t, dtype=torch.bool, device=w.device) if self.mask is None
-                else self.mask.to(w.device).bool())
+        real = (
+            torch.ones(b, t, dtype=torch.bool, device=w.device) if self.mask is None else self.mask.to(w.device).bool()
+        )
         q = real.to(torch.float64)  # (B, T) weight of each query in the averages
         n_real = q.sum(-1).clamp_min(1)  # (B,)
         first = real.to(torch.int64).argmax(-1)  # first real position per sequence
@@ -112,9 +119,17 @@ class _RunningRollout:
         self.on_layer()
 
 
-def streaming_rollout(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = None, head_fusion: str = "mean",
-                      residual: bool = True, rows: Any = None, stack: str | None = None,
-                      progress: bool = True) -> StreamingRollout:
+def streaming_rollout(
+    model: torch.nn.Module,
+    inputs: Any,
+    *,
+    tokenizer: Any = None,
+    head_fusion: str = "mean",
+    residual: bool = True,
+    rows: Any = None,
+    stack: str | None = None,
+    progress: bool = True,
+) -> StreamingRollout:
     """Attention rollout computed while the model runs, without storing the attention maps.
 
     Runs ``model(**inputs)`` once under ``torch.no_grad()`` with eager attention; each layer's
@@ -171,6 +186,7 @@ def streaming_rollout(model: torch.nn.Module, inputs: Any, *, tokenizer: Any = N
     if rows is not None:
         picked = query_rows(rows, result.shape[-1])
         result = np.ascontiguousarray(result[:, picked])
-    stack_np = (lambda xs: torch.stack(xs).cpu().numpy())
-    return StreamingRollout(result, stack_np(consumer.entropy), stack_np(consumer.max_weight),
-                            stack_np(consumer.first_mass), consumer.seen)
+    stack_np = lambda xs: torch.stack(xs).cpu().numpy()
+    return StreamingRollout(
+        result, stack_np(consumer.entropy), stack_np(consumer.max_weight), stack_np(consumer.first_mass), consumer.seen
+    )

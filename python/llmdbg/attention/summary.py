@@ -39,20 +39,28 @@ class AttentionSummary(pd.DataFrame):
                     cells.append("")
                     continue
                 marks = "".join(m for m, k in (("S", "sink"), ("C", "collapsed"), ("U", "uniform")) if r[k])
-                tip = (f"layer {layer}, head {head}: entropy_norm {h.fmt(float(r['entropy_norm']))}, "
-                       f"sink score {h.fmt(float(r.get('sink_score', float('nan'))))}")
+                tip = (
+                    f"layer {layer}, head {head}: entropy_norm {h.fmt(float(r['entropy_norm']))}, "
+                    f"sink score {h.fmt(float(r.get('sink_score', float('nan'))))}"
+                )
                 if r.get("sink_token_str") is not None:
                     tip += f" on {r['sink_token_str']!r}"
                 mark = f' <b style="{h.BAD}">{marks}</b>' if marks else ""
-                cells.append(f'<span title="{h.esc(tip)}" style="display: block; padding: 0 2px; '
-                             f'{h.shade(float(r["entropy_norm"]))}">{float(r["entropy_norm"]):.2f}{mark}</span>')
+                cells.append(
+                    f'<span title="{h.esc(tip)}" style="display: block; padding: 0 2px; '
+                    f'{h.shade(float(r["entropy_norm"]))}">{float(r["entropy_norm"]):.2f}{mark}</span>'
+                )
             rows.append(cells)
         counts = {k: int(self[k].sum()) for k in ("collapsed", "uniform", "sink")}
         causal = self.attrs.get("causal")
-        summary = (f"{len(layers)} layers × {len(heads)} heads"
-                   f"{'' if causal is None else (', causal' if causal else ', bidirectional')}; "
-                   f"{counts['sink']} sink, {counts['collapsed']} collapsed, {counts['uniform']} uniform")
+        summary = (
+            f"{len(layers)} layers × {len(heads)} heads"
+            f"{'' if causal is None else (', causal' if causal else ', bidirectional')}; "
+            f"{counts['sink']} sink, {counts['collapsed']} collapsed, {counts['uniform']} uniform"
+        )
         body = h.table(["layer \\ head", *[str(x) for x in heads]], rows)
-        footer = ("normalised entropy per head (0: one key, 1: uniform); S sink, C collapsed, U uniform. "
-                  "A pandas DataFrame: <code>summary.to_string()</code> shows every column")
+        footer = (
+            "normalised entropy per head (0: one key, 1: uniform); S sink, C collapsed, U uniform. "
+            "A pandas DataFrame: <code>summary.to_string()</code> shows every column"
+        )
         return h.box("llmdbg attention summary", summary, body, footer)

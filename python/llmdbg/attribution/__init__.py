@@ -12,5 +12,13 @@ from .integrated import ConvergenceWarning, integrated_gradients
 from .perturbation import occlusion
 from .result import Attribution
 
-__all__ = ["Attribution", "ConvergenceWarning", "input_x_gradient", "integrated_gradients", "occlusion", "saliency",
-           "similarity_target", "smoothgrad"]
+__all__ = [
+    "Attribution",
+    "ConvergenceWarning",
+    "input_x_gradient",
+    "integrated_gradients",
+    "occlusion",
+    "saliency",
+    "similarity_target",
+    "smoothgrad",
+]

@@ -17,9 +17,20 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().float().cpu().numpy().astype(np.float32)
 
 
-def assemble(prep: Prepared, target: Target, cont: Any, batch: dict[str, Any], scores: torch.Tensor, method: str,
-             n_evals: np.ndarray, *, delta: torch.Tensor | None = None, value: torch.Tensor | None = None,
-             baseline_value: torch.Tensor | None = None, converged: np.ndarray | None = None) -> Attribution:
+def assemble(
+    prep: Prepared,
+    target: Target,
+    cont: Any,
+    batch: dict[str, Any],
+    scores: torch.Tensor,
+    method: str,
+    n_evals: np.ndarray,
+    *,
+    delta: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
+    baseline_value: torch.Tensor | None = None,
+    converged: np.ndarray | None = None,
+) -> Attribution:
     """``scores`` (G, B, T[, d]) in the run layout; ``delta``/``value``/``baseline_value`` (B, G)."""
     g = scores.shape[0]
     s = scores.detach().float().movedim(0, 1)  # (B, G, T[, d])
@@ -28,7 +39,7 @@ def assemble(prep: Prepared, target: Target, cont: Any, batch: dict[str, Any], s
         positions, _, t_orig = cont
         out = torch.zeros((s.shape[0], g, t_orig, *s.shape[3:]), dtype=torch.float32, device=s.device)
         for i, pos in enumerate(positions):
-            out[i, :, pos.to(s.device)] = s[i, :, :pos.numel()]
+            out[i, :, pos.to(s.device)] = s[i, :, : pos.numel()]
         s = out
     valid = target.valid.cpu() if target.valid is not None else torch.ones(s.shape[0], g, dtype=torch.bool)
     per_target = cont is not None or g > 1
@@ -47,8 +58,10 @@ def assemble(prep: Prepared, target: Target, cont: Any, batch: dict[str, Any], s
     target_ids = None if target.ids is None else target.ids.cpu().numpy()
     target_tokens = None
     if target_ids is not None and target.kind == "token":
-        target_tokens = [[t for t, ok in zip(row, v) if ok] for row, v in
-                         zip(token_strings(torch.from_numpy(target_ids), tok), valid.tolist())]
+        target_tokens = [
+            [t for t, ok in zip(row, v) if ok]
+            for row, v in zip(token_strings(torch.from_numpy(target_ids), tok), valid.tolist())
+        ]
     if target_ids is not None and not per_target:
         target_ids = target_ids[:, 0]
     return Attribution(

@@ -95,8 +95,9 @@ def batched_vjp(out: torch.Tensor, cotangents: torch.Tensor, point: torch.Tensor
         return grad[None]
     if os.environ.get("LLMDBG_IG_VJP", "loop") == "batched":
         try:
-            (grads,) = torch.autograd.grad(out, point, grad_outputs=cotangents.contiguous(), is_grads_batched=True,
-                                           retain_graph=True)
+            (grads,) = torch.autograd.grad(
+                out, point, grad_outputs=cotangents.contiguous(), is_grads_batched=True, retain_graph=True
+            )
             return grads
         except RuntimeError as err:  # an op without a batching rule
             logging.getLogger("llmdbg").debug("batched VJP unavailable (%s); one backward per target", err)
@@ -106,8 +107,9 @@ def batched_vjp(out: torch.Tensor, cotangents: torch.Tensor, point: torch.Tensor
     return grads
 
 
-def values_and_grads(prep: Prepared, target: Target, point: torch.Tensor, rows: torch.Tensor, k: int, *,
-                     resolve_at: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def values_and_grads(
+    prep: Prepared, target: Target, point: torch.Tensor, rows: torch.Tensor, k: int, *, resolve_at: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Target values (K·R, G) float32 at ``point`` and their gradients (G, *point.shape).
 
     Token log-probabilities of language models take the closed-form gradient at the LM head's
@@ -116,8 +118,9 @@ def values_and_grads(prep: Prepared, target: Target, point: torch.Tensor, rows: 
     """
     head = output_head(prep.model, target)
     with tap(head) as seen:
-        vals, outputs = forward_rows(prep.model, prep, target, point, rows, k, resolve_at=resolve_at,
-                                     return_outputs=True)
+        vals, outputs = forward_rows(
+            prep.model, prep, target, point, rows, k, resolve_at=resolve_at, return_outputs=True
+        )
     closed = cotangents(target, outputs, rows.repeat(k), head, seen) if head is not None else None
     del outputs, seen
     if closed is None:
@@ -126,9 +129,18 @@ def values_and_grads(prep: Prepared, target: Target, point: torch.Tensor, rows: 
     return vals.detach(), batched_vjp(h, cot, point)
 
 
-def forward_rows(model: torch.nn.Module, prep: Prepared, target: Target, point: torch.Tensor, rows: torch.Tensor,
-                 k: int, *, batch: dict[str, Any] | None = None, resolve_at: int | None = None,
-                 return_outputs: bool = False) -> Any:
+def forward_rows(
+    model: torch.nn.Module,
+    prep: Prepared,
+    target: Target,
+    point: torch.Tensor,
+    rows: torch.Tensor,
+    k: int,
+    *,
+    batch: dict[str, Any] | None = None,
+    resolve_at: int | None = None,
+    return_outputs: bool = False,
+) -> Any:
     """Run the model on ``point`` (K·R, T, d) as the embedding output for examples ``rows`` (R,),
     K points each (step-major). Returns the target values (K·R, G) float32.
 
@@ -141,8 +153,10 @@ def forward_rows(model: torch.nn.Module, prep: Prepared, target: Target, point: 
         slot["value"] = point
         outputs = prep.model(**kwargs, **target.model_kwargs())
         if not slot["fired"]:
-            raise RuntimeError("the attributed embedding was not called by the model's forward; pass "
-                               "layer=<the module that embeds input_ids>")
+            raise RuntimeError(
+                "the attributed embedding was not called by the model's forward; pass "
+                "layer=<the module that embeds input_ids>"
+            )
     all_rows = rows.repeat(k)
     if target.needs(rows):
         if resolve_at is None:

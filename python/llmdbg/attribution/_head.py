@@ -54,8 +54,9 @@ def tap(head: nn.Linear | None) -> Iterator[dict[str, Any]]:
         handle.remove()
 
 
-def cotangents(target: Target, outputs: Any, rows: torch.Tensor, head: nn.Linear,
-               seen: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+def cotangents(
+    target: Target, outputs: Any, rows: torch.Tensor, head: nn.Linear, seen: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(h, C)``: the head input h (N, T_keep, d) and C (G, N, T_keep, d) with C[g] = ∂F_g/∂h,
     computed in float32 and cast to h's dtype; None when the model post-processes the head output."""
     logits = getattr(outputs, "logits", None)
@@ -74,6 +75,7 @@ def cotangents(target: Target, outputs: Any, rows: torch.Tensor, head: nn.Linear
     if target.keep is not None and target.length is not None and h.shape[1] == target.keep:
         pos = pos - (target.length - target.keep)
     out = torch.zeros((g, *h.shape), dtype=h.dtype, device=h.device)
-    out[torch.arange(g, device=h.device)[:, None], torch.arange(n, device=h.device)[None, :], pos.T] = \
-        grad.transpose(0, 1).to(h.dtype)
+    out[torch.arange(g, device=h.device)[:, None], torch.arange(n, device=h.device)[None, :], pos.T] = grad.transpose(
+        0, 1
+    ).to(h.dtype)
     return h, out

@@ -77,8 +77,10 @@ def find_embedding(model: nn.Module, layer: Any = "embeddings") -> nn.Module:
             from ..adapters.layout import closest_names
 
             hint = closest_names(model, layer)
-            raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}"
-                             + (f"; did you mean {', '.join(hint)}?" if hint else "")) from None
+            raise ValueError(
+                f"layer {layer!r} is not a module of {type(model).__name__}"
+                + (f"; did you mean {', '.join(hint)}?" if hint else "")
+            ) from None
     from ..adapters.layout import find_layout
 
     with contextlib.suppress(ValueError, TypeError):
@@ -93,8 +95,10 @@ def find_embedding(model: nn.Module, layer: Any = "embeddings") -> nn.Module:
     for module in model.modules():
         if isinstance(module, nn.Embedding):
             return module
-    raise ValueError(f"{type(model).__name__} has no input embeddings (no get_input_embeddings() and no "
-                     "nn.Embedding); pass layer=<module or name> of the embedding to attribute to")
+    raise ValueError(
+        f"{type(model).__name__} has no input embeddings (no get_input_embeddings() and no "
+        "nn.Embedding); pass layer=<module or name> of the embedding to attribute to"
+    )
 
 
 def model_batch(inputs: Any, tokenizer: Any, device: torch.device) -> tuple[dict[str, Any], list | None]:
@@ -141,8 +145,16 @@ def _as_tensor(value: Any, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prepare(model: nn.Module, batch: dict[str, Any], *, tokenizer: Any, baseline: Any, layer: Any,
-            attributable: torch.Tensor | None = None, word_ids=None) -> Prepared:
+def prepare(
+    model: nn.Module,
+    batch: dict[str, Any],
+    *,
+    tokenizer: Any,
+    baseline: Any,
+    layer: Any,
+    attributable: torch.Tensor | None = None,
+    word_ids=None,
+) -> Prepared:
     """Embeddings and baseline for ``batch`` (already extended by the target, e.g. a continuation).
 
     ``attributable`` (B, T) bool limits the interpolated positions further (a continuation's tokens
@@ -153,8 +165,10 @@ def prepare(model: nn.Module, batch: dict[str, Any], *, tokenizer: Any, baseline
     mask = batch["attention_mask"].bool()
     x_raw = embedding(ids)
     if not isinstance(x_raw, torch.Tensor) or x_raw.dim() != 3 or x_raw.shape[:2] != ids.shape:
-        raise ValueError(f"the embedding module {type(embedding).__name__} must map (B, T) ids to (B, T, d) "
-                         "embeddings; pass layer=<the word embedding>")
+        raise ValueError(
+            f"the embedding module {type(embedding).__name__} must map (B, T) ids to (B, T, d) "
+            "embeddings; pass layer=<the word embedding>"
+        )
     dtype = x_raw.dtype
     x = x_raw.float()
     region = mask if attributable is None else mask & attributable
@@ -168,8 +182,10 @@ def prepare(model: nn.Module, batch: dict[str, Any], *, tokenizer: Any, baseline
             if token is None and baseline == "pad":
                 token = config_id(model, tokenizer, "eos")  # GPT-2 style models have no pad token
             if token is None:
-                raise ValueError(f"baseline={baseline!r} needs a {baseline} token id, but neither the tokenizer "
-                                 "nor the model config defines one; use baseline='zeros' or pass an array")
+                raise ValueError(
+                    f"baseline={baseline!r} needs a {baseline} token id, but neither the tokenizer "
+                    "nor the model config defines one; use baseline='zeros' or pass an array"
+                )
             keep = torch.tensor(sorted(special_ids(model, tokenizer) - {token}), dtype=torch.long, device=ids.device)
             region = region & ~torch.isin(ids, keep)
             b = embedding(torch.full_like(ids, token)).float()
@@ -181,17 +197,23 @@ def prepare(model: nn.Module, batch: dict[str, Any], *, tokenizer: Any, baseline
             if arr.dim() in (1, 2) and arr.shape[-1] == t and arr.dtype != torch.bool:
                 base_ids = arr.long().expand(bsz, t) if arr.dim() == 1 or arr.shape[0] == 1 else arr.long()
                 if base_ids.shape != ids.shape:
-                    raise ValueError(f"baseline ids have shape {tuple(arr.shape)}; expected (B, T) = {(bsz, t)} or (T,)")
+                    raise ValueError(
+                        f"baseline ids have shape {tuple(arr.shape)}; expected (B, T) = {(bsz, t)} or (T,)"
+                    )
                 b = embedding(base_ids).float()
             else:
-                raise TypeError(f"baseline embeddings must be floating point, got {arr.dtype} of shape "
-                                f"{tuple(arr.shape)} (integer baselines are token ids of shape (B, T) or (T,))")
+                raise TypeError(
+                    f"baseline embeddings must be floating point, got {arr.dtype} of shape "
+                    f"{tuple(arr.shape)} (integer baselines are token ids of shape (B, T) or (T,))"
+                )
         else:
             if arr.dim() == 2 and arr.shape == (t, d):
                 arr = arr[None].expand(bsz, t, d)
             if arr.shape != (bsz, t, d):
-                raise ValueError(f"baseline has shape {tuple(arr.shape)}; expected embeddings of shape (B, T, d) = "
-                                 f"{(bsz, t, d)} or (T, d), or ids of shape (B, T)")
+                raise ValueError(
+                    f"baseline has shape {tuple(arr.shape)}; expected embeddings of shape (B, T, d) = "
+                    f"{(bsz, t, d)} or (T, d), or ids of shape (B, T)"
+                )
             b = arr.float()
     b = torch.where(region[..., None], b, x).contiguous()
     return Prepared(model, batch, ids, embedding, x.contiguous(), b, region, mask, dtype, tokenizer, word_ids)
@@ -218,8 +240,10 @@ def replaced_output(module: nn.Module) -> Iterator[dict[str, Any]]:
         if value is None:
             return None
         if not isinstance(output, torch.Tensor) or output.shape != value.shape:
-            raise RuntimeError(f"the attributed embedding returned shape {tuple(getattr(output, 'shape', ()))}, "
-                               f"expected {tuple(value.shape)}; pass layer=<the word embedding>")
+            raise RuntimeError(
+                f"the attributed embedding returned shape {tuple(getattr(output, 'shape', ()))}, "
+                f"expected {tuple(value.shape)}; pass layer=<the word embedding>"
+            )
         slot["value"] = None
         slot["fired"] += 1
         return value

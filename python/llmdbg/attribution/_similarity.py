@@ -27,8 +27,9 @@ def similarity_target(reference: Any) -> Callable[[Any, dict], torch.Tensor]:
     callable
         Pass as ``target=`` to any attribution method.
     """
-    ref = torch.as_tensor(np.asarray(reference.detach().cpu() if isinstance(reference, torch.Tensor) else reference),
-                          dtype=torch.float32)
+    ref = torch.as_tensor(
+        np.asarray(reference.detach().cpu() if isinstance(reference, torch.Tensor) else reference), dtype=torch.float32
+    )
     if ref.dim() == 1:
         ref = ref[None]
     if ref.dim() != 2:

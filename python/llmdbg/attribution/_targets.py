@@ -29,8 +29,11 @@ def _kind(model: nn.Module) -> str:
 
 def _accepts_batch(fn: Callable) -> bool:
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        ]
     except (TypeError, ValueError):
         return False
     return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
@@ -41,7 +44,8 @@ def _is_continuation(target: Any) -> bool:
         return True
     if isinstance(target, (list, tuple)) and target:
         return all(isinstance(t, str) for t in target) or all(
-            isinstance(t, (list, tuple, np.ndarray, torch.Tensor)) for t in target)
+            isinstance(t, (list, tuple, np.ndarray, torch.Tensor)) for t in target
+        )
     if isinstance(target, (np.ndarray, torch.Tensor)):
         return np.ndim(target) == 2
     return False
@@ -76,9 +80,19 @@ class Target:
         ``(B, G)`` int64 positions whose logits are read (language models).
     """
 
-    def __init__(self, kind: str, n_out: int, ids: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-                 valid: torch.Tensor | None = None, fn: Callable | None = None, vocab: int | None = None,
-                 keep: int | None = None, length: int | None = None, n_examples: int = 0):
+    def __init__(
+        self,
+        kind: str,
+        n_out: int,
+        ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        fn: Callable | None = None,
+        vocab: int | None = None,
+        keep: int | None = None,
+        length: int | None = None,
+        n_examples: int = 0,
+    ):
         self.length = length
         self.n_examples = n_examples or (valid.shape[0] if valid is not None else 0)
         self.kind, self.n_out, self.ids, self.positions, self.fn = kind, n_out, ids, positions, fn
@@ -101,17 +115,23 @@ class Target:
         return {} if self.keep is None else {"logits_to_keep": self.keep}
 
     def _logits(self, outputs: Any) -> torch.Tensor:
-        logits = outputs.logits if hasattr(outputs, "logits") else (outputs if isinstance(outputs, torch.Tensor) else None)
+        logits = (
+            outputs.logits if hasattr(outputs, "logits") else (outputs if isinstance(outputs, torch.Tensor) else None)
+        )
         if logits is None:
-            raise ValueError("the model returns no logits; pass target=callable(outputs) -> (N,) values, e.g. "
-                             "lambda out: out.last_hidden_state[:, 0].norm(dim=-1)")
+            raise ValueError(
+                "the model returns no logits; pass target=callable(outputs) -> (N,) values, e.g. "
+                "lambda out: out.last_hidden_state[:, 0].norm(dim=-1)"
+            )
         return logits
 
     def _picked(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(N, G, V) logits at the target positions of each row."""
         assert self.positions is not None  # token targets always have positions
         pos = self.positions[rows]
-        if self.keep is not None and self.length is not None and logits.shape[1] == self.keep:  # only the last `keep` positions
+        if (
+            self.keep is not None and self.length is not None and logits.shape[1] == self.keep
+        ):  # only the last `keep` positions
             pos = pos - (self.length - self.keep)
         n = torch.arange(logits.shape[0], device=logits.device)[:, None]
         return logits[n, pos.to(logits.device)]
@@ -135,8 +155,10 @@ class Target:
         if self.valid is not None:
             bad &= self.valid.cpu()
         if bad.any():
-            raise ValueError(f"target {what} {int(self.ids[bad][0])} is out of range: the model has {size} "
-                             f"{'classes' if self.kind == 'class' else 'tokens in its vocabulary'}")
+            raise ValueError(
+                f"target {what} {int(self.ids[bad][0])} is out of range: the model has {size} "
+                f"{'classes' if self.kind == 'class' else 'tokens in its vocabulary'}"
+            )
 
     def __call__(self, outputs: Any, rows: torch.Tensor, batch: dict[str, Any] | None = None) -> torch.Tensor:
         """(N, G) float32 target values of the N rows."""
@@ -144,10 +166,13 @@ class Target:
             assert self.fn is not None
             value = self.fn(outputs, {**(batch or {}), "example": rows}) if self.batch_for_fn else self.fn(outputs)
             if not isinstance(value, torch.Tensor):
-                raise TypeError(f"target callable must return a torch tensor (differentiable), got {type(value).__name__}")
+                raise TypeError(
+                    f"target callable must return a torch tensor (differentiable), got {type(value).__name__}"
+                )
             if value.dim() == 0 or value.shape[0] != rows.shape[0] or value[0].numel() != 1:
-                raise ValueError(f"target callable must return one value per row, shape ({rows.shape[0]},); "
-                                 f"got {tuple(value.shape)}")
+                raise ValueError(
+                    f"target callable must return one value per row, shape ({rows.shape[0]},); got {tuple(value.shape)}"
+                )
             if not value.dtype.is_floating_point:
                 raise TypeError(f"target callable must return floating point values, got {value.dtype}")
             return value.float().reshape(rows.shape[0], -1)
@@ -156,8 +181,10 @@ class Target:
         ids = self.ids.to(logits.device)[rows.to(logits.device)]  # (N, G)
         if self.kind == "class":
             if logits.dim() != 2:
-                raise ValueError(f"target is a class index but the model's logits have shape {tuple(logits.shape)}; "
-                                 "for language models pass a token id or continuation")
+                raise ValueError(
+                    f"target is a class index but the model's logits have shape {tuple(logits.shape)}; "
+                    "for language models pass a token id or continuation"
+                )
             return logits.gather(1, ids).float()
         picked = self._picked(logits, rows).float()  # (N, G, V)
         return torch.log_softmax(picked, dim=-1).gather(2, ids[..., None]).squeeze(2)
@@ -178,8 +205,10 @@ def build_target(model: nn.Module, batch: dict[str, Any], target: Any, tokenizer
     kind = _kind(model)
     if _is_continuation(target):
         if kind not in ("causal", "seq2seq"):
-            raise ValueError("a continuation target (text or 2-D ids) needs a causal or encoder-decoder language "
-                             f"model; {type(model).__name__} is neither")
+            raise ValueError(
+                "a continuation target (text or 2-D ids) needs a causal or encoder-decoder language "
+                f"model; {type(model).__name__} is neither"
+            )
         return _continuation(model, batch, target, tokenizer, kind, vocab)
     if isinstance(target, str) and target != "predicted":
         raise ValueError(f"target string must be 'predicted' or continuation text, got {target!r}")
@@ -190,25 +219,40 @@ def build_target(model: nn.Module, batch: dict[str, Any], target: Any, tokenizer
             mask_id = config_id(model, tokenizer, "mask")
             hits = (ids == mask_id) if mask_id is not None else torch.zeros_like(mask)
             if not hits.any(1).all():
-                raise ValueError("masked LM target: every input needs a mask token (tokenizer.mask_token) whose "
-                                 "prediction is explained")
+                raise ValueError(
+                    "masked LM target: every input needs a mask token (tokenizer.mask_token) whose "
+                    "prediction is explained"
+                )
             pos = hits.float().argmax(1)
         elif kind == "seq2seq":
             dec = batch.get("decoder_input_ids")
             if dec is None:
-                raise ValueError("encoder-decoder models need decoder_input_ids in inputs, or a continuation target "
-                                 "(text or ids) to attribute")
+                raise ValueError(
+                    "encoder-decoder models need decoder_input_ids in inputs, or a continuation target "
+                    "(text or ids) to attribute"
+                )
             dmask = batch.get("decoder_attention_mask")
             dlen = dec.shape[1]
-            pos = (torch.full((bsz,), dlen - 1) if dmask is None else
-                   torch.where(dmask.bool().cpu(), torch.arange(dlen), -1).amax(-1))
+            pos = (
+                torch.full((bsz,), dlen - 1)
+                if dmask is None
+                else torch.where(dmask.bool().cpu(), torch.arange(dlen), -1).amax(-1)
+            )
         else:
             pos = torch.where(mask.cpu(), torch.arange(t), -1).amax(-1)
         keep = None
         if kind == "causal" and _takes(model, "logits_to_keep"):
             keep = int(t - pos.min())
-        tgt = Target("token", 1, None if given is None else given[:, None], pos.reshape(-1, 1).long(),
-                     torch.ones(bsz, 1, dtype=torch.bool), vocab=vocab, keep=keep, length=t)
+        tgt = Target(
+            "token",
+            1,
+            None if given is None else given[:, None],
+            pos.reshape(-1, 1).long(),
+            torch.ones(bsz, 1, dtype=torch.bool),
+            vocab=vocab,
+            keep=keep,
+            length=t,
+        )
     else:
         tgt = Target("class", 1, None if given is None else given[:, None], valid=torch.ones(bsz, 1, dtype=torch.bool))
         n_labels = getattr(getattr(model, "config", None), "num_labels", None)
@@ -262,22 +306,33 @@ def _continuation(model, batch, target, tokenizer, kind, vocab):
     cont = torch.zeros(bsz, g, dtype=torch.long)
     valid = torch.zeros(bsz, g, dtype=torch.bool)
     for i, s in enumerate(seqs):
-        cont[i, :len(s)] = torch.tensor(s)
-        valid[i, :len(s)] = True
+        cont[i, : len(s)] = torch.tensor(s)
+        valid[i, : len(s)] = True
     if kind == "seq2seq":
         start = getattr(model.config, "decoder_start_token_id", None)
         if start is None:
             raise ValueError("the encoder-decoder model has no decoder_start_token_id in its config")
         dec = torch.cat([torch.full((bsz, 1), int(start)), cont[:, :-1]], 1)
-        out = dict(batch, decoder_input_ids=dec.to(ids.device),
-                   decoder_attention_mask=torch.cat([torch.ones(bsz, 1, dtype=torch.bool), valid[:, :-1]], 1).long().to(ids.device))
+        out = dict(
+            batch,
+            decoder_input_ids=dec.to(ids.device),
+            decoder_attention_mask=torch.cat([torch.ones(bsz, 1, dtype=torch.bool), valid[:, :-1]], 1)
+            .long()
+            .to(ids.device),
+        )
         pos = torch.arange(g).expand(bsz, g).clone()
         tgt = Target("token", g, cont, pos, valid, vocab=vocab)
         if vocab:
             tgt.check(int(vocab))
         return tgt, out, None
-    extra = [k for k, v in batch.items() if k not in ("input_ids", "attention_mask")
-             and isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[:2] == (bsz, t)]
+    extra = [
+        k
+        for k, v in batch.items()
+        if k not in ("input_ids", "attention_mask")
+        and isinstance(v, torch.Tensor)
+        and v.dim() >= 2
+        and v.shape[:2] == (bsz, t)
+    ]
     if "position_ids" in extra:
         raise ValueError("continuation targets re-pack the prompt right-padded; leave position_ids out")
     # Re-pack right-padded: prompt tokens, then the continuation, so position ids are those of an
@@ -293,8 +348,8 @@ def _continuation(model, batch, target, tokenizer, kind, vocab):
     for i, p in enumerate(prompts):
         n, m = len(p), int(valid[i].sum())
         new_ids[i, :n] = p
-        new_ids[i, n:n + m] = cont[i, :m]
-        new_mask[i, :n + m] = 1
+        new_ids[i, n : n + m] = cont[i, :m]
+        new_mask[i, : n + m] = 1
         prompt_region[i, :n] = True
     pos = (lens[:, None] - 1 + torch.arange(g)[None]).clamp(max=total - 1)
     keep = int(total - pos.min()) if _takes(model, "logits_to_keep") else None
@@ -308,6 +363,6 @@ def _continuation(model, batch, target, tokenizer, kind, vocab):
         packed = torch.zeros((bsz, total, *value.shape[2:]), dtype=value.dtype, device=value.device)
         for i in range(bsz):
             kept = value[i][mask[i]]
-            packed[i, :kept.shape[0]] = kept
+            packed[i, : kept.shape[0]] = kept
         out[key] = packed
     return tgt, out, (positions, prompt_region, t)

@@ -37,7 +37,7 @@ def _gradients(prep: Prepared, target: Target, points: torch.Tensor, k: int, chu
     bsz, t, d = prep.x.shape
     acc = torch.zeros(target.n_out, bsz, t, d, dtype=torch.float32, device=prep.device)
     rows = torch.arange(bsz)
-    groups = [rows[i:i + chunk_rows] for i in range(0, bsz, chunk_rows)]
+    groups = [rows[i : i + chunk_rows] for i in range(0, bsz, chunk_rows)]
     for sub in groups:
         step = max(1, chunk_rows // sub.shape[0])
         dev = sub.to(prep.device)
@@ -56,9 +56,23 @@ def _reduce(attr: torch.Tensor, reduce: str, prep: Prepared) -> torch.Tensor:
     return attr.sum(-1) if reduce == "sum" else attr.norm(dim=-1) if reduce == "norm" else attr
 
 
-def _run(kind: str, model: Any, inputs: Any, target: Any, tokenizer: Any, layer: Any, batch_size: Any, reduce: str,
-         progress: bool, *, abs_: bool = False, n_samples: int = 1, noise: float = 0.0, seed: int = 0,
-         multiply: bool = False) -> Attribution:
+def _run(
+    kind: str,
+    model: Any,
+    inputs: Any,
+    target: Any,
+    tokenizer: Any,
+    layer: Any,
+    batch_size: Any,
+    reduce: str,
+    progress: bool,
+    *,
+    abs_: bool = False,
+    n_samples: int = 1,
+    noise: float = 0.0,
+    seed: int = 0,
+    multiply: bool = False,
+) -> Attribution:
     _check_reduce(reduce)
     prep, tgt, cont, batch = setup(model, inputs, target, tokenizer, "zeros", layer)
     chunk_rows = rows_per_chunk(model, prep, tgt.n_out, batch_size)
@@ -67,8 +81,12 @@ def _run(kind: str, model: Any, inputs: Any, target: Any, tokenizer: Any, layer:
         gen = torch.Generator(device="cpu").manual_seed(seed)
         # σ relative to each example's embedding spread (Smilkov et al.: noise level × range).
         real = prep.attributable[..., None]
-        scale = torch.stack([x[i][prep.attributable[i]].std() if prep.attributable[i].any() else x.new_tensor(0.0)
-                             for i in range(x.shape[0])]).reshape(-1, 1, 1)
+        scale = torch.stack(
+            [
+                x[i][prep.attributable[i]].std() if prep.attributable[i].any() else x.new_tensor(0.0)
+                for i in range(x.shape[0])
+            ]
+        ).reshape(-1, 1, 1)
         eps = torch.randn((n_samples, *x.shape), generator=gen).to(x.device) * (noise * scale) * real
         points = x[None] + eps
         points[0] = x  # the clean input first: a "predicted" target is resolved on x itself
@@ -82,9 +100,18 @@ def _run(kind: str, model: Any, inputs: Any, target: Any, tokenizer: Any, layer:
     return assemble(prep, tgt, cont, batch, _reduce(attr, reduce, prep), kind, np.full(x.shape[0], points.shape[0]))
 
 
-def saliency(model: torch.nn.Module, inputs: Any, *, target: Any = None, abs: bool = True, layer: Any = "embeddings",
-             batch_size: int | str = "auto", reduce: str = "sum", tokenizer: Any = None,
-             progress: bool = True) -> Attribution:
+def saliency(
+    model: torch.nn.Module,
+    inputs: Any,
+    *,
+    target: Any = None,
+    abs: bool = True,
+    layer: Any = "embeddings",
+    batch_size: int | str = "auto",
+    reduce: str = "sum",
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> Attribution:
     """Gradient of the target with respect to the input embeddings (one forward and backward).
 
     Parameters not listed here are those of :func:`integrated_gradients`.
@@ -104,18 +131,40 @@ def saliency(model: torch.nn.Module, inputs: Any, *, target: Any = None, abs: bo
     return _run("saliency", model, inputs, target, tokenizer, layer, batch_size, reduce, progress, abs_=abs)
 
 
-def input_x_gradient(model: torch.nn.Module, inputs: Any, *, target: Any = None, layer: Any = "embeddings",
-                     batch_size: int | str = "auto", reduce: str = "sum", tokenizer: Any = None,
-                     progress: bool = True) -> Attribution:
+def input_x_gradient(
+    model: torch.nn.Module,
+    inputs: Any,
+    *,
+    target: Any = None,
+    layer: Any = "embeddings",
+    batch_size: int | str = "auto",
+    reduce: str = "sum",
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> Attribution:
     """Input embeddings times the target's gradient, x ⊙ ∂F/∂x (IG with one node and a zero
     baseline). Parameters as :func:`saliency`."""
-    return _run("input_x_gradient", model, inputs, target, tokenizer, layer, batch_size, reduce, progress, multiply=True)
+    return _run(
+        "input_x_gradient", model, inputs, target, tokenizer, layer, batch_size, reduce, progress, multiply=True
+    )
 
 
-def smoothgrad(model: torch.nn.Module, inputs: Any, *, target: Any = None, n_samples: int = 16, noise: float = 0.15,
-               abs: bool = True, multiply_by_inputs: bool = False, seed: int = 0, layer: Any = "embeddings",
-               batch_size: int | str = "auto", reduce: str = "sum", tokenizer: Any = None,
-               progress: bool = True) -> Attribution:
+def smoothgrad(
+    model: torch.nn.Module,
+    inputs: Any,
+    *,
+    target: Any = None,
+    n_samples: int = 16,
+    noise: float = 0.15,
+    abs: bool = True,
+    multiply_by_inputs: bool = False,
+    seed: int = 0,
+    layer: Any = "embeddings",
+    batch_size: int | str = "auto",
+    reduce: str = "sum",
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> Attribution:
     """SmoothGrad: the gradient averaged over ``n_samples`` noisy copies of the input embeddings.
 
     Parameters
@@ -141,5 +190,19 @@ def smoothgrad(model: torch.nn.Module, inputs: Any, *, target: Any = None, n_sam
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not np.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a non-negative float (σ relative to the embedding std), got {noise!r}")
-    return _run("smoothgrad", model, inputs, target, tokenizer, layer, batch_size, reduce, progress, abs_=abs,
-                n_samples=n_samples, noise=float(noise), seed=seed, multiply=multiply_by_inputs)
+    return _run(
+        "smoothgrad",
+        model,
+        inputs,
+        target,
+        tokenizer,
+        layer,
+        batch_size,
+        reduce,
+        progress,
+        abs_=abs,
+        n_samples=n_samples,
+        noise=float(noise),
+        seed=seed,
+        multiply=multiply_by_inputs,
+    )

@@ -33,8 +33,16 @@ from ._inputs import Prepared, find_embedding, model_batch, prepare
 from ._targets import Target, build_target
 from .result import Attribution
 
-METHODS = ("riemann_left", "riemann_right", "riemann_middle", "trapezoid", "gausslegendre", "clenshaw_curtis",
-           "captum_trapezoid", "adaptive")
+METHODS = (
+    "riemann_left",
+    "riemann_right",
+    "riemann_middle",
+    "trapezoid",
+    "gausslegendre",
+    "clenshaw_curtis",
+    "captum_trapezoid",
+    "adaptive",
+)
 REDUCTIONS = ("sum", "norm", "none")
 DEFAULT_STEPS = 50
 #: Adaptive: 2 endpoint evaluations + up to 95 Patterson nodes (level 4, the last).
@@ -62,8 +70,10 @@ def check_options(method: str, n_steps: Any, tol: Any, max_evals: Any, reduce: s
             raise ValueError("n_steps does not apply to method='adaptive' (it refines until tol); set max_evals")
         cap = DEFAULT_MAX_EVALS if max_evals is None else max_evals
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < MIN_MAX_EVALS:
-            raise ValueError(f"max_evals must be an int >= {MIN_MAX_EVALS} for method='adaptive' (2 endpoint "
-                             f"evaluations + the first level's 5 nodes), got {max_evals!r}")
+            raise ValueError(
+                f"max_evals must be an int >= {MIN_MAX_EVALS} for method='adaptive' (2 endpoint "
+                f"evaluations + the first level's 5 nodes), got {max_evals!r}"
+            )
         return 0, cap
     steps = DEFAULT_STEPS if n_steps is None else n_steps
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
@@ -86,8 +96,15 @@ def setup(model: Any, inputs: Any, target: Any, tokenizer: Any, baseline: Any, l
     region = None if cont is None else cont[1].to(device)
     if cont is not None and not isinstance(baseline, str):
         baseline = _repack_baseline(baseline, cont, run_batch["input_ids"], device)
-    prep = prepare(model, run_batch, tokenizer=tokenizer, baseline=baseline, layer=embedding,
-                   attributable=region, word_ids=word_ids)
+    prep = prepare(
+        model,
+        run_batch,
+        tokenizer=tokenizer,
+        baseline=baseline,
+        layer=embedding,
+        attributable=region,
+        word_ids=word_ids,
+    )
     return prep, tgt, cont, batch
 
 
@@ -95,7 +112,11 @@ def _repack_baseline(baseline: Any, cont: Any, run_ids: torch.Tensor, device: to
     """A baseline given in the user's prompt layout, moved to the re-packed (prompt, continuation)
     layout; positions outside the prompt keep the real ids (they are not interpolated)."""
     positions, _, t_orig = cont
-    base = baseline.detach().to(device) if isinstance(baseline, torch.Tensor) else torch.as_tensor(np.asarray(baseline), device=device)
+    base = (
+        baseline.detach().to(device)
+        if isinstance(baseline, torch.Tensor)
+        else torch.as_tensor(np.asarray(baseline), device=device)
+    )
     if base.dim() == 0 or base.shape[min(1, base.dim() - 1) if base.dim() <= 2 else 1] != t_orig:
         return baseline  # let prepare() report the shape error
     bsz = run_ids.shape[0]
@@ -110,11 +131,13 @@ def _repack_baseline(baseline: Any, cont: Any, run_ids: torch.Tensor, device: to
     if base.shape[0] != bsz:
         return baseline
     for i, pos in enumerate(positions):
-        out[i, :pos.numel()] = base[i, pos.to(device)]
+        out[i, : pos.numel()] = base[i, pos.to(device)]
     return out
 
 
-def _endpoint_values(prep: Prepared, target: Target, alphas: list[float], rows: torch.Tensor) -> dict[float, torch.Tensor]:
+def _endpoint_values(
+    prep: Prepared, target: Target, alphas: list[float], rows: torch.Tensor
+) -> dict[float, torch.Tensor]:
     """F at α ∈ alphas for ``rows`` in one forward-only pass; {α: (R, G)}."""
     with torch.no_grad():
         a = torch.tensor(alphas, dtype=torch.float64)
@@ -122,15 +145,16 @@ def _endpoint_values(prep: Prepared, target: Target, alphas: list[float], rows: 
         resolve = alphas.index(1.0) if 1.0 in alphas else None
         vals = forward_rows(prep.model, prep, target, point, rows, len(alphas), resolve_at=resolve)
     r = rows.shape[0]
-    return {alpha: vals[i * r:(i + 1) * r].detach() for i, alpha in enumerate(alphas)}
+    return {alpha: vals[i * r : (i + 1) * r].detach() for i, alpha in enumerate(alphas)}
 
 
-def _run_nodes(prep: Prepared, target: Target, nodes: np.ndarray, rows: torch.Tensor, chunk_rows: int, bar: Any,
-               on_chunk: Any) -> dict[float, torch.Tensor]:
+def _run_nodes(
+    prep: Prepared, target: Target, nodes: np.ndarray, rows: torch.Tensor, chunk_rows: int, bar: Any, on_chunk: Any
+) -> dict[float, torch.Tensor]:
     """Evaluate value and gradients at ``nodes`` for ``rows`` in chunks; calls
     ``on_chunk(k0, k1, sub_rows, grads (G, K*R, T, d))`` and returns values at the endpoints."""
     ends: dict[float, torch.Tensor] = {}
-    groups = [rows[i:i + chunk_rows] for i in range(0, rows.shape[0], chunk_rows)]
+    groups = [rows[i : i + chunk_rows] for i in range(0, rows.shape[0], chunk_rows)]
     for sub in groups:
         k_max = max(1, chunk_rows // sub.shape[0])
         for k0 in range(0, len(nodes), k_max):
@@ -142,7 +166,7 @@ def _run_nodes(prep: Prepared, target: Target, nodes: np.ndarray, rows: torch.Te
             r = sub.shape[0]
             for i, a in enumerate(nodes[k0:k1]):
                 if a in (0.0, 1.0):
-                    part = vals[i * r:(i + 1) * r].detach()
+                    part = vals[i * r : (i + 1) * r].detach()
                     ends[float(a)] = part if float(a) not in ends else torch.cat([ends[float(a)], part])
             del vals, point
             on_chunk(k0, k1, sub, grads)
@@ -176,8 +200,7 @@ def _patterson(level: int) -> tuple[np.ndarray, np.ndarray]:
     return _core.patterson_quadrature(level)
 
 
-def _adaptive(prep: Prepared, target: Target, tol: float, max_evals: int, chunk_rows: int, reduce: str,
-              progress: bool):
+def _adaptive(prep: Prepared, target: Target, tol: float, max_evals: int, chunk_rows: int, reduce: str, progress: bool):
     """Nested Gauss–Kronrod–Patterson refinement (5, 11, 23, 47, 95 nodes), per example.
 
     F(x) and F(b) come first from one forward-only pass (2 evaluations per example); then each
@@ -189,8 +212,11 @@ def _adaptive(prep: Prepared, target: Target, tol: float, max_evals: int, chunk_
     diff = prep.diff
     store: list[torch.Tensor] = []  # per node: (G, B, T) or (G, B, T, d) contribution diff ⊙ grad
     final_level = np.zeros(bsz, dtype=np.int64)
-    valid = target.valid.to(prep.device) if target.valid is not None else torch.ones(bsz, g, dtype=torch.bool,
-                                                                                     device=prep.device)
+    valid = (
+        target.valid.to(prep.device)
+        if target.valid is not None
+        else torch.ones(bsz, g, dtype=torch.bool, device=prep.device)
+    )
     converged = np.zeros(bsz, dtype=bool)
     active = torch.arange(bsz)
     ends = _endpoint_values(prep, target, [1.0, 0.0], active)
@@ -201,8 +227,9 @@ def _adaptive(prep: Prepared, target: Target, tol: float, max_evals: int, chunk_
             nodes, weights = _patterson(level)
             start = 0 if level == 0 else _patterson(level - 1)[0].shape[0]
             new = nodes[start:]
-            new_store = [torch.zeros((g, bsz, t) if reduce == "sum" else (g, bsz, t, d), device=prep.device)
-                         for _ in new]
+            new_store = [
+                torch.zeros((g, bsz, t) if reduce == "sum" else (g, bsz, t, d), device=prep.device) for _ in new
+            ]
 
             def keep(k0: int, k1: int, sub: torch.Tensor, grads: torch.Tensor, new_store=new_store) -> None:
                 r = sub.shape[0]
@@ -224,8 +251,11 @@ def _adaptive(prep: Prepared, target: Target, tol: float, max_evals: int, chunk_
             final_level[active.numpy()] = level
             converged[active[ok].numpy()] = True
             active = active[~ok]
-            if active.numel() == 0 or level == _core.PATTERSON_MAX_LEVEL or \
-                    2 + _patterson(level + 1)[0].shape[0] > max_evals:
+            if (
+                active.numel() == 0
+                or level == _core.PATTERSON_MAX_LEVEL
+                or 2 + _patterson(level + 1)[0].shape[0] > max_evals
+            ):
                 break
             level += 1
     attr = torch.zeros((g, bsz, t) if reduce == "sum" else (g, bsz, t, d), device=prep.device)
@@ -237,16 +267,31 @@ def _adaptive(prep: Prepared, target: Target, tol: float, max_evals: int, chunk_
     sizes = np.array([2 + _patterson(int(lvl))[0].shape[0] for lvl in final_level], dtype=np.int64)
     if not converged.all():
         bad = np.nonzero(~converged)[0].tolist()
-        warnings.warn(f"adaptive integrated gradients did not reach |delta| / |F(x) - F(b)| < {tol} within "
-                      f"max_evals={max_evals} for examples {bad[:10]}; see Attribution.converged and .delta",
-                      ConvergenceWarning, stacklevel=3)
+        warnings.warn(
+            f"adaptive integrated gradients did not reach |delta| / |F(x) - F(b)| < {tol} within "
+            f"max_evals={max_evals} for examples {bad[:10]}; see Attribution.converged and .delta",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
     return attr, fx, fb, sizes, converged
 
 
-def integrated_gradients(model: torch.nn.Module, inputs: Any, *, target: Any = None, baseline: Any = "pad",
-                         n_steps: int | None = None, method: str = "gausslegendre", tol: float = 0.01,
-                         max_evals: int | None = None, layer: Any = "embeddings", batch_size: int | str = "auto",
-                         reduce: str = "sum", tokenizer: Any = None, progress: bool = True) -> Attribution:
+def integrated_gradients(
+    model: torch.nn.Module,
+    inputs: Any,
+    *,
+    target: Any = None,
+    baseline: Any = "pad",
+    n_steps: int | None = None,
+    method: str = "gausslegendre",
+    tol: float = 0.01,
+    max_evals: int | None = None,
+    layer: Any = "embeddings",
+    batch_size: int | str = "auto",
+    reduce: str = "sum",
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> Attribution:
     """Integrated gradients of a Hugging Face model's output with respect to its input embeddings.
 
     Parameters
@@ -331,5 +376,6 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, *, target: Any = N
         rel = delta.abs() / (fx - fb).abs().clamp_min(1e-12)
         ok = (rel < tol) | ~tgt.valid.to(rel.device)
         converged = ok.all(1).cpu().numpy()
-    return assemble(prep, tgt, cont, batch, scores, name, n_evals, delta=delta, value=fx, baseline_value=fb,
-                    converged=converged)
+    return assemble(
+        prep, tgt, cont, batch, scores, name, n_evals, delta=delta, value=fx, baseline_value=fb, converged=converged
+    )

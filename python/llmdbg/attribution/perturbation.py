@@ -32,7 +32,7 @@ def _windows(region: torch.Tensor, window: int, stride: int) -> list[tuple[int, 
         starts = list(range(0, max(1, len(pos) - window + 1), stride))
         if starts[-1] + window < len(pos):  # cover the tail too
             starts.append(len(pos) - window)
-        out.extend((e, pos[s:s + window]) for s in starts)
+        out.extend((e, pos[s : s + window]) for s in starts)
     return out
 
 
@@ -56,7 +56,7 @@ def _deleted_batch(prep, target: Target, pairs) -> tuple[dict[str, Any], Target]
             fill = torch.zeros((n, length, *value.shape[2:]), dtype=value.dtype, device=value.device)
             for i in range(n):
                 kept = src[i][keep[i].to(value.device)]
-                fill[i, :kept.shape[0]] = kept
+                fill[i, : kept.shape[0]] = kept
             out[key] = fill
         elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == mask.shape[0]:
             out[key] = value[ex.to(value.device)]
@@ -67,14 +67,31 @@ def _deleted_batch(prep, target: Target, pairs) -> tuple[dict[str, Any], Target]
         rank = keep.long().cumsum(1) - 1  # new index of every kept position
         old = target.positions[ex]  # (N, G)
         moved = rank.gather(1, old.clamp(max=t - 1))
-    sub = Target(target.kind, target.n_out, None if target.ids is None else target.ids[ex], moved,
-                 None if target.valid is None else target.valid[ex], fn=target.fn, vocab=target.vocab)
+    sub = Target(
+        target.kind,
+        target.n_out,
+        None if target.ids is None else target.ids[ex],
+        moved,
+        None if target.valid is None else target.valid[ex],
+        fn=target.fn,
+        vocab=target.vocab,
+    )
     return out, sub
 
 
-def occlusion(model: torch.nn.Module, inputs: Any, *, target: Any = None, window: int = 1, stride: int = 1,
-              replacement: str = "pad", layer: Any = "embeddings", batch_size: int | str = "auto",
-              tokenizer: Any = None, progress: bool = True) -> Attribution:
+def occlusion(
+    model: torch.nn.Module,
+    inputs: Any,
+    *,
+    target: Any = None,
+    window: int = 1,
+    stride: int = 1,
+    replacement: str = "pad",
+    layer: Any = "embeddings",
+    batch_size: int | str = "auto",
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> Attribution:
     """Token occlusion sensitivity.
 
     Parameters not listed here are those of :func:`integrated_gradients`.
@@ -101,8 +118,9 @@ def occlusion(model: torch.nn.Module, inputs: Any, *, target: Any = None, window
     for name, v in (("window", window), ("stride", stride)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
-    prep, tgt, cont, batch = setup(model, inputs, target, tokenizer,
-                                   "zeros" if replacement == "delete" else replacement, layer)
+    prep, tgt, cont, batch = setup(
+        model, inputs, target, tokenizer, "zeros" if replacement == "delete" else replacement, layer
+    )
     region = prep.attributable.cpu()
     if replacement == "delete":
         specials = torch.tensor(sorted(special_ids(model, tokenizer)), dtype=torch.long)
@@ -115,11 +133,19 @@ def occlusion(model: torch.nn.Module, inputs: Any, *, target: Any = None, window
     sums = torch.zeros(bsz, g, t, dtype=torch.float64)
     counts = torch.zeros(bsz, t, dtype=torch.float64)
     with gradient_mode(model), torch.no_grad(), progress_bar(progress, bsz + len(pairs), "occlusion") as bar:
-        fx = torch.cat([forward_rows(model, prep, tgt, prep.x[sub.to(prep.device)].to(prep.dtype), sub, 1,
-                                     resolve_at=0) for sub in rows.split(chunk)]).cpu().double()
+        fx = (
+            torch.cat(
+                [
+                    forward_rows(model, prep, tgt, prep.x[sub.to(prep.device)].to(prep.dtype), sub, 1, resolve_at=0)
+                    for sub in rows.split(chunk)
+                ]
+            )
+            .cpu()
+            .double()
+        )
         bar.update(bsz)
         for i in range(0, len(pairs), chunk):
-            part = pairs[i:i + chunk]
+            part = pairs[i : i + chunk]
             ex = torch.tensor([e for e, _ in part])
             if replacement == "delete":
                 sub_batch, sub_tgt = _deleted_batch(prep, tgt, part)
@@ -137,5 +163,4 @@ def occlusion(model: torch.nn.Module, inputs: Any, *, target: Any = None, window
             bar.update(len(part))
     scores = (sums / counts.clamp_min(1)[:, None]).float().movedim(1, 0).to(prep.device)  # (G, B, T)
     n_evals = 1 + np.bincount([e for e, _ in pairs], minlength=bsz)
-    return assemble(prep, tgt, cont, batch, scores, f"occlusion/{replacement}", n_evals,
-                    value=fx.float())
+    return assemble(prep, tgt, cont, batch, scores, f"occlusion/{replacement}", n_evals, value=fx.float())

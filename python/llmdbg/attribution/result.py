@@ -119,7 +119,9 @@ class Attribution:
                 new = ids[j] is None or ids[j] != last_word
                 last_word = ids[j]
             else:
-                new = not tok.startswith(_CONTINUES) and (not groups or tok.startswith(_STARTS) or not _is_bpe(self.tokens[i]))
+                new = not tok.startswith(_CONTINUES) and (
+                    not groups or tok.startswith(_STARTS) or not _is_bpe(self.tokens[i])
+                )
             piece = tok[2:] if tok.startswith(_CONTINUES) else tok.lstrip("".join(_STARTS))
             if new or not groups:
                 groups.append(([piece], [float(scores[j])]))
@@ -138,8 +140,10 @@ class Attribution:
         background whose colour encodes its score (red positive, blue negative, scaled per example
         by the largest magnitude); hovering shows the score."""
         rows = range(len(self.tokens)) if index is None else [index]
-        parts = [f"<div class='llmdbg-attribution' style='font-family:monospace;line-height:1.9'>"
-                 f"<div style='font-size:80%;color:#555'>{html.escape(self.method)}</div>"]
+        parts = [
+            f"<div class='llmdbg-attribution' style='font-family:monospace;line-height:1.9'>"
+            f"<div style='font-size:80%;color:#555'>{html.escape(self.method)}</div>"
+        ]
         for i in rows:
             s = self.token_scores(i, target)
             real = self.mask[i]
@@ -150,8 +154,10 @@ class Attribution:
                     continue
                 v = float(s[j]) / top if top > 0 else 0.0
                 color = f"rgba(214,39,40,{abs(v):.3f})" if v >= 0 else f"rgba(31,119,180,{abs(v):.3f})"
-                spans.append(f"<span title='{s[j]:.4g}' style='background:{color};padding:1px 2px;margin:1px;"
-                             f"border-radius:3px'>{html.escape(tok)}</span>")
+                spans.append(
+                    f"<span title='{s[j]:.4g}' style='background:{color};padding:1px 2px;margin:1px;"
+                    f"border-radius:3px'>{html.escape(tok)}</span>"
+                )
             label = ""
             if self.delta is not None:
                 d = np.asarray(self.delta[i])
@@ -175,8 +181,10 @@ class Attribution:
 
     def __repr__(self) -> str:
         delta = "" if self.delta is None else f", max |delta|={float(np.nanmax(np.abs(self.delta))):.3g}"
-        return (f"Attribution(method={self.method!r}, scores{tuple(self.scores.shape)}, "
-                f"n_evals={self.n_evals.tolist()}{delta})")
+        return (
+            f"Attribution(method={self.method!r}, scores{tuple(self.scores.shape)}, "
+            f"n_evals={self.n_evals.tolist()}{delta})"
+        )
 
 
 def _is_bpe(tokens: list[str]) -> bool:

@@ -90,8 +90,14 @@ class DataProfile:
         import pandas as pd
 
         total = max(self.n_tokens, 1)
-        return pd.DataFrame({"token": self.tokens, "count": self.token_counts,
-                             "rank": np.arange(1, len(self.tokens) + 1), "share": self.token_counts / total})
+        return pd.DataFrame(
+            {
+                "token": self.tokens,
+                "count": self.token_counts,
+                "rank": np.arange(1, len(self.tokens) + 1),
+                "share": self.token_counts / total,
+            }
+        )
 
     @property
     def conflicting(self):
@@ -101,13 +107,21 @@ class DataProfile:
     def summary(self) -> dict[str, Any]:
         """Headline numbers as a flat dict (for logs and reports)."""
         q = np.percentile(self.lengths, [50, 95]) if self.n_texts else [math.nan, math.nan]
-        return {"n_texts": self.n_texts, "n_tokens": self.n_tokens, "distinct_tokens": len(self.tokens),
-                "length_mean": float(self.lengths.mean()) if self.n_texts else math.nan,
-                "length_median": float(q[0]), "length_p95": float(q[1]),
-                "length_max": int(self.lengths.max()) if self.n_texts else 0,
-                "truncated_share": self.truncated_share, "n_labels": None if self.labels is None else len(self.labels),
-                "label_entropy": self.label_entropy, "n_duplicates": self.n_duplicates,
-                "n_conflicting": self.n_conflicting, "unk_rate": self.unk_rate}
+        return {
+            "n_texts": self.n_texts,
+            "n_tokens": self.n_tokens,
+            "distinct_tokens": len(self.tokens),
+            "length_mean": float(self.lengths.mean()) if self.n_texts else math.nan,
+            "length_median": float(q[0]),
+            "length_p95": float(q[1]),
+            "length_max": int(self.lengths.max()) if self.n_texts else 0,
+            "truncated_share": self.truncated_share,
+            "n_labels": None if self.labels is None else len(self.labels),
+            "label_entropy": self.label_entropy,
+            "n_duplicates": self.n_duplicates,
+            "n_conflicting": self.n_conflicting,
+            "unk_rate": self.unk_rate,
+        }
 
     def plot(self, **kwargs):
         """Rank-frequency (log-log), length histogram and label counts; see :func:`llmdbg.plot.data_profile`."""
@@ -117,9 +131,15 @@ class DataProfile:
 
 
 @renamed_num_threads
-def profile(texts: Sequence[str], labels: Sequence[Any] | None = None, tokenizer: Any = None,
-            max_length: int | None = None, *, n_jobs: int | None = None,
-            progress: bool = True) -> DataProfile:
+def profile(
+    texts: Sequence[str],
+    labels: Sequence[Any] | None = None,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    *,
+    n_jobs: int | None = None,
+    progress: bool = True,
+) -> DataProfile:
     """Profile a text dataset: token frequency, lengths, truncation, labels, duplicates, unknowns.
 
     Parameters
@@ -164,8 +184,9 @@ def profile(texts: Sequence[str], labels: Sequence[Any] | None = None, tokenizer
         labels = list(labels) if not isinstance(labels, np.ndarray) else labels
         if len(labels) != n:
             raise ValueError(f"labels has {len(labels)} entries but texts has {n}; give one label per text")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))
-                                   or max_length < 1):
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1
+    ):
         raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
     threads = resolve_n_jobs(n_jobs)
 
@@ -184,11 +205,23 @@ def profile(texts: Sequence[str], labels: Sequence[Any] | None = None, tokenizer
     codes, uniq, label_counts, entropy = _labels(labels)
     duplicates, n_duplicates, n_conflicting = _duplicates(texts, groups, codes)
     truncated = None if max_length is None else float(np.mean(lengths > max_length))
-    return DataProfile(n_texts=n, tokenizer=name, tokens=tokens, token_counts=counts, lengths=lengths,
-                       max_length=None if max_length is None else int(max_length), truncated_share=truncated,
-                       labels=uniq, label_counts=label_counts, label_entropy=entropy, groups=groups,
-                       duplicates=duplicates, n_duplicates=n_duplicates,
-                       n_conflicting=n_conflicting, unk_rate=unk_rate)
+    return DataProfile(
+        n_texts=n,
+        tokenizer=name,
+        tokens=tokens,
+        token_counts=counts,
+        lengths=lengths,
+        max_length=None if max_length is None else int(max_length),
+        truncated_share=truncated,
+        labels=uniq,
+        label_counts=label_counts,
+        label_entropy=entropy,
+        groups=groups,
+        duplicates=duplicates,
+        n_duplicates=n_duplicates,
+        n_conflicting=n_conflicting,
+        unk_rate=unk_rate,
+    )
 
 
 def _check_texts(texts: Any) -> list[str] | tuple[str, ...]:
@@ -213,12 +246,14 @@ def _count_with_tokenizer(tokenizer: Any, texts, threads: int, progress: bool):
     from tqdm.auto import tqdm
 
     ids: list[list[int]] = []
-    with tqdm(total=len(texts), desc="tokenizing", unit="text", disable=None if progress else True,
-              leave=False) as bar:
+    with tqdm(total=len(texts), desc="tokenizing", unit="text", disable=None if progress else True, leave=False) as bar:
         for start in range(0, len(texts), _CHUNK):
-            chunk = list(texts[start:start + _CHUNK])
-            ids.extend(tokenizer(chunk, add_special_tokens=False, return_attention_mask=False,
-                                 return_token_type_ids=False)["input_ids"])
+            chunk = list(texts[start : start + _CHUNK])
+            ids.extend(
+                tokenizer(chunk, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)[
+                    "input_ids"
+                ]
+            )
             bar.update(len(chunk))
     per = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
@@ -286,6 +321,7 @@ def _duplicates(texts, groups: np.ndarray, codes: np.ndarray | None):
     import pandas as pd
 
     first, count, n_labels = _core.duplicate_summary(groups, codes)
-    table = pd.DataFrame({"first": first, "count": count, "text": [texts[i] for i in first.tolist()],
-                          "n_labels": n_labels})
+    table = pd.DataFrame(
+        {"first": first, "count": count, "text": [texts[i] for i in first.tolist()], "n_labels": n_labels}
+    )
     return table, int((count - 1).sum()), int(np.count_nonzero(n_labels > 1))

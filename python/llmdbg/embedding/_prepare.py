@@ -42,8 +42,7 @@ def check_finite_rows(X: np.ndarray, name: str = "X") -> None:
     if bad.any():
         rows = np.flatnonzero(bad)
         shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-        raise ValueError(f"{name} has {len(rows)} row(s) with NaN or Inf (rows {shown}); "
-                         "drop or impute them first")
+        raise ValueError(f"{name} has {len(rows)} row(s) with NaN or Inf (rows {shown}); drop or impute them first")
 
 
 def normalize_rows(X: np.ndarray, name: str = "X") -> np.ndarray:
@@ -51,8 +50,10 @@ def normalize_rows(X: np.ndarray, name: str = "X") -> np.ndarray:
     norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
     zero = norms == 0
     if zero.any():
-        raise ValueError(f"{name} has {int(zero.sum())} all-zero row(s) (first: row "
-                         f"{int(np.flatnonzero(zero)[0])}); the cosine metric needs nonzero rows")
+        raise ValueError(
+            f"{name} has {int(zero.sum())} all-zero row(s) (first: row "
+            f"{int(np.flatnonzero(zero)[0])}); the cosine metric needs nonzero rows"
+        )
     return np.ascontiguousarray(X / norms[:, None].astype(X.dtype))
 
 

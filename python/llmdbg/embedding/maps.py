@@ -63,8 +63,9 @@ class EmbeddingMap:
         return embedding(self.coords, labels=labels, texts=texts, **kwargs)
 
 
-def _project(X: np.ndarray, projection: str, tsne: Any, random_state: int | None,
-             progress: bool = True) -> tuple[np.ndarray, dict]:
+def _project(
+    X: np.ndarray, projection: str, tsne: Any, random_state: int | None, progress: bool = True
+) -> tuple[np.ndarray, dict]:
     """(N, D) -> (N, 2) float32 by t-SNE (default perplexity min(30, (N - 1) / 3)) or PCA."""
     n = len(X)
     if projection == "pca":
@@ -75,7 +76,7 @@ def _project(X: np.ndarray, projection: str, tsne: Any, random_state: int | None
         Y = Xc @ vt[:2].T
         if Y.shape[1] < 2:
             Y = np.pad(Y, ((0, 0), (0, 2 - Y.shape[1])))
-        ratio = (s[:2] ** 2 / max(float((s ** 2).sum()), 1e-300)).tolist()
+        ratio = (s[:2] ** 2 / max(float((s**2).sum()), 1e-300)).tolist()
         return Y.astype(np.float32), {"projection": "pca", "explained_variance_ratio": ratio}
     if projection != "tsne":
         raise ValueError(f"projection: expected 'tsne' or 'pca', got {projection!r}")
@@ -84,18 +85,26 @@ def _project(X: np.ndarray, projection: str, tsne: Any, random_state: int | None
     if tsne is None or isinstance(tsne, dict):
         from .tsne import TSNE
 
-        params: dict[str, Any] = {"perplexity": min(30.0, math.floor((n - 1) / 3 * 100) / 100 - 0.01),
-                                  "random_state": random_state, "progress": progress}
+        params: dict[str, Any] = {
+            "perplexity": min(30.0, math.floor((n - 1) / 3 * 100) / 100 - 0.01),
+            "random_state": random_state,
+            "progress": progress,
+        }
         params.update(tsne or {})
         est = TSNE(**params)
     elif hasattr(tsne, "fit_transform"):
         est = tsne
     else:
-        raise TypeError(f"tsne: expected None, a dict of TSNE parameters or an estimator with "
-                        f"fit_transform, got {type(tsne).__name__}")
+        raise TypeError(
+            f"tsne: expected None, a dict of TSNE parameters or an estimator with "
+            f"fit_transform, got {type(tsne).__name__}"
+        )
     Y = np.asarray(est.fit_transform(X), dtype=np.float32)
-    info = {"projection": "tsne", "perplexity": getattr(est, "perplexity_", getattr(est, "perplexity", None)),
-            "kl_divergence": getattr(est, "kl_divergence_", None)}
+    info = {
+        "projection": "tsne",
+        "perplexity": getattr(est, "perplexity_", getattr(est, "perplexity", None)),
+        "kl_divergence": getattr(est, "kl_divergence_", None),
+    }
     return Y, info
 
 
@@ -128,20 +137,29 @@ def _token_ids(tokenizer: Any, tokens: Sequence[Any], vocab_size: int) -> np.nda
         if i is None or (unk is not None and i == tokenizer.convert_tokens_to_ids(unk) and t != unk):
             pieces = tokenizer(t, add_special_tokens=False)["input_ids"]
             if len(pieces) != 1:
-                raise ValueError(f"tokens: {t!r} is not one token of the vocabulary (it splits into "
-                                 f"{tokenizer.convert_ids_to_tokens(pieces)}); pass vocabulary "
-                                 f"entries or ids")
+                raise ValueError(
+                    f"tokens: {t!r} is not one token of the vocabulary (it splits into "
+                    f"{tokenizer.convert_ids_to_tokens(pieces)}); pass vocabulary "
+                    f"entries or ids"
+                )
             i = pieces[0]
         if not 0 <= int(i) < vocab_size:
-            raise ValueError(f"tokens: {t!r} maps to id {i}, outside the embedding matrix "
-                             f"[0, {vocab_size})")
+            raise ValueError(f"tokens: {t!r} maps to id {i}, outside the embedding matrix [0, {vocab_size})")
         ids.append(int(i))
     return np.asarray(ids, dtype=np.int64)
 
 
-def embed_tokens(model: Any, tokenizer: Any = None, tokens: Sequence[str | int] | None = None, *,
-                 max_tokens: int | None = 5000, tsne: Any = None, projection: str = "tsne",
-                 random_state: int | None = 0, progress: bool = True) -> EmbeddingMap:
+def embed_tokens(
+    model: Any,
+    tokenizer: Any = None,
+    tokens: Sequence[str | int] | None = None,
+    *,
+    max_tokens: int | None = 5000,
+    tsne: Any = None,
+    projection: str = "tsne",
+    random_state: int | None = 0,
+    progress: bool = True,
+) -> EmbeddingMap:
     """t-SNE map of a model's input-embedding matrix (the vocabulary), or of some of its rows.
 
     Parameters
@@ -192,8 +210,10 @@ def embed_tokens(model: Any, tokenizer: Any = None, tokens: Sequence[str | int] 
         weights = model
     W = _as_numpy(weights)
     if W.ndim != 2 or not np.issubdtype(W.dtype, np.floating):
-        raise TypeError(f"model: expected a model with input embeddings or a (V, D) float matrix, "
-                        f"got {type(model).__name__} with shape {getattr(W, 'shape', None)}")
+        raise TypeError(
+            f"model: expected a model with input embeddings or a (V, D) float matrix, "
+            f"got {type(model).__name__} with shape {getattr(W, 'shape', None)}"
+        )
     V = W.shape[0]
     if tokens is None:
         if max_tokens is not None and (not isinstance(max_tokens, (int, np.integer)) or max_tokens < 4):
@@ -224,24 +244,29 @@ def embed_tokens(model: Any, tokenizer: Any = None, tokens: Sequence[str | int] 
 def _hidden(trace: Any, layer: int | str) -> np.ndarray:
     if isinstance(layer, str):
         if layer not in trace.activations:
-            raise KeyError(f"layer: no activations captured for {layer!r}; captured: "
-                           f"{list(trace.activations)[:8]}")
+            raise KeyError(f"layer: no activations captured for {layer!r}; captured: {list(trace.activations)[:8]}")
         return np.asarray(trace.activations[layer])
     if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)):
-        raise TypeError(f"layer: expected an int (index into trace.hidden_states) or a module name, "
-                        f"got {type(layer).__name__}")
+        raise TypeError(
+            f"layer: expected an int (index into trace.hidden_states) or a module name, got {type(layer).__name__}"
+        )
     states = trace.hidden_states
     if not states:
-        raise ValueError("trace has no hidden states: capture with llmdbg.capture(model, "
-                         "hidden_states=True), or pass a captured module name as layer")
+        raise ValueError(
+            "trace has no hidden states: capture with llmdbg.capture(model, "
+            "hidden_states=True), or pass a captured module name as layer"
+        )
     if not -len(states) <= layer < len(states):
-        raise IndexError(f"layer: {layer} out of range for {len(states)} hidden states "
-                         f"(0 = embeddings, {len(states) - 1} = last block)")
+        raise IndexError(
+            f"layer: {layer} out of range for {len(states)} hidden states "
+            f"(0 = embeddings, {len(states) - 1} = last block)"
+        )
     return np.asarray(states[layer])
 
 
-def pool_hidden_states(hidden: np.ndarray, attention_mask: np.ndarray | None = None,
-                       pooling: str = "mean") -> np.ndarray:
+def pool_hidden_states(
+    hidden: np.ndarray, attention_mask: np.ndarray | None = None, pooling: str = "mean"
+) -> np.ndarray:
     """One vector per sequence from (B, T, D) hidden states.
 
     ``"mean"``: average over the real tokens (``attention_mask`` nonzero; all tokens without a
@@ -269,10 +294,17 @@ def pool_hidden_states(hidden: np.ndarray, attention_mask: np.ndarray | None = N
     return mean_pool(h, mask)
 
 
-def embed_hidden_states(trace: Any, layer: int | str = -1, pooling: str = "mean", *,
-                        labels: Sequence[Any] | None = None, tsne: Any = None,
-                        projection: str = "tsne", random_state: int | None = 0,
-                        progress: bool = True) -> EmbeddingMap:
+def embed_hidden_states(
+    trace: Any,
+    layer: int | str = -1,
+    pooling: str = "mean",
+    *,
+    labels: Sequence[Any] | None = None,
+    tsne: Any = None,
+    projection: str = "tsne",
+    random_state: int | None = 0,
+    progress: bool = True,
+) -> EmbeddingMap:
     """Map of sequences by their pooled hidden state at one layer of a capture.
 
     Parameters
@@ -306,8 +338,12 @@ def embed_hidden_states(trace: Any, layer: int | str = -1, pooling: str = "mean"
     h = _hidden(trace, layer)
     mask = trace.attention_mask
     if mask is not None and mask.shape != h.shape[:2]:
-        warnings.warn(f"the trace's attention mask {mask.shape} does not match the hidden states "
-                      f"{h.shape[:2]}; pooling over every position", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"the trace's attention mask {mask.shape} does not match the hidden states "
+            f"{h.shape[:2]}; pooling over every position",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         mask = None
     X = pool_hidden_states(h, mask, pooling)
     B = len(X)
@@ -320,8 +356,9 @@ def embed_hidden_states(trace: Any, layer: int | str = -1, pooling: str = "mean"
             labels = [str(i) for i in range(B)]
     else:
         if isinstance(labels, str) or len(labels) != B:
-            raise ValueError(f"labels: expected {B} labels (one per sequence), got "
-                             f"{1 if isinstance(labels, str) else len(labels)}")
+            raise ValueError(
+                f"labels: expected {B} labels (one per sequence), got {1 if isinstance(labels, str) else len(labels)}"
+            )
         labels = [str(v) for v in labels]
     if not np.isfinite(X).all():
         raise ValueError("the pooled hidden states contain NaN or infinite values")

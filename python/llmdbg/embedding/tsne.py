@@ -38,9 +38,9 @@ _SCHEDULES = ("opentsne", "classic")
 class Affinities(NamedTuple):
     """The symmetric joint probabilities P (sum 1) as CSR arrays."""
 
-    indptr: np.ndarray   # (N + 1,) int64
+    indptr: np.ndarray  # (N + 1,) int64
     indices: np.ndarray  # (nnz,) int64
-    data: np.ndarray     # (nnz,) float64
+    data: np.ndarray  # (nnz,) float64
 
     def to_scipy(self):
         """As a ``scipy.sparse.csr_matrix`` (needs scipy)."""
@@ -127,11 +127,26 @@ class TSNE:
     >>> Y = llmdbg.TSNE(random_state=0).fit_transform(X)   # (1797, 2)
     """
 
-    def __init__(self, n_components=2, perplexity=30.0, early_exaggeration=12.0,
-                 exaggeration_iter=250, n_iter=750, learning_rate="auto", theta=0.5, init="pca",
-                 metric="euclidean", method="bh", schedule="opentsne", pca_components="auto",
-                 random_state=None, n_jobs=None, verbose=False, progress=True,
-                 max_step_norm=5.0):
+    def __init__(
+        self,
+        n_components=2,
+        perplexity=30.0,
+        early_exaggeration=12.0,
+        exaggeration_iter=250,
+        n_iter=750,
+        learning_rate="auto",
+        theta=0.5,
+        init="pca",
+        metric="euclidean",
+        method="bh",
+        schedule="opentsne",
+        pca_components="auto",
+        random_state=None,
+        n_jobs=None,
+        verbose=False,
+        progress=True,
+        max_step_norm=5.0,
+    ):
         self.n_components = n_components
         self.perplexity = perplexity
         self.early_exaggeration = early_exaggeration
@@ -162,10 +177,28 @@ class TSNE:
         return self._fit(X)
 
     def get_params(self, deep=True):
-        return {k: getattr(self, k) for k in (
-            "n_components", "perplexity", "early_exaggeration", "exaggeration_iter", "n_iter",
-            "learning_rate", "theta", "init", "metric", "method", "schedule", "pca_components",
-            "random_state", "n_jobs", "verbose", "progress", "max_step_norm")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "n_components",
+                "perplexity",
+                "early_exaggeration",
+                "exaggeration_iter",
+                "n_iter",
+                "learning_rate",
+                "theta",
+                "init",
+                "metric",
+                "method",
+                "schedule",
+                "pca_components",
+                "random_state",
+                "n_jobs",
+                "verbose",
+                "progress",
+                "max_step_norm",
+            )
+        }
 
     def set_params(self, **params):
         valid = self.get_params()
@@ -179,8 +212,7 @@ class TSNE:
 
     def _check_params(self, n: int) -> float:
         if self.n_components != 2:
-            raise ValueError(f"n_components must be 2 (the Barnes-Hut tree is a quadtree), "
-                             f"got {self.n_components!r}")
+            raise ValueError(f"n_components must be 2 (the Barnes-Hut tree is a quadtree), got {self.n_components!r}")
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {self.method!r}")
         if self.metric not in _METRICS:
@@ -196,19 +228,25 @@ class TSNE:
         if not (isinstance(self.early_exaggeration, (int, float)) and self.early_exaggeration > 0):
             raise ValueError(f"early_exaggeration must be > 0, got {self.early_exaggeration!r}")
         lr = self.learning_rate
-        if not (lr == "auto" or (isinstance(lr, (int, float)) and not isinstance(lr, bool)
-                                 and lr > 0)):
+        if not (lr == "auto" or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0)):
             raise ValueError(f"learning_rate must be 'auto' or a number > 0, got {lr!r}")
         if n < 4:
             raise ValueError(f"t-SNE needs at least 4 samples, got {n}")
         perp = self.perplexity
-        if not (isinstance(perp, (int, float, np.floating)) and not isinstance(perp, bool)
-                and np.isfinite(perp) and perp >= 1):
+        if not (
+            isinstance(perp, (int, float, np.floating))
+            and not isinstance(perp, bool)
+            and np.isfinite(perp)
+            and perp >= 1
+        ):
             raise ValueError(f"perplexity must be a finite number >= 1, got {perp!r}")
         if perp >= n / 3:
             clamped = (n - 1) / 3
-            warnings.warn(f"perplexity={perp} is too large for {n} samples (must be < N/3); "
-                          f"using perplexity={clamped:.4g}", UserWarning, stacklevel=4)
+            warnings.warn(
+                f"perplexity={perp} is too large for {n} samples (must be < N/3); using perplexity={clamped:.4g}",
+                UserWarning,
+                stacklevel=4,
+            )
             perp = clamped
         return float(perp)
 
@@ -284,16 +322,18 @@ class TSNE:
         indptr, cols, vals = _core.tsne_joint_probabilities(indices, P_cond, threads)
         t3 = time.perf_counter()
         if self.verbose:
-            print(f"[t-SNE] N={n} D={d}{f' -> PCA {Xr.shape[1]}' if Xr is not None else ''}: "
-                  f"prepare {t1 - t0:.2f}s, kNN (k={k}) {t2 - t1:.2f}s, "
-                  f"affinities {t3 - t2:.2f}s", flush=True)
+            print(
+                f"[t-SNE] N={n} D={d}{f' -> PCA {Xr.shape[1]}' if Xr is not None else ''}: "
+                f"prepare {t1 - t0:.2f}s, kNN (k={k}) {t2 - t1:.2f}s, "
+                f"affinities {t3 - t2:.2f}s",
+                flush=True,
+            )
 
         phases = self._phases(n)
         total = sum(p[0] for p in phases)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc="t-SNE", unit="it", leave=False,
-                   disable=None if self.progress else True)
+        bar = tqdm(total=total, desc="t-SNE", unit="it", leave=False, disable=None if self.progress else True)
         verbose = self.verbose
 
         def callback(iteration: int, kl: float) -> bool:
@@ -307,16 +347,28 @@ class TSNE:
         want_callback = (not bar.disable) or verbose
         try:
             out = _core.tsne_optimize(
-                indptr, cols, vals, Y0, phases, method=self.method, theta=float(self.theta),
+                indptr,
+                cols,
+                vals,
+                Y0,
+                phases,
+                method=self.method,
+                theta=float(self.theta),
                 max_step_norm=float(self.max_step_norm),
-                callback=callback if want_callback else None, callback_every=10,
-                kl_every=50 if want_callback else 0, num_threads=threads)
+                callback=callback if want_callback else None,
+                callback_every=10,
+                kl_every=50 if want_callback else 0,
+                num_threads=threads,
+            )
         finally:
             bar.close()
         t4 = time.perf_counter()
         if verbose:
-            print(f"[t-SNE] optimisation ({self.method}) {t4 - t3:.2f}s, "
-                  f"KL {out['kl_divergence']:.4f}, total {t4 - t0:.2f}s", flush=True)
+            print(
+                f"[t-SNE] optimisation ({self.method}) {t4 - t3:.2f}s, "
+                f"KL {out['kl_divergence']:.4f}, total {t4 - t0:.2f}s",
+                flush=True,
+            )
 
         self.embedding_ = out["embedding"]
         self.kl_divergence_ = float(out["kl_divergence"])

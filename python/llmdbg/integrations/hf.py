@@ -39,14 +39,23 @@ class DebugCallback(TrainerCallback):
         The live watch during training (kept, closed, after training for inspection).
     """
 
-    def __init__(self, *, every: int = 50, log_dir: Any = None, detectors: Any = "default",
-                 track: Any = TRACKS, on_nan: str = "warn", locate: str = "replay") -> None:
+    def __init__(
+        self,
+        *,
+        every: int = 50,
+        log_dir: Any = None,
+        detectors: Any = "default",
+        track: Any = TRACKS,
+        on_nan: str = "warn",
+        locate: str = "replay",
+    ) -> None:
         self.every, self.log_dir, self.detectors = every, log_dir, detectors
         self.track, self.on_nan, self.locate = track, on_nan, locate
         self.watch: Watch | None = None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+    ) -> None:
         if model is None:
             raise ValueError("DebugCallback: the Trainer passed no model to on_train_begin")
         log_dir = None
@@ -66,8 +75,16 @@ class DebugCallback(TrainerCallback):
 
         if opt is not None and not isinstance(opt, torch.optim.Optimizer):
             opt = getattr(opt, "optimizer", None)
-        self.watch = Watch(model, opt, every=self.every, log_dir=log_dir, detectors=detectors, track=self.track,
-                           on_nan=self.on_nan, locate=self.locate)
+        self.watch = Watch(
+            model,
+            opt,
+            every=self.every,
+            log_dir=log_dir,
+            detectors=detectors,
+            track=self.track,
+            on_nan=self.on_nan,
+            locate=self.locate,
+        )
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.watch is not None and not self.watch.closed:
@@ -77,9 +94,15 @@ class DebugCallback(TrainerCallback):
         if self.watch is None or self.watch.closed or not metrics:
             return
         val = metrics.get("eval_loss")
-        extra = {k[5:]: float(v) for k, v in metrics.items()
-                 if k.startswith("eval_") and k != "eval_loss" and isinstance(v, (int, float))
-                 and not isinstance(v, bool) and not k.endswith(("_runtime", "_per_second"))}
+        extra = {
+            k[5:]: float(v)
+            for k, v in metrics.items()
+            if k.startswith("eval_")
+            and k != "eval_loss"
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and not k.endswith(("_runtime", "_per_second"))
+        }
         self.watch.eval(max(state.global_step - 1, 0), val_loss=val, metrics=extra)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -30,8 +30,16 @@ class DebugCallback(pl.Callback):
     ``log_dir`` defaults to ``<trainer.default_root_dir>/llmdbg``; ``False`` writes nothing.
     """
 
-    def __init__(self, *, every: int = 50, log_dir: Any = None, detectors: Any = "default",
-                 track: Any = TRACKS, on_nan: str = "warn", locate: str = "replay") -> None:
+    def __init__(
+        self,
+        *,
+        every: int = 50,
+        log_dir: Any = None,
+        detectors: Any = "default",
+        track: Any = TRACKS,
+        on_nan: str = "warn",
+        locate: str = "replay",
+    ) -> None:
         super().__init__()
         self.every, self.log_dir, self.detectors = every, log_dir, detectors
         self.track, self.on_nan, self.locate = track, on_nan, locate
@@ -43,8 +51,16 @@ class DebugCallback(pl.Callback):
         log_dir = None
         if trainer.is_global_zero and self.log_dir is not False:
             log_dir = self.log_dir if self.log_dir is not None else os.path.join(trainer.default_root_dir, "llmdbg")
-        self.watch = Watch(pl_module, opt, every=self.every, log_dir=log_dir, detectors=self.detectors,
-                           track=self.track, on_nan=self.on_nan, locate=self.locate)
+        self.watch = Watch(
+            pl_module,
+            opt,
+            every=self.every,
+            log_dir=log_dir,
+            detectors=self.detectors,
+            track=self.track,
+            on_nan=self.on_nan,
+            locate=self.locate,
+        )
 
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
         self._loss = loss.detach()

@@ -76,8 +76,10 @@ class HeadImportance:
     def ranking(self) -> list[tuple[int, int]]:
         """All heads as (layer, head), most important first."""
         order = np.argsort(-self.scores, axis=None, kind="stable")
-        return [(int(np.unravel_index(k, self.scores.shape)[0]), int(np.unravel_index(k, self.scores.shape)[1]))
-                for k in order]
+        return [
+            (int(np.unravel_index(k, self.scores.shape)[0]), int(np.unravel_index(k, self.scores.shape)[1]))
+            for k in order
+        ]
 
     def plot(self, **kwargs: Any):
         """Layers × heads heatmap (see :func:`llmdbg.plot.head_importance`)."""
@@ -94,16 +96,22 @@ def _check_heads(heads: Any, n_layers: int, n_heads: int) -> list[tuple[int, int
         except (TypeError, ValueError):
             raise TypeError(f"heads must be (layer, head) pairs, got {item!r}") from None
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(f"head ({layer}, {head}) is out of range: the model has {n_layers} layers of "
-                             f"{n_heads} heads")
+            raise ValueError(
+                f"head ({layer}, {head}) is out of range: the model has {n_layers} layers of {n_heads} heads"
+            )
         out.append((int(layer), int(head)))
     return out
 
 
 @contextlib.contextmanager
-def ablation(model: torch.nn.Module, heads: Sequence[tuple[int, int]], *, mode: str = "zero",
-             means: np.ndarray | torch.Tensor | None = None,
-             gates: torch.Tensor | None = None) -> Iterator[None]:
+def ablation(
+    model: torch.nn.Module,
+    heads: Sequence[tuple[int, int]],
+    *,
+    mode: str = "zero",
+    means: np.ndarray | torch.Tensor | None = None,
+    gates: torch.Tensor | None = None,
+) -> Iterator[None]:
     """Run the body with heads ablated (pre-hooks removed on exit, also on exceptions).
 
     Parameters
@@ -144,14 +152,16 @@ def ablation(model: torch.nn.Module, heads: Sequence[tuple[int, int]], *, mode: 
                 y[..., hs, :] = 0 if mode == "zero" else torch.as_tensor(means[layer, hs]).to(y.dtype).to(y.device)  # type: ignore[index]
             y = y.reshape(x.shape)
             return ((y, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": y})
+
         return hook
 
     layers = sorted(by_layer) if gates is None else range(len(names))
     handles = []
     try:
         for layer in layers:
-            handles.append(model.get_submodule(names[layer]).register_forward_pre_hook(hook_for(layer),
-                                                                                        with_kwargs=True))
+            handles.append(
+                model.get_submodule(names[layer]).register_forward_pre_hook(hook_for(layer), with_kwargs=True)
+            )
         yield
     finally:
         for h in handles:
@@ -169,6 +179,7 @@ def head_means(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
             x = (args[0] if args else kwargs["hidden_states"]).detach().float()
             w = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.to(x.device).float()
             sums[layer] = (x * w[..., None]).sum((0, 1)).view(n_heads, d) / w.sum()
+
         return hook
 
     handles = [model.get_submodule(n).register_forward_pre_hook(keep(i), with_kwargs=True) for i, n in enumerate(names)]
@@ -181,8 +192,16 @@ def head_means(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     return torch.stack([sums[i] for i in range(len(names))])
 
 
-def ablate(model: torch.nn.Module, inputs: Any, heads: Sequence[tuple[int, int]], *, mode: str = "zero",
-           metric: Callable[[Any], Any] | None = None, tokenizer: Any = None, progress: bool = True) -> AblationResult:
+def ablate(
+    model: torch.nn.Module,
+    inputs: Any,
+    heads: Sequence[tuple[int, int]],
+    *,
+    mode: str = "zero",
+    metric: Callable[[Any], Any] | None = None,
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> AblationResult:
     """Run ``inputs`` with and without the listed heads.
 
     Parameters
@@ -229,8 +248,9 @@ def ablate(model: torch.nn.Module, inputs: Any, heads: Sequence[tuple[int, int]]
         with ablation(model, heads, mode=mode, means=means):
             abl, abl_m = run()
         bar.update(1)
-    return AblationResult(heads=heads, mode=mode, logits=abl, baseline_logits=base, metric=abl_m,
-                          baseline_metric=base_m)
+    return AblationResult(
+        heads=heads, mode=mode, logits=abl, baseline_logits=base, metric=abl_m, baseline_metric=base_m
+    )
 
 
 def _scalar(v: Any) -> float:
@@ -247,8 +267,15 @@ def lm_loss(outputs: Any, inputs: dict) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[valid], target[valid])
 
 
-def head_importance(model: torch.nn.Module, inputs: Any, *, loss: Callable[[Any, dict], torch.Tensor] | None = None,
-                    normalize: bool = True, tokenizer: Any = None, progress: bool = True) -> HeadImportance:
+def head_importance(
+    model: torch.nn.Module,
+    inputs: Any,
+    *,
+    loss: Callable[[Any, dict], torch.Tensor] | None = None,
+    normalize: bool = True,
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> HeadImportance:
     """Importance of every attention head (Michel et al. 2019).
 
     Parameters
@@ -284,8 +311,11 @@ def head_importance(model: torch.nn.Module, inputs: Any, *, loss: Callable[[Any,
                 gates = torch.ones(len(names), n_heads, device=dev, requires_grad=True)
                 with ablation(model, [], gates=gates):
                     out = model(**batch)
-                    value = loss(out, batch) if loss is not None else (
-                        out.loss if getattr(out, "loss", None) is not None else _default_loss(model, out, batch))
+                    value = (
+                        loss(out, batch)
+                        if loss is not None
+                        else (out.loss if getattr(out, "loss", None) is not None else _default_loss(model, out, batch))
+                    )
                 (grad,) = torch.autograd.grad(value, gates)
                 total += grad.abs().double().cpu()
                 mask = batch.get("attention_mask")

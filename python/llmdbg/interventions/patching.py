@@ -66,15 +66,25 @@ class PatchResult:
 
 def logit_diff(correct: int, wrong: int, position: int = -1) -> Callable[[Any], torch.Tensor]:
     """Metric: mean over the batch of ``logits[:, position, correct] - logits[:, position, wrong]``."""
+
     def metric(outputs: Any) -> torch.Tensor:
         logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
         return (logits[:, position, correct] - logits[:, position, wrong]).mean()
+
     return metric
 
 
-def patch(model: torch.nn.Module, clean_inputs: Any, corrupted_inputs: Any, *,
-          metric: Callable[[Any], Any], modules: str | Sequence[str] = "blocks",
-          positions: str | Sequence[int] = "all", tokenizer: Any = None, progress: bool = True) -> PatchResult:
+def patch(
+    model: torch.nn.Module,
+    clean_inputs: Any,
+    corrupted_inputs: Any,
+    *,
+    metric: Callable[[Any], Any],
+    modules: str | Sequence[str] = "blocks",
+    positions: str | Sequence[int] = "all",
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> PatchResult:
     """Restore clean activations into the corrupted run, one (module, position) at a time.
 
     Parameters
@@ -113,8 +123,10 @@ def patch(model: torch.nn.Module, clean_inputs: Any, corrupted_inputs: Any, *,
     bc, tc = token_shape(clean)
     bx, tx = token_shape(corrupt)
     if (bc, tc) != (bx, tx):
-        raise ValueError(f"clean_inputs has shape ({bc}, {tc}) but corrupted_inputs has ({bx}, {tx}); patching "
-                         "compares positions one to one: pad or truncate both to the same length")
+        raise ValueError(
+            f"clean_inputs has shape ({bc}, {tc}) but corrupted_inputs has ({bx}, {tx}); patching "
+            "compares positions one to one: pad or truncate both to the same length"
+        )
     names = _module_names(model, modules)
     pos = _positions(positions, tc)
 
@@ -123,6 +135,7 @@ def patch(model: torch.nn.Module, clean_inputs: Any, corrupted_inputs: Any, *,
     def keep(name):
         def hook(module, args, output):
             cache[name] = first_tensor(output).detach().clone()
+
         return hook
 
     def scalar(outputs) -> float:
@@ -135,8 +148,10 @@ def patch(model: torch.nn.Module, clean_inputs: Any, corrupted_inputs: Any, *,
             clean_metric = scalar(model(**clean))
         for n in names:
             if cache[n].dim() < 2 or cache[n].shape[:2] != (bc, tc):
-                raise ValueError(f"module {n!r} outputs shape {tuple(cache[n].shape)}; patching needs (B, T, ...) "
-                                 f"= ({bc}, {tc}, ...)")
+                raise ValueError(
+                    f"module {n!r} outputs shape {tuple(cache[n].shape)}; patching needs (B, T, ...) "
+                    f"= ({bc}, {tc}, ...)"
+                )
         corrupted_metric = scalar(model(**corrupt))
         bar = tqdm(total=len(names) * len(pos), desc="patching", disable=None if progress else True, leave=False)
         with bar:
@@ -155,9 +170,15 @@ def patch(model: torch.nn.Module, clean_inputs: Any, corrupted_inputs: Any, *,
     tokens = None
     if tokenizer is not None and "input_ids" in clean:
         tokens = tokenizer.convert_ids_to_tokens(clean["input_ids"][0].tolist())
-    return PatchResult(modules=names, positions=np.asarray(pos, dtype=np.int64), values=values,
-                       effects=values - corrupted_metric, clean_metric=clean_metric,
-                       corrupted_metric=corrupted_metric, tokens=tokens)
+    return PatchResult(
+        modules=names,
+        positions=np.asarray(pos, dtype=np.int64),
+        values=values,
+        effects=values - corrupted_metric,
+        clean_metric=clean_metric,
+        corrupted_metric=corrupted_metric,
+        tokens=tokens,
+    )
 
 
 def _module_names(model, modules) -> list[str]:
@@ -169,8 +190,9 @@ def _module_names(model, modules) -> list[str]:
     known = dict(model.named_modules())
     for n in names:
         if n not in known:
-            raise ValueError(f"modules: {n!r} is neither a role ({', '.join(ROLES)}) nor a module of "
-                             f"{type(model).__name__}")
+            raise ValueError(
+                f"modules: {n!r} is neither a role ({', '.join(ROLES)}) nor a module of {type(model).__name__}"
+            )
     if not names:
         raise ValueError("modules is empty")
     return names

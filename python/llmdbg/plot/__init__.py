@@ -22,16 +22,16 @@ from .lens import logit_lens
 from .training import classification_figure, training_dashboard
 
 __all__ = [
-           "activation_stats",
-           "attention_grid",
-           "attention_heatmap",
-           "attribution_plot",
-           "classification_figure",
-           "head_grid",
-           "head_heatmap",
-           "histogram",
-           "token_relevance",
-           "training_dashboard",
+    "activation_stats",
+    "attention_grid",
+    "attention_heatmap",
+    "attribution_plot",
+    "classification_figure",
+    "head_grid",
+    "head_heatmap",
+    "histogram",
+    "token_relevance",
+    "training_dashboard",
 ]
 __all__ += ["check_summary", "data_profile", "head_importance", "logit_lens", "patching_heatmap", "rank_frequency"]
 __all__ += ["embedding"]

@@ -35,11 +35,12 @@ def _split_tokens(tokens: Any, n_q: int, n_k: int) -> tuple[list[str] | None, li
     else:
         q = k = [str(t) for t in tokens]
         if n_q != n_k and len(k) == n_k:
-            q = k[n_k - n_q:]  # queries are the last positions (e.g. a KV cache)
+            q = k[n_k - n_q :]  # queries are the last positions (e.g. a KV cache)
     if len(q) != n_q or len(k) != n_k:
         raise ValueError(
             f"tokens: got {len(q)} query and {len(k)} key labels for an attention map of shape "
-            f"({n_q}, {n_k}); pass one label per position, or a pair (query_tokens, key_tokens)")
+            f"({n_q}, {n_k}); pass one label per position, or a pair (query_tokens, key_tokens)"
+        )
     return q, k
 
 
@@ -55,10 +56,10 @@ def _label_axes(ax: Axes, q: list[str] | None, k: list[str] | None) -> None:
     ax.tick_params(length=0, pad=1)
 
 
-def _draw_heatmap(ax: Axes, attn: np.ndarray, q: list[str] | None, k: list[str] | None,
-                  vmin: float, vmax: float) -> Any:
-    image = ax.imshow(attn, cmap=_CMAP, vmin=vmin, vmax=vmax, aspect="equal",
-                      interpolation="nearest")
+def _draw_heatmap(
+    ax: Axes, attn: np.ndarray, q: list[str] | None, k: list[str] | None, vmin: float, vmax: float
+) -> Any:
+    image = ax.imshow(attn, cmap=_CMAP, vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest")
     _label_axes(ax, q, k)
     if q is None:
         ax.set_xlabel("key position", fontsize=8)

@@ -18,8 +18,10 @@ from ._common import new_figure
 def _stats_items(trace_or_stats: Any, keys: Sequence[str] | None) -> list[tuple[str, ActivationStats]]:
     stats = getattr(trace_or_stats, "stats", trace_or_stats)
     if not isinstance(stats, Mapping):
-        raise TypeError("activation_stats expects a Trace or a mapping of key -> ActivationStats, "
-                        f"got {type(trace_or_stats).__name__}")
+        raise TypeError(
+            "activation_stats expects a Trace or a mapping of key -> ActivationStats, "
+            f"got {type(trace_or_stats).__name__}"
+        )
     keys = list(stats) if keys is None else list(keys)
     missing = [k for k in keys if k not in stats]
     if missing:
@@ -29,8 +31,13 @@ def _stats_items(trace_or_stats: Any, keys: Sequence[str] | None) -> list[tuple[
     return [(k, stats[k]) for k in keys]
 
 
-def activation_stats(trace_or_stats: Any, keys: Sequence[str] | None = None, *,
-                     labels: Sequence[str] | None = None, title: str | None = None) -> Figure:
+def activation_stats(
+    trace_or_stats: Any,
+    keys: Sequence[str] | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Figure:
     """Mean, standard deviation, absolute maximum and zero fraction per captured tensor.
 
     Four panels share the x axis, one point per key in order (typically one per layer).
@@ -78,15 +85,26 @@ def activation_stats(trace_or_stats: Any, keys: Sequence[str] | None = None, *,
         for i, s in bad:
             ax.axvline(i, color="#c0392b", alpha=0.35, linewidth=3)
             if field == "absmax":
-                ax.annotate(f"NaN {s.nan_count}\nInf {s.inf_count}", (i, 0.95),
-                            xycoords=("data", "axes fraction"), ha="center", va="top",
-                            fontsize=7, color="#c0392b")
+                ax.annotate(
+                    f"NaN {s.nan_count}\nInf {s.inf_count}",
+                    (i, 0.95),
+                    xycoords=("data", "axes fraction"),
+                    ha="center",
+                    va="top",
+                    fontsize=7,
+                    color="#c0392b",
+                )
     step = max(1, -(-len(names) // 40))  # label at most 40 ticks
     long = max(map(len, names)) > 4
     for ax in axes[1]:
-        ax.set_xticks(x[::step], labels=names[::step], rotation=45 if long else 0,
-                      ha="right" if long else "center", rotation_mode="anchor",
-                      fontsize=8 if len(names) <= 16 else 6)
+        ax.set_xticks(
+            x[::step],
+            labels=names[::step],
+            rotation=45 if long else 0,
+            ha="right" if long else "center",
+            rotation_mode="anchor",
+            fontsize=8 if len(names) <= 16 else 6,
+        )
     fig.suptitle(title or "Activation statistics", fontsize=11)
     return fig
 
@@ -120,13 +138,20 @@ def histogram(stats: ActivationStats, *, title: str | None = None) -> Figure:
     lo, hi = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, counts.size)
     fig = new_figure(6.4, 3.4)
     ax = fig.add_subplot()
-    ax.bar(log_edges[lo:hi], counts[lo:hi], width=1.0, align="edge", color="#3b6ea5",
-           edgecolor="white", linewidth=0.5)
+    ax.bar(log_edges[lo:hi], counts[lo:hi], width=1.0, align="edge", color="#3b6ea5", edgecolor="white", linewidth=0.5)
     ax.set_xlabel("log2 |x|")
     ax.set_ylabel("count")
     ax.set_title(title or "Magnitude histogram", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     note = f"zeros: {stats.zero_count:,}   NaN: {stats.nan_count:,}   Inf: {stats.inf_count:,}"
-    ax.text(0.01, 0.97, note, transform=ax.transAxes, ha="left", va="top", fontsize=8,
-            color="#c0392b" if stats.has_nonfinite else "#555555")
+    ax.text(
+        0.01,
+        0.97,
+        note,
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        fontsize=8,
+        color="#c0392b" if stats.has_nonfinite else "#555555",
+    )
     return fig

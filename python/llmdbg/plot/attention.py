@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 from ._common import _CMAP, MAX_LABELED_TOKENS, _as_map, _draw_heatmap, _split_tokens, new_figure
 
 
-def attention_heatmap(attn: Any, tokens: Sequence[str] | None = None, *, title: str | None = None,
-                      ax: Axes | None = None) -> Figure:
+def attention_heatmap(
+    attn: Any, tokens: Sequence[str] | None = None, *, title: str | None = None, ax: Axes | None = None
+) -> Figure:
     """Heatmap of one attention map (rows are queries, columns are keys).
 
     Parameters
@@ -56,9 +57,14 @@ def attention_heatmap(attn: Any, tokens: Sequence[str] | None = None, *, title: 
     return figure
 
 
-def attention_grid(attentions: Sequence[Any], tokens: Sequence[str] | None = None, *,
-                   layers: Sequence[int] | None = None, head: int | str = "mean",
-                   ncols: int | None = None) -> Figure:
+def attention_grid(
+    attentions: Sequence[Any],
+    tokens: Sequence[str] | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    head: int | str = "mean",
+    ncols: int | None = None,
+) -> Figure:
     """Per-layer attention heatmaps of one sequence, on one shared colour scale.
 
     Parameters
@@ -113,8 +119,8 @@ def attention_grid(attentions: Sequence[Any], tokens: Sequence[str] | None = Non
     side = float(np.clip(0.16 * t + 1.6, 2.6, 6.0))
     fig = new_figure(side * ncols + 0.8, side * nrows + 0.4)
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    used = list(axes.flat[:len(panels)])
-    for ax in axes.flat[len(panels):]:
+    used = list(axes.flat[: len(panels)])
+    for ax in axes.flat[len(panels) :]:
         fig.delaxes(ax)
     for n, ax in enumerate(used):
         image = _draw_heatmap(ax, panels[n], q, k, 0.0, vmax if vmax > 0 else 1.0)
@@ -125,8 +131,13 @@ def attention_grid(attentions: Sequence[Any], tokens: Sequence[str] | None = Non
     return fig
 
 
-def head_grid(attentions: Sequence[Any], *, layers: Sequence[int] | None = None,
-              heads: Sequence[int] | None = None, cell: float = 1.1) -> Figure:
+def head_grid(
+    attentions: Sequence[Any],
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    cell: float = 1.1,
+) -> Figure:
     """A layers × heads grid of small attention heatmaps for one sequence.
 
     Parameters
@@ -146,8 +157,9 @@ def head_grid(attentions: Sequence[Any], *, layers: Sequence[int] | None = None,
     """
     maps = [np.asarray(a.detach().cpu() if hasattr(a, "detach") else a) for a in attentions]
     if not maps or any(m.ndim != 3 for m in maps):
-        raise ValueError("head_grid expects one (H, T, T) array per layer for one sequence, e.g. "
-                         "[a[0] for a in trace.attentions]")
+        raise ValueError(
+            "head_grid expects one (H, T, T) array per layer for one sequence, e.g. [a[0] for a in trace.attentions]"
+        )
     layers = list(range(len(maps))) if layers is None else list(layers)
     heads = list(range(maps[0].shape[0])) if heads is None else list(heads)
     fig = new_figure(cell * len(heads) + 0.6, cell * len(layers) + 0.4)
@@ -165,8 +177,9 @@ def head_grid(attentions: Sequence[Any], *, layers: Sequence[int] | None = None,
     return fig
 
 
-def head_heatmap(values: Any, *, title: str | None = None, label: str = "value",
-                 flags: Any = None, cmap: str = "magma") -> Figure:
+def head_heatmap(
+    values: Any, *, title: str | None = None, label: str = "value", flags: Any = None, cmap: str = "magma"
+) -> Figure:
     """A layers × heads table of numbers as a heatmap: entropy, drift, sink scores, ...
 
     Parameters
@@ -201,8 +214,7 @@ def head_heatmap(values: Any, *, title: str | None = None, label: str = "value",
     if n_l * n_h <= 256:
         mid = np.nanmean(arr) if np.isfinite(arr).any() else 0.0
         for (i, j), v in np.ndenumerate(arr):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                    color="black" if v > mid else "white")
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="black" if v > mid else "white")
     if flags is not None:
         marks = np.argwhere(np.asarray(flags, dtype=bool))
         if marks.size:
@@ -213,8 +225,7 @@ def head_heatmap(values: Any, *, title: str | None = None, label: str = "value",
     return fig
 
 
-def token_relevance(scores: Any, tokens: Sequence[str], *, title: str | None = None,
-                    cmap: str = "Reds") -> Figure:
+def token_relevance(scores: Any, tokens: Sequence[str], *, title: str | None = None, cmap: str = "Reds") -> Figure:
     """Token relevance (a rollout, flow or gradient-rollout row) as highlighted text and bars.
 
     Parameters
@@ -248,13 +259,19 @@ def token_relevance(scores: Any, tokens: Sequence[str], *, title: str | None = N
     text_ax.set_axis_off()
     per_line = max(1, int(width * 1.6))
     for i, (tok, color) in enumerate(zip(tokens, colors)):
-        text_ax.text((i % per_line) / per_line, 1.0 - 0.35 * (i // per_line), tok, fontsize=8,
-                     va="top", transform=text_ax.transAxes, color="white" if level[i] > 0.6 else "black",
-                     bbox=dict(boxstyle="round,pad=0.15", facecolor=color, edgecolor="none"))
+        text_ax.text(
+            (i % per_line) / per_line,
+            1.0 - 0.35 * (i // per_line),
+            tok,
+            fontsize=8,
+            va="top",
+            transform=text_ax.transAxes,
+            color="white" if level[i] > 0.6 else "black",
+            bbox=dict(boxstyle="round,pad=0.15", facecolor=color, edgecolor="none"),
+        )
     bar_ax.bar(np.arange(arr.size), arr, color=colors)
     labeled = arr.size <= MAX_LABELED_TOKENS
-    bar_ax.set_xticks(np.arange(arr.size) if labeled else [], labels=tokens if labeled else [],
-                      rotation=90, fontsize=7)
+    bar_ax.set_xticks(np.arange(arr.size) if labeled else [], labels=tokens if labeled else [], rotation=90, fontsize=7)
     bar_ax.set_ylabel("relevance")
     if title:
         fig.suptitle(title, fontsize=10)

@@ -49,7 +49,7 @@ def attribution_plot(attr: Any, index: int = 0, *, ax: Any = None, title: str | 
             s = s.sum(-1)
         s = s[:, real]
         outs = attr.target_tokens[index] if attr.target_tokens else [str(k) for k in range(s.shape[0])]
-        s = s[:len(outs)]
+        s = s[: len(outs)]
         own = ax is None
         if own:
             fig = new_figure(min(14.0, 2.5 + 0.28 * len(tokens)), min(10.0, 1.8 + 0.3 * len(outs)))

@@ -23,8 +23,9 @@ def rank_frequency(ax: Any, counts: np.ndarray, *, annotate: Any = None, n_annot
         ax.loglog(ranks, counts, lw=1.2)
         if annotate is not None:
             for r in range(min(n_annotate, len(counts))):
-                ax.annotate(repr(str(annotate[r])), (ranks[r], counts[r]), fontsize=7, xytext=(4, 0),
-                            textcoords="offset points")
+                ax.annotate(
+                    repr(str(annotate[r])), (ranks[r], counts[r]), fontsize=7, xytext=(4, 0), textcoords="offset points"
+                )
     ax.set_xlabel("rank")
     ax.set_ylabel("count")
     ax.set_title("token rank-frequency")
@@ -40,8 +41,12 @@ def data_profile(profile: Any, *, bins: int = 50) -> Figure:
     ax = axes[1]
     ax.hist(profile.lengths, bins=bins, color="C0")
     if profile.max_length is not None:
-        ax.axvline(profile.max_length, color="C3", ls="--",
-                   label=f"max_length={profile.max_length} ({100 * profile.truncated_share:.1f}% cut)")
+        ax.axvline(
+            profile.max_length,
+            color="C3",
+            ls="--",
+            label=f"max_length={profile.max_length} ({100 * profile.truncated_share:.1f}% cut)",
+        )
         ax.legend(fontsize=8)
     ax.set_xlabel(f"tokens per text ({profile.tokenizer})")
     ax.set_ylabel("texts")

@@ -43,10 +43,18 @@ def _per_point(values: Any, n: int, name: str) -> list | None:
     return out
 
 
-def embedding(Y: Any, labels: Sequence[Any] | None = None, texts: Sequence[Any] | None = None, *,
-              ax: Axes | None = None, max_texts: int = 60, point_size: float | None = None,
-              palette: str | None = None, title: str | None = None,
-              figsize: tuple[float, float] = (6.5, 5.5)) -> Figure:
+def embedding(
+    Y: Any,
+    labels: Sequence[Any] | None = None,
+    texts: Sequence[Any] | None = None,
+    *,
+    ax: Axes | None = None,
+    max_texts: int = 60,
+    point_size: float | None = None,
+    palette: str | None = None,
+    title: str | None = None,
+    figsize: tuple[float, float] = (6.5, 5.5),
+) -> Figure:
     """Scatter plot of a 2-D embedding, coloured by label, with optional text annotations.
 
     Parameters
@@ -100,17 +108,31 @@ def embedding(Y: Any, labels: Sequence[Any] | None = None, texts: Sequence[Any] 
     size = point_size if point_size is not None else float(np.clip(4000.0 / max(n, 1), 2.0, 40.0))
     hue = None if labels is None else [str(v) for v in labels]
     n_labels = 0 if hue is None else len(set(hue))
-    sns.scatterplot(x=coords[:, 0], y=coords[:, 1], hue=hue, palette=palette if hue else None,
-                    s=size, linewidth=0, alpha=0.85 if n > 1000 else 1.0, ax=ax,
-                    legend="auto" if 0 < n_labels <= MAX_LEGEND_LABELS else False)
+    sns.scatterplot(
+        x=coords[:, 0],
+        y=coords[:, 1],
+        hue=hue,
+        palette=palette if hue else None,
+        s=size,
+        linewidth=0,
+        alpha=0.85 if n > 1000 else 1.0,
+        ax=ax,
+        legend="auto" if 0 < n_labels <= MAX_LEGEND_LABELS else False,
+    )
     if texts is not None and max_texts > 0:
         idx = [i for i in range(n) if texts[i] is not None]
         if len(idx) > max_texts:
             idx = [idx[j] for j in np.linspace(0, len(idx) - 1, max_texts).round().astype(int)]
         fontsize = 8 if len(idx) <= 30 else 6
         for i in idx:
-            ax.annotate(str(texts[i]), (coords[i, 0], coords[i, 1]), xytext=(2, 2),
-                        textcoords="offset points", fontsize=fontsize, alpha=0.9)
+            ax.annotate(
+                str(texts[i]),
+                (coords[i, 0], coords[i, 1]),
+                xytext=(2, 2),
+                textcoords="offset points",
+                fontsize=fontsize,
+                alpha=0.9,
+            )
     if n_labels and n_labels <= MAX_LEGEND_LABELS and ax.get_legend() is not None:
         ax.legend(fontsize=7, markerscale=1.0, frameon=False, loc="best")
     ax.set_xticks([])

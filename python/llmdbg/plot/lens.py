@@ -27,8 +27,9 @@ def logit_lens(result: Any, *, batch: int = 0, max_chars: int = 8, cmap: str = "
     for i in range(r):
         for j in range(t):
             text = str(labels[i, j])[:max_chars]
-            ax.text(j, i, text, ha="center", va="center", fontsize=size,
-                    color="white" if probs[i, j] > 0.55 else "black")
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=size, color="white" if probs[i, j] > 0.55 else "black"
+            )
     ax.set_yticks(np.arange(r), labels=["emb" if x == 0 else str(x) for x in result.layers], fontsize=8)
     if result.input_tokens is not None:
         ax.set_xticks(np.arange(t), labels=result.input_tokens[batch], rotation=90, fontsize=8)

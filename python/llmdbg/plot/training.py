@@ -68,14 +68,22 @@ def training_dashboard(watch: Any, *, max_layers: int = 8, title: str | None = N
     ax = axes[1, 0]
     ratios = layers.dropna(subset=["update_ratio"]) if len(layers) else layers
     if len(ratios):
-        for _name, d in list(ratios.groupby("layer", sort=False))[:max_layers * 4]:
+        for _name, d in list(ratios.groupby("layer", sort=False))[: max_layers * 4]:
             ax.plot(d["step"], d["update_ratio"].clip(lower=1e-12), lw=0.8, alpha=0.7)
         ax.axhspan(1e-4, 1e-2, color="#2ecc71", alpha=0.12, label="healthy ≈ 1e-3")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, "no update ratios yet\n(need two logged steps\nwith weights tracked)",
-                ha="center", va="center", transform=ax.transAxes, fontsize=8, color="#5b6472")
+        ax.text(
+            0.5,
+            0.5,
+            "no update ratios yet\n(need two logged steps\nwith weights tracked)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=8,
+            color="#5b6472",
+        )
     ax.set_title("update / weight ratio per layer", fontsize=10)
     ax.set_xlabel("step")
 
@@ -89,8 +97,14 @@ def training_dashboard(watch: Any, *, max_layers: int = 8, title: str | None = N
         rows = np.flatnonzero(mat.sum(1))
         lo, hi = rows[0], rows[-1] + 1
         edges = np.log2(hist_edges())
-        ax.imshow(np.log1p(mat[lo:hi]), aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
-                  extent=(-0.5, len(steps) - 0.5, edges[lo], edges[hi]))
+        ax.imshow(
+            np.log1p(mat[lo:hi]),
+            aspect="auto",
+            origin="lower",
+            cmap="viridis",
+            interpolation="nearest",
+            extent=(-0.5, len(steps) - 0.5, edges[lo], edges[hi]),
+        )
         ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
         ax.set_xticks(ticks, labels=[str(steps[t]) for t in ticks])
         ax.set_ylabel("log2 |grad|")
@@ -102,7 +116,7 @@ def training_dashboard(watch: Any, *, max_layers: int = 8, title: str | None = N
 
 
 def _short(name: str, n: int = 28) -> str:
-    return name if len(name) <= n else "…" + name[-(n - 1):]
+    return name if len(name) <= n else "…" + name[-(n - 1) :]
 
 
 def _log_if_positive(ax: Any, series: Any) -> None:
@@ -126,8 +140,15 @@ def classification_figure(report: Any, *, normalize: bool = True, title: str | N
     if k <= 20:
         for i in range(k):
             for j in range(k):
-                ax_cm.text(j, i, f"{shown[i, j]:.2f}" if normalize else f"{int(cm[i, j])}", ha="center",
-                           va="center", fontsize=7, color="white" if shown[i, j] > 0.5 * (shown.max() or 1) else "black")
+                ax_cm.text(
+                    j,
+                    i,
+                    f"{shown[i, j]:.2f}" if normalize else f"{int(cm[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if shown[i, j] > 0.5 * (shown.max() or 1) else "black",
+                )
         ax_cm.set_xticks(range(k), labels=labels, rotation=45, fontsize=8)
         ax_cm.set_yticks(range(k), labels=labels, fontsize=8)
     ax_cm.set_xlabel("predicted")

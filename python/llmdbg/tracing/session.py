@@ -29,8 +29,7 @@ from .trace import ATTN_GRAD_SUFFIX, ATTN_SUFFIX, GRAD_SUFFIX, INPUT_SUFFIX, Tra
 # Models with a capture in progress: a second capture on the same model would stack hooks.
 _ACTIVE: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
-_DTYPES = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32",
-           np.dtype(np.float64): "float64"}
+_DTYPES = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 _TOKEN_WORDS = {"last_token": slice(-1, None), "first_token": slice(0, 1)}
 _REDUCE_WORDS = ("stats", "head_mean", *_TOKEN_WORDS)
 _INT64_MAX = 2**63 - 1
@@ -60,7 +59,8 @@ def _parse_reduce(reduce: Any) -> tuple[bool, bool, slice | None]:
         else:
             raise ValueError(
                 f"reduce must be None, one of {_REDUCE_WORDS}, an int or slice of token positions, "
-                f"or a tuple of these; got {item!r}")
+                f"or a tuple of these; got {item!r}"
+            )
     return stats_only, head_mean, tokens
 
 
@@ -110,7 +110,8 @@ def _select_modules(model: torch.nn.Module, modules: Any, layout: Any = None) ->
             label = spec.pattern if isinstance(spec, re.Pattern) else spec
             raise ValueError(
                 f"modules pattern {label!r} matches no module of {type(model).__name__}; "
-                f"closest names: {closest_names(model, str(label))}. Roles: {list(ROLES)}")
+                f"closest names: {closest_names(model, str(label))}. Roles: {list(ROLES)}"
+            )
         selected.extend(n for n in found if n not in selected)
     return selected
 
@@ -118,10 +119,22 @@ def _select_modules(model: torch.nn.Module, modules: Any, layout: Any = None) ->
 class Capture:
     """Context manager returned by :func:`capture`; ``__enter__`` returns the :class:`Trace`."""
 
-    def __init__(self, model: torch.nn.Module, modules: Any = None, *, attentions: bool = False,
-                 hidden_states: bool = False, inputs: bool = False, grads: bool = False,
-                 reduce: Any = None, dtype: Any = np.float32, max_bytes: int | None = None,
-                 tokenizer: Any = None, stats: bool = True, attention_consumer: Any = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        modules: Any = None,
+        *,
+        attentions: bool = False,
+        hidden_states: bool = False,
+        inputs: bool = False,
+        grads: bool = False,
+        reduce: Any = None,
+        dtype: Any = np.float32,
+        max_bytes: int | None = None,
+        tokenizer: Any = None,
+        stats: bool = True,
+        attention_consumer: Any = None,
+    ) -> None:
         self.model = check_module(model)
         if attention_consumer is not None and not callable(attention_consumer):
             raise TypeError("attention_consumer must be callable as f(layer, module_name, weights)")
@@ -141,9 +154,9 @@ class Capture:
             raise TypeError(
                 f"attentions=True needs a Hugging Face transformers model (it switches the attention "
                 f"implementation to eager to get the weights); {type(model).__name__} is not one. "
-                f"Capture the attention modules' outputs with modules=... instead.")
-        self._flags = dict(attentions=attentions, hidden_states=hidden_states, inputs=inputs,
-                           grads=grads, stats=stats)
+                f"Capture the attention modules' outputs with modules=... instead."
+            )
+        self._flags = dict(attentions=attentions, hidden_states=hidden_states, inputs=inputs, grads=grads, stats=stats)
         self._modules_spec = modules
         self._tokenizer = tokenizer
         self._store = _core.CaptureStore(0 if max_bytes is None else int(max_bytes), dtype_name)
@@ -160,8 +173,11 @@ class Capture:
         token_dim = 2 if kind == "attn" else 1
         if self._tokens is not None and tensor.dim() > token_dim:
             start, stop = self._tokens.start, self._tokens.stop
-            spec.update(token_dim=token_dim, token_start=0 if start is None else start,
-                        token_stop=_INT64_MAX if stop is None else stop)
+            spec.update(
+                token_dim=token_dim,
+                token_start=0 if start is None else start,
+                token_stop=_INT64_MAX if stop is None else stop,
+            )
         if kind == "attn" and self._head_mean:
             spec["head_dim"] = 1
         return spec
@@ -175,6 +191,7 @@ class Capture:
     def _grad_hook(self, key: str, kind: str) -> Any:
         def hook(grad: torch.Tensor) -> None:
             self._add(key, grad, kind)
+
         return hook
 
     def _output_hook(self, name: str) -> Any:
@@ -187,6 +204,7 @@ class Capture:
             self._add(name, t)
             if grads and t.requires_grad:
                 t.register_hook(self._grad_hook(name + GRAD_SUFFIX, "act"))
+
         return hook
 
     def _input_hook(self, name: str) -> Any:
@@ -194,6 +212,7 @@ class Capture:
             t = _first_input(args, kwargs)
             if t is not None:
                 self._add(name + INPUT_SUFFIX, t)
+
         return hook
 
     def _attention_hook(self, name: str, index: int, layer: int) -> Any:
@@ -205,7 +224,8 @@ class Capture:
                 raise RuntimeError(
                     f"attention module {name!r} returned no attention weights under eager "
                     f"attention (got {type(weights).__name__}); this architecture needs an adapter "
-                    "rule in llmdbg.adapters.layout")
+                    "rule in llmdbg.adapters.layout"
+                )
             if self._consumer is not None:
                 if self._active:
                     self._consumer(layer, name, weights)
@@ -213,13 +233,15 @@ class Capture:
                 self._add(name + ATTN_SUFFIX, weights, "attn")
             if grads and weights.requires_grad:
                 weights.register_hook(self._grad_hook(name + ATTN_GRAD_SUFFIX, "attn"))
+
         return hook
 
     def _model_input_hook(self, ask_for_weights: bool) -> Any:
         signature = inspect.signature(self.model.forward)
         params = signature.parameters
-        ask_for_weights = ask_for_weights and ("output_attentions" in params or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()))
+        ask_for_weights = ask_for_weights and (
+            "output_attentions" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        )
 
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
             if not self._active:
@@ -230,14 +252,17 @@ class Capture:
                 bound = kwargs
             ids, mask = bound.get("input_ids"), bound.get("attention_mask")
             assert self.trace is not None  # hooks exist only between __enter__ and __exit__
-            self.trace._record_inputs(ids if isinstance(ids, torch.Tensor) else None,
-                                      mask if isinstance(mask, torch.Tensor) else None,
-                                      self._tokenizer)
+            self.trace._record_inputs(
+                ids if isinstance(ids, torch.Tensor) else None,
+                mask if isinstance(mask, torch.Tensor) else None,
+                self._tokenizer,
+            )
             if ask_for_weights and "output_attentions" not in bound and "output_attentions" not in kwargs:
                 # Older-style attention modules only return weights when asked; the model's
                 # output then also carries them (outputs.attentions).
                 return args, {**kwargs, "output_attentions": True}
             return None
+
         return hook
 
     # -- context ---------------------------------------------------------------------------
@@ -248,7 +273,8 @@ class Capture:
             raise RuntimeError(
                 f"llmdbg.capture is already active on this {type(self.model).__name__}; nested "
                 "captures on one model would stack hooks. Capture everything in one call "
-                "(modules=[...], attentions=True, ...) instead.")
+                "(modules=[...], attentions=True, ...) instead."
+            )
         self._entered = True
         flags = self._flags
         layout = None
@@ -274,8 +300,13 @@ class Capture:
         if not (selected or attention):
             raise ValueError("nothing to capture: pass modules=..., attentions=True or hidden_states=True")
 
-        self.trace = Trace(self._store, layout=layout, attention_modules=attention,
-                           hidden_state_modules=hidden, finalize=self._finalize)
+        self.trace = Trace(
+            self._store,
+            layout=layout,
+            attention_modules=attention,
+            hidden_state_modules=hidden,
+            finalize=self._finalize,
+        )
         _ACTIVE.add(self.model)
         try:
             named = {n: self.model.get_submodule(n) for n in {*input_modules, *selected, *attention}}
@@ -287,8 +318,11 @@ class Capture:
             for name in selected:
                 reg(named[name].register_forward_hook(self._output_hook(name), with_kwargs=True))
             for layer, name in enumerate(attention):
-                reg(named[name].register_forward_hook(
-                    self._attention_hook(name, layout.attention_index if layout else 1, layer), with_kwargs=True))
+                reg(
+                    named[name].register_forward_hook(
+                        self._attention_hook(name, layout.attention_index if layout else 1, layer), with_kwargs=True
+                    )
+                )
             if attention:
                 self._eager = eager_attention(self.model)
                 self._eager.__enter__()
@@ -324,11 +358,21 @@ class Capture:
             self._finalize()
 
 
-def capture(model: torch.nn.Module, modules: str | re.Pattern | Iterable[str | re.Pattern] | None = None,
-            *, attentions: bool = False, hidden_states: bool = False, inputs: bool = False,
-            grads: bool = False, reduce: Any = None, dtype: Any = np.float32,
-            max_bytes: int | None = None, tokenizer: Any = None, stats: bool = True,
-            attention_consumer: Any = None) -> Capture:
+def capture(
+    model: torch.nn.Module,
+    modules: str | re.Pattern | Iterable[str | re.Pattern] | None = None,
+    *,
+    attentions: bool = False,
+    hidden_states: bool = False,
+    inputs: bool = False,
+    grads: bool = False,
+    reduce: Any = None,
+    dtype: Any = np.float32,
+    max_bytes: int | None = None,
+    tokenizer: Any = None,
+    stats: bool = True,
+    attention_consumer: Any = None,
+) -> Capture:
     """Record activations, attention maps and gradients of a model's modules into numpy.
 
     Use it as a context manager around the forward (and optionally backward) passes you want
@@ -398,6 +442,17 @@ def capture(model: torch.nn.Module, modules: str | re.Pattern | Iterable[str | r
     RuntimeError
         A capture is already active on this model (hooks would stack).
     """
-    return Capture(model, modules, attentions=attentions, hidden_states=hidden_states,
-                   inputs=inputs, grads=grads, reduce=reduce, dtype=dtype, max_bytes=max_bytes,
-                   tokenizer=tokenizer, stats=stats, attention_consumer=attention_consumer)
+    return Capture(
+        model,
+        modules,
+        attentions=attentions,
+        hidden_states=hidden_states,
+        inputs=inputs,
+        grads=grads,
+        reduce=reduce,
+        dtype=dtype,
+        max_bytes=max_bytes,
+        tokenizer=tokenizer,
+        stats=stats,
+        attention_consumer=attention_consumer,
+    )

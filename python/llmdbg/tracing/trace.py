@@ -103,8 +103,15 @@ class Trace:
         The model's blocks, attention modules, etc., when the adapter recognised it.
     """
 
-    def __init__(self, store: Any, *, layout: ModelLayout | None, attention_modules: list[str],
-                 hidden_state_modules: list[str], finalize: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: Any,
+        *,
+        layout: ModelLayout | None,
+        attention_modules: list[str],
+        hidden_state_modules: list[str],
+        finalize: Callable[[], None],
+    ) -> None:
         self._store = store
         self._finalize = finalize
         self._cache: dict[str, np.ndarray] = {}
@@ -154,7 +161,8 @@ class Trace:
             if len(shapes) != 1 or parts[0].ndim == 0:
                 raise ValueError(
                     f"{key!r} ran {len(parts)} times with different shapes "
-                    f"{[p.shape for p in parts]}; read them one by one with trace.calls({key!r})")
+                    f"{[p.shape for p in parts]}; read them one by one with trace.calls({key!r})"
+                )
             out = np.concatenate(parts, axis=0)
         self._cache[key] = out
         return out
@@ -163,14 +171,20 @@ class Trace:
     def attentions(self) -> list[np.ndarray]:
         """Attention maps per layer, in layer order: ``(B, H, T_q, T_k)`` float arrays, or
         ``(B, T_q, T_k)`` with ``reduce="head_mean"``. Rows (queries) sum to 1 over keys."""
-        return [self._array(m + ATTN_SUFFIX) for m in self.attention_modules
-                if m + ATTN_SUFFIX in self._store.keys() and self._has_arrays(m + ATTN_SUFFIX)]
+        return [
+            self._array(m + ATTN_SUFFIX)
+            for m in self.attention_modules
+            if m + ATTN_SUFFIX in self._store.keys() and self._has_arrays(m + ATTN_SUFFIX)
+        ]
 
     @property
     def attention_grads(self) -> list[np.ndarray]:
         """Gradients of the attention maps (same shapes), with ``grads=True`` and a backward."""
-        return [self._array(m + ATTN_GRAD_SUFFIX) for m in self.attention_modules
-                if m + ATTN_GRAD_SUFFIX in self._store.keys()]
+        return [
+            self._array(m + ATTN_GRAD_SUFFIX)
+            for m in self.attention_modules
+            if m + ATTN_GRAD_SUFFIX in self._store.keys()
+        ]
 
     @property
     def hidden_states(self) -> list[np.ndarray]:
@@ -221,8 +235,10 @@ class Trace:
         return pd.DataFrame(rows).set_index("key") if rows else pd.DataFrame()
 
     def __repr__(self) -> str:
-        return (f"<llmdbg.Trace: {len(self.activations)} activations, "
-                f"{len(self.attention_modules)} attention modules, {self.nbytes / 2**20:.1f} MiB>")
+        return (
+            f"<llmdbg.Trace: {len(self.activations)} activations, "
+            f"{len(self.attention_modules)} attention modules, {self.nbytes / 2**20:.1f} MiB>"
+        )
 
     #: Rows shown by the notebook display; the full table is :meth:`stats_table`.
     _HTML_ROWS = 12
@@ -237,18 +253,28 @@ class Trace:
         shape = f"batch {mask.shape[0]} × {mask.shape[1]} tokens, " if mask is not None else ""
         bad = sum(1 for _, s in stats if s.nan_count or s.inf_count)
         alarm = f', <span style="{h.BAD}">{bad} with NaN/Inf</span>' if bad else ", all finite"
-        summary = (f"{shape}{len(self.activations)} activations, {len(self.attentions)} attention maps, "
-                   f"{len(self.hidden_states)} hidden states, {self.nbytes / 2**20:.1f} MiB on the host; "
-                   f"statistics of {len(stats)} tensors{alarm}")
+        summary = (
+            f"{shape}{len(self.activations)} activations, {len(self.attentions)} attention maps, "
+            f"{len(self.hidden_states)} hidden states, {self.nbytes / 2**20:.1f} MiB on the host; "
+            f"statistics of {len(stats)} tensors{alarm}"
+        )
         rows = []
         for key, s in stats[: self._HTML_ROWS]:
             nonfinite = s.nan_count + s.inf_count
-            rows.append([
-                f"<code>{h.esc(key)}</code>", h.fmt(s.count), h.fmt(s.mean), h.fmt(s.std), h.fmt(s.absmax),
-                f"{100 * s.zero_fraction:.1f}%",
-                f'<span style="{h.BAD}">{nonfinite:,}</span>' if nonfinite else "0"])
+            rows.append(
+                [
+                    f"<code>{h.esc(key)}</code>",
+                    h.fmt(s.count),
+                    h.fmt(s.mean),
+                    h.fmt(s.std),
+                    h.fmt(s.absmax),
+                    f"{100 * s.zero_fraction:.1f}%",
+                    f'<span style="{h.BAD}">{nonfinite:,}</span>' if nonfinite else "0",
+                ]
+            )
         body = h.table(["key", "count", "mean", "std", "absmax", "zeros", "NaN/Inf"], rows) if rows else ""
         more = len(stats) - len(rows)
-        footer = (f"… {more} more; " if more > 0 else "") + \
-            "<code>trace.stats_table()</code> gives every row as a DataFrame"
+        footer = (
+            f"… {more} more; " if more > 0 else ""
+        ) + "<code>trace.stats_table()</code> gives every row as a DataFrame"
         return h.box("llmdbg.Trace", summary, body, footer if rows else "")

@@ -23,9 +23,17 @@ from .monitor import LOCATE, TRACKS, Watch
 __all__ = ["DEFAULTS", "LOCATE", "TRACKS", "DetectorSuite", "Event", "Watch", "find_spikes", "robust_z", "watch"]
 
 
-def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 50,
-          log_dir: Any = None, detectors: Any = "default", track: Any = TRACKS, on_nan: str = "warn",
-          locate: str = "replay") -> Watch:
+def watch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    every: int = 50,
+    log_dir: Any = None,
+    detectors: Any = "default",
+    track: Any = TRACKS,
+    on_nan: str = "warn",
+    locate: str = "replay",
+) -> Watch:
     """Watch a training run: loss, gradients, weights and activations, with problem detectors.
 
     Every step (cheap, one host sync): the loss, the global gradient norm before clipping (equal
@@ -88,5 +96,6 @@ def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
     ``step()`` does not change the recorded norm. With AMP's ``GradScaler`` the gradients are
     still scaled at that point: divide the recorded norms by ``scaler.get_scale()``.
     """
-    return Watch(model, optimizer, every=every, log_dir=log_dir, detectors=detectors, track=track,
-                 on_nan=on_nan, locate=locate)
+    return Watch(
+        model, optimizer, every=every, log_dir=log_dir, detectors=detectors, track=track, on_nan=on_nan, locate=locate
+    )

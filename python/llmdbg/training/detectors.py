@@ -69,8 +69,14 @@ class Event:
 DEFAULTS: dict[str, dict[str, Any]] = {
     "loss_spike": {"z": 6.0, "window": 200, "min_history": 20},
     "divergence": {"window": 50, "rises": 3, "min_rise": 0.01},
-    "exploding_gradients": {"z": 6.0, "window": 200, "min_history": 20, "clip_rate": 0.05,
-                            "clip_window": 300, "max_grad_norm": None},
+    "exploding_gradients": {
+        "z": 6.0,
+        "window": 200,
+        "min_history": 20,
+        "clip_rate": 0.05,
+        "clip_window": 300,
+        "max_grad_norm": None,
+    },
     "vanishing_gradients": {"rms": 1e-8, "relative": 1e-4, "patience": 50, "update_ratio": 1e-6},
     "overfitting": {"patience": 3, "min_delta": 0.0, "gap": 0.10},
     "underfitting": {"evals": 5, "min_improvement": 0.01, "baseline_fraction": 0.9, "baseline": None},
@@ -161,7 +167,9 @@ def _resolve(spec: Any) -> dict[str, dict[str, Any]]:
             raise ValueError(f"detectors: unknown detector {name!r}; known: {sorted(DEFAULTS)}")
         unknown = set(overrides or {}) - set(DEFAULTS[name])
         if unknown:
-            raise ValueError(f"detectors[{name!r}]: unknown settings {sorted(unknown)}; known: {sorted(DEFAULTS[name])}")
+            raise ValueError(
+                f"detectors[{name!r}]: unknown settings {sorted(unknown)}; known: {sorted(DEFAULTS[name])}"
+            )
         out[name] = {**DEFAULTS[name], **(overrides or {})}
     return out
 
@@ -172,8 +180,11 @@ class DetectorSuite:
     def __init__(self, spec: Any = "default") -> None:
         self.cfg = _resolve(spec)
         c = self.cfg
-        self._loss = _SpikeState(**{k: c["loss_spike"][k] for k in ("z", "window", "min_history")}) \
-            if "loss_spike" in c else None
+        self._loss = (
+            _SpikeState(**{k: c["loss_spike"][k] for k in ("z", "window", "min_history")})
+            if "loss_spike" in c
+            else None
+        )
         g = c.get("exploding_gradients", DEFAULTS["exploding_gradients"])
         self._grad = _SpikeState(g["z"], g["window"], g["min_history"])
         self._clipped: deque[bool] = deque(maxlen=g["clip_window"])
@@ -206,26 +217,54 @@ class DetectorSuite:
         if "exploding_gradients" in self.cfg and grad_norm is not None:
             c = self.cfg["exploding_gradients"]
             if not math.isfinite(grad_norm):
-                ev.append(Event(step, "", "exploding_gradients", "critical",
-                                f"global gradient norm is {grad_norm} at step {step}"))
+                ev.append(
+                    Event(
+                        step,
+                        "",
+                        "exploding_gradients",
+                        "critical",
+                        f"global gradient norm is {grad_norm} at step {step}",
+                    )
+                )
             elif gz > c["z"]:
-                ev.append(Event(step, "", "exploding_gradients", "high",
-                                f"gradient norm {grad_norm:.4g} at step {step}: robust z of log norm = {gz:.1f} > {c['z']:g}"))
+                ev.append(
+                    Event(
+                        step,
+                        "",
+                        "exploding_gradients",
+                        "high",
+                        f"gradient norm {grad_norm:.4g} at step {step}: robust z of log norm = {gz:.1f} > {c['z']:g}",
+                    )
+                )
             if c["max_grad_norm"] is not None and math.isfinite(grad_norm):
                 self._clipped.append(grad_norm > c["max_grad_norm"])
                 rate = sum(self._clipped) / len(self._clipped)
                 if len(self._clipped) >= min(100, c["clip_window"]) and rate > c["clip_rate"] and not self._clip_alarm:
                     self._clip_alarm = True
-                    ev.append(Event(step, "", "exploding_gradients", "medium",
-                                    f"{rate:.1%} of the last {len(self._clipped)} steps were clipped "
-                                    f"(max_grad_norm={c['max_grad_norm']:g}) > {c['clip_rate']:.0%}"))
+                    ev.append(
+                        Event(
+                            step,
+                            "",
+                            "exploding_gradients",
+                            "medium",
+                            f"{rate:.1%} of the last {len(self._clipped)} steps were clipped "
+                            f"(max_grad_norm={c['max_grad_norm']:g}) > {c['clip_rate']:.0%}",
+                        )
+                    )
         if self._loss is not None:
             lz, start = self._loss.update(loss)
             if start:
                 co = math.isfinite(gz) and gz > self._grad.z
-                ev.append(Event(step, "", "loss_spike", "high" if co else "medium",
-                                f"loss {loss:.4g} at step {step}: robust z of log loss = {lz:.1f}"
-                                + (f", with a gradient-norm spike (z = {gz:.1f})" if co else "")))
+                ev.append(
+                    Event(
+                        step,
+                        "",
+                        "loss_spike",
+                        "high" if co else "medium",
+                        f"loss {loss:.4g} at step {step}: robust z of log loss = {lz:.1f}"
+                        + (f", with a gradient-norm spike (z = {gz:.1f})" if co else ""),
+                    )
+                )
         if "divergence" in self.cfg:
             ev += self._divergence(step, loss)
         return ev
@@ -243,13 +282,20 @@ class DetectorSuite:
         if self._n % c["window"]:
             return []
         self._window_emas.append(self._ema)
-        e = self._window_emas[-(c["rises"] + 1):]
+        e = self._window_emas[-(c["rises"] + 1) :]
         rising = len(e) == c["rises"] + 1 and all(b > a * (1 + c["min_rise"]) for a, b in itertools.pairwise(e))
         if rising and not self._diverged:
             self._diverged = True
-            return [Event(step, "", "divergence", "high",
-                          f"loss EMA rose over {c['rises']} consecutive windows of {c['window']} steps: "
-                          + " -> ".join(f"{v:.4g}" for v in e))]
+            return [
+                Event(
+                    step,
+                    "",
+                    "divergence",
+                    "high",
+                    f"loss EMA rose over {c['rises']} consecutive windows of {c['window']} steps: "
+                    + " -> ".join(f"{v:.4g}" for v in e),
+                )
+            ]
         if not rising:
             self._diverged = False
         return []
@@ -266,21 +312,34 @@ class DetectorSuite:
         for r in layers:
             name, rms, ratio = r["layer"], r["grad_rms"], r.get("update_ratio", math.nan)
             if math.isfinite(rms) and rms < c["rms"] and self._once("vanishing_rms", name):
-                ev.append(Event(step, name, "vanishing_gradients", "medium",
-                                f"gradient RMS {rms:.3g} < {c['rms']:g}"))
+                ev.append(Event(step, name, "vanishing_gradients", "medium", f"gradient RMS {rms:.3g} < {c['rms']:g}"))
             small = top > 0 and math.isfinite(r["grad_norm"]) and r["grad_norm"] < c["relative"] * top
             self._small_layers[name] = self._small_layers.get(name, 0) + 1 if small else 0
             if self._small_layers[name] >= c["patience"] and self._once("vanishing_rel", name):
-                ev.append(Event(step, name, "vanishing_gradients", "medium",
-                                f"gradient norm below {c['relative']:g} x the largest layer's for "
-                                f"{c['patience']} logged steps"))
+                ev.append(
+                    Event(
+                        step,
+                        name,
+                        "vanishing_gradients",
+                        "medium",
+                        f"gradient norm below {c['relative']:g} x the largest layer's for {c['patience']} logged steps",
+                    )
+                )
             if math.isfinite(ratio) and ratio < c["update_ratio"] and self._once("vanishing_update", name):
-                ev.append(Event(step, name, "vanishing_gradients", "low",
-                                f"update/weight ratio {ratio:.3g} < {c['update_ratio']:g} (healthy ~1e-3)"))
+                ev.append(
+                    Event(
+                        step,
+                        name,
+                        "vanishing_gradients",
+                        "low",
+                        f"update/weight ratio {ratio:.3g} < {c['update_ratio']:g} (healthy ~1e-3)",
+                    )
+                )
         return ev
 
-    def on_activations(self, step: int, dead: dict[str, tuple[float, float]],
-                       outliers: dict[str, np.ndarray]) -> list[Event]:
+    def on_activations(
+        self, step: int, dead: dict[str, tuple[float, float]], outliers: dict[str, np.ndarray]
+    ) -> list[Event]:
         """``dead``: module -> (dead fraction, tokens seen); ``outliers``: block -> per-feature
         fraction of positions with ``|a| >= 6``."""
         ev = []
@@ -288,18 +347,33 @@ class DetectorSuite:
             c = self.cfg["dead_units"]
             for name, (frac, tokens) in dead.items():
                 if tokens >= c["min_tokens"] and frac >= c["fraction"] and self._once("dead_units", name):
-                    ev.append(Event(step, name, "dead_units", "medium",
-                                    f"{frac:.1%} of units inactive on all {int(tokens)} probed tokens"))
+                    ev.append(
+                        Event(
+                            step,
+                            name,
+                            "dead_units",
+                            "medium",
+                            f"{frac:.1%} of units inactive on all {int(tokens)} probed tokens",
+                        )
+                    )
         if "outlier_features" in self.cfg and outliers:
             c = self.cfg["outlier_features"]
             flagged = np.stack([np.asarray(v) >= c["positions"] for v in outliers.values()])
             share = flagged.mean(0)
             new = [int(f) for f in np.flatnonzero(share >= c["layers"]) if self._once("outlier_features", str(f))]
             if new:
-                ev.append(Event(step, "", "outlier_features", "info",
-                                f"{len(new)} hidden feature(s) with |a| >= {c['threshold']:g} on >= "
-                                f"{c['positions']:.0%} of positions in >= {c['layers']:.0%} of blocks: "
-                                + ", ".join(str(f) for f in new[:12]) + (" ..." if len(new) > 12 else "")))
+                ev.append(
+                    Event(
+                        step,
+                        "",
+                        "outlier_features",
+                        "info",
+                        f"{len(new)} hidden feature(s) with |a| >= {c['threshold']:g} on >= "
+                        f"{c['positions']:.0%} of positions in >= {c['layers']:.0%} of blocks: "
+                        + ", ".join(str(f) for f in new[:12])
+                        + (" ..." if len(new) > 12 else ""),
+                    )
+                )
         return ev
 
     # -- evaluations ------------------------------------------------------------------------------
@@ -311,23 +385,33 @@ class DetectorSuite:
             vals = [v for _, _, v in self._evals]
             trains = [t for _, t, _ in self._evals]
             best_before = min(vals[: -c["patience"]]) if len(vals) > c["patience"] else math.inf
-            stalled = len(vals) > c["patience"] and min(vals[-c["patience"]:]) > best_before - c["min_delta"]
+            stalled = len(vals) > c["patience"] and min(vals[-c["patience"] :]) > best_before - c["min_delta"]
             falling = len(trains) > c["patience"] and trains[-1] < trains[-c["patience"] - 1]
             if stalled and falling:
                 if self._overfit_since is None:
                     self._overfit_since = step
-                    ev.append(Event(step, "", "overfitting", "high",
-                                    f"validation loss has not improved on {best_before:.4g} for "
-                                    f"{c['patience']} evaluations while the training loss fell "
-                                    f"{trains[-c['patience'] - 1]:.4g} -> {trains[-1]:.4g}"))
+                    ev.append(
+                        Event(
+                            step,
+                            "",
+                            "overfitting",
+                            "high",
+                            f"validation loss has not improved on {best_before:.4g} for "
+                            f"{c['patience']} evaluations while the training loss fell "
+                            f"{trains[-c['patience'] - 1]:.4g} -> {trains[-1]:.4g}",
+                        )
+                    )
             else:
                 self._overfit_since = None
             gap = (val_loss - train_loss) / train_loss if train_loss > 0 else math.nan
             if math.isfinite(gap) and gap > c["gap"]:
                 if not self._gap_on:
                     self._gap_on = True
-                    ev.append(Event(step, "", "generalization_gap", "low",
-                                    f"(val - train) / train = {gap:.1%} > {c['gap']:.0%}"))
+                    ev.append(
+                        Event(
+                            step, "", "generalization_gap", "low", f"(val - train) / train = {gap:.1%} > {c['gap']:.0%}"
+                        )
+                    )
             else:
                 self._gap_on = False
         if "underfitting" in self.cfg:
@@ -340,9 +424,16 @@ class DetectorSuite:
                 if improved < c["min_improvement"] and trains[-1] > c["baseline_fraction"] * base:
                     if not self._underfit_on:
                         self._underfit_on = True
-                        ev.append(Event(step, "", "underfitting", "medium",
-                                        f"training loss improved {improved:.2%} over {c['evals']} evaluations "
-                                        f"and is {trains[-1]:.4g} > {c['baseline_fraction']:g} x baseline {base:.4g}"))
+                        ev.append(
+                            Event(
+                                step,
+                                "",
+                                "underfitting",
+                                "medium",
+                                f"training loss improved {improved:.2%} over {c['evals']} evaluations "
+                                f"and is {trains[-1]:.4g} > {c['baseline_fraction']:g} x baseline {base:.4g}",
+                            )
+                        )
                 else:
                     self._underfit_on = False
         return ev

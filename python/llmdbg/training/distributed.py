@@ -24,8 +24,9 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def all_reduce_packed(sums: np.ndarray, maxima: np.ndarray, device: torch.device | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def all_reduce_packed(
+    sums: np.ndarray, maxima: np.ndarray, device: torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Sum ``sums`` and max ``maxima`` (1-D float64) across ranks with one ``all_reduce``.
 
     Without a process group both come back unchanged.
@@ -42,4 +43,4 @@ def all_reduce_packed(sums: np.ndarray, maxima: np.ndarray, device: torch.device
         buf = buf.to(device)
     torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
     out = buf.cpu().numpy()
-    return out[: sums.size], out[sums.size:].reshape(world, maxima.size).max(0)
+    return out[: sums.size], out[sums.size :].reshape(world, maxima.size).max(0)

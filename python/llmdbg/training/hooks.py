@@ -80,8 +80,7 @@ class NonFiniteLocator:
     as well as NaN.
     """
 
-    def __init__(self, modules: list[tuple[str, nn.Module]], *, forward: bool = True,
-                 backward: bool = True) -> None:
+    def __init__(self, modules: list[tuple[str, nn.Module]], *, forward: bool = True, backward: bool = True) -> None:
         self.names = [n for n, _ in modules]
         self._modules = modules
         self.handles: list[Any] = []
@@ -151,9 +150,13 @@ class NonFiniteLocator:
             if out is None:
                 return
             ins = list(float_tensors(args, 1))
-            ins += [v for k, v in kwargs.items()
-                    if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() and "mask" not in k]
+            ins += [
+                v
+                for k, v in kwargs.items()
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() and "mask" not in k
+            ]
             self.fwd.append((idx, min_max(ins), out))
+
         return hook
 
     def _bwd_pre_hook(self, idx: int):
@@ -162,12 +165,14 @@ class NonFiniteLocator:
                 g = min_max(t for t in grad_output if t is not None and t.is_floating_point() and t.numel())
                 if g is not None:
                     self.bwd.append((idx, "pre", g))
+
         return hook
 
     def _tensor_pre_hook(self, idx: int):
         def hook(grad: torch.Tensor) -> None:
             if self.enabled and len(self.bwd) <= self._cap:
                 self.bwd.append((idx, "pre", min_max([grad])))
+
         return hook
 
     def _bwd_hook(self, idx: int):
@@ -177,6 +182,7 @@ class NonFiniteLocator:
                 # *arrives*, so it says nothing about when the module's backward ends.
                 g = min_max(t for t in grad_input if t is not None and t.is_floating_point() and t.numel())
                 self.bwd.append((idx, "post", g))
+
         return hook
 
     def remove(self) -> None:
@@ -240,15 +246,26 @@ class NonFiniteLocator:
                 if not anc:
                     return {"module": "(loss)", "grad_output_absmax": v, "grad_input_absmax": math.nan}
                 a = max(anc, key=lambda i: len(self.names[i]))
-                return {"module": self.names[a], "grad_output_absmax": open_[a], "grad_input_absmax": math.nan,
-                        "seen_at": self.names[idx]}
+                return {
+                    "module": self.names[a],
+                    "grad_output_absmax": open_[a],
+                    "grad_input_absmax": math.nan,
+                    "seen_at": self.names[idx],
+                }
             if t is None:
                 continue  # no input gradient: the module stays open
             if not math.isfinite(v):
-                return {"module": self.names[idx], "grad_output_absmax": open_.get(idx, math.nan),
-                        "grad_input_absmax": v}
+                return {
+                    "module": self.names[idx],
+                    "grad_output_absmax": open_.get(idx, math.nan),
+                    "grad_input_absmax": v,
+                }
             open_.pop(idx, None)
         if param_bad:
-            return {"module": self.names[param_bad[0]], "grad_output_absmax": math.nan,
-                    "grad_input_absmax": math.nan, "parameter": True}
+            return {
+                "module": self.names[param_bad[0]],
+                "grad_output_absmax": math.nan,
+                "grad_input_absmax": math.nan,
+                "parameter": True,
+            }
         return None

@@ -36,8 +36,13 @@ logger = logging.getLogger("llmdbg")
 TRACKS = ("loss", "grads", "weights", "activations")
 ON_NAN = ("raise", "warn", "skip")
 LOCATE = ("replay", "forward", "always", "after_nan", "off")
-_LEVEL = {"info": logging.INFO, "low": logging.WARNING, "medium": logging.WARNING, "high": logging.WARNING,
-          "critical": logging.ERROR}
+_LEVEL = {
+    "info": logging.INFO,
+    "low": logging.WARNING,
+    "medium": logging.WARNING,
+    "high": logging.WARNING,
+    "critical": logging.ERROR,
+}
 
 # One watch per model: re-running a notebook cell closes the previous watch instead of stacking hooks.
 _REGISTRY: weakref.WeakKeyDictionary[nn.Module, Watch] = weakref.WeakKeyDictionary()
@@ -80,9 +85,18 @@ class Watch:
         The parameter bookkeeping and the recorded run, shared with the helper modules.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 50,
-                 log_dir: Any = None, detectors: Any = "default", track: Any = TRACKS, on_nan: str = "warn",
-                 locate: str = "replay") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        every: int = 50,
+        log_dir: Any = None,
+        detectors: Any = "default",
+        track: Any = TRACKS,
+        on_nan: str = "warn",
+        locate: str = "replay",
+    ) -> None:
         inner = _unwrap(model)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every: expected a positive int, got {every!r}")
@@ -145,9 +159,16 @@ class Watch:
         self._root_handle = inner.register_forward_hook(self._root_hook)
         _REGISTRY[inner] = self
         if self.frozen:
-            self._emit(Event(0, self.frozen[0], "frozen_parameters", "info",
-                             f"{len(self.frozen)} parameters are frozen (requires_grad=False) and not "
-                             f"watched: {', '.join(self.frozen[:5])}{' ...' if len(self.frozen) > 5 else ''}"))
+            self._emit(
+                Event(
+                    0,
+                    self.frozen[0],
+                    "frozen_parameters",
+                    "info",
+                    f"{len(self.frozen)} parameters are frozen (requires_grad=False) and not "
+                    f"watched: {', '.join(self.frozen[:5])}{' ...' if len(self.frozen) > 5 else ''}",
+                )
+            )
 
     # -- construction checks ------------------------------------------------------------------------
     def _check_optimizer(self, optimizer: Any) -> None:
@@ -156,12 +177,17 @@ class Watch:
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
         mine = {id(p) for p in self.state.params}
         if mine and not owned & mine:
-            raise ValueError("optimizer: it owns none of the model's trainable parameters (was it built for "
-                             "another model, or before the model was re-created?)")
+            raise ValueError(
+                "optimizer: it owns none of the model's trainable parameters (was it built for "
+                "another model, or before the model was re-created?)"
+            )
         missing = [n for n, p in zip(self.state.names, self.state.params) if id(p) not in owned]
         if missing:
-            logger.warning("llmdbg.watch: %d trainable parameters are not in the optimizer: %s",
-                           len(missing), ", ".join(missing[:5]))
+            logger.warning(
+                "llmdbg.watch: %d trainable parameters are not in the optimizer: %s",
+                len(missing),
+                ", ".join(missing[:5]),
+            )
 
     # -- hooks ----------------------------------------------------------------------------------------
     def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -191,13 +217,22 @@ class Watch:
             if not self.state.queued and "grads" in self.track:
                 self.state.queued = True
                 torch.autograd.Variable._execution_engine.queue_callback(self._after_backward_outer)
+
         return hook
 
     def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         s = self.state
         if not self.closed and not s.replaying and s.pending is not None and s.early is None:
-            before_optimizer_step(s, s.pending, model=self.model, detectors=self.detectors,
-                                  recorder=self.recorder, probe=self.probe, on_nan=self.on_nan, emit=self._emit)
+            before_optimizer_step(
+                s,
+                s.pending,
+                model=self.model,
+                detectors=self.detectors,
+                recorder=self.recorder,
+                probe=self.probe,
+                on_nan=self.on_nan,
+                emit=self._emit,
+            )
 
     def _after_backward_outer(self) -> None:
         torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
@@ -215,7 +250,9 @@ class Watch:
             return torch.stack(self.state.model_losses).float().mean()
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
-                raise ValueError(f"loss: expected a scalar tensor or a float, got a tensor of shape {tuple(loss.shape)}")
+                raise ValueError(
+                    f"loss: expected a scalar tensor or a float, got a tensor of shape {tuple(loss.shape)}"
+                )
             if loss.is_complex():
                 raise TypeError("loss: complex tensors are not supported")
             return loss.detach().reshape(()).float()
@@ -266,8 +303,10 @@ class Watch:
         if "grads" in self.track and pending is None:
             pending = G.grad_norms(s.params)
             if pending is None:
-                raise RuntimeError("watch.step() was called before any backward pass: no parameter has a "
-                                   "gradient. Call it after loss.backward() and before optimizer.step().")
+                raise RuntimeError(
+                    "watch.step() was called before any backward pass: no parameter has a "
+                    "gradient. Call it after loss.backward() and before optimizer.step()."
+                )
         # The single host copy of this step.
         parts = []
         dev = pending[1].device if pending else (lv.device if isinstance(lv, torch.Tensor) else torch.device("cpu"))
@@ -288,14 +327,14 @@ class Watch:
         gnorm = None
         norms: list[float] = []
         if pending:
-            gnorm, norms = host[pos], host[pos + 1: pos + 1 + len(pending[0])]
+            gnorm, norms = host[pos], host[pos + 1 : pos + 1 + len(pending[0])]
             pos += 1 + len(pending[0])
         fwd_vals: list[list[float]] = []
         bwd_vals: list[list[float]] = []
         if fwd is not None and bwd is not None:
             nf, nb = fwd.shape[0], bwd.shape[0]
-            fwd_vals = [host[pos + 4 * i: pos + 4 * i + 4] for i in range(nf)]
-            bwd_vals = [host[pos + 4 * nf + 2 * i: pos + 4 * nf + 2 * i + 2] for i in range(nb)]
+            fwd_vals = [host[pos + 4 * i : pos + 4 * i + 4] for i in range(nf)]
+            bwd_vals = [host[pos + 4 * nf + 2 * i : pos + 4 * nf + 2 * i + 2] for i in range(nb)]
         bad_fwd = any(not (math.isfinite(v[2]) and math.isfinite(v[3])) for v in fwd_vals)
         nonfinite = not math.isfinite(loss_v) or (gnorm is not None and not math.isfinite(gnorm)) or bad_fwd
         row = {"step": step, "loss": loss_v, "grad_norm": gnorm, "lr": self._lr(), "nonfinite": nonfinite}
@@ -304,14 +343,33 @@ class Watch:
         s.rows.append(row)
         new: list[Event] = self.detectors.on_step(step, loss_v, gnorm) if self.detectors.cfg else []
         if nonfinite:
-            new += locate_events(s, step, pending, norms, fwd_vals, bwd_vals, model=self.model,
-                                 detectors=self.detectors, locator=self.locator, recorder=self.recorder,
-                                 probe=self.probe)
+            new += locate_events(
+                s,
+                step,
+                pending,
+                norms,
+                fwd_vals,
+                bwd_vals,
+                model=self.model,
+                detectors=self.detectors,
+                locator=self.locator,
+                recorder=self.recorder,
+                probe=self.probe,
+            )
             self.locator = arm_locator(self.locator, s.modules, self.locate)  # for the next steps
         layers = []
         if logged and not nonfinite:
-            layers = logged_step(s, step, pending, norms, loss_v, track=self.track, probe=self.probe,
-                                 detectors=self.detectors, emit=self._emit)
+            layers = logged_step(
+                s,
+                step,
+                pending,
+                norms,
+                loss_v,
+                track=self.track,
+                probe=self.probe,
+                detectors=self.detectors,
+                emit=self._emit,
+            )
             new += self.detectors.on_layers(step, layers)
         for e in new:
             self._emit(e)
@@ -336,8 +394,9 @@ class Watch:
             self.probe.armed = s.step % self.every == 0
 
     # -- evaluation -----------------------------------------------------------------------------------
-    def eval(self, step: int | None = None, val_loss: float | None = None,
-             metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    def eval(
+        self, step: int | None = None, val_loss: float | None = None, metrics: dict[str, float] | None = None
+    ) -> dict[str, Any]:
         """Record an evaluation: validation loss and metrics; runs the over/underfitting detectors.
 
         ``step`` defaults to the last recorded step. The training loss it is compared with is the
@@ -362,16 +421,25 @@ class Watch:
             for e in self.detectors.on_eval(int(step), train, float(val_loss)):
                 self._emit(e)
         if self.sink is not None:
-            self.sink.scalars(int(step), {"loss/val": row.get("val_loss"),
-                                          **{f"metrics/{k}": float(v) for k, v in (metrics or {}).items()}})
+            self.sink.scalars(
+                int(step),
+                {"loss/val": row.get("val_loss"), **{f"metrics/{k}": float(v) for k, v in (metrics or {}).items()}},
+            )
         return row
 
     # -- output ---------------------------------------------------------------------------------------
     def _emit(self, e: Event) -> None:
         self.state.events.append(e)
         if self.rank == 0:
-            logger.log(_LEVEL.get(e.severity, logging.WARNING), "[step %d] %s (%s) %s: %s", e.step, e.kind,
-                       e.severity, e.module or "model", e.message)
+            logger.log(
+                _LEVEL.get(e.severity, logging.WARNING),
+                "[step %d] %s (%s) %s: %s",
+                e.step,
+                e.kind,
+                e.severity,
+                e.module or "model",
+                e.message,
+            )
             if self.sink is not None:
                 self.sink.text("events", e.step, f"**{e.kind}** ({e.severity}) `{e.module or 'model'}`: {e.message}")
 
@@ -406,8 +474,9 @@ class Watch:
         update_ratio (the size of the optimizer update that followed that step)."""
         import pandas as pd
 
-        return pd.DataFrame(self.state.layer_rows, columns=["step", "layer", "grad_norm", "grad_rms", "weight_norm",
-                                                       "update_ratio"])
+        return pd.DataFrame(
+            self.state.layer_rows, columns=["step", "layer", "grad_norm", "grad_rms", "weight_norm", "update_ratio"]
+        )
 
     @property
     def activations(self):
@@ -433,8 +502,14 @@ class Watch:
         """Append a section (dashboard figure, events and last-step table) to a :class:`~llmdbg.report.Report`."""
         from .views import add_report_section
 
-        return add_report_section(self.state, report, title, model_name=type(self.model).__name__, every=self.every,
-                                  figure=self.plot() if self.state.rows else None)
+        return add_report_section(
+            self.state,
+            report,
+            title,
+            model_name=type(self.model).__name__,
+            every=self.every,
+            figure=self.plot() if self.state.rows else None,
+        )
 
     def _repr_html_(self) -> str:
         from .views import repr_html
@@ -442,8 +517,10 @@ class Watch:
         return repr_html(self.state, model_name=type(self.model).__name__, every=self.every, closed=self.closed)
 
     def __repr__(self) -> str:
-        return (f"Watch({type(self.model).__name__}, steps={self.state.step}, every={self.every}, "
-                f"events={len(self.events)}{', closed' if self.closed else ''})")
+        return (
+            f"Watch({type(self.model).__name__}, steps={self.state.step}, every={self.every}, "
+            f"events={len(self.events)}{', closed' if self.closed else ''})"
+        )
 
     # -- lifetime ---------------------------------------------------------------------------------------
     def close(self) -> None:

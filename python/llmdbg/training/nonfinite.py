@@ -28,22 +28,45 @@ def _bad_params(pending: Pending | None, norms: list[float]) -> list[int]:
 def _events(step: int, first_f: dict | None, first_b: dict | None) -> list[Event]:
     ev: list[Event] = []
     if first_f:
-        ev.append(Event(step, first_f["module"], "nonfinite_forward", "critical",
-                        f"first non-finite output in the forward pass: input abs-max "
-                        f"{first_f['input_absmax']:.4g}, output abs-max {first_f['output_absmax']}"))
+        ev.append(
+            Event(
+                step,
+                first_f["module"],
+                "nonfinite_forward",
+                "critical",
+                f"first non-finite output in the forward pass: input abs-max "
+                f"{first_f['input_absmax']:.4g}, output abs-max {first_f['output_absmax']}",
+            )
+        )
     if first_b:
-        how = ("gradient of its parameters" if first_b.get("parameter") else
-               f"incoming gradient abs-max {first_b['grad_output_absmax']:.4g}, outgoing "
-               f"{first_b['grad_input_absmax']:.4g}")
+        how = (
+            "gradient of its parameters"
+            if first_b.get("parameter")
+            else f"incoming gradient abs-max {first_b['grad_output_absmax']:.4g}, outgoing "
+            f"{first_b['grad_input_absmax']:.4g}"
+        )
         if "seen_at" in first_b:
             how += f" (first seen entering {first_b['seen_at']})"
-        ev.append(Event(step, first_b["module"], "nonfinite_backward", "critical",
-                        f"first non-finite gradient in the backward pass: {how}"))
+        ev.append(
+            Event(
+                step,
+                first_b["module"],
+                "nonfinite_backward",
+                "critical",
+                f"first non-finite gradient in the backward pass: {how}",
+            )
+        )
     return ev
 
 
-def replay(state: WatchState, bad_params: list[int], *, model: nn.Module, recorder: ForwardRecorder,
-           probe: ActivationProbe | None) -> list[Event]:
+def replay(
+    state: WatchState,
+    bad_params: list[int],
+    *,
+    model: nn.Module,
+    recorder: ForwardRecorder,
+    probe: ActivationProbe | None,
+) -> list[Event]:
     """Replay the step's recorded forwards/backwards with temporary per-module hooks.
 
     ``bad_params`` indexes ``state.params``; ``state.replaying`` is set while the replay runs, and
@@ -57,8 +80,12 @@ def replay(state: WatchState, bad_params: list[int], *, model: nn.Module, record
     try:
         first_f, first_b, _ = replay_locate(model, state.modules, recorder.records, state.params, owners)
     except Exception as exc:
-        logger.warning("llmdbg.watch: replaying step %d to locate the NaN/Inf failed (%s: %s); reporting "
-                       "parameter names only", state.step, type(exc).__name__, exc)
+        logger.warning(
+            "llmdbg.watch: replaying step %d to locate the NaN/Inf failed (%s: %s); reporting parameter names only",
+            state.step,
+            type(exc).__name__,
+            exc,
+        )
         return []
     finally:
         state.replaying, recorder.enabled = False, True
@@ -67,9 +94,20 @@ def replay(state: WatchState, bad_params: list[int], *, model: nn.Module, record
     return _events(state.step, first_f, first_b)
 
 
-def locate_events(state: WatchState, step: int, pending: Pending | None, norms: list[float], fwd_vals: list,
-                  bwd_vals: list, *, model: nn.Module, detectors: DetectorSuite, locator: NonFiniteLocator | None,
-                  recorder: ForwardRecorder | None, probe: ActivationProbe | None) -> list[Event]:
+def locate_events(
+    state: WatchState,
+    step: int,
+    pending: Pending | None,
+    norms: list[float],
+    fwd_vals: list,
+    bwd_vals: list,
+    *,
+    model: nn.Module,
+    detectors: DetectorSuite,
+    locator: NonFiniteLocator | None,
+    recorder: ForwardRecorder | None,
+    probe: ActivationProbe | None,
+) -> list[Event]:
     """Events naming where the first NaN/Inf appeared in this step.
 
     From the check made before ``optimizer.step()`` (``state.early``), else a replay (with a
@@ -91,14 +129,22 @@ def locate_events(state: WatchState, step: int, pending: Pending | None, norms: 
             ev += _events(step, first_f, first_b)
     if bad_params and not any(e.kind == "nonfinite_backward" for e in ev):
         names = [state.names[i] for i in reversed(bad_params)]  # in the order the backward reaches them
-        ev.append(Event(step, names[0], "nonfinite_gradients", "critical",
-                        f"{len(names)} parameters have non-finite gradients: {', '.join(names[:5])}"
-                        f"{' ...' if len(names) > 5 else ''}"))
+        ev.append(
+            Event(
+                step,
+                names[0],
+                "nonfinite_gradients",
+                "critical",
+                f"{len(names)} parameters have non-finite gradients: {', '.join(names[:5])}"
+                f"{' ...' if len(names) > 5 else ''}",
+            )
+        )
     return ev
 
 
-def arm_locator(locator: NonFiniteLocator | None, modules: list[tuple[str, nn.Module]],
-                locate: str) -> NonFiniteLocator | None:
+def arm_locator(
+    locator: NonFiniteLocator | None, modules: list[tuple[str, nn.Module]], locate: str
+) -> NonFiniteLocator | None:
     """After a non-finite step: the locator for the next steps. With ``locate`` "forward" or
     "after_nan" the forensic hooks that were not on are armed (a new locator with forward and
     backward records over ``modules``, or backward records added to ``locator``)."""
@@ -127,9 +173,17 @@ def handle_nan(state: WatchState, step: int, events: list[Event], *, on_nan: str
         logger.warning("%s; gradients dropped, the optimizer step is skipped", msg)
 
 
-def before_optimizer_step(state: WatchState, pending: Pending, *, model: nn.Module, detectors: DetectorSuite,
-                          recorder: ForwardRecorder | None, probe: ActivationProbe | None, on_nan: str,
-                          emit: Callable[[Event], None]) -> None:
+def before_optimizer_step(
+    state: WatchState,
+    pending: Pending,
+    *,
+    model: nn.Module,
+    detectors: DetectorSuite,
+    recorder: ForwardRecorder | None,
+    probe: ActivationProbe | None,
+    on_nan: str,
+    emit: Callable[[Event], None],
+) -> None:
     """``optimizer.step()`` is about to run and ``watch.step()`` has not seen this backward yet
     (``pending``: ``state.pending``): check the global gradient norm (and the model's loss) now, and
     locate a NaN/Inf while the weights are still those that produced it. The events are kept in
@@ -142,10 +196,13 @@ def before_optimizer_step(state: WatchState, pending: Pending, *, model: nn.Modu
     if all(math.isfinite(v) for v in host):
         state.early = []
         return
-    norms = host[1: 1 + len(pending[0])]
+    norms = host[1 : 1 + len(pending[0])]
     bad = _bad_params(pending, norms)
-    ev = (replay(state, bad, model=model, recorder=recorder, probe=probe)
-          if "nonfinite" in detectors.cfg and recorder is not None else [])
+    ev = (
+        replay(state, bad, model=model, recorder=recorder, probe=probe)
+        if "nonfinite" in detectors.cfg and recorder is not None
+        else []
+    )
     state.early = ev
     if on_nan == "raise":
         for e in ev:

@@ -33,9 +33,18 @@ def update_ratios(state: WatchState, sink: TensorBoardSink | None) -> None:
             sink.scalars(r["step"], {f"update_ratio/{r['layer']}": ratio})
 
 
-def logged_step(state: WatchState, step: int, pending: Pending | None, norms: list[float], loss_v: float, *,
-                track: tuple[str, ...], probe: ActivationProbe | None, detectors: DetectorSuite,
-                emit: Callable[[Event], None]) -> list[dict[str, Any]]:
+def logged_step(
+    state: WatchState,
+    step: int,
+    pending: Pending | None,
+    norms: list[float],
+    loss_v: float,
+    *,
+    track: tuple[str, ...],
+    probe: ActivationProbe | None,
+    detectors: DetectorSuite,
+    emit: Callable[[Event], None],
+) -> list[dict[str, Any]]:
     """The detailed tier of a finite logged step; returns its per-layer rows (also appended to
     ``state.layer_rows``). Fills ``state.histograms``, keeps a weight ``state.snapshot`` for the
     next step's update ratios, and reads and reduces the activation ``probe``."""
@@ -45,9 +54,16 @@ def logged_step(state: WatchState, step: int, pending: Pending | None, norms: li
         wn = G.weight_norms(state.params, idx) if "weights" in track else [math.nan] * len(idx)
         for j, i in enumerate(idx):
             name, p = state.names[i], state.params[i]
-            rows.append({"step": step, "layer": name, "grad_norm": norms[j],
-                         "grad_rms": norms[j] / math.sqrt(max(p.numel(), 1)), "weight_norm": wn[j],
-                         "update_ratio": math.nan})
+            rows.append(
+                {
+                    "step": step,
+                    "layer": name,
+                    "grad_norm": norms[j],
+                    "grad_rms": norms[j] / math.sqrt(max(p.numel(), 1)),
+                    "weight_norm": wn[j],
+                    "update_ratio": math.nan,
+                }
+            )
             assert p.grad is not None  # pending lists parameters with gradients
             sums, _ = packed_stats(p.grad)
             state.histograms["grads"].setdefault(name, {})[step] = sums[7:]
@@ -57,8 +73,15 @@ def logged_step(state: WatchState, step: int, pending: Pending | None, norms: li
         for i, p in enumerate(state.params):
             if p.grad is None and state.names[i] not in state.warned_no_grad:
                 state.warned_no_grad.add(state.names[i])
-                emit(Event(step, state.names[i], "no_gradient", "info",
-                           "trainable parameter received no gradient (unused in the forward?)"))
+                emit(
+                    Event(
+                        step,
+                        state.names[i],
+                        "no_gradient",
+                        "info",
+                        "trainable parameter received no gradient (unused in the forward?)",
+                    )
+                )
         if "weights" in track:
             state.snapshot = (idx, G.snapshot(state.params, idx), rows)
     state.layer_rows += rows
@@ -67,8 +90,15 @@ def logged_step(state: WatchState, step: int, pending: Pending | None, norms: li
     return rows
 
 
-def activation_step(state: WatchState, step: int, loss_v: float, *, probe: ActivationProbe,
-                    detectors: DetectorSuite, emit: Callable[[Event], None]) -> None:
+def activation_step(
+    state: WatchState,
+    step: int,
+    loss_v: float,
+    *,
+    probe: ActivationProbe,
+    detectors: DetectorSuite,
+    emit: Callable[[Event], None],
+) -> None:
     """Take the ``probe``'s sums of this step, reduce them across ranks, and record block
     statistics, dead feed-forward units and outlier features (rows, histograms, events)."""
     got = probe.take()
@@ -79,13 +109,15 @@ def activation_step(state: WatchState, step: int, loss_v: float, *, probe: Activ
         sums += [got["sums"][b], np.ravel(got["outliers"][b]), [got["positions"][b]]]
     for a in acts:
         sums += [np.ravel(got["active"][a]), [got["tokens"][a]]]
-    flat, maxima = all_reduce_packed(np.concatenate([np.asarray(s, np.float64) for s in sums]),
-                                     np.asarray([got["absmax"][b] for b in blocks], np.float64))
+    flat, maxima = all_reduce_packed(
+        np.concatenate([np.asarray(s, np.float64) for s in sums]),
+        np.asarray([got["absmax"][b] for b in blocks], np.float64),
+    )
     pos = 1
     outliers = {}
     for k, b in enumerate(blocks):
         d = np.ravel(got["outliers"][b]).size
-        s, out_counts, n = flat[pos: pos + N_SUM], flat[pos + N_SUM: pos + N_SUM + d], flat[pos + N_SUM + d]
+        s, out_counts, n = flat[pos : pos + N_SUM], flat[pos + N_SUM : pos + N_SUM + d], flat[pos + N_SUM + d]
         pos += N_SUM + d + 1
         frac = out_counts / max(n, 1.0)
         outliers[b] = frac
@@ -95,7 +127,7 @@ def activation_step(state: WatchState, step: int, loss_v: float, *, probe: Activ
     dead = {}
     for a in acts:
         d = np.ravel(got["active"][a]).size
-        active, n = flat[pos: pos + d] > 0, flat[pos + d]
+        active, n = flat[pos : pos + d] > 0, flat[pos + d]
         pos += d + 1
         state.active[a] = np.maximum(state.active.get(a, np.zeros(d, bool)), active)
         state.tokens[a] = state.tokens.get(a, 0.0) + n

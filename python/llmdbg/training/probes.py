@@ -27,8 +27,8 @@ _RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 # Packed layout of one tensor's statistics (float64): counts, sums, extrema, histogram.
 STAT_FIELDS = ("count", "finite", "nan", "inf", "zero", "sum", "sumsq")
-N_SUM = len(STAT_FIELDS) + _core.HIST_BINS   # summed across calls and ranks
-N_MAX = 1                                    # absmax: max across calls and ranks
+N_SUM = len(STAT_FIELDS) + _core.HIST_BINS  # summed across calls and ranks
+N_MAX = 1  # absmax: max across calls and ranks
 
 
 def packed_stats(x: torch.Tensor) -> tuple[np.ndarray, float]:
@@ -54,14 +54,24 @@ def unpack_stats(sums: np.ndarray, absmax: float) -> dict[str, float]:
     count, fin, nan, inf, zero, s, ss = (float(v) for v in sums[: len(STAT_FIELDS)])
     mean = s / fin if fin else float("nan")
     var = max(ss / fin - mean * mean, 0.0) if fin else float("nan")
-    return {"mean": mean, "std": var ** 0.5, "absmax": absmax, "zero_fraction": zero / count if count else 0.0,
-            "nan_count": int(nan), "inf_count": int(inf), "count": int(count)}
+    return {
+        "mean": mean,
+        "std": var**0.5,
+        "absmax": absmax,
+        "zero_fraction": zero / count if count else 0.0,
+        "nan_count": int(nan),
+        "inf_count": int(inf),
+        "count": int(count),
+    }
 
 
 def _is_activation(mod: nn.Module) -> bool:
     name = type(mod).__name__
-    return (type(mod).__module__.startswith("torch.nn.modules.activation")
-            or name.endswith("Activation") or name in {"GELU", "SiLU", "ReLU", "GELUTanh", "QuickGELU"})
+    return (
+        type(mod).__module__.startswith("torch.nn.modules.activation")
+        or name.endswith("Activation")
+        or name in {"GELU", "SiLU", "ReLU", "GELUTanh", "QuickGELU"}
+    )
 
 
 def find_blocks(model: nn.Module) -> tuple[list[str], list[str]]:
@@ -103,9 +113,9 @@ class ActivationProbe:
         self.handles: list[Any] = []
         self.sums: dict[str, np.ndarray] = {}
         self.absmax: dict[str, float] = {}
-        self.outliers: dict[str, np.ndarray] = {}   # block -> per-feature counts of |a| >= 6
-        self.positions: dict[str, float] = {}       # block -> positions seen
-        self.active: dict[str, np.ndarray] = {}     # activation -> per-unit "active on a token" (0/1)
+        self.outliers: dict[str, np.ndarray] = {}  # block -> per-feature counts of |a| >= 6
+        self.positions: dict[str, float] = {}  # block -> positions seen
+        self.active: dict[str, np.ndarray] = {}  # activation -> per-unit "active on a token" (0/1)
         self.tokens: dict[str, float] = {}
 
     @property
@@ -141,6 +151,7 @@ class ActivationProbe:
             big = (flat.abs() >= OUTLIER_THRESHOLD).sum(0, dtype=torch.float64).cpu().numpy()
             self.outliers[name] = self.outliers.get(name, 0) + big
             self.positions[name] = self.positions.get(name, 0.0) + flat.shape[0]
+
         return hook
 
     def _act_hook(self, name: str, relu_like: bool):
@@ -151,13 +162,20 @@ class ActivationProbe:
             on = flat > 0 if relu_like else flat.abs() >= DEAD_EPS
             self.active[name] = np.maximum(self.active.get(name, 0), on.any(0).to(torch.float64).cpu().numpy())
             self.tokens[name] = self.tokens.get(name, 0.0) + flat.shape[0]
+
         return hook
 
     def take(self) -> dict[str, Any]:
         """The statistics gathered while armed, then cleared (dead-unit activity is kept by the
         caller across steps)."""
-        out = {"sums": self.sums, "absmax": self.absmax, "outliers": self.outliers,
-               "positions": self.positions, "active": self.active, "tokens": self.tokens}
+        out = {
+            "sums": self.sums,
+            "absmax": self.absmax,
+            "outliers": self.outliers,
+            "positions": self.positions,
+            "active": self.active,
+            "tokens": self.tokens,
+        }
         self.sums, self.absmax, self.outliers, self.positions, self.active, self.tokens = {}, {}, {}, {}, {}, {}
         return out
 

@@ -72,6 +72,7 @@ class ForwardRecord:
     def output_grad_hook(self, index: int):
         def hook(grad: torch.Tensor) -> None:
             self.grads[index] = grad.detach()
+
         return hook
 
 
@@ -135,8 +136,13 @@ def _forward(model: nn.Module, rec: ForwardRecord) -> Any:
         return model(*rec.args, **rec.kwargs)
 
 
-def replay_locate(model: nn.Module, modules: list[tuple[str, nn.Module]], records: list[ForwardRecord],
-                  params: list[nn.Parameter], owners: list[int]) -> tuple[dict | None, dict | None, bool]:
+def replay_locate(
+    model: nn.Module,
+    modules: list[tuple[str, nn.Module]],
+    records: list[ForwardRecord],
+    params: list[nn.Parameter],
+    owners: list[int],
+) -> tuple[dict | None, dict | None, bool]:
     """Run the recorded forwards (and backwards) again with per-module records.
 
     Parameters
@@ -181,8 +187,9 @@ def replay_locate(model: nn.Module, modules: list[tuple[str, nn.Module]], record
                 got = [i for i in sorted(rec.grads) if i < len(outs)]
                 keep = [got[k] for k in _sinks([outs[i] for i in got])]
                 if keep:
-                    torch.autograd.grad([outs[i] for i in keep], trainable, [rec.grads[i] for i in keep],
-                                        allow_unused=True)
+                    torch.autograd.grad(
+                        [outs[i] for i in keep], trainable, [rec.grads[i] for i in keep], allow_unused=True
+                    )
             _, bwd = loc.packed(torch.device("cpu"))
             first_b = loc.first_backward(bwd.tolist(), owners)
     finally:

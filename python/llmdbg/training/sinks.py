@@ -30,8 +30,9 @@ def check_writable(log_dir: str | os.PathLike) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".llmdbg-write-test-"):
             pass
     except OSError as exc:
-        raise ValueError(f"log_dir: cannot write to {str(path)!r} ({exc.strerror or exc}); "
-                         "pass a writable directory or log_dir=None") from exc
+        raise ValueError(
+            f"log_dir: cannot write to {str(path)!r} ({exc.strerror or exc}); pass a writable directory or log_dir=None"
+        ) from exc
     return path
 
 
@@ -60,13 +61,24 @@ class TensorBoardSink:
             return
         lo, hi = int(nz[0]), int(nz[-1]) + 1
         self.writer.add_histogram_raw(
-            tag, min=float(self._edges[lo]), max=float(self._edges[hi]), num=int(total),
-            sum=float(s) if math.isfinite(s) else 0.0, sum_squares=float(ss) if math.isfinite(ss) else 0.0,
-            bucket_limits=self._edges[lo + 1: hi + 1].tolist(), bucket_counts=counts[lo:hi].tolist(),
-            global_step=step)
+            tag,
+            min=float(self._edges[lo]),
+            max=float(self._edges[hi]),
+            num=int(total),
+            sum=float(s) if math.isfinite(s) else 0.0,
+            sum_squares=float(ss) if math.isfinite(ss) else 0.0,
+            bucket_limits=self._edges[lo + 1 : hi + 1].tolist(),
+            bucket_counts=counts[lo:hi].tolist(),
+            global_step=step,
+        )
 
-    def write_step(self, row: dict[str, Any], layers: list[dict[str, Any]],
-                   histograms: dict[str, dict[str, dict[int, np.ndarray]]], act_rows: list[dict[str, Any]]) -> None:
+    def write_step(
+        self,
+        row: dict[str, Any],
+        layers: list[dict[str, Any]],
+        histograms: dict[str, dict[str, dict[int, np.ndarray]]],
+        act_rows: list[dict[str, Any]],
+    ) -> None:
         """One step of a watch: its history ``row``, per-layer norms (``layers``: the step's layer
         rows), and the gradient/activation ``histograms`` and block statistics (``act_rows``)
         recorded at this step, if any."""
@@ -74,16 +86,18 @@ class TensorBoardSink:
         extra = {f"metrics/{k}": v for k, v in row.items() if k not in ("step", "loss", "grad_norm", "lr", "nonfinite")}
         self.scalars(step, {"loss/train": row["loss"], "grad_norm/global": row["grad_norm"], "lr": row["lr"], **extra})
         for r in layers:
-            self.scalars(step, {f"grad_norm/{r['layer']}": r["grad_norm"],
-                                f"weight_norm/{r['layer']}": r["weight_norm"]})
+            self.scalars(
+                step, {f"grad_norm/{r['layer']}": r["grad_norm"], f"weight_norm/{r['layer']}": r["weight_norm"]}
+            )
         for kind in ("grads", "activations"):
             for name, by_step in histograms[kind].items():
                 if step in by_step:
                     self.histogram(f"{kind}/{name}", step, by_step[step], by_step[step].sum(), 0.0, 0.0)
         for r in act_rows:
             if r["step"] == step and "absmax" in r:
-                self.scalars(step, {f"activations/{r['module']}/absmax": r["absmax"],
-                                    f"activations/{r['module']}/std": r["std"]})
+                self.scalars(
+                    step, {f"activations/{r['module']}/absmax": r["absmax"], f"activations/{r['module']}/std": r["std"]}
+                )
 
     def text(self, tag: str, step: int, text: str) -> None:
         self.writer.add_text(tag, text, step)

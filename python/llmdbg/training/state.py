@@ -95,8 +95,12 @@ class WatchState:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         modules = list(model.named_modules())
         index = {n: i for i, (n, _) in enumerate(modules)}
-        return cls(names=[n for n, _ in named], params=[p for _, p in named], modules=modules,
-                   owner=[index.get(n.rpartition(".")[0], 0) for n, _ in named])
+        return cls(
+            names=[n for n, _ in named],
+            params=[p for _, p in named],
+            modules=modules,
+            owner=[index.get(n.rpartition(".")[0], 0) for n, _ in named],
+        )
 
     def owners(self, indices: list[int]) -> list[int]:
         """Distinct owning-module indices of the parameters at ``indices``, in reverse order of
