@@ -7,8 +7,8 @@
 
 #include <string>
 
-#include "../torch/attribution_kernels.hpp"
-#include "../torch/capture_store.hpp"
+#include "aten/attribution_kernels.hpp"
+#include "aten/capture_store.hpp"
 #include "common.hpp"
 #include "core/common/parallel.hpp"
 #include "core/stats/stats.hpp"
