@@ -48,10 +48,10 @@ void without_gil(F&& f) {
   }
 }
 
-void bind_attention_graph(py::module_& m);  // attention_graph.cpp: rollout and attention flow
+void bind_attention_graph(py::module_& m);  // attention.cpp: rollout and attention flow
 void bind_head_stats(py::module_& m);       // head_stats.cpp: entropy, sinks, drift
 void bind_attribution(py::module_& m);      // attribution.cpp: IG quadrature rules
-void bind_data_profile(py::module_& m);     // data_profile.cpp: token/id counts, duplicates
+void bind_data_profile(py::module_& m);     // data.cpp: token/id counts, duplicates
 void bind_tsne(py::module_& m);             // tsne.cpp: kNN, affinities, repulsion, optimiser
 
 }  // namespace llmdbg::bindings
