@@ -51,8 +51,7 @@ void without_gil(F&& f) {
 
 void bind_common(py::module_& m);           // common.cpp: CaptureBudgetError, OpenMP threads
 void bind_stats(py::module_& m);            // stats.cpp: fused summary statistics
-void bind_attention_graph(py::module_& m);  // attention.cpp: rollout and attention flow
-void bind_head_stats(py::module_& m);       // head_stats.cpp: entropy, sinks, drift
+void bind_attention(py::module_& m);        // attention.cpp: rollout, flow, head stats, drift
 void bind_attribution(py::module_& m);      // attribution.cpp: IG quadrature rules, IG kernels
 void bind_data_profile(py::module_& m);     // data.cpp: token/id counts, duplicates
 void bind_tsne(py::module_& m);             // tsne.cpp: kNN, affinities, repulsion, optimiser

@@ -9,8 +9,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "llmdbg's compiled core (private; use the llmdbg package).";
   b::bind_common(m);  // first: creates CaptureBudgetError, which the others may raise
   b::bind_stats(m);
-  b::bind_attention_graph(m);
-  b::bind_head_stats(m);
+  b::bind_attention(m);
   b::bind_attribution(m);
   b::bind_data_profile(m);
   b::bind_tsne(m);
