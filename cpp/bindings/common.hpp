@@ -1,6 +1,7 @@
 #pragma once
 // Shared by the binding files: GIL release with error translation, and the bind_* entry points
-// that module.cpp calls (one binding file per core folder, plus the capture store).
+// that module.cpp calls (one binding file per core folder, plus the capture store). Array
+// arguments are checked with arrays.hpp, torch dtype names parsed with tensors.hpp.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -53,7 +54,7 @@ void bind_common(py::module_& m);           // common.cpp: CaptureBudgetError, O
 void bind_stats(py::module_& m);            // stats.cpp: fused summary statistics
 void bind_attention(py::module_& m);        // attention.cpp: rollout, flow, head stats, drift
 void bind_attribution(py::module_& m);      // attribution.cpp: IG quadrature rules, IG kernels
-void bind_data_profile(py::module_& m);     // data.cpp: token/id counts, duplicates
+void bind_data(py::module_& m);             // data.cpp: token/id counts, duplicates
 void bind_tsne(py::module_& m);             // tsne.cpp: kNN, affinities, repulsion, optimiser
 void bind_capture(py::module_& m);          // capture.cpp: CaptureStore, device statistics
 

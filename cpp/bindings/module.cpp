@@ -11,7 +11,7 @@ PYBIND11_MODULE(_core, m) {
   b::bind_stats(m);
   b::bind_attention(m);
   b::bind_attribution(m);
-  b::bind_data_profile(m);
+  b::bind_data(m);
   b::bind_tsne(m);
   b::bind_capture(m);
 }

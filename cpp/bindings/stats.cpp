@@ -4,6 +4,7 @@
 #include <limits>
 #include <string>
 
+#include "arrays.hpp"
 #include "common.hpp"
 #include "core/stats/stats.hpp"
 
@@ -34,24 +35,15 @@ py::dict summary_to_dict(const stats::Summary& s) {
 namespace {
 
 py::dict summarize_array(const py::array& arr, int num_threads) {
-  // Types first, then the one call.
-  if (!(arr.flags() & py::array::c_style)) {
-    throw py::value_error("summarize: array must be C-contiguous (use numpy.ascontiguousarray)");
-  }
+  check_array(arr, "summarize: array", kFloat, Shape());
+  const auto n = static_cast<int64_t>(arr.size());
   stats::Summary s;
   if (py::isinstance<py::array_t<float>>(arr)) {
-    const auto* p = static_cast<const float*>(arr.data());
-    const auto n = static_cast<int64_t>(arr.size());
-    py::gil_scoped_release release;
-    s = stats::summarize(p, n, num_threads);
-  } else if (py::isinstance<py::array_t<double>>(arr)) {
-    const auto* p = static_cast<const double*>(arr.data());
-    const auto n = static_cast<int64_t>(arr.size());
-    py::gil_scoped_release release;
-    s = stats::summarize(p, n, num_threads);
+    const float* p = data_of<float>(arr);
+    without_gil([&] { s = stats::summarize(p, n, num_threads); });
   } else {
-    throw py::type_error("summarize: array dtype must be float32 or float64, got " +
-                         py::str(arr.dtype()).cast<std::string>());
+    const double* p = data_of<double>(arr);
+    without_gil([&] { s = stats::summarize(p, n, num_threads); });
   }
   return summary_to_dict(s);
 }
