@@ -62,9 +62,8 @@ Layers check_layers(const std::string& fn, const std::string& arg, const py::seq
     if (i == 0) {
       out.batch = a.shape(0), out.tokens = a.shape(2), out.is_double = is_double;
     } else if (a.shape(0) != out.batch || a.shape(2) != out.tokens) {
-      throw py::value_error(what + " has shape " + shape_str(a) + " but " + arg +
-                            "[0] has batch " + std::to_string(out.batch) + " and T " +
-                            std::to_string(out.tokens));
+      throw py::value_error(what + " has shape " + shape_str(a) + " but " + arg + "[0] has batch " +
+                            std::to_string(out.batch) + " and T " + std::to_string(out.tokens));
     } else if (same_dtype && is_double != out.is_double) {
       throw py::type_error(what + " is " + dtype_name(a) + " but " + arg + "[0] is " +
                            dtype_name(out.arrays[0]) + "; every layer must have the same dtype");
@@ -95,9 +94,7 @@ struct GraphArgs {
     return {views.data(), static_cast<int64_t>(views.size()), layers.batch, layers.tokens,
             has_mask ? mask.data() : nullptr};
   }
-  int64_t out_rows() const {
-    return has_rows ? static_cast<int64_t>(rows.size()) : layers.tokens;
-  }
+  int64_t out_rows() const { return has_rows ? static_cast<int64_t>(rows.size()) : layers.tokens; }
 };
 
 att::HeadFusion parse_fusion(const std::string& name) {
@@ -214,9 +211,8 @@ py::dict head_stats(const py::sequence& layers_in, const py::object& mask_in,
   att::HeadStats r;
   without_gil([&] {
     const int64_t b = layers.batch, t = layers.tokens;
-    r = layers.is_double
-            ? att::head_stats(layers.views<double>(), b, t, mask, special, num_threads)
-            : att::head_stats(layers.views<float>(), b, t, mask, special, num_threads);
+    r = layers.is_double ? att::head_stats(layers.views<double>(), b, t, mask, special, num_threads)
+                         : att::head_stats(layers.views<float>(), b, t, mask, special, num_threads);
   });
   const py::ssize_t l = r.layers, b = r.batch, h = r.heads, t = r.tokens;
   py::dict d;
@@ -242,8 +238,8 @@ py::array_t<double> js_divergence(const py::sequence& a_in, const py::sequence& 
   const Layers a = check_layers("attention_js_divergence", "a", a_in, true, false);
   const Layers b = check_layers("attention_js_divergence", "b", b_in, true, false);
   if (a.arrays.size() != b.arrays.size()) {
-    throw py::value_error(fn + "a has " + std::to_string(a.arrays.size()) +
-                          " layers but b has " + std::to_string(b.arrays.size()));
+    throw py::value_error(fn + "a has " + std::to_string(a.arrays.size()) + " layers but b has " +
+                          std::to_string(b.arrays.size()));
   }
   if (a.is_double != b.is_double) {
     throw py::type_error(fn + "a and b must have the same dtype");
@@ -262,10 +258,10 @@ py::array_t<double> js_divergence(const py::sequence& a_in, const py::sequence& 
   for (const auto& arr : a.arrays) heads = std::max<int64_t>(heads, arr.shape(1));
   without_gil([&] {
     const int64_t batch = a.batch, t = a.tokens;
-    out = a.is_double ? att::js_divergence(a.views<double>(), b.views<double>(), batch, t, mask,
-                                           num_threads)
-                      : att::js_divergence(a.views<float>(), b.views<float>(), batch, t, mask,
-                                           num_threads);
+    out =
+        a.is_double
+            ? att::js_divergence(a.views<double>(), b.views<double>(), batch, t, mask, num_threads)
+            : att::js_divergence(a.views<float>(), b.views<float>(), batch, t, mask, num_threads);
   });
   const auto n_layers = static_cast<py::ssize_t>(a.arrays.size());
   return to_numpy(std::move(out), {n_layers, static_cast<py::ssize_t>(heads)});
@@ -304,8 +300,8 @@ C-contiguous (B, H, T, T) float32/float64 layers; same arguments and output as
 attention_rollout. Use llmdbg.attention_flow.)doc");
   m.def("attention_row_sums", &row_sums, py::arg("array"), py::arg("num_threads") = 0,
         "Sums over the last axis in float64, in one parallel pass (NaN/Inf propagate).");
-  m.def("attention_head_stats", &head_stats, py::arg("layers"), py::arg("mask"),
-        py::arg("special"), py::arg("num_threads") = 0,
+  m.def("attention_head_stats", &head_stats, py::arg("layers"), py::arg("mask"), py::arg("special"),
+        py::arg("num_threads") = 0,
         R"doc(Fused per-(layer, head) attention statistics (double accumulation).
 
 layers: per-layer C-contiguous (B, H_l, T, T) arrays of one dtype (float32 or float64); mask and

@@ -56,19 +56,22 @@ ValueError for a level out of range.)doc");
   m.attr("PATTERSON_MAX_LEVEL") = attribution::kPattersonMaxLevel;
   m.def(
       "ig_path",
-      [](const at::Tensor& baseline, const at::Tensor& diff, const at::Tensor& alphas, const std::string& dtype) {
+      [](const at::Tensor& baseline, const at::Tensor& diff, const at::Tensor& alphas,
+         const std::string& dtype) {
         const auto st = parse_dtype(dtype);
         at::Tensor out;
         without_gil([&] { out = llmdbg::ig_path(baseline, diff, alphas, st); });
         return out;
       },
       py::arg("baseline"), py::arg("diff"), py::arg("alphas"), py::arg("dtype"),
-      "Path points (K*B, ...) = baseline + alphas[k] * diff, step-major, float32 math, cast to dtype\n"
-      "('float16', 'bfloat16', 'float32' or 'float64').");
+      "Path points (K*B, ...) = baseline + alphas[k] * diff, step-major, float32 math, "
+      "cast to dtype\n('float16', 'bfloat16', 'float32' or 'float64').");
   m.def(
       "ig_accumulate",
-      [](at::Tensor acc, const at::Tensor& grads, const at::Tensor& weights, std::optional<at::Tensor> rows) {
-        without_gil([&] { llmdbg::ig_accumulate(acc, grads, weights, rows ? *rows : at::Tensor()); });
+      [](at::Tensor acc, const at::Tensor& grads, const at::Tensor& weights,
+         std::optional<at::Tensor> rows) {
+        without_gil(
+            [&] { llmdbg::ig_accumulate(acc, grads, weights, rows ? *rows : at::Tensor()); });
       },
       py::arg("acc"), py::arg("grads"), py::arg("weights"), py::arg("rows") = py::none(),
       "acc[g, rows[b]] += sum_k weights[k] * grads[g, k*R + b] in float32, in place.");

@@ -9,7 +9,8 @@ namespace llmdbg::bindings {
 PyObject* g_budget_error = nullptr;
 
 void bind_common(py::module_& m) {
-  g_budget_error = PyErr_NewException("llmdbg._core.CaptureBudgetError", PyExc_MemoryError, nullptr);
+  g_budget_error =
+      PyErr_NewException("llmdbg._core.CaptureBudgetError", PyExc_MemoryError, nullptr);
   m.add_object("CaptureBudgetError", py::reinterpret_borrow<py::object>(g_budget_error));
   m.def("openmp_max_threads", &llmdbg::openmp_max_threads,
         "omp_get_max_threads() of the OpenMP runtime our kernels use.");

@@ -43,20 +43,22 @@ void without_gil(F&& f) {
   }
   switch (kind) {
     case Kind::none: return;
-    case Kind::budget: PyErr_SetString(g_budget_error, message.c_str()); throw py::error_already_set();
+    case Kind::budget:
+      PyErr_SetString(g_budget_error, message.c_str());
+      throw py::error_already_set();
     case Kind::value: throw py::value_error(message);
     case Kind::key: throw py::key_error(message);
     case Kind::runtime: throw std::runtime_error(message);
   }
 }
 
-void bind_common(py::module_& m);           // common.cpp: CaptureBudgetError, OpenMP threads
-void bind_stats(py::module_& m);            // stats.cpp: fused summary statistics
-void bind_attention(py::module_& m);        // attention.cpp: rollout, flow, head stats, drift
-void bind_attribution(py::module_& m);      // attribution.cpp: IG quadrature rules, IG kernels
-void bind_data(py::module_& m);             // data.cpp: token/id counts, duplicates
-void bind_tsne(py::module_& m);             // tsne.cpp: kNN, affinities, repulsion, optimiser
-void bind_capture(py::module_& m);          // capture.cpp: CaptureStore, device statistics
+void bind_common(py::module_& m);       // common.cpp: CaptureBudgetError, OpenMP threads
+void bind_stats(py::module_& m);        // stats.cpp: fused summary statistics
+void bind_attention(py::module_& m);    // attention.cpp: rollout, flow, head stats, drift
+void bind_attribution(py::module_& m);  // attribution.cpp: IG quadrature rules, IG kernels
+void bind_data(py::module_& m);         // data.cpp: token/id counts, duplicates
+void bind_tsne(py::module_& m);         // tsne.cpp: kNN, affinities, repulsion, optimiser
+void bind_capture(py::module_& m);      // capture.cpp: CaptureStore, device statistics
 
 // stats::Summary as the dict summarize() returns (stats.cpp; capture.cpp uses it too).
 py::dict summary_to_dict(const stats::Summary& s);

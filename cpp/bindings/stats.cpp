@@ -53,8 +53,9 @@ py::dict summarize_array(const py::array& arr, int num_threads) {
 void bind_stats(py::module_& m) {
   m.attr("HIST_BINS") = stats::kHistBins;
   m.attr("HIST_MIN_EXP") = stats::kHistMinExp;
-  m.def("summarize", &summarize_array, py::arg("array"), py::arg("num_threads") = 0,
-        R"doc(Fused summary statistics of a float32/float64 C-contiguous array (double accumulation).
+  m.def(
+      "summarize", &summarize_array, py::arg("array"), py::arg("num_threads") = 0,
+      R"doc(Fused summary statistics of a float32/float64 C-contiguous array (double accumulation).
 
 Returns a dict with count, finite_count, nan_count, inf_count, zero_count, mean, var, std, min,
 max, absmax (over finite values), zero_fraction and a 64-bin log2 histogram of |x|.)doc");

@@ -15,7 +15,8 @@ inline c10::ScalarType parse_dtype(const std::string& name) {
   if (name == "float64") return at::kDouble;
   if (name == "float16") return at::kHalf;
   if (name == "bfloat16") return at::kBFloat16;
-  throw py::value_error("dtype must be 'float16', 'bfloat16', 'float32' or 'float64', got '" + name + "'");
+  throw py::value_error("dtype must be 'float16', 'bfloat16', 'float32' or 'float64', got '" +
+                        name + "'");
 }
 
 }  // namespace llmdbg::bindings

@@ -24,8 +24,8 @@ namespace {
 
 namespace ts = llmdbg::tsne;
 
-ts::Csr to_csr(const py::object& indptr_in, const py::object& indices_in,
-               const py::object& data_in, const std::string& fn) {
+ts::Csr to_csr(const py::object& indptr_in, const py::object& indices_in, const py::object& data_in,
+               const std::string& fn) {
   const auto indptr = checked_array(indptr_in, fn + ": indptr", kInt64, Shape{"n"});
   const auto indices = checked_array(indices_in, fn + ": indices", kInt64, Shape{"n"});
   const auto data = checked_array(data_in, fn + ": data", kFloat64, Shape{"n"});
@@ -121,13 +121,14 @@ py::tuple joint(const py::object& indices_in, const py::object& P_in, int num_th
                         py::array_t<double>(J.data.size(), J.data.data()));
 }
 
-py::tuple repulsion(const py::object& Y_in, const std::string& method, double theta,
-                    int n_interp, int min_intervals, double intervals_per_unit, int num_threads) {
+py::tuple repulsion(const py::object& Y_in, const std::string& method, double theta, int n_interp,
+                    int min_intervals, double intervals_per_unit, int num_threads) {
   const auto Y = embedding_arg(Y_in, "tsne_repulsion", -1);
   const int64_t n = Y.shape(0);
   if (n < 2) throw py::value_error("tsne_repulsion: Y needs at least 2 rows");
   const ts::Method m = method_arg(method);
-  if (m == ts::Method::bh && !(theta >= 0)) throw py::value_error("tsne_repulsion: theta must be >= 0");
+  if (m == ts::Method::bh && !(theta >= 0))
+    throw py::value_error("tsne_repulsion: theta must be >= 0");
   py::array_t<double> rep({n, int64_t{2}});
   double* pr = rep.mutable_data();
   const double* py_ = data_of<double>(Y);
@@ -135,7 +136,9 @@ py::tuple repulsion(const py::object& Y_in, const std::string& method, double th
   without_gil([&] {
     if (m == ts::Method::exact) z = ts::repulsion_exact(py_, n, pr, num_threads);
     else if (m == ts::Method::bh) z = ts::repulsion_bh(py_, n, theta, pr, num_threads);
-    else z = ts::repulsion_fft(py_, n, ts::FftParams{n_interp, min_intervals, intervals_per_unit}, pr, num_threads);
+    else
+      z = ts::repulsion_fft(py_, n, ts::FftParams{n_interp, min_intervals, intervals_per_unit}, pr,
+                            num_threads);
   });
   return py::make_tuple(rep, z);
 }
@@ -169,8 +172,7 @@ py::dict optimize(const py::object& indptr, const py::object& indices, const py:
                   const std::vector<std::tuple<int, double, double, double>>& phases,
                   const std::string& method, double theta, double max_step_norm, double min_gain,
                   int n_interp, int min_intervals, double intervals_per_unit,
-                  const py::object& callback, int callback_every, int kl_every,
-                  int num_threads) {
+                  const py::object& callback, int callback_every, int kl_every, int num_threads) {
   const ts::Csr P = to_csr(indptr, indices, data, "tsne_optimize");
   const auto Y0 = embedding_arg(Y_in, "tsne_optimize", P.n);
   ts::OptimizeParams prm;
@@ -259,9 +261,9 @@ Returns (rep (n, 2) with rep_i = sum_{j!=i} w_ij^2 (y_i - y_j), Z = sum_{i!=j} w
   m.def("tsne_optimize", &optimize, py::arg("indptr"), py::arg("indices"), py::arg("data"),
         py::arg("Y"), py::arg("phases"), py::kw_only(), py::arg("method") = "bh",
         py::arg("theta") = 0.5, py::arg("max_step_norm") = 5.0, py::arg("min_gain") = 0.01,
-        py::arg("n_interp") = 3, py::arg("min_intervals") = 50,
-        py::arg("intervals_per_unit") = 1.0, py::arg("callback") = py::none(),
-        py::arg("callback_every") = 10, py::arg("kl_every") = 50, py::arg("num_threads") = 0,
+        py::arg("n_interp") = 3, py::arg("min_intervals") = 50, py::arg("intervals_per_unit") = 1.0,
+        py::arg("callback") = py::none(), py::arg("callback_every") = 10, py::arg("kl_every") = 50,
+        py::arg("num_threads") = 0,
         R"doc(Run the t-SNE optimisation from the initial (n, 2) float64 embedding Y (not modified).
 
 phases: list of (n_iter, exaggeration, learning_rate, momentum). callback(iteration, kl_estimate)
