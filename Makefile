@@ -7,13 +7,16 @@ TORCH_VERSION ?= 2.13.0
 APT_PACKAGES := g++ make libeigen3-dev libgtest-dev ccache
 # Only `make test` needs a browser (the report is checked in headless Chromium).
 TEST_APT_PACKAGES := chromium
+# Only the linters need clang-format (`make lint-cpp`, style in .clang-format).
+LINT_APT_PACKAGES := clang-format
+CPP_SOURCES = $(shell find cpp tests/cpp \( -name '*.cpp' -o -name '*.hpp' \) | sort)
 export PIP_ROOT_USER_ACTION := ignore
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
 # Never let pip resolve a new torch: pin whatever torch is installed.
 CONSTRAINTS := $(BUILD_DIR)/constraints.txt
 
-.PHONY: lint lint-py demo test deps system-deps test-system-deps torch python-deps build cpp-test py-test notebooks docs bench clean help
+.PHONY: lint lint-py lint-cpp demo test deps system-deps test-system-deps lint-system-deps torch python-deps build cpp-test py-test notebooks docs bench clean help
 
 help:
 	@echo "make demo   - install what is missing, build, write report/index.html on MiniLM"
@@ -40,6 +43,13 @@ system-deps:
 test-system-deps:
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(TEST_APT_PACKAGES)"
 
+lint-system-deps:
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(LINT_APT_PACKAGES)"
+
+# The C++ is formatted as .clang-format says (fix: clang-format -i on the files it names).
+lint-cpp: lint-system-deps
+	clang-format --dry-run --Werror $(CPP_SOURCES)
+
 torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "torch==$(TORCH_VERSION)"
 	@mkdir -p $(BUILD_DIR)
@@ -56,7 +66,7 @@ build: torch
 
 # ruff, mypy and the layering contracts (pyproject.toml); clang-format on the C++ (lint-cpp).
 LINT_PATHS := python tests/python benchmarks docs/_ext
-lint: build lint-py
+lint: build lint-py lint-cpp
 
 lint-py:
 	$(PYTHON) -m ruff check $(LINT_PATHS)

@@ -1,13 +1,18 @@
-// Quadrature rules for integrated gradients (torch-free; the path and accumulation kernels that
-// take tensors are bound in module.cpp, the one binding file that includes torch).
+// Bindings for integrated gradients: the quadrature rules of cpp/core/attribution (numpy out)
+// and the device kernels of cpp/aten/attribution_kernels (path points, gradient accumulation;
+// torch tensors in and out, shapes checked by the Python caller).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <optional>
 #include <string>
 
+#include "aten/attribution_kernels.hpp"
 #include "common.hpp"
 #include "core/attribution/patterson.hpp"
 #include "core/attribution/quadrature.hpp"
+#include "tensors.hpp"
 
 namespace llmdbg::bindings {
 
@@ -49,6 +54,27 @@ unknown method or too few nodes.)doc");
 nodes in the order they were first added, so level k's new nodes follow all of level k - 1's.
 ValueError for a level out of range.)doc");
   m.attr("PATTERSON_MAX_LEVEL") = attribution::kPattersonMaxLevel;
+  m.def(
+      "ig_path",
+      [](const at::Tensor& baseline, const at::Tensor& diff, const at::Tensor& alphas,
+         const std::string& dtype) {
+        const auto st = parse_dtype(dtype);
+        at::Tensor out;
+        without_gil([&] { out = llmdbg::ig_path(baseline, diff, alphas, st); });
+        return out;
+      },
+      py::arg("baseline"), py::arg("diff"), py::arg("alphas"), py::arg("dtype"),
+      "Path points (K*B, ...) = baseline + alphas[k] * diff, step-major, float32 math, "
+      "cast to dtype\n('float16', 'bfloat16', 'float32' or 'float64').");
+  m.def(
+      "ig_accumulate",
+      [](at::Tensor acc, const at::Tensor& grads, const at::Tensor& weights,
+         std::optional<at::Tensor> rows) {
+        without_gil(
+            [&] { llmdbg::ig_accumulate(acc, grads, weights, rows ? *rows : at::Tensor()); });
+      },
+      py::arg("acc"), py::arg("grads"), py::arg("weights"), py::arg("rows") = py::none(),
+      "acc[g, rows[b]] += sum_k weights[k] * grads[g, k*R + b] in float32, in place.");
 }
 
 }  // namespace llmdbg::bindings

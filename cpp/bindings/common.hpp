@@ -1,6 +1,7 @@
 #pragma once
 // Shared by the binding files: GIL release with error translation, and the bind_* entry points
-// that module.cpp calls (one binding file per concept).
+// that module.cpp calls (one binding file per core folder, plus the capture store). Array
+// arguments are checked with arrays.hpp, torch dtype names parsed with tensors.hpp.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -8,12 +9,13 @@
 #include <string>
 
 #include "core/common/errors.hpp"
+#include "core/stats/stats.hpp"
 
 namespace llmdbg::bindings {
 
 namespace py = pybind11;
 
-// llmdbg._core.CaptureBudgetError (a MemoryError), created in module.cpp. Made by hand rather
+// llmdbg._core.CaptureBudgetError (a MemoryError), created in common.cpp. Made by hand rather
 // than through py::register_exception so that translation does not depend on the pybind11
 // copy torch was built with.
 extern PyObject* g_budget_error;
@@ -41,17 +43,24 @@ void without_gil(F&& f) {
   }
   switch (kind) {
     case Kind::none: return;
-    case Kind::budget: PyErr_SetString(g_budget_error, message.c_str()); throw py::error_already_set();
+    case Kind::budget:
+      PyErr_SetString(g_budget_error, message.c_str());
+      throw py::error_already_set();
     case Kind::value: throw py::value_error(message);
     case Kind::key: throw py::key_error(message);
     case Kind::runtime: throw std::runtime_error(message);
   }
 }
 
-void bind_attention_graph(py::module_& m);  // attention_graph.cpp: rollout and attention flow
-void bind_head_stats(py::module_& m);       // head_stats.cpp: entropy, sinks, drift
-void bind_attribution(py::module_& m);      // attribution.cpp: IG quadrature rules
-void bind_data_profile(py::module_& m);     // data_profile.cpp: token/id counts, duplicates
-void bind_tsne(py::module_& m);             // tsne.cpp: kNN, affinities, repulsion, optimiser
+void bind_common(py::module_& m);       // common.cpp: CaptureBudgetError, OpenMP threads
+void bind_stats(py::module_& m);        // stats.cpp: fused summary statistics
+void bind_attention(py::module_& m);    // attention.cpp: rollout, flow, head stats, drift
+void bind_attribution(py::module_& m);  // attribution.cpp: IG quadrature rules, IG kernels
+void bind_data(py::module_& m);         // data.cpp: token/id counts, duplicates
+void bind_tsne(py::module_& m);         // tsne.cpp: kNN, affinities, repulsion, optimiser
+void bind_capture(py::module_& m);      // capture.cpp: CaptureStore, device statistics
+
+// stats::Summary as the dict summarize() returns (stats.cpp; capture.cpp uses it too).
+py::dict summary_to_dict(const stats::Summary& s);
 
 }  // namespace llmdbg::bindings

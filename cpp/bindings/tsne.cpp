@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "arrays.hpp"
 #include "common.hpp"
 #include "core/tsne/affinity.hpp"
 #include "core/tsne/fft_repulsion.hpp"
@@ -23,62 +24,32 @@ namespace {
 
 namespace ts = llmdbg::tsne;
 
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-// A C-contiguous array of exactly dtype T and ndim dims (cols >= 0 also fixes the last dim).
-template <typename T>
-py::array_t<T> checked(const py::object& obj, const char* fn, const char* name, int ndim,
-                       int64_t cols = -1) {
-  const std::string where = std::string(fn) + ": " + name;
-  if (!py::isinstance<py::array>(obj)) throw py::type_error(where + " must be a numpy array");
-  auto a = py::reinterpret_borrow<py::array>(obj);
-  if (!py::isinstance<py::array_t<T>>(a)) {
-    throw py::type_error(where + " must have dtype " +
-                         py::str(py::dtype::of<T>()).cast<std::string>() + ", got " +
-                         dtype_str(a));
-  }
-  if (a.ndim() != ndim || (cols >= 0 && a.shape(ndim - 1) != cols)) {
-    throw py::value_error(where + " has shape " + shape_str(a) + "; expected " +
-                          (ndim == 1 ? std::string("(n,)")
-                                     : "(n, " + (cols >= 0 ? std::to_string(cols) : "k") + ")"));
-  }
-  if (!(a.flags() & py::array::c_style)) {
-    throw py::value_error(where + " must be C-contiguous (use numpy.ascontiguousarray)");
-  }
-  return py::array_t<T>(a);
-}
-
-ts::Csr to_csr(const py::object& indptr_in, const py::object& indices_in,
-               const py::object& data_in, const char* fn) {
-  const auto indptr = checked<int64_t>(indptr_in, fn, "indptr", 1);
-  const auto indices = checked<int64_t>(indices_in, fn, "indices", 1);
-  const auto data = checked<double>(data_in, fn, "data", 1);
-  if (indptr.size() < 2) throw py::value_error(std::string(fn) + ": indptr needs n + 1 >= 3 entries");
+ts::Csr to_csr(const py::object& indptr_in, const py::object& indices_in, const py::object& data_in,
+               const std::string& fn) {
+  const auto indptr = checked_array(indptr_in, fn + ": indptr", kInt64, Shape{"n"});
+  const auto indices = checked_array(indices_in, fn + ": indices", kInt64, Shape{"n"});
+  const auto data = checked_array(data_in, fn + ": data", kFloat64, Shape{"n"});
+  if (indptr.size() < 2) throw py::value_error(fn + ": indptr needs n + 1 >= 3 entries");
   if (indices.size() != data.size()) {
-    throw py::value_error(std::string(fn) + ": indices and data must have the same length");
+    throw py::value_error(fn + ": indices and data must have the same length");
   }
   ts::Csr P;
   P.n = indptr.size() - 1;
-  P.indptr.assign(indptr.data(), indptr.data() + indptr.size());
-  P.indices.assign(indices.data(), indices.data() + indices.size());
-  P.data.assign(data.data(), data.data() + data.size());
+  P.indptr.assign(data_of<int64_t>(indptr), data_of<int64_t>(indptr) + indptr.size());
+  P.indices.assign(data_of<int64_t>(indices), data_of<int64_t>(indices) + indices.size());
+  P.data.assign(data_of<double>(data), data_of<double>(data) + data.size());
   if (P.indptr.front() != 0 || P.indptr.back() != static_cast<int64_t>(P.indices.size())) {
-    throw py::value_error(std::string(fn) + ": indptr must start at 0 and end at len(indices)");
+    throw py::value_error(fn + ": indptr must start at 0 and end at len(indices)");
   }
   return P;
 }
 
-py::array_t<double> embedding_arg(const py::object& Y_in, const char* fn, int64_t n) {
-  auto Y = checked<double>(Y_in, fn, "Y", 2, 2);
+// A (n, 2) float64 embedding; n >= 0: the number of rows P has.
+py::array embedding_arg(const py::object& Y_in, const std::string& fn, int64_t n) {
+  auto Y = checked_array(Y_in, fn + ": Y", kFloat64, Shape{"n", "2"});
   if (n >= 0 && Y.shape(0) != n) {
-    throw py::value_error(std::string(fn) + ": Y has " + std::to_string(Y.shape(0)) +
-                          " rows but P has " + std::to_string(n));
+    throw py::value_error(fn + ": Y has " + std::to_string(Y.shape(0)) + " rows but P has " +
+                          std::to_string(n));
   }
   return Y;
 }
@@ -98,12 +69,8 @@ ts::Method method_arg(const std::string& name) {
 }
 
 py::tuple knn(const py::array& X, int64_t k, const std::string& metric, int num_threads) {
+  check_array(X, "tsne_knn: X", kFloat, Shape{"n", "d"});
   const bool f32 = py::isinstance<py::array_t<float>>(X);
-  if (!f32 && !py::isinstance<py::array_t<double>>(X)) {
-    throw py::type_error("tsne_knn: X must be float32 or float64, got " + dtype_str(X));
-  }
-  if (X.ndim() != 2) throw py::value_error("tsne_knn: X has shape " + shape_str(X) + "; expected (n, d)");
-  if (!(X.flags() & py::array::c_style)) throw py::value_error("tsne_knn: X must be C-contiguous");
   const int64_t n = X.shape(0), d = X.shape(1);
   if (k < 1 || k >= n) {
     throw py::value_error("tsne_knn: k must be in [1, n-1] = [1, " + std::to_string(n - 1) +
@@ -124,49 +91,54 @@ py::tuple knn(const py::array& X, int64_t k, const std::string& metric, int num_
 
 py::tuple calibrate(const py::object& sqdist_in, double perplexity, double tol, int max_iter,
                     int num_threads) {
-  const auto d2 = checked<double>(sqdist_in, "tsne_calibrate", "sqdist", 2);
+  const auto d2 = checked_array(sqdist_in, "tsne_calibrate: sqdist", kFloat64, Shape{"n", "k"});
   const int64_t n = d2.shape(0), k = d2.shape(1);
   if (!(perplexity >= 1.0)) throw py::value_error("tsne_calibrate: perplexity must be >= 1");
   if (k < 1) throw py::value_error("tsne_calibrate: sqdist needs at least one column");
   py::array_t<double> P({n, k}), perp(n);
   double* pp = P.mutable_data();
   double* pe = perp.mutable_data();
-  const double* pd = d2.data();
+  const double* pd = data_of<double>(d2);
   without_gil([&] { ts::calibrate(pd, n, k, perplexity, tol, max_iter, pp, pe, num_threads); });
   return py::make_tuple(P, perp);
 }
 
 py::tuple joint(const py::object& indices_in, const py::object& P_in, int num_threads) {
-  const auto idx = checked<int64_t>(indices_in, "tsne_joint_probabilities", "indices", 2);
-  const auto P = checked<double>(P_in, "tsne_joint_probabilities", "P", 2);
+  const auto idx =
+      checked_array(indices_in, "tsne_joint_probabilities: indices", kInt64, Shape{"n", "k"});
+  const auto P = checked_array(P_in, "tsne_joint_probabilities: P", kFloat64, Shape{"n", "k"});
   if (idx.shape(0) != P.shape(0) || idx.shape(1) != P.shape(1)) {
     throw py::value_error("tsne_joint_probabilities: indices " + shape_str(idx) + " and P " +
                           shape_str(P) + " must have the same shape");
   }
   ts::Csr J;
   without_gil([&] {
-    J = ts::joint_probabilities(idx.data(), P.data(), idx.shape(0), idx.shape(1), num_threads);
+    J = ts::joint_probabilities(data_of<int64_t>(idx), data_of<double>(P), idx.shape(0),
+                                idx.shape(1), num_threads);
   });
   return py::make_tuple(py::array_t<int64_t>(J.indptr.size(), J.indptr.data()),
                         py::array_t<int64_t>(J.indices.size(), J.indices.data()),
                         py::array_t<double>(J.data.size(), J.data.data()));
 }
 
-py::tuple repulsion(const py::object& Y_in, const std::string& method, double theta,
-                    int n_interp, int min_intervals, double intervals_per_unit, int num_threads) {
+py::tuple repulsion(const py::object& Y_in, const std::string& method, double theta, int n_interp,
+                    int min_intervals, double intervals_per_unit, int num_threads) {
   const auto Y = embedding_arg(Y_in, "tsne_repulsion", -1);
   const int64_t n = Y.shape(0);
   if (n < 2) throw py::value_error("tsne_repulsion: Y needs at least 2 rows");
   const ts::Method m = method_arg(method);
-  if (m == ts::Method::bh && !(theta >= 0)) throw py::value_error("tsne_repulsion: theta must be >= 0");
+  if (m == ts::Method::bh && !(theta >= 0))
+    throw py::value_error("tsne_repulsion: theta must be >= 0");
   py::array_t<double> rep({n, int64_t{2}});
   double* pr = rep.mutable_data();
-  const double* py_ = Y.data();
+  const double* py_ = data_of<double>(Y);
   double z = 0.0;
   without_gil([&] {
     if (m == ts::Method::exact) z = ts::repulsion_exact(py_, n, pr, num_threads);
     else if (m == ts::Method::bh) z = ts::repulsion_bh(py_, n, theta, pr, num_threads);
-    else z = ts::repulsion_fft(py_, n, ts::FftParams{n_interp, min_intervals, intervals_per_unit}, pr, num_threads);
+    else
+      z = ts::repulsion_fft(py_, n, ts::FftParams{n_interp, min_intervals, intervals_per_unit}, pr,
+                            num_threads);
   });
   return py::make_tuple(rep, z);
 }
@@ -180,7 +152,8 @@ py::tuple gradient(const py::object& indptr, const py::object& indices, const py
   py::array_t<double> g({P.n, int64_t{2}});
   double* pg = g.mutable_data();
   double z = 0.0;
-  without_gil([&] { z = ts::gradient(P, Y.data(), exaggeration, m, theta, pg, num_threads); });
+  const double* py_ = data_of<double>(Y);
+  without_gil([&] { z = ts::gradient(P, py_, exaggeration, m, theta, pg, num_threads); });
   return py::make_tuple(g, z);
 }
 
@@ -189,7 +162,8 @@ double kl(const py::object& indptr, const py::object& indices, const py::object&
   const ts::Csr P = to_csr(indptr, indices, data, "tsne_kl_divergence");
   const auto Y = embedding_arg(Y_in, "tsne_kl_divergence", P.n);
   double out = 0.0;
-  without_gil([&] { out = ts::kl_divergence(P, Y.data(), num_threads); });
+  const double* py_ = data_of<double>(Y);
+  without_gil([&] { out = ts::kl_divergence(P, py_, num_threads); });
   return out;
 }
 
@@ -198,8 +172,7 @@ py::dict optimize(const py::object& indptr, const py::object& indices, const py:
                   const std::vector<std::tuple<int, double, double, double>>& phases,
                   const std::string& method, double theta, double max_step_norm, double min_gain,
                   int n_interp, int min_intervals, double intervals_per_unit,
-                  const py::object& callback, int callback_every, int kl_every,
-                  int num_threads) {
+                  const py::object& callback, int callback_every, int kl_every, int num_threads) {
   const ts::Csr P = to_csr(indptr, indices, data, "tsne_optimize");
   const auto Y0 = embedding_arg(Y_in, "tsne_optimize", P.n);
   ts::OptimizeParams prm;
@@ -221,7 +194,7 @@ py::dict optimize(const py::object& indptr, const py::object& indices, const py:
     throw py::value_error("tsne_optimize: theta must be >= 0");
   }
   py::array_t<double> Y({P.n, int64_t{2}});
-  std::copy_n(Y0.data(), 2 * P.n, Y.mutable_data());
+  std::copy_n(data_of<double>(Y0), 2 * P.n, Y.mutable_data());
   double* py_ = Y.mutable_data();
 
   // The callback runs on this thread between iterations, with the GIL re-acquired. It also
@@ -288,9 +261,9 @@ Returns (rep (n, 2) with rep_i = sum_{j!=i} w_ij^2 (y_i - y_j), Z = sum_{i!=j} w
   m.def("tsne_optimize", &optimize, py::arg("indptr"), py::arg("indices"), py::arg("data"),
         py::arg("Y"), py::arg("phases"), py::kw_only(), py::arg("method") = "bh",
         py::arg("theta") = 0.5, py::arg("max_step_norm") = 5.0, py::arg("min_gain") = 0.01,
-        py::arg("n_interp") = 3, py::arg("min_intervals") = 50,
-        py::arg("intervals_per_unit") = 1.0, py::arg("callback") = py::none(),
-        py::arg("callback_every") = 10, py::arg("kl_every") = 50, py::arg("num_threads") = 0,
+        py::arg("n_interp") = 3, py::arg("min_intervals") = 50, py::arg("intervals_per_unit") = 1.0,
+        py::arg("callback") = py::none(), py::arg("callback_every") = 10, py::arg("kl_every") = 50,
+        py::arg("num_threads") = 0,
         R"doc(Run the t-SNE optimisation from the initial (n, 2) float64 embedding Y (not modified).
 
 phases: list of (n_iter, exaggeration, learning_rate, momentum). callback(iteration, kl_estimate)

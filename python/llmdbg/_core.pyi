@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
+# statistics and shared pieces (cpp/bindings/stats.cpp, common.cpp, capture.cpp)
 HIST_BINS: int
 HIST_MIN_EXP: int
 
@@ -42,6 +43,7 @@ class CaptureStore:
     @property
     def saw_device_tensor(self) -> bool: ...
 
+# attention (cpp/bindings/attention.cpp)
 def attention_head_stats(
     layers: list[np.ndarray], mask: np.ndarray | None, special: np.ndarray | None, num_threads: int = 0
 ) -> dict[str, np.ndarray]: ...
@@ -69,7 +71,7 @@ def attention_flow(
 ) -> np.ndarray: ...
 def attention_row_sums(array: np.ndarray, num_threads: int = 0) -> np.ndarray: ...
 
-# data profiling (cpp/bindings/data_profile.cpp)
+# integrated gradients (cpp/bindings/attribution.cpp)
 def quadrature(method: str, n: int) -> tuple[np.ndarray, np.ndarray]: ...
 def patterson_quadrature(level: int) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -79,6 +81,8 @@ def ig_path(baseline: torch.Tensor, diff: torch.Tensor, alphas: torch.Tensor, dt
 def ig_accumulate(
     acc: torch.Tensor, grads: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor | None = None
 ) -> None: ...
+
+# data profiling (cpp/bindings/data.cpp)
 def count_whitespace_tokens(texts: Sequence[str], num_threads: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]: ...
 def duplicate_groups(texts: Sequence[str], num_threads: int = 0) -> np.ndarray: ...
 def profile_whitespace(

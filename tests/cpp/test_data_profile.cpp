@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
-#include <set>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -26,7 +26,8 @@ std::vector<std::string_view> views(const std::vector<std::string>& v) {
 // Random texts over a small vocabulary with mixed separators; some exact repeats.
 std::vector<std::string> random_texts(int n, unsigned seed) {
   std::mt19937 rng(seed);
-  const std::vector<std::string> words = {"a", "the", "cat", "Cat", "dogs!", "über", "naïve", "x1", "long_token_12345"};
+  const std::vector<std::string> words = {
+      "a", "the", "cat", "Cat", "dogs!", "über", "naïve", "x1", "long_token_12345"};
   const std::vector<std::string> seps = {" ", "  ", "\t", "\n", " \r\n "};
   std::vector<std::string> out;
   for (int i = 0; i < n; ++i) {
@@ -61,17 +62,32 @@ std::vector<std::string> split_ascii(const std::string& s) {
 
 TEST(DataProfile, WhitespaceMatchesPythonIsspace) {
   // Every str.isspace() code point separates tokens; look-alikes do not.
-  const std::string text = std::string("a\x1c") + "b\xc2\x85" "c\xc2\xa0" "d\xe1\x9a\x80" "e\xe2\x80\x80" "f\xe2\x80\x8a" "g\xe2\x80\xa8" "h\xe2\x80\xa9" "i\xe2\x80\xaf" "j\xe2\x81\x9f" "k\xe3\x80\x80" "l";
+  const std::string text = std::string("a\x1c") +
+                           "b\xc2\x85"
+                           "c\xc2\xa0"
+                           "d\xe1\x9a\x80"
+                           "e\xe2\x80\x80"
+                           "f\xe2\x80\x8a"
+                           "g\xe2\x80\xa8"
+                           "h\xe2\x80\xa9"
+                           "i\xe2\x80\xaf"
+                           "j\xe2\x81\x9f"
+                           "k\xe3\x80\x80"
+                           "l";
   const std::vector<std::string> texts = {text};
   const auto r = dp::count_whitespace_tokens(views(texts), 1);
   ASSERT_EQ(r.tokens.size(), 12u);
   EXPECT_EQ(r.tokens[0], "a");
   EXPECT_EQ(r.tokens[11], "l");
   // U+200B (zero width space) and U+00E9 (é, lead byte 0xc3) are not whitespace.
-  const std::vector<std::string> other = {"a\xe2\x80\x8b" "b \xc3\xa9 \xc2\xa9"};
+  const std::vector<std::string> other = {
+      "a\xe2\x80\x8b"
+      "b \xc3\xa9 \xc2\xa9"};
   const auto q = dp::count_whitespace_tokens(views(other), 1);
   ASSERT_EQ(q.tokens.size(), 3u);
-  EXPECT_EQ(q.tokens[0], "a\xe2\x80\x8b" "b");
+  EXPECT_EQ(q.tokens[0],
+            "a\xe2\x80\x8b"
+            "b");
   EXPECT_EQ(dp::whitespace_length("\xe2\x80\x8a", "\xe2\x80\x8a" + 3), 3);
   EXPECT_EQ(dp::whitespace_length("\xe2\x80", "\xe2\x80" + 2), 0);  // truncated sequence
 }
@@ -104,7 +120,8 @@ TEST(DataProfile, TokenCountsEqualReference) {
 
 TEST(DataProfile, ManyUniqueTokensGrowTheTable) {
   std::vector<std::string> texts;
-  for (int i = 0; i < 5000; ++i) texts.push_back("w" + std::to_string(i) + " w" + std::to_string(i / 2));
+  for (int i = 0; i < 5000; ++i)
+    texts.push_back("w" + std::to_string(i) + " w" + std::to_string(i / 2));
   const auto r = dp::count_whitespace_tokens(views(texts), 2);
   EXPECT_EQ(r.tokens.size(), 5000u);
   EXPECT_EQ(r.total, 10000);
@@ -158,7 +175,8 @@ TEST(DataProfile, DuplicateGroupsEqualReference) {
   const auto texts = random_texts(4000, 11);
   std::map<std::string, int64_t> first;
   std::vector<int64_t> ref;
-  for (size_t i = 0; i < texts.size(); ++i) ref.push_back(first.emplace(texts[i], static_cast<int64_t>(i)).first->second);
+  for (size_t i = 0; i < texts.size(); ++i)
+    ref.push_back(first.emplace(texts[i], static_cast<int64_t>(i)).first->second);
   for (int threads : {1, 2, 5}) {
     EXPECT_EQ(dp::duplicate_groups(views(texts), threads), ref) << threads;
   }
@@ -195,7 +213,8 @@ std::vector<std::string> split_reference(const std::string& s) {
   return out;
 }
 
-void expect_counts_match_reference(const std::vector<std::string_view>& texts, const dp::TokenCounts& r) {
+void expect_counts_match_reference(const std::vector<std::string_view>& texts,
+                                   const dp::TokenCounts& r) {
   std::map<std::string, int64_t> ref;
   std::vector<std::string> order;
   std::vector<int64_t> lengths;
@@ -219,22 +238,31 @@ void expect_counts_match_reference(const std::vector<std::string_view>& texts, c
 TEST(DataProfile, TokensAcrossWindowBoundaries) {
   // The scan works on 64-byte windows: tokens, long tokens (> 16 bytes, > 64 bytes) and
   // multi-byte spaces (2 and 3 bytes) placed across every offset around the window edges.
-  const std::vector<std::string> pieces = {"a", "bb", "sixteen_bytes_xx", "seventeen_bytes_x", std::string(70, 'q'),
-                                           std::string(130, 'r'), "\xc3\xa9t\xc3\xa9", "x\xe2\x80\x8by"};
-  const std::vector<std::string> spaces = {" ", "\t\n", "\xc2\xa0", "\xe3\x80\x80", "\xe2\x80\xa8", "\x1c", "\xc2\x85 "};
+  const std::vector<std::string> pieces = {"a",
+                                           "bb",
+                                           "sixteen_bytes_xx",
+                                           "seventeen_bytes_x",
+                                           std::string(70, 'q'),
+                                           std::string(130, 'r'),
+                                           "\xc3\xa9t\xc3\xa9",
+                                           "x\xe2\x80\x8by"};
+  const std::vector<std::string> spaces = {
+      " ", "\t\n", "\xc2\xa0", "\xe3\x80\x80", "\xe2\x80\xa8", "\x1c", "\xc2\x85 "};
   std::vector<std::string> texts;
   std::mt19937 rng(5);
   for (int lead = 0; lead < 70; ++lead) {
     for (size_t s = 0; s < spaces.size(); ++s) {
       std::string t(static_cast<size_t>(lead), 'z');
       t += spaces[s];
-      for (int k = 0; k < 6; ++k) t += pieces[rng() % pieces.size()] + spaces[rng() % spaces.size()];
+      for (int k = 0; k < 6; ++k)
+        t += pieces[rng() % pieces.size()] + spaces[rng() % spaces.size()];
       if (rng() % 2) t += pieces[rng() % pieces.size()];  // sometimes ends inside a token
       texts.push_back(t);
     }
   }
   const auto v = views(texts);
-  for (int threads : {1, 3}) expect_counts_match_reference(v, dp::count_whitespace_tokens(v, threads));
+  for (int threads : {1, 3})
+    expect_counts_match_reference(v, dp::count_whitespace_tokens(v, threads));
 }
 
 TEST(DataProfile, ProfileWhitespaceEqualsSeparateCalls) {
@@ -262,17 +290,28 @@ TEST(DataProfile, TextsEndingAtAnUnreadablePage) {
   // end would crash, and the words near the end (loaded the careful way) must merge with the
   // same words elsewhere (loaded 16 bytes at a time).
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  char* base = static_cast<char*>(mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  char* base = static_cast<char*>(
+      mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   ASSERT_NE(base, MAP_FAILED);
   ASSERT_EQ(mprotect(base + page, page, PROT_NONE), 0);
-  const std::vector<std::string> tails = {"w",   "ab cd",  "the cat sat on the mat", "a\xe3\x80\x80" "b",
-                                          "seventeen_bytes_x", std::string(100, 'k') + " fin", "x\xc2\xa0",
-                                          "ab nine_byte", "fifteen_bytes_x", "a sixteen_bytes_xx", "tri"};
+  const std::vector<std::string> tails = {"w",
+                                          "ab cd",
+                                          "the cat sat on the mat",
+                                          "a\xe3\x80\x80"
+                                          "b",
+                                          "seventeen_bytes_x",
+                                          std::string(100, 'k') + " fin",
+                                          "x\xc2\xa0",
+                                          "ab nine_byte",
+                                          "fifteen_bytes_x",
+                                          "a sixteen_bytes_xx",
+                                          "tri"};
   for (const auto& tail : tails) {
     char* start = base + page - tail.size();
     std::memcpy(start, tail.data(), tail.size());
     const std::string copy = tail + " " + tail;  // the same words on ordinary memory
-    const std::vector<std::string_view> v = {std::string_view(copy), std::string_view(start, tail.size())};
+    const std::vector<std::string_view> v = {std::string_view(copy),
+                                             std::string_view(start, tail.size())};
     expect_counts_match_reference(v, dp::count_whitespace_tokens(v, 1));
     const auto p = dp::profile_whitespace(v, 1);
     EXPECT_EQ(p.groups, (std::vector<int64_t>{0, 1}));
@@ -300,7 +339,8 @@ TEST(DataProfile, DuplicateSummaryEqualsReference) {
     if (c > 1) ref.emplace_back(-c, g);
   }
   std::sort(ref.begin(), ref.end());
-  const auto s = dp::duplicate_summary(groups.data(), static_cast<int64_t>(groups.size()), codes.data());
+  const auto s =
+      dp::duplicate_summary(groups.data(), static_cast<int64_t>(groups.size()), codes.data());
   const auto u = dp::duplicate_summary(groups.data(), static_cast<int64_t>(groups.size()), nullptr);
   ASSERT_EQ(s.first.size(), ref.size());
   ASSERT_FALSE(ref.empty());

@@ -102,7 +102,8 @@ TEST(LayeredMaxFlow, MatchesEdmondsKarpOnRandomGraphs) {
     for (int64_t u = 0; u < n; ++u) {
       for (int64_t v = 0; v < n; ++v) {
         const double want = edmonds_karp(caps, L, n, L * n + u, v);
-        ASSERT_NEAR(solver.max_flow(graph, u, v), want, 1e-10) << "seed " << seed << " u " << u << " v " << v;
+        ASSERT_NEAR(solver.max_flow(graph, u, v), want, 1e-10)
+            << "seed " << seed << " u " << u << " v " << v;
       }
     }
   }
@@ -156,7 +157,8 @@ TEST(AttentionFlow, RowsSumToOneAndMatchEdmondsKarp) {
   const int64_t n = 6, idx[6] = {0, 1, 2, 3, 4, 5};
   for (int64_t b = 0; b < 2; ++b) {
     std::vector<double> caps(3 * 36);
-    for (int64_t l = 0; l < 3; ++l) at::fuse_layer(m.layers[l], b, n, idx, n, {}, caps.data() + l * 36, 1);
+    for (int64_t l = 0; l < 3; ++l)
+      at::fuse_layer(m.layers[l], b, n, idx, n, {}, caps.data() + l * 36, 1);
     for (int64_t u = 0; u < n; ++u) {
       double want[6], sum = 0, got_sum = 0;
       for (int64_t v = 0; v < n; ++v) sum += want[v] = edmonds_karp(caps, 3, n, 3 * n + u, v);
@@ -177,13 +179,14 @@ TEST(AttentionFlow, BitwiseIdenticalForEveryThreadCountAndRowSubsets) {
   const auto part = m.flow(3, &rows);
   for (int64_t b = 0; b < 2; ++b)
     for (size_t r = 0; r < rows.size(); ++r)
-      for (int64_t j = 0; j < 23; ++j) EXPECT_EQ(part[(b * 3 + r) * 23 + j], ref[(b * 23 + rows[r]) * 23 + j]);
+      for (int64_t j = 0; j < 23; ++j)
+        EXPECT_EQ(part[(b * 3 + r) * 23 + j], ref[(b * 23 + rows[r]) * 23 + j]);
 }
 
 TEST(AttentionFlow, RejectsDiscard) {
   Maps m(1, 1, 1, 3, 14);
   std::vector<float> out(9);
-  EXPECT_THROW(at::attention_flow({m.layers.data(), 1, 1, 3, nullptr}, {at::HeadFusion::mean, true, 0.5},
-                                  nullptr, 0, out.data(), 1),
+  EXPECT_THROW(at::attention_flow({m.layers.data(), 1, 1, 3, nullptr},
+                                  {at::HeadFusion::mean, true, 0.5}, nullptr, 0, out.data(), 1),
                std::invalid_argument);
 }

@@ -51,9 +51,9 @@ TEST(HeadStats, HandComputedTwoByTwo) {
   const std::vector<uint8_t> special = {1, 0};
   const auto r = at::head_stats<double>({{map.data(), 1}}, 1, 2, nullptr, special.data(), 1);
   ASSERT_EQ(r.entropy.size(), 1u);
-  EXPECT_DOUBLE_EQ(r.entropy[0], kLog2 / 2);                 // (log 2 + 0) / 2
-  EXPECT_DOUBLE_EQ(r.entropy_norm_bidirectional[0], 0.5);    // (1 + 0) / 2
-  EXPECT_DOUBLE_EQ(r.entropy_norm_causal[0], 0.0);           // row 0 left out, row 1 is 0
+  EXPECT_DOUBLE_EQ(r.entropy[0], kLog2 / 2);               // (log 2 + 0) / 2
+  EXPECT_DOUBLE_EQ(r.entropy_norm_bidirectional[0], 0.5);  // (1 + 0) / 2
+  EXPECT_DOUBLE_EQ(r.entropy_norm_causal[0], 0.0);         // row 0 left out, row 1 is 0
   EXPECT_DOUBLE_EQ(r.max_weight[0], 0.75);
   EXPECT_DOUBLE_EQ(r.special_mass[0], 0.75);
   EXPECT_DOUBLE_EQ(r.upper_max[0], 0.5);
@@ -70,15 +70,14 @@ TEST(HeadStats, HandComputedTwoByTwo) {
 TEST(HeadStats, CausalWithPaddingSkipsPaddingQueriesAndKeys) {
   // Two sequences, T = 3, causal. Sequence 1 is right-padded (mask 1 1 0); its padding row holds
   // junk, even a negative value, which must be ignored.
-  const std::vector<float> maps = {
-      // sequence 0
-      1.0f, 0.0f, 0.0f,  //
-      0.5f, 0.5f, 0.0f,  //
-      0.25f, 0.25f, 0.5f,
-      // sequence 1
-      1.0f, 0.0f, 0.0f,  //
-      0.75f, 0.25f, 0.0f,  //
-      -3.0f, 9.0f, 7.0f};
+  const std::vector<float> maps = {                   // sequence 0
+                                   1.0f, 0.0f, 0.0f,  //
+                                   0.5f, 0.5f, 0.0f,  //
+                                   0.25f, 0.25f, 0.5f,
+                                   // sequence 1
+                                   1.0f, 0.0f, 0.0f,    //
+                                   0.75f, 0.25f, 0.0f,  //
+                                   -3.0f, 9.0f, 7.0f};
   const std::vector<uint8_t> mask = {1, 1, 1, 1, 1, 0};
   const auto r = at::head_stats<float>({{maps.data(), 1}}, 2, 3, mask.data(), nullptr, 2);
   const double h01 = kLog2, h02 = 1.5 * kLog2;  // entropies of (.5,.5) and (.25,.25,.5)
@@ -184,8 +183,7 @@ TEST(HeadStats, ErrorsNameTheProblem) {
   EXPECT_THROW(at::head_stats<double>({{map.data(), 1}}, 0, 2, nullptr, nullptr, 1),
                std::invalid_argument);
   const std::vector<at::LayerMaps<double>> one = {{map.data(), 1}}, two = {one[0], one[0]};
-  EXPECT_THROW(at::js_divergence<double>(one, two, 1, 2, nullptr, 1),
-               std::invalid_argument);
+  EXPECT_THROW(at::js_divergence<double>(one, two, 1, 2, nullptr, 1), std::invalid_argument);
 }
 
 TEST(JsDivergence, HandComputed) {

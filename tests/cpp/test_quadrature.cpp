@@ -25,8 +25,8 @@ double sum(const std::vector<double>& v) { return std::accumulate(v.begin(), v.e
 }  // namespace
 
 TEST(Quadrature, WeightsSumToOneAndNodesInUnitInterval) {
-  for (const char* m : {"riemann_left", "riemann_right", "riemann_middle", "trapezoid", "gausslegendre",
-                        "clenshaw_curtis"}) {
+  for (const char* m : {"riemann_left", "riemann_right", "riemann_middle", "trapezoid",
+                        "gausslegendre", "clenshaw_curtis"}) {
     for (int n : {2, 3, 7, 50, 301}) {
       const auto r = qa::fixed_rule(m, n);
       ASSERT_EQ(r.nodes.size(), static_cast<size_t>(n)) << m;
@@ -52,7 +52,8 @@ TEST(Quadrature, CaptumTrapezoidKeepsItsDeficit) {
 TEST(Quadrature, GaussLegendreExactToDegree2nMinus1) {
   for (int n : {1, 2, 3, 5, 8, 16}) {
     const auto r = qa::gauss_legendre(n);
-    for (int d = 0; d <= 2 * n - 1; ++d) EXPECT_NEAR(integrate(r, d), 1.0 / (d + 1), 1e-13) << n << " " << d;
+    for (int d = 0; d <= 2 * n - 1; ++d)
+      EXPECT_NEAR(integrate(r, d), 1.0 / (d + 1), 1e-13) << n << " " << d;
     if (n <= 5) {
       EXPECT_GT(std::abs(integrate(r, 2 * n) - 1.0 / (2 * n + 1)), 1e-8) << n;
     }
@@ -73,7 +74,8 @@ TEST(Quadrature, ClenshawCurtisExactToDegreeNMinus1) {
     const auto r = qa::clenshaw_curtis(n);
     // n - 1 in general; odd n integrates one degree more by symmetry.
     const int exact = (n % 2 == 1) ? n : n - 1;
-    for (int d = 0; d <= exact; ++d) EXPECT_NEAR(integrate(r, d), 1.0 / (d + 1), 1e-13) << n << " " << d;
+    for (int d = 0; d <= exact; ++d)
+      EXPECT_NEAR(integrate(r, d), 1.0 / (d + 1), 1e-13) << n << " " << d;
   }
 }
 
@@ -116,7 +118,8 @@ TEST(Patterson, LevelsNestWithPositiveWeights) {
       const auto& prev = qa::patterson_rule(level - 1);
       for (size_t k = 0; k < prev.nodes.size(); ++k) EXPECT_EQ(cur.nodes[k], prev.nodes[k]);
       // New nodes come in increasing order.
-      EXPECT_TRUE(std::is_sorted(cur.nodes.begin() + static_cast<long>(prev.nodes.size()), cur.nodes.end()));
+      EXPECT_TRUE(std::is_sorted(cur.nodes.begin() + static_cast<long>(prev.nodes.size()),
+                                 cur.nodes.end()));
     }
     std::set<double> distinct(cur.nodes.begin(), cur.nodes.end());
     EXPECT_EQ(distinct.size(), cur.nodes.size());
@@ -144,7 +147,9 @@ TEST(Patterson, ExactToDegreeThreeNPlusOne) {
   for (int level = 0; level <= qa::kPattersonMaxLevel; ++level) {
     if (level > 0) degree = 3 * qa::patterson_size(level - 1) + 1;
     const auto& r = qa::patterson_rule(level);
-    for (int d = 0; d <= degree; ++d) EXPECT_NEAR(integrate_legendre(r, d), d == 0 ? 1.0 : 0.0, level < 4 ? 1e-12 : 1e-10) << level << " " << d;
+    for (int d = 0; d <= degree; ++d)
+      EXPECT_NEAR(integrate_legendre(r, d), d == 0 ? 1.0 : 0.0, level < 4 ? 1e-12 : 1e-10)
+          << level << " " << d;
     const int beyond = degree % 2 ? degree + 1 : degree + 2;
     if (level < 3) EXPECT_GT(std::abs(integrate_legendre(r, beyond)), 1e-6) << level;
   }

@@ -50,7 +50,8 @@ Mat reference_hat(const Stack& s, int64_t l, int64_t b, bool residual = true) {
   const int64_t T = s.T;
   Mat m(static_cast<size_t>(T * T), 0.0);
   for (int64_t h = 0; h < s.H; ++h)
-    for (int64_t i = 0; i < T * T; ++i) m[i] += s.data[l][((b * s.H + h) * T * T) + i] / double(s.H);
+    for (int64_t i = 0; i < T * T; ++i)
+      m[i] += s.data[l][((b * s.H + h) * T * T) + i] / double(s.H);
   if (residual) {
     for (int64_t i = 0; i < T; ++i) {
       m[i * T + i] += 1.0;
@@ -91,7 +92,8 @@ TEST(Gemm, MatchesNaiveProductForOddShapesWithBothKernels) {
   std::uniform_real_distribution<double> u(-1, 1);
   for (bool portable : {false, true}) {
     at::detail::force_portable_gemm(portable);
-    for (auto [m, k, n] : {std::tuple{1, 1, 1}, {7, 5, 3}, {50, 300, 17}, {97, 513, 130}, {6, 8, 8}}) {
+    for (auto [m, k, n] :
+         {std::tuple{1, 1, 1}, {7, 5, 3}, {50, 300, 17}, {97, 513, 130}, {6, 8, 8}}) {
       Mat a(m * k), b(k * n), c(m * n, 99.0), want(m * n, 0.0);
       for (auto& v : a) v = u(rng);
       for (auto& v : b) v = u(rng);
@@ -99,7 +101,8 @@ TEST(Gemm, MatchesNaiveProductForOddShapesWithBothKernels) {
         for (int p = 0; p < k; ++p)
           for (int j = 0; j < n; ++j) want[i * n + j] += a[i * k + p] * b[p * n + j];
       at::detail::gemm(a.data(), k, b.data(), n, c.data(), n, m, k, n, 2);
-      for (int i = 0; i < m * n; ++i) ASSERT_NEAR(c[i], want[i], 1e-12 * k) << m << "x" << k << "x" << n;
+      for (int i = 0; i < m * n; ++i)
+        ASSERT_NEAR(c[i], want[i], 1e-12 * k) << m << "x" << k << "x" << n;
     }
   }
   at::detail::force_portable_gemm(false);
@@ -149,7 +152,8 @@ TEST(Rollout, RowPathEqualsRowsOfTheFullProduct) {
   for (int64_t b = 0; b < s.B; ++b)
     for (size_t r = 0; r < rows.size(); ++r)
       for (int64_t j = 0; j < s.T; ++j)
-        ASSERT_NEAR(part[(b * rows.size() + r) * s.T + j], full[(b * s.T + rows[r]) * s.T + j], 1e-6);
+        ASSERT_NEAR(part[(b * rows.size() + r) * s.T + j], full[(b * s.T + rows[r]) * s.T + j],
+                    1e-6);
 }
 
 TEST(Rollout, CausalStackSkipsTheUpperTriangleAndStaysExact) {

@@ -26,14 +26,23 @@ Reference reference(const std::vector<T>& x) {
   r.min = std::numeric_limits<double>::infinity();
   r.max = -r.min;
   for (T v : x) {
-    if (std::isnan(v)) { ++r.nan; continue; }
-    if (std::isinf(v)) { ++r.inf; continue; }
+    if (std::isnan(v)) {
+      ++r.nan;
+      continue;
+    }
+    if (std::isinf(v)) {
+      ++r.inf;
+      continue;
+    }
     ++r.finite;
     sum += v;
     r.min = std::min<double>(r.min, v);
     r.max = std::max<double>(r.max, v);
     r.absmax = std::max<double>(r.absmax, std::fabs(v));
-    if (v == 0) { ++r.zeros; continue; }
+    if (v == 0) {
+      ++r.zeros;
+      continue;
+    }
     // Independent of the kernel's bit tricks: floor(log2|x|) from frexp.
     int e = 0;
     std::frexp(static_cast<double>(v), &e);
@@ -127,13 +136,13 @@ TEST(Stats, MergeOfSplitsEqualsWhole) {
 }
 
 TEST(Stats, HistogramBinEdgesAndClamping) {
-  EXPECT_EQ(st::hist_bin(1.0f), -st::kHistMinExp);        // [1, 2)
+  EXPECT_EQ(st::hist_bin(1.0f), -st::kHistMinExp);  // [1, 2)
   EXPECT_EQ(st::hist_bin(1.999f), -st::kHistMinExp);
   EXPECT_EQ(st::hist_bin(2.0), -st::kHistMinExp + 1);
-  EXPECT_EQ(st::hist_bin(-0.5f), -st::kHistMinExp - 1);   // sign is ignored
-  EXPECT_EQ(st::hist_bin(1e-30f), 0);                     // below 2^-32: first bin
-  EXPECT_EQ(st::hist_bin(1e-320), 0);                     // subnormal double
-  EXPECT_EQ(st::hist_bin(1e30), st::kHistBins - 1);       // above 2^32: last bin
+  EXPECT_EQ(st::hist_bin(-0.5f), -st::kHistMinExp - 1);  // sign is ignored
+  EXPECT_EQ(st::hist_bin(1e-30f), 0);                    // below 2^-32: first bin
+  EXPECT_EQ(st::hist_bin(1e-320), 0);                    // subnormal double
+  EXPECT_EQ(st::hist_bin(1e30), st::kHistBins - 1);      // above 2^32: last bin
 }
 
 TEST(Stats, EmptyAndAllNonFinite) {

@@ -149,7 +149,8 @@ TEST(TsneCalibration, ConvergesFastAtAnyDistanceScale) {
     ts::calibrate(scaled.data(), n, k, 10.0, 1e-8, 25, P.data(), perp.data(), 1);
     for (int64_t i = 0; i < n; ++i) {
       double h = 0.0;
-      for (int64_t m = 0; m < k; ++m) h -= P[i * k + m] > 0 ? P[i * k + m] * std::log(P[i * k + m]) : 0.0;
+      for (int64_t m = 0; m < k; ++m)
+        h -= P[i * k + m] > 0 ? P[i * k + m] * std::log(P[i * k + m]) : 0.0;
       EXPECT_NEAR(h, std::log(10.0), 1e-8) << "scale " << scale << " row " << i;
     }
   }
@@ -270,7 +271,8 @@ TEST(TsneTree, LeafListsAreNeverLooserThanPerPointTest) {
         // matching node will do): the per-point test holds for every point of the leaf.
         bool ok = false;
         for (const auto& c : nodes) {
-          if (c.cx != scratch.x[j] || c.cy != scratch.y[j] || c.end - c.begin != scratch.m[j]) continue;
+          if (c.cx != scratch.x[j] || c.cy != scratch.y[j] || c.end - c.begin != scratch.m[j])
+            continue;
           bool all = true;
           for (int32_t s = L.begin; s < L.end; ++s) {
             const double dx = pos[2 * s] - c.cx, dy = pos[2 * s + 1] - c.cy;
@@ -399,7 +401,7 @@ TEST(TsneOptimize, ManyDuplicatesDoNotCollapse) {
       ASSERT_TRUE(std::isfinite(v));
       spread = std::max(spread, std::abs(v));
     }
-    EXPECT_GT(spread, 1.0);   // not collapsed to a point
-    EXPECT_LT(spread, 1e3);   // not blown up
+    EXPECT_GT(spread, 1.0);  // not collapsed to a point
+    EXPECT_LT(spread, 1e3);  // not blown up
   }
 }

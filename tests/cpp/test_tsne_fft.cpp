@@ -3,8 +3,8 @@
 // Z = Σ_{i≠j} w_ij) on compact, tiny, widely spread and duplicated point clouds.
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <complex>
 #include <numbers>
 #include <random>
@@ -144,16 +144,20 @@ Errors fft_errors(const std::vector<double>& Y, const ts::FftParams& p, int thre
 }  // namespace
 
 TEST(TsneFft, MatchesDirectDftForMixedRadixSizes) {
-  for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 25, 30, 49, 60, 97, 100, 128, 300, 360, 450}) {
+  for (int64_t n :
+       {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 25, 30, 49, 60, 97, 100, 128, 300, 360, 450}) {
     const ts::Fft fft(n);
     const auto x = random_complex(n, static_cast<unsigned>(n));
     std::vector<cd> y = x, scratch(static_cast<size_t>(n));
     fft.forward(y.data(), scratch.data());
-    const double tol = 1e-12 * std::sqrt(static_cast<double>(n)) * (1.0 + std::log2(static_cast<double>(n)));
-    EXPECT_LT(max_abs_diff(y, naive_dft(x, -1)), tol * std::sqrt(static_cast<double>(n))) << "n=" << n;
+    const double tol =
+        1e-12 * std::sqrt(static_cast<double>(n)) * (1.0 + std::log2(static_cast<double>(n)));
+    EXPECT_LT(max_abs_diff(y, naive_dft(x, -1)), tol * std::sqrt(static_cast<double>(n)))
+        << "n=" << n;
     std::vector<cd> z = x;
     fft.inverse(z.data(), scratch.data());
-    EXPECT_LT(max_abs_diff(z, naive_dft(x, +1)), tol * std::sqrt(static_cast<double>(n))) << "n=" << n;
+    EXPECT_LT(max_abs_diff(z, naive_dft(x, +1)), tol * std::sqrt(static_cast<double>(n)))
+        << "n=" << n;
     // Round trip: inverse(forward(x)) = n x.
     fft.inverse(y.data(), scratch.data());
     for (auto& v : y) v /= static_cast<double>(n);
@@ -181,7 +185,8 @@ TEST(TsneFft, TwoDimensionalTransformIsTransposedDft) {
           cd acc = 0.0;
           for (int64_t r = 0; r < L; ++r)
             for (int64_t c = 0; c < L; ++c) {
-              const double ang = -2.0 * std::numbers::pi * static_cast<double>((u * r + v * c) % L) / L;
+              const double ang =
+                  -2.0 * std::numbers::pi * static_cast<double>((u * r + v * c) % L) / L;
               acc += a[static_cast<size_t>(r * L + c)] * cd(std::cos(ang), std::sin(ang));
             }
           ref[static_cast<size_t>(v * L + u)] = acc;
@@ -194,7 +199,8 @@ TEST(TsneFft, TwoDimensionalTransformIsTransposedDft) {
       ts::fft2d(fft, b.data(), true, L, nonzero, 2);
       double err = 0.0;
       for (int64_t i = 0; i < nonzero * L; ++i)
-        err = std::max(err, std::abs(b[static_cast<size_t>(i)] / static_cast<double>(L * L) - a[static_cast<size_t>(i)]));
+        err = std::max(err, std::abs(b[static_cast<size_t>(i)] / static_cast<double>(L * L) -
+                                     a[static_cast<size_t>(i)]));
       EXPECT_LT(err, 1e-12 * L) << "L=" << L;
     }
   }
@@ -246,7 +252,8 @@ TEST(TsneFft, DefaultParametersMatchBruteForce) {
       const Errors e = fft_errors(c.Y, p, threads);
       EXPECT_LT(e.force, c.force_bound) << c.name << " threads=" << threads;
       EXPECT_LT(e.z, c.z_bound) << c.name << " threads=" << threads;
-      std::printf("[ fft acc  ] %-22s threads=%d  rel force err %.2e  rel Z err %.2e\n", c.name, threads, e.force, e.z);
+      std::printf("[ fft acc  ] %-22s threads=%d  rel force err %.2e  rel Z err %.2e\n", c.name,
+                  threads, e.force, e.z);
     }
   }
 }
@@ -264,8 +271,9 @@ TEST(TsneFft, MoreNodesAreMoreAccurate) {
   const Errors ed = fft_errors(Y, denser, 2);
   EXPECT_LT(ef.force, ec.force / 3);
   EXPECT_LT(ed.force, fft_errors(Y, {}, 2).force / 3);
-  std::printf("[ fft acc  ] spread clusters: n_interp 2 / 5: %.2e / %.2e; 2 intervals per unit: %.2e\n",
-              ec.force, ef.force, ed.force);
+  std::printf(
+      "[ fft acc  ] spread clusters: n_interp 2 / 5: %.2e / %.2e; 2 intervals per unit: %.2e\n",
+      ec.force, ef.force, ed.force);
 }
 
 TEST(TsneFft, DeterministicForAFixedThreadCount) {

@@ -243,7 +243,9 @@ def test_core_binding_checks_its_arguments():
         _core.attention_rollout([maps[0], maps[1][:1]])
     with pytest.raises(ValueError, match=r"rows\[1\] = 9 is outside \[0, 9\)"):
         _core.attention_rollout(list(maps), rows=np.array([0, 9]))
-    with pytest.raises(ValueError, match=r"mask must have shape \(B, T\) = \(2, 9\)"):
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 3\); expected \(B, T\) = \(2, 9\)"):
         _core.attention_rollout(list(maps), mask=np.ones((2, 3), bool))
+    with pytest.raises(TypeError, match=r"mask must be a \(B, T\) array of 0/1 or bool"):
+        _core.attention_rollout(list(maps), mask="not a mask")
     with pytest.raises(ValueError, match="non-empty list"):
         _core.attention_rollout([])

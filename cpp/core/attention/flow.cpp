@@ -15,7 +15,8 @@ void LayeredGraph::assign(const double* caps, int64_t num_layers, int64_t tokens
   cap_t.resize(static_cast<size_t>(layers * nn));
   for (int64_t l = 0; l < layers; ++l)
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j) cap_t[static_cast<size_t>(l * nn + j * n + i)] = caps[l * nn + i * n + j];
+      for (int64_t j = 0; j < n; ++j)
+        cap_t[static_cast<size_t>(l * nn + j * n + i)] = caps[l * nn + i * n + j];
 }
 
 LayeredMaxFlow::LayeredMaxFlow(int64_t layers, int64_t n)
@@ -32,7 +33,8 @@ LayeredMaxFlow::LayeredMaxFlow(int64_t layers, int64_t n)
 }
 
 void LayeredMaxFlow::reset(const LayeredGraph& graph, int64_t source, int64_t sink) {
-  if (graph.layers != L_ || graph.n != n_) throw std::invalid_argument("LayeredMaxFlow: graph size mismatch");
+  if (graph.layers != L_ || graph.n != n_)
+    throw std::invalid_argument("LayeredMaxFlow: graph size mismatch");
   if (source < 0 || source >= n_ || sink < 0 || sink >= n_) {
     throw std::invalid_argument("LayeredMaxFlow: source or sink out of range");
   }
@@ -98,7 +100,8 @@ void LayeredMaxFlow::global_relabel() {
       }
     }
   }
-  for (int64_t x = 0; x < N_; ++x) cur_[static_cast<size_t>(x)] = x < n ? static_cast<int32_t>(n) : 0;
+  for (int64_t x = 0; x < N_; ++x)
+    cur_[static_cast<size_t>(x)] = x < n ? static_cast<int32_t>(n) : 0;
   std::fill(count_.begin(), count_.end(), 0);
   for (int64_t x = 0; x < N_; ++x) {
     if (x != s_) ++count_[static_cast<size_t>(label_[static_cast<size_t>(x)])];
@@ -107,7 +110,8 @@ void LayeredMaxFlow::global_relabel() {
   head_ = 0, size_ = 0;
   std::fill(queued_.begin(), queued_.end(), 0);
   for (int64_t x = 0; x < N_; ++x) {
-    if (x != s_ && x != t_ && excess_[static_cast<size_t>(x)] > kFlowEps && label_[static_cast<size_t>(x)] < N) {
+    if (x != s_ && x != t_ && excess_[static_cast<size_t>(x)] > kFlowEps &&
+        label_[static_cast<size_t>(x)] < N) {
       enqueue(x);
     }
   }
@@ -238,7 +242,8 @@ double LayeredMaxFlow::max_flow(const LayeredGraph& graph, int64_t source, int64
 void attention_flow(const AttentionGraph& g, const GraphOptions& opt, const int64_t* rows,
                     int64_t num_rows, float* out, int num_threads) {
   check_graph(g, opt, rows, num_rows);
-  if (opt.discard_ratio != 0.0) throw std::invalid_argument("attention flow takes no discard_ratio");
+  if (opt.discard_ratio != 0.0)
+    throw std::invalid_argument("attention flow takes no discard_ratio");
   const int threads = resolve_threads(num_threads);
   const int64_t T = g.tokens, L = g.num_layers;
   const bool full = rows == nullptr;
@@ -305,7 +310,8 @@ void attention_flow(const AttentionGraph& g, const GraphOptions& opt, const int6
       float* o = out + (task.b * out_rows_total + task.row) * T;
       if (sum > 0.0) {
         for (int64_t v = 0; v < n; ++v) {
-          o[seq.idx[static_cast<size_t>(v)]] = static_cast<float>(values[static_cast<size_t>(v)] / sum);
+          o[seq.idx[static_cast<size_t>(v)]] =
+              static_cast<float>(values[static_cast<size_t>(v)] / sum);
         }
       }
     }

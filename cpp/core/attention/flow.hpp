@@ -79,7 +79,7 @@ class LayeredMaxFlow {
   const double* cap_ = nullptr;  // the graph's capacities and their transpose
   const double* cap_t_ = nullptr;
   std::vector<double> flow_, flow_t_;  // L × n × n, same layouts as cap and cap_t
-  std::vector<double> excess_;  // N
+  std::vector<double> excess_;         // N
   std::vector<int32_t> label_, cur_, queue_;
   std::vector<int32_t> count_;  // nodes per label (0..N), for the gap heuristic
   std::vector<uint8_t> queued_;

@@ -19,16 +19,21 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // key k (suffix, the denominator of alpha(k)).
 struct Sequences {
   int64_t batch = 0, tokens = 0;
-  std::vector<uint8_t> real;      // (B, T)
-  std::vector<int64_t> prefix;    // (B, T): real j <= i
-  std::vector<int64_t> suffix;    // (B, T): real i >= k
-  std::vector<int64_t> n_real;    // (B)
-  std::vector<double> special;    // (B, T) 0/1 weights (all 0 without special tokens)
-  std::vector<double> log_n;      // log(n) for n = 0..T (log 0 unused)
+  std::vector<uint8_t> real;    // (B, T)
+  std::vector<int64_t> prefix;  // (B, T): real j <= i
+  std::vector<int64_t> suffix;  // (B, T): real i >= k
+  std::vector<int64_t> n_real;  // (B)
+  std::vector<double> special;  // (B, T) 0/1 weights (all 0 without special tokens)
+  std::vector<double> log_n;    // log(n) for n = 0..T (log 0 unused)
 
   Sequences(int64_t b, int64_t t, const uint8_t* mask, const uint8_t* special_mask)
-      : batch(b), tokens(t), real(static_cast<size_t>(b * t), 1), prefix(real.size()),
-        suffix(real.size()), n_real(static_cast<size_t>(b)), special(real.size(), 0.0),
+      : batch(b),
+        tokens(t),
+        real(static_cast<size_t>(b * t), 1),
+        prefix(real.size()),
+        suffix(real.size()),
+        n_real(static_cast<size_t>(b)),
+        special(real.size(), 0.0),
         log_n(static_cast<size_t>(t + 1), 0.0) {
     for (int64_t n = 1; n <= t; ++n) {
       log_n[static_cast<size_t>(n)] = std::log(static_cast<double>(n));
@@ -169,11 +174,11 @@ const T* map_of(const LayerMaps<T>& layer, const Item& it, int64_t tokens) {
 }
 
 [[noreturn]] void throw_negative(const Item& it, const Negative& neg, const char* which) {
-  throw std::invalid_argument(
-      std::string("attention weights must be >= 0: ") + which + "layer " +
-      std::to_string(it.layer) + " (batch " + std::to_string(it.seq) + ", head " +
-      std::to_string(it.head) + ", query " + std::to_string(neg.query) + ", key " +
-      std::to_string(neg.key) + ") holds " + std::to_string(neg.value));
+  throw std::invalid_argument(std::string("attention weights must be >= 0: ") + which + "layer " +
+                              std::to_string(it.layer) + " (batch " + std::to_string(it.seq) +
+                              ", head " + std::to_string(it.head) + ", query " +
+                              std::to_string(neg.query) + ", key " + std::to_string(neg.key) +
+                              ") holds " + std::to_string(neg.value));
 }
 
 }  // namespace
@@ -204,8 +209,8 @@ HeadStats head_stats(const std::vector<LayerMaps<T>>& layers, int64_t batch, int
     const size_t slot = static_cast<size_t>((it.layer * batch + it.seq) * heads + it.head);
     double* alpha = r.sink.data() + slot * static_cast<size_t>(tokens);
     double* alpha_all = r.sink_all.data() + slot * static_cast<size_t>(tokens);
-    sums[static_cast<size_t>(w)] = reduce_map(map_of(layers[static_cast<size_t>(it.layer)], it, tokens),
-                                              seq, it.seq, alpha, alpha_all);
+    sums[static_cast<size_t>(w)] = reduce_map(
+        map_of(layers[static_cast<size_t>(it.layer)], it, tokens), seq, it.seq, alpha, alpha_all);
     const double n_real = static_cast<double>(seq.n_real[static_cast<size_t>(it.seq)]);
     // Column sums -> alpha(k), and its maximum over real keys (first position on ties).
     const size_t base = static_cast<size_t>(it.seq * tokens);
@@ -251,8 +256,8 @@ HeadStats head_stats(const std::vector<LayerMaps<T>>& layers, int64_t batch, int
     q_bi += r.norm_queries_bidirectional[su];
     q_ca += r.norm_queries_causal[su];
   }
-  for (auto* v : {&r.entropy, &r.entropy_norm_bidirectional, &r.entropy_norm_causal,
-                  &r.max_weight, &r.special_mass, &r.upper_max})
+  for (auto* v : {&r.entropy, &r.entropy_norm_bidirectional, &r.entropy_norm_causal, &r.max_weight,
+                  &r.special_mass, &r.upper_max})
     v->assign(lh, kNaN);
   // items are ordered (layer, batch, head): pool each (layer, head) over the batch in order.
   std::vector<MapSums> pooled(lh);
@@ -288,8 +293,8 @@ HeadStats head_stats(const std::vector<LayerMaps<T>>& layers, int64_t batch, int
 
 template <typename T>
 std::vector<double> js_divergence(const std::vector<LayerMaps<T>>& a,
-                                  const std::vector<LayerMaps<T>>& b, int64_t batch,
-                                  int64_t tokens, const uint8_t* mask, int num_threads) {
+                                  const std::vector<LayerMaps<T>>& b, int64_t batch, int64_t tokens,
+                                  const uint8_t* mask, int num_threads) {
   const int64_t heads = check_layers(a, batch, tokens, "js_divergence");
   check_layers(b, batch, tokens, "js_divergence");
   if (a.size() != b.size()) {

@@ -29,13 +29,13 @@ struct HeadStats {
   int64_t layers = 0, batch = 0, heads = 0, tokens = 0;  // heads: the largest head count
 
   // (layers, heads): means over the real queries of all sequences (pooled, not a mean of means).
-  std::vector<double> entropy;                 // H_i = -sum_j A_ij log A_ij (nats, 0 log 0 = 0)
+  std::vector<double> entropy;  // H_i = -sum_j A_ij log A_ij (nats, 0 log 0 = 0)
   // H_i / log(n_i) where n_i is the number of keys query i can attend to; queries with n_i = 1
   // (a one-token sequence, the first query of a causal map) are left out. NaN without any query.
   std::vector<double> entropy_norm_bidirectional;  // n_i = real keys of the sequence
   std::vector<double> entropy_norm_causal;         // n_i = real keys j <= i
-  std::vector<double> max_weight;              // max_j A_ij
-  std::vector<double> special_mass;            // sum over special keys j of A_ij (NaN: no special)
+  std::vector<double> max_weight;                  // max_j A_ij
+  std::vector<double> special_mass;  // sum over special keys j of A_ij (NaN: no special)
   // (layers, heads): the largest weight a real query gives a later real key (0 when none, e.g.
   // T = 1). Exactly 0 for causal maps.
   std::vector<double> upper_max;
@@ -70,11 +70,11 @@ HeadStats head_stats(const std::vector<LayerMaps<T>>& layers, int64_t batch, int
 // mismatched layers and negative weights.
 template <typename T>
 std::vector<double> js_divergence(const std::vector<LayerMaps<T>>& a,
-                                  const std::vector<LayerMaps<T>>& b, int64_t batch,
-                                  int64_t tokens, const uint8_t* mask, int num_threads);
+                                  const std::vector<LayerMaps<T>>& b, int64_t batch, int64_t tokens,
+                                  const uint8_t* mask, int num_threads);
 
-extern template HeadStats head_stats<float>(const std::vector<LayerMaps<float>>&, int64_t,
-                                            int64_t, const uint8_t*, const uint8_t*, int);
+extern template HeadStats head_stats<float>(const std::vector<LayerMaps<float>>&, int64_t, int64_t,
+                                            const uint8_t*, const uint8_t*, int);
 extern template HeadStats head_stats<double>(const std::vector<LayerMaps<double>>&, int64_t,
                                              int64_t, const uint8_t*, const uint8_t*, int);
 extern template std::vector<double> js_divergence<float>(const std::vector<LayerMaps<float>>&,

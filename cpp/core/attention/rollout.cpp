@@ -67,8 +67,8 @@ void kernel_portable(int64_t kc, const double* a, const double* b, double* c, in
 
 #ifdef LLMDBG_GEMM_AVX2
 __attribute__((target("avx2,fma"))) void kernel_avx2(int64_t kc, const double* a, const double* b,
-                                                      double* c, int64_t ldc, int64_t mr,
-                                                      int64_t nr, bool accumulate) {
+                                                     double* c, int64_t ldc, int64_t mr, int64_t nr,
+                                                     bool accumulate) {
   __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd();
   __m256d c10 = _mm256_setzero_pd(), c11 = _mm256_setzero_pd();
   __m256d c20 = _mm256_setzero_pd(), c21 = _mm256_setzero_pd();
@@ -300,21 +300,21 @@ inline double lane_sum(const double* x, int64_t n) {
 // o[j] = x[j] (first head) or o[j] (+, max, min)= x[j], widened to double. The same
 // arithmetic (a conversion and one add/compare per element, no FMA) is compiled twice, for the
 // baseline ISA and for AVX2 (chosen at run time), so both give bitwise the same result.
-#define LLMDBG_COMBINE_BODY                                                               \
-  if (first) {                                                                            \
-    for (int64_t j = 0; j < n; ++j) o[j] = static_cast<double>(x[j]);                     \
-  } else if (fusion == HeadFusion::mean) {                                                \
-    for (int64_t j = 0; j < n; ++j) o[j] += static_cast<double>(x[j]);                    \
-  } else if (fusion == HeadFusion::max) {                                                 \
-    for (int64_t j = 0; j < n; ++j) {                                                     \
-      const double v = static_cast<double>(x[j]);                                         \
-      o[j] = o[j] < v ? v : o[j];                                                         \
-    }                                                                                     \
-  } else {                                                                                \
-    for (int64_t j = 0; j < n; ++j) {                                                     \
-      const double v = static_cast<double>(x[j]);                                         \
-      o[j] = v < o[j] ? v : o[j];                                                         \
-    }                                                                                     \
+#define LLMDBG_COMBINE_BODY                                            \
+  if (first) {                                                         \
+    for (int64_t j = 0; j < n; ++j) o[j] = static_cast<double>(x[j]);  \
+  } else if (fusion == HeadFusion::mean) {                             \
+    for (int64_t j = 0; j < n; ++j) o[j] += static_cast<double>(x[j]); \
+  } else if (fusion == HeadFusion::max) {                              \
+    for (int64_t j = 0; j < n; ++j) {                                  \
+      const double v = static_cast<double>(x[j]);                      \
+      o[j] = o[j] < v ? v : o[j];                                      \
+    }                                                                  \
+  } else {                                                             \
+    for (int64_t j = 0; j < n; ++j) {                                  \
+      const double v = static_cast<double>(x[j]);                      \
+      o[j] = v < o[j] ? v : o[j];                                      \
+    }                                                                  \
   }
 
 template <typename S>
@@ -544,7 +544,8 @@ void rollout_one(const AttentionGraph& g, const GraphOptions& opt, const int64_t
     lower = top_lower;
     std::vector<double> abuf(static_cast<size_t>(kMC * detail::kKC));
     for (int64_t l = L - 2; l >= 0; --l) {
-      const bool layer_lower = fuse_layer_team(g.layers[l], b, T, idx.data(), n, opt, ahat.data(), upper.data());
+      const bool layer_lower =
+          fuse_layer_team(g.layers[l], b, T, idx.data(), n, opt, ahat.data(), upper.data());
       detail::pack_b_team(ahat.data(), n, packed);  // ends with a barrier
       const bool tri = lower && layer_lower;
 #pragma omp for schedule(dynamic, 1)
@@ -554,7 +555,8 @@ void rollout_one(const AttentionGraph& g, const GraphOptions& opt, const int64_t
         detail::gemm_block(p.data() + r0 * n, n, m, kn, packed, kn, pn.data() + r0 * n, n,
                            abuf.data(), kernel);
         if (kn < n) {
-          for (int64_t r = r0; r < r0 + m; ++r) std::fill(pn.data() + r * n + kn, pn.data() + (r + 1) * n, 0.0);
+          for (int64_t r = r0; r < r0 + m; ++r)
+            std::fill(pn.data() + r * n + kn, pn.data() + (r + 1) * n, 0.0);
         }
       }
 #pragma omp single

@@ -18,7 +18,8 @@ namespace {
 void legendre_all(double x, int deg, double* out) {
   out[0] = 1.0;
   if (deg >= 1) out[1] = x;
-  for (int k = 2; k <= deg; ++k) out[k] = ((2.0 * k - 1.0) * x * out[k - 1] - (k - 1.0) * out[k - 2]) / k;
+  for (int k = 2; k <= deg; ++k)
+    out[k] = ((2.0 * k - 1.0) * x * out[k - 1] - (k - 1.0) * out[k - 2]) / k;
 }
 
 // Σ c_k P_k(x) by Clenshaw's recurrence.
@@ -67,7 +68,8 @@ std::vector<double> extension_nodes(const std::vector<double>& x) {
         const double mid = 0.5 * (l + h);
         if (mid <= l || mid >= h) break;
         const double fm = legendre_series(c, mid);
-        if ((fm < 0) == (fl < 0)) l = mid, fl = fm; else h = mid;
+        if ((fm < 0) == (fl < 0)) l = mid, fl = fm;
+        else h = mid;
       }
       roots.push_back(0.5 * (l + h));
     }
@@ -75,7 +77,8 @@ std::vector<double> extension_nodes(const std::vector<double>& x) {
   }
   if (static_cast<int>(roots.size()) != m || roots.front() <= -1.0 || roots.back() >= 1.0) {
     throw std::runtime_error("Patterson extension of " + std::to_string(n) + " nodes found " +
-                             std::to_string(roots.size()) + " real zeros in (-1, 1), expected " + std::to_string(m));
+                             std::to_string(roots.size()) + " real zeros in (-1, 1), expected " +
+                             std::to_string(m));
   }
   return roots;
 }
@@ -121,7 +124,8 @@ std::array<Rule, kPattersonMaxLevel + 1> build_all() {
 
 int patterson_size(int level) {
   if (level < 0 || level > kPattersonMaxLevel) {
-    throw std::invalid_argument("Patterson level must be in [0, " + std::to_string(kPattersonMaxLevel) + "], got " +
+    throw std::invalid_argument("Patterson level must be in [0, " +
+                                std::to_string(kPattersonMaxLevel) + "], got " +
                                 std::to_string(level));
   }
   return 6 * (1 << level) - 1;  // 5, 11, 23, 47, 95

@@ -11,8 +11,8 @@ namespace {
 
 void need(bool ok, const std::string& method, int n, int least) {
   if (!ok) {
-    throw std::invalid_argument("n_steps must be >= " + std::to_string(least) + " for method '" + method +
-                                "', got " + std::to_string(n));
+    throw std::invalid_argument("n_steps must be >= " + std::to_string(least) + " for method '" +
+                                method + "', got " + std::to_string(n));
   }
 }
 
@@ -104,7 +104,8 @@ Rule fixed_rule(const std::string& method, int n) {
   }
   throw std::invalid_argument(
       "method must be one of 'riemann_left', 'riemann_right', 'riemann_middle', 'trapezoid', "
-      "'gausslegendre', 'clenshaw_curtis', 'captum_trapezoid' or 'adaptive', got '" + method + "'");
+      "'gausslegendre', 'clenshaw_curtis', 'captum_trapezoid' or 'adaptive', got '" +
+      method + "'");
 }
 
 }  // namespace llmdbg::attribution

@@ -90,7 +90,8 @@ inline void load_key_exact(const char* p, size_t n, uint64_t& lo, uint64_t& hi) 
   } else if (n >= 4) {  // overlapping loads: the shared bytes are equal, so OR is exact
     lo = load32(p) | (static_cast<uint64_t>(load32(p + n - 4)) << (8 * (n - 4))), hi = 0;
   } else if (n > 0) {
-    lo = static_cast<uint8_t>(p[0]) | (static_cast<uint64_t>(static_cast<uint8_t>(p[n / 2])) << (8 * (n / 2))) |
+    lo = static_cast<uint8_t>(p[0]) |
+         (static_cast<uint64_t>(static_cast<uint8_t>(p[n / 2])) << (8 * (n / 2))) |
          (static_cast<uint64_t>(static_cast<uint8_t>(p[n - 1])) << (8 * (n - 1)));
     hi = 0;
   } else {
@@ -99,7 +100,8 @@ inline void load_key_exact(const char* p, size_t n, uint64_t& lo, uint64_t& hi) 
 }
 
 // Same words, but reads 16 bytes whenever that is safe (the common case inside a text).
-inline void load_key(const char* p, size_t n, const char* end, uint64_t& lo, uint64_t& hi) noexcept {
+inline void load_key(const char* p, size_t n, const char* end, uint64_t& lo,
+                     uint64_t& hi) noexcept {
   if (end - p >= 16 || same_page(p, 16)) {
     const size_t k = n < 16 ? n : 16;
     lo = load64(p) & kMasks.lo[k];
@@ -180,7 +182,8 @@ inline uint64_t ascii_ws64(const char* w, uint64_t& high) noexcept {
     const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * j));
     const __m128i a = _mm_sub_epi8(x, c09);  // 0x09..0x0d: x - 0x09 <= 4 (unsigned)
     const __m128i b = _mm_sub_epi8(x, c1c);  // 0x1c..0x20: x - 0x1c <= 4
-    const __m128i m = _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(a, c4), a), _mm_cmpeq_epi8(_mm_min_epu8(b, c4), b));
+    const __m128i m = _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(a, c4), a),
+                                   _mm_cmpeq_epi8(_mm_min_epu8(b, c4), b));
     ws |= static_cast<uint64_t>(static_cast<uint32_t>(_mm_movemask_epi8(m))) << (16 * j);
     hi |= static_cast<uint64_t>(static_cast<uint32_t>(_mm_movemask_epi8(x))) << (16 * j);
   }
@@ -220,7 +223,8 @@ class alignas(64) TokenTable {  // own cache lines: one table per thread
     for (;;) {
       Slot& s = slots_[i];
       if (s.entry == 0) break;
-      if (s.lo == lo && s.hi == hi && s.len == n && (n <= 16 || std::memcmp(keys_[s.entry - 1] + 16, p + 16, n - 16) == 0)) {
+      if (s.lo == lo && s.hi == hi && s.len == n &&
+          (n <= 16 || std::memcmp(keys_[s.entry - 1] + 16, p + 16, n - 16) == 0)) {
         s.count += by;
         return;
       }
@@ -349,7 +353,7 @@ LLMDBG_INLINE inline void for_each_token(const char* p, size_t n, Emit&& emit) {
     const uint64_t ns = ~ws;
     const uint64_t before = (ns << 1) | carry_ns;  // bit k: byte k - 1 is part of a token
     uint64_t starts = ns & ~before;
-    uint64_t ends = ws & before;  // starts and ends alternate
+    uint64_t ends = ws & before;       // starts and ends alternate
     if (carry_ns != 0 && ends != 0) {  // the first end closes the token left open before
       emit(start, off + static_cast<size_t>(__builtin_ctzll(ends)) - start);
       ends &= ends - 1;
@@ -382,7 +386,8 @@ std::vector<int64_t> balanced_blocks(const std::vector<std::string_view>& texts,
   uint64_t acc = 0;
   int next = 1;
   for (int64_t i = 0; i < n && next < nt; ++i) {
-    while (next < nt && acc >= total * static_cast<uint64_t>(next) / static_cast<uint64_t>(nt)) bounds[next++] = i;
+    while (next < nt && acc >= total * static_cast<uint64_t>(next) / static_cast<uint64_t>(nt))
+      bounds[next++] = i;
     acc += texts[static_cast<size_t>(i)].size() + 16;
   }
   return bounds;
@@ -390,7 +395,8 @@ std::vector<int64_t> balanced_blocks(const std::vector<std::string_view>& texts,
 
 void check_sizes(const std::vector<std::string_view>& texts) {
   for (const auto& t : texts) {
-    if (t.size() >= (uint64_t{1} << 32)) throw std::invalid_argument("texts of 4 GiB or more are not supported");
+    if (t.size() >= (uint64_t{1} << 32))
+      throw std::invalid_argument("texts of 4 GiB or more are not supported");
   }
 }
 
@@ -411,12 +417,14 @@ inline int team_size() {
 }
 
 // Tokenise and count texts (and hash each whole text into `text_hashes` if not null).
-TokenCounts count_tokens(const std::vector<std::string_view>& texts, int num_threads, uint64_t* text_hashes) {
+TokenCounts count_tokens(const std::vector<std::string_view>& texts, int num_threads,
+                         uint64_t* text_hashes) {
   check_sizes(texts);
   const auto n = static_cast<int64_t>(texts.size());
   TokenCounts out;
   out.lengths.assign(texts.size(), 0);
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), n)));
+  const int threads =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), n)));
   std::vector<TokenTable> local(static_cast<size_t>(threads));
   const auto bounds = balanced_blocks(texts, threads);
   int64_t* lengths = out.lengths.data();
@@ -469,18 +477,22 @@ TokenCounts count_tokens(const std::vector<std::string_view>& texts, int num_thr
 }
 
 // duplicate_groups from precomputed item hashes.
-std::vector<int64_t> groups_from_hashes(const std::vector<std::string_view>& items, const uint64_t* hashes,
-                                        int num_threads) {
+std::vector<int64_t> groups_from_hashes(const std::vector<std::string_view>& items,
+                                        const uint64_t* hashes, int num_threads) {
   const auto n = static_cast<int64_t>(items.size());
-  if (n >= (int64_t{1} << 32) - 1) throw std::invalid_argument("duplicate_groups: at most 2^32 - 2 items");
+  if (n >= (int64_t{1} << 32) - 1)
+    throw std::invalid_argument("duplicate_groups: at most 2^32 - 2 items");
   std::vector<int64_t> group(items.size());
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n / 4096)));
+  const int threads = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n / 4096)));
 #pragma omp parallel num_threads(threads)
   {
     // Shard by the hash's high bits: equal items share a hash, hence a shard; each shard is
     // scanned in item order, so the representative is always the earliest item.
     const int t = thread_id(), nt = team_size();
-    const auto shard = [nt](uint64_t h) { return static_cast<int>(((h >> 32) * static_cast<uint64_t>(nt)) >> 32); };
+    const auto shard = [nt](uint64_t h) {
+      return static_cast<int>(((h >> 32) * static_cast<uint64_t>(nt)) >> 32);
+    };
     int64_t own = 0;
     for (int64_t i = 0; i < n; ++i) own += shard(hashes[i]) == t;
     size_t size = 16;
@@ -524,7 +536,8 @@ std::vector<int64_t> groups_from_hashes(const std::vector<std::string_view>& ite
       r = i;
       ++head;
     }
-    for (int64_t k = head > kDepth ? head - kDepth : 0; k < head; ++k) place(ring[k & (kDepth - 1)]);
+    for (int64_t k = head > kDepth ? head - kDepth : 0; k < head; ++k)
+      place(ring[k & (kDepth - 1)]);
   }
   return group;
 }
@@ -533,7 +546,9 @@ std::vector<int64_t> groups_from_hashes(const std::vector<std::string_view>& ite
 
 uint64_t hash_bytes(const char* data, size_t size) noexcept { return hash_exact(data, size); }
 
-int whitespace_length(const char* p, const char* end) noexcept { return p < end ? ws_inline(p, end) : 0; }
+int whitespace_length(const char* p, const char* end) noexcept {
+  return p < end ? ws_inline(p, end) : 0;
+}
 
 TokenCounts count_whitespace_tokens(const std::vector<std::string_view>& texts, int num_threads) {
   return count_tokens(texts, num_threads, nullptr);
@@ -553,14 +568,17 @@ IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, i
   if (vocab_size <= 0) throw std::invalid_argument("count_ids: vocab_size must be positive");
   if (offsets[0] != 0) throw std::invalid_argument("count_ids: offsets must start at 0");
   for (int64_t s = 0; s < n_seqs; ++s) {
-    if (offsets[s + 1] < offsets[s]) throw std::invalid_argument("count_ids: offsets must be non-decreasing");
+    if (offsets[s + 1] < offsets[s])
+      throw std::invalid_argument("count_ids: offsets must be non-decreasing");
   }
   IdCounts out;
   out.lengths.resize(static_cast<size_t>(n_seqs));
-  for (int64_t s = 0; s < n_seqs; ++s) out.lengths[static_cast<size_t>(s)] = offsets[s + 1] - offsets[s];
+  for (int64_t s = 0; s < n_seqs; ++s)
+    out.lengths[static_cast<size_t>(s)] = offsets[s + 1] - offsets[s];
   const int64_t n_ids = offsets[n_seqs];
   out.total = n_ids;
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n_ids / 65536)));
+  const int threads = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n_ids / 65536)));
   std::vector<std::vector<int64_t>> local(static_cast<size_t>(threads));
   std::vector<int64_t> bad(static_cast<size_t>(threads), -1);
 #pragma omp parallel num_threads(threads)
@@ -580,8 +598,9 @@ IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, i
   }
   for (int64_t b : bad) {
     if (b >= 0) {
-      throw std::invalid_argument("count_ids: token id " + std::to_string(ids[b]) + " at flat position " +
-                                  std::to_string(b) + " is outside [0, " + std::to_string(vocab_size) + ")");
+      throw std::invalid_argument("count_ids: token id " + std::to_string(ids[b]) +
+                                  " at flat position " + std::to_string(b) + " is outside [0, " +
+                                  std::to_string(vocab_size) + ")");
     }
   }
   out.counts = std::move(local[0]);
@@ -596,7 +615,8 @@ std::vector<int64_t> duplicate_groups(const std::vector<std::string_view>& items
                                       uint64_t hash_mask) {
   const auto n = static_cast<int64_t>(items.size());
   std::vector<uint64_t> hashes(items.size());
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n / 4096)));
+  const int threads = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n / 4096)));
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const auto& s = items[static_cast<size_t>(i)];
@@ -609,8 +629,9 @@ DuplicateSummary duplicate_summary(const int64_t* groups, int64_t n, const int64
   for (int64_t i = 0; i < n; ++i) {
     const int64_t g = groups[i];
     if (g < 0 || g > i || groups[g] != g) {
-      throw std::invalid_argument("duplicate_summary: groups[" + std::to_string(i) + "] = " + std::to_string(g) +
-                                  " is not the index of a first occurrence at or before " + std::to_string(i));
+      throw std::invalid_argument(
+          "duplicate_summary: groups[" + std::to_string(i) + "] = " + std::to_string(g) +
+          " is not the index of a first occurrence at or before " + std::to_string(i));
     }
   }
   std::vector<int64_t> size(static_cast<size_t>(n), 0);
@@ -639,7 +660,8 @@ DuplicateSummary duplicate_summary(const int64_t* groups, int64_t n, const int64
   // Most frequent first; first indices ascend already, so a stable sort keeps ties in order.
   std::vector<size_t> order(out.first.size());
   for (size_t k = 0; k < order.size(); ++k) order[k] = k;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return out.count[a] > out.count[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return out.count[a] > out.count[b]; });
   DuplicateSummary sorted;
   sorted.first.reserve(order.size());
   sorted.count.reserve(order.size());

@@ -13,9 +13,7 @@ namespace llmdbg::stats {
 
 namespace {
 
-inline int clamp_bin(int exponent) {
-  return std::clamp(exponent - kHistMinExp, 0, kHistBins - 1);
-}
+inline int clamp_bin(int exponent) { return std::clamp(exponent - kHistMinExp, 0, kHistBins - 1); }
 
 // IEEE-754 layout of the supported types, so the loop can read exponents straight from the bits.
 template <typename T>

@@ -20,14 +20,14 @@ inline constexpr int kHistMinExp = -32;
 inline constexpr int64_t kChunk = int64_t{1} << 15;
 
 struct Summary {
-  int64_t count = 0;       // all elements seen
-  int64_t finite = 0;      // finite elements (mean/std/min/max/absmax are over these)
+  int64_t count = 0;   // all elements seen
+  int64_t finite = 0;  // finite elements (mean/std/min/max/absmax are over these)
   int64_t nan_count = 0;
   int64_t inf_count = 0;
   int64_t zero_count = 0;  // exact zeros (both signs)
   double mean = 0.0;
-  double m2 = 0.0;         // sum of squared deviations from the mean (finite values)
-  double min = 0.0;        // meaningful only when finite > 0
+  double m2 = 0.0;   // sum of squared deviations from the mean (finite values)
+  double min = 0.0;  // meaningful only when finite > 0
   double max = 0.0;
   double absmax = 0.0;
   std::array<int64_t, kHistBins> hist{};

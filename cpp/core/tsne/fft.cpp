@@ -22,13 +22,25 @@ inline cd cmul(cd a, cd b) {
 // Radices of n: 4s first (fewest passes), then 2, 3, 5, then any other prime.
 std::vector<int> factorize(int64_t n) {
   std::vector<int> f;
-  while (n % 4 == 0) { f.push_back(4); n /= 4; }
+  while (n % 4 == 0) {
+    f.push_back(4);
+    n /= 4;
+  }
   for (int p : {2, 3, 5}) {
-    while (n % p == 0) { f.push_back(p); n /= p; }
+    while (n % p == 0) {
+      f.push_back(p);
+      n /= p;
+    }
   }
   for (int64_t p = 7; n > 1; p += 2) {
-    while (n % p == 0) { f.push_back(static_cast<int>(p)); n /= p; }
-    if (p * p > n && n > 1) { f.push_back(static_cast<int>(n)); n = 1; }
+    while (n % p == 0) {
+      f.push_back(static_cast<int>(p));
+      n /= p;
+    }
+    if (p * p > n && n > 1) {
+      f.push_back(static_cast<int>(n));
+      n = 1;
+    }
   }
   return f;
 }
@@ -132,8 +144,8 @@ Fft::Fft(int64_t n) : n_(n) {
     Stage s{r, ns, std::vector<cd>(static_cast<size_t>(ns * r))};
     for (int64_t k = 0; k < ns; ++k) {
       for (int q = 0; q < r; ++q) {
-        const double ang = -2.0 * std::numbers::pi * static_cast<double>(k * q) /
-                           static_cast<double>(ns * r);
+        const double ang =
+            -2.0 * std::numbers::pi * static_cast<double>(k * q) / static_cast<double>(ns * r);
         s.twiddle[static_cast<size_t>(k * r + q)] = cd(std::cos(ang), std::sin(ang));
       }
     }
@@ -213,7 +225,8 @@ void fft2d_batch(const Fft& fft, cd* const* arrays, const int64_t* rows_nonzero,
   const int threads = resolve_threads(num_threads);
   // Flattened (array, row) index ranges of the two row passes, and (array, block row) of the
   // transposes, so the whole batch costs three barriers.
-  std::vector<int64_t> off1(static_cast<size_t>(count) + 1, 0), off2(static_cast<size_t>(count) + 1, 0);
+  std::vector<int64_t> off1(static_cast<size_t>(count) + 1, 0),
+      off2(static_cast<size_t>(count) + 1, 0);
   for (int c = 0; c < count; ++c) {
     off1[c + 1] = off1[c] + std::clamp<int64_t>(rows_nonzero[c], 0, L);
     off2[c + 1] = off2[c] + std::clamp<int64_t>(rows_needed[c], 0, L);
@@ -249,7 +262,8 @@ void fft2d_batch(const Fft& fft, cd* const* arrays, const int64_t* rows_nonzero,
       for (int64_t bj = bi; bj < L; bj += B) {
         const int64_t ie = std::min(bi + B, L), je = std::min(bj + B, L);
         for (int64_t i = bi; i < ie; ++i) {
-          for (int64_t j = (bi == bj ? i + 1 : bj); j < je; ++j) std::swap(a[i * L + j], a[j * L + i]);
+          for (int64_t j = (bi == bj ? i + 1 : bj); j < je; ++j)
+            std::swap(a[i * L + j], a[j * L + i]);
         }
       }
     }

@@ -25,7 +25,7 @@ class Fft {
  private:
   struct Stage {
     int radix;
-    int64_t ns;                                // product of the radices before this stage
+    int64_t ns;                                 // product of the radices before this stage
     std::vector<std::complex<double>> twiddle;  // ns × radix: exp(−2πi k r / (ns·radix))
   };
   void run(std::complex<double>* data, std::complex<double>* scratch) const;

@@ -53,12 +53,14 @@ Workspace& workspace() {
 
 }  // namespace
 
-double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* rep, int num_threads) {
+double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* rep,
+                     int num_threads) {
   if (prm.n_interp < 1 || prm.n_interp > 16) {
     throw std::invalid_argument("repulsion_fft: n_interp must be in [1, 16]");
   }
   if (prm.min_intervals < 1 || !(prm.intervals_per_unit > 0.0)) {
-    throw std::invalid_argument("repulsion_fft: min_intervals and intervals_per_unit must be positive");
+    throw std::invalid_argument(
+        "repulsion_fft: min_intervals and intervals_per_unit must be positive");
   }
   if (n <= 0) return 0.0;
   const int threads = resolve_threads(num_threads);
@@ -194,7 +196,7 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* r
     const double k2 = K[static_cast<size_t>(i)].imag() * scale;
     const cd a = A[static_cast<size_t>(i)];  // → (K1 ∗ 1) + i (K2 ∗ 1)
     A[static_cast<size_t>(i)] = cd(a.real() * k1 - a.imag() * k2, a.real() * k2 + a.imag() * k1);
-    B[static_cast<size_t>(i)] *= k2;           // → (K2 ∗ ỹx) + i (K2 ∗ ỹy)
+    B[static_cast<size_t>(i)] *= k2;  // → (K2 ∗ ỹx) + i (K2 ∗ ỹy)
   }
   {
     cd* arrays[2] = {A.data(), B.data()};

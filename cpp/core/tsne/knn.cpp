@@ -29,7 +29,7 @@ struct TopK {
   using Item = std::pair<float, int64_t>;
   std::vector<Item> items;  // best (first `kept`) followed by the buffer
   size_t cap = 0, kept = 0;
-  float bound = INFINITY;   // admit candidates with distance <= bound
+  float bound = INFINITY;  // admit candidates with distance <= bound
 
   void reset(size_t c) {
     cap = c, kept = 0, bound = INFINITY;
@@ -63,9 +63,9 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
   const int threads = resolve_threads(num_threads);
   // Double copy (normalised for cosine) for the exact re-ranking, and a centred float copy for
   // the GEMM: centring keeps ‖x‖² + ‖y‖² − 2 x·y from cancelling catastrophically.
-  RowMatD Xd = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
-                   X, n, d)
-                   .template cast<double>();
+  RowMatD Xd =
+      Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(X, n, d)
+          .template cast<double>();
   if (metric == Metric::cosine) {
     for (int64_t i = 0; i < n; ++i) {
       const double norm = Xd.row(i).norm();
@@ -132,7 +132,7 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
 
 template void knn_exact<float>(const float*, int64_t, int64_t, int64_t, Metric, int64_t*, double*,
                                int);
-template void knn_exact<double>(const double*, int64_t, int64_t, int64_t, Metric, int64_t*,
-                                double*, int);
+template void knn_exact<double>(const double*, int64_t, int64_t, int64_t, Metric, int64_t*, double*,
+                                int);
 
 }  // namespace llmdbg::tsne

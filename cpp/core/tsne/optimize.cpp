@@ -38,7 +38,12 @@ int thread_id() {
 // Buffers reused across iterations.
 struct Workspace {
   Workspace(const Csr& P, int threads)
-      : attr(2 * P.n), rep(2 * P.n), zs(P.n), fs(2 * P.n), plogw(P.n), scratch(threads),
+      : attr(2 * P.n),
+        rep(2 * P.n),
+        zs(P.n),
+        fs(2 * P.n),
+        plogw(P.n),
+        scratch(threads),
         cols(P.indices.begin(), P.indices.end()) {}
   std::vector<double> attr, rep, zs, fs, plogw;
   std::vector<QuadTree::Scratch> scratch;  // one interaction list per thread
@@ -78,7 +83,7 @@ inline double plogw_row(const Csr& P, const double* Y, int64_t i) {
   return lw;
 }
 
-constexpr int64_t kRowBlock = 64;  // rows of P per attraction task
+constexpr int64_t kRowBlock = 64;               // rows of P per attraction task
 constexpr int64_t kParallelUpdateFrom = 16384;  // points
 
 // Fills ws.attr (Σ_j p_ij w_ij (y_i − y_j)) and ws.rep (Σ_j w_ij² (y_i − y_j)) and returns Z.
@@ -231,7 +236,7 @@ double kl_divergence(const Csr& P, const double* Y, int num_threads) {
   const int threads = resolve_threads(num_threads);
   std::vector<double> x(n), y(n), zrow(n), prow(n);
   for (int64_t i = 0; i < n; ++i) x[i] = Y[2 * i], y[i] = Y[2 * i + 1];
-  // Z = 2 Σ_{i<j} w_ij; split rows so the triangle is balanced (row i and row n−1−i together).
+    // Z = 2 Σ_{i<j} w_ij; split rows so the triangle is balanced (row i and row n−1−i together).
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
   for (int64_t i = 0; i < n; ++i) {
     const double px = x[i], py = y[i];

@@ -25,14 +25,14 @@ struct Phase {
 struct OptimizeParams {
   std::vector<Phase> phases;
   Method method = Method::bh;
-  double theta = 0.5;                // Barnes-Hut: accept a cell when side / distance < θ
-  int fft_n_interp = 3;              // FFT: interpolation nodes per interval
-  int fft_min_intervals = 50;        // FFT: minimum intervals per dimension
+  double theta = 0.5;          // Barnes-Hut: accept a cell when side / distance < θ
+  int fft_n_interp = 3;        // FFT: interpolation nodes per interval
+  int fft_min_intervals = 50;  // FFT: minimum intervals per dimension
   double fft_intervals_per_unit = 1.0;
-  double max_step_norm = 5.0;        // cap on ‖u_i‖ per step (<= 0: no cap)
+  double max_step_norm = 5.0;  // cap on ‖u_i‖ per step (<= 0: no cap)
   double min_gain = 0.01;
-  int callback_every = 10;           // iterations between callbacks
-  int kl_every = 50;                 // iterations between KL estimates (<= 0: never)
+  int callback_every = 10;  // iterations between callbacks
+  int kl_every = 50;        // iterations between KL estimates (<= 0: never)
   int num_threads = 0;
   // Use at most n / min_points_per_thread threads (at least 1); <= 0 uses num_threads as is.
   // BH and exact results do not depend on the thread count, so this only trades fork/join
@@ -45,9 +45,9 @@ struct OptimizeParams {
 };
 
 struct OptimizeResult {
-  int n_iter = 0;          // iterations run (fewer when the callback stopped the loop)
-  double kl = 0.0;         // exact KL(P‖Q) of the final embedding, double
-  bool stopped = false;    // the callback asked to stop
+  int n_iter = 0;        // iterations run (fewer when the callback stopped the loop)
+  double kl = 0.0;       // exact KL(P‖Q) of the final embedding, double
+  bool stopped = false;  // the callback asked to stop
 };
 
 // Called every callback_every iterations with (iterations done so far, latest KL estimate; NaN

@@ -171,7 +171,8 @@ int64_t QuadTree::leaf_repulsion(int32_t leaf, Scratch& sc, double* z, double* f
   double* lm = sc.m.data();
   // The leaf's own points first (they are the queries), then the walk's cells and points.
   int64_t len = 0;
-  for (int32_t s = b; s < e; ++s, ++len) lx[len] = pos[2 * s], ly[len] = pos[2 * s + 1], lm[len] = 1.0;
+  for (int32_t s = b; s < e; ++s, ++len)
+    lx[len] = pos[2 * s], ly[len] = pos[2 * s + 1], lm[len] = 1.0;
   const QuadNode* nodes = nodes_.data();
   const int32_t count = static_cast<int32_t>(nodes_.size());
   int32_t k = 0;

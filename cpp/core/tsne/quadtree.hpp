@@ -15,8 +15,8 @@
 namespace llmdbg::tsne {
 
 struct QuadNode {
-  double cx, cy;  // centre of mass
-  double thr;     // accept when d² > thr
+  double cx, cy;       // centre of mass
+  double thr;          // accept when d² > thr
   int32_t begin, end;  // range in the sorted order; mass = end − begin
   int32_t next;        // preorder index after this subtree
   int32_t leaf;        // 1 for a bucket leaf
@@ -46,7 +46,7 @@ class QuadTree {
   int64_t leaf_repulsion(int32_t leaf, Scratch& scratch, double* z, double* fx, double* fy) const;
 
   const std::vector<int32_t>& leaves() const { return leaves_; }  // leaf node indices
-  const std::vector<int32_t>& order() const { return order_; }  // sorted -> original
+  const std::vector<int32_t>& order() const { return order_; }    // sorted -> original
   const std::vector<double>& sorted_positions() const { return pos_; }
   const std::vector<QuadNode>& nodes() const { return nodes_; }
   double root_side() const { return side_; }
@@ -56,7 +56,7 @@ class QuadTree {
 
   std::vector<QuadNode> nodes_;
   std::vector<int32_t> leaves_;
-  std::vector<double> pos_;        // sorted positions, n×2
+  std::vector<double> pos_;  // sorted positions, n×2
   std::vector<int32_t> order_, tmp_order_;
   std::vector<uint64_t> codes_, tmp_codes_;
   std::vector<int32_t> hist_;  // radix-sort histograms, one per pass

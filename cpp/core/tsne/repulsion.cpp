@@ -45,7 +45,8 @@ double repulsion_bh(const double* Y, int64_t n, double theta, double* rep, int n
 #pragma omp for schedule(dynamic, 8)
     for (int64_t l = 0; l < n_leaves; ++l) {
       const QuadNode& leaf = nodes[leaves[l]];
-      tree.leaf_repulsion(leaves[l], scratch, &zs[leaf.begin], &fs[leaf.begin], &fs[n + leaf.begin]);
+      tree.leaf_repulsion(leaves[l], scratch, &zs[leaf.begin], &fs[leaf.begin],
+                          &fs[n + leaf.begin]);
     }
   }
   for (int64_t s = 0; s < n; ++s) {

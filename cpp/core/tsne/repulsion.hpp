@@ -5,8 +5,8 @@
 #include <cstdint>
 
 namespace llmdbg::tsne {
-// Y: n×2 row-major. Writes rep (n×2 row-major) with rep_i = Σ_{j≠i} w_ij² (y_i − y_j), w_ij = 1/(1+‖y_i−y_j‖²),
-// and returns Z = Σ_{i≠j} w_ij (double, fixed summation order for determinism).
+// Y: n×2 row-major. Writes rep (n×2 row-major) with rep_i = Σ_{j≠i} w_ij² (y_i − y_j), w_ij =
+// 1/(1+‖y_i−y_j‖²), and returns Z = Σ_{i≠j} w_ij (double, fixed summation order for determinism).
 double repulsion_exact(const double* Y, int64_t n, double* rep, int num_threads);
 double repulsion_bh(const double* Y, int64_t n, double theta, double* rep, int num_threads);
 }  // namespace llmdbg::tsne

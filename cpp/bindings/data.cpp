@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "arrays.hpp"
 #include "common.hpp"
 #include "core/data/profile.hpp"
 
@@ -19,7 +20,8 @@ namespace dp = llmdbg::data;
 
 // UTF-8 views of a sequence of str. `keep` holds a reference to a tuple/list of the strings,
 // so the views stay valid while the GIL is released.
-std::vector<std::string_view> text_views(const py::handle& texts, const char* fn, py::object& keep) {
+std::vector<std::string_view> text_views(const py::handle& texts, const char* fn,
+                                         py::object& keep) {
   PyObject* seq = PySequence_Fast(texts.ptr(), "texts must be a sequence of str");
   if (seq == nullptr) throw py::error_already_set();
   keep = py::reinterpret_steal<py::object>(seq);
@@ -28,10 +30,11 @@ std::vector<std::string_view> text_views(const py::handle& texts, const char* fn
   std::vector<std::string_view> out;
   out.reserve(static_cast<size_t>(n));
   for (Py_ssize_t i = 0; i < n; ++i) {
-    if (i + 16 < n) __builtin_prefetch(items[i + 16]);  // the str header: one cache miss per item otherwise
+    if (i + 16 < n)
+      __builtin_prefetch(items[i + 16]);  // the str header: one cache miss per item otherwise
     if (!PyUnicode_Check(items[i])) {
-      throw py::type_error(std::string(fn) + ": texts[" + std::to_string(i) + "] must be str, got " +
-                           Py_TYPE(items[i])->tp_name);
+      throw py::type_error(std::string(fn) + ": texts[" + std::to_string(i) +
+                           "] must be str, got " + Py_TYPE(items[i])->tp_name);
     }
     Py_ssize_t size = 0;
     const char* data = PyUnicode_AsUTF8AndSize(items[i], &size);
@@ -45,17 +48,11 @@ std::vector<std::string_view> text_views(const py::handle& texts, const char* fn
   return out;
 }
 
-template <typename T>
-py::array_t<T> to_numpy(std::vector<T>&& v) {
-  auto* heap = new std::vector<T>(std::move(v));
-  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>(static_cast<py::ssize_t>(heap->size()), heap->data(), owner);
-}
-
 py::list token_list(const std::vector<std::string_view>& views) {
   py::list tokens(views.size());
   for (size_t i = 0; i < views.size(); ++i) {
-    PyObject* s = PyUnicode_DecodeUTF8(views[i].data(), static_cast<Py_ssize_t>(views[i].size()), "strict");
+    PyObject* s =
+        PyUnicode_DecodeUTF8(views[i].data(), static_cast<Py_ssize_t>(views[i].size()), "strict");
     if (s == nullptr) throw py::error_already_set();
     PyList_SET_ITEM(tokens.ptr(), static_cast<Py_ssize_t>(i), s);
   }
@@ -67,7 +64,8 @@ py::tuple count_whitespace_tokens(const py::object& texts, int num_threads) {
   const auto views = text_views(texts, "count_whitespace_tokens", keep);
   dp::TokenCounts r;
   without_gil([&] { r = dp::count_whitespace_tokens(views, num_threads); });
-  return py::make_tuple(token_list(r.tokens), to_numpy(std::move(r.counts)), to_numpy(std::move(r.lengths)));
+  return py::make_tuple(token_list(r.tokens), to_numpy(std::move(r.counts)),
+                        to_numpy(std::move(r.lengths)));
 }
 
 py::tuple profile_whitespace(const py::object& texts, int num_threads) {
@@ -80,28 +78,20 @@ py::tuple profile_whitespace(const py::object& texts, int num_threads) {
 }
 
 py::tuple duplicate_summary(const py::array& groups, const py::object& codes) {
-  if (!py::isinstance<py::array_t<int64_t>>(groups) || groups.ndim() != 1 || !(groups.flags() & py::array::c_style)) {
-    throw py::type_error("duplicate_summary: groups must be a C-contiguous 1-D int64 array");
-  }
+  check_array(groups, "duplicate_summary: groups", kInt64, Shape{"n"});
   const int64_t n = groups.shape(0);
-  const int64_t* c = nullptr;
-  py::array code_array;
-  if (!codes.is_none()) {
-    code_array = py::reinterpret_borrow<py::array>(codes);
-    if (!py::isinstance<py::array_t<int64_t>>(codes) || code_array.ndim() != 1 ||
-        !(code_array.flags() & py::array::c_style)) {
-      throw py::type_error("duplicate_summary: codes must be None or a C-contiguous 1-D int64 array");
-    }
-    if (code_array.shape(0) != n) {
-      throw py::value_error("duplicate_summary: codes has " + std::to_string(code_array.shape(0)) +
-                            " entries but groups has " + std::to_string(n));
-    }
-    c = static_cast<const int64_t*>(code_array.data());
+  const auto code_array =
+      checked_array_or_none(codes, "duplicate_summary: codes", kInt64, Shape{"n"});
+  if (code_array && code_array->shape(0) != n) {
+    throw py::value_error("duplicate_summary: codes has " + std::to_string(code_array->shape(0)) +
+                          " entries but groups has " + std::to_string(n));
   }
-  const auto* g = static_cast<const int64_t*>(groups.data());
+  const int64_t* c = data_of<int64_t>(code_array);
+  const int64_t* g = data_of<int64_t>(groups);
   dp::DuplicateSummary r;
   without_gil([&] { r = dp::duplicate_summary(g, n, c); });
-  return py::make_tuple(to_numpy(std::move(r.first)), to_numpy(std::move(r.count)), to_numpy(std::move(r.n_labels)));
+  return py::make_tuple(to_numpy(std::move(r.first)), to_numpy(std::move(r.count)),
+                        to_numpy(std::move(r.n_labels)));
 }
 
 // A list or tuple of Python ints (exactly int, not bool) as int64; None if any item is not an
@@ -132,23 +122,20 @@ py::array_t<int64_t> duplicate_groups(const py::object& texts, int num_threads) 
   return to_numpy(std::move(g));
 }
 
-py::tuple count_ids(const py::array& ids, const py::array& offsets, int64_t vocab_size, int num_threads) {
+py::tuple count_ids(const py::array& ids, const py::array& offsets, int64_t vocab_size,
+                    int num_threads) {
   // Types, then sizes, then the one call.
-  if (!py::isinstance<py::array_t<int64_t>>(ids) || ids.ndim() != 1 || !(ids.flags() & py::array::c_style)) {
-    throw py::type_error("count_ids: ids must be a C-contiguous 1-D int64 array");
-  }
-  if (!py::isinstance<py::array_t<int64_t>>(offsets) || offsets.ndim() != 1 ||
-      !(offsets.flags() & py::array::c_style)) {
-    throw py::type_error("count_ids: offsets must be a C-contiguous 1-D int64 array");
-  }
-  if (offsets.shape(0) < 1) throw py::value_error("count_ids: offsets needs n_seqs + 1 >= 1 entries");
+  check_array(ids, "count_ids: ids", kInt64, Shape{"n"});
+  check_array(offsets, "count_ids: offsets", kInt64, Shape{"n"});
+  if (offsets.shape(0) < 1)
+    throw py::value_error("count_ids: offsets needs n_seqs + 1 >= 1 entries");
   const int64_t n_seqs = offsets.shape(0) - 1;
-  const auto* off = static_cast<const int64_t*>(offsets.data());
+  const int64_t* off = data_of<int64_t>(offsets);
   if (off[n_seqs] != ids.shape(0)) {
-    throw py::value_error("count_ids: offsets[-1] = " + std::to_string(off[n_seqs]) + " but ids has " +
-                          std::to_string(ids.shape(0)) + " entries");
+    throw py::value_error("count_ids: offsets[-1] = " + std::to_string(off[n_seqs]) +
+                          " but ids has " + std::to_string(ids.shape(0)) + " entries");
   }
-  const auto* p = static_cast<const int64_t*>(ids.data());
+  const int64_t* p = data_of<int64_t>(ids);
   dp::IdCounts r;
   without_gil([&] { r = dp::count_ids(p, off, n_seqs, vocab_size, num_threads); });
   return py::make_tuple(to_numpy(std::move(r.counts)), to_numpy(std::move(r.lengths)));
@@ -156,8 +143,9 @@ py::tuple count_ids(const py::array& ids, const py::array& offsets, int64_t voca
 
 }  // namespace
 
-void bind_data_profile(py::module_& m) {
-  m.def("count_whitespace_tokens", &count_whitespace_tokens, py::arg("texts"), py::arg("num_threads") = 0,
+void bind_data(py::module_& m) {
+  m.def("count_whitespace_tokens", &count_whitespace_tokens, py::arg("texts"),
+        py::arg("num_threads") = 0,
         R"doc(Split each str on whitespace (exactly str.split()) and count the tokens.
 
 Returns (tokens, counts, lengths): unique tokens in first-occurrence order (list of str), their
@@ -172,11 +160,13 @@ Returns (tokens, counts, lengths, groups), each as those two functions return th
 Returns (first, count, n_labels), int64 arrays with one entry per group of two or more texts, most
 frequent first (ties: smaller first index first): the group's first index, its size and the
 number of distinct label codes in it (0 when codes is None). codes: int64 (len(groups),) or None.)doc");
-  m.def("int64_array", &int64_array, py::arg("items"),
-        R"doc(A list or tuple of Python ints as an int64 array (len(items),); None if an item is not an
+  m.def(
+      "int64_array", &int64_array, py::arg("items"),
+      R"doc(A list or tuple of Python ints as an int64 array (len(items),); None if an item is not an
 int (bools excluded) or does not fit in int64.)doc");
-  m.def("duplicate_groups", &duplicate_groups, py::arg("texts"), py::arg("num_threads") = 0,
-        R"doc(For each text the index of the first identical text (itself if first); int64, len(texts).
+  m.def(
+      "duplicate_groups", &duplicate_groups, py::arg("texts"), py::arg("num_threads") = 0,
+      R"doc(For each text the index of the first identical text (itself if first); int64, len(texts).
 64-bit hashes, every match confirmed byte by byte.)doc");
   m.def("count_ids", &count_ids, py::arg("ids"), py::arg("offsets"), py::arg("vocab_size"),
         py::arg("num_threads") = 0,

@@ -18,14 +18,15 @@ std::string shape_of(const at::Tensor& t) {
 at::Tensor ig_path(const at::Tensor& baseline, const at::Tensor& diff, const at::Tensor& alphas,
                    c10::ScalarType dtype) {
   if (baseline.sizes() != diff.sizes()) {
-    throw std::invalid_argument("ig_path: baseline " + shape_of(baseline) + " and diff " + shape_of(diff) +
-                                " must have the same shape");
+    throw std::invalid_argument("ig_path: baseline " + shape_of(baseline) + " and diff " +
+                                shape_of(diff) + " must have the same shape");
   }
   if (baseline.scalar_type() != at::kFloat || diff.scalar_type() != at::kFloat) {
     throw std::invalid_argument("ig_path: baseline and diff must be float32");
   }
   if (alphas.dim() != 1 || alphas.size(0) < 1) {
-    throw std::invalid_argument("ig_path: alphas must be a non-empty 1-D tensor, got " + shape_of(alphas));
+    throw std::invalid_argument("ig_path: alphas must be a non-empty 1-D tensor, got " +
+                                shape_of(alphas));
   }
   const int64_t k = alphas.size(0);
   std::vector<int64_t> view(baseline.dim() + 1, 1);
@@ -44,16 +45,18 @@ void ig_accumulate(at::Tensor& acc, const at::Tensor& grads, const at::Tensor& w
     throw std::invalid_argument("ig_accumulate: acc must be a contiguous float32 tensor");
   }
   if (acc.dim() < 2 || grads.dim() != acc.dim()) {
-    throw std::invalid_argument("ig_accumulate: acc (G, B, ...) " + shape_of(acc) + " and grads (G, K*R, ...) " +
-                                shape_of(grads) + " must have the same number of dimensions (>= 2)");
+    throw std::invalid_argument("ig_accumulate: acc (G, B, ...) " + shape_of(acc) +
+                                " and grads (G, K*R, ...) " + shape_of(grads) +
+                                " must have the same number of dimensions (>= 2)");
   }
   if (weights.dim() != 1) throw std::invalid_argument("ig_accumulate: weights must be 1-D");
   const int64_t g = acc.size(0), b = acc.size(1), k = weights.size(0);
   const int64_t r = rows.defined() ? rows.size(0) : b;
   const int64_t n = acc.numel() / std::max<int64_t>(g * b, 1);
   if (grads.size(0) != g || grads.size(1) != k * r || grads.numel() != g * k * r * n) {
-    throw std::invalid_argument("ig_accumulate: grads " + shape_of(grads) + " does not match acc " + shape_of(acc) +
-                                " with " + std::to_string(k) + " weights and " + std::to_string(r) + " rows");
+    throw std::invalid_argument("ig_accumulate: grads " + shape_of(grads) + " does not match acc " +
+                                shape_of(acc) + " with " + std::to_string(k) + " weights and " +
+                                std::to_string(r) + " rows");
   }
   // (G, 1, K) @ (G, K, R·N) -> (G, 1, R·N): the weighted sum over steps as one batched GEMV.
   const at::Tensor w = weights.to(acc.device(), at::kFloat).view({1, 1, k}).expand({g, 1, k});

@@ -39,8 +39,9 @@ CaptureStore::CaptureStore(int64_t max_bytes, c10::ScalarType out_dtype)
     : max_bytes_(max_bytes), out_dtype_(out_dtype) {
   if (!(out_dtype == at::kFloat || out_dtype == at::kDouble || out_dtype == at::kHalf ||
         out_dtype == at::kBFloat16)) {
-    throw std::invalid_argument("dtype must be a floating-point dtype (float16, bfloat16, "
-                                "float32 or float64)");
+    throw std::invalid_argument(
+        "dtype must be a floating-point dtype (float16, bfloat16, "
+        "float32 or float64)");
   }
 }
 
@@ -111,10 +112,11 @@ void CaptureStore::check_budget(const std::string& key, const at::Tensor& reduce
 
 void CaptureStore::add(const std::string& key, const at::Tensor& tensor, const ReduceSpec& spec) {
   if (!tensor.defined()) throw std::invalid_argument("tensor for '" + key + "' is undefined");
-  if (!(at::isFloatingType(tensor.scalar_type()) || at::isIntegralType(tensor.scalar_type(), true))) {
-    throw std::invalid_argument("'" + key + "' has dtype " +
-                                std::string(c10::toString(tensor.scalar_type())) +
-                                "; only real floating-point, integer and bool tensors can be captured");
+  if (!(at::isFloatingType(tensor.scalar_type()) ||
+        at::isIntegralType(tensor.scalar_type(), true))) {
+    throw std::invalid_argument(
+        "'" + key + "' has dtype " + std::string(c10::toString(tensor.scalar_type())) +
+        "; only real floating-point, integer and bool tensors can be captured");
   }
   const at::Tensor x = tensor.detach();
   Entry& e = entry(key);
@@ -133,8 +135,9 @@ void CaptureStore::add(const std::string& key, const at::Tensor& tensor, const R
   if (r.is_cpu()) {
     // Always an independent copy: the model may reuse or modify its buffers in place later.
     const bool fresh = !r.is_alias_of(x) && r.scalar_type() == out_dtype_ && r.is_contiguous();
-    host = fresh ? r : r.to(out_dtype_, /*non_blocking=*/false, /*copy=*/true,
-                            at::MemoryFormat::Contiguous);
+    host = fresh ? r
+                 : r.to(out_dtype_, /*non_blocking=*/false, /*copy=*/true,
+                        at::MemoryFormat::Contiguous);
   } else {
     host = at::empty(r.sizes(), r.options().device(at::kCPU).dtype(out_dtype_).pinned_memory(true));
     host.copy_(r, /*non_blocking=*/true);
@@ -149,8 +152,8 @@ void CaptureStore::add_fused(const std::string& key, Entry& e, const at::Tensor&
   at::Tensor host = at::empty(x.sizes(), x.options());
   const int threads = at::get_num_threads();
   if (x.scalar_type() == at::kDouble) {
-    e.summary.merge(stats::summarize_copy(x.const_data_ptr<double>(), host.mutable_data_ptr<double>(),
-                                          x.numel(), threads));
+    e.summary.merge(stats::summarize_copy(x.const_data_ptr<double>(),
+                                          host.mutable_data_ptr<double>(), x.numel(), threads));
   } else {
     e.summary.merge(stats::summarize_copy(x.const_data_ptr<float>(), host.mutable_data_ptr<float>(),
                                           x.numel(), threads));

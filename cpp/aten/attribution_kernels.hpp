@@ -13,8 +13,8 @@ at::Tensor ig_path(const at::Tensor& baseline, const at::Tensor& diff, const at:
                    c10::ScalarType dtype);
 
 // acc[g, rows[b]] += Σ_k weights[k] * grads[g, k * R + b] in float32, in place.
-// acc: (G, B, ...) float32; grads: (G, K * R, ...) any float dtype, R = rows.size(0) (or B when rows
-// is undefined, meaning every example); weights: (K,). One batched matrix product per call: no
+// acc: (G, B, ...) float32; grads: (G, K * R, ...) any float dtype, R = rows.size(0) (or B when
+// rows is undefined, meaning every example); weights: (K,). One batched matrix product per call: no
 // K-fold float32 copy of the gradients is made beyond one dtype conversion for half types.
 void ig_accumulate(at::Tensor& acc, const at::Tensor& grads, const at::Tensor& weights,
                    const at::Tensor& rows);

@@ -18,14 +18,13 @@
 
 namespace llmdbg {
 
-
 // What to keep of one tensor. Dimensions are given by the caller (Python knows the layout).
 struct ReduceSpec {
   int64_t head_dim = -1;   // >= 0: average over this dimension (attention heads)
   int64_t token_dim = -1;  // >= 0: keep only positions [token_start, token_stop) of this dim
   int64_t token_start = 0;
   int64_t token_stop = std::numeric_limits<int64_t>::max();  // Python slice semantics
-  bool keep = true;        // false: statistics only
+  bool keep = true;                                          // false: statistics only
   bool stats = true;
 };
 
@@ -52,9 +51,9 @@ class CaptureStore {
 
  private:
   struct Entry {
-    std::vector<at::Tensor> host;        // kept copies
-    stats::Summary summary;              // merged host summaries
-    std::vector<at::Tensor> pending;     // device summaries being copied to pinned memory
+    std::vector<at::Tensor> host;     // kept copies
+    stats::Summary summary;           // merged host summaries
+    std::vector<at::Tensor> pending;  // device summaries being copied to pinned memory
     bool has_stats = false;
   };
   Entry& entry(const std::string& key);
