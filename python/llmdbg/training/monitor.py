@@ -9,6 +9,10 @@ Detectors turn these numbers into events (:class:`~llmdbg.training.Event`), logg
 ``llmdbg`` logger and kept in :attr:`Watch.events`.
 """
 
+# Long because: Watch is one object whose step() keeps the single host copy of a step and its
+# unpacking in one place; its state (state.py), locating (nonfinite.py), logged steps
+# (periodic.py), views (views.py) and sinks (sinks.py) already live apart.
+
 from __future__ import annotations
 
 import logging
