@@ -49,7 +49,7 @@ from .metrics import ClassificationReport, ErrorAnalysis
 from .tracing import ActivationStats, Capture, Trace, capture, hist_edges, summarize
 from .training import Event, Watch, watch
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _moved.install()  # old module paths (llmdbg.models, llmdbg.report_job, ...) stay importable
 
