@@ -51,7 +51,7 @@ torch:
 # Build tools first (the build runs without isolation), then the package with its extras.
 python-deps:
 	@$(PYTHON) -c "import scikit_build_core, cmake, ninja" 2>/dev/null || \
-	  $(PYTHON) -m pip install -q -c $(CONSTRAINTS) "scikit-build-core>=0.10" cmake ninja
+	  $(PYTHON) -m pip install -q -c $(CONSTRAINTS) "scikit-build-core>=0.11" cmake ninja
 
 # EXTRAS: the optional dependencies installed with the package (`make demo` sets demo).
 EXTRAS ?= test

@@ -58,7 +58,7 @@ def _installed_torch() -> str:
             "unless told not to. In the environment you want llmdbg in, run:",
             "",
             f"    {python} -m pip install torch      # only if torch is not installed yet",
-            f"    {python} -m pip install scikit-build-core cmake ninja",
+            f"    {python} -m pip install \"scikit-build-core>=0.11\" cmake ninja",
             f"    {python} -m pip install --no-build-isolation {_source_hint()}",
             "",
             "A C++20 compiler and Eigen are needed too (Debian/Ubuntu: apt-get install g++ libeigen3-dev).",
