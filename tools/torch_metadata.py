@@ -58,7 +58,7 @@ def _installed_torch() -> str:
             "unless told not to. In the environment you want llmdbg in, run:",
             "",
             f"    {python} -m pip install torch      # only if torch is not installed yet",
-            f"    {python} -m pip install \"scikit-build-core>=0.11\" cmake ninja",
+            f'    {python} -m pip install "scikit-build-core>=0.11" cmake ninja',
             f"    {python} -m pip install --no-build-isolation {_source_hint()}",
             "",
             "A C++20 compiler and Eigen are needed too (Debian/Ubuntu: apt-get install g++ libeigen3-dev).",
@@ -96,7 +96,7 @@ def dynamic_metadata(field: str, settings: Mapping[str, Any]) -> str | list[str]
     if field == "version":
         version = settings.get("version")
         if not isinstance(version, str) or not version:
-            raise RuntimeError("torch_metadata: set version = \"X.Y.Z\" in [tool.scikit-build.metadata.version]")
+            raise RuntimeError('torch_metadata: set version = "X.Y.Z" in [tool.scikit-build.metadata.version]')
         return f"{version}+{torch_local_label(_installed_torch())}" if pin else version
     if field == "dependencies":
         requirements = settings.get("dependencies")

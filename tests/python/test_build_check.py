@@ -38,23 +38,29 @@ def test_the_installed_build_records_the_running_torch():
     build_check.check_torch_build()  # passes as it is
 
 
-@pytest.mark.parametrize("running, built", [
-    ("2.13.0+cpu", "2.13.0+cpu"),
-    ("2.13.1", "2.13.0+cpu"),  # patch releases keep the ABI
-    ("2.13.0+cu130", "2.13.0+cpu"),  # same minor, other build: left to the loader (next test)
-    ("2.13.0", None),  # a build from before the record: nothing to compare
-])
+@pytest.mark.parametrize(
+    "running, built",
+    [
+        ("2.13.0+cpu", "2.13.0+cpu"),
+        ("2.13.1", "2.13.0+cpu"),  # patch releases keep the ABI
+        ("2.13.0+cu130", "2.13.0+cpu"),  # same minor, other build: left to the loader (next test)
+        ("2.13.0", None),  # a build from before the record: nothing to compare
+    ],
+)
 def test_same_minor_passes(versions, running, built):
     versions(running, built)
     build_check.check_torch_build()
 
 
-@pytest.mark.parametrize("running, built", [
-    ("2.14.0", "2.13.0+cpu"),
-    ("2.12.1+cu128", "2.13.0+cpu"),
-    ("3.0.0", "2.13.0"),
-    ("2.14.0.dev20260901+cpu", "2.13.0+cpu"),
-])
+@pytest.mark.parametrize(
+    "running, built",
+    [
+        ("2.14.0", "2.13.0+cpu"),
+        ("2.12.1+cu128", "2.13.0+cpu"),
+        ("3.0.0", "2.13.0"),
+        ("2.14.0.dev20260901+cpu", "2.13.0+cpu"),
+    ],
+)
 def test_other_minor_raises_naming_both_versions_and_the_rebuild(versions, running, built):
     versions(running, built)
     with pytest.raises(ImportError) as info:
@@ -88,20 +94,30 @@ def test_extension_failure_without_a_record_still_names_the_running_torch(versio
         build_check.check_torch_build()
 
 
-@pytest.mark.parametrize("direct_url, command_tail", [
-    ({"url": "https://github.com/org/llmdbg.git",
-      "vcs_info": {"vcs": "git", "commit_id": "0123abc", "requested_revision": "main"}},
-     "--no-deps git+https://github.com/org/llmdbg.git@0123abc"),
-    ({"url": "file:///home/me/src/llm%20dbg", "dir_info": {}}, "--no-deps /home/me/src/llm dbg"),
-    ({"url": "file:///home/me/src/llmdbg", "dir_info": {"editable": True}},
-     "--no-deps -e /home/me/src/llmdbg"),
-    ({"url": "file:///tmp/dist/llmdbg-0.2.0.tar.gz", "archive_info": {}},
-     "--no-deps /tmp/dist/llmdbg-0.2.0.tar.gz"),
-    # A wheel or an index install: the source is not known.
-    ({"url": "file:///tmp/dist/llmdbg-0.2.0+torch2.13-cp311-cp311-linux_x86_64.whl", "archive_info": {}},
-     "--no-deps <path or git URL of the llmdbg source>"),
-    ({}, "--no-deps <path or git URL of the llmdbg source>"),
-])
+@pytest.mark.parametrize(
+    "direct_url, command_tail",
+    [
+        (
+            {
+                "url": "https://github.com/org/llmdbg.git",
+                "vcs_info": {"vcs": "git", "commit_id": "0123abc", "requested_revision": "main"},
+            },
+            "--no-deps git+https://github.com/org/llmdbg.git@0123abc",
+        ),
+        ({"url": "file:///home/me/src/llm%20dbg", "dir_info": {}}, "--no-deps /home/me/src/llm dbg"),
+        ({"url": "file:///home/me/src/llmdbg", "dir_info": {"editable": True}}, "--no-deps -e /home/me/src/llmdbg"),
+        (
+            {"url": "file:///tmp/dist/llmdbg-0.2.0.tar.gz", "archive_info": {}},
+            "--no-deps /tmp/dist/llmdbg-0.2.0.tar.gz",
+        ),
+        # A wheel or an index install: the source is not known.
+        (
+            {"url": "file:///tmp/dist/llmdbg-0.2.0+torch2.13-cp311-cp311-linux_x86_64.whl", "archive_info": {}},
+            "--no-deps <path or git URL of the llmdbg source>",
+        ),
+        ({}, "--no-deps <path or git URL of the llmdbg source>"),
+    ],
+)
 def test_rebuild_command_points_at_the_install_source(direct_url, command_tail):
     command = build_check.rebuild_command(direct_url)
     assert command.startswith(f"{sys.executable} -m pip install --no-build-isolation --force-reinstall ")

@@ -39,10 +39,12 @@ def _run(cmd: list, step: str, timings: dict, **kwargs) -> subprocess.CompletedP
 def _clean_env() -> dict[str, str]:
     """This process's environment without what would leak the checkout or this environment's
     packages into the venv. pip's own configuration (where it finds packages) is kept."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONUSERBASE")}
-    env.update(HF_HUB_OFFLINE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONNOUSERSITE="1",
-               OMP_NUM_THREADS="2")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONUSERBASE")
+    }
+    env.update(HF_HUB_OFFLINE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONNOUSERSITE="1", OMP_NUM_THREADS="2")
     return env
 
 
@@ -81,9 +83,24 @@ def wheel(tmp_path_factory, timings) -> Path:
         assert path.is_file() and path.suffix == ".whl", f"LLMDBG_WHEEL={given!r} is not a wheel file"
         return path
     out = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w", out,
-          f"-Cbuild-dir={REPO / 'build' / 'wheel'}", REPO], "build the wheel", timings,
-         env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", "2")})
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-build-isolation",
+            "--no-deps",
+            "-q",
+            "-w",
+            out,
+            f"-Cbuild-dir={REPO / 'build' / 'wheel'}",
+            REPO,
+        ],
+        "build the wheel",
+        timings,
+        env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", "2")},
+    )
     (path,) = out.glob("llmdbg-*.whl")
     return path
 
@@ -97,8 +114,13 @@ def venv(tmp_path_factory, wheel, timings) -> Path:
     python = root / "venv" / "bin" / "python"
     # --no-compile: byte-compiling torch and transformers at install time doubles the install time;
     # the few modules imported get compiled on first import instead.
-    _run([python, "-m", "pip", "install", "-q", "--no-compile", f"torch=={TORCH_PUBLIC}"], "pip install torch",
-         timings, env=env, cwd=root)
+    _run(
+        [python, "-m", "pip", "install", "-q", "--no-compile", f"torch=={TORCH_PUBLIC}"],
+        "pip install torch",
+        timings,
+        env=env,
+        cwd=root,
+    )
     from zipfile import ZipFile
 
     with ZipFile(wheel) as zf:
@@ -106,8 +128,13 @@ def venv(tmp_path_factory, wheel, timings) -> Path:
         requires = re.findall(r"^Requires-Dist: (.+)$", zf.read(name).decode(), flags=re.M)
     constraints = root / "constraints.txt"
     constraints.write_text("\n".join(_dependency_pins(requires)) + "\n")
-    _run([python, "-m", "pip", "install", "-q", "--no-compile", "-c", constraints, wheel], "pip install the wheel",
-         timings, env=env, cwd=root)
+    _run(
+        [python, "-m", "pip", "install", "-q", "--no-compile", "-c", constraints, wheel],
+        "pip install the wheel",
+        timings,
+        env=env,
+        cwd=root,
+    )
     return python
 
 
@@ -124,7 +151,7 @@ def test_wheel_name_and_metadata_record_the_build_torch(wheel):
     major, minor = map(int, TORCH_MINOR.split("."))
     torch_requires = re.findall(r"^Requires-Dist: (torch\b.*)$", text, flags=re.M)
     assert len(torch_requires) == 1, torch_requires  # torch>=2.13,<2.14 (in either order)
-    assert set(torch_requires[0][len("torch"):].split(",")) == {f">={major}.{minor}", f"<{major}.{minor + 1}"}
+    assert set(torch_requires[0][len("torch") :].split(",")) == {f">={major}.{minor}", f"<{major}.{minor + 1}"}
     for dep in ("numpy", "transformers", "tqdm", "pandas"):
         assert re.search(rf"^Requires-Dist: {dep}\b[^;]*$", text, flags=re.M), dep
     assert f'TORCH_VERSION = "{torch.__version__}"' in build_info
@@ -205,10 +232,16 @@ _SCRIPT = textwrap.dedent(r"""
 def test_capture_rollout_ig_tsne_in_a_fresh_venv(venv, tmp_path, timings):
     script = tmp_path / "use_llmdbg.py"
     script.write_text(_SCRIPT)
-    proc = _run([venv, script], "run capture, rollout, IG, t-SNE in the venv", timings,
-                env=_clean_env(), cwd=tmp_path, timeout=300)
+    proc = _run(
+        [venv, script],
+        "run capture, rollout, IG, t-SNE in the venv",
+        timings,
+        env=_clean_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    out = json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT ") :])
 
     # Imported from the venv, not from this checkout or this environment.
     venv_root = str(Path(venv).parent.parent)
@@ -244,8 +277,14 @@ def test_capture_rollout_ig_tsne_in_a_fresh_venv(venv, tmp_path, timings):
 def test_a_torch_of_another_minor_is_refused_at_import(venv, tmp_path, timings):
     """Make the installed build claim another torch minor; importing llmdbg then fails with an
     ImportError naming both versions and the rebuild command (not an undefined symbol)."""
-    where = subprocess.run([str(venv), "-c", "import importlib.util as u; print(u.find_spec('llmdbg').submodule_search_locations[0])"],
-                           capture_output=True, text=True, check=True, env=_clean_env(), cwd=tmp_path)
+    where = subprocess.run(
+        [str(venv), "-c", "import importlib.util as u; print(u.find_spec('llmdbg').submodule_search_locations[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_clean_env(),
+        cwd=tmp_path,
+    )
     info = Path(where.stdout.strip()) / "_build_info.py"
     original = info.read_text()
     major, minor = map(int, TORCH_MINOR.split("."))
@@ -254,8 +293,14 @@ def test_a_torch_of_another_minor_is_refused_at_import(venv, tmp_path, timings):
     try:
         # check_torch_build is the first thing llmdbg/__init__.py runs; importing the checker
         # directly gives the same error whether or not the package __init__ calls it yet.
-        proc = subprocess.run([str(venv), "-c", "from llmdbg._internal.build_check import check_torch_build as c; c()"],
-                              capture_output=True, text=True, env=_clean_env(), cwd=tmp_path, timeout=120)
+        proc = subprocess.run(
+            [str(venv), "-c", "from llmdbg._internal.build_check import check_torch_build as c; c()"],
+            capture_output=True,
+            text=True,
+            env=_clean_env(),
+            cwd=tmp_path,
+            timeout=120,
+        )
     finally:
         info.write_text(original)
     assert proc.returncode != 0

@@ -46,7 +46,7 @@ def _direct_url() -> dict[str, Any] | None:
 
         text = metadata.distribution(_PACKAGE).read_text("direct_url.json")
         return json.loads(text) if text else None
-    except Exception:  # noqa: BLE001  (no distribution, unreadable or malformed record)
+    except Exception:  # no distribution, an unreadable or a malformed record
         return None
 
 
@@ -63,7 +63,7 @@ def install_source(direct_url: dict[str, Any] | None) -> tuple[str, bool]:
     if isinstance(vcs, dict) and vcs.get("vcs"):
         revision = vcs.get("commit_id") or vcs.get("requested_revision")
         return f"{vcs['vcs']}+{url}" + (f"@{revision}" if revision else ""), False
-    path = urllib.parse.unquote(url[len("file://"):]) if url.startswith("file://") else url
+    path = urllib.parse.unquote(url[len("file://") :]) if url.startswith("file://") else url
     dir_info = direct_url.get("dir_info")
     if isinstance(dir_info, dict):
         return path, bool(dir_info.get("editable"))
@@ -76,8 +76,11 @@ def rebuild_command(direct_url: dict[str, Any] | None = None) -> str:
     """The pip command that rebuilds llmdbg against the torch of this environment."""
     source, editable = install_source(_direct_url() if direct_url is None else direct_url)
     python = sys.executable or "python"
-    return (f"{python} -m pip install --no-build-isolation --force-reinstall --no-deps "
-            + ("-e " if editable else "") + source)
+    return (
+        f"{python} -m pip install --no-build-isolation --force-reinstall --no-deps "
+        + ("-e " if editable else "")
+        + source
+    )
 
 
 def _advice(built: str | None, running: str) -> str:
@@ -89,8 +92,10 @@ def _advice(built: str | None, running: str) -> str:
     built_minor = _major_minor(built) if built else None
     if built_minor is not None and built_minor != _major_minor(running):
         major, minor = built_minor
-        lines += ["or install the torch llmdbg was built for:",
-                  f"    {sys.executable or 'python'} -m pip install \"torch=={major}.{minor}.*\""]
+        lines += [
+            "or install the torch llmdbg was built for:",
+            f'    {sys.executable or "python"} -m pip install "torch=={major}.{minor}.*"',
+        ]
     return "\n".join(lines)
 
 
@@ -111,7 +116,8 @@ def check_torch_build() -> None:
             f"llmdbg was built against torch {built}, but torch {running} is imported: its C++ "
             f"extension only works with the torch minor version it was compiled for "
             f"({'.'.join(map(str, _major_minor(built) or ()))}).\n{_advice(built, running)}",
-            name=f"{_PACKAGE}._core")
+            name=f"{_PACKAGE}._core",
+        )
     try:
         importlib.import_module(f"{_PACKAGE}._core")
     except ImportError as err:
@@ -120,4 +126,6 @@ def check_torch_build() -> None:
             f"llmdbg's C++ extension ({_PACKAGE}._core) failed to load: {err}\n"
             f"It was built against {built_text}; torch {running} is imported. An extension built "
             f"for another torch (or another build of it: CPU/CUDA, C++ ABI) fails this way.\n"
-            f"{_advice(built, running)}", name=f"{_PACKAGE}._core") from err
+            f"{_advice(built, running)}",
+            name=f"{_PACKAGE}._core",
+        ) from err
