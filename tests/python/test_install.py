@@ -156,6 +156,12 @@ def test_wheel_name_and_metadata_record_the_build_torch(wheel):
         assert re.search(rf"^Requires-Dist: {dep}\b[^;]*$", text, flags=re.M), dep
     assert f'TORCH_VERSION = "{torch.__version__}"' in build_info
     assert any(re.fullmatch(r"llmdbg/_core\..*\.so", n) for n in names)
+    # Every module of the package is shipped (a .gitignore pattern once dropped llmdbg/report/).
+    source = REPO / "python"
+    modules = {
+        p.relative_to(source).as_posix() for p in (source / "llmdbg").rglob("*.py*") if "__pycache__" not in p.parts
+    }
+    assert not modules - set(names), sorted(modules - set(names))
 
 
 _SCRIPT = textwrap.dedent(r"""
