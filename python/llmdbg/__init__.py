@@ -9,6 +9,14 @@ and ``docs/architecture.md`` maps the folders.
 # OpenMP runtime that our kernels share with torch.
 import torch as _torch  # noqa: F401
 
+# Before anything imports _core: a torch of another minor version raises an ImportError naming both
+# versions and the rebuild command, instead of an undefined-symbol error from the loader.
+from ._internal.build_check import check_torch_build as _check_torch_build
+
+_check_torch_build()
+
+# isort: split
+
 # Submodules that are part of the public surface by name: llmdbg.metrics.classification_report,
 # llmdbg.data.profile, llmdbg.checks.perturbation_test.
 from . import checks, data, metrics
@@ -49,7 +57,7 @@ from .metrics import ClassificationReport, ErrorAnalysis
 from .tracing import ActivationStats, Capture, Trace, capture, hist_edges, summarize
 from .training import Event, Watch, watch
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _moved.install()  # old module paths (llmdbg.models, llmdbg.report_job, ...) stay importable
 
