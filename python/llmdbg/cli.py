@@ -135,7 +135,7 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .report.job import (
+    from .report import (
         SectionFailedWarning,
         TruncationWarning,
         check_out_dir,

@@ -10,6 +10,18 @@ from .inputs import KINDS, TruncationWarning, check_out_dir, check_target, load_
 from .job import run_report
 from .page import Report, prepare_out_dir
 
-__all__ = ["KINDS", "Report", "ReportContext", "Section", "SectionFailedWarning", "TruncationWarning",
-           "check_out_dir", "check_target", "load_model", "prepare_out_dir", "read_texts", "run_report",
-           "tokenize"]
+__all__ = [
+    "KINDS",
+    "Report",
+    "ReportContext",
+    "Section",
+    "SectionFailedWarning",
+    "TruncationWarning",
+    "check_out_dir",
+    "check_target",
+    "load_model",
+    "prepare_out_dir",
+    "read_texts",
+    "run_report",
+    "tokenize",
+]

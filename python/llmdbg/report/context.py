@@ -27,15 +27,22 @@ def guarded(ctx: ReportContext, title: str, section: Callable[[ReportContext], N
 
     try:
         section(ctx)
-    except Exception as exc:  # noqa: BLE001 - the rest of the report is still worth writing
+    except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         ctx.summary.setdefault("errors", {})[title] = message
         tb = "".join(traceback.format_exception(exc)[-6:])
-        ctx.report.add_section(f"{title} (failed)", html=(
-            f"<p>This section failed: <code>{html.escape(message)}</code>. The rest of the report is "
-            f"complete. Please report this with the traceback below.</p><pre>{html.escape(tb)}</pre>"))
-        warnings.warn(f"the {title.lower()} section failed ({message}); the report was written "
-                      "without it", SectionFailedWarning, stacklevel=2)
+        ctx.report.add_section(
+            f"{title} (failed)",
+            html=(
+                f"<p>This section failed: <code>{html.escape(message)}</code>. The rest of the report is "
+                f"complete. Please report this with the traceback below.</p><pre>{html.escape(tb)}</pre>"
+            ),
+        )
+        warnings.warn(
+            f"the {title.lower()} section failed ({message}); the report was written without it",
+            SectionFailedWarning,
+            stacklevel=2,
+        )
 
 
 @dataclass

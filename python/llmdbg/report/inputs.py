@@ -15,8 +15,16 @@ from typing import Any
 from ..adapters.task import task_type
 from .page import prepare_out_dir
 
-__all__ = ["KINDS", "TruncationWarning", "check_out_dir", "check_target", "load_model", "model_kind",
-           "read_texts", "tokenize"]
+__all__ = [
+    "KINDS",
+    "TruncationWarning",
+    "check_out_dir",
+    "check_target",
+    "load_model",
+    "model_kind",
+    "read_texts",
+    "tokenize",
+]
 
 KINDS = ("classifier", "causal-lm", "masked-lm", "encoder")
 # Hugging Face's "no limit" sentinel for tokenizers without a maximum length is about 1e30.
@@ -35,19 +43,29 @@ def _load_error(name: str, what: str, exc: BaseException) -> OSError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     first = first if len(first) <= 160 else first[:157] + "..."
     # A hub id is "name" or "org/name"; anything else (or anything on disk) is meant as a path.
-    looks_like_path = (name.startswith((".", "~", os.sep)) or name.count("/") > 1
-                       or (os.sep != "/" and os.sep in name) or Path(name).expanduser().exists())
+    looks_like_path = (
+        name.startswith((".", "~", os.sep))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+        or Path(name).expanduser().exists()
+    )
     if looks_like_path and not Path(name).expanduser().exists():
-        return OSError(f"cannot load the {what} of {name!r}: {name} does not exist; pass --model a "
-                       "directory that holds config.json and the weights (written by save_pretrained)")
+        return OSError(
+            f"cannot load the {what} of {name!r}: {name} does not exist; pass --model a "
+            "directory that holds config.json and the weights (written by save_pretrained)"
+        )
     if looks_like_path:
-        hint = (f"{name} must hold a Hugging Face {what} (config.json and model weights, tokenizer "
-                "files), as written by model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)")
+        hint = (
+            f"{name} must hold a Hugging Face {what} (config.json and model weights, tokenizer "
+            "files), as written by model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)"
+        )
     else:
         mode = "offline (HF_HUB_OFFLINE=1)" if _offline() else "without the model in the local cache"
-        hint = (f"running {mode}, {name!r} is not in the Hugging Face cache; point --model at a local "
-                "directory (one written by model.save_pretrained(DIR) and "
-                "tokenizer.save_pretrained(DIR)), or download it once with network access")
+        hint = (
+            f"running {mode}, {name!r} is not in the Hugging Face cache; point --model at a local "
+            "directory (one written by model.save_pretrained(DIR) and "
+            "tokenizer.save_pretrained(DIR)), or download it once with network access"
+        )
     return OSError(f"cannot load the {what} of {name!r} ({first}); {hint}")
 
 
@@ -74,7 +92,6 @@ def load_model(name_or_path: str) -> tuple[Any, Any]:
         The model or tokenizer cannot be found; the message says how to point at a local path.
     """
     import transformers
-
 
     name = str(name_or_path)
     if not name.strip():
@@ -109,8 +126,10 @@ def model_kind(model: Any) -> str:
     """
     task = task_type(model)
     if task == "seq2seq":
-        raise ValueError(f"{type(model).__name__} is an encoder-decoder model; llmdbg report supports encoders, "
-                         "classifiers and causal or masked language models")
+        raise ValueError(
+            f"{type(model).__name__} is an encoder-decoder model; llmdbg report supports encoders, "
+            "classifiers and causal or masked language models"
+        )
     return task
 
 
@@ -127,8 +146,9 @@ def read_texts(texts: Sequence[str] | None = None, file: str | os.PathLike | Non
     out: list[str] = []
     for i, text in enumerate(texts or []):
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"--text number {i + 1} is empty; texts must be non-empty (at least one "
-                             "character that is not a space)")
+            raise ValueError(
+                f"--text number {i + 1} is empty; texts must be non-empty (at least one character that is not a space)"
+            )
         out.append(text)
     if file is not None:
         path = Path(file).expanduser()
@@ -143,7 +163,7 @@ def read_texts(texts: Sequence[str] | None = None, file: str | os.PathLike | Non
             raise ValueError(f"--file {path} holds no text (every line is blank)")
         out.extend(found)
     if not out:
-        raise ValueError("no input text: give --text \"...\" (repeatable) or --file texts.txt")
+        raise ValueError('no input text: give --text "..." (repeatable) or --file texts.txt')
     return out
 
 
@@ -178,7 +198,8 @@ def check_target(target: Any, model: Any, tokenizer: Any, kind: str | None = Non
         raise ValueError(
             f"--target does not apply to {cls}, an encoder without a task head: give --target to a "
             "sequence classifier (class index or label), a causal LM (continuation text) or a masked "
-            "LM (the token for the mask), or leave it out")
+            "LM (the token for the mask), or leave it out"
+        )
     text = str(target)
     if kind == "classifier":
         labels = _labels(model)
@@ -186,13 +207,17 @@ def check_target(target: Any, model: Any, tokenizer: Any, kind: str | None = Non
             idx = int(text)
             if 0 <= idx < len(labels):
                 return idx
-            raise ValueError(f"--target {idx} is not a class of {cls}: it has {len(labels)} classes, "
-                             f"0..{len(labels) - 1} ({', '.join(labels.values())})")
+            raise ValueError(
+                f"--target {idx} is not a class of {cls}: it has {len(labels)} classes, "
+                f"0..{len(labels) - 1} ({', '.join(labels.values())})"
+            )
         by_name = {v: k for k, v in labels.items()}
         if text in by_name:
             return by_name[text]
-        raise ValueError(f"--target {text!r} is not a class of {cls}: give a class index "
-                         f"0..{len(labels) - 1} or one of the labels {sorted(by_name)}")
+        raise ValueError(
+            f"--target {text!r} is not a class of {cls}: give a class index "
+            f"0..{len(labels) - 1} or one of the labels {sorted(by_name)}"
+        )
     if not text.strip():
         raise ValueError("--target is empty; give the text to attribute")
     if kind == "causal-lm":
@@ -204,8 +229,10 @@ def check_target(target: Any, model: Any, tokenizer: Any, kind: str | None = Non
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         pieces = tokenizer.convert_ids_to_tokens(ids)
-        raise ValueError(f"--target {text!r} is {len(ids)} tokens ({pieces}) for the masked LM {cls}: "
-                         "give the one token that should fill the mask")
+        raise ValueError(
+            f"--target {text!r} is {len(ids)} tokens ({pieces}) for the masked LM {cls}: "
+            "give the one token that should fill the mask"
+        )
     return int(ids[0])
 
 
@@ -246,8 +273,9 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int | None = None, *,
     """
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
         raise ValueError(f"--max-length must be an integer >= 2, got {max_length!r}")
-    limits = [m for m in (max_length, _model_max_length(model, tokenizer) if model is not None else None)
-              if m is not None]
+    limits = [
+        m for m in (max_length, _model_max_length(model, tokenizer) if model is not None else None) if m is not None
+    ]
     limit = min(limits) if limits else None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -257,15 +285,20 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int | None = None, *,
         lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
         for i, n in enumerate(lengths):
             if n > limit:
-                why = (f"--max-length {max_length}" if max_length is not None and max_length == limit
-                       else "the model's maximum length")
-                warnings.warn(f"text {i + 1} has {n} tokens but {why} is {limit}: it was truncated to its "
-                              f"first {limit} tokens", TruncationWarning, stacklevel=2)
+                why = (
+                    f"--max-length {max_length}"
+                    if max_length is not None and max_length == limit
+                    else "the model's maximum length"
+                )
+                warnings.warn(
+                    f"text {i + 1} has {n} tokens but {why} is {limit}: it was truncated to its first {limit} tokens",
+                    TruncationWarning,
+                    stacklevel=2,
+                )
     side = getattr(tokenizer, "padding_side", "right")
     tokenizer.padding_side = "right"  # the report reads each text's last real token at mask.sum() - 1
     try:
-        return tokenizer(texts, padding=True, truncation=limit is not None, max_length=limit,
-                         return_tensors="pt")
+        return tokenizer(texts, padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt")
     finally:
         tokenizer.padding_side = side
 

@@ -12,27 +12,21 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import sections
-from .context import ReportContext, Section, SectionFailedWarning, guarded
-from .page import Report, json_safe, prepare_out_dir
+from .context import ReportContext, Section, guarded
 from .inputs import (
-    KINDS,
-    TruncationWarning,
-    check_out_dir,
     check_target,
-    load_model,
     model_kind,
     read_texts,
     tokenize,
 )
+from .page import Report, json_safe, prepare_out_dir
 
 __all__ = ["run_report"]
 
@@ -43,10 +37,20 @@ def _short(name: str) -> str:
     return "/".join(path.parts[-2:]) if path.exists() and len(path.parts) > 2 else name
 
 
-def run_report(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | os.PathLike, *,
-               name: str | None = None, target: Any = None, max_length: int | None = None,
-               force: bool = False, progress: bool = True, title: str | None = None,
-               extra_sections: Sequence[Section] = ()) -> Path:
+def run_report(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    name: str | None = None,
+    target: Any = None,
+    max_length: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    title: str | None = None,
+    extra_sections: Sequence[Section] = (),
+) -> Path:
     """Run ``model`` on ``texts`` and write the report.
 
     Writes ``out_dir/index.html`` (model, inputs, outputs, activation statistics, attention maps,
@@ -101,11 +105,20 @@ def run_report(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | 
     kind = model_kind(model)
     target = check_target(target, model, tokenizer, kind)
     name = name or str(getattr(model.config, "name_or_path", "") or type(model).__name__)
-    steps = ["tokenizing", "capturing", "statistics", "attention", "attribution", "embedding map",
-             "extra sections", "writing"]
+    steps = [
+        "tokenizing",
+        "capturing",
+        "statistics",
+        "attention",
+        "attribution",
+        "embedding map",
+        "extra sections",
+        "writing",
+    ]
     timings: dict[str, float] = {}
-    with tqdm(total=len(steps), desc="llmdbg report", unit="step",
-              disable=None if progress else True, leave=False) as bar:
+    with tqdm(
+        total=len(steps), desc="llmdbg report", unit="step", disable=None if progress else True, leave=False
+    ) as bar:
         clock = [time.perf_counter()]
 
         def step(i: int) -> None:
@@ -119,14 +132,25 @@ def run_report(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | 
         step(0)
         enc = tokenize(tokenizer, texts, max_length, model=model)
         step(1)
-        with torch.no_grad(), capture(model, hidden_states=True, attentions=True,
-                                      tokenizer=tokenizer) as trace:
+        with torch.no_grad(), capture(model, hidden_states=True, attentions=True, tokenizer=tokenizer) as trace:
             outputs = model(**enc)
-        report = Report(title or f"llmdbg report: {_short(name)}",
-                        subtitle=f"{type(model).__name__} ({kind}), {len(texts)} text"
-                                 f"{'s' if len(texts) != 1 else ''}")
-        ctx = ReportContext(model=model, tokenizer=tokenizer, name=name, kind=kind, texts=texts, enc=enc,
-                            trace=trace, outputs=outputs, target=target, report=report, progress=progress)
+        report = Report(
+            title or f"llmdbg report: {_short(name)}",
+            subtitle=f"{type(model).__name__} ({kind}), {len(texts)} text{'s' if len(texts) != 1 else ''}",
+        )
+        ctx = ReportContext(
+            model=model,
+            tokenizer=tokenizer,
+            name=name,
+            kind=kind,
+            texts=texts,
+            enc=enc,
+            trace=trace,
+            outputs=outputs,
+            target=target,
+            report=report,
+            progress=progress,
+        )
         sections.model_section(ctx)
         sections.inputs_section(ctx)
         sections.outputs_section(ctx)
@@ -141,22 +165,27 @@ def run_report(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | 
         guarded(ctx, "Embedding map", sections.embedding_section)
         step(6)
         for section in extra_sections:
-            guarded(ctx, getattr(section, "__name__", "extra").strip("_").replace("_", " ").capitalize(),
-                     section)
+            guarded(ctx, getattr(section, "__name__", "extra").strip("_").replace("_", " ").capitalize(), section)
         step(7)
         arrays: dict[str, Any] = {f"hidden_states_{i}": h for i, h in enumerate(trace.hidden_states)}
         arrays.update({f"attentions_{i}": a for i, a in enumerate(trace.attentions)})
-        arrays.update(input_ids=trace.input_ids, attention_mask=trace.attention_mask,
-                      tokens=np.array(trace.tokens, dtype=str))
+        arrays.update(
+            input_ids=trace.input_ids, attention_mask=trace.attention_mask, tokens=np.array(trace.tokens, dtype=str)
+        )
         arrays.update(ctx.arrays)
         np.savez(out / "arrays.npz", **arrays)
         from .. import __version__  # the package root holds only the version and re-exports
 
         summary = {
-            "llmdbg": __version__, "model": name, "class": type(model).__name__, "kind": kind,
-            "texts": texts, "tokens": trace.tokens,
+            "llmdbg": __version__,
+            "model": name,
+            "class": type(model).__name__,
+            "kind": kind,
+            "texts": texts,
+            "tokens": trace.tokens,
             "n_tokens": [int(m.sum()) for m in (trace.attention_mask if trace.attention_mask is not None else [])],
-            "target": target, "sections": [s.title for s in report.sections],
+            "target": target,
+            "sections": [s.title for s in report.sections],
             "stats": {k: s.as_dict() for k, s in trace.stats.items()},
             **ctx.summary,
         }

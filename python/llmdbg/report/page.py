@@ -13,18 +13,18 @@ import datetime
 import html
 import io
 import numbers
+import os
 import platform
 import re
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Report", "build_demo_report", "prepare_out_dir"]
+__all__ = ["Report", "json_safe", "prepare_out_dir"]
 
 _CSS = """
 :root { --fg: #1d2430; --muted: #5b6472; --line: #dde2ea; --accent: #3b6ea5; --bg: #f6f8fb; }
@@ -84,8 +84,7 @@ def _figure_html(fig: Any, alt: str, caption: str | None = None) -> str:
         fig.savefig(buf, format="png", dpi=100, facecolor="white")
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
-            f"{cap}</figure>")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">{cap}</figure>'
 
 
 def _cell(value: Any) -> tuple[str, bool]:
@@ -115,12 +114,15 @@ def _table_html(table: Any) -> str:
         raise TypeError(f"table must be a pandas DataFrame or a list of dicts, got {type(table).__name__}")
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
     numeric = [bool(cells) and all(row[j][1] for row in cells) for j in range(len(columns))]
-    head = "".join(f'<th class="num">{html.escape(c)}</th>' if num else f"<th>{html.escape(c)}</th>"
-                   for c, num in zip(columns, numeric))
-    body = ["<tr>" + "".join(f'<td class="num">{t}</td>' if num else f"<td>{t}</td>" for t, num in row)
-            + "</tr>" for row in cells]
-    return (f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    head = "".join(
+        f'<th class="num">{html.escape(c)}</th>' if num else f"<th>{html.escape(c)}</th>"
+        for c, num in zip(columns, numeric)
+    )
+    body = [
+        "<tr>" + "".join(f'<td class="num">{t}</td>' if num else f"<td>{t}</td>" for t, num in row) + "</tr>"
+        for row in cells
+    ]
+    return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -147,7 +149,8 @@ def prepare_out_dir(out_dir: str | os.PathLike, force: bool = False, *, create: 
     if path.is_dir() and any(path.iterdir()) and not force:
         raise FileExistsError(
             f"output directory {path} already exists and is not empty; pass --force (force=True) to "
-            "overwrite the report in it (index.html, arrays.npz, summary.json), or choose another directory")
+            "overwrite the report in it (index.html, arrays.npz, summary.json), or choose another directory"
+        )
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
@@ -183,8 +186,15 @@ class Report:
             anchor, n = f"{base}-{n}", n + 1
         return anchor
 
-    def add_section(self, title: str, html: str | None = None, figure: Any = None,
-                    table: Any = None, *, captions: list[str] | None = None) -> Report:
+    def add_section(
+        self,
+        title: str,
+        html: str | None = None,
+        figure: Any = None,
+        table: Any = None,
+        *,
+        captions: list[str] | None = None,
+    ) -> Report:
         """Append a section: raw HTML first, then figures, then tables.
 
         Parameters
@@ -214,8 +224,9 @@ class Report:
         for i, fig in enumerate(figures):
             cap = captions[i] if i < len(captions) else None
             section.parts.append(_figure_html(fig, alt=cap or f"{title}: figure {i + 1}", caption=cap))
-        tables = [table] if isinstance(table, (list, tuple)) and table and isinstance(table[0], dict) \
-            else _as_list(table)
+        tables = (
+            [table] if isinstance(table, (list, tuple)) and table and isinstance(table[0], dict) else _as_list(table)
+        )
         section.parts.extend(_table_html(t) for t in tables)
         self.sections.append(section)
         return self
@@ -224,19 +235,22 @@ class Report:
         """The whole page as a string."""
         esc = html.escape
         toc = "".join(f'<li><a href="#{s.anchor}">{esc(s.title)}</a></li>' for s in self.sections)
-        body = "\n".join(f'<section id="{s.anchor}"><h2>{esc(s.title)}</h2>\n' + "\n".join(s.parts)
-                         + "</section>" for s in self.sections)
+        body = "\n".join(
+            f'<section id="{s.anchor}"><h2>{esc(s.title)}</h2>\n' + "\n".join(s.parts) + "</section>"
+            for s in self.sections
+        )
         sub = f'<p class="subtitle">{esc(self.subtitle)}</p>' if self.subtitle else ""
         now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
         versions = ", ".join(f"{name} {_version(name)}" for name in ("llmdbg", "torch", "transformers"))
         return (
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{esc(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
             f"<header><h1>{esc(self.title)}</h1>{sub}</header>\n<main>\n"
             f'<nav class="toc" id="contents"><strong>Contents</strong><ol>{toc}</ol></nav>\n'
             f"{body}\n</main>\n<footer>Generated by llmdbg on {esc(now)} &middot; {esc(versions)}"
-            f" &middot; Python {esc(platform.python_version())}</footer>\n</body>\n</html>\n")
+            f" &middot; Python {esc(platform.python_version())}</footer>\n</body>\n</html>\n"
+        )
 
     def write(self, out_dir: str | Path, force: bool = False) -> Path:
         """Write ``out_dir/index.html`` and return its path.

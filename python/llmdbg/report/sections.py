@@ -18,8 +18,17 @@ import numpy as np
 from .._internal.pooling import last_real_index, mean_pool
 from .context import ReportContext
 
-__all__ = ["MIN_TEXTS_FOR_MAP", "attention_analysis_section", "attention_section", "attribution_section",
-           "embedding_section", "inputs_section", "model_section", "outputs_section", "stats_section"]
+__all__ = [
+    "MIN_TEXTS_FOR_MAP",
+    "attention_analysis_section",
+    "attention_section",
+    "attribution_section",
+    "embedding_section",
+    "inputs_section",
+    "model_section",
+    "outputs_section",
+    "stats_section",
+]
 
 #: Fewest texts for which the report draws a t-SNE map of their hidden states.
 MIN_TEXTS_FOR_MAP = 8
@@ -48,16 +57,21 @@ def model_section(ctx: ReportContext) -> None:
     cfg, layout = model.config, trace.layout
     n_params = sum(p.numel() for p in model.parameters())
     facts = [
-        ("Model", name), ("Class", type(model).__name__), ("Family (llmdbg layout)", layout.family),
+        ("Model", name),
+        ("Class", type(model).__name__),
+        ("Family (llmdbg layout)", layout.family),
         ("Layers", getattr(cfg, "num_hidden_layers", "-")),
         ("Attention heads", getattr(cfg, "num_attention_heads", "-")),
-        ("Hidden size", getattr(cfg, "hidden_size", "-")), ("Parameters", n_params),
+        ("Hidden size", getattr(cfg, "hidden_size", "-")),
+        ("Parameters", n_params),
         ("Vocabulary", getattr(cfg, "vocab_size", "-")),
-        ("Embeddings", layout.embeddings or "-"), ("Final norm", layout.final_norm or "-"),
+        ("Embeddings", layout.embeddings or "-"),
+        ("Final norm", layout.final_norm or "-"),
     ]
-    blocks = [{"layer": i, "block": b, "attention": a, "mlp": m}
-              for i, (b, a, m) in enumerate(zip(layout.blocks, layout.attention,
-                                                 layout.mlp or ("-",) * len(layout.blocks)))]
+    blocks = [
+        {"layer": i, "block": b, "attention": a, "mlp": m}
+        for i, (b, a, m) in enumerate(zip(layout.blocks, layout.attention, layout.mlp or ("-",) * len(layout.blocks)))
+    ]
     report.add_section("Model", table=[[{"property": k, "value": v} for k, v in facts], blocks])
 
 
@@ -65,11 +79,21 @@ def inputs_section(ctx: ReportContext) -> None:
     """The texts with their token counts and token strings."""
     report, texts, trace = ctx.report, ctx.texts, ctx.trace
     mask = trace.attention_mask
-    rows = [{"#": i, "text": t, "tokens": int(mask[i].sum()),
-             "token strings": " ".join(tok for tok, m in zip(trace.tokens[i], mask[i]) if m)}
-            for i, t in enumerate(texts)]
-    report.add_section("Inputs", html="<p>Tokenized with padding to the longest sentence; "
-                       "padding positions are left out of the plots below.</p>", table=rows)
+    rows = [
+        {
+            "#": i,
+            "text": t,
+            "tokens": int(mask[i].sum()),
+            "token strings": " ".join(tok for tok, m in zip(trace.tokens[i], mask[i]) if m),
+        }
+        for i, t in enumerate(texts)
+    ]
+    report.add_section(
+        "Inputs",
+        html="<p>Tokenized with padding to the longest sentence; "
+        "padding positions are left out of the plots below.</p>",
+        table=rows,
+    )
 
 
 def stats_section(ctx: ReportContext) -> None:
@@ -83,15 +107,20 @@ def stats_section(ctx: ReportContext) -> None:
     report.add_section(
         "Activation statistics",
         html="<p>Statistics of the residual stream (the embedding output, then every block output) "
-             "over all tokens of all sentences, padding included, computed by the C++ core in one "
-             "pass per tensor. The table lists every captured tensor (<code>:input</code> is a "
-             "block's input, <code>:attn</code> an attention map); mean, std, min and max are "
-             "over the finite values.</p>",
-        figure=[plot.activation_stats(trace, keys, labels=labels, title="Residual stream per layer"),
-                plot.histogram(trace.stats[last], title=f"Magnitudes of {last} (last block output)")],
-        captions=["Mean, standard deviation, absolute maximum and fraction of exact zeros per layer.",
-                  "Histogram of |x| on the fixed log2 bins of llmdbg.hist_edges()."],
-        table=trace.stats_table().drop(columns=["var"]))  # var = std**2; keeps the table narrow
+        "over all tokens of all sentences, padding included, computed by the C++ core in one "
+        "pass per tensor. The table lists every captured tensor (<code>:input</code> is a "
+        "block's input, <code>:attn</code> an attention map); mean, std, min and max are "
+        "over the finite values.</p>",
+        figure=[
+            plot.activation_stats(trace, keys, labels=labels, title="Residual stream per layer"),
+            plot.histogram(trace.stats[last], title=f"Magnitudes of {last} (last block output)"),
+        ],
+        captions=[
+            "Mean, standard deviation, absolute maximum and fraction of exact zeros per layer.",
+            "Histogram of |x| on the fixed log2 bins of llmdbg.hist_edges().",
+        ],
+        table=trace.stats_table().drop(columns=["var"]),
+    )  # var = std**2; keeps the table narrow
 
 
 def attention_section(ctx: ReportContext) -> None:
@@ -106,10 +135,11 @@ def attention_section(ctx: ReportContext) -> None:
     report.add_section(
         "Attention",
         html=f"<p>Attention of sentence 0 (<em>{html.escape(texts[0])}</em>), averaged over heads, for "
-             f"layers {layers}. Each row is a query token; its weights over the key tokens "
-             "sum to 1.</p>",
+        f"layers {layers}. Each row is a query token; its weights over the key tokens "
+        "sum to 1.</p>",
         figure=plot.attention_grid(maps, tokens, head="mean"),
-        captions=[f"Attention heatmaps, layers {layers}, mean over heads."])
+        captions=[f"Attention heatmaps, layers {layers}, mean over heads."],
+    )
 
 
 def attention_analysis_section(ctx: ReportContext) -> None:
@@ -129,28 +159,40 @@ def attention_analysis_section(ctx: ReportContext) -> None:
     flow = attention_flow(trace, rows=[row])
     summary = attention_summary(trace, tokenizer=tokenizer)
     entropy = summary.pivot(index="layer", columns="head", values="entropy_norm").to_numpy()
-    flagged = (summary.pivot(index="layer", columns="head", values="sink").to_numpy(dtype=bool)
-               | summary.pivot(index="layer", columns="head", values="collapsed").to_numpy(dtype=bool))
+    flagged = summary.pivot(index="layer", columns="head", values="sink").to_numpy(dtype=bool) | summary.pivot(
+        index="layer", columns="head", values="collapsed"
+    ).to_numpy(dtype=bool)
     counts = {k: int(summary[k].sum()) for k in ("collapsed", "uniform", "sink")}
     report.add_section(
         "Attention analysis",
-        html=(f"<p>How much each token of sentence 0 (<em>{html.escape(texts[0])}</em>) feeds "
-              f"position {row} (<code>{who}</code>) at the top of the network: attention <b>rollout</b> (the product of "
-              "the head-averaged maps mixed with the residual stream) and attention <b>flow</b> "
-              "(the maximum flow through the same layered graph), both from the C++ core with "
-              "padding removed. Then one row per layer and head: entropy (natural log), entropy "
-              "normalised by log(number of keys), the largest weight, the sink score (StreamingLLM's "
-              "α) with its token, the mass on special tokens, and flags: "
-              f"{counts['collapsed']} collapsed, {counts['uniform']} uniform, {counts['sink']} sink "
-              "heads.</p>"),
-        figure=[plot.token_relevance(rollout[0, row, keep], tokens, title=f"rollout, {name} row"),
-                plot.token_relevance(flow[0, 0, keep], tokens, title=f"attention flow, {name} row"),
-                plot.head_heatmap(entropy, title="normalised entropy per head (dots: sink or collapsed)",
-                                  label="entropy / log(keys)", flags=flagged)],
+        html=(
+            f"<p>How much each token of sentence 0 (<em>{html.escape(texts[0])}</em>) feeds "
+            f"position {row} (<code>{who}</code>) at the top of the network: attention <b>rollout</b> (the product of "
+            "the head-averaged maps mixed with the residual stream) and attention <b>flow</b> "
+            "(the maximum flow through the same layered graph), both from the C++ core with "
+            "padding removed. Then one row per layer and head: entropy (natural log), entropy "
+            "normalised by log(number of keys), the largest weight, the sink score (StreamingLLM's "
+            "α) with its token, the mass on special tokens, and flags: "
+            f"{counts['collapsed']} collapsed, {counts['uniform']} uniform, {counts['sink']} sink "
+            "heads.</p>"
+        ),
+        figure=[
+            plot.token_relevance(rollout[0, row, keep], tokens, title=f"rollout, {name} row"),
+            plot.token_relevance(flow[0, 0, keep], tokens, title=f"attention flow, {name} row"),
+            plot.head_heatmap(
+                entropy,
+                title="normalised entropy per head (dots: sink or collapsed)",
+                label="entropy / log(keys)",
+                flags=flagged,
+            ),
+        ],
         table=summary.drop(columns=["sink_token"]).round(4),
-        captions=[f"Rollout relevance of each token for {name} (position {row}).",
-                  f"Attention-flow relevance for {name} (position {row}).",
-                  "Normalised entropy per layer and head."])
+        captions=[
+            f"Rollout relevance of each token for {name} (position {row}).",
+            f"Attention-flow relevance for {name} (position {row}).",
+            "Normalised entropy per layer and head.",
+        ],
+    )
     ctx.arrays.update(rollout=rollout, flow=flow)
     ctx.summary.update(attention_heads=summary.to_dict(orient="records"), flow_row=row)
 
@@ -180,8 +222,9 @@ def outputs_section(ctx: ReportContext) -> None:
             where = last_real_index(mask)
             note = "The five most likely next tokens after each text."
         else:
-            where = np.array([int(np.flatnonzero(r == tok.mask_token_id)[0]) if (r == tok.mask_token_id).any()
-                              else -1 for r in ids])
+            where = np.array(
+                [int(np.flatnonzero(r == tok.mask_token_id)[0]) if (r == tok.mask_token_id).any() else -1 for r in ids]
+            )
             note = f"The five most likely tokens at the first {html.escape(str(tok.mask_token))} of each text."
         top_ids = np.full((len(where), _TOP_K), -1, dtype=np.int64)
         top_p = np.zeros((len(where), _TOP_K), dtype=np.float32)
@@ -202,8 +245,10 @@ def outputs_section(ctx: ReportContext) -> None:
         cos = unit @ unit.T
         rows = [{"#": i, **{str(j): float(cos[i, j]) for j in range(len(cos))}} for i in range(len(cos))]
         ctx.arrays.update(sentence_embeddings=pooled.astype(np.float32), cosine_similarity=cos.astype(np.float32))
-        note = ("Cosine similarity of the texts' mean-pooled last hidden states (padding excluded), "
-                "the sentence embedding of sentence-transformers models.")
+        note = (
+            "Cosine similarity of the texts' mean-pooled last hidden states (padding excluded), "
+            "the sentence embedding of sentence-transformers models."
+        )
     ctx.report.add_section("Outputs", html=f"<p>{note}</p>", table=rows)
 
 
@@ -222,13 +267,15 @@ def _ig_target(ctx: ReportContext) -> tuple[Any, str] | None:
     if kind == "causal-lm":
         if ctx.target is None:
             return None, "the log-probability of the most likely next token"
-        return ctx.target, (f"the log-probability of each token of the continuation "
-                            f"<em>{html.escape(ctx.target)}</em>")
+        return ctx.target, (f"the log-probability of each token of the continuation <em>{html.escape(ctx.target)}</em>")
     if kind == "masked-lm":
         if not any(tok.mask_token_id in row for row in ctx.trace.input_ids.tolist()):
             return None
-        what = "the predicted token" if ctx.target is None else \
-            f"<code>{html.escape(tok.convert_ids_to_tokens(ctx.target))}</code>"
+        what = (
+            "the predicted token"
+            if ctx.target is None
+            else f"<code>{html.escape(tok.convert_ids_to_tokens(ctx.target))}</code>"
+        )
         return ctx.target, f"the log-probability of {what} at the first {html.escape(tok.mask_token)}"
     if len(ctx.texts) < 2:
         return None
@@ -236,8 +283,9 @@ def _ig_target(ctx: ReportContext) -> tuple[Any, str] | None:
 
     pooled = ctx.arrays["sentence_embeddings"]
     reference = pooled[(np.arange(len(pooled)) + 1) % len(pooled)]
-    return llmdbg.similarity_target(reference), ("the cosine similarity of each text's mean-pooled "
-                                                 "embedding with the next text's (the last with the first)")
+    return llmdbg.similarity_target(reference), (
+        "the cosine similarity of each text's mean-pooled embedding with the next text's (the last with the first)"
+    )
 
 
 def attribution_section(ctx: ReportContext) -> None:
@@ -250,8 +298,11 @@ def attribution_section(ctx: ReportContext) -> None:
         return
     chosen = _ig_target(ctx)
     if chosen is None:
-        why = ("no text holds the mask token" if ctx.kind == "masked-lm"
-               else "an encoder without a head needs two texts to attribute their similarity")
+        why = (
+            "no text holds the mask token"
+            if ctx.kind == "masked-lm"
+            else "an encoder without a head needs two texts to attribute their similarity"
+        )
         _skip(ctx, "attribution", why)
         return
     target, what = chosen
@@ -271,27 +322,35 @@ def attribution_section(ctx: ReportContext) -> None:
             row["converged"] = bool(attr.converged[i])
         rows.append(row)
     n_fig = min(len(attr.tokens), MAX_ATTRIBUTION_FIGURES)
-    more = (f" Figures for the first {n_fig} texts; every score is in <code>arrays.npz</code>."
-            if len(attr.tokens) > n_fig else "")
+    more = (
+        f" Figures for the first {n_fig} texts; every score is in <code>arrays.npz</code>."
+        if len(attr.tokens) > n_fig
+        else ""
+    )
     ctx.report.add_section(
         "Attribution",
-        html=(f"<p>Integrated gradients ({html.escape(attr.method)}) of {what}, per input token: "
-              "red tokens push it up, blue ones down; the baseline replaces every token but the special "
-              "ones by padding. The convergence delta is the sum of the scores minus the change of the "
-              f"explained value between baseline and input; small relative deltas mean the integral is "
-              f"accurate.{more}</p>" + attr.to_html()),
+        html=(
+            f"<p>Integrated gradients ({html.escape(attr.method)}) of {what}, per input token: "
+            "red tokens push it up, blue ones down; the baseline replaces every token but the special "
+            "ones by padding. The convergence delta is the sum of the scores minus the change of the "
+            f"explained value between baseline and input; small relative deltas mean the integral is "
+            f"accurate.{more}</p>" + attr.to_html()
+        ),
         figure=[attr.plot(i) for i in range(n_fig)],
         captions=[f"Attribution of text {i}." for i in range(n_fig)],
-        table=rows)
+        table=rows,
+    )
     ctx.arrays.update(attribution_scores=attr.scores.astype(np.float32))
     if attr.delta is not None:
         ctx.arrays.update(attribution_delta=np.asarray(attr.delta, dtype=np.float32))
     ctx.summary["attribution"] = {
         "method": attr.method,
         "target": None if attr.target is None else np.asarray(attr.target).tolist(),
-        "target_tokens": attr.target_tokens, "n_evals": attr.n_evals.tolist(),
+        "target_tokens": attr.target_tokens,
+        "n_evals": attr.n_evals.tolist(),
         "relative_delta": None if rel is None else np.asarray(rel).tolist(),
-        "converged": None if attr.converged is None else attr.converged.tolist()}
+        "converged": None if attr.converged is None else attr.converged.tolist(),
+    }
 
 
 def embedding_section(ctx: ReportContext) -> None:
@@ -309,14 +368,17 @@ def embedding_section(ctx: ReportContext) -> None:
         labels = [str(names.get(c, c)) for c in ctx.summary["predictions"]]
     texts = [t if len(t) <= 40 else t[:37] + "..." for t in ctx.texts]
     emap = llmdbg.embed_hidden_states(ctx.trace, -1, "mean", labels=labels or texts, random_state=0)
-    fig = plot.embedding(emap.coords, labels=labels, texts=texts,
-                                title="t-SNE of mean-pooled last hidden states")
+    fig = plot.embedding(emap.coords, labels=labels, texts=texts, title="t-SNE of mean-pooled last hidden states")
     ctx.report.add_section(
         "Embedding map",
-        html=("<p>Each text is a point: its last hidden state averaged over its real tokens, mapped to "
-              "two dimensions by llmdbg's t-SNE (perplexity min(30, (N - 1) / 3), seed 0). Nearby "
-              "points are texts the model represents alike; distances between far-apart groups mean "
-              + ("little. Colours are the predicted classes.</p>" if labels else "little.</p>")),
-        figure=fig, captions=["t-SNE map of the texts."])
+        html=(
+            "<p>Each text is a point: its last hidden state averaged over its real tokens, mapped to "
+            "two dimensions by llmdbg's t-SNE (perplexity min(30, (N - 1) / 3), seed 0). Nearby "
+            "points are texts the model represents alike; distances between far-apart groups mean "
+            + ("little. Colours are the predicted classes.</p>" if labels else "little.</p>")
+        ),
+        figure=fig,
+        captions=["t-SNE map of the texts."],
+    )
     ctx.arrays.update(embedding_map=np.asarray(emap.coords, dtype=np.float32))
     ctx.summary["embedding_map"] = {"n": len(ctx.texts), "layer": -1, "pooling": "mean"}
