@@ -268,7 +268,7 @@ def test_attributions_and_embedding_map_with_eight_texts(tmp_path, saved):
 def test_a_failing_section_does_not_lose_the_report(tmp_path, saved):
     import warnings
 
-    from llmdbg.report.job import SectionFailedWarning, load_model, run_report
+    from llmdbg.report import SectionFailedWarning, load_model, run_report
 
     def broken_section(ctx):
         raise RuntimeError("boom in a section")
