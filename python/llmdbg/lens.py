@@ -136,7 +136,8 @@ def logit_lens(
     handles += [blk.register_forward_hook(post(i + 1)) for i, blk in enumerate(blocks)]
     try:
         with eval_mode(model), torch.no_grad():
-            model(**inputs)
+            outputs = model(**inputs)
+            _check_reproduces_logits(model, layout.family, unembed.apply(states[n_layers]), outputs, inputs)
             ids, probs, ranks, tprobs = [], [], [], []
             for r in progress_iter(rows, progress, "logit lens", unit="layer"):
                 logits = unembed.apply(states[r]).float()
@@ -226,3 +227,30 @@ def _targets(target: Any, inputs: dict, tokenizer: Any, b: int, t: int) -> torch
     if tuple(arr.shape) != (b, t):
         raise ValueError(f"target has shape {tuple(arr.shape)}; expected ({b}, {t}) like the inputs, one id, or 'next'")
     return arr
+
+
+def _check_reproduces_logits(
+    model: torch.nn.Module, family: str, ours: torch.Tensor, outputs: Any, inputs: dict[str, Any]
+) -> None:
+    """Refuse to return a lens that cannot reproduce the model's own logits from the last block.
+
+    A head that post-processes its output in a way llmdbg does not know (a scale, a cap, a
+    projection after the last block) would otherwise give a plausible, wrong lens on every row.
+    """
+    theirs = getattr(outputs, "logits", None)
+    if not isinstance(theirs, torch.Tensor) or theirs.shape != ours.shape:
+        return  # the model keeps only some positions (logits_to_keep) or returns no logits
+    mask = inputs.get("attention_mask")
+    real = torch.ones(theirs.shape[:2], dtype=torch.bool, device=theirs.device) if mask is None else mask.bool()
+    a, b = ours.float()[real], theirs.float()[real.to(theirs.device)]
+    low_precision = theirs.dtype in (torch.float16, torch.bfloat16)
+    tol = (2e-2 if low_precision else 1e-4) * (1.0 + float(b.abs().max()) if b.numel() else 1.0)
+    diff = float((a - b).abs().max()) if a.numel() else 0.0
+    if diff > tol:
+        raise ValueError(
+            f"logit lens: llmdbg cannot reproduce {type(model).__name__}'s own logits (family {family!r}) from "
+            f"its last block output through the final norm and unembedding (max abs difference {diff:.3g}); "
+            "the model post-processes its hidden states or logits in a way llmdbg does not know, so every "
+            "row of the lens would be wrong"
+        )
+

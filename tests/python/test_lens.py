@@ -120,3 +120,47 @@ def test_bad_input():
         logit_lens(model, inputs, target=10_000)
     with pytest.raises(TypeError, match="tokenizer"):
         logit_lens(model, "some text")
+
+
+def _scaled_lm(name):
+    """Tiny Cohere, Cohere2 and Granite LMs with their logit scaling far from 1 (silent-wrong-result
+    regressions: the lens ignored it and said top-1 probability 1.0 where the model said 0.035)."""
+    common = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    if name == "cohere":
+        return tf.CohereForCausalLM(tf.CohereConfig(logit_scale=0.0625, **common)).eval()
+    if name == "cohere2":
+        return tf.Cohere2ForCausalLM(tf.Cohere2Config(logit_scale=0.0625, **common)).eval()
+    return tf.GraniteForCausalLM(tf.GraniteConfig(logits_scaling=8.0, **common)).eval()
+
+
+@pytest.mark.parametrize("name", ["cohere", "cohere2", "granite"])
+def test_logit_scaling_is_applied_like_the_model(name):
+    model = _scaled_lm(name)
+    inputs = tiny_inputs("llama")
+    with torch.no_grad():
+        out = model(**inputs).logits.float()
+    lens = logit_lens(model, inputs, top_k=5, progress=False)
+    want = torch.softmax(out, -1).topk(5, dim=-1)
+    real = inputs["attention_mask"].bool().numpy()
+    np.testing.assert_allclose(lens.top_probs[-1][real], want.values.numpy()[real], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(lens.top_ids[-1][real], want.indices.numpy()[real])
+    scaled = find_unembedding(model).apply(torch.randn(1, 3, 32))
+    unscaled = model.lm_head(model.model.norm(torch.randn(1, 3, 32)))
+    assert scaled.abs().mean() < unscaled.abs().mean()  # the scale shrinks logits in all three
+
+
+def test_a_head_llmdbg_does_not_know_is_refused_not_guessed():
+    class Tempered(tf.LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 3.0  # a post-processing step no config describes
+            return out
+
+    torch.manual_seed(0)
+    model = Tempered(tiny_model("llama").config).eval()
+    with pytest.raises(ValueError, match="cannot reproduce Tempered's own logits"):
+        logit_lens(model, tiny_inputs("llama"), progress=False)

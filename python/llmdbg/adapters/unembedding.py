@@ -66,8 +66,23 @@ def find_unembedding(model: nn.Module) -> Unembedding:
         raise ValueError(
             f"{name} is an encoder-decoder model; logit lens and patching support decoder-only and encoder-only models"
         )
-    unembed = model.get_submodule(layout.unembedding)
-    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    head_module = model.get_submodule(layout.unembedding)
+    config = getattr(model, "config", None)
+    cap = getattr(config, "final_logit_softcapping", None)
+    # What transformers' heads do to the head's output, in the order they do it: Cohere multiplies
+    # by logit_scale, Granite divides by logits_scaling, Gemma 2/3 soft-cap.
+    scale = getattr(model, "logit_scale", None)
+    scale = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else None
+    divisor = getattr(config, "logits_scaling", None)
+    divisor = float(divisor) if isinstance(divisor, (int, float)) and not isinstance(divisor, bool) else None
+
+    def unembed(h: torch.Tensor) -> torch.Tensor:
+        logits = head_module(h)
+        if scale is not None and scale != 1.0:
+            logits = logits * scale
+        if divisor is not None and divisor != 1.0:
+            logits = logits / divisor
+        return logits
 
     def softcap(x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x / cap) * cap if cap else x
