@@ -164,3 +164,22 @@ def test_a_head_llmdbg_does_not_know_is_refused_not_guessed():
     model = Tempered(tiny_model("llama").config).eval()
     with pytest.raises(ValueError, match="cannot reproduce Tempered's own logits"):
         logit_lens(model, tiny_inputs("llama"), progress=False)
+
+
+def test_modernbert_reads_through_its_masked_lm_head():
+    """ModernBERT's logits are decoder(head(final_norm(h))); the lens used to call it causal and skip
+    the prediction head (0 % top-1 agreement with the model)."""
+    cfg = tf.ModernBertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, global_attn_every_n_layers=1,
+    )
+    torch.manual_seed(0)
+    model = tf.ModernBertForMaskedLM(cfg).eval()
+    inputs = tiny_inputs("bert")
+    with torch.no_grad():
+        want = torch.softmax(model(**inputs).logits.float(), -1).topk(5, dim=-1)
+    lens = logit_lens(model, inputs, top_k=5, progress=False)
+    assert find_unembedding(model).kind == "masked_lm"
+    real = inputs["attention_mask"].bool().numpy()
+    np.testing.assert_array_equal(lens.top_ids[-1][real], want.indices.numpy()[real])
+    np.testing.assert_allclose(lens.top_probs[-1][real], want.values.numpy()[real], rtol=1e-4, atol=1e-6)

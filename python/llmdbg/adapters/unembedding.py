@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .layout import find_layout
+from .task import task_type
 
 __all__ = ["Unembedding", "find_unembedding"]
 
@@ -87,7 +88,8 @@ def find_unembedding(model: nn.Module) -> Unembedding:
     def softcap(x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x / cap) * cap if cap else x
 
-    if "decoder" in layout.stacks:
+    masked = task_type(model) == "masked-lm"
+    if "decoder" in layout.stacks and not masked:
         if layout.final_norm is None:
             raise ValueError(f"{name}: no final norm found after the last block; llmdbg cannot apply the logit lens")
         norm = model.get_submodule(layout.final_norm)
@@ -101,6 +103,16 @@ def find_unembedding(model: nn.Module) -> Unembedding:
     if parent:  # BERT cls.predictions, RoBERTa lm_head: the parent runs transform + decoder
         head = model.get_submodule(parent)
         return Unembedding("masked_lm", None, parent, lambda h, normed=False: head(h))
+    # ModernBERT: final norm (inside the base model), then the prediction head, then the decoder.
+    top_head = getattr(model, "head", None)
+    if masked and isinstance(top_head, nn.Module) and layout.unembedding == "decoder":
+        norm_name = layout.final_norm
+        final = model.get_submodule(norm_name) if norm_name else None
+
+        def apply_mlm(h: torch.Tensor, normed: bool = False) -> torch.Tensor:
+            return unembed(top_head(h if normed or final is None else final(h)))
+
+        return Unembedding("masked_lm", norm_name, layout.unembedding, apply_mlm)
     # DistilBERT keeps its MLM head as siblings on the model itself.
     parts = [getattr(model, n, None) for n in ("vocab_transform", "activation", "vocab_layer_norm")]
     if all(isinstance(p, nn.Module) for p in parts):
