@@ -456,3 +456,20 @@ def test_predicted_target_with_examples_split_across_forwards():
     np.testing.assert_allclose(split.scores, whole.scores, rtol=1e-5, atol=1e-6)
     sal = llmdbg.saliency(model, inputs, batch_size=1, progress=False)
     assert sal.target.tolist() == predicted
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "saliency", "occlusion"])
+@pytest.mark.parametrize("cls", [tf.GPT2LMHeadModel, tf.BertForSequenceClassification])
+def test_target_predicted_is_the_keyword_not_continuation_text(method, cls):
+    """target="predicted" (the docs' example) used to be read as continuation text: on causal LMs it
+    silently explained the token "predicted", on classifiers it raised."""
+    family = "gpt2" if cls is tf.GPT2LMHeadModel else "bert"
+    torch.manual_seed(0)
+    model = cls(CONFIGS[family]()).eval()
+    inputs = tiny_inputs(family)
+    fn = getattr(llmdbg, method)
+    kwargs = {"n_steps": 8} if method == "integrated_gradients" else {}
+    keyword = fn(model, inputs, target="predicted", progress=False, **kwargs)
+    default = fn(model, inputs, progress=False, **kwargs)
+    np.testing.assert_array_equal(keyword.scores, default.scores)
+    assert keyword.scores.shape == (2, inputs["input_ids"].shape[1])

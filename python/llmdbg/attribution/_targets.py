@@ -40,8 +40,8 @@ def _accepts_batch(fn: Callable) -> bool:
 
 
 def _is_continuation(target: Any) -> bool:
-    if isinstance(target, str):
-        return True
+    if isinstance(target, str):  # "predicted" is the keyword; pass [" predicted"] for that word as text
+        return target != "predicted"
     if isinstance(target, (list, tuple)) and target:
         return all(isinstance(t, str) for t in target) or all(
             isinstance(t, (list, tuple, np.ndarray, torch.Tensor)) for t in target

@@ -309,7 +309,8 @@ def integrated_gradients(
         of every token of a continuation (text or ``(B, T_out)`` ids; scores then have shape
         ``(B, T_out, T)``, all targets from one teacher-forced forward per chunk). Masked LMs: the
         log-probability of a token at the first mask position. Encoder-decoders: the continuation's
-        log-probabilities (source attributions). A callable ``f(outputs)`` or
+        log-probabilities (source attributions). ``"predicted"`` is the same as None (to explain
+        the literal text "predicted" as a continuation, pass ``[" predicted"]``). A callable ``f(outputs)`` or
         ``f(outputs, batch)`` returning ``(N,)`` values for the N rows of a forward (``batch`` holds
         those rows' inputs and ``batch["example"]``, each row's example index) explains anything
         else, e.g. a sentence similarity (see :func:`similarity_target`).
