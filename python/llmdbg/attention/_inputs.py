@@ -129,6 +129,7 @@ def attention_stack(
     renormalize: bool = False,
     atol: float = 1e-3,
     name: str = "attentions",
+    check_negative: bool = True,
 ) -> AttentionStack:
     """Check and normalise attention maps for the analysis functions.
 
@@ -185,6 +186,14 @@ def attention_stack(
         sums = _row_sums(a)  # a row holding NaN/Inf sums to NaN/Inf
         if not np.isfinite(sums).all() and not np.isfinite(a).all():
             raise ValueError(f"{name}[{i}] contains NaN or Inf values")
+        # Rows of +x and -x can sum to 1 too; rollout of such "weights" is meaningless.
+        low = float(a.min()) if check_negative and a.size else 0.0
+        if low < -atol:
+            bi, hi, qi, ki = np.argwhere(a < -atol)[0]
+            raise ValueError(
+                f"{name}[{i}] weights must be >= 0: layer {i} (batch {bi}, head {hi}, query {qi}, key {ki}) "
+                f"is {a[bi, hi, qi, ki]:.6g}; attention weights are probabilities"
+            )
         layers.append(a)
         row_sums.append(sums)
 

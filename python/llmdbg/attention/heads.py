@@ -86,7 +86,10 @@ def _check_threshold(name: str, value: Any) -> float:
 def _stack(
     attentions: Any, attention_mask: Any, stack: str | None, renormalize: bool, name: str = "attentions"
 ) -> AttentionStack:
-    return attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize, name=name)
+    # The head-statistics kernel checks for negative weights itself, naming the argument.
+    return attention_stack(
+        attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize, name=name, check_negative=False
+    )
 
 
 # -- public functions ------------------------------------------------------------------------
