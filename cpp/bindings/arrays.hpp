@@ -72,6 +72,22 @@ inline std::string dtypes_str(DTypes dtypes) {
   return s;
 }
 
+// A mask or flag array must hold only 0 and 1: a cast to uint8 would read 256 as 0 and 0.5 as 0,
+// silently turning real tokens into padding. Checked through numpy before any cast.
+inline void check_zero_one(const py::handle& obj, const std::string& name) {
+  const auto np = py::module_::import("numpy");
+  const py::object arr = np.attr("asarray")(obj);
+  if (arr.attr("dtype").attr("kind").cast<std::string>() == "b") return;
+  const py::object bad =
+      np.attr("logical_and")(np.attr("not_equal")(arr, 0), np.attr("not_equal")(arr, 1));
+  if (np.attr("any")(bad).cast<bool>()) {
+    const py::object first =
+        arr.attr("__getitem__")(np.attr("nonzero")(bad)).attr("__getitem__")(0);
+    throw py::value_error(name + " must hold only 0 (padding) and 1 (real token); got " +
+                          py::repr(first).cast<std::string>());
+  }
+}
+
 // The shape an argument must have: one label per dimension, e.g. {"B", "H", "T", "T"}. A label
 // that repeats names one size ((T, T) is square); a number ("2") is a fixed size; a leading "..."
 // stands for any number of leading dimensions. with(label, size) fixes a label's size (the

@@ -128,6 +128,7 @@ GraphArgs parse_graph(const std::string& fn, const py::sequence& layers, const p
   if (!mask.is_none()) {
     // Anything numpy can cast to uint8 (bool, 0/1 integers or floats, nested lists).
     const std::string name = prefix + "mask";
+    check_zero_one(mask, name);
     g.mask = decltype(g.mask)::ensure(mask);
     if (!g.mask) throw py::type_error(name + " must be a (B, T) array of 0/1 or bool");
     check_array(g.mask, name, kUInt8, mask_shape(g.layers));
@@ -197,7 +198,9 @@ py::array_t<double> row_sums(const py::array& array, int num_threads) {
 // A (B, T) bool/uint8 mask that goes with `layers`, or std::nullopt for None.
 std::optional<py::array> check_mask(const py::object& obj, const Layers& layers,
                                     const std::string& name) {
-  return checked_array_or_none(obj, name, kBool | kUInt8, mask_shape(layers));
+  auto checked = checked_array_or_none(obj, name, kBool | kUInt8, mask_shape(layers));
+  if (checked) check_zero_one(*checked, name);
+  return checked;
 }
 
 py::dict head_stats(const py::sequence& layers_in, const py::object& mask_in,

@@ -249,3 +249,26 @@ def test_core_binding_checks_its_arguments():
         _core.attention_rollout(list(maps), mask="not a mask")
     with pytest.raises(ValueError, match="non-empty list"):
         _core.attention_rollout([])
+
+
+@pytest.mark.parametrize("value", [256, 0.5, 2, -1])
+def test_core_masks_must_be_zero_or_one(value):
+    """A cast to uint8 used to read 256 and 0.5 as 0: real tokens silently became padding."""
+    from llmdbg import _core
+
+    rng = np.random.default_rng(0)
+    a = rng.random((1, 2, 3, 4, 4)).astype(np.float32) + 0.1
+    a /= a.sum(-1, keepdims=True)
+    mask = np.ones((2, 4)) if isinstance(value, float) else np.ones((2, 4), dtype=np.int64)
+    mask[1, 2] = value
+    with pytest.raises(ValueError, match=r"mask must hold only 0 \(padding\) and 1 \(real token\)"):
+        _core.attention_rollout(list(a), mask=mask)
+    with pytest.raises(ValueError, match=r"mask must hold only 0 \(padding\) and 1"):
+        _core.attention_flow(list(a), mask=mask, rows=np.array([0]))
+    ok = mask.copy()
+    ok[1, 2] = 0
+    assert np.isfinite(_core.attention_rollout(list(a), mask=ok)).all()
+    u8 = np.ones((2, 4), dtype=np.uint8)
+    u8[0, 1] = 7
+    with pytest.raises(ValueError, match=r"mask must hold only 0 \(padding\) and 1"):
+        _core.attention_head_stats(list(a), u8, None, 1)
