@@ -77,7 +77,9 @@ inline std::string dtypes_str(DTypes dtypes) {
 inline void check_zero_one(const py::handle& obj, const std::string& name) {
   const auto np = py::module_::import("numpy");
   const py::object arr = np.attr("asarray")(obj);
-  if (arr.attr("dtype").attr("kind").cast<std::string>() == "b") return;
+  const auto kind = arr.attr("dtype").attr("kind").cast<std::string>();
+  if (kind == "b" || kind.find_first_of("iuf") == std::string::npos)
+    return;  // others fail the type check
   const py::object bad =
       np.attr("logical_and")(np.attr("not_equal")(arr, 0), np.attr("not_equal")(arr, 1));
   if (np.attr("any")(bad).cast<bool>()) {
