@@ -163,6 +163,18 @@ TEST(TsneCalibration, DuplicatesStayFinite) {
   for (const double p : P) EXPECT_DOUBLE_EQ(p, 1.0 / k);
 }
 
+// Perplexity 1 with two duplicates and a point 1e-144 away (squared 1e-288): no β reaches the
+// target, β overflowed to infinity and exp(−∞ · 0) made the row NaN. The limit is uniform over
+// the ties at the nearest distance.
+TEST(TsneCalibration, UnreachableTargetGivesTheLimitNotNaN) {
+  std::vector<double> d2 = {0.0, 0.0, 1e-288}, P(3), perp(1);
+  ts::calibrate(d2.data(), 1, 3, 1.0, 1e-5, 200, P.data(), perp.data(), 1);
+  EXPECT_DOUBLE_EQ(P[0], 0.5);
+  EXPECT_DOUBLE_EQ(P[1], 0.5);
+  EXPECT_DOUBLE_EQ(P[2], 0.0);
+  EXPECT_NEAR(perp[0], 2.0, 1e-12);
+}
+
 TEST(TsneAffinity, JointIsSymmetricAndNormalised) {
   const ts::Csr P = small_problem(150, 6, 10.0, 4);
   std::vector<double> dense(150 * 150, 0.0);

@@ -415,3 +415,15 @@ def test_bad_options():
             TSNE(perplexity=5, progress=False, **kw).fit(X)
     with pytest.raises(TypeError, match="real numbers"):
         TSNE(perplexity=5, progress=False).fit(np.array([["a", "b"]] * 10))
+
+
+@pytest.mark.parametrize("method", ["exact", "bh", "fft"])
+def test_duplicates_and_a_tiny_gap_at_perplexity_one_stay_finite(method):
+    """Three duplicates plus a point 1.3e-144 away at perplexity 1: "exact" returned an all-NaN map
+    and "bh" raised; the calibration now takes the limit (uniform over the tied neighbours)."""
+    X = np.zeros((6, 3))
+    X[3] = [1.3e-144, 0, 0]
+    X[4] = [1.0, 2, 3]
+    X[5] = [2.0, 1, 0]
+    Y = TSNE(method=method, perplexity=1.0, random_state=0, progress=False).fit_transform(X)
+    assert Y.shape == (6, 2) and np.isfinite(Y).all()

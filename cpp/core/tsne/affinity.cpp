@@ -33,7 +33,14 @@ void calibrate(const double* sqdist, int64_t n, int64_t k, double perplexity, do
     double beta = mean_s > 0 ? 1.0 / mean_s : 1.0, lo = 0.0;
     double hi = std::numeric_limits<double>::infinity();
     double entropy = 0.0;
+    bool collapsed = false;
     for (int step = 0; step < max_iter; ++step) {
+      // A target below what ties at the nearest distance allow (perplexity 1 with duplicates)
+      // sharpens β past the largest double; exp(−∞ · 0) would then be NaN.
+      if (!std::isfinite(beta)) {
+        collapsed = true;
+        break;
+      }
       // Shifted exponent: the nearest neighbour has weight 1, so the sum never underflows.
       double sum = 0.0, dsum = 0.0, d2sum = 0.0;
       for (int64_t m = 0; m < k; ++m) {
@@ -62,6 +69,12 @@ void calibrate(const double* sqdist, int64_t n, int64_t k, double perplexity, do
       } else {
         beta = 0.5 * (beta + lo);
       }
+    }
+    if (collapsed) {  // the limit β → ∞: uniform over the neighbours at the nearest distance
+      int64_t ties = 0;
+      for (int64_t m = 0; m < k; ++m) ties += d[m] == dmin;
+      for (int64_t m = 0; m < k; ++m) p[m] = d[m] == dmin ? 1.0 : 0.0;
+      entropy = std::log(static_cast<double>(ties));
     }
     double sum = 0.0;
     for (int64_t m = 0; m < k; ++m) sum += p[m];
