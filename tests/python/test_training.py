@@ -350,3 +350,25 @@ def test_model_losses_are_used_and_float_outputs_walk():
             out.last_hidden_state.sum().backward()
             w.step()
         assert len(list(float_tensors(out))) >= 1
+
+
+def test_watch_works_on_a_plain_sequential():
+    """watch on nn.Sequential(Linear, ReLU, Linear) raised at step 0 ("all input arrays must have
+    the same shape"): its blocks differ in width. Any nn.Module must work."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = llmdbg.watch(model, opt, every=1)
+    losses, norms = [], []
+    for _ in range(3):
+        loss = model(torch.randn(16, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))))
+        w.step(loss=loss)
+        opt.step()
+        losses.append(loss.item())
+    w.close()
+    np.testing.assert_allclose(w.history["loss"].to_numpy(), losses, rtol=1e-6)
+    np.testing.assert_allclose(w.history["grad_norm"].to_numpy(), norms, rtol=1e-5)
+    assert len(w.layers) > 0

@@ -358,7 +358,11 @@ class DetectorSuite:
                     )
         if "outlier_features" in self.cfg and outliers:
             c = self.cfg["outlier_features"]
-            flagged = np.stack([np.asarray(v) >= c["positions"] for v in outliers.values()])
+            # Outlier features live in the residual stream, whose width every block shares; blocks of
+            # other widths (a plain nn.Sequential, adapters) are left out of the comparison.
+            widths = [np.asarray(v).shape for v in outliers.values()]
+            common = max(set(widths), key=widths.count)
+            flagged = np.stack([np.asarray(v) >= c["positions"] for v in outliers.values() if np.shape(v) == common])
             share = flagged.mean(0)
             new = [int(f) for f in np.flatnonzero(share >= c["layers"]) if self._once("outlier_features", str(f))]
             if new:
