@@ -238,6 +238,9 @@ def test_one_resolver():
     assert resolve_n_jobs(-1) == cores
     assert resolve_n_jobs(-2) == max(1, cores - 1)
     assert resolve_n_jobs(3) == 3
+    assert resolve_n_jobs(100_000) == 4 * cores  # huge requests used to reach OpenMP and crash it
+    assert llmdbg._core.openmp_team_size(100_000) <= 4 * cores
+    assert llmdbg.summarize(np.arange(10.0), n_jobs=100_000).mean == 4.5
     assert resolve_n_jobs(None) == torch.get_num_threads()
     for bad in (0, True, 1.5, "2"):
         with pytest.raises(ValueError, match="n_jobs"):

@@ -459,7 +459,7 @@ bool fuse_layer_team(const GraphLayer& layer, int64_t b, int64_t tokens, const i
 
 bool fuse_layer(const GraphLayer& layer, int64_t b, int64_t tokens, const int64_t* idx, int64_t n,
                 const GraphOptions& opt, double* out, int num_threads) {
-  const int threads = std::max(1, num_threads);
+  const int threads = std::max(1, std::min(num_threads, max_threads()));
   std::vector<uint8_t> upper(static_cast<size_t>((n + kFuseRows - 1) / kFuseRows));
   bool lower = true;
 #pragma omp parallel num_threads(threads) if (threads > 1)

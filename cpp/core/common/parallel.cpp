@@ -1,5 +1,7 @@
 #include "core/common/parallel.hpp"
 
+#include <algorithm>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -14,8 +16,16 @@ int openmp_max_threads() {
 #endif
 }
 
+int max_threads() {
+#ifdef _OPENMP
+  return 4 * std::max(1, omp_get_num_procs());
+#else
+  return 1;
+#endif
+}
+
 int resolve_threads(int num_threads) {
-  return num_threads > 0 ? num_threads : openmp_max_threads();
+  return num_threads > 0 ? std::min(num_threads, max_threads()) : openmp_max_threads();
 }
 
 int openmp_team_size(int num_threads) {

@@ -5,8 +5,12 @@
 
 namespace llmdbg {
 
-// num_threads <= 0 means "whatever the OpenMP runtime's default is" (omp_get_max_threads()).
+// num_threads <= 0 means "whatever the OpenMP runtime's default is" (omp_get_max_threads()). A
+// request above max_threads() is clamped to it: huge counts (100000) crash OpenMP runtimes.
 int resolve_threads(int num_threads);
+
+// The most threads a kernel starts: four per processor (oversubscription beyond that never helps).
+int max_threads();
 
 // The OpenMP runtime's current default team size (omp_get_max_threads()).
 int openmp_max_threads();

@@ -1,7 +1,8 @@
 """One spelling for thread counts, ``n_jobs`` (scikit-learn's), resolved in one place.
 
 ``None`` means torch's intra-op setting (``torch.get_num_threads()``), a positive integer that
-many threads, and a negative one counts back from all cores: -1 is every core, -2 all but one.
+many threads (at most four per core: the C++ core clamps larger requests the same way), and a
+negative one counts back from all cores: -1 is every core, -2 all but one.
 Kernels receive the resolved count explicitly, because ``torch.set_num_threads`` does not reach
 an OpenMP team that the kernel opens itself.
 """
@@ -35,9 +36,10 @@ def resolve_n_jobs(n_jobs: Any, name: str = "n_jobs") -> int:
         return max(1, int(torch.get_num_threads()))
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
         raise ValueError(f"{name} must be None, a positive integer or a negative one (-1 = all cores), got {n_jobs!r}")
+    cores = os.cpu_count() or 1
     if n_jobs < 0:
-        return max(1, (os.cpu_count() or 1) + 1 + int(n_jobs))
-    return int(n_jobs)
+        return max(1, cores + 1 + int(n_jobs))
+    return min(int(n_jobs), 4 * cores)
 
 
 def renamed_num_threads(fn: F) -> F:
