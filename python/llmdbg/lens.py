@@ -253,4 +253,3 @@ def _check_reproduces_logits(
             "the model post-processes its hidden states or logits in a way llmdbg does not know, so every "
             "row of the lens would be wrong"
         )
-

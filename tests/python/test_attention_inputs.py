@@ -114,7 +114,9 @@ def test_negative_weights_are_refused_even_when_rows_sum_to_one():
     a[0, 0, 0, 1, :2] = (152.9, -151.9 - a[0, 0, 0, 1, 2:].sum())
     assert np.allclose(a.sum(-1), 1.0)
     for fn in (llmdbg.attention_rollout, llmdbg.attention_flow):
-        with pytest.raises(ValueError, match=r"attentions\[0\] weights must be >= 0: layer 0 \(batch 0, head 0, query 1, key 1\)"):
+        with pytest.raises(
+            ValueError, match=r"attentions\[0\] weights must be >= 0: layer 0 \(batch 0, head 0, query 1, key 1\)"
+        ):
             fn(a)
     with pytest.raises(ValueError, match=r">= 0: layer 0 \(batch 0, head 0, query 1, key 1\)"):
         llmdbg.head_entropy(a)  # checked by the head-statistics kernel

@@ -126,8 +126,15 @@ def _scaled_lm(name):
     """Tiny Cohere, Cohere2 and Granite LMs with their logit scaling far from 1 (silent-wrong-result
     regressions: the lens ignored it and said top-1 probability 1.0 where the model said 0.035)."""
     common = dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-        vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     torch.manual_seed(0)
     if name == "cohere":
@@ -170,8 +177,17 @@ def test_modernbert_reads_through_its_masked_lm_head():
     """ModernBERT's logits are decoder(head(final_norm(h))); the lens used to call it causal and skip
     the prediction head (0 % top-1 agreement with the model)."""
     cfg = tf.ModernBertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, global_attn_every_n_layers=1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=100,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        cls_token_id=1,
+        sep_token_id=2,
+        global_attn_every_n_layers=1,
     )
     torch.manual_seed(0)
     model = tf.ModernBertForMaskedLM(cfg).eval()
