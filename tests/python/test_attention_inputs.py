@@ -120,3 +120,26 @@ def test_negative_weights_are_refused_even_when_rows_sum_to_one():
             fn(a)
     with pytest.raises(ValueError, match=r">= 0: layer 0 \(batch 0, head 0, query 1, key 1\)"):
         llmdbg.head_entropy(a)  # checked by the head-statistics kernel
+
+
+@pytest.mark.parametrize("family", ["llama", "bert", "gpt2"])
+def test_bf16_maps_are_accepted_within_their_own_rounding(family):
+    """bf16 checkpoints used to be refused ("row sums to 0.998047, not 1") by rollout, flow and the
+    head summary. Their rounding is accepted; float32 maps with the same error are not."""
+    import llmdbg
+    from test_attention_streaming import numpy_rollout
+    from tiny_models import tiny_inputs, tiny_model
+
+    model, inputs = tiny_model(family, dtype=torch.bfloat16), tiny_inputs(family)
+    with llmdbg.capture(model, attentions=True) as trace, torch.no_grad():
+        model(**inputs)
+    mask = inputs["attention_mask"].numpy()
+    sums = np.stack([a.sum(-1) for a in trace.attentions])
+    assert (np.abs(sums - 1.0) * mask[None, :, None, :]).max() > 1e-3  # beyond the float32 tolerance
+    want = numpy_rollout(trace.attentions, mask=mask)
+    np.testing.assert_allclose(llmdbg.attention_rollout(trace), want, atol=1e-5)
+    assert np.isfinite(llmdbg.attention_flow(trace, rows=[0])).all()
+    assert len(llmdbg.attention_summary(trace)) == len(trace.attentions) * trace.attentions[0].shape[1]
+    off = [a.astype(np.float32) * np.float32(1.002) + np.float32(1e-9) for a in trace.attentions]
+    with pytest.raises(ValueError, match="not 1; pass renormalize=True"):
+        llmdbg.attention_rollout(off, attention_mask=mask)
