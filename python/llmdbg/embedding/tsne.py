@@ -7,10 +7,10 @@ checks runs in the compiled core without the GIL: exact k-nearest neighbours fro
 Gaussian precision of the target perplexity, the symmetric sparse P, and the whole
 gradient-descent loop with a Barnes-Hut quadtree rebuilt every iteration (flat arrays, Morton
 order, one interaction list per leaf), FFT-interpolated repulsion or the exact O(N^2) sum.
-Results are bitwise reproducible for a fixed ``random_state`` and ``n_jobs`` on one machine.
-The core's reductions run in a fixed order, so its output does not depend on the thread count
-(the core may itself run small problems on one thread when that is faster); the PCA step
-(torch's BLAS) may differ in the last bits between thread counts for inputs over ~1M entries.
+Results are bitwise reproducible for a fixed ``random_state`` on one machine, whatever
+``n_jobs``: the core's reductions run in a fixed order (it may itself run small problems on one
+thread when that is faster), and the PCA step runs its GEMMs on one thread
+(``tests/python/test_tsne.py`` checks 1 vs 2 threads above 1M input entries).
 
 References: van der Maaten, "Accelerating t-SNE using tree-based algorithms", JMLR 15 (2014);
 Linderman et al., Nat. Methods 16 (2019); Kobak & Berens, Nat. Commun. 10 (2019) for the default
