@@ -447,3 +447,23 @@ def test_pca_is_bitwise_equal_for_every_thread_count(shape, dtype):
     rng = np.random.default_rng(0)
     X = (rng.standard_normal(shape) + rng.integers(0, 5, (shape[0], 1))).astype(dtype)
     np.testing.assert_array_equal(pca(X, 50, 1), pca(X, 50, 2))
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_extreme_magnitudes_rank_like_unit_ones_and_never_read_out_of_bounds(scale):
+    """Finite data of magnitude 1e30 overflowed the float32 distances to NaN; fewer than k
+    candidates remained and the kNN read past its list (garbage indices or a segfault)."""
+    X = np.random.default_rng(0).standard_normal((60, 5))
+    idx, d2 = _core.tsne_knn(X, 6, "euclidean", 1)
+    idx_s, d2_s = _core.tsne_knn(X * scale, 6, "euclidean", 1)
+    np.testing.assert_array_equal(idx_s, idx)
+    np.testing.assert_allclose(d2_s, d2 * scale**2, rtol=1e-9)
+    Y = TSNE(perplexity=5.0, random_state=0, progress=False).fit_transform(X * scale)
+    assert Y.shape == (60, 2) and np.isfinite(Y).all()
+
+
+def test_core_knn_refuses_non_finite_rows():
+    X = np.zeros((10, 3))
+    X[4, 1] = np.nan
+    with pytest.raises(ValueError, match="knn: row 4 of X holds NaN or Inf"):
+        _core.tsne_knn(X, 3, "euclidean", 1)

@@ -66,6 +66,11 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
   RowMatD Xd =
       Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(X, n, d)
           .template cast<double>();
+  for (int64_t i = 0; i < n; ++i) {
+    if (!Xd.row(i).allFinite()) {
+      throw std::invalid_argument("knn: row " + std::to_string(i) + " of X holds NaN or Inf");
+    }
+  }
   if (metric == Metric::cosine) {
     for (int64_t i = 0; i < n; ++i) {
       const double norm = Xd.row(i).norm();
@@ -77,7 +82,11 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
     }
   }
   const Eigen::RowVectorXd mean = Xd.colwise().mean();
-  const RowMatF Xf = (Xd.rowwise() - mean).template cast<float>();
+  // Squared float32 distances overflow past ~1e19 and underflow below ~1e-19: rank extreme
+  // magnitudes in rescaled units (ranking is scale-free; the exact distances stay in double).
+  const double maxabs = (Xd.rowwise() - mean).cwiseAbs().maxCoeff();
+  const double scale = (maxabs > 1e15 || (maxabs > 0 && maxabs < 1e-15)) ? 1.0 / maxabs : 1.0;
+  const RowMatF Xf = ((Xd.rowwise() - mean) * scale).template cast<float>();
   const Eigen::VectorXf norms = Xf.rowwise().squaredNorm();
 
   // A few spare candidates absorb float32 rounding in the ranking.
@@ -85,6 +94,7 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
   constexpr int64_t kRefBlock = 1024;
   const int64_t n_qblocks = (n + kQueryBlock - 1) / kQueryBlock;
 
+  bool short_of_candidates = false;  // never throw inside the parallel region
 #pragma omp parallel num_threads(threads)
   {
     BlockF S(kQueryBlock, kRefBlock);
@@ -121,12 +131,20 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
           exact.emplace_back((Xd.row(i) - Xd.row(c.second)).squaredNorm(), c.second);
         }
         std::sort(exact.begin(), exact.end());
+        if (static_cast<int64_t>(exact.size()) < k) {
+#pragma omp atomic write
+          short_of_candidates = true;
+          continue;
+        }
         for (int64_t m = 0; m < k; ++m) {
           indices[i * k + m] = exact[m].second;
           sqdist[i * k + m] = exact[m].first;
         }
       }
     }
+  }
+  if (short_of_candidates) {
+    throw std::runtime_error("knn: fewer than k finite distances for some point (overflow?)");
   }
 }
 
