@@ -474,3 +474,21 @@ def test_models_that_only_return_weights_when_asked_get_output_attentions(monkey
     del model.forward
     assert seen == [True, False]
     assert len(trace.calls(trace.attention_modules[0] + ":attn")) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err", "match"),
+    [
+        (dict(max_bytes=1e300), ValueError, "max_bytes must be a positive number of bytes below 2\\*\\*63"),
+        (dict(max_bytes="1GB"), TypeError, "max_bytes must be a positive number of bytes"),
+        (dict(reduce=10**20), ValueError, "reduce: token position 100000000000000000000 is out of range"),
+        (dict(reduce=slice(0, 10**20)), ValueError, "reduce: token slice bounds must be integers"),
+        (dict(reduce=slice(0.5, 2)), ValueError, "reduce: token slice bounds must be integers"),
+    ],
+)
+def test_out_of_range_budgets_and_positions_name_the_argument(kwargs, err, match):
+    """These used to surface as pybind11 signature dumps from the capture store."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3))
+    with pytest.raises(err, match=match):
+        with llmdbg.capture(model, ["0"], **kwargs):
+            model(torch.ones(1, 2, 3))

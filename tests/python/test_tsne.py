@@ -467,3 +467,14 @@ def test_core_knn_refuses_non_finite_rows():
     X[4, 1] = np.nan
     with pytest.raises(ValueError, match="knn: row 4 of X holds NaN or Inf"):
         _core.tsne_knn(X, 3, "euclidean", 1)
+
+
+def test_one_feature_input_gets_a_two_dimensional_map():
+    """One input feature used to fail inside the optimiser ("Y has shape (20, 1)")."""
+    x = np.sort(np.random.default_rng(0).standard_normal(40))[:, None]
+    Y = TSNE(perplexity=5.0, random_state=0, progress=False).fit_transform(x)
+    assert Y.shape == (40, 2) and np.isfinite(Y).all()
+    # neighbours on the line stay neighbours in the map
+    d = np.linalg.norm(Y[1:] - Y[:-1], axis=1)
+    far = np.linalg.norm(Y[:, None] - Y[None], axis=-1).mean()
+    assert np.median(d) < 0.5 * far

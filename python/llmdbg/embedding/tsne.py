@@ -283,6 +283,8 @@ class TSNE:
                 raise ValueError(f"init must be 'pca', 'random' or an (N, 2) array, got {init!r}")
             pcs = Xr[:, :2] if Xr is not None and Xr.shape[1] >= 2 else pca(X, 2, threads)
             Y = np.asarray(pcs, dtype=np.float64)
+            if Y.shape[1] < 2:  # one input feature: its axis, and a small random second coordinate
+                Y = np.column_stack([Y, rng.normal(0.0, max(float(Y.std()), 1e-12) * 1e-2, size=n)])
             std = Y[:, 0].std()
             if not std > 0:  # rank-0 data is rejected earlier; guard anyway
                 return rng.normal(0.0, 1e-4, size=(n, 2))

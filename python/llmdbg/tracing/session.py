@@ -30,6 +30,7 @@ from .trace import ATTN_GRAD_SUFFIX, ATTN_SUFFIX, GRAD_SUFFIX, INPUT_SUFFIX, Tra
 _ACTIVE: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 _DTYPES = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
+_MAX_BYTES = 2**63  # the store's budget is an int64
 _TOKEN_WORDS = {"last_token": slice(-1, None), "first_token": slice(0, 1)}
 _REDUCE_WORDS = ("stats", "head_mean", *_TOKEN_WORDS)
 _INT64_MAX = 2**63 - 1
@@ -53,8 +54,15 @@ def _parse_reduce(reduce: Any) -> tuple[bool, bool, slice | None]:
         elif isinstance(item, slice):
             if item.step not in (None, 1):
                 raise ValueError(f"reduce: token slices must have step 1, got {item}")
+            for bound in (item.start, item.stop):
+                if bound is not None and (
+                    isinstance(bound, bool) or not isinstance(bound, (int, np.integer)) or not -(2**62) < bound < 2**62
+                ):
+                    raise ValueError(f"reduce: token slice bounds must be integers in (-2**62, 2**62), got {item}")
             tokens = item
         elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            if not -(2**62) < item < 2**62:  # the store indexes tokens with int64
+                raise ValueError(f"reduce: token position {item} is out of range")
             tokens = slice(int(item), int(item) + 1 if item != -1 else None)
         else:
             raise ValueError(
@@ -141,8 +149,11 @@ class Capture:
         if attention_consumer is not None and not attentions:
             raise ValueError("attention_consumer needs attentions=True")
         self._consumer = attention_consumer
-        if max_bytes is not None and (isinstance(max_bytes, bool) or int(max_bytes) <= 0):
-            raise ValueError(f"max_bytes must be a positive number of bytes or None, got {max_bytes!r}")
+        if max_bytes is not None:
+            if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, float, np.integer, np.floating)):
+                raise TypeError(f"max_bytes must be a positive number of bytes or None, got {max_bytes!r}")
+            if not (0 < max_bytes < _MAX_BYTES):
+                raise ValueError(f"max_bytes must be a positive number of bytes below 2**63 or None, got {max_bytes!r}")
         try:
             dtype_name = _DTYPES[np.dtype(dtype)]
         except (TypeError, KeyError):
