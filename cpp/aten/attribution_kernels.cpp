@@ -17,6 +17,10 @@ std::string shape_of(const at::Tensor& t) {
 
 at::Tensor ig_path(const at::Tensor& baseline, const at::Tensor& diff, const at::Tensor& alphas,
                    c10::ScalarType dtype) {
+  if (baseline.dim() < 1) {  // the path is flattened along the batch dimension
+    throw std::invalid_argument("ig_path: baseline must have a batch dimension (B, ...), got " +
+                                shape_of(baseline));
+  }
   if (baseline.sizes() != diff.sizes()) {
     throw std::invalid_argument("ig_path: baseline " + shape_of(baseline) + " and diff " +
                                 shape_of(diff) + " must have the same shape");
@@ -50,6 +54,11 @@ void ig_accumulate(at::Tensor& acc, const at::Tensor& grads, const at::Tensor& w
                                 " must have the same number of dimensions (>= 2)");
   }
   if (weights.dim() != 1) throw std::invalid_argument("ig_accumulate: weights must be 1-D");
+  if (rows.defined() &&
+      (rows.dim() != 1 || (rows.numel() > 0 && (rows.min().item<int64_t>() < 0 ||
+                                                rows.max().item<int64_t>() >= acc.size(1))))) {
+    throw std::invalid_argument("ig_accumulate: rows must be a 1-D tensor of indices in [0, B)");
+  }
   const int64_t g = acc.size(0), b = acc.size(1), k = weights.size(0);
   const int64_t r = rows.defined() ? rows.size(0) : b;
   const int64_t n = acc.numel() / std::max<int64_t>(g * b, 1);

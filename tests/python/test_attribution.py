@@ -473,3 +473,17 @@ def test_target_predicted_is_the_keyword_not_continuation_text(method, cls):
     default = fn(model, inputs, progress=False, **kwargs)
     np.testing.assert_array_equal(keyword.scores, default.scores)
     assert keyword.scores.shape == (2, inputs["input_ids"].shape[1])
+
+
+def test_device_kernels_refuse_zero_dimensional_and_out_of_range_inputs():
+    """_core.ig_path on 0-d tensors wrote past a zero-length shape vector (segfault); a row index
+    past the batch would have added into memory outside acc."""
+    one = torch.tensor(1.0)
+    with pytest.raises(ValueError, match=r"ig_path: baseline must have a batch dimension \(B, \.\.\.\), got \(\)"):
+        _core.ig_path(one, one, torch.tensor([0.5]), "float32")
+    acc = torch.zeros(1, 2, 3)
+    grads = torch.ones(1, 1, 3)
+    with pytest.raises(ValueError, match=r"ig_accumulate: rows must be a 1-D tensor of indices in \[0, B\)"):
+        _core.ig_accumulate(acc, grads, torch.ones(1), torch.tensor([5]))
+    _core.ig_accumulate(acc, grads, torch.ones(1), torch.tensor([1]))
+    np.testing.assert_array_equal(acc.numpy(), [[[0, 0, 0], [1, 1, 1]]])
