@@ -18,11 +18,15 @@ namespace {
 
 namespace dp = llmdbg::data;
 
-// UTF-8 views of a sequence of str. `keep` holds a reference to a tuple/list of the strings,
-// so the views stay valid while the GIL is released.
+// UTF-8 views of a sequence of str. `keep` holds a tuple of the strings (a copy of a list's
+// references, so another thread that mutates the list cannot free a string we read without the
+// GIL), and the views stay valid while the GIL is released.
 std::vector<std::string_view> text_views(const py::handle& texts, const char* fn,
                                          py::object& keep) {
-  PyObject* seq = PySequence_Fast(texts.ptr(), "texts must be a sequence of str");
+  if (!PySequence_Check(texts.ptr()) || PyUnicode_Check(texts.ptr())) {
+    throw py::type_error(std::string(fn) + ": texts must be a sequence of str");
+  }
+  PyObject* seq = PySequence_Tuple(texts.ptr());
   if (seq == nullptr) throw py::error_already_set();
   keep = py::reinterpret_steal<py::object>(seq);
   const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);

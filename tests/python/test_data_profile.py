@@ -207,3 +207,42 @@ def test_duplicate_summary_checks_its_input():
         _core.duplicate_summary(groups, np.array([0, 1]))
     with pytest.raises(ValueError, match="first occurrence"):
         _core.duplicate_summary(np.array([0, 2, 1], dtype=np.int64))
+
+
+def test_huge_token_ids_raise_instead_of_aborting():
+    """A token id of 2**40 made each thread allocate a 2**40-entry count table inside an OpenMP
+    region: bad_alloc there aborted the process."""
+    ids = np.array([1, 2, 2**40], dtype=np.int64)
+    offsets = np.array([0, 3], dtype=np.int64)
+    with pytest.raises(ValueError, match=r"count_ids: vocab_size 1099511627777 is beyond 2\*\*32"):
+        _core.count_ids(ids, offsets, 2**40 + 1, 2)
+
+
+def test_texts_mutated_by_another_thread_are_read_as_they_were_at_the_call():
+    """The binding read the list's strings without the GIL and without holding them: a thread
+    replacing items freed strings that were being read. It now holds a tuple of references."""
+    import threading
+
+    texts = [f"w{i % 97} x{i % 13} y" for i in range(200_000)]
+    want = _core.count_whitespace_tokens(list(texts), 1)
+    stop = threading.Event()
+
+    def mutate():
+        i = 0
+        while not stop.is_set():
+            texts[i % len(texts)] = "zzz " * 50  # frees the string that was there
+            i += 1
+
+    worker = threading.Thread(target=mutate)
+    worker.start()
+    try:
+        for _ in range(5):
+            snapshot = list(texts)
+            got = _core.count_whitespace_tokens(snapshot, 2)
+            again = _core.count_whitespace_tokens(texts, 2)
+            assert sum(got[1]) == sum(len(t.split()) for t in snapshot)
+            assert sum(again[1]) >= len(texts) * 3  # every text has at least 3 tokens
+    finally:
+        stop.set()
+        worker.join()
+    assert sum(want[1]) == 3 * 200_000

@@ -566,6 +566,10 @@ IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, i
                    int num_threads) {
   if (n_seqs < 0) throw std::invalid_argument("count_ids: n_seqs must be >= 0");
   if (vocab_size <= 0) throw std::invalid_argument("count_ids: vocab_size must be positive");
+  if (vocab_size > (int64_t{1} << 32)) {  // one int64 count per id and thread
+    throw std::invalid_argument("count_ids: vocab_size " + std::to_string(vocab_size) +
+                                " is beyond 2**32; are these token ids?");
+  }
   if (offsets[0] != 0) throw std::invalid_argument("count_ids: offsets must start at 0");
   for (int64_t s = 0; s < n_seqs; ++s) {
     if (offsets[s + 1] < offsets[s])
@@ -579,14 +583,16 @@ IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, i
   out.total = n_ids;
   const int threads = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n_ids / 65536)));
+  // One count table per thread, allocated here: an allocation failure inside the parallel region
+  // would abort the process instead of raising.
   std::vector<std::vector<int64_t>> local(static_cast<size_t>(threads));
+  for (auto& c : local) c.assign(static_cast<size_t>(vocab_size), 0);
   std::vector<int64_t> bad(static_cast<size_t>(threads), -1);
 #pragma omp parallel num_threads(threads)
   {
     const int t = thread_id(), nt = team_size();
     const int64_t lo = n_ids * t / nt, hi = n_ids * (t + 1) / nt;
     auto& c = local[static_cast<size_t>(t)];
-    c.assign(static_cast<size_t>(vocab_size), 0);
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t id = ids[i];
       if (id < 0 || id >= vocab_size) {
