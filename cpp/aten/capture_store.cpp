@@ -119,6 +119,7 @@ void CaptureStore::add(const std::string& key, const at::Tensor& tensor, const R
         "; only real floating-point, integer and bool tensors can be captured");
   }
   const at::Tensor x = tensor.detach();
+  std::lock_guard<std::mutex> lock(mu_);
   Entry& e = entry(key);
   if (spec.stats && spec.keep && spec.head_dim < 0 && spec.token_dim < 0 && x.is_cpu() &&
       x.is_contiguous() && x.scalar_type() == out_dtype_ &&
@@ -163,18 +164,21 @@ void CaptureStore::add_fused(const std::string& key, Entry& e, const at::Tensor&
   e.host.push_back(std::move(host));
 }
 
-const std::vector<at::Tensor>& CaptureStore::tensors(const std::string& key) const {
+std::vector<at::Tensor> CaptureStore::tensors(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(key);
   if (it == entries_.end()) throw std::out_of_range("nothing was captured under '" + key + "'");
   return it->second.host;
 }
 
 bool CaptureStore::has_stats(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(key);
   return it != entries_.end() && it->second.has_stats;
 }
 
 stats::Summary CaptureStore::summary(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(key);
   if (it == entries_.end() || !it->second.has_stats) {
     throw std::out_of_range("no statistics were captured under '" + key + "'");
@@ -186,6 +190,7 @@ stats::Summary CaptureStore::summary(const std::string& key) {
 }
 
 void CaptureStore::clear() {
+  std::lock_guard<std::mutex> lock(mu_);
   entries_.clear();
   order_.clear();
   nbytes_ = 0;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -35,17 +36,27 @@ class CaptureStore {
 
   void add(const std::string& key, const at::Tensor& tensor, const ReduceSpec& spec);
 
-  // Host tensors for key, one per call, in call order.
-  const std::vector<at::Tensor>& tensors(const std::string& key) const;
+  // Host tensors for key, one per call, in call order (a copy of the handles, taken under the
+  // lock).
+  std::vector<at::Tensor> tensors(const std::string& key) const;
   // Summary of everything seen under key (merged across calls). Folds in pending device
   // summaries, so the caller must have synchronised CUDA streams first.
   stats::Summary summary(const std::string& key);
-  std::vector<std::string> keys() const { return order_; }
+  std::vector<std::string> keys() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return order_;
+  }
   bool has_stats(const std::string& key) const;
 
-  int64_t nbytes() const { return nbytes_; }
+  int64_t nbytes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return nbytes_;
+  }
   int64_t max_bytes() const { return max_bytes_; }
-  bool saw_device_tensor() const { return saw_device_; }
+  bool saw_device_tensor() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return saw_device_;
+  }
   c10::ScalarType out_dtype() const { return out_dtype_; }
   void clear();
 
@@ -62,6 +73,9 @@ class CaptureStore {
   at::Tensor reduce(const at::Tensor& x, const ReduceSpec& spec) const;
   void check_budget(const std::string& key, const at::Tensor& reduced) const;
 
+  // One capture may be fed from several threads (forwards run in a thread pool): every member
+  // below is read and written under this lock, and add() holds it for the whole copy.
+  mutable std::mutex mu_;
   int64_t max_bytes_;
   c10::ScalarType out_dtype_;
   int64_t nbytes_ = 0;

@@ -492,3 +492,33 @@ def test_out_of_range_budgets_and_positions_name_the_argument(kwargs, err, match
     with pytest.raises(err, match=match):
         with llmdbg.capture(model, ["0"], **kwargs):
             model(torch.ones(1, 2, 3))
+
+
+def test_one_capture_fed_from_two_threads_keeps_every_call_intact():
+    """Two threads running forwards inside one capture mutated the store's map and vectors
+    without a lock ("double free or corruption" in 2 of 4 runs). The store now serialises adds."""
+    import threading
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
+    xs = [torch.randn(32, 64) for _ in range(2)]
+    with torch.no_grad():
+        want = {i: model[0](x).numpy() for i, x in enumerate(xs)}
+    calls = 40
+    with llmdbg.capture(model, ["0", "2"]) as trace, torch.no_grad():
+
+        def run(x):
+            for _ in range(calls):
+                model(x)
+
+        threads = [threading.Thread(target=run, args=(x,)) for x in xs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    got = trace.calls("0")
+    assert len(got) == 2 * calls and len(trace.calls("2")) == 2 * calls
+    matched = [min(range(2), key=lambda i: np.abs(g - want[i]).max()) for g in got]
+    for g, i in zip(got, matched):
+        np.testing.assert_array_equal(g, want[i])
+    assert sorted(matched).count(0) == calls
