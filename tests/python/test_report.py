@@ -235,3 +235,38 @@ def test_demo_writes_arrays_and_summary(demo_run):
     assert len(stats) == 13  # embeddings + 6 blocks + 6 attention maps
     assert len(stats["encoder.layer.5"]["histogram"]) == 64
     assert stats["encoder.layer.5"]["count"] == b * t * 384
+
+
+def test_file_lines_split_only_at_newlines_and_lose_the_bom(tmp_path):
+    """--file used to split inside a text at U+2028, U+0085 and \\x1c, and kept a BOM."""
+    from llmdbg.report import read_texts
+
+    f = tmp_path / "texts.txt"
+    f.write_bytes("\ufeffone\u2028still one\r\ntwo\x1c same\n\nthree\u0085end\n".encode())
+    assert read_texts(None, f) == ["one\u2028still one", "two\x1c same", "three\u0085end"]
+
+
+def test_force_replaces_a_symlinked_report_file_instead_of_writing_through_it(tmp_path):
+    outside = tmp_path / "precious.txt"
+    outside.write_text("do not overwrite", encoding="utf-8")
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "index.html").symlink_to(outside)
+    Report("t").write(out, force=True)
+    assert outside.read_text(encoding="utf-8") == "do not overwrite"
+    assert not (out / "index.html").is_symlink() and "<html" in (out / "index.html").read_text(encoding="utf-8")
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+
+
+def test_bidirectional_controls_are_shown_not_obeyed():
+    """A raw U+202E in a text or token reordered what the page showed ("Trojan Source")."""
+    from llmdbg._internal.html import esc
+
+    report = Report("t")
+    isolate = esc("x\u2066y")
+    report.add_section("Inputs", table=[{"text": "abc\u202edef", "n": 1}], html=f"<p>{isolate}</p>")
+    page = report.to_html()
+    for c in ("\u202e", "\u2066"):
+        assert c not in page
+    assert "⟨U+202E⟩" in page and "⟨U+2066⟩" in page
+    assert esc("<a\u200f>") == "&lt;a⟨U+200F⟩&gt;"

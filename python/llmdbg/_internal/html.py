@@ -22,8 +22,15 @@ MUTED = "color: #888;"
 BAD = "color: #c0392b; font-weight: 600;"
 
 
+# Bidirectional controls (U+202A-202E, U+2066-2069) and the marks U+200E/200F reorder the text
+# around them when rendered ("Trojan Source"): a token or text holding one could make the page show
+# something other than what the model saw. They are shown as visible code points instead.
+_BIDI = {c: f"\u27e8U+{c:04X}\u27e9" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F]}
+
+
 def esc(value: Any) -> str:
-    return html.escape(str(value))
+    """HTML-escaped text with bidirectional control characters made visible."""
+    return html.escape(str(value)).translate(_BIDI)
 
 
 def fmt(value: Any) -> str:

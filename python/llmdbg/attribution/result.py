@@ -4,10 +4,11 @@ and views (word-level aggregation, coloured HTML, a figure)."""
 from __future__ import annotations
 
 import dataclasses
-import html
 from typing import Any
 
 import numpy as np
+
+from .._internal.html import esc
 
 AGGREGATIONS = ("sum", "mean", "absmax")
 # Markers of a token that continues the previous word (WordPiece) or starts a new one (BPE, SentencePiece).
@@ -142,7 +143,7 @@ class Attribution:
         rows = range(len(self.tokens)) if index is None else [index]
         parts = [
             f"<div class='llmdbg-attribution' style='font-family:monospace;line-height:1.9'>"
-            f"<div style='font-size:80%;color:#555'>{html.escape(self.method)}</div>"
+            f"<div style='font-size:80%;color:#555'>{esc(self.method)}</div>"
         ]
         for i in rows:
             s = self.token_scores(i, target)
@@ -156,7 +157,7 @@ class Attribution:
                 color = f"rgba(214,39,40,{abs(v):.3f})" if v >= 0 else f"rgba(31,119,180,{abs(v):.3f})"
                 spans.append(
                     f"<span title='{s[j]:.4g}' style='background:{color};padding:1px 2px;margin:1px;"
-                    f"border-radius:3px'>{html.escape(tok)}</span>"
+                    f"border-radius:3px'>{esc(tok)}</span>"
                 )
             label = ""
             if self.delta is not None:
@@ -164,7 +165,7 @@ class Attribution:
                 label = f" <span style='font-size:75%;color:#777'>δ={float(np.abs(d).max()):.3g}</span>"
             if self.target_tokens is not None:
                 what = self.target_tokens[i] if target is None else [self.target_tokens[i][target]]
-                label += f" <span style='font-size:75%;color:#777'>→ {html.escape(''.join(what))}</span>"
+                label += f" <span style='font-size:75%;color:#777'>→ {esc(''.join(what))}</span>"
             parts.append(f"<div>{''.join(spans)}{label}</div>")
         parts.append("</div>")
         return "".join(parts)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._internal.html import esc
 from .page import Report
 
 __all__ = ["ReportContext", "Section", "SectionFailedWarning", "guarded"]
@@ -22,7 +23,6 @@ class SectionFailedWarning(UserWarning):
 
 def guarded(ctx: ReportContext, title: str, section: Callable[[ReportContext], None]) -> None:
     """Run an optional section; if it raises, put the error in the report instead of losing it."""
-    import html
     import traceback
 
     try:
@@ -34,8 +34,8 @@ def guarded(ctx: ReportContext, title: str, section: Callable[[ReportContext], N
         ctx.report.add_section(
             f"{title} (failed)",
             html=(
-                f"<p>This section failed: <code>{html.escape(message)}</code>. The rest of the report is "
-                f"complete. Please report this with the traceback below.</p><pre>{html.escape(tb)}</pre>"
+                f"<p>This section failed: <code>{esc(message)}</code>. The rest of the report is "
+                f"complete. Please report this with the traceback below.</p><pre>{esc(tb)}</pre>"
             ),
         )
         warnings.warn(

@@ -153,7 +153,9 @@ def read_texts(texts: Sequence[str] | None = None, file: str | os.PathLike | Non
     if file is not None:
         path = Path(file).expanduser()
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            # utf-8-sig drops a byte-order mark; lines end at \n (or \r\n) only: str.splitlines()
+            # would also split inside a text at U+2028, U+0085 or \x1c.
+            lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
         except FileNotFoundError as exc:
             raise OSError(f"--file {path}: no such file") from exc
         except UnicodeDecodeError as exc:

@@ -9,6 +9,7 @@ the page in :mod:`llmdbg.report.page`; :func:`run_report` puts them together.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -26,7 +27,7 @@ from .inputs import (
     read_texts,
     tokenize,
 )
-from .page import Report, json_safe, prepare_out_dir
+from .page import Report, json_safe, prepare_out_dir, write_file
 
 __all__ = ["run_report"]
 
@@ -173,7 +174,9 @@ def run_report(
             input_ids=trace.input_ids, attention_mask=trace.attention_mask, tokens=np.array(trace.tokens, dtype=str)
         )
         arrays.update(ctx.arrays)
-        np.savez(out / "arrays.npz", **arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_file(out / "arrays.npz", buffer.getvalue())
         from .. import __version__  # the package root holds only the version and re-exports
 
         summary = {
@@ -192,6 +195,6 @@ def run_report(
         path = report.write(out, force=True)
         timings["writing"] = round(time.perf_counter() - clock[0], 3)
         summary["seconds"] = timings
-        (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=1), encoding="utf-8")
+        write_file(out / "summary.json", json.dumps(json_safe(summary), indent=1))
         bar.update(1)
     return path

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Report", "json_safe", "prepare_out_dir"]
+from .._internal.html import esc
+
+__all__ = ["Report", "json_safe", "prepare_out_dir", "write_file"]
 
 _CSS = """
 :root { --fg: #1d2430; --muted: #5b6472; --line: #dde2ea; --accent: #3b6ea5; --bg: #f6f8fb; }
@@ -83,19 +85,19 @@ def _figure_html(fig: Any, alt: str, caption: str | None = None) -> str:
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
         fig.savefig(buf, format="png", dpi=100, facecolor="white")
     data = base64.b64encode(buf.getvalue()).decode("ascii")
-    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">{cap}</figure>'
+    cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}">{cap}</figure>'
 
 
 def _cell(value: Any) -> tuple[str, bool]:
     """(escaped text, is numeric) for one table cell."""
     if isinstance(value, bool) or value is None:
-        return html.escape(str(value)), False
+        return esc(str(value)), False
     if isinstance(value, numbers.Integral):
         return f"{int(value):,}", True
     if isinstance(value, numbers.Real):
         return f"{float(value):.4g}", True
-    return html.escape(str(value)), False
+    return esc(str(value)), False
 
 
 def _table_html(table: Any) -> str:
@@ -115,8 +117,7 @@ def _table_html(table: Any) -> str:
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
     numeric = [bool(cells) and all(row[j][1] for row in cells) for j in range(len(columns))]
     head = "".join(
-        f'<th class="num">{html.escape(c)}</th>' if num else f"<th>{html.escape(c)}</th>"
-        for c, num in zip(columns, numeric)
+        f'<th class="num">{esc(c)}</th>' if num else f"<th>{esc(c)}</th>" for c, num in zip(columns, numeric)
     )
     body = [
         "<tr>" + "".join(f'<td class="num">{t}</td>' if num else f"<td>{t}</td>" for t, num in row) + "</tr>"
@@ -268,8 +269,20 @@ class Report:
             ``out_dir`` exists and is not empty and ``force`` is False.
         """
         path = prepare_out_dir(out_dir, force) / "index.html"
-        path.write_text(self.to_html(), encoding="utf-8")
+        write_file(path, self.to_html())
         return path
+
+
+def write_file(path: Path, data: str | bytes) -> None:
+    """Write ``path`` through a temporary file in the same directory and a rename, so that a
+    symbolic link at ``path`` is replaced rather than followed (``--force`` must not overwrite
+    whatever an ``index.html`` link points to), and a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def json_safe(value: Any) -> Any:

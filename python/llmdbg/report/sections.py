@@ -10,11 +10,11 @@ missing from this build of llmdbg (or that does not apply, like a map of fewer t
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
 
+from .._internal.html import esc
 from .._internal.pooling import last_real_index, mean_pool
 from .context import ReportContext
 
@@ -134,7 +134,7 @@ def attention_section(ctx: ReportContext) -> None:
     layers = ", ".join(str(i) for i in range(len(maps)))
     report.add_section(
         "Attention",
-        html=f"<p>Attention of sentence 0 (<em>{html.escape(texts[0])}</em>), averaged over heads, for "
+        html=f"<p>Attention of sentence 0 (<em>{esc(texts[0])}</em>), averaged over heads, for "
         f"layers {layers}. Each row is a query token; its weights over the key tokens "
         "sum to 1.</p>",
         figure=plot.attention_grid(maps, tokens, head="mean"),
@@ -154,7 +154,7 @@ def attention_analysis_section(ctx: ReportContext) -> None:
     keep = trace.attention_mask[0].astype(bool)
     tokens = [t for t, k in zip(trace.tokens[0], keep) if k]
     name = trace.tokens[0][row]
-    who = html.escape(name)
+    who = esc(name)
     rollout = attention_rollout(trace)
     flow = attention_flow(trace, rows=[row])
     summary = attention_summary(trace, tokenizer=tokenizer)
@@ -166,7 +166,7 @@ def attention_analysis_section(ctx: ReportContext) -> None:
     report.add_section(
         "Attention analysis",
         html=(
-            f"<p>How much each token of sentence 0 (<em>{html.escape(texts[0])}</em>) feeds "
+            f"<p>How much each token of sentence 0 (<em>{esc(texts[0])}</em>) feeds "
             f"position {row} (<code>{who}</code>) at the top of the network: attention <b>rollout</b> (the product of "
             "the head-averaged maps mixed with the residual stream) and attention <b>flow</b> "
             "(the maximum flow through the same layered graph), both from the C++ core with "
@@ -225,7 +225,7 @@ def outputs_section(ctx: ReportContext) -> None:
             where = np.array(
                 [int(np.flatnonzero(r == tok.mask_token_id)[0]) if (r == tok.mask_token_id).any() else -1 for r in ids]
             )
-            note = f"The five most likely tokens at the first {html.escape(str(tok.mask_token))} of each text."
+            note = f"The five most likely tokens at the first {esc(str(tok.mask_token))} of each text."
         top_ids = np.full((len(where), _TOP_K), -1, dtype=np.int64)
         top_p = np.zeros((len(where), _TOP_K), dtype=np.float32)
         for i, pos in enumerate(where):
@@ -263,20 +263,20 @@ def _ig_target(ctx: ReportContext) -> tuple[Any, str] | None:
         labels = ctx.model.config.id2label or {}
         if ctx.target is None:
             return None, "the logit of the predicted class"
-        return ctx.target, f"the logit of class {ctx.target} ({html.escape(str(labels.get(ctx.target, '')))})"
+        return ctx.target, f"the logit of class {ctx.target} ({esc(str(labels.get(ctx.target, '')))})"
     if kind == "causal-lm":
         if ctx.target is None:
             return None, "the log-probability of the most likely next token"
-        return ctx.target, (f"the log-probability of each token of the continuation <em>{html.escape(ctx.target)}</em>")
+        return ctx.target, (f"the log-probability of each token of the continuation <em>{esc(ctx.target)}</em>")
     if kind == "masked-lm":
         if not any(tok.mask_token_id in row for row in ctx.trace.input_ids.tolist()):
             return None
         what = (
             "the predicted token"
             if ctx.target is None
-            else f"<code>{html.escape(tok.convert_ids_to_tokens(ctx.target))}</code>"
+            else f"<code>{esc(tok.convert_ids_to_tokens(ctx.target))}</code>"
         )
-        return ctx.target, f"the log-probability of {what} at the first {html.escape(tok.mask_token)}"
+        return ctx.target, f"the log-probability of {what} at the first {esc(tok.mask_token)}"
     if len(ctx.texts) < 2:
         return None
     import llmdbg
@@ -330,7 +330,7 @@ def attribution_section(ctx: ReportContext) -> None:
     ctx.report.add_section(
         "Attribution",
         html=(
-            f"<p>Integrated gradients ({html.escape(attr.method)}) of {what}, per input token: "
+            f"<p>Integrated gradients ({esc(attr.method)}) of {what}, per input token: "
             "red tokens push it up, blue ones down; the baseline replaces every token but the special "
             "ones by padding. The convergence delta is the sum of the scores minus the change of the "
             f"explained value between baseline and input; small relative deltas mean the integral is "

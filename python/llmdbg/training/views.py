@@ -10,6 +10,7 @@ import html
 import math
 from typing import Any
 
+from .._internal.html import esc
 from .detectors import Event
 from .state import WatchState
 
@@ -58,7 +59,7 @@ def _fmt(v: Any) -> str:
         return "–"
     if isinstance(v, float):
         return f"{v:.4g}"
-    return html.escape(str(v))
+    return esc(str(v))
 
 
 def events_frame(events: list[Event]):
@@ -134,7 +135,7 @@ def add_report_section(
 ) -> Any:
     """Dashboard ``figure`` (None: none), events table and last-step numbers as one section of ``report``."""
     intro = (
-        f"<p>{state.step} optimizer steps watched on <code>{html.escape(model_name)}</code>; "
+        f"<p>{state.step} optimizer steps watched on <code>{esc(model_name)}</code>; "
         f"per-layer statistics every {every} steps; {len(state.events)} events.</p>"
     )
     tables = []
