@@ -311,3 +311,18 @@ TEST(TsneFft, SmallAndDegenerateInputs) {
   const std::vector<double> nan = {0.0, std::nan(""), 1.0, 1.0};
   EXPECT_THROW(ts::repulsion_fft(nan.data(), 2, {}, rep.data(), 1), std::invalid_argument);
 }
+
+// The grid grew with the square of the embedding's extent: 1e12 apart, two points asked for
+// ~1e12 intervals per side and the run never returned. Past max_intervals it throws before
+// allocating anything (coarser intervals would give wrong forces).
+TEST(TsneFft, HugeSpreadIsRefusedNotHung) {
+  const std::vector<double> Y = {0.0, 0.0, 1e12, -1e12, 5.0, 3.0};
+  std::vector<double> rep(Y.size());
+  EXPECT_THROW(ts::repulsion_fft(Y.data(), 3, {}, rep.data(), 1), std::invalid_argument);
+  ts::FftParams small;
+  small.max_intervals = 60;
+  const std::vector<double> wide = {0.0, 0.0, 70.0, 10.0, 5.0, 3.0};
+  EXPECT_THROW(ts::repulsion_fft(wide.data(), 3, small, rep.data(), 1), std::invalid_argument);
+  small.max_intervals = 80;
+  EXPECT_TRUE(std::isfinite(ts::repulsion_fft(wide.data(), 3, small, rep.data(), 1)));
+}

@@ -478,3 +478,14 @@ def test_one_feature_input_gets_a_two_dimensional_map():
     d = np.linalg.norm(Y[1:] - Y[:-1], axis=1)
     far = np.linalg.norm(Y[:, None] - Y[None], axis=-1).mean()
     assert np.median(d) < 0.5 * far
+
+
+def test_fft_refuses_an_embedding_too_wide_for_its_grid_instead_of_hanging():
+    """An init spread over 1e12 asked the FFT for ~1e12 intervals per side: the run never returned
+    and ignored Ctrl-C. It now raises at once, naming the way out."""
+    X = np.random.default_rng(0).standard_normal((200, 5))
+    init = np.random.default_rng(1).standard_normal((200, 2)) * 1e12
+    with pytest.raises(
+        ValueError, match=r"FFT grid would need .* intervals per side \(at most 2048\); use method='bh'"
+    ):
+        TSNE(method="fft", init=init, progress=False, n_iter=50, exaggeration_iter=10).fit_transform(X)

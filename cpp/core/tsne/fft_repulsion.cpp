@@ -81,8 +81,14 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* r
   double side = std::max(xmax - xmin, ymax - ymin);
   side = std::max(side * (1.0 + 1e-9), 1e-9);
   // m intervals per dimension; 2·m·p (the padded transform size) is kept 5-smooth.
-  int64_t m = std::max<int64_t>(prm.min_intervals,
-                                static_cast<int64_t>(std::ceil(prm.intervals_per_unit * side)));
+  const double wanted = std::ceil(prm.intervals_per_unit * side);  // may be astronomically large
+  if (wanted > static_cast<double>(std::max(prm.min_intervals, prm.max_intervals))) {
+    throw std::invalid_argument(
+        "repulsion_fft: the embedding spans " + std::to_string(side) + " units, so the FFT grid " +
+        "would need " + std::to_string(wanted) + " intervals per side (at most " +
+        std::to_string(prm.max_intervals) + "); use method='bh', or start from a smaller init");
+  }
+  int64_t m = std::max<int64_t>(prm.min_intervals, static_cast<int64_t>(wanted));
   while (next_smooth(2 * m * p) != 2 * m * p) ++m;
   const double h = side / static_cast<double>(m);
   const double x0 = cx - 0.5 * side, y0 = cy - 0.5 * side;

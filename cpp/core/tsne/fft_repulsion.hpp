@@ -24,9 +24,12 @@
 // tests/cpp/test_tsne_fft.cpp for measured force and Z errors (about openTSNE's own).
 //
 // Cost O(n · n_interp² + M² log M) with M = 2·m·n_interp: linear in n, but the grid grows with
-// the square of the embedding's extent. Spreading is parallel over fixed point blocks (one
-// private grid each, summed in a fixed order), gathering and the FFT passes over points / rows,
-// so results are bitwise identical for a fixed num_threads (not across thread counts).
+// the square of the embedding's extent. Past max_intervals (2048 per side) it throws instead:
+// coarser intervals would make the forces wrong (the interpolation needs intervals of about the
+// kernel's unit width), and a bigger grid exhausts memory (a spread of 1e12 used to hang).
+// Spreading is parallel over fixed point blocks (one private grid each, summed in a fixed order),
+// gathering and the FFT passes over points / rows, so results are bitwise identical for a fixed
+// num_threads (not across thread counts).
 
 #include <cstdint>
 
@@ -36,6 +39,7 @@ struct FftParams {
   int n_interp = 3;
   int min_intervals = 50;
   double intervals_per_unit = 1.0;
+  int max_intervals = 2048;
 };
 
 double repulsion_fft(const double* Y, int64_t n, const FftParams& p, double* rep, int num_threads);
