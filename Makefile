@@ -16,7 +16,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
 # Never let pip resolve a new torch: pin whatever torch is installed.
 CONSTRAINTS := $(BUILD_DIR)/constraints.txt
 
-.PHONY: lint lint-py lint-cpp demo test deps system-deps test-system-deps lint-system-deps torch python-deps build wheel cpp-test py-test notebooks docs bench clean help
+.PHONY: lint lint-py lint-cpp demo test deps system-deps test-system-deps lint-system-deps torch python-deps build wheel cpp-test cpp-test-sanitized py-test notebooks docs bench clean help
 
 help:
 	@echo "make demo   - install what is missing, build, write report/index.html on MiniLM"
@@ -31,7 +31,7 @@ demo: EXTRAS = demo
 demo: deps build
 	HF_HUB_OFFLINE=1 $(PYTHON) -m llmdbg.cli demo --out report --force
 
-test: deps test-system-deps build lint docs cpp-test py-test notebooks
+test: deps test-system-deps build lint docs cpp-test cpp-test-sanitized py-test notebooks
 
 deps: system-deps torch python-deps
 
@@ -91,6 +91,17 @@ cpp-test:
 	cmake -S . -B $(BUILD_DIR)/cpp -G Ninja -DLLMDBG_BUILD_EXTENSION=OFF -DLLMDBG_BUILD_TESTS=ON >/dev/null
 	cmake --build $(BUILD_DIR)/cpp
 	ctest --test-dir $(BUILD_DIR)/cpp --output-on-failure
+
+# GoogleTest once more under AddressSanitizer and UndefinedBehaviorSanitizer: any report fails the
+# run (UBSan does not recover), and a canary that overflows a heap buffer must be caught.
+SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+cpp-test-sanitized:
+	cmake -S . -B $(BUILD_DIR)/cpp-asan -G Ninja -DLLMDBG_BUILD_EXTENSION=OFF -DLLMDBG_BUILD_TESTS=ON \
+	  -DLLMDBG_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS=$(SANITIZE)" \
+	  "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" >/dev/null
+	cmake --build $(BUILD_DIR)/cpp-asan
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir $(BUILD_DIR)/cpp-asan --output-on-failure
 
 # LLMDBG_DOCS_HTML: test_docs.py inspects the docs `make docs` just built instead of building twice.
 py-test:
