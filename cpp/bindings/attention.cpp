@@ -173,24 +173,27 @@ py::array_t<float> run_graph(const GraphArgs& g, int num_threads, Kernel kernel)
   return out;
 }
 
-py::array_t<double> row_sums(const py::array& array, int num_threads) {
+py::object row_sums(const py::array& array, int num_threads, bool with_min) {
   check_array(array, "attention_row_sums: array", kFloat, Shape{"...", "n"});
   const bool f32 = py::isinstance<py::array_t<float>>(array);
   std::vector<py::ssize_t> shape(array.shape(), array.shape() + array.ndim() - 1);
   py::array_t<double> out(shape);
+  py::array_t<double> mins(with_min ? shape : std::vector<py::ssize_t>{0});
   const int64_t cols = array.shape(array.ndim() - 1);
   const int64_t rows =
       cols == 0 ? static_cast<int64_t>(out.size()) : static_cast<int64_t>(array.size()) / cols;
   double* dst = out.mutable_data();
+  double* dmin = with_min ? mins.mutable_data() : nullptr;
   const void* src = array.data();
   without_gil([&] {
     if (f32) {
-      att::row_sums(static_cast<const float*>(src), rows, cols, dst, num_threads);
+      att::row_sums(static_cast<const float*>(src), rows, cols, dst, num_threads, dmin);
     } else {
-      att::row_sums(static_cast<const double*>(src), rows, cols, dst, num_threads);
+      att::row_sums(static_cast<const double*>(src), rows, cols, dst, num_threads, dmin);
     }
   });
-  return out;
+  if (with_min) return py::make_tuple(out, mins);
+  return std::move(out);
 }
 
 // ---- per-head statistics and drift ----
@@ -301,8 +304,11 @@ mask: (B, T) 0/1, nonzero for real tokens. Accumulated in float64. Use llmdbg.at
       R"doc(Attention flow (max-flow per output/input pair, rows normalised) over a list of
 C-contiguous (B, H, T, T) float32/float64 layers; same arguments and output as
 attention_rollout. Use llmdbg.attention_flow.)doc");
-  m.def("attention_row_sums", &row_sums, py::arg("array"), py::arg("num_threads") = 0,
-        "Sums over the last axis in float64, in one parallel pass (NaN/Inf propagate).");
+  m.def(
+      "attention_row_sums", &row_sums, py::arg("array"), py::arg("num_threads") = 0,
+      py::arg("with_min") = false,
+      "Sums over the last axis in float64, in one parallel pass (NaN/Inf propagate); with_min=True "
+      "returns (sums, row minima).");
   m.def("attention_head_stats", &head_stats, py::arg("layers"), py::arg("mask"), py::arg("special"),
         py::arg("num_threads") = 0,
         R"doc(Fused per-(layer, head) attention statistics (double accumulation).

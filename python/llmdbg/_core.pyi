@@ -1,7 +1,7 @@
 """Type stubs for the compiled core (private; use the llmdbg package)."""
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -69,7 +69,12 @@ def attention_flow(
     residual: bool = True,
     num_threads: int = 0,
 ) -> np.ndarray: ...
-def attention_row_sums(array: np.ndarray, num_threads: int = 0) -> np.ndarray: ...
+@overload
+def attention_row_sums(array: np.ndarray, num_threads: int = 0, with_min: Literal[False] = False) -> np.ndarray: ...
+@overload
+def attention_row_sums(
+    array: np.ndarray, num_threads: int = 0, *, with_min: Literal[True]
+) -> tuple[np.ndarray, np.ndarray]: ...
 
 # integrated gradients (cpp/bindings/attribution.cpp)
 def quadrature(method: str, n: int) -> tuple[np.ndarray, np.ndarray]: ...

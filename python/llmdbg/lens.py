@@ -137,10 +137,11 @@ def logit_lens(
     try:
         with eval_mode(model), torch.no_grad():
             outputs = model(**inputs)
-            _check_reproduces_logits(model, layout.family, unembed.apply(states[n_layers]), outputs, inputs)
+            final = unembed.apply(states[n_layers])  # the last row, computed once: checked, then reused
+            _check_reproduces_logits(model, layout.family, final, outputs, inputs)
             ids, probs, ranks, tprobs = [], [], [], []
             for r in progress_iter(rows, progress, "logit lens", unit="layer"):
-                logits = unembed.apply(states[r]).float()
+                logits = (final if r == n_layers else unembed.apply(states[r])).float()
                 vocab = logits.shape[-1]
                 p = torch.softmax(logits, dim=-1)
                 k = min(top_k, vocab)

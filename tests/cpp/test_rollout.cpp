@@ -275,3 +275,13 @@ TEST(RowSums, MatchReferenceAndFlagNonFinite) {
   EXPECT_TRUE(std::isnan(out[1]));
   EXPECT_TRUE(std::isfinite(out[2]));
 }
+
+TEST(RowSums, MinimaInTheSamePass) {
+  const std::vector<float> x = {0.5f, 0.25f, 0.25f, 1.5f, -0.5f, 0.0f};
+  std::vector<double> sums(2), mins(2);
+  llmdbg::attention::row_sums(x.data(), 2, 3, sums.data(), 1, mins.data());
+  EXPECT_DOUBLE_EQ(sums[0], 1.0);
+  EXPECT_DOUBLE_EQ(sums[1], 1.0);
+  EXPECT_DOUBLE_EQ(mins[0], 0.25);
+  EXPECT_DOUBLE_EQ(mins[1], -0.5);
+}

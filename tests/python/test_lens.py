@@ -9,7 +9,7 @@ import transformers as tf
 
 from llmdbg.adapters.unembedding import find_unembedding
 from llmdbg.lens import logit_lens
-from tiny_models import tiny_inputs, tiny_model
+from tiny_models import HEADS, IDS, LAYERS, VOCAB, H, tiny_inputs, tiny_model
 
 CAUSAL = {
     "gpt2": (tf.GPT2LMHeadModel, "transformer.ln_f"),
@@ -126,15 +126,13 @@ def _scaled_lm(name):
     """Tiny Cohere, Cohere2 and Granite LMs with their logit scaling far from 1 (silent-wrong-result
     regressions: the lens ignored it and said top-1 probability 1.0 where the model said 0.035)."""
     common = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        hidden_size=H,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
         num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=100,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
+        intermediate_size=2 * H,
+        vocab_size=VOCAB,
+        **IDS,
     )
     torch.manual_seed(0)
     if name == "cohere":

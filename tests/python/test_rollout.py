@@ -272,3 +272,13 @@ def test_core_masks_must_be_zero_or_one(value):
     u8[0, 1] = 7
     with pytest.raises(ValueError, match=r"mask must hold only 0 \(padding\) and 1"):
         _core.attention_head_stats(list(a), u8, None, 1)
+
+
+def test_core_row_sums_and_minima_equal_numpy():
+    from llmdbg import _core
+
+    a = np.random.default_rng(0).standard_normal((2, 3, 5, 7)).astype(np.float32)
+    sums, mins = _core.attention_row_sums(a, 2, with_min=True)
+    np.testing.assert_allclose(sums, a.astype(np.float64).sum(-1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(mins, a.min(-1).astype(np.float64))
+    np.testing.assert_array_equal(_core.attention_row_sums(a, 2), sums)

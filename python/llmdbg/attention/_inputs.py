@@ -132,12 +132,12 @@ def _from_trace(trace: Any, stack: str | None) -> tuple[list[Any], Any, Any]:
     return maps, mask, trace.tokens if stack != "decoder" else None
 
 
-def _row_sums(a: np.ndarray) -> np.ndarray:
-    """Sums over the last axis in float64 in one parallel pass of the C++ core (numpy's isfinite
-    plus float64 sum cost about as much as a whole rollout)."""
+def _row_sums(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sums and minima over the last axis, in float64, in one parallel pass of the C++ core
+    (numpy's isfinite, sum and min would cost about as much as a whole rollout)."""
     from .. import _core
 
-    return _core.attention_row_sums(a, num_threads=resolve_n_jobs(None))
+    return _core.attention_row_sums(a, num_threads=resolve_n_jobs(None), with_min=True)
 
 
 def attention_stack(
@@ -202,11 +202,11 @@ def attention_stack(
                 f"{layers[0].shape}: batch size and T must agree across layers"
             )
         a = np.ascontiguousarray(a)
-        sums = _row_sums(a)  # a row holding NaN/Inf sums to NaN/Inf
+        sums, mins = _row_sums(a)  # a row holding NaN/Inf sums to NaN/Inf
         if not np.isfinite(sums).all() and not np.isfinite(a).all():
             raise ValueError(f"{name}[{i}] contains NaN or Inf values")
         # Rows of +x and -x can sum to 1 too; rollout of such "weights" is meaningless.
-        low = float(a.min()) if check_negative and a.size else 0.0
+        low = float(mins.min()) if check_negative and mins.size else 0.0
         if low < -atol:
             bi, hi, qi, ki = np.argwhere(a < -atol)[0]
             raise ValueError(
