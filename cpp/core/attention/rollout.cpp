@@ -592,24 +592,46 @@ void rollout(const AttentionGraph& g, const GraphOptions& opt, const int64_t* ro
 // ---------------------------------------------------------------------------------------------
 // Row sums (input validation).
 // ---------------------------------------------------------------------------------------------
+namespace {
+
+// One row: the sum in double over 8 lanes and, with WithMin, the minimum over 8 lanes in the same
+// sweep (plain compares the compiler turns into vector min instructions).
+template <bool WithMin, typename T>
+void row_sum_min(const T* x, int64_t cols, double* sum, double* min) {
+  double s[8] = {};
+  T m[8];
+  for (int q = 0; q < 8; ++q) m[q] = cols > 0 ? x[0] : T(0);
+  int64_t j = 0;
+  for (; j + 8 <= cols; j += 8) {
+    for (int q = 0; q < 8; ++q) {
+      s[q] += static_cast<double>(x[j + q]);
+      if constexpr (WithMin) m[q] = x[j + q] < m[q] ? x[j + q] : m[q];
+    }
+  }
+  for (; j < cols; ++j) {
+    s[0] += static_cast<double>(x[j]);
+    if constexpr (WithMin) m[0] = x[j] < m[0] ? x[j] : m[0];
+  }
+  *sum = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  if constexpr (WithMin) {
+    T r = m[0];
+    for (int q = 1; q < 8; ++q) r = m[q] < r ? m[q] : r;
+    *min = static_cast<double>(r);
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void row_sums(const T* data, int64_t rows, int64_t cols, double* out, int num_threads,
               double* row_min) {
   const int threads = resolve_threads(num_threads);
 #pragma omp parallel for num_threads(threads) if (threads > 1 && rows > 64) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    const T* x = data + r * cols;
-    double s[8] = {};
-    int64_t j = 0;
-    for (; j + 8 <= cols; j += 8) {
-      for (int q = 0; q < 8; ++q) s[q] += static_cast<double>(x[j + q]);
-    }
-    for (; j < cols; ++j) s[0] += static_cast<double>(x[j]);
-    out[r] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    if (row_min) {  // the row is in cache now: a second sweep costs little
-      T m = cols > 0 ? x[0] : T(0);
-      for (int64_t k = 1; k < cols; ++k) m = x[k] < m ? x[k] : m;
-      row_min[r] = static_cast<double>(m);
+    if (row_min) {
+      row_sum_min<true>(data + r * cols, cols, out + r, row_min + r);
+    } else {
+      row_sum_min<false>(data + r * cols, cols, out + r, nullptr);
     }
   }
 }
