@@ -11,9 +11,11 @@ also when the forward raises; what was captured until then stays readable.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import inspect
 import re
+import warnings
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -22,8 +24,12 @@ import numpy as np
 import torch
 
 from .. import _core
+from .._internal.threads import resolve_n_jobs
+from ..adapters.attention_calls import recording_attention, recording_unsupported_reason
 from ..adapters.attention_impl import eager_attention, needs_output_attentions_flag
 from ..adapters.layout import ROLES, check_module, closest_names, find_layout, is_hf_model, resolve_role
+from .attention_recorder import AttentionRecorder, stats_from_weights
+from .query import ATTENTION_IMPLS, AttentionQuery, LayerShape, estimate, resolve_attentions
 from .trace import ATTN_GRAD_SUFFIX, ATTN_SUFFIX, GRAD_SUFFIX, INPUT_SUFFIX, Trace
 
 # Models with a capture in progress: a second capture on the same model would stack hooks.
@@ -70,6 +76,22 @@ def _parse_reduce(reduce: Any) -> tuple[bool, bool, slice | None]:
                 f"or a tuple of these; got {item!r}"
             )
     return stats_only, head_mean, tokens
+
+
+def _special_ids(model: torch.nn.Module, tokenizer: Any) -> set[int]:
+    """Token ids counted by the ``special_mass`` statistic: the tokenizer's special tokens, or
+    without one the config's bos/eos/pad/cls/sep/unk ids."""
+    ids = getattr(tokenizer, "all_special_ids", None) if tokenizer is not None else None
+    if ids:
+        return {int(i) for i in ids}
+    config = getattr(model, "config", None)
+    found = set()
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id", "unk_token_id"):
+        value = getattr(config, key, None)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, int) and not isinstance(v, bool):
+                found.add(v)
+    return found
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -132,7 +154,7 @@ class Capture:
         model: torch.nn.Module,
         modules: Any = None,
         *,
-        attentions: bool = False,
+        attentions: bool | str | AttentionQuery = False,
         hidden_states: bool = False,
         inputs: bool = False,
         grads: bool = False,
@@ -142,8 +164,14 @@ class Capture:
         tokenizer: Any = None,
         stats: bool = True,
         attention_consumer: Any = None,
+        attention_impl: str = "auto",
+        verify: bool = False,
     ) -> None:
         self.model = check_module(model)
+        if attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}")
+        if not isinstance(verify, bool):
+            raise TypeError(f"verify must be True or False, got {verify!r}")
         if attention_consumer is not None and not callable(attention_consumer):
             raise TypeError("attention_consumer must be callable as f(layer, module_name, weights)")
         if attention_consumer is not None and not attentions:
@@ -161,18 +189,32 @@ class Capture:
         self._stats_only, self._head_mean, self._tokens = _parse_reduce(reduce)
         if self._head_mean and not attentions:
             raise ValueError("reduce='head_mean' averages attention heads; pass attentions=True")
-        if attentions and not is_hf_model(model):
+        self._attn_mode, self._attn_query = resolve_attentions(attentions, self._head_mean)
+        if attentions is not True and attentions is not False and attention_consumer is not None:
+            raise ValueError("attention_consumer needs attentions=True")
+        if attentions is not False and attentions is not None and not is_hf_model(model):
             raise TypeError(
-                f"attentions=True needs a Hugging Face transformers model (it switches the attention "
-                f"implementation to eager to get the weights); {type(model).__name__} is not one. "
+                f"attentions={attentions!r} needs a Hugging Face transformers model (it records the queries "
+                f"and keys of its attention calls, or switches it to eager attention); {type(model).__name__} "
+                f"is not one. "
                 f"Capture the attention modules' outputs with modules=... instead."
             )
-        self._flags = dict(attentions=attentions, hidden_states=hidden_states, inputs=inputs, grads=grads, stats=stats)
+        self._flags = dict(
+            attentions=self._attn_mode != "off", hidden_states=hidden_states, inputs=inputs, grads=grads, stats=stats
+        )
+        self._attention_impl = attention_impl
+        self._verify = verify
+        self._max_bytes = None if max_bytes is None else int(max_bytes)
+        self._itemsize = np.dtype(dtype).itemsize
+        self._recorder: AttentionRecorder | None = None
+        self._recording: Any = None
+        self._special_ids: set[int] | None = None
         self._modules_spec = modules
         self._tokenizer = tokenizer
         self._store = _core.CaptureStore(0 if max_bytes is None else int(max_bytes), dtype_name)
         self._handles: list[Any] = []
         self._eager: Any = None
+        self._recompute = False
         self._entered = False
         self._active = False
         self._synced = True
@@ -240,6 +282,9 @@ class Capture:
             if self._consumer is not None:
                 if self._active:
                     self._consumer(layer, name, weights)
+            elif self._recorder is not None:
+                if self._active:
+                    self._recorder.add_eager(layer, name, weights)
             else:
                 self._add(name + ATTN_SUFFIX, weights, "attn")
             if grads and weights.requires_grad:
@@ -263,6 +308,8 @@ class Capture:
                 bound = kwargs
             ids, mask = bound.get("input_ids"), bound.get("attention_mask")
             assert self.trace is not None  # hooks exist only between __enter__ and __exit__
+            if self._recorder is not None:
+                self._prepare_attention(bound)
             self.trace._record_inputs(
                 ids if isinstance(ids, torch.Tensor) else None,
                 mask if isinstance(mask, torch.Tensor) else None,
@@ -322,26 +369,149 @@ class Capture:
         try:
             named = {n: self.model.get_submodule(n) for n in {*input_modules, *selected, *attention}}
             reg = self._handles.append
-            ask = bool(attention) and needs_output_attentions_flag(self.model, attention)
+            self._recompute = bool(attention) and self._use_recompute(attention, named)
+            ask = bool(attention) and not self._recompute and needs_output_attentions_flag(self.model, attention)
             reg(self.model.register_forward_pre_hook(self._model_input_hook(ask), with_kwargs=True))
             for name in input_modules:
                 reg(named[name].register_forward_pre_hook(self._input_hook(name), with_kwargs=True))
             for name in selected:
                 reg(named[name].register_forward_hook(self._output_hook(name), with_kwargs=True))
-            for layer, name in enumerate(attention):
-                reg(
-                    named[name].register_forward_hook(
-                        self._attention_hook(name, layout.attention_index if layout else 1, layer), with_kwargs=True
-                    )
-                )
             if attention:
-                self._eager = eager_attention(self.model)
-                self._eager.__enter__()
+                self._start_attention(attention, named)
         except BaseException:
             self._close(None, None, None)
             raise
         self._active = True
         return self.trace
+
+    # -- attention ---------------------------------------------------------------------------
+    def _use_recompute(self, attention: list[str], named: dict[str, torch.nn.Module]) -> bool:
+        """Decide between recomputing from recorded queries/keys and switching to eager."""
+        impl = self._attention_impl
+        if impl == "eager":
+            return False
+        needs_weights = self._flags["grads"] or self._consumer is not None
+        if needs_weights:
+            if impl == "recompute":
+                raise ValueError(
+                    "attention_impl='recompute' cannot give gradients of attention maps or feed an "
+                    "attention_consumer (both need the weights inside the forward); use attention_impl='eager'"
+                )
+            return False
+        reason = recording_unsupported_reason(self.model, {n: named[n] for n in attention})
+        if reason is None:
+            return True
+        if impl == "recompute":
+            raise RuntimeError(f"attention_impl='recompute' is not possible: {reason}; use attention_impl='eager'")
+        warnings.warn(
+            f"llmdbg.capture: attention maps come from eager attention instead of the model's own kernel: {reason}",
+            stacklevel=4,
+        )
+        return False
+
+    def _start_attention(self, attention: list[str], named: dict[str, torch.nn.Module]) -> None:
+        layout = self.trace.layout if self.trace is not None else None
+        if self._attn_query is not None:
+            self._attn_query.layer_indices(len(attention))  # a layer that does not exist fails here
+        if self._attn_mode != "maps" or self._attn_query != AttentionQuery(
+            reduce="mean" if self._head_mean else None
+        ) or self._recompute:
+            self._recorder = AttentionRecorder(
+                self._attn_mode,
+                self._attn_query,
+                attention,
+                self._add_map,
+                verify=self._verify and self._recompute,
+                row_slice=self._tokens,
+            )
+            self._recorder.stream_of = self._streams_of(attention)
+            assert self.trace is not None
+            self.trace._attention_stats = self._recorder.stats
+            self._special_ids = _special_ids(self.model, self._tokenizer)
+        if self._recompute:
+            self._recording = recording_attention(self.model, {n: named[n] for n in attention}, self._recorder)
+            self._recording.__enter__()
+            return
+        for layer, name in enumerate(attention):
+            hook = self._attention_hook(name, layout.attention_index if layout else 1, layer)
+            self._handles.append(named[name].register_forward_hook(hook, with_kwargs=True))
+        self._eager = eager_attention(self.model)
+        self._eager.__enter__()
+
+    def _streams_of(self, attention: list[str]) -> dict[str, str]:
+        """Which input sequence each attention module's keys are: decoder self-attention of an
+        encoder-decoder reads decoder_input_ids, everything else input_ids."""
+        layout = self.trace.layout if self.trace is not None else None
+        if layout is None or "decoder" not in layout.stacks or "encoder" not in layout.stacks:
+            return {}
+        decoder_blocks = set(layout.stacks["decoder"])
+        cross = set(layout.cross_attention)
+        return {
+            a: "decoder_input_ids"
+            for b, a in zip(layout.blocks, layout.attention)
+            if b in decoder_blocks and a not in cross
+        }
+
+    def _add_map(self, name: str, maps: np.ndarray) -> None:
+        if not self._active:
+            return
+        self._synced = False
+        self._store.add(name + ATTN_SUFFIX, torch.from_numpy(maps), keep=not self._stats_only, stats=self._flags["stats"])
+
+    def _prepare_attention(self, bound: dict[str, Any]) -> None:
+        """Before each forward: the special-token flags and first real position of each input
+        stream, and the memory estimate checked against max_bytes."""
+        recorder = self._recorder
+        assert recorder is not None
+        shapes: dict[str, tuple[int, int]] = {}
+        for stream, mask_key in (("input_ids", "attention_mask"), ("decoder_input_ids", "decoder_attention_mask")):
+            ids, mask = bound.get(stream), bound.get(mask_key)
+            embeds = bound.get("inputs_embeds" if stream == "input_ids" else "decoder_inputs_embeds")
+            source = ids if isinstance(ids, torch.Tensor) else embeds if isinstance(embeds, torch.Tensor) else None
+            if source is None or source.dim() < 2:
+                continue
+            b, t = int(source.shape[0]), int(source.shape[1])
+            shapes[stream] = (b, t)
+            special = None
+            if isinstance(ids, torch.Tensor) and self._special_ids:
+                special = np.isin(ids.detach().cpu().numpy(), list(self._special_ids))
+            first = None
+            if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == (b, t):
+                first = (mask.detach().cpu().numpy() != 0).argmax(axis=1).astype(np.int64)
+            recorder.streams[stream] = (special, first)
+        if self._max_bytes is None or "input_ids" not in shapes:
+            return
+        enc = shapes["input_ids"]
+        dec = shapes.get("decoder_input_ids", enc)
+        cross = set(self.trace.layout.cross_attention) if self.trace and self.trace.layout else set()
+        layers = []
+        for name in recorder.names:
+            b, tq = dec if recorder.stream_of.get(name) == "decoder_input_ids" or name in cross else enc
+            tk = enc[1] if name in cross else tq
+            layers.append(LayerShape(b, tq, tk))
+        est = estimate(
+            self.model,
+            self._attn_mode,
+            self._attn_query,
+            layers,
+            recompute=self._recompute,
+            itemsize=self._itemsize,
+            threads=resolve_n_jobs(None),
+            row_slice=self._tokens,
+        )
+        held = self._store.nbytes
+        if held + est.stored_bytes > self._max_bytes:
+            suggestion = (
+                "attentions='stats' (per-query statistics only) or an llmdbg.AttentionQuery with fewer layers, "
+                "heads or rows"
+                if self._attn_mode == "maps"
+                else "fewer layers (llmdbg.AttentionQuery(layers=...)) or a larger max_bytes"
+            )
+            raise _core.CaptureBudgetError(
+                f"this forward's attention capture needs {est} on top of {held / 2**30:.3g} GiB already held, "
+                f"more than max_bytes={self._max_bytes:,} bytes; pass {suggestion}. "
+                "llmdbg.estimate_memory(model, inputs, attentions=...) gives the figure beforehand."
+            )
 
     def _finalize(self) -> None:
         # Device copies and summaries were queued asynchronously into pinned memory.
@@ -357,6 +527,9 @@ class Capture:
             self._handles.clear()
         finally:
             _ACTIVE.discard(self.model)
+            if self._recording is not None:
+                recording, self._recording = self._recording, None
+                recording.__exit__(exc_type, exc, tb)
             if self._eager is not None:
                 eager, self._eager = self._eager, None
                 eager.__exit__(exc_type, exc, tb)
@@ -373,7 +546,7 @@ def capture(
     model: torch.nn.Module,
     modules: str | re.Pattern | Iterable[str | re.Pattern] | None = None,
     *,
-    attentions: bool = False,
+    attentions: bool | str | AttentionQuery = False,
     hidden_states: bool = False,
     inputs: bool = False,
     grads: bool = False,
@@ -383,6 +556,8 @@ def capture(
     tokenizer: Any = None,
     stats: bool = True,
     attention_consumer: Any = None,
+    attention_impl: str = "auto",
+    verify: bool = False,
 ) -> Capture:
     """Record activations, attention maps and gradients of a model's modules into numpy.
 
@@ -405,10 +580,35 @@ def capture(
         (``"*.mlp"``, ``"encoder.layer.*"``), or a regular expression (``"re:..."`` or a compiled
         pattern, matched against the whole name). A pattern that matches nothing is an error
         listing the closest names.
-    attentions : bool
-        Capture every layer's attention weights ``(B, H, T_q, T_k)`` (Hugging Face models only).
-        The attention implementation is switched to ``"eager"`` inside the block and restored
-        afterwards; eager and SDPA logits differ by about 1e-3 in float32.
+    attentions : bool, "stats" or AttentionQuery
+        Attention of every layer (Hugging Face models only), recomputed from the queries and keys
+        the model's own kernel (SDPA, flash, eager) receives, so the model's outputs are bit for
+        bit those of an uncaptured run (see ``attention_impl``):
+
+        - ``True``: full maps ``(B, H, T_q, T_k)`` in ``trace.attentions`` (``(B, T_q, T_k)`` with
+          ``reduce="head_mean"``; a token selection in ``reduce`` keeps those query rows);
+        - ``"stats"``: per-query statistics only, ``trace.attention_stats[layer]`` maps
+          ``entropy``, ``max_prob``, ``sink_mass`` and ``special_mass`` to ``(B, H, T_q)``
+          float32 arrays (O(L·B·H·T) memory instead of O(L·B·H·T²));
+        - :class:`llmdbg.AttentionQuery`: maps of chosen layers, heads and query rows only,
+          optionally fused over heads.
+
+        Probabilities are recomputed in float32 with float64 sums; they match eager attention's
+        to about 1e-7 in float32. The memory needed is checked against ``max_bytes`` before the
+        forward (see :func:`llmdbg.estimate_memory`).
+    attention_impl : {"auto", "recompute", "eager"}
+        ``"recompute"`` records each attention call through transformers' ``AttentionInterface``
+        and recomputes what was asked in C++ (CPU) or torch (GPU) tiles; it raises when the model
+        cannot be recorded. ``"eager"`` switches the model to eager attention inside the block
+        (restored afterwards) and reads the weights it returns; eager and SDPA logits differ by
+        about 1e-7 to 1e-3. ``"auto"`` recomputes wherever the model supports it and falls back
+        to eager with a warning naming why; it also takes eager when the weights must be in the
+        autograd graph (``grads=True``) or go to an ``attention_consumer``.
+    verify : bool
+        With the recompute path, check each call: a sample of 8 query rows of the recomputed
+        probabilities times the values must reproduce the kernel's own output within 1e-4
+        (float32) or 2e-2 (bfloat16/float16) of ``max |V|``; raises
+        :class:`llmdbg.VerificationError` otherwise.
     hidden_states : bool
         Capture the embedding output and every block output (the residual stream).
     inputs : bool
@@ -446,12 +646,17 @@ def capture(
     Raises
     ------
     TypeError
-        ``model`` is not a ``torch.nn.Module``; ``attentions=True`` on a non-HF model; bad dtype.
+        ``model`` is not a ``torch.nn.Module``; ``attentions`` on a non-HF model; bad dtype.
     ValueError
         A pattern matches nothing; nothing to capture; meta-device or offloaded parameters;
-        bad ``reduce`` or ``max_bytes``.
+        bad ``reduce`` or ``max_bytes``; ``attentions="stats"`` with ``reduce="head_mean"``; an
+        AttentionQuery layer, head or row that does not exist (the layer before the forward, heads
+        and rows when the call shows the sizes).
     RuntimeError
-        A capture is already active on this model (hooks would stack).
+        A capture is already active on this model (hooks would stack);
+        ``attention_impl="recompute"`` on a model whose attention calls cannot be recorded.
+    llmdbg.CaptureBudgetError
+        Before the forward, when the estimate of the attention capture exceeds ``max_bytes``.
     """
     return Capture(
         model,
@@ -466,4 +671,6 @@ def capture(
         tokenizer=tokenizer,
         stats=stats,
         attention_consumer=attention_consumer,
+        attention_impl=attention_impl,
+        verify=verify,
     )

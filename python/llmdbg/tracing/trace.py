@@ -125,6 +125,8 @@ class Trace:
         self.inputs: Mapping[str, np.ndarray] = _ArrayMapping(self, INPUT_SUFFIX)
         self.grads: Mapping[str, np.ndarray] = _ArrayMapping(self, GRAD_SUFFIX)
         self.stats: Mapping[str, ActivationStats] = _StatsMapping(self)
+        # layer -> statistic -> one (B, H, T_q) array per call; filled by the attention recorder
+        self._attention_stats: dict[int, dict[str, list[np.ndarray]]] = {}
 
     # -- recording (called by the capture hooks) -------------------------------------------
     def _record_inputs(self, input_ids: Any, attention_mask: Any, tokenizer: Any) -> None:
@@ -176,6 +178,24 @@ class Trace:
             for m in self.attention_modules
             if m + ATTN_SUFFIX in self._store.keys() and self._has_arrays(m + ATTN_SUFFIX)
         ]
+
+    @property
+    def attention_stats(self) -> dict[int, dict[str, np.ndarray]]:
+        """With ``attentions="stats"``: per attention layer (index in ``attention_modules``), the
+        per-query statistics as ``(B, H, T_q)`` float32 arrays (calls concatenated along the batch):
+
+        - ``entropy``: ``-Σ_j p_ij log p_ij`` in nats;
+        - ``max_prob``: ``max_j p_ij``;
+        - ``sink_mass``: ``p_ij`` at the first real token (key 0 without padding);
+        - ``special_mass``: ``Σ p_ij`` over special-token keys (NaN when they are unknown).
+
+        Fully masked query rows (left padding under a causal mask) are NaN."""
+        out = {}
+        for layer, stats in sorted(self._attention_stats.items()):
+            out[layer] = {
+                name: parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0) for name, parts in stats.items()
+            }
+        return out
 
     @property
     def attention_grads(self) -> list[np.ndarray]:

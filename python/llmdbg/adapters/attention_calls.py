@@ -1,0 +1,317 @@
+"""Recording the queries and keys that a transformers model hands its own attention kernel.
+
+transformers >= 5 dispatches every attention call through ``ALL_ATTENTION_FUNCTIONS``, a mapping
+from the implementation name in the config (``"sdpa"``, ``"flash_attention_2"``, ``"eager"``, ...)
+to a function ``f(module, query, key, value, attention_mask, **kwargs)``. While
+:func:`recording_attention` is active, the entry of the model's implementation is replaced by a
+dispatcher that, for the modules being recorded, passes the call to a recorder and then to the
+original function with the very same arguments: the model's outputs are bit for bit those of an
+unrecorded run. Calls from any other module (another model in the process) go straight through.
+
+Why the entry is replaced rather than a new name registered (as ``AttentionInterface.register``
+with ``model.set_attn_implementation(new_name)`` would do): transformers builds masks per
+implementation name and tests the name in several places (``"flash" in name`` for packed
+sequences, ``== "sdpa"`` for causal-mask skipping), so a new name changes the masks the model
+builds; keeping the name keeps every one of those decisions. The entry is installed once per
+name with a reference count, so nested and concurrent recordings on different models compose,
+and the original is restored when the last one ends, also on exceptions.
+
+:func:`kernel_problem` turns a recorded call into the exact softmax problem the kernel solved:
+queries, keys, scaling, soft-cap, causal structure, sliding window, mask or position bias, and
+sink logits, following each implementation's own rules (see the function).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "AttentionCall",
+    "KernelProblem",
+    "implementation_of",
+    "kernel_problem",
+    "recording_attention",
+    "recording_unsupported_reason",
+]
+
+# Implementations whose semantics kernel_problem reproduces. flex_attention passes a BlockMask
+# (a compressed block-sparse mask with a Python mask_mod) that cannot be read back exactly.
+_SUPPORTED = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4")
+
+
+@dataclasses.dataclass
+class AttentionCall:
+    """One attention call as the kernel received it.
+
+    ``query`` is ``(B, H_q, T_q, d)`` after rotary embedding; ``key`` ``(B, H_kv, T_k, d)``
+    before the grouped-query repeat (query head ``h`` reads key head ``h // (H_q / H_kv)``);
+    ``mask`` is whatever the model passed (additive float, boolean, or None); ``kwargs`` are the
+    remaining keyword arguments (``scaling``, ``sliding_window``, ``softcap``, ``s_aux``,
+    ``position_bias``, ``is_causal``, ...)."""
+
+    module: nn.Module
+    name: str
+    layer: int
+    implementation: str
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor | None
+    kwargs: dict[str, Any]
+
+
+@dataclasses.dataclass
+class KernelProblem:
+    """The softmax a recorded call computed, in the form the recompute kernels take.
+
+    For query row ``i`` (absolute position ``i + offset``) and key ``j``:
+    ``w = (q_i · k_j) * scaling``, then ``softcap * tanh(w / softcap)`` when ``softcap > 0``,
+    then ``+ add_mask[b, h, i, j]``; key ``j`` is excluded when ``causal`` and
+    ``j > i + offset``, when ``window > 0`` and ``j <= i + offset - window``, or where
+    ``bool_mask`` is False; ``sinks[h]`` joins the softmax denominator only. Masks keep size-1
+    batch and head dimensions (broadcast), and are never expanded."""
+
+    query: torch.Tensor  # (B, Hq, Tq, d) float32, contiguous
+    key: torch.Tensor  # (B, Hkv, Tk, d) float32, contiguous
+    scaling: float
+    softcap: float = 0.0
+    causal: bool = False
+    window: int = 0
+    offset: int = 0
+    bool_mask: torch.Tensor | None = None  # (1|B, 1|Hq, Tq, Tk) bool
+    add_mask: torch.Tensor | None = None  # (1|B, 1|Hq, Tq, Tk) float32
+    sinks: torch.Tensor | None = None  # (Hq,) float32
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(B, H_q, T_q, T_k)."""
+        b, h, tq, _ = self.query.shape
+        return b, h, tq, self.key.shape[2]
+
+
+def implementation_of(model: nn.Module) -> str | None:
+    """The attention implementation name of a transformers model's config, or None."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) if config is not None else None
+
+
+def _attention_module_calls_interface(module: nn.Module) -> bool:
+    """Whether the module's forward dispatches through ALL_ATTENTION_FUNCTIONS (read from its
+    source; modules without readable source are assumed to, and checked after the forward)."""
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return True
+    return "ALL_ATTENTION_FUNCTIONS" in source or "attention_interface" in source
+
+
+def recording_unsupported_reason(model: nn.Module, modules: dict[str, nn.Module]) -> str | None:
+    """Why the attention calls of ``modules`` cannot be recorded, or None when they can."""
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: F401
+    except ImportError:  # pragma: no cover - transformers < 5
+        return "this transformers version has no AttentionInterface"
+    impl = implementation_of(model)
+    if impl is None:
+        return f"{type(model).__name__} has no config._attn_implementation"
+    if impl not in _SUPPORTED:
+        return (
+            f"{type(model).__name__} runs attention_implementation={impl!r}, whose mask cannot be read back "
+            f"exactly (supported: {', '.join(_SUPPORTED)})"
+        )
+    for name, module in modules.items():
+        if not _attention_module_calls_interface(module):
+            return (
+                f"{type(module).__name__} ({name}) computes attention itself instead of calling "
+                "transformers' AttentionInterface"
+            )
+        if impl == "eager" and _eager_function(module) is None:
+            return f"{type(module).__name__} ({name}) has no module-level eager_attention_forward to delegate to"
+    return None
+
+
+def _eager_function(module: nn.Module) -> Callable | None:
+    """The eager attention function of a module's modeling file (what ``get_interface("eager",
+    eager_attention_forward)`` falls back to there)."""
+    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+
+
+# -- the dispatcher -------------------------------------------------------------------------------
+
+_LOCK = threading.Lock()
+# implementation name -> [dispatcher, original entry or _ABSENT, reference count]
+_INSTALLED: dict[str, list[Any]] = {}
+# id(attention module) -> (module, recorder); recorder(module, query, key, value, mask, kwargs)
+_RECORDERS: dict[int, tuple[nn.Module, Callable[..., None]]] = {}
+_ABSENT = object()
+
+
+def _make_dispatcher(implementation: str, original: Any) -> Callable[..., Any]:
+    def dispatch(module, query, key, value, attention_mask, *args, **kwargs):
+        entry = _RECORDERS.get(id(module))
+        if implementation == "eager" or original is _ABSENT:
+            target = _eager_function(module)
+            if target is None:  # recording_unsupported_reason refuses recorded modules of this kind
+                raise RuntimeError(
+                    f"llmdbg: {type(module).__name__} has no eager_attention_forward in its modeling file"
+                )
+        else:
+            target = original
+        after = None
+        if entry is not None and entry[0] is module:
+            after = entry[1](module, query, key, value, attention_mask, kwargs)
+        output = target(module, query, key, value, attention_mask, *args, **kwargs)
+        if after is not None:
+            after(output)
+        return output
+
+    dispatch.__llmdbg_original__ = original  # type: ignore[attr-defined]
+    return dispatch
+
+
+@contextlib.contextmanager
+def recording_attention(
+    model: nn.Module, modules: dict[str, nn.Module], recorder: Callable[[AttentionCall], Any]
+) -> Iterator[None]:
+    """Within the block, ``recorder`` receives an :class:`AttentionCall` for every attention call
+    of ``modules`` (qualified name -> module, in layer order) before the model's own kernel runs.
+    When it returns a callable, that callable receives the kernel's return value afterwards.
+
+    Raises
+    ------
+    RuntimeError
+        If :func:`recording_unsupported_reason` gives a reason.
+    """
+    reason = recording_unsupported_reason(model, modules)
+    if reason is not None:
+        raise RuntimeError(reason)
+    from transformers.modeling_utils import AttentionInterface
+
+    impl = implementation_of(model)
+    assert impl is not None  # checked by recording_unsupported_reason
+    layers = {id(m): (i, n) for i, (n, m) in enumerate(modules.items())}
+
+    def record(module, query, key, value, mask, kwargs):
+        layer, name = layers[id(module)]
+        return recorder(AttentionCall(module, name, layer, impl, query, key, value, mask, kwargs))
+
+    with _LOCK:
+        busy = [n for n, m in modules.items() if id(m) in _RECORDERS]
+        if busy:
+            raise RuntimeError(f"attention calls of {busy[0]} are already being recorded")
+        mapping = AttentionInterface._global_mapping
+        slot = _INSTALLED.get(impl)
+        if slot is None:
+            original = mapping.get(impl, _ABSENT)
+            slot = _INSTALLED[impl] = [_make_dispatcher(impl, original), original, 0]
+            mapping[impl] = slot[0]
+        slot[2] += 1
+        for m in modules.values():
+            _RECORDERS[id(m)] = (m, record)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            for m in modules.values():
+                _RECORDERS.pop(id(m), None)
+            slot[2] -= 1
+            if slot[2] == 0:
+                del _INSTALLED[impl]
+                if mapping.get(impl) is slot[0]:
+                    if slot[1] is _ABSENT:
+                        del mapping[impl]
+                    else:
+                        mapping[impl] = slot[1]
+
+
+# -- what the kernel computed ---------------------------------------------------------------------
+
+
+def _squeeze_broadcast(mask: torch.Tensor) -> torch.Tensor:
+    """Drop expanded (stride-0) batch and head dimensions back to size 1, so that a mask built
+    with ``expand`` is never materialised."""
+    index = tuple(slice(0, 1) if mask.shape[d] > 1 and mask.stride(d) == 0 else slice(None) for d in range(2))
+    return mask[index]
+
+
+def _as_4d(mask: torch.Tensor, b: int, tq: int, tk: int) -> torch.Tensor:
+    if mask.dim() == 2:  # (B, T_k) key padding (flash attention)
+        return mask[:, None, None, :tk].bool() if mask.dtype != torch.bool else mask[:, None, None, :tk]
+    if mask.dim() != 4:
+        raise RuntimeError(f"attention mask of shape {tuple(mask.shape)}: expected 2-D or 4-D")
+    return _squeeze_broadcast(mask[..., -tq:, :tk])
+
+
+def kernel_problem(call: AttentionCall) -> KernelProblem:
+    """The softmax problem of a recorded call, following its implementation's rules.
+
+    - ``eager``: scores ``q·kᵀ·scaling``, soft-capped, plus ``position_bias`` and the mask as
+      given (a missing mask means full attention); sink logits ``s_aux`` where given.
+    - ``sdpa``: a missing mask means causal when ``T_q > 1`` and the module is causal (keys beyond
+      ``T_q`` are cropped, as SDPA does); a boolean mask selects keys; a float mask adds;
+      ``position_bias`` combines as ``create_position_bias_mask`` does. No soft-cap or sinks
+      (SDPA ignores them).
+    - ``flash_attention_*``: causal per module, bottom-right aligned (``offset = T_k - T_q``),
+      ``sliding_window``, ``softcap``, ``s_aux`` sinks and a ``(B, T_k)`` padding mask.
+    """
+    q, k, mask, kw = call.query, call.key, call.mask, call.kwargs
+    b, hq, tq, d = q.shape
+    tk = k.shape[2]
+    scaling = kw.get("scaling")
+    scaling = float(d**-0.5 if scaling is None else scaling)
+    impl = call.implementation
+    problem = KernelProblem(query=q, key=k, scaling=scaling)
+    bias = kw.get("position_bias")
+    if impl == "sdpa":
+        is_causal = kw.get("is_causal")
+        is_causal = getattr(call.module, "is_causal", True) if is_causal is None else is_causal
+        problem.causal = bool(tq > 1 and mask is None and is_causal)
+        if problem.causal and tk > tq:
+            k, tk = k[:, :, :tq], tq
+            problem.key = k
+            bias = bias[..., :tq] if bias is not None else None
+    elif impl.startswith("flash_attention"):
+        is_causal = kw.get("is_causal")
+        problem.causal = bool(call.module.is_causal if is_causal is None else is_causal)
+        problem.offset = tk - tq
+        window = kw.get("sliding_window")
+        problem.window = int(window) if window else 0
+    if impl != "sdpa":
+        softcap = kw.get("softcap")
+        problem.softcap = float(softcap) if softcap else 0.0
+        sinks = kw.get("s_aux")
+        if sinks is None and impl == "eager" and isinstance(getattr(call.module, "sinks", None), torch.Tensor):
+            sinks = call.module.sinks  # gpt-oss's eager reads module.sinks
+        if sinks is not None:
+            problem.sinks = sinks.detach().to(torch.float32).reshape(-1).contiguous()
+    if mask is not None:
+        mask = _as_4d(mask.detach(), b, tq, tk)
+    if bias is not None:
+        bias = _squeeze_broadcast(bias.detach()[..., -tq:, :tk]).to(torch.float32)
+        if mask is None:
+            problem.add_mask = bias
+        elif mask.dtype == torch.bool:
+            problem.add_mask = torch.where(mask, bias, torch.tensor(float("-inf"), device=bias.device))
+        else:
+            problem.add_mask = bias + mask.to(torch.float32)
+    elif mask is not None:
+        if mask.dtype == torch.bool:
+            problem.bool_mask = mask
+        else:
+            problem.add_mask = mask.to(torch.float32)
+    for field in ("bool_mask", "add_mask"):
+        value = getattr(problem, field)
+        if value is not None:
+            setattr(problem, field, value.contiguous())
+    problem.query = q.detach().to(torch.float32).contiguous()
+    problem.key = problem.key.detach().to(torch.float32).contiguous()
+    return problem
