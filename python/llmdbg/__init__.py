@@ -54,7 +54,18 @@ from .embedding import TSNE, EmbeddingMap, embed_hidden_states, embed_tokens
 from .interventions import AblationResult, HeadImportance, PatchResult, ablate, head_importance, patch
 from .lens import LensResult, logit_lens
 from .metrics import ClassificationReport, ErrorAnalysis
-from .tracing import ActivationStats, Capture, Trace, capture, hist_edges, summarize
+from .tracing import (
+    ActivationStats,
+    AttentionQuery,
+    Capture,
+    MemoryEstimate,
+    Trace,
+    VerificationError,
+    capture,
+    estimate_memory,
+    hist_edges,
+    summarize,
+)
 from .training import Event, Watch, watch
 
 __version__ = "0.2.0"
@@ -79,6 +90,7 @@ __all__ = [
     "TSNE",
     "AblationResult",
     "ActivationStats",
+    "AttentionQuery",
     "AttentionSummary",
     "Attribution",
     "Capture",
@@ -91,12 +103,14 @@ __all__ = [
     "Event",
     "HeadImportance",
     "LensResult",
+    "MemoryEstimate",
     "ModelLayout",
     "PatchResult",
     "Relevance",
     "StreamingRollout",
     "Trace",
     "Unembedding",
+    "VerificationError",
     "Watch",
     "ablate",
     "attention_drift",
@@ -109,6 +123,7 @@ __all__ = [
     "eager_attention",
     "embed_hidden_states",
     "embed_tokens",
+    "estimate_memory",
     "find_layout",
     "find_unembedding",
     "gradient_rollout",

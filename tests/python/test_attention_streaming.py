@@ -29,7 +29,8 @@ def numpy_rollout(maps, fusion="mean", residual=True, mask=None):
 
 
 def stored_maps(model, inputs):
-    with llmdbg.capture(model, attentions=True) as trace, torch.no_grad():
+    # The reference is the eager weights the streaming rollout also consumes.
+    with llmdbg.capture(model, attentions=True, attention_impl="eager") as trace, torch.no_grad():
         model(**inputs)
     return trace
 

@@ -264,7 +264,7 @@ def kernel_problem(call: AttentionCall) -> KernelProblem:
       ``sliding_window``, ``softcap``, ``s_aux`` sinks and a ``(B, T_k)`` padding mask.
     """
     q, k, mask, kw = call.query, call.key, call.mask, call.kwargs
-    b, hq, tq, d = q.shape
+    b, _, tq, d = q.shape
     tk = k.shape[2]
     scaling = kw.get("scaling")
     scaling = float(d**-0.5 if scaling is None else scaling)

@@ -5,8 +5,22 @@ The package is called ``tracing`` rather than ``capture`` so that the function
 ``llmdbg.capture`` never shadows a package of the same name.
 """
 
+from .attention_recorder import VerificationError
+from .memory import estimate_memory
+from .query import AttentionQuery, MemoryEstimate
 from .session import Capture, capture
 from .stats import ActivationStats, hist_edges, summarize
 from .trace import Trace
 
-__all__ = ["ActivationStats", "Capture", "Trace", "capture", "hist_edges", "summarize"]
+__all__ = [
+    "ActivationStats",
+    "AttentionQuery",
+    "Capture",
+    "MemoryEstimate",
+    "Trace",
+    "VerificationError",
+    "capture",
+    "estimate_memory",
+    "hist_edges",
+    "summarize",
+]

@@ -152,7 +152,7 @@ class AttentionRecorder:
         value = call.value
         if not isinstance(out, torch.Tensor) or value is None:
             raise VerificationError(f"{call.name}: the attention call returned no output tensor to verify against")
-        b, hq, tq, tk = problem.shape
+        _, hq, tq, _ = problem.shape
         rows = np.unique(np.linspace(0, tq - 1, min(tq, _VERIFY_ROWS)).round().astype(np.int64))
         probs = recompute(problem, maps=True, map_rows=rows, n_jobs=self.n_jobs)["maps"]  # (B, Hq, r, Tk)
         v = value.detach().to(torch.float64)
@@ -173,7 +173,9 @@ class AttentionRecorder:
             )
 
 
-def stats_from_weights(weights: torch.Tensor, special: np.ndarray | None, first: np.ndarray | None) -> dict[str, np.ndarray]:
+def stats_from_weights(
+    weights: torch.Tensor, special: np.ndarray | None, first: np.ndarray | None
+) -> dict[str, np.ndarray]:
     """The per-query statistics of materialised ``(B, H, T_q, T_k)`` weights (the eager path),
     float64 sums, float32 results; rows that sum to 0 are NaN."""
     w = weights.detach().to(torch.float64)

@@ -179,9 +179,7 @@ def model_geometry(model: Any) -> tuple[int, int, int]:
     """``(H_q, H_kv, head_dim)`` from a transformers config (the text config of multimodal ones)."""
     config = getattr(model, "config", None)
     config = getattr(config, "text_config", None) or config
-    get = lambda *keys: next(  # noqa: E731
-        (getattr(config, k) for k in keys if isinstance(getattr(config, k, None), int)), None
-    )
+    get = lambda *keys: next((getattr(config, k) for k in keys if isinstance(getattr(config, k, None), int)), None)
     heads = get("num_attention_heads", "n_head", "num_heads", "n_heads")
     if heads is None:
         raise ValueError(f"{type(model).__name__}: cannot find the number of attention heads in its config")

@@ -71,7 +71,7 @@ def recompute(
         )
         return dict(result)
     device = problem.query.device
-    as_t = lambda a: None if a is None else torch.from_numpy(np.asarray(a)).to(device)  # noqa: E731
+    as_t = lambda a: None if a is None else torch.from_numpy(np.asarray(a)).to(device)
     out = qk_attention_torch(
         problem,
         stats=stats,
@@ -85,4 +85,3 @@ def recompute(
         row_heads=as_t(row_heads),
     )
     return {k: v.cpu().numpy() for k, v in out.items()}
-

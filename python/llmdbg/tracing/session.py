@@ -11,11 +11,8 @@ also when the forward raises; what was captured until then stays readable.
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
 import inspect
 import re
-import warnings
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -25,11 +22,14 @@ import torch
 
 from .. import _core
 from .._internal.threads import resolve_n_jobs
-from ..adapters.attention_calls import recording_attention, recording_unsupported_reason
+from ..adapters.attention_calls import recording_attention
 from ..adapters.attention_impl import eager_attention, needs_output_attentions_flag
-from ..adapters.layout import ROLES, check_module, closest_names, find_layout, is_hf_model, resolve_role
-from .attention_recorder import AttentionRecorder, stats_from_weights
-from .query import ATTENTION_IMPLS, AttentionQuery, LayerShape, estimate, resolve_attentions
+from ..adapters.layout import check_module, find_layout, is_hf_model
+from .attention_recorder import AttentionRecorder
+from .attention_setup import check_budget, choose_recompute, record_streams, special_ids
+from .memory import decoder_self_attention, layer_shapes
+from .query import ATTENTION_IMPLS, AttentionQuery, estimate, resolve_attentions
+from .selection import first_input, first_tensor, parse_reduce, select_modules
 from .trace import ATTN_GRAD_SUFFIX, ATTN_SUFFIX, GRAD_SUFFIX, INPUT_SUFFIX, Trace
 
 # Models with a capture in progress: a second capture on the same model would stack hooks.
@@ -37,113 +37,7 @@ _ACTIVE: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 _DTYPES = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 _MAX_BYTES = 2**63  # the store's budget is an int64
-_TOKEN_WORDS = {"last_token": slice(-1, None), "first_token": slice(0, 1)}
-_REDUCE_WORDS = ("stats", "head_mean", *_TOKEN_WORDS)
 _INT64_MAX = 2**63 - 1
-
-
-def _parse_reduce(reduce: Any) -> tuple[bool, bool, slice | None]:
-    """-> (stats_only, head_mean, token slice)."""
-    if reduce is None:
-        return False, False, None
-    items = list(reduce) if isinstance(reduce, (tuple, list)) else [reduce]
-    stats_only = head_mean = False
-    tokens: slice | None = None
-    for item in items:
-        if isinstance(item, str) and item in _REDUCE_WORDS:
-            if item == "stats":
-                stats_only = True
-            elif item == "head_mean":
-                head_mean = True
-            else:
-                tokens = _TOKEN_WORDS[item]
-        elif isinstance(item, slice):
-            if item.step not in (None, 1):
-                raise ValueError(f"reduce: token slices must have step 1, got {item}")
-            for bound in (item.start, item.stop):
-                if bound is not None and (
-                    isinstance(bound, bool) or not isinstance(bound, (int, np.integer)) or not -(2**62) < bound < 2**62
-                ):
-                    raise ValueError(f"reduce: token slice bounds must be integers in (-2**62, 2**62), got {item}")
-            tokens = item
-        elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-            if not -(2**62) < item < 2**62:  # the store indexes tokens with int64
-                raise ValueError(f"reduce: token position {item} is out of range")
-            tokens = slice(int(item), int(item) + 1 if item != -1 else None)
-        else:
-            raise ValueError(
-                f"reduce must be None, one of {_REDUCE_WORDS}, an int or slice of token positions, "
-                f"or a tuple of these; got {item!r}"
-            )
-    return stats_only, head_mean, tokens
-
-
-def _special_ids(model: torch.nn.Module, tokenizer: Any) -> set[int]:
-    """Token ids counted by the ``special_mass`` statistic: the tokenizer's special tokens, or
-    without one the config's bos/eos/pad/cls/sep/unk ids."""
-    ids = getattr(tokenizer, "all_special_ids", None) if tokenizer is not None else None
-    if ids:
-        return {int(i) for i in ids}
-    config = getattr(model, "config", None)
-    found = set()
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id", "unk_token_id"):
-        value = getattr(config, key, None)
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(v, int) and not isinstance(v, bool):
-                found.add(v)
-    return found
-
-
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    """The main tensor of a module's output: the tensor itself, the first tensor of a tuple, or
-    the first tensor field of a ModelOutput/dict (HF blocks return tensors or tuples)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        for v in value:
-            if isinstance(v, torch.Tensor):
-                return v
-    return None
-
-
-def _first_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    for v in args:
-        if isinstance(v, torch.Tensor):
-            return v
-    if isinstance(kwargs.get("hidden_states"), torch.Tensor):
-        return kwargs["hidden_states"]
-    return _first_tensor(list(kwargs.values()))
-
-
-def _select_modules(model: torch.nn.Module, modules: Any, layout: Any = None) -> list[str]:
-    """Qualified names selected by roles, globs ('*.mlp') or regexes ('re:...' or re.Pattern)."""
-    if modules is None:
-        return []
-    specs = [modules] if isinstance(modules, (str, re.Pattern)) else list(modules)
-    names: list[str] = []
-    selected: list[str] = []
-    for spec in specs:
-        if not (isinstance(spec, str) and spec in ROLES) and not names:
-            names = [n for n, _ in model.named_modules() if n]  # only patterns need every name
-        if isinstance(spec, str) and spec in ROLES:
-            found = resolve_role(model, spec, layout)
-        elif isinstance(spec, re.Pattern) or (isinstance(spec, str) and spec.startswith("re:")):
-            pattern = spec if isinstance(spec, re.Pattern) else re.compile(spec[3:])
-            found = [n for n in names if pattern.fullmatch(n)]
-        elif isinstance(spec, str):
-            found = [n for n in names if fnmatch.fnmatchcase(n, spec)]
-        else:
-            raise TypeError(f"modules entries must be str or re.Pattern, got {type(spec).__name__}")
-        if not found:
-            label = spec.pattern if isinstance(spec, re.Pattern) else spec
-            raise ValueError(
-                f"modules pattern {label!r} matches no module of {type(model).__name__}; "
-                f"closest names: {closest_names(model, str(label))}. Roles: {list(ROLES)}"
-            )
-        selected.extend(n for n in found if n not in selected)
-    return selected
 
 
 class Capture:
@@ -186,7 +80,7 @@ class Capture:
             dtype_name = _DTYPES[np.dtype(dtype)]
         except (TypeError, KeyError):
             raise TypeError(f"dtype must be numpy.float16, float32 or float64, got {dtype!r}") from None
-        self._stats_only, self._head_mean, self._tokens = _parse_reduce(reduce)
+        self._stats_only, self._head_mean, self._tokens = parse_reduce(reduce)
         if self._head_mean and not attentions:
             raise ValueError("reduce='head_mean' averages attention heads; pass attentions=True")
         self._attn_mode, self._attn_query = resolve_attentions(attentions, self._head_mean)
@@ -251,7 +145,7 @@ class Capture:
         grads = self._flags["grads"]
 
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            t = _first_tensor(output)
+            t = first_tensor(output)
             if t is None:
                 return
             self._add(name, t)
@@ -262,7 +156,7 @@ class Capture:
 
     def _input_hook(self, name: str) -> Any:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            t = _first_input(args, kwargs)
+            t = first_input(args, kwargs)
             if t is not None:
                 self._add(name + INPUT_SUFFIX, t)
 
@@ -342,7 +236,7 @@ class Capture:
             except ValueError:
                 if flags["attentions"] or flags["hidden_states"]:
                     raise
-        selected = _select_modules(self.model, self._modules_spec, layout)
+        selected = select_modules(self.model, self._modules_spec, layout)
         if layout is None and (flags["attentions"] or flags["hidden_states"]):  # find_layout raised above
             raise AssertionError("unreachable: attentions and hidden states need a layout")
         input_modules = list(selected) if flags["inputs"] else []
@@ -386,48 +280,22 @@ class Capture:
 
     # -- attention ---------------------------------------------------------------------------
     def _use_recompute(self, attention: list[str], named: dict[str, torch.nn.Module]) -> bool:
-        """Decide between recomputing from recorded queries/keys and switching to eager."""
-        impl = self._attention_impl
-        if impl == "eager":
-            return False
         needs_weights = self._flags["grads"] or self._consumer is not None
-        if needs_weights:
-            if impl == "recompute":
-                raise ValueError(
-                    "attention_impl='recompute' cannot give gradients of attention maps or feed an "
-                    "attention_consumer (both need the weights inside the forward); use attention_impl='eager'"
-                )
-            return False
-        reason = recording_unsupported_reason(self.model, {n: named[n] for n in attention})
-        if reason is None:
-            return True
-        if impl == "recompute":
-            raise RuntimeError(f"attention_impl='recompute' is not possible: {reason}; use attention_impl='eager'")
-        warnings.warn(
-            f"llmdbg.capture: attention maps come from eager attention instead of the model's own kernel: {reason}",
-            stacklevel=4,
-        )
-        return False
+        return choose_recompute(self.model, self._attention_impl, needs_weights, {n: named[n] for n in attention})
 
     def _start_attention(self, attention: list[str], named: dict[str, torch.nn.Module]) -> None:
         layout = self.trace.layout if self.trace is not None else None
         if self._attn_query is not None:
             self._attn_query.layer_indices(len(attention))  # a layer that does not exist fails here
-        if self._attn_mode != "maps" or self._attn_query != AttentionQuery(
-            reduce="mean" if self._head_mean else None
-        ) or self._recompute:
-            self._recorder = AttentionRecorder(
-                self._attn_mode,
-                self._attn_query,
-                attention,
-                self._add_map,
-                verify=self._verify and self._recompute,
-                row_slice=self._tokens,
-            )
-            self._recorder.stream_of = self._streams_of(attention)
-            assert self.trace is not None
-            self.trace._attention_stats = self._recorder.stats
-            self._special_ids = _special_ids(self.model, self._tokenizer)
+        # One recorder for both paths: it recomputes from recorded calls or reads eager weights.
+        self._recorder = AttentionRecorder(
+            self._attn_mode, self._attn_query, attention, self._add_map, verify=self._verify and self._recompute
+        )
+        self._recorder.row_slice = self._tokens
+        self._recorder.stream_of = dict.fromkeys(decoder_self_attention(layout), "decoder_input_ids")
+        assert self.trace is not None
+        self.trace._attention_stats = self._recorder.stats
+        self._special_ids = special_ids(self.model, self._tokenizer)
         if self._recompute:
             self._recording = recording_attention(self.model, {n: named[n] for n in attention}, self._recorder)
             self._recording.__enter__()
@@ -438,57 +306,23 @@ class Capture:
         self._eager = eager_attention(self.model)
         self._eager.__enter__()
 
-    def _streams_of(self, attention: list[str]) -> dict[str, str]:
-        """Which input sequence each attention module's keys are: decoder self-attention of an
-        encoder-decoder reads decoder_input_ids, everything else input_ids."""
-        layout = self.trace.layout if self.trace is not None else None
-        if layout is None or "decoder" not in layout.stacks or "encoder" not in layout.stacks:
-            return {}
-        decoder_blocks = set(layout.stacks["decoder"])
-        cross = set(layout.cross_attention)
-        return {
-            a: "decoder_input_ids"
-            for b, a in zip(layout.blocks, layout.attention)
-            if b in decoder_blocks and a not in cross
-        }
-
     def _add_map(self, name: str, maps: np.ndarray) -> None:
         if not self._active:
             return
         self._synced = False
-        self._store.add(name + ATTN_SUFFIX, torch.from_numpy(maps), keep=not self._stats_only, stats=self._flags["stats"])
+        self._store.add(
+            name + ATTN_SUFFIX, torch.from_numpy(maps), keep=not self._stats_only, stats=self._flags["stats"]
+        )
 
     def _prepare_attention(self, bound: dict[str, Any]) -> None:
-        """Before each forward: the special-token flags and first real position of each input
-        stream, and the memory estimate checked against max_bytes."""
-        recorder = self._recorder
-        assert recorder is not None
-        shapes: dict[str, tuple[int, int]] = {}
-        for stream, mask_key in (("input_ids", "attention_mask"), ("decoder_input_ids", "decoder_attention_mask")):
-            ids, mask = bound.get(stream), bound.get(mask_key)
-            embeds = bound.get("inputs_embeds" if stream == "input_ids" else "decoder_inputs_embeds")
-            source = ids if isinstance(ids, torch.Tensor) else embeds if isinstance(embeds, torch.Tensor) else None
-            if source is None or source.dim() < 2:
-                continue
-            b, t = int(source.shape[0]), int(source.shape[1])
-            shapes[stream] = (b, t)
-            special = None
-            if isinstance(ids, torch.Tensor) and self._special_ids:
-                special = np.isin(ids.detach().cpu().numpy(), list(self._special_ids))
-            first = None
-            if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == (b, t):
-                first = (mask.detach().cpu().numpy() != 0).argmax(axis=1).astype(np.int64)
-            recorder.streams[stream] = (special, first)
+        """Before each forward: key-token flags per input stream, and the budget check."""
+        assert self._recorder is not None and self.trace is not None
+        shapes = record_streams(self._recorder, bound, self._special_ids)
         if self._max_bytes is None or "input_ids" not in shapes:
             return
-        enc = shapes["input_ids"]
-        dec = shapes.get("decoder_input_ids", enc)
-        cross = set(self.trace.layout.cross_attention) if self.trace and self.trace.layout else set()
-        layers = []
-        for name in recorder.names:
-            b, tq = dec if recorder.stream_of.get(name) == "decoder_input_ids" or name in cross else enc
-            tk = enc[1] if name in cross else tq
-            layers.append(LayerShape(b, tq, tk))
+        layers = layer_shapes(
+            self.trace.layout, self._recorder.names, shapes["input_ids"], shapes.get("decoder_input_ids")
+        )
         est = estimate(
             self.model,
             self._attn_mode,
@@ -499,19 +333,7 @@ class Capture:
             threads=resolve_n_jobs(None),
             row_slice=self._tokens,
         )
-        held = self._store.nbytes
-        if held + est.stored_bytes > self._max_bytes:
-            suggestion = (
-                "attentions='stats' (per-query statistics only) or an llmdbg.AttentionQuery with fewer layers, "
-                "heads or rows"
-                if self._attn_mode == "maps"
-                else "fewer layers (llmdbg.AttentionQuery(layers=...)) or a larger max_bytes"
-            )
-            raise _core.CaptureBudgetError(
-                f"this forward's attention capture needs {est} on top of {held / 2**30:.3g} GiB already held, "
-                f"more than max_bytes={self._max_bytes:,} bytes; pass {suggestion}. "
-                "llmdbg.estimate_memory(model, inputs, attentions=...) gives the figure beforehand."
-            )
+        check_budget(est, self._store.nbytes, self._max_bytes, self._attn_mode)
 
     def _finalize(self) -> None:
         # Device copies and summaries were queued asynchronously into pinned memory.
