@@ -75,6 +75,22 @@ class AttentionRecorder:
         # first real position (B,) or None), set by the model's forward pre-hook.
         self.streams: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
         self.stream_of: dict[str, str] = {}
+        self.forwards = 0  # model forwards seen (counted by attention_setup.record_streams)
+
+    def check_complete(self, recorded: bool) -> None:
+        """Raise when the model ran but a selected attention module never reached the recorder
+        (a module that computes attention outside the AttentionInterface), instead of leaving a
+        silent gap in the trace."""
+        missing = [self.names[i] for i in sorted(self.layers) if self.names[i] not in self.calls]
+        if not self.forwards or not missing:
+            return
+        shown = f"{missing[:3]}{' ...' if len(missing) > 3 else ''}"
+        raise RuntimeError(
+            f"the model ran but the attention of {shown} never reached llmdbg: these modules compute "
+            "attention outside transformers' AttentionInterface (or skipped it); use attention_impl='eager'"
+            if recorded
+            else f"the model ran but {shown} returned no attention weights"
+        )
 
     def __call__(self, call: AttentionCall) -> Callable[[Any], None] | None:
         if call.layer not in self.layers:

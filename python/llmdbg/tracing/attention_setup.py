@@ -71,6 +71,7 @@ def record_streams(
     """From the model's call arguments: per input stream (``input_ids``, ``decoder_input_ids``)
     the special-token flags ``(B, T)`` and first real position ``(B,)`` that the statistics use,
     handed to ``recorder``; returns the ``(B, T)`` of each stream."""
+    recorder.forwards += 1
     shapes: dict[str, tuple[int, int]] = {}
     for stream, mask_key in (("input_ids", "attention_mask"), ("decoder_input_ids", "decoder_attention_mask")):
         ids, mask = bound.get(stream), bound.get(mask_key)

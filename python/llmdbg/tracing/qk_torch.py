@@ -51,12 +51,18 @@ def _log_probs(problem: KernelProblem, heads: torch.Tensor, rows: torch.Tensor) 
     w = w.masked_fill(~allowed, float("-inf"))
     if problem.bool_mask is not None:
         w = w.masked_fill(~_mask_block(problem.bool_mask, heads, rows), float("-inf"))
+    # Softmax as exp(w - m) / s, not exp(w - logsumexp): next to a float32-min additive mask
+    # (eager's padding rows) log s vanishes in the rounding of m and rows would come out all ones.
+    m = w.amax(-1, keepdim=True)
     if problem.sinks is not None:
-        sink = problem.sinks[heads].view(1, -1, 1, 1).expand(w.shape[0], -1, w.shape[2], 1)
-        lse = torch.logsumexp(torch.cat([w, sink], dim=-1), dim=-1, keepdim=True)
-    else:
-        lse = torch.logsumexp(w, dim=-1, keepdim=True)
-    return torch.where(torch.isfinite(lse), w - lse, torch.full_like(w, float("-inf")))
+        m = torch.maximum(m, problem.sinks[heads].view(1, -1, 1, 1))
+    finite = torch.isfinite(m)
+    m = torch.where(finite, m, torch.zeros_like(m))
+    s = torch.exp(w - m).sum(-1, keepdim=True)
+    if problem.sinks is not None:
+        s = s + torch.exp(problem.sinks[heads].view(1, -1, 1, 1) - m)
+    logp = (w - m) - torch.log(s)
+    return torch.where(finite & (s > 0), logp, torch.full_like(w, float("-inf")))
 
 
 def _row_blocks(problem: KernelProblem, n_heads: int, rows: torch.Tensor) -> list[torch.Tensor]:

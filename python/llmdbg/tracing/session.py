@@ -359,9 +359,12 @@ class Capture:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         try:
-            return self._close(exc_type, exc, tb)
+            self._close(exc_type, exc, tb)
         finally:
             self._finalize()
+        if exc_type is None and self._recorder is not None and self._consumer is None:
+            self._recorder.check_complete(self._recompute)
+        return False
 
 
 def capture(
