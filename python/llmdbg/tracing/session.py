@@ -5,8 +5,9 @@ detaches it, computes its statistics in one fused pass, reduces it on its own de
 (head mean, token slice), converts the dtype and copies it to host memory (pinned and
 asynchronous for CUDA tensors) under a byte budget. Python never touches elements.
 
-Every hook is removed and the attention implementation restored when the ``with`` block ends,
-also when the forward raises; what was captured until then stays readable.
+Attention goes through :mod:`.attention_recorder` (recomputed from the model's own attention
+calls, or read from eager weights). Every hook, the attention implementation and the attention
+dispatch are restored when the ``with`` block ends, also when the forward raises.
 """
 
 from __future__ import annotations
@@ -263,7 +264,10 @@ class Capture:
         try:
             named = {n: self.model.get_submodule(n) for n in {*input_modules, *selected, *attention}}
             reg = self._handles.append
-            self._recompute = bool(attention) and self._use_recompute(attention, named)
+            needs_weights = self._flags["grads"] or self._consumer is not None  # only eager gives those
+            self._recompute = bool(attention) and choose_recompute(
+                self.model, self._attention_impl, needs_weights, {n: named[n] for n in attention}
+            )
             ask = bool(attention) and not self._recompute and needs_output_attentions_flag(self.model, attention)
             reg(self.model.register_forward_pre_hook(self._model_input_hook(ask), with_kwargs=True))
             for name in input_modules:
@@ -279,18 +283,13 @@ class Capture:
         return self.trace
 
     # -- attention ---------------------------------------------------------------------------
-    def _use_recompute(self, attention: list[str], named: dict[str, torch.nn.Module]) -> bool:
-        needs_weights = self._flags["grads"] or self._consumer is not None
-        return choose_recompute(self.model, self._attention_impl, needs_weights, {n: named[n] for n in attention})
-
     def _start_attention(self, attention: list[str], named: dict[str, torch.nn.Module]) -> None:
         layout = self.trace.layout if self.trace is not None else None
         if self._attn_query is not None:
             self._attn_query.layer_indices(len(attention))  # a layer that does not exist fails here
         # One recorder for both paths: it recomputes from recorded calls or reads eager weights.
-        self._recorder = AttentionRecorder(
-            self._attn_mode, self._attn_query, attention, self._add_map, verify=self._verify and self._recompute
-        )
+        verify = self._verify and self._recompute
+        self._recorder = AttentionRecorder(self._attn_mode, self._attn_query, attention, self._add_map, verify=verify)
         self._recorder.row_slice = self._tokens
         self._recorder.stream_of = dict.fromkeys(decoder_self_attention(layout), "decoder_input_ids")
         assert self.trace is not None
@@ -310,9 +309,8 @@ class Capture:
         if not self._active:
             return
         self._synced = False
-        self._store.add(
-            name + ATTN_SUFFIX, torch.from_numpy(maps), keep=not self._stats_only, stats=self._flags["stats"]
-        )
+        keep, stats = not self._stats_only, self._flags["stats"]
+        self._store.add(name + ATTN_SUFFIX, torch.from_numpy(maps), keep=keep, stats=stats)
 
     def _prepare_attention(self, bound: dict[str, Any]) -> None:
         """Before each forward: key-token flags per input stream, and the budget check."""
