@@ -304,3 +304,34 @@ def test_bfloat16_model_recomputes_in_float32():
         real = inputs["attention_mask"].numpy().astype(bool)
         np.testing.assert_allclose(got.sum(-1)[real[:, None, :].repeat(4, 1)], 1.0, atol=1e-6)
         np.testing.assert_allclose(got, ref, atol=2e-2)  # eager rounds its weights to bfloat16
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_attention_summary_from_stats_matches_the_map_based_summary(family):
+    model, inputs = _model(family), _inputs(family)
+    with llmdbg.capture(model, attentions="stats") as stats, torch.no_grad():
+        model(**inputs)
+    with llmdbg.capture(model, attentions=True) as maps, torch.no_grad():
+        model(**inputs)
+    special = np.isin(inputs["input_ids"].numpy(), list(IDS.values()))  # what the capture flags without a tokenizer
+    got, want = llmdbg.attention_summary(stats), llmdbg.attention_summary(maps, special_tokens=special)
+    assert got.attrs["causal"] == want.attrs["causal"] == (family == "llama")
+    for column in ("entropy", "entropy_norm", "max_weight", "special_mass"):
+        np.testing.assert_allclose(got[column], want[column], rtol=1e-5, atol=1e-6, err_msg=column)
+    # The stats summary's sink score is alpha at the first real token: sink_scores()[..., 0].
+    alpha0 = llmdbg.sink_scores(maps)[:, :, :, 0].mean(1)  # (L, B, H, T) -> (L, H)
+    np.testing.assert_allclose(got["sink_score"], alpha0.reshape(-1), rtol=1e-5, atol=1e-6)
+    assert (got["sink_token"] == 0).all()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_rollout_and_flow_of_recomputed_maps_equal_the_eager_ones(family):
+    model, inputs = _model(family), _inputs(family)
+    traces = {}
+    for impl in ("auto", "eager"):
+        with llmdbg.capture(model, attentions=True, attention_impl=impl) as traces[impl], torch.no_grad():
+            model(**inputs)
+    np.testing.assert_allclose(
+        llmdbg.attention_rollout(traces["auto"]), llmdbg.attention_rollout(traces["eager"]), atol=1e-6
+    )
+    np.testing.assert_allclose(llmdbg.attention_flow(traces["auto"]), llmdbg.attention_flow(traces["eager"]), atol=1e-6)

@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 
 from .._internal.threads import renamed_num_threads, resolve_n_jobs
+from ..tracing.trace import Trace
 from ._inputs import AttentionStack, attention_stack
 from .summary import AttentionSummary
+from .summary_stats import summary_from_stats
 
 __all__ = ["DEFAULT_SPECIAL_TOKENS", "attention_drift", "attention_summary", "head_entropy", "sink_scores"]
 
@@ -289,7 +291,10 @@ def attention_summary(
     Parameters
     ----------
     attentions : Trace, sequence of array_like, or array_like
-        As in :func:`head_entropy`.
+        As in :func:`head_entropy`, or a Trace captured with ``attentions="stats"`` (no maps:
+        the summary then comes from the per-query statistics, with the sink score taken at the
+        first real token, causality from the modules' ``is_causal`` and special tokens as the
+        capture flagged them).
     special_tokens : array_like, optional
         ``(B, T)`` bool mask, True at special tokens; overrides token-derived ones.
     tokenizer : transformers tokenizer, optional
@@ -356,6 +361,10 @@ def attention_summary(
     if collapse >= uniform:
         raise ValueError(f"collapse_threshold ({collapse}) must be below uniform_threshold ({uniform})")
 
+    if isinstance(attentions, Trace) and attentions.attention_stats and not attentions.attentions:
+        return summary_from_stats(
+            attentions, tokenizer=tokenizer, collapse=collapse, uniform=uniform, sink_threshold=sink_t
+        )
     st = _stack(attentions, attention_mask, stack, renormalize)
     _, b, t = st.shape
     tokens = _tokens_for(attentions, st, stack, tokenizer)

@@ -75,6 +75,7 @@ class AttentionRecorder:
         # first real position (B,) or None), set by the model's forward pre-hook.
         self.streams: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
         self.stream_of: dict[str, str] = {}
+        self.causal: dict[int, bool] = {}  # layer -> the module's is_causal flag
         self.forwards = 0  # model forwards seen (counted by attention_setup.record_streams)
 
     def check_complete(self, recorded: bool) -> None:
@@ -96,6 +97,7 @@ class AttentionRecorder:
         if call.layer not in self.layers:
             return None
         self.calls[call.name] = self.calls.get(call.name, 0) + 1
+        self.causal[call.layer] = bool(getattr(call.module, "is_causal", False))
         problem = kernel_problem(call)
         b, hq, tq, tk = problem.shape
         special, sink = self._key_tokens(call.name, b, tk)
@@ -129,12 +131,13 @@ class AttentionRecorder:
             return np.arange(tq, dtype=np.int64)[self.row_slice]
         return self.query.row_indices(tq, name)
 
-    def add_eager(self, layer: int, name: str, weights: torch.Tensor) -> None:
+    def add_eager(self, layer: int, name: str, weights: torch.Tensor, module: Any = None) -> None:
         """The eager path: the same statistics or query from materialised ``(B, H, T_q, T_k)``
         weights (a module's own output under eager attention)."""
         if layer not in self.layers:
             return
         self.calls[name] = self.calls.get(name, 0) + 1
+        self.causal[layer] = bool(getattr(module, "is_causal", False))
         b, h, tq, tk = weights.shape
         if self.mode == "stats":
             special, first = self._key_tokens(name, b, tk)

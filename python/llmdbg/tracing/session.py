@@ -179,7 +179,7 @@ class Capture:
                     self._consumer(layer, name, weights)
             elif self._recorder is not None:
                 if self._active:
-                    self._recorder.add_eager(layer, name, weights)
+                    self._recorder.add_eager(layer, name, weights, module)
             else:
                 self._add(name + ATTN_SUFFIX, weights, "attn")
             if grads and weights.requires_grad:
@@ -294,6 +294,7 @@ class Capture:
         self._recorder.stream_of = dict.fromkeys(decoder_self_attention(layout), "decoder_input_ids")
         assert self.trace is not None
         self.trace._attention_stats = self._recorder.stats
+        self.trace._attention_causal = self._recorder.causal
         self._special_ids = special_ids(self.model, self._tokenizer)
         if self._recompute:
             self._recording = recording_attention(self.model, {n: named[n] for n in attention}, self._recorder)

@@ -127,6 +127,7 @@ class Trace:
         self.stats: Mapping[str, ActivationStats] = _StatsMapping(self)
         # layer -> statistic -> one (B, H, T_q) array per call; filled by the attention recorder
         self._attention_stats: dict[int, dict[str, list[np.ndarray]]] = {}
+        self._attention_causal: dict[int, bool] = {}
 
     # -- recording (called by the capture hooks) -------------------------------------------
     def _record_inputs(self, input_ids: Any, attention_mask: Any, tokenizer: Any) -> None:
