@@ -335,3 +335,25 @@ def test_rollout_and_flow_of_recomputed_maps_equal_the_eager_ones(family):
         llmdbg.attention_rollout(traces["auto"]), llmdbg.attention_rollout(traces["eager"]), atol=1e-6
     )
     np.testing.assert_allclose(llmdbg.attention_flow(traces["auto"]), llmdbg.attention_flow(traces["eager"]), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("family", "pad"), [("llama", "left"), ("gemma2", "left"), ("bert", "right"), ("gpt_oss", "left")]
+)
+@pytest.mark.parametrize("residual", [True, False])
+def test_top_down_rows_equal_the_eager_streaming_product(family, pad, residual):
+    model, inputs = _model(family), _inputs(family, pad=pad)
+    rows = [-1, 4]
+    got = llmdbg.streaming_rollout(model, inputs, rows=rows, residual=residual, attention_impl="recompute")
+    want = llmdbg.streaming_rollout(model, inputs, rows=rows, residual=residual, attention_impl="eager")
+    assert got.rollout.shape == want.rollout.shape == (2, 2, T)
+    np.testing.assert_allclose(got.rollout, want.rollout, atol=1e-6)
+    full = llmdbg.streaming_rollout(model, inputs, residual=residual, attention_impl="recompute")
+    np.testing.assert_allclose(full.rollout[:, [T - 1, 4]], want.rollout, atol=1e-6)
+    assert model.config._attn_implementation in ("sdpa", "eager")
+
+
+def test_streaming_rollout_recompute_refuses_other_head_fusions():
+    model, inputs = _model("llama"), _inputs("llama")
+    with pytest.raises(ValueError, match=r"head_fusion='max'"):
+        llmdbg.streaming_rollout(model, inputs, rows=[-1], head_fusion="max", attention_impl="recompute")

@@ -2,9 +2,11 @@
 
 Storing every attention map costs O(L·B·H·T²) memory: about 2.4 GB for a 12-layer, 12-head
 model at T = 2048, and tens of GB for larger models. Rollout only needs a running product, so
-:func:`streaming_rollout` consumes each layer's map inside its forward hook (on the map's own device), folds
-it into the product and keeps a few per-head numbers, then lets the map go. Extra memory is
-O(B·T²) for the product plus one layer's fused map.
+:func:`streaming_rollout` never stores the maps. Where the model's attention calls can be recorded
+(:mod:`.streaming_recompute`) it recomputes what it needs from their queries and keys: the rows
+asked for top down with O(rows·T) state, or the full product bottom up. Otherwise each layer's
+eager map is consumed inside its forward hook (on the map's own device), folded into the product,
+and let go: O(B·T²) for the product plus one layer's fused map.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import torch
 from .._internal.inputs import as_inputs
 from .._internal.modes import device_of
 from .._internal.progress import check_progress, progress_bar
+from ..adapters.attention_calls import recording_unsupported_reason
 from ..adapters.layout import find_layout
 from ..tracing.session import capture
+from . import streaming_recompute
 from ._inputs import query_rows, stack_attention_modules
 from .rollout import HEAD_FUSIONS
+
+_IMPLS = ("auto", "recompute", "eager")
 
 
 @dataclasses.dataclass
@@ -129,15 +135,23 @@ def streaming_rollout(
     rows: Any = None,
     stack: str | None = None,
     progress: bool = True,
+    attention_impl: str = "auto",
 ) -> StreamingRollout:
     """Attention rollout computed while the model runs, without storing the attention maps.
 
-    Runs ``model(**inputs)`` once under ``torch.no_grad()`` with eager attention; each layer's
-    map is fused over heads (``head_fusion``), mixed with the residual (``(Ā + I)`` with rows
-    renormalised, Abnar & Zuidema 2020) and multiplied into the running product R ← Â_l R in
-    float64 on the map's device. The result equals :func:`llmdbg.attention_rollout` on the
-    stored maps (up to float64 rounding) at a fraction of the memory: O(B·T²) extra instead of
-    O(L·B·H·T²).
+    Runs ``model(**inputs)`` once under ``torch.no_grad()``. Each layer's map is fused over
+    heads (``head_fusion``), mixed with the residual (``(Ā + I)`` with rows renormalised, Abnar &
+    Zuidema 2020) and multiplied into the product, in float64. The result equals
+    :func:`llmdbg.attention_rollout` on the stored maps (up to float64 rounding) at a fraction of
+    the memory:
+
+    - recompute path (``head_fusion="mean"`` on a model whose attention calls can be recorded; the
+      model keeps its own SDPA/flash kernel): with ``rows``, the rows are rolled out top down,
+      ``r ← r·Â_l`` for l = L … 1, from the recorded float32 queries and keys, in
+      O(L·(H_q + H_kv)·T·d + rows·T) extra memory and no T×T array; without ``rows``, each
+      layer's head-mean map is recomputed and folded in, O(B·T²);
+    - eager path (otherwise): the model runs with eager attention and each layer's map is folded
+      into R ← Â_l R inside its forward hook, on the map's device, O(B·T²) extra.
 
     Parameters
     ----------
@@ -152,12 +166,15 @@ def streaming_rollout(
     residual : bool
         Add the identity for the residual stream (default True).
     rows : sequence of int, optional
-        Keep only these query rows of the final product, ``(B, len(rows), T)``. (The streaming
-        product is computed bottom-up, so this saves memory in the result, not time.)
+        Keep only these query rows of the final product, ``(B, len(rows), T)`` (negative ones
+        count from the end). On the recompute path only these rows are ever computed.
     stack : {"encoder", "decoder"}, optional
         For encoder-decoder models: which stack's self-attention to roll out (required there).
     progress : bool
         Show a progress bar over the layers (off when output is not interactive).
+    attention_impl : {"auto", "recompute", "eager"}
+        As in :func:`llmdbg.capture`: ``"auto"`` recomputes where possible (``head_fusion="mean"``
+        and a recordable model), else runs eager attention.
 
     Returns
     -------
@@ -165,6 +182,8 @@ def streaming_rollout(
     """
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    if attention_impl not in _IMPLS:
+        raise ValueError(f"attention_impl must be one of {_IMPLS}, got {attention_impl!r}")
     check_progress(progress)
     batch = as_inputs(inputs, tokenizer, device=device_of(model))
     modules = stack_attention_modules(find_layout(model), stack)
@@ -172,6 +191,25 @@ def streaming_rollout(
     if isinstance(ids, torch.Tensor):
         query_rows(rows, ids.shape[-1])  # bad rows fail before the forward, not after it
     mask = batch.get("decoder_attention_mask" if stack == "decoder" else "attention_mask")
+    if _recompute(model, modules, head_fusion, attention_impl):
+        picked = None if rows is None else query_rows(rows, ids.shape[-1] if isinstance(ids, torch.Tensor) else 0)
+        np_mask = None if mask is None else mask.detach().cpu().numpy()
+        with progress_bar(progress, len(modules), "streaming rollout", unit="layer") as bar:
+            rec = streaming_recompute.run(
+                model, batch, modules, np_mask, picked, residual, on_layer=lambda: bar.update(1)
+            )
+        result = rec.top_down() if picked is not None else rec.product
+        assert result is not None  # run() checked that every layer was recorded
+        if np_mask is not None:
+            real = np_mask.astype(bool)
+            result = result * (real[:, picked, None] if picked is not None else real[:, :, None]) * real[:, None, :]
+        return StreamingRollout(
+            np.ascontiguousarray(result, dtype=np.float32),
+            np.stack(rec.entropy),
+            np.stack(rec.max_weight),
+            np.stack(rec.first_mass),
+            rec.seen,
+        )
     with progress_bar(progress, len(modules), "streaming rollout", unit="layer") as bar:
         consumer = _RunningRollout(modules, mask, head_fusion, residual, on_layer=lambda: bar.update(1))
         with capture(model, attentions=True, attention_consumer=consumer), torch.no_grad():
@@ -190,3 +228,20 @@ def streaming_rollout(
     return StreamingRollout(
         result, stack_np(consumer.entropy), stack_np(consumer.max_weight), stack_np(consumer.first_mass), consumer.seen
     )
+
+
+def _recompute(model: torch.nn.Module, modules: list[str], head_fusion: str, impl: str) -> bool:
+    if impl == "eager":
+        return False
+    reason = recording_unsupported_reason(model, {n: model.get_submodule(n) for n in modules})
+    if head_fusion != "mean":
+        reason = reason or f"head_fusion={head_fusion!r} (the recompute path fuses heads by their mean)"
+    if reason is None:
+        return True
+    if impl == "recompute":
+        raise ValueError(f"attention_impl='recompute' is not possible: {reason}; use attention_impl='eager'")
+    if head_fusion == "mean":
+        import warnings
+
+        warnings.warn(f"llmdbg.streaming_rollout: running eager attention: {reason}", stacklevel=3)
+    return False

@@ -126,10 +126,12 @@ def qk_attention_torch(
     if row_weights is not None:
         heads = all_heads if row_heads is None else row_heads.to(device)
         weights = row_weights.to(device=device, dtype=torch.float64)
-        used = torch.nonzero(weights.abs().sum(0) > 0).flatten()
-        acc = torch.zeros(b, tk, dtype=torch.float64, device=device)
+        flat = weights.dim() == 2
+        weights = weights[:, None] if flat else weights  # (B, R, T_q)
+        used = torch.nonzero(weights.abs().sum((0, 1)) > 0).flatten()
+        acc = torch.zeros(b, weights.shape[1], tk, dtype=torch.float64, device=device)
         for rows in _row_blocks(problem, len(heads), used):
             p = _log_probs(problem, heads, rows).exp().double().mean(1)  # (B, rows, T_k)
-            acc += torch.einsum("br,brk->bk", weights[:, rows], p)
-        out["row_product"] = acc
+            acc += torch.einsum("bRr,brk->bRk", weights[:, :, rows], p)
+        out["row_product"] = acc[:, 0] if flat else acc
     return out

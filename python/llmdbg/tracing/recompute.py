@@ -43,8 +43,9 @@ def recompute(
     Returns a dict with, as asked: ``entropy``, ``max_prob``, ``sink_mass`` (and
     ``special_mass`` when ``special`` is given), each ``(B, H_q, T_q)`` float32, NaN for fully
     excluded rows; ``maps`` ``(B, heads, rows, T_k)`` float32, or ``(B, rows, T_k)`` with
-    ``map_fusion`` ``"mean"``/``"max"``; ``row_product`` ``(B, T_k)`` float64, the sum over query
-    rows ``i`` of ``row_weights[b, i]`` times the head mean (over ``row_heads``) of row ``i``.
+    ``map_fusion`` ``"mean"``/``"max"``; ``row_product`` ``(B, T_k)`` float64 (or ``(B, R, T_k)``
+    for ``(B, R, T_q)`` weights), the sum over query rows ``i`` of ``row_weights[b, (r,) i]``
+    times the head mean (over ``row_heads``) of row ``i``.
     """
     if uses_core(problem):
         result = _core.qk_attention(
