@@ -12,6 +12,7 @@ import torch
 
 from ..adapters.layout import ROLES, closest_names, resolve_role
 
+_GLOB_CHARS = frozenset("*?[")
 _TOKEN_WORDS = {"last_token": slice(-1, None), "first_token": slice(0, 1)}
 _REDUCE_WORDS = ("stats", "head_mean", *_TOKEN_WORDS)
 
@@ -81,15 +82,20 @@ def select_modules(model: torch.nn.Module, modules: Any, layout: Any = None) -> 
         return []
     specs = [modules] if isinstance(modules, (str, re.Pattern)) else list(modules)
     names: list[str] = []
+    known: set[str] = set()
     selected: list[str] = []
+    chosen: set[str] = set()
     for spec in specs:
         if not (isinstance(spec, str) and spec in ROLES) and not names:
             names = [n for n, _ in model.named_modules() if n]  # only patterns need every name
+            known = set(names)
         if isinstance(spec, str) and spec in ROLES:
             found = resolve_role(model, spec, layout)
         elif isinstance(spec, re.Pattern) or (isinstance(spec, str) and spec.startswith("re:")):
             pattern = spec if isinstance(spec, re.Pattern) else re.compile(spec[3:])
             found = [n for n in names if pattern.fullmatch(n)]
+        elif isinstance(spec, str) and not _GLOB_CHARS.intersection(spec):
+            found = [spec] if spec in known else []  # a plain name: no scan over every module
         elif isinstance(spec, str):
             found = [n for n in names if fnmatch.fnmatchcase(n, spec)]
         else:
@@ -100,5 +106,8 @@ def select_modules(model: torch.nn.Module, modules: Any, layout: Any = None) -> 
                 f"modules pattern {label!r} matches no module of {type(model).__name__}; "
                 f"closest names: {closest_names(model, str(label))}. Roles: {list(ROLES)}"
             )
-        selected.extend(n for n in found if n not in selected)
+        for n in found:
+            if n not in chosen:
+                chosen.add(n)
+                selected.append(n)
     return selected

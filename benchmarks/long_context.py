@@ -1,0 +1,211 @@
+"""Long-context attention: recompute from the model's own SDPA calls vs eager attention.
+
+The model is a Llama built from a config with random weights (hidden 512, 8 layers, 8 heads,
+2 KV heads, intermediate 1408, vocab 32,000, ~50M parameters), batch 1. Every approach runs in a
+fresh process so that its peak resident memory is its own; the figure is the peak above the
+resident size once the model and inputs are loaded (VmHWM after /proc/self/clear_refs), and the
+ratios divide it by a plain SDPA forward's (which includes the (T, 32000) float32 logits).
+
+Approaches, side by side on the same inputs:
+- ``plain``: ``model(ids)`` with SDPA, nothing captured (the reference).
+- ``stats``: ``capture(model, attentions="stats")`` + ``attention_summary``.
+- ``rollout``: ``streaming_rollout(model, ids, rows=last 16)`` (recomputed top down).
+- ``maps2``: ``capture(attentions=AttentionQuery(layers=[0, 7], reduce="mean"))``: two
+  head-averaged maps, stored.
+- ``eager_head_mean``: today's eager path, ``capture(attentions=True, reduce="head_mean",
+  attention_impl="eager")`` (every layer, head-averaged).
+- ``hf_output_attentions``: the model switched to eager, ``model(ids, output_attentions=True)``.
+
+Eager approaches run under an address-space limit (``--limit-gib``, default 20) so that a request
+the machine cannot hold fails with an allocation error in its own process instead of waking the
+OOM killer; such runs are reported as failed with the limit.
+
+``--quick``: T = 1024 and 2048 (within a minute). Full: T = 4096 (a warm-up and 3 timed repeats
+in each process, medians) and 16,384 (one timed run per process: a 16k eager forward alone takes
+tens of seconds). ``--large`` adds T = 32,768. Exactness: the recomputed maps of layers 0 and 7
+against eager ``output_attentions`` at the smallest T (4096 in a full run).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers as tf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import median, parse_args, report  # noqa: E402
+
+import llmdbg  # noqa: E402
+
+APPROACHES = ("plain", "stats", "rollout", "maps2", "eager_head_mean", "hf_output_attentions")
+EAGER = ("eager_head_mean", "hf_output_attentions")
+ROWS = 16
+
+
+def build(tokens: int):
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(
+        hidden_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=1408,
+        vocab_size=32000,
+        max_position_embeddings=max(tokens, 2048),
+    )
+    model = tf.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(3, cfg.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(1))
+    return model, ids
+
+
+def _kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _job(approach: str, model, ids):
+    if approach == "plain":
+        return lambda: model(input_ids=ids)
+    if approach == "stats":
+
+        def stats():
+            with llmdbg.capture(model, attentions="stats") as trace:
+                model(input_ids=ids)
+            return llmdbg.attention_summary(trace)
+
+        return stats
+    if approach == "rollout":
+        rows = list(range(-ROWS, 0))
+        return lambda: llmdbg.streaming_rollout(model, {"input_ids": ids}, rows=rows, progress=False)
+    if approach == "maps2":
+
+        def maps2():
+            query = llmdbg.AttentionQuery(layers=[0, 7], reduce="mean")
+            with llmdbg.capture(model, attentions=query, stats=False) as trace:
+                model(input_ids=ids)
+            return trace
+
+        return maps2
+    if approach == "eager_head_mean":
+
+        def eager():
+            with llmdbg.capture(model, attentions=True, reduce="head_mean", attention_impl="eager", stats=False) as t:
+                model(input_ids=ids)
+            return t
+
+        return eager
+    if approach == "hf_output_attentions":
+
+        def hf():
+            with llmdbg.eager_attention(model):
+                return model(input_ids=ids, output_attentions=True)
+
+        return hf
+    raise ValueError(approach)
+
+
+def probe(approach: str, tokens: int, repeats: int, limit_gib: float) -> None:
+    """One approach in this fresh process: peak memory above the loaded model, and times."""
+    model, ids = build(tokens)
+    if approach in EAGER:
+        limit = int(limit_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    torch.set_grad_enabled(False)
+    warm_model_ids = ids[:, :256]
+    _job(approach, model, warm_model_ids)()  # lazy initialisation, not the long input
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    start = _kib("VmRSS")
+    times, error = [], None
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            result = _job(approach, model, ids)()
+            times.append(time.perf_counter() - t0)
+            del result
+    except (RuntimeError, MemoryError) as e:  # allocation refused under the limit
+        error = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    extra = (_kib("VmHWM") - start) * 1024
+    print(json.dumps({"extra_bytes": extra, "seconds": median(times) if times else None, "error": error}))
+
+
+def exactness(tokens: int) -> float:
+    """Max |recomputed − eager| over layers 0 and 7, every head and row."""
+    model, ids = build(tokens)
+    with torch.no_grad():
+        query = llmdbg.AttentionQuery(layers=[0, 7])
+        with llmdbg.capture(model, attentions=query, stats=False) as trace:
+            model(input_ids=ids)
+        got = trace.attentions
+        with llmdbg.eager_attention(model):
+            out = model(input_ids=ids, output_attentions=True)
+    want = [out.attentions[0], out.attentions[7]]
+    return max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want))
+
+
+def _run_probe(approach: str, tokens: int, repeats: int, limit_gib: float) -> dict:
+    cmd = [sys.executable, __file__, "--probe", approach, str(tokens), str(repeats), str(limit_gib)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    lines = res.stdout.strip().splitlines()
+    if res.returncode != 0 or not lines:
+        reason = "killed (signal %d)" % -res.returncode if res.returncode < 0 else res.stderr.strip()[-200:]
+        return {"extra_bytes": None, "seconds": None, "error": reason}
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--probe":
+        probe(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
+        return
+    large = "--large" in sys.argv
+    limit_gib = 20.0
+    if "--limit-gib" in sys.argv:
+        i = sys.argv.index("--limit-gib")
+        limit_gib = float(sys.argv[i + 1])
+        del sys.argv[i : i + 2]
+    sys.argv = [a for a in sys.argv if a != "--large"]
+    args = parse_args(__doc__.splitlines()[0])
+    lengths = [1024, 2048] if args.quick else [4096, 16384] + ([32768] if large else [])
+    figures: dict[str, object] = {}
+    rows: list[tuple[str, str]] = []
+    measured: dict[tuple[str, int], dict] = {}
+    for t in lengths:
+        repeats = args.repeats or (1 if args.quick or t > 4096 else 3)
+        for approach in APPROACHES:
+            m = _run_probe(approach, t, repeats, limit_gib)
+            measured[(approach, t)] = m
+            if m["error"]:
+                rows.append((f"T={t:>6} {approach}", f"failed: {m['error']}"))
+            else:
+                rows.append(
+                    (f"T={t:>6} {approach}", f"{m['extra_bytes'] / 2**30:7.2f} GiB peak extra, {m['seconds']:7.1f} s")
+                )
+        plain = measured[("plain", t)]
+        for approach in APPROACHES[1:]:
+            m = measured[(approach, t)]
+            key = f"{approach}_T{t}"
+            if m["error"] or not plain["extra_bytes"]:
+                figures[f"{key}_failed"] = m["error"] or "plain forward failed"
+                continue
+            figures[f"{key}_peak_ratio_vs_plain"] = round(m["extra_bytes"] / plain["extra_bytes"], 3)
+            figures[f"{key}_time_ratio_vs_plain"] = round(m["seconds"] / plain["seconds"], 3)
+        figures[f"plain_T{t}_peak_gib"] = round(plain["extra_bytes"] / 2**30, 3) if plain["extra_bytes"] else None
+        figures[f"plain_T{t}_seconds"] = round(plain["seconds"], 2) if plain["seconds"] else None
+        stored = 2 * t * t * 4  # two head-averaged float32 maps
+        if not measured[("maps2", t)]["error"] and plain["extra_bytes"]:
+            figures[f"maps2_T{t}_peak_ratio_vs_plain_plus_stored"] = round(
+                measured[("maps2", t)]["extra_bytes"] / (plain["extra_bytes"] + stored), 3
+            )
+    figures[f"max_abs_diff_vs_eager_T{lengths[0]}"] = exactness(lengths[0])
+    report("long_context", args.quick, rows, figures, write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
