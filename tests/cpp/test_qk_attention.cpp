@@ -315,6 +315,9 @@ TEST(QKAttention, RowProductSkipsZeroWeightRows) {
       ASSERT_NEAR(res.row_product[b * 30 + j], want, 1e-6) << b << ", " << j;
     }
   }
+  // Every weight 0: nothing is computed and the product is 0.
+  std::fill(weights.begin(), weights.end(), 0.0);
+  for (double v : run(c.p, r, 2).row_product) ASSERT_EQ(v, 0.0);
   // Asking for the statistics computes row 3, which then fails naming it.
   c.add[3 * 30 + 1] = std::numeric_limits<float>::quiet_NaN();
   r.stats = true;

@@ -214,6 +214,8 @@ def test_row_product_skips_rows_of_weight_zero():
     got = _core.qk_attention(q, k, scaling=0.25, causal=True, add_mask=bias, row_weights=weights, row_heads=heads)
     assert got["row_product"].dtype == np.float64
     np.testing.assert_allclose(got["row_product"], want, atol=1e-6, rtol=0)
+    zero = _core.qk_attention(q, k, scaling=0.25, causal=True, add_mask=bias, row_weights=np.zeros((2, 20)))
+    assert (zero["row_product"] == 0).all()
     with pytest.raises(ValueError, match=r"batch 0, head 0, query 3 hold NaN.*add_mask"):
         _core.qk_attention(q, k, scaling=0.25, causal=True, add_mask=bias, stats=True)
 

@@ -865,7 +865,8 @@ void qk_attention(const QKProblem& p, const QKRequest& r, const QKOutputs& o, in
       }
     }
     // 3. The row product: partial sums in chunk order, each output element by one thread.
-    if (n_partials > 0 && !skip && !stop.load()) {
+    // (Batches without a weighted row have no partial and get zeros.)
+    if (r.row_weights && !skip && !stop.load()) {
 #pragma omp for schedule(static)
       for (int64_t f = 0; f < B * Tk; ++f) {
         const int64_t b = f / Tk, j = f % Tk;
