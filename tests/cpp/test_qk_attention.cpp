@@ -318,15 +318,19 @@ TEST(QKAttention, RowProductSkipsZeroWeightRows) {
   // Every weight 0: nothing is computed and the product is 0.
   std::fill(weights.begin(), weights.end(), 0.0);
   for (double v : run(c.p, r, 2).row_product) ASSERT_EQ(v, 0.0);
-  // Asking for the statistics computes row 3, which then fails naming it.
+  // Asking for the statistics computes rows 3 and 20, which then fail naming the first, whatever
+  // the thread count.
   c.add[3 * 30 + 1] = std::numeric_limits<float>::quiet_NaN();
+  c.add[(30 + 20) * 30 + 2] = std::numeric_limits<float>::infinity();
   r.stats = true;
-  try {
-    run(c.p, r, 2);
-    FAIL() << "NaN logits were not reported";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("batch 0, head 0, query 3"), std::string::npos)
-        << e.what();
+  for (int threads : {1, 2}) {
+    try {
+      run(c.p, r, threads);
+      FAIL() << "NaN logits were not reported";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("batch 0, head 0, query 3"), std::string::npos)
+          << e.what();
+    }
   }
 }
 

@@ -534,7 +534,7 @@ class Worker {
     qptr_.resize(static_cast<size_t>(rows));
   }
 
-  // Bad logits (NaN or +inf): the first (b, h, i) this worker met, or b = -1.
+  // Bad logits (NaN or +inf): the smallest (b, h, i) this worker met, or b = -1.
   int64_t bad_b = -1, bad_h = 0, bad_i = 0;
 
   void run_block(const Block& blk, double* partial) {
@@ -636,7 +636,9 @@ class Worker {
         const float mc =
             isa_.prepare[add][keep](x, len, sc, add ? p_.add_mask + mrow + j0 : nullptr,
                                     keep ? p_.bool_mask + mrow + j0 : nullptr, bad);
-        if (bad && bad_b < 0) bad_b = b, bad_h = st.h, bad_i = st.i;
+        if (bad && (bad_b < 0 || std::tuple{b, st.h, st.i} < std::tuple{bad_b, bad_h, bad_i})) {
+          bad_b = b, bad_h = st.h, bad_i = st.i;
+        }
         if (sink_key >= j0 && sink_key < j1) st.x_sink = x[sink_key - j0];
         if (mc == kNegInf) continue;  // every key of the chunk excluded
         if (mc > st.m) {
