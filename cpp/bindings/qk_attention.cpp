@@ -145,15 +145,30 @@ py::dict qk_attention(const py::object& q_obj, const py::object& k_obj, double s
   if (row_weights_obj.is_none() && !row_heads_obj.is_none()) {
     throw py::value_error(kFn + "row_heads is given but row_weights is None");
   }
-  const auto row_weights = checked_array_or_none(row_weights_obj, kFn + "row_weights", kFloat64,
-                                                 Shape{"B", "Tq"}.with("B", B).with("Tq", Tq));
+  // row_weights: (B, Tq), or (B, R, Tq) for R weight sets at once.
+  const auto row_weights =
+      checked_array_or_none(row_weights_obj, kFn + "row_weights", kFloat64, Shape());
+  int64_t row_sets = 0;
   if (row_weights) {
-    const double* w = data_of<double>(*row_weights);
-    for (int64_t f = 0; f < B * Tq; ++f) {
-      if (!std::isfinite(w[f])) {
-        throw py::value_error(kFn + "row_weights must be finite; row_weights[" +
-                              std::to_string(f / Tq) + ", " + std::to_string(f % Tq) +
-                              "] = " + repr(w[f]));
+    const py::array& w = *row_weights;
+    const bool two = w.ndim() == 2 && w.shape(0) == B && w.shape(1) == Tq;
+    const bool three = w.ndim() == 3 && w.shape(0) == B && w.shape(1) >= 1 && w.shape(2) == Tq;
+    if (!two && !three) {
+      const std::string b = std::to_string(B), t = std::to_string(Tq);
+      throw py::value_error(kFn + "row_weights has shape " + shape_str(w) +
+                            "; expected (B, Tq) = (" + b + ", " + t + ") or (B, R, Tq) = (" + b +
+                            ", R, " + t + ") with R >= 1");
+    }
+    row_sets = three ? w.shape(1) : 0;
+    const double* data = data_of<double>(w);
+    for (py::ssize_t f = 0; f < w.size(); ++f) {
+      if (!std::isfinite(data[f])) {
+        std::string where;
+        for (py::ssize_t d = w.ndim() - 1, rest = f; d >= 0; rest /= w.shape(d), --d) {
+          where = std::to_string(rest % w.shape(d)) + (where.empty() ? "" : ", ") + where;
+        }
+        throw py::value_error(kFn + "row_weights must be finite; row_weights[" + where +
+                              "] = " + repr(data[f]));
       }
     }
   }
@@ -176,7 +191,7 @@ py::dict qk_attention(const py::object& q_obj, const py::object& k_obj, double s
   r.stats = stats, r.maps = maps, r.map_fusion = fusion;
   if (map_heads) r.map_heads = map_heads->data(), r.num_map_heads = map_heads->size();
   if (map_rows) r.map_rows = map_rows->data(), r.num_map_rows = map_rows->size();
-  r.row_weights = data_of<double>(row_weights);
+  r.row_weights = data_of<double>(row_weights), r.row_sets = row_sets;
   if (row_heads) r.row_heads = row_heads->data(), r.num_row_heads = row_heads->size();
 
   // Outputs, allocated with the GIL held.
@@ -203,7 +218,9 @@ py::dict qk_attention(const py::object& q_obj, const py::object& k_obj, double s
     result["maps"] = a;
   }
   if (row_weights) {
-    py::array_t<double> a(std::vector<py::ssize_t>{B, Tk});
+    std::vector<py::ssize_t> shape = {B, Tk};
+    if (row_sets > 0) shape = {B, row_sets, Tk};
+    py::array_t<double> a(shape);
     o.row_product = a.mutable_data();
     result["row_product"] = a;
   }
@@ -244,7 +261,7 @@ Returns a dict with only what was asked for:
   map_heads, map_rows or map_fusion without maps=True is an error.
 - row_weights (float64 (B, Tq)): "row_product", float64 (B, Tk),
   sum_i row_weights[b, i] * mean over row_heads (None = all) of p_h[b, i, :]; rows of weight 0
-  are not computed.
+  are not computed. (B, R, Tq) weights give R such products at once, (B, R, Tk).
 Nothing requested gives an empty dict. Fully excluded rows are all zeros. Results are bitwise
 equal for every n_threads (0 = OpenMP default). Ctrl-C raises KeyboardInterrupt within ~10 ms.)doc");
 }

@@ -334,6 +334,53 @@ TEST(QKAttention, RowProductSkipsZeroWeightRows) {
   }
 }
 
+TEST(QKAttention, RowProductOfSeveralWeightSets) {
+  // Three sets (as for three rolled-out rows), one of them all zero; the first set alone must
+  // give the same numbers as a (B, Tq) request.
+  Case c(2, 4, 1, 25, 25, 8, 21);
+  c.p.causal = true;
+  const int64_t R = 3, T = 25;
+  std::vector<double> weights(2 * R * T, 0.0);
+  std::mt19937_64 rng(22);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  for (int64_t b = 0; b < 2; ++b) {
+    for (int64_t i = 0; i < T; i += 2) weights[(b * R + 0) * T + i] = u(rng);
+    for (int64_t i = 10; i < 20; ++i) weights[(b * R + 2) * T + i] = u(rng);
+  }
+  at::QKRequest r;
+  r.row_weights = weights.data(), r.row_sets = R;
+  at::QKOutputs o;
+  std::vector<double> product(2 * R * T, -7.0);
+  o.row_product = product.data();
+  at::qk_attention(c.p, r, o, 2);
+  const auto ref = reference(c.p);
+  for (int64_t b = 0; b < 2; ++b) {
+    for (int64_t set = 0; set < R; ++set) {
+      for (int64_t j = 0; j < T; ++j) {
+        double want = 0;
+        for (int64_t i = 0; i < T; ++i) {
+          for (int64_t h = 0; h < 4; ++h) {
+            want += weights[(b * R + set) * T + i] * ref[((b * 4 + h) * T + i) * T + j] / 4;
+          }
+        }
+        ASSERT_NEAR(product[(b * R + set) * T + j], want, 1e-6) << b << ", " << set << ", " << j;
+      }
+    }
+  }
+  std::vector<double> first(2 * T);
+  for (int64_t b = 0; b < 2; ++b) {
+    std::copy_n(weights.begin() + b * R * T, T, first.begin() + b * T);
+  }
+  at::QKRequest one;
+  one.row_weights = first.data();
+  const Result single = run(c.p, one, 2);
+  for (int64_t b = 0; b < 2; ++b) {
+    for (int64_t j = 0; j < T; ++j) {
+      ASSERT_NEAR(single.row_product[b * T + j], product[b * R * T + j], 1e-12);
+    }
+  }
+}
+
 TEST(QKAttention, Avx2AndPortableKernelsAgree) {
   if (!llmdbg::cpu_has_avx2()) GTEST_SKIP() << "no AVX2/FMA on this CPU";
   Case c(1, 4, 2, 70, 1100, 24, 16);

@@ -220,6 +220,19 @@ def test_row_product_skips_rows_of_weight_zero():
         _core.qk_attention(q, k, scaling=0.25, causal=True, add_mask=bias, stats=True)
 
 
+def test_row_product_of_several_weight_sets():
+    """(B, R, Tq) weights, as top-down rollout of R rows passes them: R products in one pass."""
+    q, k = qk(b=2, hq=4, hkv=2, tq=16, tk=16)
+    rng = np.random.default_rng(6)
+    weights = np.where(rng.random((2, 3, 16)) < 0.4, rng.standard_normal((2, 3, 16)), 0.0)
+    weights[1, 1] = 0.0
+    p = reference(q, k, scaling=0.25, causal=True)
+    got = _core.qk_attention(q, k, scaling=0.25, causal=True, row_weights=weights)["row_product"]
+    assert got.shape == (2, 3, 16)
+    np.testing.assert_allclose(got, np.einsum("bri,bhij->brj", weights, p) / 4, atol=1e-6, rtol=0)
+    assert (got[1, 1] == 0).all()
+
+
 def test_bitwise_equal_for_every_thread_count():
     q, k = qk(b=2, hq=8, hkv=2, tq=300, tk=300, d=32)
     weights = np.random.default_rng(3).random((2, 300))
@@ -243,6 +256,8 @@ def bad_cases():
     nan_q, inf_k = q.copy(), k.copy()
     nan_q[1, 2, 3, 4] = np.nan
     inf_k[0, 1, 2, 3] = np.inf
+    nan_w = np.ones((2, 3, 5))
+    nan_w[1, 0, 4] = np.nan
     cases = [
         (dict(q=q.astype(np.float64)), TypeError, "q must be float32, got float64"),
         (dict(q=q[0]), ValueError, r"q has shape \(4, 5, 8\); expected \(B, Hq, Tq, D\)"),
@@ -283,7 +298,13 @@ def bad_cases():
         (dict(map_fusion="mean"), ValueError, "map_fusion is given but maps=False"),
         (dict(row_weights=np.ones((2, 5), np.float32)), TypeError, "row_weights must be float64"),
         (dict(row_weights=np.ones((2, 6))), ValueError, r"row_weights has shape \(2, 6\); expected \(B, Tq\)"),
+        (
+            dict(row_weights=np.ones((2, 0, 5))),
+            ValueError,
+            r"row_weights has shape \(2, 0, 5\); expected \(B, Tq\) = \(2, 5\) or \(B, R, Tq\) = \(2, R, 5\) with R >= 1",
+        ),
         (dict(row_weights=np.full((2, 5), np.inf)), ValueError, r"row_weights must be finite; row_weights\[0, 0\]"),
+        (dict(row_weights=nan_w), ValueError, r"row_weights must be finite; row_weights\[1, 0, 4\] = nan"),
         (dict(row_heads=np.array([0])), ValueError, "row_heads is given but row_weights is None"),
         (dict(row_weights=np.ones((2, 5)), row_heads=np.array([9])), ValueError, r"row_heads\[0\] = 9 is outside"),
     ]

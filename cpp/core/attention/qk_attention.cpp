@@ -366,9 +366,10 @@ void check(const QKProblem& p, const QKRequest& r, const QKOutputs& o) {
   }
   if (r.row_weights) {
     if (!o.row_product) fail("row_weights needs a row_product output");
+    if (r.row_sets < 0) fail("row_sets must be >= 0");
     if (r.row_heads && r.num_row_heads < 1) fail("row_heads must not be empty");
     if (r.row_heads) check_indices(r.row_heads, r.num_row_heads, p.q_heads, "row_heads");
-    for (int64_t i = 0; i < p.batch * p.q_len; ++i) {
+    for (int64_t i = 0; i < p.batch * std::max<int64_t>(1, r.row_sets) * p.q_len; ++i) {
       if (!std::isfinite(r.row_weights[i])) fail("row_weights holds NaN or inf");
     }
   }
@@ -441,6 +442,16 @@ struct Plan {
   Inverse map_heads, map_rows;
   std::vector<int64_t> row_head_count;  // multiplicity of each head in row_heads
   int64_t map_head_total = 0, row_head_total = 0;
+  int64_t sets = 1;  // weight vectors per sequence (QKRequest::row_sets, at least 1)
+
+  // Whether query row i of sequence b has a non-zero weight in some set.
+  bool weighted(const QKRequest& r, int64_t b, int64_t i, int64_t q_len) const {
+    if (!r.row_weights) return false;
+    for (int64_t set = 0; set < sets; ++set) {
+      if (r.row_weights[(b * sets + set) * q_len + i] != 0.0) return true;
+    }
+    return false;
+  }
 };
 
 Plan make_plan(const QKProblem& p, const QKRequest& r) {
@@ -469,18 +480,21 @@ Plan make_plan(const QKProblem& p, const QKRequest& r) {
     plan.map_rows = Inverse(rows, nr, Tq);
   }
   if (r.row_weights) {
+    plan.sets = std::max<int64_t>(1, r.row_sets);
     plan.row_head_count.assign(static_cast<size_t>(H), r.row_heads ? 0 : 1);
     plan.row_head_total = r.row_heads ? r.num_row_heads : H;
     for (int64_t a = 0; r.row_heads && a < r.num_row_heads; ++a)
       ++plan.row_head_count[r.row_heads[a]];
   }
-  const int64_t chunks_per_batch = std::max<int64_t>(1, (kMaxChunks + B - 1) / B);
+  // Partial sums: about kMaxChunks vectors of k_len doubles in all.
+  const int64_t chunks_per_batch =
+      std::max<int64_t>(1, (kMaxChunks + B * plan.sets - 1) / (B * plan.sets));
   plan.partial_begin.push_back(0);
   for (int64_t b = 0; b < B; ++b) {
     const auto first_row = static_cast<int64_t>(plan.rows.size());
     for (int64_t i = 0; i < Tq; ++i) {
       const bool map = r.maps && plan.map_rows.count(i) > 0;
-      const bool weight = r.row_weights && r.row_weights[b * Tq + i] != 0.0;
+      const bool weight = plan.weighted(r, b, i, Tq);
       if (r.stats || map || weight) plan.rows.push_back(i);
     }
     const auto end_row = static_cast<int64_t>(plan.rows.size());
@@ -490,7 +504,7 @@ Plan make_plan(const QKProblem& p, const QKRequest& r) {
       for (int64_t a = blk.r0; a < blk.r1; ++a) {
         const int64_t i = plan.rows[static_cast<size_t>(a)];
         blk.has_map = blk.has_map || (r.maps && plan.map_rows.count(i) > 0);
-        blk.has_weight = blk.has_weight || (r.row_weights && r.row_weights[b * Tq + i] != 0.0);
+        blk.has_weight = blk.has_weight || plan.weighted(r, b, i, Tq);
       }
       plan.blocks.push_back(blk);
     }
@@ -699,18 +713,21 @@ class Worker {
     }
     if (excluded) return;  // maps stay 0, the row product gets nothing
     const bool map = r_.maps && plan_.map_heads.count(h) > 0 && plan_.map_rows.count(i) > 0;
-    const double weight = r_.row_weights ? r_.row_weights[b * Tq + i] : 0.0;
-    const bool product = weight != 0.0 && plan_.row_head_count[h] > 0;
+    const bool product = plan_.weighted(r_, b, i, Tq) && plan_.row_head_count[h] > 0;
     if (!map && !product) return;
     const int64_t lo = st.lo, len = st.hi - st.lo;
     float* prob = xrow + lo;  // full rows: the buffer is indexed by key
     isa_.probabilities(prob, len, m, static_cast<float>(1.0 / s));
     if (map) write_maps(b, h, i, lo, prob, len);
     if (product) {
-      const double coef =
-          weight * static_cast<double>(plan_.row_head_count[h]) / plan_.row_head_total;
-      double* acc = partial + lo;
-      for (int64_t j = 0; j < len; ++j) acc[j] += coef * static_cast<double>(prob[j]);
+      const double share =
+          static_cast<double>(plan_.row_head_count[h]) / static_cast<double>(plan_.row_head_total);
+      for (int64_t set = 0; set < plan_.sets; ++set) {
+        const double coef = r_.row_weights[(b * plan_.sets + set) * Tq + i] * share;
+        if (coef == 0.0) continue;
+        double* acc = partial + set * p_.k_len + lo;
+        for (int64_t j = 0; j < len; ++j) acc[j] += coef * static_cast<double>(prob[j]);
+      }
     }
   }
 
@@ -804,7 +821,8 @@ void qk_attention(const QKProblem& p, const QKRequest& r, const QKOutputs& o, in
   const int64_t bg_count = B * p.kv_heads;
   std::vector<float> packed(static_cast<size_t>(bg_count * plan.panels * D * kNR));
   const int64_t n_partials = r.row_weights ? plan.partial_begin.back() : 0;
-  std::vector<double> partials(static_cast<size_t>(n_partials * Tk));
+  const int64_t partial_len = plan.sets * Tk;  // one (sets, k_len) block per partial
+  std::vector<double> partials(static_cast<size_t>(n_partials * partial_len));
   const int64_t q_rows = B * p.q_heads * p.q_len;
 
   std::atomic<bool> q_bad{false}, k_bad{false}, stop{false};
@@ -843,8 +861,8 @@ void qk_attention(const QKProblem& p, const QKRequest& r, const QKOutputs& o, in
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = ntasks - 1; t >= 0; --t) {
       const Task& task = plan.tasks[static_cast<size_t>(t)];
-      double* partial = task.partial >= 0 ? partials.data() + task.partial * Tk : nullptr;
-      if (partial && !skip) std::fill_n(partial, Tk, 0.0);
+      double* partial = task.partial >= 0 ? partials.data() + task.partial * partial_len : nullptr;
+      if (partial && !skip) std::fill_n(partial, partial_len, 0.0);
       for (int64_t blk = task.block0; blk < task.block1; ++blk) {
         if (skip || stop.load(std::memory_order_relaxed) || !worker) break;
         try {
@@ -870,11 +888,11 @@ void qk_attention(const QKProblem& p, const QKRequest& r, const QKOutputs& o, in
     // (Batches without a weighted row have no partial and get zeros.)
     if (r.row_weights && !skip && !stop.load()) {
 #pragma omp for schedule(static)
-      for (int64_t f = 0; f < B * Tk; ++f) {
-        const int64_t b = f / Tk, j = f % Tk;
+      for (int64_t f = 0; f < B * partial_len; ++f) {
+        const int64_t b = f / partial_len, e = f % partial_len;
         double sum = 0.0;
         for (int64_t c = plan.partial_begin[b]; c < plan.partial_begin[b + 1]; ++c) {
-          sum += partials[static_cast<size_t>(c * Tk + j)];
+          sum += partials[static_cast<size_t>(c * partial_len + e)];
         }
         o.row_product[f] = sum;
       }

@@ -45,8 +45,9 @@
 // Maps: float32 (B, nh, nr, Tk) of p for the chosen heads and rows (MapFusion::none), or
 // (B, nr, Tk) fused over the chosen heads (mean or max). Heads and rows may repeat; a repeated
 // head counts twice in the mean.
-// Row product: double (B, Tk), sum_i row_weights[b, i] * mean_{h in row_heads} p_h[b, i, :];
-// rows whose weight is exactly 0 are skipped (not computed).
+// Row product: double (B, Tk), sum_i row_weights[b, i] * mean_{h in row_heads} p_h[b, i, :], or
+// with R weight sets (B, R, Tk) from (B, R, Tq) weights, each set like the (B, Tq) case (several
+// rolled-out rows in one pass); rows whose weights are all exactly 0 are skipped (not computed).
 //
 // Accumulation: logits in float32 (like eager attention), sums in double. Determinism: every
 // row is computed by one thread with a fixed sequence of operations that does not depend on the
@@ -86,8 +87,9 @@ struct QKProblem {
 };
 
 // What to compute. Maps: map_heads (num_map_heads, in [0, q_heads)) and map_rows (num_map_rows,
-// in [0, q_len)); nullptr = all heads / all rows in order. Row product: row_weights (batch, q_len),
-// finite; row_heads (num_row_heads) in [0, q_heads), nullptr = all heads.
+// in [0, q_len)); nullptr = all heads / all rows in order. Row product: row_weights, finite,
+// (batch, q_len) with row_sets = 0 or (batch, row_sets, q_len) with row_sets >= 1; row_heads
+// (num_row_heads) in [0, q_heads), nullptr = all heads.
 struct QKRequest {
   bool stats = false;
   bool maps = false;
@@ -97,6 +99,7 @@ struct QKRequest {
   int64_t num_map_rows = 0;
   MapFusion map_fusion = MapFusion::none;
   const double* row_weights = nullptr;  // row product requested when not nullptr
+  int64_t row_sets = 0;                 // 0: (batch, q_len) weights; R >= 1: (batch, R, q_len)
   const int64_t* row_heads = nullptr;
   int64_t num_row_heads = 0;
 };
@@ -110,13 +113,13 @@ struct QKOutputs {
   float* sink_mass = nullptr;
   float* special_mass = nullptr;
   float* maps = nullptr;
-  double* row_product = nullptr;
+  double* row_product = nullptr;  // (batch, k_len), or (batch, row_sets, k_len)
 };
 
 // Runs the request. Throws std::invalid_argument for bad sizes, options or indices, for NaN or
 // inf in q or k (naming the first such element) and for NaN or +inf logits (from add_mask or an
-// overflowing dot product); llmdbg::Interrupted when `cancelled` returned true; whatever
-// `cancelled` throws. num_threads <= 0 uses the OpenMP default.
+// overflowing dot product; the smallest (batch, head, query) is named); llmdbg::Interrupted when
+// `cancelled` returned true; whatever `cancelled` throws. num_threads <= 0 uses the OpenMP default.
 void qk_attention(const QKProblem& problem, const QKRequest& request, const QKOutputs& out,
                   int num_threads, const std::function<bool()>& cancelled = {});
 
