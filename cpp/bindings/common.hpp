@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <functional>
 #include <stdexcept>
 #include <string>
 
@@ -22,10 +23,12 @@ extern PyObject* g_budget_error;
 
 // Run f without the GIL. No C++ exception may cross the GIL release: errors are caught there
 // and raised as Python errors once the GIL is held again (BudgetExceeded -> CaptureBudgetError,
-// std::invalid_argument -> ValueError, std::out_of_range -> KeyError, others -> RuntimeError).
+// std::invalid_argument -> ValueError, std::out_of_range -> KeyError, Interrupted -> the
+// exception that python_interrupted() left pending, normally KeyboardInterrupt; others ->
+// RuntimeError).
 template <typename F>
 void without_gil(F&& f) {
-  enum class Kind { none, budget, value, key, runtime } kind = Kind::none;
+  enum class Kind { none, budget, value, key, interrupted, runtime } kind = Kind::none;
   std::string message;
   {
     py::gil_scoped_release release;
@@ -33,6 +36,8 @@ void without_gil(F&& f) {
       f();
     } catch (const BudgetExceeded& e) {
       kind = Kind::budget, message = e.what();
+    } catch (const Interrupted&) {
+      kind = Kind::interrupted;
     } catch (const std::invalid_argument& e) {
       kind = Kind::value, message = e.what();
     } catch (const std::out_of_range& e) {
@@ -46,19 +51,42 @@ void without_gil(F&& f) {
     case Kind::budget:
       PyErr_SetString(g_budget_error, message.c_str());
       throw py::error_already_set();
+    case Kind::interrupted:
+      if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
+      throw py::error_already_set();
     case Kind::value: throw py::value_error(message);
     case Kind::key: throw py::key_error(message);
     case Kind::runtime: throw std::runtime_error(message);
   }
 }
 
-void bind_common(py::module_& m);       // common.cpp: CaptureBudgetError, OpenMP threads
-void bind_stats(py::module_& m);        // stats.cpp: fused summary statistics
-void bind_attention(py::module_& m);    // attention.cpp: rollout, flow, head stats, drift
-void bind_attribution(py::module_& m);  // attribution.cpp: IG quadrature rules, IG kernels
-void bind_data(py::module_& m);         // data.cpp: token/id counts, duplicates
-void bind_tsne(py::module_& m);         // tsne.cpp: kNN, affinities, repulsion, optimiser
-void bind_capture(py::module_& m);      // capture.cpp: CaptureStore, device statistics
+// The cancellation poll of an interruptible kernel run inside without_gil (it is called on the
+// thread that released the GIL): takes the GIL, runs Python's signal handlers and returns true
+// when one raised (Ctrl-C: KeyboardInterrupt). The exception stays pending; the kernel then
+// throws llmdbg::Interrupted and without_gil raises it.
+inline bool python_interrupted() {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
+// python_interrupted as a kernel's poll, or an empty poll where no signal handler can run: only
+// the main thread runs them, so a kernel started from another thread never takes the GIL back.
+// Call with the GIL held.
+inline std::function<bool()> interrupt_poll() {
+  const py::module_ threading = py::module_::import("threading");
+  const bool main = threading.attr("current_thread")().is(threading.attr("main_thread")());
+  if (!main) return {};
+  return python_interrupted;
+}
+
+void bind_common(py::module_& m);        // common.cpp: CaptureBudgetError, OpenMP threads
+void bind_stats(py::module_& m);         // stats.cpp: fused summary statistics
+void bind_attention(py::module_& m);     // attention.cpp: rollout, flow, head stats, drift
+void bind_qk_attention(py::module_& m);  // qk_attention.cpp: attention recomputed from Q and K
+void bind_attribution(py::module_& m);   // attribution.cpp: IG quadrature rules, IG kernels
+void bind_data(py::module_& m);          // data.cpp: token/id counts, duplicates
+void bind_tsne(py::module_& m);          // tsne.cpp: kNN, affinities, repulsion, optimiser
+void bind_capture(py::module_& m);       // capture.cpp: CaptureStore, device statistics
 
 // stats::Summary as the dict summarize() returns (stats.cpp; capture.cpp uses it too).
 py::dict summary_to_dict(const stats::Summary& s);

@@ -10,6 +10,7 @@ PYBIND11_MODULE(_core, m) {
   b::bind_common(m);  // first: creates CaptureBudgetError, which the others may raise
   b::bind_stats(m);
   b::bind_attention(m);
+  b::bind_qk_attention(m);
   b::bind_attribution(m);
   b::bind_data(m);
   b::bind_tsne(m);

@@ -76,6 +76,31 @@ def attention_row_sums(
     array: np.ndarray, num_threads: int = 0, *, with_min: Literal[True]
 ) -> tuple[np.ndarray, np.ndarray]: ...
 
+# attention from queries and keys (cpp/bindings/qk_attention.cpp)
+def qk_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    *,
+    scaling: float,
+    softcap: float = 0.0,
+    causal: bool = False,
+    window: int = 0,
+    offset: int = 0,
+    bool_mask: np.ndarray | None = None,
+    add_mask: np.ndarray | None = None,
+    special: np.ndarray | None = None,
+    sink_index: np.ndarray | None = None,
+    sinks: np.ndarray | None = None,
+    stats: bool = False,
+    maps: bool = False,
+    map_heads: np.ndarray | None = None,
+    map_rows: np.ndarray | None = None,
+    map_fusion: Literal["none", "mean", "max"] = "none",
+    row_weights: np.ndarray | None = None,
+    row_heads: np.ndarray | None = None,
+    n_threads: int = 0,
+) -> dict[str, np.ndarray]: ...
+
 # integrated gradients (cpp/bindings/attribution.cpp)
 def quadrature(method: str, n: int) -> tuple[np.ndarray, np.ndarray]: ...
 def patterson_quadrature(level: int) -> tuple[np.ndarray, np.ndarray]: ...

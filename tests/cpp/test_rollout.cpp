@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/attention/rollout.hpp"
+#include "core/common/cpu.hpp"
 
 namespace at = llmdbg::attention;
 
@@ -91,7 +92,7 @@ TEST(Gemm, MatchesNaiveProductForOddShapesWithBothKernels) {
   std::mt19937_64 rng(3);
   std::uniform_real_distribution<double> u(-1, 1);
   for (bool portable : {false, true}) {
-    at::detail::force_portable_gemm(portable);
+    llmdbg::force_portable_kernels(portable);
     for (auto [m, k, n] :
          {std::tuple{1, 1, 1}, {7, 5, 3}, {50, 300, 17}, {97, 513, 130}, {6, 8, 8}}) {
       Mat a(m * k), b(k * n), c(m * n, 99.0), want(m * n, 0.0);
@@ -105,7 +106,7 @@ TEST(Gemm, MatchesNaiveProductForOddShapesWithBothKernels) {
         ASSERT_NEAR(c[i], want[i], 1e-12 * k) << m << "x" << k << "x" << n;
     }
   }
-  at::detail::force_portable_gemm(false);
+  llmdbg::force_portable_kernels(false);
   EXPECT_FALSE(at::detail::gemm_uses_avx2() && !__builtin_cpu_supports("avx2"));
 }
 

@@ -1,17 +1,16 @@
 #include "core/attention/rollout.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "core/common/cpu.hpp"
 #include "core/common/parallel.hpp"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define LLMDBG_GEMM_AVX2 1
+#ifdef LLMDBG_X86_AVX2
 #include <immintrin.h>
 #endif
 
@@ -65,7 +64,7 @@ void kernel_portable(int64_t kc, const double* a, const double* b, double* c, in
   store_tile(t, c, ldc, mr, nr, accumulate);
 }
 
-#ifdef LLMDBG_GEMM_AVX2
+#ifdef LLMDBG_X86_AVX2
 __attribute__((target("avx2,fma"))) void kernel_avx2(int64_t kc, const double* a, const double* b,
                                                      double* c, int64_t ldc, int64_t mr, int64_t nr,
                                                      bool accumulate) {
@@ -117,20 +116,9 @@ __attribute__((target("avx2,fma"))) void kernel_avx2(int64_t kc, const double* a
 }
 #endif
 
-std::atomic<bool> g_force_portable{false};
-
-bool cpu_has_avx2() {
-#ifdef LLMDBG_GEMM_AVX2
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
-
 Kernel pick_kernel() {
-#ifdef LLMDBG_GEMM_AVX2
-  if (cpu_has_avx2() && !g_force_portable.load(std::memory_order_relaxed)) return kernel_avx2;
+#ifdef LLMDBG_X86_AVX2
+  if (use_avx2()) return kernel_avx2;
 #endif
   return kernel_portable;
 }
@@ -216,7 +204,6 @@ void gemm_block(const double* a, int64_t lda, int64_t m, int64_t k_eff, const Pa
 
 }  // namespace
 
-void force_portable_gemm(bool on) { g_force_portable.store(on); }
 bool gemm_uses_avx2() { return pick_kernel() != kernel_portable; }
 
 void gemm(const double* a, int64_t lda, const double* b, int64_t ldb, double* c, int64_t ldc,
@@ -323,7 +310,7 @@ void combine_portable(double* __restrict o, const S* __restrict x, int64_t n, He
   LLMDBG_COMBINE_BODY
 }
 
-#ifdef LLMDBG_GEMM_AVX2
+#ifdef LLMDBG_X86_AVX2
 template <typename S>
 __attribute__((target("avx2"))) void combine_avx2(double* __restrict o, const S* __restrict x,
                                                   int64_t n, HeadFusion fusion, bool first) {
@@ -337,8 +324,8 @@ using CombineFn = void (*)(double*, const S*, int64_t, HeadFusion, bool);
 
 template <typename S>
 CombineFn<S> pick_combine() {
-#ifdef LLMDBG_GEMM_AVX2
-  if (detail::cpu_has_avx2()) return combine_avx2<S>;
+#ifdef LLMDBG_X86_AVX2
+  if (cpu_has_avx2()) return combine_avx2<S>;
 #endif
   return combine_portable<S>;
 }

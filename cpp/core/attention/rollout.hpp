@@ -99,9 +99,8 @@ namespace detail {
 void gemm(const double* a, int64_t lda, const double* b, int64_t ldb, double* c, int64_t ldc,
           int64_t m, int64_t k, int64_t n, int num_threads);
 
-// Tests: force the portable micro-kernel (true) or restore run-time selection (false), and ask
-// which one runs. Not thread-safe; for tests only.
-void force_portable_gemm(bool on);
+// Which micro-kernel runs (tests force the portable one with llmdbg::force_portable_kernels,
+// core/common/cpu.hpp).
 bool gemm_uses_avx2();
 
 }  // namespace detail
