@@ -79,7 +79,7 @@ py::dict qk_attention(const py::object& q_obj, const py::object& k_obj, double s
                       const py::object& sinks_obj, bool stats, bool maps,
                       const py::object& map_heads_obj, const py::object& map_rows_obj,
                       const std::string& map_fusion, const py::object& row_weights_obj,
-                      const py::object& row_heads_obj, int n_threads) {
+                      const py::object& row_heads_obj, int num_threads) {
   // Every array read without the GIL is held by a local below until the kernel returns.
   const py::array q =
       checked_array(q_obj, kFn + "q", kFloat32, Shape{"B", "Hq", "Tq", "D"}.nonempty());
@@ -226,7 +226,7 @@ py::dict qk_attention(const py::object& q_obj, const py::object& k_obj, double s
   }
 
   const std::function<bool()> poll = interrupt_poll();
-  without_gil([&] { att::qk_attention(p, r, o, n_threads, poll); });
+  without_gil([&] { att::qk_attention(p, r, o, num_threads, poll); });
   return result;
 }
 
@@ -241,7 +241,7 @@ void bind_qk_attention(py::module_& m) {
         py::arg("maps") = false, py::arg("map_heads") = py::none(),
         py::arg("map_rows") = py::none(), py::arg("map_fusion") = "none",
         py::arg("row_weights") = py::none(), py::arg("row_heads") = py::none(),
-        py::arg("n_threads") = 0,
+        py::arg("num_threads") = 0,
         R"doc(Attention probabilities recomputed from queries and keys (eager-attention semantics).
 
 q: float32 (B, Hq, Tq, D), k: float32 (B, Hkv, Tk, D), C-contiguous and finite; Hq % Hkv == 0
@@ -263,7 +263,7 @@ Returns a dict with only what was asked for:
   sum_i row_weights[b, i] * mean over row_heads (None = all) of p_h[b, i, :]; rows of weight 0
   are not computed. (B, R, Tq) weights give R such products at once, (B, R, Tk).
 Nothing requested gives an empty dict. Fully excluded rows are all zeros. Results are bitwise
-equal for every n_threads (0 = OpenMP default). Ctrl-C raises KeyboardInterrupt within ~10 ms.)doc");
+equal for every num_threads (0 = OpenMP default). Ctrl-C raises KeyboardInterrupt within ~10 ms.)doc");
 }
 
 }  // namespace llmdbg::bindings

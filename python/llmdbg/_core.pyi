@@ -98,7 +98,7 @@ def qk_attention(
     map_fusion: Literal["none", "mean", "max"] = "none",
     row_weights: np.ndarray | None = None,
     row_heads: np.ndarray | None = None,
-    n_threads: int = 0,
+    num_threads: int = 0,
 ) -> dict[str, np.ndarray]: ...
 
 # integrated gradients (cpp/bindings/attribution.cpp)

@@ -357,3 +357,36 @@ def test_streaming_rollout_recompute_refuses_other_head_fusions():
     model, inputs = _model("llama"), _inputs("llama")
     with pytest.raises(ValueError, match=r"head_fusion='max'"):
         llmdbg.streaming_rollout(model, inputs, rows=[-1], head_fusion="max", attention_impl="recompute")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_oss", "t5"])
+def test_device_path_in_torch_equals_the_cpu_kernel(family):
+    # CUDA tensors take qk_attention_torch; check it against the C++ kernel on recorded calls.
+    from llmdbg.adapters.attention_calls import kernel_problem
+    from llmdbg.tracing.qk_torch import qk_attention_torch
+    from llmdbg.tracing.recompute import recompute, uses_core
+
+    model, inputs = _model(family), _inputs(family, pad="left")
+    layout = llmdbg.find_layout(model)
+    names = list(layout.attention) + list(layout.cross_attention)
+    calls = []
+    with recording_attention(model, {n: model.get_submodule(n) for n in names}, calls.append), torch.no_grad():
+        model(**inputs)
+    assert len(calls) == len(names)
+    for call in calls:
+        problem = kernel_problem(call)
+        assert uses_core(problem)
+        b, hq, tq, tk = problem.shape
+        special = np.zeros((b, tk), bool)
+        special[:, 1] = True
+        weights = np.random.default_rng(0).random((b, 2, tq))
+        request = dict(
+            stats=True, special=special, maps=True, map_heads=np.array([hq - 1, 0]), map_rows=np.array([tq - 1, 1]),
+            row_weights=weights,
+        )  # fmt: skip
+        cpu = recompute(problem, **request)
+        as_t = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in request.items()}
+        dev = {k: v.numpy() for k, v in qk_attention_torch(problem, **as_t).items()}
+        assert set(cpu) == set(dev)
+        for key in cpu:
+            np.testing.assert_allclose(cpu[key], dev[key], rtol=1e-5, atol=1e-6, err_msg=f"{call.name} {key}")

@@ -238,9 +238,9 @@ def test_bitwise_equal_for_every_thread_count():
     weights = np.random.default_rng(3).random((2, 300))
     weights[:, ::4] = 0.0
     kwargs = dict(scaling=0.2, causal=True, stats=True, maps=True, map_fusion="mean", row_weights=weights)
-    one = _core.qk_attention(q, k, n_threads=1, **kwargs)
+    one = _core.qk_attention(q, k, num_threads=1, **kwargs)
     for n in (2, 3):
-        many = _core.qk_attention(q, k, n_threads=n, **kwargs)
+        many = _core.qk_attention(q, k, num_threads=n, **kwargs)
         for key in one:
             assert np.array_equal(one[key], many[key], equal_nan=True), key
 
@@ -322,7 +322,7 @@ def test_bad_arguments_name_the_argument(change, error, message):
 def long_problem():
     """About 10 s of work on one thread (B=1, Hq=8, Hkv=2, T=32768, D=64, causal)."""
     q, k = qk(b=1, hq=8, hkv=2, tq=32768, tk=32768, d=64, seed=4)
-    return q, k, dict(scaling=0.125, causal=True, stats=True, n_threads=1)
+    return q, k, dict(scaling=0.125, causal=True, stats=True, num_threads=1)
 
 
 def test_ctrl_c_raises_keyboard_interrupt_promptly():
@@ -353,7 +353,7 @@ def test_releases_the_gil_and_runs_without_polling_off_the_main_thread():
     result = {}
 
     def work():
-        result.update(_core.qk_attention(q, k, scaling=0.125, causal=True, stats=True, n_threads=1))
+        result.update(_core.qk_attention(q, k, scaling=0.125, causal=True, stats=True, num_threads=1))
         done.set()
 
     worker = threading.Thread(target=work)

@@ -68,7 +68,7 @@ def recompute(
             map_fusion=map_fusion,
             row_weights=row_weights,
             row_heads=row_heads,
-            n_threads=resolve_n_jobs(n_jobs),
+            num_threads=resolve_n_jobs(n_jobs),
         )
         return dict(result)
     device = problem.query.device
