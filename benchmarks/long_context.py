@@ -20,7 +20,7 @@ Eager approaches run under an address-space limit (``--limit-gib``, default 20) 
 the machine cannot hold fails with an allocation error in its own process instead of waking the
 OOM killer; such runs are reported as failed with the limit.
 
-``--quick``: T = 1024 and 2048 (within a minute). Full: T = 4096 (a warm-up and 3 timed repeats
+``--quick``: T = 1024 (within a minute). Full: T = 4096 (a warm-up and 3 timed repeats
 in each process, medians) and 16,384 (one timed run per process: a 16k eager forward alone takes
 tens of seconds). ``--large`` adds T = 32,768. Exactness: the recomputed maps of layers 0 and 7
 against eager ``output_attentions`` at the smallest T (4096 in a full run).
@@ -28,6 +28,7 @@ against eager ``output_attentions`` at the smallest T (4096 in a full run).
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -40,9 +41,8 @@ import torch
 import transformers as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import median, parse_args, report  # noqa: E402
-
-import llmdbg  # noqa: E402
+import llmdbg
+from _harness import median, report
 
 APPROACHES = ("plain", "stats", "rollout", "maps2", "eager_head_mean", "hf_output_attentions")
 EAGER = ("eager_head_mean", "hf_output_attentions")
@@ -155,24 +155,30 @@ def _run_probe(approach: str, tokens: int, repeats: int, limit_gib: float) -> di
     res = subprocess.run(cmd, capture_output=True, text=True)
     lines = res.stdout.strip().splitlines()
     if res.returncode != 0 or not lines:
-        reason = "killed (signal %d)" % -res.returncode if res.returncode < 0 else res.stderr.strip()[-200:]
+        reason = f"killed (signal {-res.returncode})" if res.returncode < 0 else res.stderr.strip()[-200:]
         return {"extra_bytes": None, "seconds": None, "error": reason}
     return json.loads(lines[-1])
 
 
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="T = 1024 only; finishes within 60 s")
+    p.add_argument("--large", action="store_true", help="also T = 32,768")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per process")
+    p.add_argument("--limit-gib", type=float, default=20.0, help="address-space limit of the eager runs")
+    p.add_argument("--no-write", action="store_true", help="do not write results/long_context.json")
+    p.add_argument("--probe", nargs=4, help=argparse.SUPPRESS)  # approach, T, repeats, limit (child)
+    return p.parse_args()
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--probe":
-        probe(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
+    args = parse()
+    if args.probe:
+        approach, tokens, repeats, limit = args.probe
+        probe(approach, int(tokens), int(repeats), float(limit))
         return
-    large = "--large" in sys.argv
-    limit_gib = 20.0
-    if "--limit-gib" in sys.argv:
-        i = sys.argv.index("--limit-gib")
-        limit_gib = float(sys.argv[i + 1])
-        del sys.argv[i : i + 2]
-    sys.argv = [a for a in sys.argv if a != "--large"]
-    args = parse_args(__doc__.splitlines()[0])
-    lengths = [1024, 2048] if args.quick else [4096, 16384] + ([32768] if large else [])
+    limit_gib = args.limit_gib
+    lengths = [1024] if args.quick else [4096, 16384] + ([32768] if args.large else [])
     figures: dict[str, object] = {}
     rows: list[tuple[str, str]] = []
     measured: dict[tuple[str, int], dict] = {}
@@ -200,8 +206,9 @@ def main() -> None:
         figures[f"plain_T{t}_seconds"] = round(plain["seconds"], 2) if plain["seconds"] else None
         stored = 2 * t * t * 4  # two head-averaged float32 maps
         if not measured[("maps2", t)]["error"] and plain["extra_bytes"]:
-            figures[f"maps2_T{t}_peak_ratio_vs_plain_plus_stored"] = round(
-                measured[("maps2", t)]["extra_bytes"] / (plain["extra_bytes"] + stored), 3
+            # The goal reads "peak <= 1.5 x the plain forward's, plus the stored bytes".
+            figures[f"maps2_T{t}_peak_minus_stored_ratio_vs_plain"] = round(
+                (measured[("maps2", t)]["extra_bytes"] - stored) / plain["extra_bytes"], 3
             )
     figures[f"max_abs_diff_vs_eager_T{lengths[0]}"] = exactness(lengths[0])
     report("long_context", args.quick, rows, figures, write=not args.no_write)
