@@ -51,6 +51,12 @@ def llmdbg_capture(model, enc, **kwargs):
     return [trace.activations[n] for n in trace.activations]
 
 
+def llmdbg_modules(model, enc, names):
+    with llmdbg.capture(model, names) as trace:
+        model(**enc)
+    return trace
+
+
 def make_nnsight(model, n_blocks):
     try:
         from nnsight import NNsight
@@ -139,9 +145,16 @@ def main() -> None:
         times = time_interleaved(configs, repeats)
         small = dict(dict(enc).items())
         small = {k: v[:1, :16].contiguous() for k, v in small.items()}
+        # The fixed cost per captured module: the slope between capturing one module and every
+        # module of the encoder (blocks, attention, projections, norms, MLPs), at 1 x 16 tokens.
+        every = [n for n, _ in model.named_modules() if n.startswith("encoder.layer.")]
         small_configs = {
             "plain forward": lambda: model(**small),
             "llmdbg.capture": lambda: llmdbg_capture(model, small),
+            "llmdbg.capture 1 module": lambda: llmdbg_modules(model, small, every[:1]),
+            "llmdbg.capture every module": lambda: llmdbg_modules(model, small, every),
+            "python hooks 1 module": lambda: python_hooks(model, every[:1], small),
+            "python hooks every module": lambda: python_hooks(model, every, small),
         }
         if nnsight_run:
             small_configs["nnsight"] = lambda: nnsight_run(small)
@@ -162,6 +175,13 @@ def main() -> None:
             round(small_med["llmdbg.capture"] / small_med["nnsight"], 4) if nnsight_run else None
         ),
         "overhead_vs_plain_forward_1x16_tokens": round(small_med["llmdbg.capture"] / small_med["plain forward"] - 1, 4),
+        "per_module_overhead_us": round(
+            (small_med["llmdbg.capture every module"] - small_med["llmdbg.capture 1 module"]) / (len(every) - 1) * 1e6,
+            2,
+        ),
+        "python_hooks_per_module_us": round(
+            (small_med["python hooks every module"] - small_med["python hooks 1 module"]) / (len(every) - 1) * 1e6, 2
+        ),
         "attention_mem_ratio_head_mean_vs_full": round(mem_mean / mem_full, 4),
         "attention_store_bytes_ratio_head_mean_vs_full": round(bytes_mean / bytes_full, 4),
     }
@@ -179,6 +199,7 @@ def main() -> None:
         "repeats": repeats,
         "median_seconds": med,
         "median_seconds_1x16": small_med,
+        "modules_for_per_module_overhead": len(every),
         "nnsight": None if nnsight_run else nnsight_missing,
     }
     report("capture", args.quick, rows, figures, extra, write=not args.no_write)

@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "core/common/cpu.hpp"
 #include "core/stats/stats.hpp"
 
 namespace st = llmdbg::stats;
@@ -120,6 +121,27 @@ TEST(Stats, BitwiseIdenticalAcrossThreadCounts) {
   EXPECT_EQ(a.mean, c.mean);
   EXPECT_EQ(a.m2, c.m2);
   EXPECT_EQ(a.hist, c.hist);
+}
+
+// The AVX2 loops keep the portable loops' lanes and operation order, so both give bitwise the
+// same summary (odd lengths exercise the scalar tails, a NaN the finite-only branch).
+TEST(Stats, AvxAndPortablePathsAreBitwiseEqual) {
+  for (const int64_t n : {int64_t{5}, int64_t{1000}, 2 * st::kChunk + 13}) {
+    auto x = normal_samples<float>(n, 9);
+    for (const bool with_nan : {false, true}) {
+      if (with_nan) x[static_cast<size_t>(n / 2)] = std::numeric_limits<float>::quiet_NaN();
+      llmdbg::force_portable_kernels(true);
+      const auto portable = st::summarize(x.data(), n, 2);
+      llmdbg::force_portable_kernels(false);
+      const auto fast = st::summarize(x.data(), n, 2);
+      EXPECT_EQ(portable.mean, fast.mean) << n;
+      EXPECT_EQ(portable.m2, fast.m2) << n;
+      EXPECT_EQ(portable.min, fast.min) << n;
+      EXPECT_EQ(portable.max, fast.max) << n;
+      EXPECT_EQ(portable.nan_count, fast.nan_count) << n;
+      EXPECT_EQ(portable.hist, fast.hist) << n;
+    }
+  }
 }
 
 TEST(Stats, MergeOfSplitsEqualsWhole) {

@@ -7,7 +7,12 @@
 #include <limits>
 #include <vector>
 
+#include "core/common/cpu.hpp"
 #include "core/common/parallel.hpp"
+
+#ifdef LLMDBG_X86_AVX2
+#include <immintrin.h>
+#endif
 
 namespace llmdbg::stats {
 
@@ -42,22 +47,89 @@ struct Bits<double> {
 // results stay identical for every thread count and every call.
 constexpr int kLanes = 8;
 
+// AVX2 versions of the two arithmetic loops of an all-finite float chunk (`n` a multiple of 8):
+// the same 8 lanes with the same operations in the same order (float -> double conversion, one
+// addition per lane; multiply then add, never fused), so they give bitwise the results of the
+// portable loops. They return false where AVX2 is unavailable (and for doubles).
+template <typename T>
+bool sum_extrema_avx2(const T*, int64_t, double*, T*, T*) {
+  return false;
+}
+template <typename T>
+bool squared_deviations_avx2(const T*, int64_t, double, double*) {
+  return false;
+}
+
+#ifdef LLMDBG_X86_AVX2
+__attribute__((target("avx2"))) void sum_extrema_f32(const float* x, int64_t n, double* sum,
+                                                     float* lo, float* hi) {
+  __m256d s0 = _mm256_loadu_pd(sum), s1 = _mm256_loadu_pd(sum + 4);
+  __m256 mn = _mm256_loadu_ps(lo), mx = _mm256_loadu_ps(hi);
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    mn = _mm256_min_ps(v, mn);  // (v < lo) ? v : lo, as the portable loop
+    mx = _mm256_max_ps(v, mx);  // (v > hi) ? v : hi
+  }
+  _mm256_storeu_pd(sum, s0);
+  _mm256_storeu_pd(sum + 4, s1);
+  _mm256_storeu_ps(lo, mn);
+  _mm256_storeu_ps(hi, mx);
+}
+
+__attribute__((target("avx2"))) void squared_deviations_f32(const float* x, int64_t n, double mean,
+                                                            double* m2) {
+  const __m256d mu = _mm256_set1_pd(mean);
+  __m256d a0 = _mm256_loadu_pd(m2), a1 = _mm256_loadu_pd(m2 + 4);
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), mu);
+    const __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mu);
+    a0 = _mm256_add_pd(a0, _mm256_mul_pd(d0, d0));
+    a1 = _mm256_add_pd(a1, _mm256_mul_pd(d1, d1));
+  }
+  _mm256_storeu_pd(m2, a0);
+  _mm256_storeu_pd(m2 + 4, a1);
+}
+
+template <>
+bool sum_extrema_avx2<float>(const float* x, int64_t n, double* sum, float* lo, float* hi) {
+  if (!use_avx2()) return false;
+  sum_extrema_f32(x, n, sum, lo, hi);
+  return true;
+}
+template <>
+bool squared_deviations_avx2<float>(const float* x, int64_t n, double mean, double* m2) {
+  if (!use_avx2()) return false;
+  squared_deviations_f32(x, n, mean, m2);
+  return true;
+}
+#endif
+
 template <typename T>
 Summary summarize_chunk(const T* x, int64_t n) {
   using B = Bits<T>;
   using U = typename B::U;
   constexpr U kAbsMask = ~(U{1} << (sizeof(U) * 8 - 1));
-  constexpr int kTables = 4;
+  // Independent counter tables, one per position mod kTables: the increments of one table form a
+  // read-modify-write chain through memory, and real data concentrates on a few exponents.
+  constexpr int kTables = sizeof(T) == 4 ? 8 : 4;
   // uint32 counts: a chunk holds at most kChunk values.
   std::array<std::array<uint32_t, B::kExpMask + 1>, kTables> by_exponent{};
   Summary s;
   s.count = n;
   int64_t zeros = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const U abs_bits = std::bit_cast<U>(x[i]) & kAbsMask;
-    ++by_exponent[static_cast<size_t>(i % kTables)][static_cast<size_t>(abs_bits >> B::kMantissa)];
+  auto count_exponent = [&](std::array<uint32_t, B::kExpMask + 1>& table, T v) {
+    const U abs_bits = std::bit_cast<U>(v) & kAbsMask;
+    ++table[static_cast<size_t>(abs_bits >> B::kMantissa)];
     zeros += abs_bits == 0;
+  };
+  const int64_t groups = n - n % kTables;
+  for (int64_t i = 0; i < groups; i += kTables) {
+    for (int t = 0; t < kTables; ++t) count_exponent(by_exponent[static_cast<size_t>(t)], x[i + t]);
   }
+  for (int64_t i = groups; i < n; ++i) count_exponent(by_exponent[0], x[i]);
   std::array<int64_t, B::kExpMask + 1> counts{};
   for (int e = 0; e <= B::kExpMask; ++e) {
     for (int t = 0; t < kTables; ++t)
@@ -77,7 +149,7 @@ Summary summarize_chunk(const T* x, int64_t n) {
   lo.fill(std::numeric_limits<T>::infinity());
   hi.fill(-std::numeric_limits<T>::infinity());
   const int64_t body = n - n % kLanes;
-  if (nonfinite == 0) {
+  if (nonfinite == 0 && !sum_extrema_avx2(x, body, sum.data(), lo.data(), hi.data())) {
     for (int64_t i = 0; i < body; i += kLanes) {
       for (int l = 0; l < kLanes; ++l) {
         const T v = x[i + l];
@@ -115,7 +187,7 @@ Summary summarize_chunk(const T* x, int64_t n) {
   s.absmax = std::max(-s.min, s.max);
   std::array<double, kLanes> m2{};
   const double mean = s.mean;
-  if (nonfinite == 0) {
+  if (nonfinite == 0 && !squared_deviations_avx2(x, body, mean, m2.data())) {
     for (int64_t i = 0; i < body; i += kLanes) {
       for (int l = 0; l < kLanes; ++l) {
         const double dev = static_cast<double>(x[i + l]) - mean;

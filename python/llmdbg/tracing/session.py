@@ -98,6 +98,7 @@ class Capture:
             attentions=self._attn_mode != "off", hidden_states=hidden_states, inputs=inputs, grads=grads, stats=stats
         )
         self._attention_impl = attention_impl
+        self._plain_spec = {"keep": not self._stats_only, "stats": stats}
         self._verify = verify
         self._max_bytes = None if max_bytes is None else int(max_bytes)
         self._itemsize = np.dtype(dtype).itemsize
@@ -117,15 +118,12 @@ class Capture:
 
     # -- hooks -----------------------------------------------------------------------------
     def _spec(self, kind: str, tensor: torch.Tensor) -> dict[str, Any]:
-        spec: dict[str, Any] = {"keep": not self._stats_only, "stats": self._flags["stats"]}
+        spec: dict[str, Any] = dict(self._plain_spec)
         token_dim = 2 if kind == "attn" else 1
         if self._tokens is not None and tensor.dim() > token_dim:
             start, stop = self._tokens.start, self._tokens.stop
-            spec.update(
-                token_dim=token_dim,
-                token_start=0 if start is None else start,
-                token_stop=_INT64_MAX if stop is None else stop,
-            )
+            stop = _INT64_MAX if stop is None else stop
+            spec.update(token_dim=token_dim, token_start=0 if start is None else start, token_stop=stop)
         if kind == "attn" and self._head_mean:
             spec["head_dim"] = 1
         return spec
@@ -134,7 +132,8 @@ class Capture:
         if not self._active:
             return  # e.g. a backward run after the with block: the trace is closed
         self._synced = False
-        self._store.add(key, tensor, **self._spec(kind, tensor))
+        plain = kind == "act" and self._tokens is None  # most calls: no per-call spec to build
+        self._store.add(key, tensor, **(self._plain_spec if plain else self._spec(kind, tensor)))
 
     def _grad_hook(self, key: str, kind: str) -> Any:
         def hook(grad: torch.Tensor) -> None:
@@ -262,7 +261,8 @@ class Capture:
         )
         _ACTIVE.add(self.model)
         try:
-            named = {n: self.model.get_submodule(n) for n in {*input_modules, *selected, *attention}}
+            every = dict(self.model.named_modules())  # one traversal (get_submodule walks each path)
+            named = {n: every[n] for n in {*input_modules, *selected, *attention}}
             reg = self._handles.append
             needs_weights = self._flags["grads"] or self._consumer is not None  # only eager gives those
             self._recompute = bool(attention) and choose_recompute(
