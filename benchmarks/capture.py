@@ -85,17 +85,18 @@ def _rss_kib(field: str) -> int:
 
 
 def memory_probe(reduce: str) -> None:
-    """Run in a fresh process: peak RSS growth of one attention capture after a warm eager
-    forward (so the model's own transient buffers are already paged in). Linux only: writing 5
-    to clear_refs resets the peak (VmHWM)."""
+    """Run in a fresh process: peak RSS growth of one attention capture after the same capture
+    ran once (so the model's own transient buffers and the kernels' first-use allocations are
+    already paged in). Linux only: writing 5 to clear_refs resets the peak (VmHWM)."""
     model, enc = load()
+    reduce_arg = None if reduce == "full" else reduce
     with torch.no_grad():
-        with llmdbg.eager_attention(model):
+        with llmdbg.capture(model, attentions=True, stats=False, reduce=reduce_arg):
             model(**enc)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         start = _rss_kib("VmRSS")
-        with llmdbg.capture(model, attentions=True, stats=False, reduce=None if reduce == "full" else reduce) as trace:
+        with llmdbg.capture(model, attentions=True, stats=False, reduce=reduce_arg) as trace:
             model(**enc)
         peak = _rss_kib("VmHWM")
     print(f"{(peak - start) * 1024} {trace.nbytes}")

@@ -164,6 +164,7 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="T = 1024 only; finishes within 60 s")
     p.add_argument("--large", action="store_true", help="also T = 32,768")
+    p.add_argument("--lengths", type=int, nargs="+", help="these sequence lengths instead (quoted runs)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per process")
     p.add_argument("--limit-gib", type=float, default=20.0, help="address-space limit of the eager runs")
     p.add_argument("--no-write", action="store_true", help="do not write results/long_context.json")
@@ -179,6 +180,7 @@ def main() -> None:
         return
     limit_gib = args.limit_gib
     lengths = [1024] if args.quick else [4096, 16384] + ([32768] if args.large else [])
+    lengths = args.lengths or lengths
     figures: dict[str, object] = {}
     rows: list[tuple[str, str]] = []
     measured: dict[tuple[str, int], dict] = {}

@@ -390,3 +390,25 @@ def test_device_path_in_torch_equals_the_cpu_kernel(family):
         assert set(cpu) == set(dev)
         for key in cpu:
             np.testing.assert_allclose(cpu[key], dev[key], rtol=1e-5, atol=1e-6, err_msg=f"{call.name} {key}")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err", "match"),
+    [
+        (dict(layers="0"), TypeError, r"layers must be None or a sequence of ints"),
+        (dict(heads=[1.5]), TypeError, r"heads must hold ints"),
+        (dict(rows=[]), ValueError, r"rows is empty; pass None for all"),
+        (dict(reduce="sum"), ValueError, r"reduce must be one of"),
+    ],
+)
+def test_attention_query_validates_its_fields(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        llmdbg.AttentionQuery(**kwargs)
+
+
+def test_estimate_memory_rejects_requests_without_attention():
+    model = _model("llama")
+    with pytest.raises(ValueError, match="estimate_memory needs attentions=True"):
+        llmdbg.estimate_memory(model, torch.zeros(1, 4, dtype=torch.long), attentions=False)
+    with pytest.raises(ValueError, match="attention_impl must be one of"):
+        llmdbg.estimate_memory(model, torch.zeros(1, 4, dtype=torch.long), attention_impl="flash")

@@ -59,6 +59,11 @@ template <typename T>
 bool squared_deviations_avx2(const T*, int64_t, double, double*) {
   return false;
 }
+// The biased exponent byte of each float (n a multiple of 8) into `out`, and the zeros into *zeros.
+template <typename T>
+bool exponent_bytes_avx2(const T*, int64_t, uint8_t*, int64_t*) {
+  return false;
+}
 
 #ifdef LLMDBG_X86_AVX2
 __attribute__((target("avx2"))) void sum_extrema_f32(const float* x, int64_t n, double* sum,
@@ -91,6 +96,36 @@ __attribute__((target("avx2"))) void squared_deviations_f32(const float* x, int6
   }
   _mm256_storeu_pd(m2, a0);
   _mm256_storeu_pd(m2 + 4, a1);
+}
+
+__attribute__((target("avx2"))) int64_t exponent_bytes_f32(const float* x, int64_t n,
+                                                           uint8_t* out) {
+  const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+  const __m256i zero = _mm256_setzero_si256();
+  // Gathers byte 3 of each 32-bit lane (the exponent after the shift by 23) into the low 4 bytes.
+  const __m256i pick =
+      _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
+                       -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  int64_t zeros = 0;
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256i bits =
+        _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), abs_mask);
+    zeros += __builtin_popcount(static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bits, zero)))));
+    const __m256i e = _mm256_shuffle_epi8(_mm256_srli_epi32(bits, 23), pick);
+    const uint32_t lo = static_cast<uint32_t>(_mm256_extract_epi32(e, 0));
+    const uint32_t hi = static_cast<uint32_t>(_mm256_extract_epi32(e, 4));
+    std::memcpy(out + i, &lo, 4);
+    std::memcpy(out + i + 4, &hi, 4);
+  }
+  return zeros;
+}
+
+template <>
+bool exponent_bytes_avx2<float>(const float* x, int64_t n, uint8_t* out, int64_t* zeros) {
+  if (!use_avx2()) return false;
+  *zeros += exponent_bytes_f32(x, n, out);
+  return true;
 }
 
 template <>
@@ -126,8 +161,17 @@ Summary summarize_chunk(const T* x, int64_t n) {
     zeros += abs_bits == 0;
   };
   const int64_t groups = n - n % kTables;
-  for (int64_t i = 0; i < groups; i += kTables) {
-    for (int t = 0; t < kTables; ++t) count_exponent(by_exponent[static_cast<size_t>(t)], x[i + t]);
+  if (std::array<uint8_t, kChunk> bytes; exponent_bytes_avx2(x, groups, bytes.data(), &zeros)) {
+    // The exponents were extracted eight at a time; only the table increments stay scalar.
+    for (int64_t i = 0; i < groups; i += kTables) {
+      for (int t = 0; t < kTables; ++t)
+        ++by_exponent[static_cast<size_t>(t)][bytes[static_cast<size_t>(i + t)]];
+    }
+  } else {
+    for (int64_t i = 0; i < groups; i += kTables) {
+      for (int t = 0; t < kTables; ++t)
+        count_exponent(by_exponent[static_cast<size_t>(t)], x[i + t]);
+    }
   }
   for (int64_t i = groups; i < n; ++i) count_exponent(by_exponent[0], x[i]);
   std::array<int64_t, B::kExpMask + 1> counts{};
