@@ -412,3 +412,16 @@ def test_estimate_memory_rejects_requests_without_attention():
         llmdbg.estimate_memory(model, torch.zeros(1, 4, dtype=torch.long), attentions=False)
     with pytest.raises(ValueError, match="attention_impl must be one of"):
         llmdbg.estimate_memory(model, torch.zeros(1, 4, dtype=torch.long), attention_impl="flash")
+
+
+def test_stats_of_calls_with_different_lengths_are_read_per_call():
+    model = _model("llama")
+    with llmdbg.capture(model, attentions="stats") as trace, torch.no_grad():
+        model(input_ids=torch.randint(3, VOCAB, (1, 6)))
+        model(input_ids=torch.randint(3, VOCAB, (1, 4)))
+    with pytest.raises(ValueError, match=r"ran 2 times with different shapes .*attention_stats_calls\(0\)"):
+        trace.attention_stats  # noqa: B018
+    calls = trace.attention_stats_calls(0)
+    assert [c["entropy"].shape for c in calls] == [(1, 4, 6), (1, 4, 4)]
+    with pytest.raises(KeyError, match="no attention statistics for layer 5"):
+        trace.attention_stats_calls(5)

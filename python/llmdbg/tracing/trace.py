@@ -193,10 +193,24 @@ class Trace:
         Fully masked query rows (left padding under a causal mask) are NaN."""
         out = {}
         for layer, stats in sorted(self._attention_stats.items()):
+            shapes = {p.shape[1:] for p in stats["entropy"]}
+            if len(shapes) > 1:  # e.g. generate(): a prefill, then one query per step
+                raise ValueError(
+                    f"attention layer {layer} ran {len(stats['entropy'])} times with different shapes "
+                    f"{sorted(shapes)}; read the calls one by one with trace.attention_stats_calls({layer})"
+                )
             out[layer] = {
                 name: parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0) for name, parts in stats.items()
             }
         return out
+
+    def attention_stats_calls(self, layer: int) -> list[dict[str, np.ndarray]]:
+        """With ``attentions="stats"``: the statistics of each call of attention layer ``layer``, in
+        call order, each a mapping of name to a ``(B, H, T_q)`` array."""
+        if layer not in self._attention_stats:
+            raise KeyError(f"no attention statistics for layer {layer}; layers: {sorted(self._attention_stats)}")
+        stats = self._attention_stats[layer]
+        return [{name: parts[i] for name, parts in stats.items()} for i in range(len(stats["entropy"]))]
 
     @property
     def attention_grads(self) -> list[np.ndarray]:
@@ -276,6 +290,7 @@ class Trace:
         alarm = f', <span style="{h.BAD}">{bad} with NaN/Inf</span>' if bad else ", all finite"
         summary = (
             f"{shape}{len(self.activations)} activations, {len(self.attentions)} attention maps, "
+            f"{len(self._attention_stats)} layers of attention statistics, "
             f"{len(self.hidden_states)} hidden states, {self.nbytes / 2**20:.1f} MiB on the host; "
             f"statistics of {len(stats)} tensors{alarm}"
         )
