@@ -425,3 +425,21 @@ def test_stats_of_calls_with_different_lengths_are_read_per_call():
     assert [c["entropy"].shape for c in calls] == [(1, 4, 6), (1, 4, 4)]
     with pytest.raises(KeyError, match="no attention statistics for layer 5"):
         trace.attention_stats_calls(5)
+
+
+@pytest.mark.parametrize(
+    ("family", "pad"), [("llama", "left"), ("gpt2", "right"), ("bert", "right"), ("gemma2", "left")]
+)
+def test_gradient_rollout_from_recorded_calls_equals_the_eager_one(family, pad):
+    model, inputs = _model(family), _inputs(family, pad=pad)
+    target = lambda out: out.last_hidden_state[:, -1, :4].sum(-1)
+    with torch.no_grad():
+        plain = model(**inputs)[0]
+    got = llmdbg.gradient_rollout(model, inputs, target=target, attention_impl="recompute")
+    want = llmdbg.gradient_rollout(model, inputs, target=target, attention_impl="eager")
+    np.testing.assert_allclose(got.value, want.value, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.matrix, want.matrix, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(got.rows, want.rows)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs)[0], plain)  # nothing left behind
+    assert all(p.grad is None for p in model.parameters())

@@ -20,7 +20,14 @@ import torch
 from .._internal.inputs import as_inputs
 from .._internal.modes import device_of, gradient_mode
 from .._internal.pooling import last_real_index
+from ..adapters.attention_calls import (
+    AttentionCall,
+    kernel_problem,
+    recording_attention,
+    recording_unsupported_reason,
+)
 from ..adapters.layout import find_layout
+from ..tracing.recompute import recompute
 from ..tracing.session import capture
 from ._inputs import stack_attention_modules
 
@@ -96,13 +103,19 @@ def gradient_rollout(
     target: int | Sequence[int] | Callable[[Any], Any] | None = None,
     position: int | Sequence[int] | None = None,
     stack: str | None = None,
+    attention_impl: str = "auto",
 ) -> Relevance:
     """Gradient-weighted attention rollout (Chefer et al. 2021b) for a Hugging Face model.
 
-    One forward with eager attention records every layer's attention map, one
-    ``torch.autograd.grad`` call gives their gradients with respect to the target (parameter
-    ``.grad`` fields are not touched), then Ā_l = mean_h[(∇A_l ⊙ A_l)⁺] and R ← R + Ā_l R from
-    R = I, in float64.
+    One forward records every layer's attention, one ``torch.autograd.grad`` call gives the
+    gradients with respect to the target (parameter ``.grad`` fields are not touched), then
+    Ā_l = mean_h[(∇A_l ⊙ A_l)⁺] and R ← R + Ā_l R from R = I, in float64.
+
+    With the recompute path (``attention_impl="auto"`` on a recordable model) the model keeps its
+    own SDPA/flash kernel: the maps are recomputed from the recorded queries and keys, and since
+    each head's output is ``O = A V``, the gradient of the target with respect to ``A`` is
+    ``∇O · Vᵀ``, from the gradient at the kernel's output. Otherwise (``"eager"``) the model runs
+    eager attention and the maps' own gradients are read.
 
     Parameters
     ----------
@@ -127,6 +140,8 @@ def gradient_rollout(
     stack : {"encoder", "decoder"}, optional
         Encoder-decoder models: which stack's self-attention to use (cross-attention is not
         propagated). Required for them.
+    attention_impl : {"auto", "recompute", "eager"}
+        As in :func:`llmdbg.capture`.
 
     Returns
     -------
@@ -153,6 +168,49 @@ def gradient_rollout(
             raise ValueError(f"position must lie in [-{t}, {t}), got {row_ids.tolist()}")
         row_ids = row_ids % t
 
+    handle = model.get_submodule(layout.embeddings).register_forward_hook(_needs_grad) if layout.embeddings else None
+    try:
+        with gradient_mode(model):
+            if _use_recompute(model, names, attention_impl):
+                value, used, cams = _recomputed_cams(model, batch, names, target, row_ids)
+            else:
+                value, used, cams = _eager_cams(model, batch, names, target, row_ids)
+    finally:
+        if handle is not None:
+            handle.remove()
+
+    relevance = np.broadcast_to(np.eye(t), (b, t, t)).copy()
+    for cam in cams:
+        relevance = relevance + cam @ relevance
+    matrix = relevance.astype(np.float32)
+    picked = matrix[np.arange(b), row_ids.numpy()]
+    return Relevance(
+        matrix, picked, row_ids.numpy(), None if used is None else used.numpy(), value.detach().cpu().numpy()
+    )
+
+
+def _needs_grad(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+    # Frozen models: make the graph start at the embeddings so the attention gets gradients.
+    return output if output.requires_grad else output.detach().requires_grad_(True)
+
+
+def _use_recompute(model: torch.nn.Module, names: list[str], impl: str) -> bool:
+    if impl not in ("auto", "recompute", "eager"):
+        raise ValueError(f"attention_impl must be one of ('auto', 'recompute', 'eager'), got {impl!r}")
+    if impl == "eager":
+        return False
+    reason = recording_unsupported_reason(model, {n: model.get_submodule(n) for n in names})
+    if reason is not None and impl == "recompute":
+        raise RuntimeError(f"attention_impl='recompute' is not possible: {reason}; use attention_impl='eager'")
+    return reason is None
+
+
+def _cam(grad: torch.Tensor, a: torch.Tensor) -> np.ndarray:
+    """mean_h[(∇A ⊙ A)⁺], (B, T, T) float64."""
+    return (grad.detach().to(torch.float64) * a.detach().to(torch.float64)).clamp_min(0).mean(1).cpu().numpy()
+
+
+def _eager_cams(model, batch, names, target, row_ids):
     maps: dict[str, torch.Tensor] = {}
     wanted = set(names)
 
@@ -160,30 +218,40 @@ def gradient_rollout(
         if name in wanted:
             maps[name] = weights
 
-    def needs_grad(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        # Frozen models: make the graph start at the embeddings so the maps get gradients.
-        return output if output.requires_grad else output.detach().requires_grad_(True)
+    with capture(model, attentions=True, attention_consumer=keep):
+        outputs = model(**batch)
+        value, used = _target_value(outputs, target, row_ids)
+        missing = [n for n in names if n not in maps or not maps[n].requires_grad]
+        if missing:
+            raise RuntimeError(f"no differentiable attention maps from {missing[:3]}")
+        grads = torch.autograd.grad(value.sum(), [maps[n] for n in names])
+    return value, used, [_cam(g, maps[n]) for n, g in zip(names, grads)]
 
-    handle = model.get_submodule(layout.embeddings).register_forward_hook(needs_grad) if layout.embeddings else None
-    try:
-        with gradient_mode(model), capture(model, attentions=True, attention_consumer=keep):
-            outputs = model(**batch)
-            value, used = _target_value(outputs, target, row_ids)
-            missing = [n for n in names if n not in maps or not maps[n].requires_grad]
-            if missing:
-                raise RuntimeError(f"no differentiable attention maps from {missing[:3]}")
-            grads = torch.autograd.grad(value.sum(), [maps[n] for n in names])
-    finally:
-        if handle is not None:
-            handle.remove()
 
-    relevance = np.broadcast_to(np.eye(t), (b, t, t)).copy()
-    for name, grad in zip(names, grads):
-        a = maps[name].detach().to(torch.float64)
-        cam = (grad.detach().to(torch.float64) * a).clamp_min(0).mean(1).cpu().numpy()  # (B, T, T)
-        relevance = relevance + cam @ relevance
-    matrix = relevance.astype(np.float32)
-    picked = matrix[np.arange(b), row_ids.numpy()]
-    return Relevance(
-        matrix, picked, row_ids.numpy(), None if used is None else used.numpy(), value.detach().cpu().numpy()
-    )
+def _recomputed_cams(model, batch, names, target, row_ids):
+    calls: dict[str, tuple[AttentionCall, Any]] = {}
+
+    def record(call: AttentionCall) -> Any:
+        def after(output: Any) -> None:
+            calls[call.name] = (call, output[0] if isinstance(output, (tuple, list)) else output)
+
+        return after
+
+    with recording_attention(model, {n: model.get_submodule(n) for n in names}, record):
+        outputs = model(**batch)
+    value, used = _target_value(outputs, target, row_ids)
+    missing = [n for n in names if n not in calls or not calls[n][1].requires_grad]
+    if missing:
+        raise RuntimeError(f"no differentiable attention output from {missing[:3]}")
+    grads = torch.autograd.grad(value.sum(), [calls[n][1] for n in names])
+    cams = []
+    for name, grad_out in zip(names, grads):  # one layer's (B, H, T, T) at a time
+        call, _ = calls[name]
+        problem = kernel_problem(call)
+        probs = torch.from_numpy(recompute(problem, maps=True)["maps"]).to(torch.float64)  # (B, H, Tq, Tk)
+        hq = probs.shape[1]
+        v = call.value.detach().to(torch.float64)[:, :, : problem.shape[3]].cpu()  # SDPA's key crop
+        v = v.repeat_interleave(hq // v.shape[1], dim=1)  # (B, H, Tk, dv)
+        g = grad_out.detach().to(torch.float64).cpu().transpose(1, 2)  # (B, T, H, dv) -> (B, H, T, dv)
+        cams.append(_cam(g @ v.transpose(-1, -2), probs))
+    return value, used, cams
