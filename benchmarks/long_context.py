@@ -2,9 +2,10 @@
 
 The model is a Llama built from a config with random weights (hidden 512, 8 layers, 8 heads,
 2 KV heads, intermediate 1408, vocab 32,000, ~50M parameters), batch 1. Every approach runs in a
-fresh process so that its peak resident memory is its own; the figure is the peak above the
-resident size once the model and inputs are loaded (VmHWM after /proc/self/clear_refs), and the
-ratios divide it by a plain SDPA forward's (which includes the (T, 32000) float32 logits).
+fresh process so that its peak resident memory is its own; the figure is the peak of the first
+timed run above the resident size once the model and inputs are loaded (VmHWM after
+/proc/self/clear_refs), and the ratios divide it by a plain SDPA forward's (which includes the
+(T, 32000) float32 logits).
 
 Approaches, side by side on the same inputs:
 - ``plain``: ``model(ids)`` with SDPA, nothing captured (the reference).
@@ -123,16 +124,19 @@ def probe(approach: str, tokens: int, repeats: int, limit_gib: float) -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     start = _kib("VmRSS")
-    times, error = [], None
+    times, error, extra = [], None, None
     try:
         for _ in range(repeats):
             t0 = time.perf_counter()
             result = _job(approach, model, ids)()
             times.append(time.perf_counter() - t0)
             del result
+            # The peak of the first run: later repeats add the allocator's fragmentation, which
+            # varies from process to process by more than the differences measured here.
+            extra = extra if extra is not None else (_kib("VmHWM") - start) * 1024
     except (RuntimeError, MemoryError) as e:  # allocation refused under the limit
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-    extra = (_kib("VmHWM") - start) * 1024
+    extra = extra if extra is not None else (_kib("VmHWM") - start) * 1024
     print(json.dumps({"extra_bytes": extra, "seconds": median(times) if times else None, "error": error}))
 
 
