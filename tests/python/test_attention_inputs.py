@@ -131,7 +131,8 @@ def test_bf16_maps_are_accepted_within_their_own_rounding(family):
     from tiny_models import tiny_inputs, tiny_model
 
     model, inputs = tiny_model(family, dtype=torch.bfloat16), tiny_inputs(family)
-    with llmdbg.capture(model, attentions=True) as trace, torch.no_grad():
+    # eager: the model's own bf16-rounded weights (recomputed maps are float32 and sum to 1)
+    with llmdbg.capture(model, attentions=True, attention_impl="eager") as trace, torch.no_grad():
         model(**inputs)
     mask = inputs["attention_mask"].numpy()
     sums = np.stack([a.sum(-1) for a in trace.attentions])

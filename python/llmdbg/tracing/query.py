@@ -37,6 +37,9 @@ def _indices(name: str, value: Any) -> tuple[int, ...] | None:
 class AttentionQuery:
     """Attention maps restricted to some layers, heads and query rows.
 
+    Maps hold the probabilities the model's own attention call used, recomputed from its
+    queries and keys (see :func:`llmdbg.capture`).
+
     Parameters
     ----------
     layers : sequence of int, optional
@@ -48,9 +51,6 @@ class AttentionQuery:
         Query positions (negative counts from the end, ``-1`` the last token). None: every row.
     reduce : {None, "mean", "max"}
         Fuse the selected heads: maps are ``(B, rows, T_k)`` instead of ``(B, heads, rows, T_k)``.
-
-    Maps hold the probabilities the model's own attention call used, recomputed from its
-    queries and keys (see :func:`llmdbg.capture`).
     """
 
     layers: tuple[int, ...] | None = None
