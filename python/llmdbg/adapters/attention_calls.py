@@ -156,7 +156,9 @@ _ABSENT = object()
 
 
 def _make_dispatcher(implementation: str, original: Any) -> Callable[..., Any]:
-    def dispatch(module, query, key, value, attention_mask, *args, **kwargs):
+    def dispatch(
+        module: nn.Module, query: Any, key: Any, value: Any, attention_mask: Any, *args: Any, **kwargs: Any
+    ) -> Any:
         entry = _RECORDERS.get(id(module))
         if implementation == "eager" or original is _ABSENT:
             target = _eager_function(module)
@@ -200,7 +202,7 @@ def recording_attention(
     assert impl is not None  # checked by recording_unsupported_reason
     layers = {id(m): (i, n) for i, (n, m) in enumerate(modules.items())}
 
-    def record(module, query, key, value, mask, kwargs):
+    def record(module: nn.Module, query: Any, key: Any, value: Any, mask: Any, kwargs: dict[str, Any]) -> Any:
         layer, name = layers[id(module)]
         return recorder(AttentionCall(module, name, layer, impl, query, key, value, mask, kwargs))
 

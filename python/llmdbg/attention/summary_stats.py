@@ -34,9 +34,11 @@ def summary_from_stats(
     tokens = trace.tokens
     if tokens is None and tokenizer is not None and trace._input_ids:
         try:
-            tokens = [list(tokenizer.convert_ids_to_tokens(r)) for r in trace.input_ids.tolist()]
+            ids = trace.input_ids
         except ValueError:  # calls of different lengths
-            tokens = None
+            ids = None
+        if ids is not None:
+            tokens = [list(tokenizer.convert_ids_to_tokens(r)) for r in ids.tolist()]
     any_causal = False
     for layer, s in stats.items():
         entropy = s["entropy"].astype(np.float64)  # (B, H, T)

@@ -49,8 +49,8 @@ def recompute(
     """
     if uses_core(problem):
         result = _core.qk_attention(
-            _np(problem.query),
-            _np(problem.key),
+            problem.query.detach().cpu().numpy(),
+            problem.key.detach().cpu().numpy(),
             scaling=problem.scaling,
             softcap=problem.softcap,
             causal=problem.causal,
@@ -65,7 +65,7 @@ def recompute(
             maps=maps,
             map_heads=map_heads,
             map_rows=map_rows,
-            map_fusion=map_fusion,
+            map_fusion=map_fusion,  # type: ignore[arg-type]  # checked by the binding
             row_weights=row_weights,
             row_heads=row_heads,
             num_threads=resolve_n_jobs(n_jobs),

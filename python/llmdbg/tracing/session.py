@@ -16,7 +16,7 @@ import inspect
 import re
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -356,7 +356,7 @@ class Capture:
                 eager.__exit__(exc_type, exc, tb)
         return False
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         try:
             self._close(exc_type, exc, tb)
         finally:
