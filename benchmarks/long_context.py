@@ -216,7 +216,8 @@ def main() -> None:
             figures[f"maps2_T{t}_peak_minus_stored_ratio_vs_plain"] = round(
                 (measured[("maps2", t)]["extra_bytes"] - stored) / plain["extra_bytes"], 3
             )
-    figures[f"max_abs_diff_vs_eager_T{lengths[0]}"] = exactness(lengths[0])
+    exact_t = min(lengths[0], 4096)  # eager output_attentions of every layer must fit in memory
+    figures[f"max_abs_diff_vs_eager_T{exact_t}"] = exactness(exact_t)
     report("long_context", args.quick, rows, figures, write=not args.no_write)
 
 
