@@ -270,17 +270,22 @@ def test_custom_attention_implementation_falls_back_to_eager_or_refuses():
 
     AttentionInterface.register("my_kernel", sdpa_attention_forward)
     AttentionMaskInterface.register("my_kernel", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-    torch.manual_seed(0)
-    model = tf.AutoModel.from_config(CONFIGS["llama"]()).eval()
-    model.set_attn_implementation("my_kernel")
-    inputs = _inputs("llama")
-    with pytest.warns(UserWarning, match=r"from eager attention .*attention_implementation='my_kernel'"):
-        with llmdbg.capture(model, attentions=True) as trace, torch.no_grad():
-            model(**inputs)
-    assert len(trace.attentions) == 2 and model.config._attn_implementation == "my_kernel"
-    with pytest.raises(RuntimeError, match=r"attention_impl='recompute' is not possible.*my_kernel"):
-        with llmdbg.capture(model, attentions=True, attention_impl="recompute"):
-            pass
+    try:
+        torch.manual_seed(0)
+        model = tf.AutoModel.from_config(CONFIGS["llama"]()).eval()
+        model.set_attn_implementation("my_kernel")
+        inputs = _inputs("llama")
+        with pytest.warns(UserWarning, match=r"from eager attention .*attention_implementation='my_kernel'"):
+            with llmdbg.capture(model, attentions=True) as trace, torch.no_grad():
+                model(**inputs)
+        assert len(trace.attentions) == 2 and model.config._attn_implementation == "my_kernel"
+        refused = llmdbg.capture(model, attentions=True, attention_impl="recompute")
+        with pytest.raises(RuntimeError, match=r"attention_impl='recompute' is not possible.*my_kernel"):
+            refused.__enter__()  # refused before any hook is left behind
+        assert not model._forward_hooks and not model._forward_pre_hooks
+    finally:  # the registries are process-wide
+        del AttentionInterface._global_mapping["my_kernel"]
+        del AttentionMaskInterface._global_mapping["my_kernel"]
 
 
 def test_module_bypassing_the_interface_is_an_error_not_a_gap():
@@ -443,3 +448,37 @@ def test_gradient_rollout_from_recorded_calls_equals_the_eager_one(family, pad):
     with torch.no_grad():
         assert torch.equal(model(**inputs)[0], plain)  # nothing left behind
     assert all(p.grad is None for p in model.parameters())
+
+
+def _call(implementation="sdpa", **kwargs):
+    from llmdbg.adapters.attention_calls import AttentionCall
+
+    q, k = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8)
+    module = _model("llama").layers[0].self_attn
+    return AttentionCall(module, "layers.0.self_attn", 0, implementation, q, k, k.clone(), None, kwargs)
+
+
+def test_calls_with_arguments_llmdbg_does_not_model_are_refused_not_recomputed_wrong():
+    from llmdbg.adapters.attention_calls import kernel_problem
+
+    assert kernel_problem(_call(scaling=0.5, position_ids=torch.arange(5)[None])).scaling == 0.5
+    with pytest.raises(RuntimeError, match=r"LlamaAttention .*passes 'alibi'.*attention_impl='eager'"):
+        kernel_problem(_call(alibi=torch.zeros(1, 4, 5, 5)))
+    with pytest.raises(RuntimeError, match=r"passes 'head_mask'"):
+        kernel_problem(_call(head_mask=torch.ones(4)))
+    packed = torch.tensor([[0, 1, 2, 0, 1]])  # two sequences packed into one row
+    with pytest.raises(RuntimeError, match=r"packed sequences under flash_attention_2"):
+        kernel_problem(_call("flash_attention_2", position_ids=packed))
+    with pytest.raises(RuntimeError, match=r"packed sequences"):
+        kernel_problem(_call("flash_attention_2", cu_seq_lens_q=torch.tensor([0, 3, 5])))
+    assert kernel_problem(_call("flash_attention_2", position_ids=torch.arange(5)[None])).causal
+
+
+def test_attention_dropout_in_train_mode_is_announced():
+    torch.manual_seed(0)
+    config = CONFIGS["llama"]()
+    config.attention_dropout = 0.1
+    model = tf.AutoModel.from_config(config).train()
+    with pytest.warns(UserWarning, match=r"attention dropout is active .*before dropout"):
+        with llmdbg.capture(model, attentions="stats"), torch.no_grad():
+            model(**_inputs("llama"))

@@ -7,12 +7,11 @@ import json
 import re
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 import torch
 
+from gil_check import ticks_while_running
 from llmdbg import _core
 
 _OPENMP_RE = re.compile(r"lib(gomp|iomp5|omp)[^/]*\.so")
@@ -64,19 +63,4 @@ def test_extension_imports_in_a_fresh_interpreter():
 
 def test_long_kernel_releases_the_gil():
     x = np.random.default_rng(0).standard_normal(40_000_000).astype(np.float32)
-    done = threading.Event()
-
-    def work():
-        for _ in range(3):
-            _core.summarize(x, 1)
-        done.set()
-
-    worker = threading.Thread(target=work)
-    ticks = 0
-    worker.start()
-    time.sleep(0.01)
-    while not done.is_set():  # Python keeps running here only if the kernel dropped the GIL
-        ticks += 1
-        time.sleep(0.001)
-    worker.join()
-    assert ticks > 20
+    assert ticks_while_running(lambda: [_core.summarize(x, 1) for _ in range(3)]) > 20

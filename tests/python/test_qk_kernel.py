@@ -16,6 +16,7 @@ from transformers.models.gemma2 import modeling_gemma2
 from transformers.models.gpt_oss import modeling_gpt_oss
 from transformers.models.llama import modeling_llama
 
+from gil_check import ticks_while_running
 from llmdbg import _core
 
 F32_MIN = float(np.finfo(np.float32).min)
@@ -349,19 +350,6 @@ def test_ctrl_c_raises_keyboard_interrupt_promptly():
 
 def test_releases_the_gil_and_runs_without_polling_off_the_main_thread():
     q, k = qk(b=1, hq=8, hkv=2, tq=4096, tk=4096, d=64, seed=5)
-    done = threading.Event()
     result = {}
-
-    def work():
-        result.update(_core.qk_attention(q, k, scaling=0.125, causal=True, stats=True, num_threads=1))
-        done.set()
-
-    worker = threading.Thread(target=work)
-    ticks = 0
-    worker.start()
-    time.sleep(0.01)
-    while not done.is_set():  # Python keeps running here only if the kernel dropped the GIL
-        ticks += 1
-        time.sleep(0.001)
-    worker.join()
-    assert ticks > 20 and np.isfinite(result["entropy"]).all()
+    work = lambda: result.update(_core.qk_attention(q, k, scaling=0.125, causal=True, stats=True, num_threads=1))
+    assert ticks_while_running(work) > 20 and np.isfinite(result["entropy"]).all()

@@ -17,9 +17,6 @@
 #include "core/common/errors.hpp"
 #include "core/common/parallel.hpp"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #ifdef LLMDBG_X86_AVX2
 #include <immintrin.h>
 #endif
@@ -784,14 +781,6 @@ bool rows_finite(const float* x, int64_t n) {
   float check = 0.0f;
   for (int64_t f = 0; f < n; ++f) check += x[f] * 0.0f;
   return check == 0.0f;
-}
-
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
 }
 
 }  // namespace

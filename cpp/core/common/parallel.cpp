@@ -43,4 +43,20 @@ int openmp_team_size(int num_threads) {
   return team;
 }
 
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 }  // namespace llmdbg

@@ -19,4 +19,9 @@ int openmp_max_threads();
 // gets. Used by tests to show that thread counts reach our kernels.
 int openmp_team_size(int num_threads);
 
+// Inside an OpenMP parallel region: this thread's number and the team's size (0 and 1 outside
+// one, or in a build without OpenMP). Out of line so that every kernel asks the one runtime.
+int thread_id();
+int team_size();
+
 }  // namespace llmdbg

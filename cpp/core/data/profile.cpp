@@ -8,10 +8,6 @@
 
 #include "core/common/parallel.hpp"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -398,22 +394,6 @@ void check_sizes(const std::vector<std::string_view>& texts) {
     if (t.size() >= (uint64_t{1} << 32))
       throw std::invalid_argument("texts of 4 GiB or more are not supported");
   }
-}
-
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-inline int team_size() {
-#ifdef _OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
 }
 
 // Tokenise and count texts (and hash each whole text into `text_hashes` if not null).

@@ -12,10 +12,6 @@
 #include "core/tsne/repulsion.hpp"
 #include "core/tsne/simd.hpp"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace llmdbg::tsne {
 
 Method parse_method(const std::string& name) {
@@ -26,14 +22,6 @@ Method parse_method(const std::string& name) {
 }
 
 namespace {
-
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 
 // Buffers reused across iterations.
 struct Workspace {

@@ -245,12 +245,49 @@ def _squeeze_broadcast(mask: torch.Tensor) -> torch.Tensor:
     return mask[index]
 
 
-def _as_4d(mask: torch.Tensor, b: int, tq: int, tk: int) -> torch.Tensor:
+def _as_4d(mask: torch.Tensor, tq: int, tk: int) -> torch.Tensor:
     if mask.dim() == 2:  # (B, T_k) key padding (flash attention)
         return mask[:, None, None, :tk].bool() if mask.dtype != torch.bool else mask[:, None, None, :tk]
     if mask.dim() != 4:
         raise RuntimeError(f"attention mask of shape {tuple(mask.shape)}: expected 2-D or 4-D")
     return _squeeze_broadcast(mask[..., -tq:, :tk])
+
+
+# Keyword arguments of attention calls that kernel_problem reads, or that cannot change the
+# probabilities (the mask already carries what position_ids and cache positions imply for
+# eager/SDPA). A tensor argument outside this list may carry a bias or a mask llmdbg does not
+# know (ALiBi slopes, a head mask, ...): such calls are refused instead of recomputed wrong.
+_UNDERSTOOD = frozenset(
+    {"dropout", "scaling", "is_causal", "sliding_window", "softcap", "s_aux", "position_bias", "position_ids",
+     "cache_position", "output_attentions", "use_cache"}
+)  # fmt: skip
+_PACKED = ("cu_seq_lens_q", "cu_seq_lens_k", "cu_seqlens_q", "cu_seqlens_k", "block_table")
+
+
+def _check_understood(call: AttentionCall) -> None:
+    """Raise for a call whose probabilities kernel_problem would get wrong."""
+    family = type(call.module).__name__
+    for key, value in call.kwargs.items():
+        if isinstance(value, torch.Tensor) and key not in _UNDERSTOOD and key not in _PACKED:
+            raise RuntimeError(
+                f"llmdbg cannot recompute the attention of {family} ({call.name}): its call passes "
+                f"{key!r}, which may change the attention probabilities in a way llmdbg does not model; "
+                "use attention_impl='eager'"
+            )
+    if call.implementation.startswith("flash_attention"):
+        # Packed (padding-free) batches attend within each packed sequence only.
+        position_ids = call.kwargs.get("position_ids")
+        packed = any(call.kwargs.get(k) is not None for k in _PACKED) or (
+            isinstance(position_ids, torch.Tensor)
+            and position_ids.dim() == 2
+            and position_ids.shape[-1] > 1
+            and bool((position_ids.diff(dim=-1) != 1).any())
+        )
+        if packed:
+            raise RuntimeError(
+                f"{family} ({call.name}): packed sequences under {call.implementation} (cu_seq_lens or "
+                "restarting position_ids) are not recomputed; use attention_impl='eager'"
+            )
 
 
 def kernel_problem(call: AttentionCall) -> KernelProblem:
@@ -264,9 +301,16 @@ def kernel_problem(call: AttentionCall) -> KernelProblem:
       (SDPA ignores them).
     - ``flash_attention_*``: causal per module, bottom-right aligned (``offset = T_k - T_q``),
       ``sliding_window``, ``softcap``, ``s_aux`` sinks and a ``(B, T_k)`` padding mask.
+
+    Raises
+    ------
+    RuntimeError
+        For a call it cannot read exactly: an unknown tensor argument (a bias, mask or head mask
+        llmdbg does not model), or packed sequences under flash attention.
     """
     q, k, mask, kw = call.query, call.key, call.mask, call.kwargs
-    b, _, tq, d = q.shape
+    _check_understood(call)
+    tq, d = q.shape[2], q.shape[3]
     tk = k.shape[2]
     scaling = kw.get("scaling")
     scaling = float(d**-0.5 if scaling is None else scaling)
@@ -296,7 +340,7 @@ def kernel_problem(call: AttentionCall) -> KernelProblem:
         if sinks is not None:
             problem.sinks = sinks.detach().to(torch.float32).reshape(-1).contiguous()
     if mask is not None:
-        mask = _as_4d(mask.detach(), b, tq, tk)
+        mask = _as_4d(mask.detach(), tq, tk)
     if bias is not None:
         bias = _squeeze_broadcast(bias.detach()[..., -tq:, :tk]).to(torch.float32)
         if mask is None:

@@ -27,6 +27,26 @@ _OUT_PROJ = (
 _OUT_RE = re.compile(r"(^|\.)(o_proj|out_proj|c_proj|out_lin|dense|o|wo|proj)$")
 
 
+def config_int(config: object, *keys: str) -> int | None:
+    """The first of ``keys`` that ``config`` holds as an int (configs name one value many ways)."""
+    return next((getattr(config, k) for k in keys if isinstance(getattr(config, k, None), int)), None)
+
+
+def config_heads(config: object, owner: str) -> int:
+    """The number of (query) attention heads in a transformers config; ``owner`` names the model
+    in the error.
+
+    Raises
+    ------
+    ValueError
+        If the config names none.
+    """
+    heads = config_int(config, "num_attention_heads", "n_head", "num_heads", "n_heads")
+    if heads is None:
+        raise ValueError(f"{owner}: cannot find the number of attention heads in its config")
+    return heads
+
+
 def head_geometry(model: nn.Module) -> tuple[list[str], int, int]:
     """``(out_proj_names, n_heads, head_dim)``: per layer, the module whose input is the
     concatenation of head outputs (B, T, H * d), plus H and d.
@@ -38,17 +58,7 @@ def head_geometry(model: nn.Module) -> tuple[list[str], int, int]:
     """
     check_module(model)
     layout = find_layout(model)
-    config = getattr(model, "config", None)
-    heads = next(
-        (
-            getattr(config, k)
-            for k in ("num_attention_heads", "n_head", "num_heads", "n_heads")
-            if isinstance(getattr(config, k, None), int)
-        ),
-        None,
-    )
-    if heads is None:
-        raise ValueError(f"{type(model).__name__}: cannot find the number of attention heads in its config")
+    heads = config_heads(getattr(model, "config", None), type(model).__name__)
     modules = dict(model.named_modules())
     names = []
     for block, attn in zip(layout.blocks, layout.attention):

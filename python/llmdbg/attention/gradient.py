@@ -24,9 +24,9 @@ from ..adapters.attention_calls import (
     AttentionCall,
     kernel_problem,
     recording_attention,
-    recording_unsupported_reason,
 )
 from ..adapters.layout import find_layout
+from ..tracing.attention_setup import choose_recompute
 from ..tracing.recompute import recompute
 from ..tracing.session import capture
 from ._inputs import stack_attention_modules
@@ -171,7 +171,8 @@ def gradient_rollout(
     handle = model.get_submodule(layout.embeddings).register_forward_hook(_needs_grad) if layout.embeddings else None
     try:
         with gradient_mode(model):
-            if _use_recompute(model, names, attention_impl):
+            named = {n: model.get_submodule(n) for n in names}
+            if choose_recompute(model, attention_impl, named, caller="llmdbg.gradient_rollout"):
                 value, used, cams = _recomputed_cams(model, batch, names, target, row_ids)
             else:
                 value, used, cams = _eager_cams(model, batch, names, target, row_ids)
@@ -192,17 +193,6 @@ def gradient_rollout(
 def _needs_grad(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
     # Frozen models: make the graph start at the embeddings so the attention gets gradients.
     return output if output.requires_grad else output.detach().requires_grad_(True)
-
-
-def _use_recompute(model: torch.nn.Module, names: list[str], impl: str) -> bool:
-    if impl not in ("auto", "recompute", "eager"):
-        raise ValueError(f"attention_impl must be one of ('auto', 'recompute', 'eager'), got {impl!r}")
-    if impl == "eager":
-        return False
-    reason = recording_unsupported_reason(model, {n: model.get_submodule(n) for n in names})
-    if reason is not None and impl == "recompute":
-        raise RuntimeError(f"attention_impl='recompute' is not possible: {reason}; use attention_impl='eager'")
-    return reason is None
 
 
 def _cam(grad: torch.Tensor, a: torch.Tensor) -> np.ndarray:

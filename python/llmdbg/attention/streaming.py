@@ -21,14 +21,12 @@ import torch
 from .._internal.inputs import as_inputs
 from .._internal.modes import device_of
 from .._internal.progress import check_progress, progress_bar
-from ..adapters.attention_calls import recording_unsupported_reason
 from ..adapters.layout import find_layout
+from ..tracing.attention_setup import choose_recompute
 from ..tracing.session import capture
 from . import streaming_recompute
 from ._inputs import query_rows, stack_attention_modules
 from .rollout import HEAD_FUSIONS
-
-_IMPLS = ("auto", "recompute", "eager")
 
 
 @dataclasses.dataclass
@@ -182,8 +180,6 @@ def streaming_rollout(
     """
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
-    if attention_impl not in _IMPLS:
-        raise ValueError(f"attention_impl must be one of {_IMPLS}, got {attention_impl!r}")
     check_progress(progress)
     batch = as_inputs(inputs, tokenizer, device=device_of(model))
     modules = stack_attention_modules(find_layout(model), stack)
@@ -191,7 +187,11 @@ def streaming_rollout(
     if isinstance(ids, torch.Tensor):
         query_rows(rows, ids.shape[-1])  # bad rows fail before the forward, not after it
     mask = batch.get("decoder_attention_mask" if stack == "decoder" else "attention_mask")
-    if _recompute(model, modules, head_fusion, attention_impl):
+    because = (
+        f"head_fusion={head_fusion!r} (the recompute path fuses heads by their mean)" if head_fusion != "mean" else None
+    )
+    named = {n: model.get_submodule(n) for n in modules}
+    if choose_recompute(model, attention_impl, named, eager_because=because, caller="llmdbg.streaming_rollout"):
         picked = None if rows is None else query_rows(rows, ids.shape[-1] if isinstance(ids, torch.Tensor) else 0)
         np_mask = None if mask is None else mask.detach().cpu().numpy()
         with progress_bar(progress, len(modules), "streaming rollout", unit="layer") as bar:
@@ -228,20 +228,3 @@ def streaming_rollout(
     return StreamingRollout(
         result, stack_np(consumer.entropy), stack_np(consumer.max_weight), stack_np(consumer.first_mass), consumer.seen
     )
-
-
-def _recompute(model: torch.nn.Module, modules: list[str], head_fusion: str, impl: str) -> bool:
-    if impl == "eager":
-        return False
-    reason = recording_unsupported_reason(model, {n: model.get_submodule(n) for n in modules})
-    if head_fusion != "mean":
-        reason = reason or f"head_fusion={head_fusion!r} (the recompute path fuses heads by their mean)"
-    if reason is None:
-        return True
-    if impl == "recompute":
-        raise ValueError(f"attention_impl='recompute' is not possible: {reason}; use attention_impl='eager'")
-    if head_fusion == "mean":
-        import warnings
-
-        warnings.warn(f"llmdbg.streaming_rollout: running eager attention: {reason}", stacklevel=3)
-    return False

@@ -51,14 +51,15 @@ def summary_from_stats(
         n_keys = _attendable(mask.astype(np.int64), causal)[:, None, :]
         usable = real & (n_keys > 1)
         first = mask.argmax(1)
+        positions, counts = np.unique(first, return_counts=True)
+        pos = int(positions[np.argmax(counts)])  # the most frequent first real position
+        token = tokens[int(np.flatnonzero(first == pos)[0])][pos] if tokens else None
         for head in range(n_heads):
             r, u = real[:, head], usable[:, head]
             mean = lambda x, w=r: float(x[w].mean()) if w.any() else float("nan")
             e_norm = mean((entropy[:, head] / np.log(np.maximum(n_keys[:, 0], 2))), u)
             per_seq = [s["sink_mass"][i, head][r[i]].mean() if r[i].any() else np.nan for i in range(b)]
             score = float(np.nanmean(per_seq)) if not np.isnan(per_seq).all() else float("nan")
-            positions, counts = np.unique(first, return_counts=True)
-            pos = int(positions[np.argmax(counts)])
             special = s["special_mass"][:, head].astype(np.float64)
             rows.append(
                 {
@@ -69,7 +70,7 @@ def summary_from_stats(
                     "max_weight": mean(s["max_prob"][:, head].astype(np.float64)),
                     "sink_score": score,
                     "sink_token": pos,
-                    "sink_token_str": tokens[int(np.flatnonzero(first == pos)[0])][pos] if tokens else None,
+                    "sink_token_str": token,
                     "special_mass": mean(special) if not np.isnan(special[r]).all() else float("nan"),
                     "collapsed": bool(e_norm < collapse),
                     "uniform": bool(e_norm > uniform),

@@ -8,6 +8,7 @@ query asked for one.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +77,7 @@ class AttentionRecorder:
         self.streams: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
         self.stream_of: dict[str, str] = {}
         self.causal: dict[int, bool] = {}  # layer -> the module's is_causal flag
+        self.warned_dropout = False
         self.forwards = 0  # model forwards seen (counted by attention_setup.record_streams)
 
     def check_complete(self, recorded: bool) -> None:
@@ -98,6 +100,13 @@ class AttentionRecorder:
             return None
         self.calls[call.name] = self.calls.get(call.name, 0) + 1
         self.causal[call.layer] = bool(getattr(call.module, "is_causal", False))
+        if not self.warned_dropout and float(call.kwargs.get("dropout") or 0.0) > 0:
+            self.warned_dropout = True
+            warnings.warn(
+                f"{call.name}: attention dropout is active (the model is in train mode); the recomputed "
+                "maps are the probabilities before dropout, not the dropped-out weights the kernel used",
+                stacklevel=2,
+            )
         problem = kernel_problem(call)
         b, hq, tq, tk = problem.shape
         special, sink = self._key_tokens(call.name, b, tk)

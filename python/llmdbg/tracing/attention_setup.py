@@ -12,30 +12,40 @@ import torch
 from .. import _core
 from ..adapters.attention_calls import recording_unsupported_reason
 from .attention_recorder import AttentionRecorder
-from .query import MemoryEstimate
+from .query import ATTENTION_IMPLS, MemoryEstimate
 
 __all__ = ["check_budget", "choose_recompute", "record_streams", "special_ids"]
 
 
 def choose_recompute(
-    model: torch.nn.Module, impl: str, needs_weights: bool, modules: dict[str, torch.nn.Module]
+    model: torch.nn.Module,
+    impl: str,
+    modules: dict[str, torch.nn.Module],
+    *,
+    eager_because: str | None = None,
+    caller: str = "llmdbg.capture",
 ) -> bool:
-    """True for the recompute path, False for eager. ``needs_weights``: gradients of the maps or
-    an attention consumer need the weights inside the forward, which only eager gives.
+    """The one decision between recomputing from recorded calls (True) and eager attention
+    (False), for ``capture``, ``streaming_rollout`` and ``gradient_rollout``.
+
+    ``eager_because`` says why this request needs eager attention (e.g. gradients of the maps):
+    ``"auto"`` then takes eager silently and ``"recompute"`` is refused. A model whose calls cannot
+    be recorded falls back to eager with a warning naming why (``"recompute"`` raises).
 
     Raises
     ------
-    ValueError, RuntimeError
-        ``impl="recompute"`` where it cannot work (the message says why and what to pass).
+    ValueError
+        ``impl`` is not one of ``ATTENTION_IMPLS``; ``"recompute"`` with ``eager_because``.
+    RuntimeError
+        ``"recompute"`` on a model whose attention calls cannot be recorded.
     """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
     if impl == "eager":
         return False
-    if needs_weights:
+    if eager_because is not None:
         if impl == "recompute":
-            raise ValueError(
-                "attention_impl='recompute' cannot give gradients of attention maps or feed an "
-                "attention_consumer (both need the weights inside the forward); use attention_impl='eager'"
-            )
+            raise ValueError(f"attention_impl='recompute' is not possible: {eager_because}; use attention_impl='eager'")
         return False
     reason = recording_unsupported_reason(model, modules)
     if reason is None:
@@ -43,8 +53,7 @@ def choose_recompute(
     if impl == "recompute":
         raise RuntimeError(f"attention_impl='recompute' is not possible: {reason}; use attention_impl='eager'")
     warnings.warn(
-        f"llmdbg.capture: attention maps come from eager attention instead of the model's own kernel: {reason}",
-        stacklevel=5,
+        f"{caller}: attention comes from eager attention instead of the model's own kernel: {reason}", stacklevel=3
     )
     return False
 

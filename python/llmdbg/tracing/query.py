@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..adapters.heads import config_heads, config_int
+
 __all__ = ["ATTENTION_IMPLS", "AttentionQuery", "MemoryEstimate", "resolve_attentions"]
 
 ATTENTION_IMPLS = ("auto", "recompute", "eager")
@@ -179,13 +181,10 @@ def model_geometry(model: Any) -> tuple[int, int, int]:
     """``(H_q, H_kv, head_dim)`` from a transformers config (the text config of multimodal ones)."""
     config = getattr(model, "config", None)
     config = getattr(config, "text_config", None) or config
-    get = lambda *keys: next((getattr(config, k) for k in keys if isinstance(getattr(config, k, None), int)), None)
-    heads = get("num_attention_heads", "n_head", "num_heads", "n_heads")
-    if heads is None:
-        raise ValueError(f"{type(model).__name__}: cannot find the number of attention heads in its config")
-    kv = get("num_key_value_heads", "num_kv_heads") or heads
-    width = get("hidden_size", "d_model", "n_embd", "dim")
-    dim = get("head_dim", "d_kv") or (width // heads if width else 64)
+    heads = config_heads(config, type(model).__name__)
+    kv = config_int(config, "num_key_value_heads", "num_kv_heads") or heads
+    width = config_int(config, "hidden_size", "d_model", "n_embd", "dim")
+    dim = config_int(config, "head_dim", "d_kv") or (width // heads if width else 64)
     return heads, kv, dim
 
 

@@ -63,7 +63,7 @@ class Capture:
         verify: bool = False,
     ) -> None:
         self.model = check_module(model)
-        if attention_impl not in ATTENTION_IMPLS:
+        if attention_impl not in ATTENTION_IMPLS:  # choose_recompute checks it too, but after hooks exist
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}")
         if not isinstance(verify, bool):
             raise TypeError(f"verify must be True or False, got {verify!r}")
@@ -261,12 +261,12 @@ class Capture:
         )
         _ACTIVE.add(self.model)
         try:
-            every = dict(self.model.named_modules())  # one traversal (get_submodule walks each path)
-            named = {n: every[n] for n in {*input_modules, *selected, *attention}}
-            reg = self._handles.append
-            needs_weights = self._flags["grads"] or self._consumer is not None  # only eager gives those
+            wanted = {*input_modules, *selected, *attention}  # one traversal, not get_submodule per name
+            named, reg = {n: m for n, m in self.model.named_modules() if n in wanted}, self._handles.append
+            weights = self._flags["grads"] or self._consumer is not None  # only eager has them in the forward
+            because = "it cannot give gradients of attention maps or feed an attention_consumer" if weights else None
             self._recompute = bool(attention) and choose_recompute(
-                self.model, self._attention_impl, needs_weights, {n: named[n] for n in attention}
+                self.model, self._attention_impl, {n: named[n] for n in attention}, eager_because=because
             )
             ask = bool(attention) and not self._recompute and needs_output_attentions_flag(self.model, attention)
             reg(self.model.register_forward_pre_hook(self._model_input_hook(ask), with_kwargs=True))
