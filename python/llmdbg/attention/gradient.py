@@ -28,7 +28,7 @@ from ..adapters.attention_calls import (
 from ..adapters.layout import find_layout
 from ..tracing.attention_setup import choose_recompute
 from ..tracing.recompute import recompute
-from ..tracing.session import capture
+from ..tracing.api import capture
 from ._inputs import stack_attention_modules
 
 

@@ -23,7 +23,7 @@ from .._internal.modes import device_of
 from .._internal.progress import check_progress, progress_bar
 from ..adapters.layout import find_layout
 from ..tracing.attention_setup import choose_recompute
-from ..tracing.session import capture
+from ..tracing.api import capture
 from . import streaming_recompute
 from ._inputs import query_rows, stack_attention_modules
 from .rollout import HEAD_FUSIONS

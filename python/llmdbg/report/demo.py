@@ -124,7 +124,7 @@ def _sentence_map_section(ctx: ReportContext) -> None:
 
     from .. import plot
     from ..embedding import embed_hidden_states
-    from ..tracing.session import capture
+    from ..tracing.api import capture
 
     labels = [topic for topic, group in MAP_SENTENCES.items() for _ in group]
     sentences = [t for group in MAP_SENTENCES.values() for t in group]

@@ -99,7 +99,7 @@ def run_report(
     import torch
     from tqdm.auto import tqdm
 
-    from ..tracing.session import capture
+    from ..tracing.api import capture
 
     texts = read_texts(list(texts))
     out = prepare_out_dir(out_dir, force)

@@ -5,10 +5,11 @@ The package is called ``tracing`` rather than ``capture`` so that the function
 ``llmdbg.capture`` never shadows a package of the same name.
 """
 
+from .api import capture
 from .attention_recorder import VerificationError
 from .memory import estimate_memory
 from .query import AttentionQuery, MemoryEstimate
-from .session import Capture, capture
+from .session import Capture
 from .stats import ActivationStats, hist_edges, summarize
 from .trace import Trace
 

@@ -13,9 +13,7 @@ dispatch are restored when the ``with`` block ends, also when the forward raises
 from __future__ import annotations
 
 import inspect
-import re
 import weakref
-from collections.abc import Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +26,7 @@ from ..adapters.attention_impl import eager_attention, needs_output_attentions_f
 from ..adapters.layout import check_module, find_layout, is_hf_model
 from .attention_recorder import AttentionRecorder
 from .attention_setup import check_budget, choose_recompute, record_streams, special_ids
+from .generation import GenerateWrapper
 from .memory import decoder_self_attention, layer_shapes
 from .query import ATTENTION_IMPLS, AttentionQuery, estimate, resolve_attentions
 from .selection import first_input, first_tensor, parse_reduce, select_modules
@@ -110,6 +109,8 @@ class Capture:
         self._store = _core.CaptureStore(0 if max_bytes is None else int(max_bytes), dtype_name)
         self._handles: list[Any] = []
         self._eager: Any = None
+        self._generate: GenerateWrapper | None = None
+        self._forwards = 0  # model forwards seen, to tell generate()'s calls apart
         self._recompute = False
         self._entered = False
         self._active = False
@@ -196,6 +197,7 @@ class Capture:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
             if not self._active:
                 return None
+            self._forwards += 1
             try:
                 bound = signature.bind_partial(*args, **kwargs).arguments
             except TypeError:
@@ -276,6 +278,7 @@ class Capture:
                 reg(named[name].register_forward_hook(self._output_hook(name), with_kwargs=True))
             if attention:
                 self._start_attention(attention, named)
+            self._generate = GenerateWrapper(self.model, self.trace, self._marks).__enter__()
         except BaseException:
             self._close(None, None, None)
             raise
@@ -334,6 +337,15 @@ class Capture:
         )
         check_budget(est, self._store.nbytes, self._max_bytes, self._attn_mode)
 
+    def _marks(self) -> dict[str, Any]:
+        """Calls recorded so far per store key and attention layer, and forwards seen."""
+        stats = self._recorder.stats if self._recorder is not None else {}
+        return {
+            "keys": {k: len(self._store.tensors(k)) for k in self._store.keys()},
+            "stats": {layer: len(s["entropy"]) for layer, s in stats.items()},
+            "forwards": self._forwards,
+        }
+
     def _finalize(self) -> None:
         # Device copies and summaries were queued asynchronously into pinned memory.
         if not self._synced and self._store.saw_device_tensor and torch.cuda.is_available():
@@ -348,6 +360,9 @@ class Capture:
             self._handles.clear()
         finally:
             _ACTIVE.discard(self.model)
+            if self._generate is not None:
+                self._generate.__exit__(exc_type, exc, tb)
+                self._generate = None
             if self._recording is not None:
                 recording, self._recording = self._recording, None
                 recording.__exit__(exc_type, exc, tb)
@@ -364,137 +379,3 @@ class Capture:
         if exc_type is None and self._recorder is not None and self._consumer is None:
             self._recorder.check_complete(self._recompute)
         return False
-
-
-def capture(
-    model: torch.nn.Module,
-    modules: str | re.Pattern | Iterable[str | re.Pattern] | None = None,
-    *,
-    attentions: bool | str | AttentionQuery = False,
-    hidden_states: bool = False,
-    inputs: bool = False,
-    grads: bool = False,
-    reduce: Any = None,
-    dtype: Any = np.float32,
-    max_bytes: int | None = None,
-    tokenizer: Any = None,
-    stats: bool = True,
-    attention_consumer: Any = None,
-    attention_impl: str = "auto",
-    verify: bool = False,
-) -> Capture:
-    """Record activations, attention maps and gradients of a model's modules into numpy.
-
-    Use it as a context manager around the forward (and optionally backward) passes you want
-    to look at::
-
-        with llmdbg.capture(model, "*.mlp", attentions=True) as trace:
-            model(**batch)
-        trace.activations["model.layers.3.mlp"]   # numpy array
-        trace.attentions[0]                        # (B, H, T, T) float32
-        trace.stats["model.layers.3.mlp"].absmax
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Any module; Hugging Face ``transformers`` models get roles and attention maps.
-    modules : str, re.Pattern or list of them, optional
-        Which modules' outputs to keep: a role (``"blocks"``, ``"attention"``, ``"mlp"``,
-        ``"embeddings"``, ``"final_norm"``, ``"unembedding"``, ...), a glob on qualified names
-        (``"*.mlp"``, ``"encoder.layer.*"``), or a regular expression (``"re:..."`` or a compiled
-        pattern, matched against the whole name). A pattern that matches nothing is an error
-        listing the closest names.
-    attentions : bool, "stats" or AttentionQuery
-        Attention of every layer (Hugging Face models only), recomputed from the queries and keys
-        the model's own kernel (SDPA, flash, eager) receives, so the model's outputs are bit for
-        bit those of an uncaptured run (see ``attention_impl``):
-
-        - ``True``: full maps ``(B, H, T_q, T_k)`` in ``trace.attentions`` (``(B, T_q, T_k)`` with
-          ``reduce="head_mean"``; a token selection in ``reduce`` keeps those query rows);
-        - ``"stats"``: per-query statistics only, ``trace.attention_stats[layer]`` maps
-          ``entropy``, ``max_prob``, ``sink_mass`` and ``special_mass`` to ``(B, H, T_q)``
-          float32 arrays (O(L·B·H·T) memory instead of O(L·B·H·T²));
-        - :class:`llmdbg.AttentionQuery`: maps of chosen layers, heads and query rows only,
-          optionally fused over heads.
-
-        Probabilities are recomputed in float32 with float64 sums; they match eager attention's
-        to about 1e-7 in float32. The memory needed is checked against ``max_bytes`` before the
-        forward (see :func:`llmdbg.estimate_memory`).
-    attention_impl : {"auto", "recompute", "eager"}
-        ``"recompute"`` records each attention call through transformers' ``AttentionInterface``
-        and recomputes what was asked in C++ (CPU) or torch (GPU) tiles; it raises when the model
-        cannot be recorded. ``"eager"`` switches the model to eager attention inside the block
-        (restored afterwards) and reads the weights it returns; eager and SDPA logits differ by
-        about 1e-7 to 1e-3. ``"auto"`` recomputes wherever the model supports it and falls back
-        to eager with a warning naming why; it also takes eager when the weights must be in the
-        autograd graph (``grads=True``) or go to an ``attention_consumer``.
-    verify : bool
-        With the recompute path, check each call: a sample of 8 query rows of the recomputed
-        probabilities times the values must reproduce the kernel's own output within 1e-4
-        (float32) or 2e-2 (bfloat16/float16) of ``max |V|``; raises
-        :class:`llmdbg.VerificationError` otherwise.
-    hidden_states : bool
-        Capture the embedding output and every block output (the residual stream).
-    inputs : bool
-        Also capture the first tensor input of each selected module (key ``name + ":input"``).
-    grads : bool
-        Also capture gradients of the selected outputs (and of attention maps) when a backward
-        pass runs inside the block (keys ``name + ":grad"``).
-    reduce : str, int, slice or tuple of these, optional
-        Reduce before copying to host: ``"head_mean"`` (average attention heads),
-        ``"last_token"`` / ``"first_token"`` / an int / a slice (keep those token positions; the
-        query axis for attention maps), ``"stats"`` (keep statistics only, no arrays).
-        Statistics always describe the unreduced tensor.
-    dtype : numpy dtype
-        float16, float32 (default) or float64 for the host copies.
-    max_bytes : int, optional
-        Budget for host copies; exceeding it raises :class:`llmdbg.CaptureBudgetError` naming
-        the module and the size, instead of exhausting memory.
-    tokenizer : optional
-        A Hugging Face tokenizer; the token strings of ``input_ids`` are recorded in
-        ``trace.tokens``.
-    stats : bool
-        Compute statistics of every captured tensor (one fused C++ pass, float64 accumulation).
-    attention_consumer : callable, optional
-        ``f(layer, module_name, weights)`` called inside each attention hook with the layer's
-        ``(B, H, T_q, T_k)`` weights on their own device (still attached to the autograd graph;
-        the consumer must not modify them), instead of storing them: for
-        streaming analyses that keep only a running result (see :func:`llmdbg.rollout`).
-        ``layer`` counts the captured attention modules in layout order.
-
-    Returns
-    -------
-    Capture
-        A context manager whose ``__enter__`` returns the :class:`Trace`.
-
-    Raises
-    ------
-    TypeError
-        ``model`` is not a ``torch.nn.Module``; ``attentions`` on a non-HF model; bad dtype.
-    ValueError
-        A pattern matches nothing; nothing to capture; meta-device or offloaded parameters;
-        bad ``reduce`` or ``max_bytes``; ``attentions="stats"`` with ``reduce="head_mean"``; an
-        AttentionQuery layer, head or row that does not exist (the layer before the forward, heads
-        and rows when the call shows the sizes).
-    RuntimeError
-        A capture is already active on this model (hooks would stack);
-        ``attention_impl="recompute"`` on a model whose attention calls cannot be recorded.
-    llmdbg.CaptureBudgetError
-        Before the forward, when the estimate of the attention capture exceeds ``max_bytes``.
-    """
-    return Capture(
-        model,
-        modules,
-        attentions=attentions,
-        hidden_states=hidden_states,
-        inputs=inputs,
-        grads=grads,
-        reduce=reduce,
-        dtype=dtype,
-        max_bytes=max_bytes,
-        tokenizer=tokenizer,
-        stats=stats,
-        attention_consumer=attention_consumer,
-        attention_impl=attention_impl,
-        verify=verify,
-    )

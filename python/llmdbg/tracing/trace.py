@@ -17,6 +17,7 @@ from .stats import ActivationStats
 
 if TYPE_CHECKING:
     from ..adapters.layout import ModelLayout
+    from .generation import Generation
 
 # Suffixes that separate the kinds of tensors captured for one module.
 INPUT_SUFFIX = ":input"
@@ -128,6 +129,7 @@ class Trace:
         # layer -> statistic -> one (B, H, T_q) array per call; filled by the attention recorder
         self._attention_stats: dict[int, dict[str, list[np.ndarray]]] = {}
         self._attention_causal: dict[int, bool] = {}
+        self._generations: list[Generation] = []
 
     # -- recording (called by the capture hooks) -------------------------------------------
     def _record_inputs(self, input_ids: Any, attention_mask: Any, tokenizer: Any) -> None:
@@ -211,6 +213,29 @@ class Trace:
             raise KeyError(f"no attention statistics for layer {layer}; layers: {sorted(self._attention_stats)}")
         stats = self._attention_stats[layer]
         return [{name: parts[i] for name, parts in stats.items()} for i in range(len(stats["entropy"]))]
+
+    @property
+    def generations(self) -> list[Generation]:
+        """Every ``model.generate()`` call made inside the capture, in order (see
+        :class:`llmdbg.Generation`)."""
+        self._finalize()
+        return list(self._generations)
+
+    @property
+    def generation(self) -> Generation:
+        """The one ``model.generate()`` call made inside the capture: stitched activations and
+        attention, per-step probabilities, ranks, entropies and top-k (:class:`llmdbg.Generation`)."""
+        if len(self._generations) != 1:
+            raise ValueError(
+                f"the capture saw {len(self._generations)} generate() calls; "
+                + (
+                    "call model.generate(...) inside the with block"
+                    if not self._generations
+                    else "read trace.generations[i]"
+                )
+            )
+        self._finalize()
+        return self._generations[0]
 
     @property
     def attention_grads(self) -> list[np.ndarray]:
