@@ -40,6 +40,8 @@ from .attention import (
 )
 from .attribution import (
     Attribution,
+    GenerationAttribution,
+    attribute_generation,
     input_x_gradient,
     integrated_gradients,
     occlusion,
@@ -58,6 +60,7 @@ from .tracing import (
     ActivationStats,
     AttentionQuery,
     Capture,
+    Generation,
     MemoryEstimate,
     Trace,
     VerificationError,
@@ -101,6 +104,8 @@ __all__ = [
     "EmbeddingMap",
     "ErrorAnalysis",
     "Event",
+    "Generation",
+    "GenerationAttribution",
     "HeadImportance",
     "LensResult",
     "MemoryEstimate",
@@ -117,6 +122,7 @@ __all__ = [
     "attention_flow",
     "attention_rollout",
     "attention_summary",
+    "attribute_generation",
     "capture",
     "checks",
     "data",

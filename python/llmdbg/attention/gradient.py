@@ -26,9 +26,9 @@ from ..adapters.attention_calls import (
     recording_attention,
 )
 from ..adapters.layout import find_layout
+from ..tracing.api import capture
 from ..tracing.attention_setup import choose_recompute
 from ..tracing.recompute import recompute
-from ..tracing.api import capture
 from ._inputs import stack_attention_modules
 
 

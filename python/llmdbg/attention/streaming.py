@@ -22,8 +22,8 @@ from .._internal.inputs import as_inputs
 from .._internal.modes import device_of
 from .._internal.progress import check_progress, progress_bar
 from ..adapters.layout import find_layout
-from ..tracing.attention_setup import choose_recompute
 from ..tracing.api import capture
+from ..tracing.attention_setup import choose_recompute
 from . import streaming_recompute
 from ._inputs import query_rows, stack_attention_modules
 from .rollout import HEAD_FUSIONS

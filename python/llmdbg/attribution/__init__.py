@@ -4,9 +4,11 @@ Integrated gradients with exact and adaptive quadrature (``integrated.py``), sal
 input × gradient and SmoothGrad (``gradients.py``), occlusion (``perturbation.py``), all returning an
 :class:`Attribution` (``result.py``). Inputs, baselines and the embedding layer are found in
 ``_inputs.py``, targets in ``_targets.py``; the chunked path evaluation in ``_engine.py``.
+:func:`attribute_generation` (``generation.py``) explains every token of a generated continuation.
 """
 
 from ._similarity import similarity_target
+from .generation import GenerationAttribution, attribute_generation
 from .gradients import input_x_gradient, saliency, smoothgrad
 from .integrated import ConvergenceWarning, integrated_gradients
 from .perturbation import occlusion
@@ -15,6 +17,8 @@ from .result import Attribution
 __all__ = [
     "Attribution",
     "ConvergenceWarning",
+    "GenerationAttribution",
+    "attribute_generation",
     "input_x_gradient",
     "integrated_gradients",
     "occlusion",

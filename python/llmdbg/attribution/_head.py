@@ -1,7 +1,7 @@
 """Closed-form gradients of token log-probabilities at the input of the LM head.
 
 For logits z = W h + c at one position and the target value F = log softmax(z)[y],
-∂F/∂h = W[y] − Σ_v p_v W[v] with p = softmax(z). Autograd instead builds the full (V,)
+∂F/∂h = W[y] − Σ_v p_v W[v] with p = softmax(z); for a contrast F = z_y − z_f it is W[y] − W[f]. Autograd instead builds the full (V,)
 gradient of every logit at every kept position and multiplies it back through W, once per target:
 for a G-token continuation that is G backward passes through a (V × d) matrix per kept position,
 which dominates the cost on language models whose vocabulary dwarfs their hidden size. Here the
@@ -67,9 +67,12 @@ def cotangents(
     picked = target._picked(logits.detach(), rows).float()  # (N, G, V)
     ids = target.ids.to(logits.device)[rows.to(logits.device)]  # (N, G)
     weight = head.weight.detach()
-    probs = torch.softmax(picked, dim=-1)
-    expected = torch.matmul(probs.to(weight.dtype), weight).float()  # (N, G, d): Σ_v p_v W[v]
-    grad = weight[ids].float() - expected  # (N, G, d)
+    if target.foil is not None:  # ∂(z_y − z_f)/∂h = W[y] − W[f]
+        grad = weight[ids].float() - weight[target.foil.to(logits.device)[rows.to(logits.device)]].float()
+    else:
+        probs = torch.softmax(picked, dim=-1)
+        expected = torch.matmul(probs.to(weight.dtype), weight).float()  # (N, G, d): Σ_v p_v W[v]
+        grad = weight[ids].float() - expected  # (N, G, d)
     n, g, _ = grad.shape
     pos = target.positions[rows.cpu()].to(h.device)
     if target.keep is not None and target.length is not None and h.shape[1] == target.keep:

@@ -78,6 +78,9 @@ class Target:
         ``(B, G)`` bool; False for the padding of ragged continuations.
     positions : torch.Tensor or None
         ``(B, G)`` int64 positions whose logits are read (language models).
+    foil : torch.Tensor or None
+        ``(B, G)`` int64 contrast tokens: the value is then log p(ids) − log p(foil) at the same
+        position (contrastive attribution, Yin & Neubig 2022), which is the logit difference.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class Target:
         self.valid = valid
         self.keep = keep  # logits_to_keep for causal LMs: only the positions read are projected
         self.batch_for_fn = fn is not None and _accepts_batch(fn)
+        self.foil: torch.Tensor | None = None
 
     @property
     def resolved(self) -> bool:
@@ -187,6 +191,9 @@ class Target:
                 )
             return logits.gather(1, ids).float()
         picked = self._picked(logits, rows).float()  # (N, G, V)
+        if self.foil is not None:  # log p(y) − log p(f): the log-normaliser cancels
+            foil = self.foil.to(logits.device)[rows.to(logits.device)]
+            return (picked.gather(2, ids[..., None]) - picked.gather(2, foil[..., None])).squeeze(2)
         return torch.log_softmax(picked, dim=-1).gather(2, ids[..., None]).squeeze(2)
 
 

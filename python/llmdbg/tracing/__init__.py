@@ -7,6 +7,7 @@ The package is called ``tracing`` rather than ``capture`` so that the function
 
 from .api import capture
 from .attention_recorder import VerificationError
+from .generation import Generation
 from .memory import estimate_memory
 from .query import AttentionQuery, MemoryEstimate
 from .session import Capture
@@ -17,6 +18,7 @@ __all__ = [
     "ActivationStats",
     "AttentionQuery",
     "Capture",
+    "Generation",
     "MemoryEstimate",
     "Trace",
     "VerificationError",

@@ -1,0 +1,483 @@
+"""Attribution of generated text: why did the model say that?
+
+:func:`attribute_generation` generates a continuation (or takes a forced one) and explains every
+generated token k by the sources it saw: the prompt and, with ``source="prompt+generated"``, the
+tokens generated before it (inseq's convention for decoder-only models). The target of step k is
+log p(y_k | x, y_<k), or with a contrast log p(y_k) − log p(f_k) in the same context.
+
+**One teacher-forced run serves every target.** In a causal model, target k depends only on
+positions ≤ P − 1 + k. A path that moves every source position at once therefore restricts, for
+target k, to exactly target k's own path, so one forward per path point gives all n targets, and
+one backward per target on the shared graph gives their gradients (closed form at the LM head,
+see ``_head``). Captum's ``LLMGradientAttribution`` runs a full integrated-gradients call per
+target instead.
+
+**Where the KV cache is used.** Only inside ``generate()``. Gradient methods at the input
+embeddings cannot reuse it: every point of the path changes every position's embedding, hence
+every cached key and value. Occlusion batches occluded copies of the whole sequence (reusing the
+cache before the occluded token would save at most half of the work).
+
+**Memory.** Before running, the bytes of the gradient buffers and of the forward/backward
+activations are estimated; targets are split into groups and path points into chunks until the
+estimate fits ``max_bytes`` (default: a quarter of the available memory). A request that cannot
+fit even one target and one path point raises :class:`llmdbg.CaptureBudgetError` with the
+estimate, before any model call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import _core
+from .._internal.modes import gradient_mode
+from .._internal.progress import progress_bar
+from ..adapters.layout import check_module
+from ..adapters.task import task_type
+from ..tracing.api import capture
+from ..tracing.query import AttentionQuery
+from ._engine import _available_bytes, _bytes_per_row, forward_rows
+from ._inputs import Prepared, config_id, find_embedding, prepare, token_strings
+from ._targets import Target, _takes
+from .generation_result import GenerationAttribution
+from .gradients import _gradients
+from .integrated import METHODS as IG_RULES
+from .integrated import _adaptive, _fixed, check_options
+
+__all__ = ["GenerationAttribution", "attribute_generation"]
+
+METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "attention", "occlusion")
+SOURCES = ("prompt+generated", "prompt")
+ATTENTION_MODES = ("last_layer", "rollout")
+
+
+def _check_model(model: torch.nn.Module) -> None:
+    check_module(model)
+    kind = task_type(model)
+    if kind == "seq2seq":
+        raise ValueError(
+            f"attribute_generation supports decoder-only causal LMs; {type(model).__name__} is an encoder-decoder, "
+            "whose generated tokens are explained by the encoder's source tokens and the decoder's prefix, two "
+            "embeddings that this function does not interpolate. Use llmdbg.integrated_gradients(model, inputs, "
+            "target=continuation) for source attributions of an encoder-decoder"
+        )
+    if kind != "causal-lm" or not callable(getattr(model, "generate", None)):
+        raise ValueError(
+            f"attribute_generation needs a causal language model with an LM head (AutoModelForCausalLM); "
+            f"{type(model).__name__} has none"
+        )
+
+
+def _prompt_ids(prompt: Any, tokenizer: Any) -> torch.Tensor:
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise TypeError("prompt is text; pass the tokenizer")
+        ids = torch.tensor(tokenizer(prompt)["input_ids"], dtype=torch.long)
+    elif isinstance(prompt, (torch.Tensor, np.ndarray, list, tuple)):
+        arr = torch.as_tensor(np.asarray(prompt.cpu() if isinstance(prompt, torch.Tensor) else prompt))
+        if arr.dtype.is_floating_point or arr.dtype == torch.bool:
+            raise TypeError(f"prompt ids must be integers, got {arr.dtype}")
+        if arr.dim() == 2 and arr.shape[0] != 1:
+            raise ValueError(
+                f"attribute_generation explains one prompt at a time; got a batch of {arr.shape[0]}. Loop over the "
+                "prompts (each result has its own length)"
+            )
+        ids = arr.reshape(-1).long()
+    else:
+        raise TypeError(f"prompt must be text, a list of ids or a (1, P) tensor, got {type(prompt).__name__}")
+    if ids.numel() == 0:
+        raise ValueError("prompt is empty; give at least one token")
+    return ids
+
+
+def _encode_text(text: str, tokenizer: Any, what: str) -> torch.Tensor:
+    if tokenizer is None:
+        raise TypeError(f"{what} is text; pass the tokenizer")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"{what} {text!r} tokenises to nothing; give at least one token")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and unk in ids:
+        bad = [tokenizer.convert_ids_to_tokens(i) for i in ids]
+        raise ValueError(
+            f"the tokenizer cannot encode {what} {text!r}: it maps part of it to the unknown token {bad}; "
+            "pass token ids instead"
+        )
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _as_ids(value: Any, what: str) -> torch.Tensor:
+    arr = torch.as_tensor(np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value))
+    if arr.dtype.is_floating_point or arr.dtype == torch.bool:
+        raise TypeError(f"{what} ids must be integers, got {arr.dtype}")
+    if arr.dim() == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.dim() != 1 or arr.numel() == 0:
+        raise ValueError(f"{what} must be text or a non-empty 1-D sequence of ids, got shape {tuple(arr.shape)}")
+    return arr.long()
+
+
+def _generate(model: Any, ids: torch.Tensor, max_new_tokens: Any, tokenizer: Any, kwargs: dict) -> torch.Tensor:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+        raise TypeError(f"max_new_tokens must be a positive int when no target is given, got {max_new_tokens!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    args = {"do_sample": False, **kwargs, "max_new_tokens": int(max_new_tokens)}
+    if int(args.get("num_return_sequences", 1)) != 1:
+        raise ValueError(
+            "generation_kwargs num_return_sequences > 1: attribute_generation explains one sequence; call it once per "
+            "sequence (pass each as target=) or use llmdbg.capture around model.generate for every sequence's step scores"
+        )
+    pad = config_id(model, tokenizer, "pad")
+    pad = pad if pad is not None else config_id(model, tokenizer, "eos")
+    if pad is not None:
+        args.setdefault("pad_token_id", pad)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model.generate(ids[None].to(device), attention_mask=torch.ones_like(ids)[None].to(device), **args)
+    seq = out.sequences if hasattr(out, "sequences") else out
+    gen = seq[0, ids.numel() :].cpu()
+    if gen.numel() == 0:
+        raise ValueError("generate() produced no tokens; raise max_new_tokens or check the stopping criteria")
+    return gen
+
+
+def _foil(contrast: Any, n: int, tokenizer: Any, vocab: int | None) -> torch.Tensor | None:
+    if contrast is None:
+        return None
+    if isinstance(contrast, (int, np.integer)) and not isinstance(contrast, bool):
+        foil = torch.full((n,), int(contrast), dtype=torch.long)
+    elif isinstance(contrast, str):
+        foil = _encode_text(contrast, tokenizer, "contrast")
+    else:
+        foil = _as_ids(contrast, "contrast")
+    if foil.numel() != n:
+        raise ValueError(
+            f"contrast has {foil.numel()} tokens but the target has {n}; a foil is compared step by step, so give one "
+            "token per target token (or one id for every step)"
+        )
+    if (foil < 0).any() or (vocab is not None and (foil >= vocab).any()):
+        raise ValueError(f"contrast ids must be in [0, {vocab}), got {foil.tolist()}")
+    return foil
+
+
+def _step_scores(model: Any, ids: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> dict:
+    """Probability, surprisal and entropy of each target from one no-grad forward (float32)."""
+    extra = {"logits_to_keep": int(ids.shape[1] - positions.min())} if _takes(model, "logits_to_keep") else {}
+    with torch.no_grad():
+        logits = model(input_ids=ids, **extra).logits[0]
+    pos = positions - (ids.shape[1] - logits.shape[0])
+    logp = torch.log_softmax(logits[pos.to(logits.device)].float(), dim=-1)
+    lp = logp.gather(1, targets.to(logp.device)[:, None])[:, 0]
+    entropy = -(logp.exp() * logp).nan_to_num().sum(-1)
+    return {
+        "probability": lp.exp().cpu().numpy().astype(np.float32),
+        "surprisal": (-lp).cpu().numpy().astype(np.float32),
+        "entropy": entropy.cpu().numpy().astype(np.float32),
+    }
+
+
+def _plan(model: Any, prep: Prepared, n: int, method: str, batch_size: Any, max_bytes: int | None) -> tuple[int, int]:
+    """(targets per group, path points per forward) whose estimated bytes fit the budget."""
+    t, d = prep.x.shape[1], prep.x.shape[2]
+    item = torch.finfo(prep.dtype).bits // 8
+    if max_bytes is not None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes <= 0:
+            raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
+    budget = int(max_bytes) if max_bytes is not None else _available_bytes(prep.device) // 4
+    gradient = method in ("integrated_gradients", "saliency", "input_x_gradient")
+
+    def need(g: int, rows: int) -> int:
+        if method == "attention":
+            return 0
+        act = rows * _bytes_per_row(model, t, 1, prep.dtype) // (1 if gradient else 3)
+        return act + (g * t * d * (4 + rows * item) if gradient else 0)
+
+    if batch_size != "auto":
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+        rows = batch_size
+    else:
+        rows = max(1, min(64, (4096 if prep.device.type != "cuda" else 1 << 20) // t))
+    group = n
+    while need(group, rows) > budget and rows > 1:
+        rows = max(1, rows // 2)
+    while need(group, rows) > budget and group > 1:
+        group = max(1, group // 2)
+    if need(group, rows) > budget:
+        raise _core.CaptureBudgetError(
+            f"attribute_generation({method!r}) needs about {need(group, rows) / 2**30:.2f} GiB for one target and one "
+            f"path point at {t} tokens (d = {d}), over max_bytes = {budget / 2**30:.2f} GiB; raise max_bytes or "
+            "shorten the prompt"
+        )
+    return group, rows
+
+
+def _subset(target: Target, cols: slice, foil: torch.Tensor | None) -> Target:
+    assert target.ids is not None and target.positions is not None and target.valid is not None
+    sub = Target(
+        "token",
+        len(range(*cols.indices(target.n_out))),
+        target.ids[:, cols],
+        target.positions[:, cols],
+        target.valid[:, cols],
+        vocab=target.vocab,
+        keep=None if target.keep is None else int(target.length - target.positions[:, cols].min()),  # type: ignore[operator]
+        length=target.length,
+    )
+    sub.foil = None if foil is None else foil[None, cols]
+    return sub
+
+
+def _gradient_scores(method: str, prep: Prepared, target: Target, rows: int, ig: dict, progress: bool) -> dict:
+    """(G, T) scores and, for integrated gradients, per-target delta and endpoint values."""
+    if method == "integrated_gradients":
+        if ig["rule"] == "adaptive":
+            attr, fx, fb, n_evals, _ = _adaptive(prep, target, ig["tol"], ig["cap"], rows, "sum", progress)  # (G, 1, T)
+            scores = attr[:, 0]
+        else:
+            attr, fx, fb, n_evals, _ = _fixed(prep, target, ig["rule"], ig["steps"], rows, progress)
+            scores = attr[:, 0].sum(-1)
+        delta = scores.sum(-1) - (fx[0] - fb[0])
+        return dict(scores=scores, delta=delta, value=fx[0], baseline_value=fb[0], n_evals=int(n_evals[0]))
+    with progress_bar(progress, 1, method) as bar:
+        grad = _gradients(prep, target, prep.x[None], 1, rows, bar)[:, 0]  # (G, T, d)
+    attr = grad.abs() if method == "saliency" else grad * prep.x[0]
+    scores = (attr * prep.attributable[0, :, None]).sum(-1)
+    return dict(scores=scores, n_evals=1)
+
+
+def _occlusion_scores(model: Any, prep: Prepared, target: Target, rows: int, progress: bool) -> dict:
+    """(G, T): F(x) − F(x with source j replaced by the baseline token), every target at once."""
+    positions = torch.nonzero(prep.attributable[0]).reshape(-1).tolist()
+    zero = torch.zeros(1, dtype=torch.long)
+    g, t = target.n_out, prep.x.shape[1]
+    scores = torch.zeros(g, t, dtype=torch.float64)
+    with torch.no_grad(), progress_bar(progress, 1 + len(positions), "occlusion") as bar:
+        fx = forward_rows(model, prep, target, prep.x.to(prep.dtype), zero, 1)[0].double().cpu()
+        bar.update(1)
+        for i in range(0, len(positions), rows):
+            part = positions[i : i + rows]
+            point = prep.x.expand(len(part), -1, -1).clone()
+            for r, j in enumerate(part):
+                point[r, j] = prep.b[0, j]
+            vals = forward_rows(model, prep, target, point.to(prep.dtype), zero.repeat(len(part)), 1)
+            scores[:, part] = (fx[None] - vals.double().cpu()).T
+            bar.update(len(part))
+    return dict(scores=scores.float(), value=fx.float(), n_evals=1 + len(positions))
+
+
+def _attention_scores(model: Any, ids: torch.Tensor, positions: torch.Tensor, mode: str, max_bytes: Any) -> dict:
+    """Head-mean attention of each target's query row: the last layer's, or rolled out top down
+    (r ← r·Â_l, Â_l = ½(Ā_l + I), l = L … 1) from every layer's head-mean map, in float64."""
+    rows = positions.tolist()
+    query = (
+        AttentionQuery(layers=[-1], rows=rows, reduce="mean") if mode == "last_layer" else AttentionQuery(reduce="mean")
+    )
+    with torch.no_grad(), capture(model, attentions=query, max_bytes=max_bytes) as trace:
+        model(input_ids=ids)
+    maps = trace.attentions  # (1, R, T) or per layer (1, T, T)
+    if mode == "last_layer":
+        return dict(scores=torch.from_numpy(maps[-1][0]).float(), n_evals=1)
+    t = ids.shape[1]
+    r = np.zeros((len(rows), t))
+    r[np.arange(len(rows)), rows] = 1.0
+    for fused in reversed(maps):
+        a = 0.5 * fused[0].astype(np.float64) + 0.5 * np.eye(t)
+        a /= a.sum(1, keepdims=True)
+        r = r @ a
+    return dict(scores=torch.from_numpy(r).float(), n_evals=1)
+
+
+def attribute_generation(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt: Any,
+    *,
+    max_new_tokens: int | None = None,
+    target: Any = None,
+    method: str = "integrated_gradients",
+    n_steps: int | None = None,
+    rule: str = "gausslegendre",
+    tol: float = 0.01,
+    max_evals: int | None = None,
+    source: str = "prompt+generated",
+    contrast: Any = None,
+    baseline: Any = "pad",
+    attention: str = "last_layer",
+    generation_kwargs: dict[str, Any] | None = None,
+    max_bytes: int | None = None,
+    batch_size: int | str = "auto",
+    layer: Any = "embeddings",
+    progress: bool = True,
+) -> GenerationAttribution:
+    """Generate a continuation (or force one) and attribute every generated token to its sources.
+
+    Parameters
+    ----------
+    model : transformers causal LM
+        ``AutoModelForCausalLM`` of any family (GPT-2, Llama, Qwen2, Mistral, ...). Its mode,
+        hooks and ``requires_grad`` flags are restored afterwards, also on errors.
+    tokenizer : transformers tokenizer or None
+        Encodes text prompts, targets and foils; gives token strings. None with id inputs.
+    prompt : str, sequence of int or (1, P) tensor
+        One prompt (special tokens as the tokenizer adds them).
+    max_new_tokens : int
+        Tokens to generate (greedy unless ``generation_kwargs`` says otherwise). Not used with
+        ``target``.
+    target : str or sequence of int, optional
+        A forced continuation to explain instead of generating (teacher forcing).
+    method : {"integrated_gradients", "saliency", "input_x_gradient", "attention", "occlusion"}
+        Gradient methods work at the input embeddings (``layer``) and sum over the embedding
+        dimension (saliency: of |gradient|). ``"attention"``: the head-mean attention of each
+        target's query, recomputed from the queries and keys the model's own kernel received
+        (``attention="last_layer"`` or ``"rollout"``). ``"occlusion"``: drop of each target when
+        one source token is replaced by the baseline token.
+    n_steps, rule, tol, max_evals
+        Integrated gradients: the quadrature rule (every rule of
+        :func:`llmdbg.integrated_gradients`, ``"adaptive"`` included) and its nodes.
+    source : {"prompt+generated", "prompt"}
+        ``"prompt+generated"`` (inseq's convention): every source the step saw, the earlier
+        generated tokens interpolated too. ``"prompt"`` (Captum's ``LLMGradientAttribution``):
+        only the prompt; the generated prefix stays at its real embeddings.
+    contrast : int, str or sequence of int, optional
+        Contrastive attribution: the target becomes log p(y_k) − log p(f_k), the foil f_k scored in
+        the same context. One id for every step, or a text / ids of the target's length.
+    baseline : {"pad", "unk", "mask", "zeros"} or int
+        Integrated gradients' baseline (and occlusion's replacement): special tokens are kept by
+        the named baselines; an int id replaces every attributed position.
+    attention : {"last_layer", "rollout"}
+        Which attention rows ``method="attention"`` reads.
+    generation_kwargs : dict, optional
+        Passed to ``model.generate`` (``num_return_sequences`` must stay 1).
+    max_bytes : int, optional
+        Budget for the gradient buffers and activations (default: a quarter of the available
+        memory); targets and path points are chunked to fit, or
+        :class:`llmdbg.CaptureBudgetError` is raised with the estimate before running.
+    batch_size : int or "auto"
+        Path points per forward.
+    layer : "embeddings", str or module
+        The word embedding attributed to.
+    progress : bool
+        Progress bars (off when not interactive).
+
+    Returns
+    -------
+    GenerationAttribution
+        ``scores`` float32 ``(n, S)``, sources and targets, ``step_scores``, and for integrated
+        gradients per-target ``delta`` and ``converged``. Accumulation is in float32 whatever
+        the model's dtype (float64 for occlusion differences and rollout).
+
+    Raises
+    ------
+    ValueError
+        Not a causal LM (encoder-decoders are named), ``max_new_tokens < 1``, a foil of another
+        length than the target, a target the tokenizer cannot encode, several prompts,
+        ``num_return_sequences > 1``, an unknown method, source or rule.
+    llmdbg.CaptureBudgetError
+        The estimate exceeds ``max_bytes`` even for one target and one path point.
+    """
+    _check_model(model)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}, got {source!r}")
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {', '.join(map(repr, ATTENTION_MODES))}, got {attention!r}")
+    if method == "attention" and contrast is not None:
+        raise ValueError("contrast needs a method that scores the target (gradients or occlusion), not 'attention'")
+    if generation_kwargs is not None and not isinstance(generation_kwargs, dict):
+        raise TypeError(f"generation_kwargs must be a dict, got {type(generation_kwargs).__name__}")
+    ig: dict[str, Any] = {}
+    if method == "integrated_gradients":
+        if rule not in IG_RULES:
+            raise ValueError(f"rule must be one of {', '.join(map(repr, IG_RULES))}, got {rule!r}")
+        steps, cap = check_options(rule, n_steps, tol, max_evals, "sum")
+        ig = dict(rule=rule, steps=steps, cap=cap, tol=float(tol))
+    prompt_ids = _prompt_ids(prompt, tokenizer)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if target is None:
+        gen = _generate(model, prompt_ids, max_new_tokens, tokenizer, dict(generation_kwargs or {}))
+    else:
+        gen = _encode_text(target, tokenizer, "target") if isinstance(target, str) else _as_ids(target, "target")
+        if (gen < 0).any() or (vocab is not None and (gen >= vocab).any()):
+            raise ValueError(f"target ids must be in [0, {vocab}), got {gen.tolist()}")
+    p, n = prompt_ids.numel(), gen.numel()
+    foil = _foil(contrast, n, tokenizer, vocab)
+    embedding = find_embedding(model, layer)
+    device = next(model.parameters()).device
+    ids = torch.cat([prompt_ids, gen])[None].to(device)
+    t = p + n
+    positions = torch.arange(p - 1, p - 1 + n)
+    tgt = Target(
+        "token",
+        n,
+        gen[None],
+        positions[None],
+        torch.ones(1, n, dtype=torch.bool),
+        vocab=vocab,
+        keep=n + 1 if _takes(model, "logits_to_keep") else None,
+        length=t,
+    )
+    tgt.foil = None if foil is None else foil[None]
+    n_source = p + n - 1 if source == "prompt+generated" else p
+    region = torch.zeros(1, t, dtype=torch.bool, device=device)
+    region[0, :n_source] = True
+    if isinstance(baseline, (int, np.integer)) and not isinstance(baseline, bool):
+        baseline = torch.full((1, t), int(baseline), dtype=torch.long)
+    if method in ("saliency", "input_x_gradient", "attention"):
+        baseline = "zeros"  # no baseline: every source (special tokens too) is scored
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    prep = prepare(model, batch, tokenizer=tokenizer, baseline=baseline, layer=embedding, attributable=region)
+    group, rows = _plan(model, prep, n, method, batch_size, max_bytes)
+
+    with gradient_mode(model):
+        steps_scores = _step_scores(model, ids, positions, gen)
+        if method == "attention":
+            parts = [_attention_scores(model, ids, positions.to(device), attention, max_bytes)]
+        else:
+            parts = []
+            for g0 in range(0, n, group):
+                sub = _subset(tgt, slice(g0, min(n, g0 + group)), foil)
+                if method == "occlusion":
+                    parts.append(_occlusion_scores(model, prep, sub, rows, progress))
+                else:
+                    parts.append(_gradient_scores(method, prep, sub, rows, ig, progress))
+    scores = torch.cat([q["scores"].float().cpu() for q in parts])[:, :n_source].numpy()
+    for k in range(n):  # step k sees sources 0 .. p - 1 + k (causal): exactly 0 beyond
+        scores[k, p + k :] = 0.0
+
+    def joined(key: str) -> np.ndarray | None:
+        if key not in parts[0]:
+            return None
+        return torch.cat([q[key].reshape(-1).float().cpu() for q in parts]).numpy().astype(np.float32)
+
+    delta = joined("delta")
+    value, base_value = joined("value"), joined("baseline_value")
+    converged = None
+    if delta is not None and value is not None and base_value is not None:
+        converged = np.abs(delta) / np.maximum(np.abs(value - base_value), 1e-12) < tol
+    run_ids = ids[0].cpu()
+    tokens = token_strings(run_ids[None], tokenizer)[0]
+    name = f"integrated_gradients/{rule}" if method == "integrated_gradients" else method
+    if method == "attention":
+        name = f"attention/{attention}"
+    return GenerationAttribution(
+        scores=np.ascontiguousarray(scores, dtype=np.float32),
+        source_tokens=tokens[:n_source],
+        target_tokens=tokens[p:],
+        source_ids=run_ids[:n_source].numpy().astype(np.int64),
+        target_ids=gen.numpy().astype(np.int64),
+        prompt_length=p,
+        step_scores=steps_scores,
+        method=name,
+        source=source,
+        n_evals=int(sum(q["n_evals"] for q in parts) if method != "integrated_gradients" else parts[0]["n_evals"]),
+        delta=delta,
+        value=value,
+        baseline_value=base_value,
+        converged=converged,
+        contrast_ids=None if foil is None else foil.numpy().astype(np.int64),
+    )
