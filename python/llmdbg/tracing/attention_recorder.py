@@ -79,6 +79,9 @@ class AttentionRecorder:
         self.causal: dict[int, bool] = {}  # layer -> the module's is_causal flag
         self.warned_dropout = False
         self.forwards = 0  # model forwards seen (counted by attention_setup.record_streams)
+        # Beam search reorders cached rows between steps: earlier special-token flags no longer
+        # line up with the rows, so decode steps report special_mass as NaN (unknown).
+        self.cache_reordered = False
 
     def check_complete(self, recorded: bool) -> None:
         """Raise when the model ran but a selected attention module never reached the recorder

@@ -93,11 +93,31 @@ def record_streams(
         flags = None
         if isinstance(ids, torch.Tensor) and special:
             flags = np.isin(ids.detach().cpu().numpy(), list(special))
+        if _continues_cache(bound, stream):  # generate()'s decode steps: keys = cached + new tokens
+            prev = recorder.streams.get(stream, (None, None))[0]
+            ok = flags is not None and prev is not None and prev.shape[0] == b and not recorder.cache_reordered
+            flags = np.concatenate([prev, flags], axis=1) if ok else None  # type: ignore[list-item]
         first = None
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == (b, t):
-            first = (mask.detach().cpu().numpy() != 0).argmax(axis=1).astype(np.int64)
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == b and mask.shape[1] >= t:
+            first = (mask.detach().cpu().numpy() != 0).argmax(axis=1).astype(np.int64)  # over the keys
         recorder.streams[stream] = (flags, first)
     return shapes
+
+
+def _continues_cache(bound: dict[str, Any], stream: str) -> bool:
+    """Whether this forward appends to a non-empty KV cache (the keys then include tokens of
+    earlier calls)."""
+    extra = bound.get("kwargs") if isinstance(bound.get("kwargs"), dict) else {}
+    cache = next(
+        (c for c in (bound.get("past_key_values"), bound.get("cache"), extra.get("past_key_values")) if c), None
+    )
+    length = getattr(cache, "get_seq_length", None)
+    if cache is None or not callable(length):
+        return False
+    try:
+        return int(length()) > 0 and (stream == "input_ids" or bool(bound.get("decoder_input_ids") is not None))
+    except (TypeError, ValueError, RuntimeError):
+        return False
 
 
 def check_budget(est: MemoryEstimate, held: int, max_bytes: int, mode: str) -> None:

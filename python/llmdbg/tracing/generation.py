@@ -30,8 +30,15 @@ _REQUESTED = ("output_scores", "output_logits")
 class GenerateWrapper:
     """Replaces ``model.generate`` on the instance while a capture is open."""
 
-    def __init__(self, model: torch.nn.Module, trace: Trace, marks: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        trace: Trace,
+        marks: Callable[[], dict[str, Any]],
+        on_beams: Callable[[bool], None] = lambda _: None,
+    ) -> None:
         self.model = model
+        self._on_beams = on_beams
         self.trace = trace
         self._marks = marks
         self._installed = False
@@ -69,7 +76,11 @@ class GenerateWrapper:
         asked = {name: kwargs.get(name, getattr(config, name, False)) for name in _REQUESTED}
         kwargs = {**kwargs, "return_dict_in_generate": True, "output_logits": True, "output_scores": True}
         before = self._marks()
-        out = original(*args, **kwargs)
+        self._on_beams(int(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1) > 1)
+        try:
+            out = original(*args, **kwargs)
+        finally:
+            self._on_beams(False)
         after = self._marks()
         prompt = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
         self.trace._generations.append(Generation(self.trace, out, before, after, prompt, kwargs.get("attention_mask")))
@@ -187,7 +198,7 @@ class Generation:
         forward over ``sequences[:, :-1]`` (:meth:`inputs`). With a token selection in ``reduce``
         each call keeps its selection: ``"last_token"`` gives ``(B, n, ...)``, the position that
         predicted each generated token. Beam search rows follow ``beam_indices``; positions after
-        a beam finished are NaN.
+        a beam finished are NaN. Module inputs (``inputs=True``) are under ``name + ":input"``.
     attention_stats : dict[int, dict[str, numpy.ndarray]]
         With ``attentions="stats"``: per layer, ``entropy``, ``max_prob``, ``sink_mass``,
         ``special_mass`` as ``(B, H, T − 1)`` float32, every query position of the prefill and
@@ -313,13 +324,20 @@ class Generation:
         return self._trace.calls(key)[start:end]
 
     def _array_keys(self) -> list[str]:
-        from .trace import _SUFFIXES
+        from .trace import ATTN_GRAD_SUFFIX, ATTN_SUFFIX, GRAD_SUFFIX
 
+        skip = (ATTN_SUFFIX, ATTN_GRAD_SUFFIX, GRAD_SUFFIX)
         return [
             k
             for k in self._after["keys"]
-            if not k.endswith(_SUFFIXES) and self._after["keys"][k] > self._before["keys"].get(k, 0)
+            if not k.endswith(skip) and self._after["keys"][k] > self._before["keys"].get(k, 0)
         ]
+
+    @property
+    def hidden_states(self) -> list[np.ndarray]:
+        """With ``hidden_states=True``: the embedding output, then every block's output, each
+        stitched to ``(B, T − 1, D)`` (as :attr:`llmdbg.Trace.hidden_states` for one forward)."""
+        return [self.activations[k] for k in self._trace.hidden_state_modules if k in self.activations]
 
     def _stitch_key(self, key: str) -> np.ndarray:
         parts = self._calls(key)

@@ -278,7 +278,7 @@ class Capture:
                 reg(named[name].register_forward_hook(self._output_hook(name), with_kwargs=True))
             if attention:
                 self._start_attention(attention, named)
-            self._generate = GenerateWrapper(self.model, self.trace, self._marks).__enter__()
+            self._generate = GenerateWrapper(self.model, self.trace, self._marks, self._on_beams).__enter__()
         except BaseException:
             self._close(None, None, None)
             raise
@@ -336,6 +336,10 @@ class Capture:
             row_slice=self._tokens,
         )
         check_budget(est, self._store.nbytes, self._max_bytes, self._attn_mode)
+
+    def _on_beams(self, beams: bool) -> None:
+        if self._recorder is not None:
+            self._recorder.cache_reordered = beams
 
     def _marks(self) -> dict[str, Any]:
         """Calls recorded so far per store key and attention layer, and forwards seen."""
