@@ -130,7 +130,7 @@ def test_attention_query_rows_of_each_call():
 
 def test_last_token_reduce_keeps_the_predicting_positions():
     model = _lm("gpt2")
-    trace, out = _generate(model, _prompt(), "greedy", modules="blocks", reduce="last_token")
+    trace, _ = _generate(model, _prompt(), "greedy", modules="blocks", reduce="last_token")
     full, _ = _generate(model, _prompt(), "greedy", modules="blocks")
     name = trace.layout.blocks[-1]
     last = trace.generation.activations[name]
