@@ -396,44 +396,45 @@ def attribute_generation(
             raise ValueError(f"rule must be one of {', '.join(map(repr, IG_RULES))}, got {rule!r}")
         steps, cap = check_options(rule, n_steps, tol, max_evals, "sum")
         ig = dict(rule=rule, steps=steps, cap=cap, tol=float(tol))
-    prompt_ids = _prompt_ids(prompt, tokenizer)
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if target is None:
-        gen = _generate(model, prompt_ids, max_new_tokens, tokenizer, dict(generation_kwargs or {}))
-    else:
-        gen = _encode_text(target, tokenizer, "target") if isinstance(target, str) else _as_ids(target, "target")
-        if (gen < 0).any() or (vocab is not None and (gen >= vocab).any()):
-            raise ValueError(f"target ids must be in [0, {vocab}), got {gen.tolist()}")
-    p, n = prompt_ids.numel(), gen.numel()
-    foil = _foil(contrast, n, tokenizer, vocab)
-    embedding = find_embedding(model, layer)
-    device = next(model.parameters()).device
-    ids = torch.cat([prompt_ids, gen])[None].to(device)
-    t = p + n
-    positions = torch.arange(p - 1, p - 1 + n)
-    tgt = Target(
-        "token",
-        n,
-        gen[None],
-        positions[None],
-        torch.ones(1, n, dtype=torch.bool),
-        vocab=vocab,
-        keep=n + 1 if _takes(model, "logits_to_keep") else None,
-        length=t,
-    )
-    tgt.foil = None if foil is None else foil[None]
-    n_source = p + n - 1 if source == "prompt+generated" else p
-    region = torch.zeros(1, t, dtype=torch.bool, device=device)
-    region[0, :n_source] = True
-    if isinstance(baseline, (int, np.integer)) and not isinstance(baseline, bool):
-        baseline = torch.full((1, t), int(baseline), dtype=torch.long)
-    if method in ("saliency", "input_x_gradient", "attention"):
-        baseline = "zeros"  # no baseline: every source (special tokens too) is scored
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    prep = prepare(model, batch, tokenizer=tokenizer, baseline=baseline, layer=embedding, attributable=region)
-    group, rows = _plan(model, prep, n, method, batch_size, max_bytes)
-
+    # Generation and attribution in eval mode with untracked parameters, restored afterwards.
     with gradient_mode(model):
+        prompt_ids = _prompt_ids(prompt, tokenizer)
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if target is None:
+            gen = _generate(model, prompt_ids, max_new_tokens, tokenizer, dict(generation_kwargs or {}))
+        else:
+            gen = _encode_text(target, tokenizer, "target") if isinstance(target, str) else _as_ids(target, "target")
+            if (gen < 0).any() or (vocab is not None and (gen >= vocab).any()):
+                raise ValueError(f"target ids must be in [0, {vocab}), got {gen.tolist()}")
+        p, n = prompt_ids.numel(), gen.numel()
+        foil = _foil(contrast, n, tokenizer, vocab)
+        embedding = find_embedding(model, layer)
+        device = next(model.parameters()).device
+        ids = torch.cat([prompt_ids, gen])[None].to(device)
+        t = p + n
+        positions = torch.arange(p - 1, p - 1 + n)
+        tgt = Target(
+            "token",
+            n,
+            gen[None],
+            positions[None],
+            torch.ones(1, n, dtype=torch.bool),
+            vocab=vocab,
+            keep=n + 1 if _takes(model, "logits_to_keep") else None,
+            length=t,
+        )
+        tgt.foil = None if foil is None else foil[None]
+        n_source = p + n - 1 if source == "prompt+generated" else p
+        region = torch.zeros(1, t, dtype=torch.bool, device=device)
+        region[0, :n_source] = True
+        if isinstance(baseline, (int, np.integer)) and not isinstance(baseline, bool):
+            baseline = torch.full((1, t), int(baseline), dtype=torch.long)
+        if method in ("saliency", "input_x_gradient", "attention"):
+            baseline = "zeros"  # no baseline: every source (special tokens too) is scored
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        prep = prepare(model, batch, tokenizer=tokenizer, baseline=baseline, layer=embedding, attributable=region)
+        group, rows = _plan(model, prep, n, method, batch_size, max_bytes)
+
         steps_scores = _step_scores(model, ids, positions, gen)
         if method == "attention":
             parts = [_attention_scores(model, ids, positions.to(device), attention, max_bytes)]
@@ -445,39 +446,39 @@ def attribute_generation(
                     parts.append(_occlusion_scores(model, prep, sub, rows, progress))
                 else:
                     parts.append(_gradient_scores(method, prep, sub, rows, ig, progress))
-    scores = torch.cat([q["scores"].float().cpu() for q in parts])[:, :n_source].numpy()
-    for k in range(n):  # step k sees sources 0 .. p - 1 + k (causal): exactly 0 beyond
-        scores[k, p + k :] = 0.0
+        scores = torch.cat([q["scores"].float().cpu() for q in parts])[:, :n_source].numpy()
+        for k in range(n):  # step k sees sources 0 .. p - 1 + k (causal): exactly 0 beyond
+            scores[k, p + k :] = 0.0
 
-    def joined(key: str) -> np.ndarray | None:
-        if key not in parts[0]:
-            return None
-        return torch.cat([q[key].reshape(-1).float().cpu() for q in parts]).numpy().astype(np.float32)
+        def joined(key: str) -> np.ndarray | None:
+            if key not in parts[0]:
+                return None
+            return torch.cat([q[key].reshape(-1).float().cpu() for q in parts]).numpy().astype(np.float32)
 
-    delta = joined("delta")
-    value, base_value = joined("value"), joined("baseline_value")
-    converged = None
-    if delta is not None and value is not None and base_value is not None:
-        converged = np.abs(delta) / np.maximum(np.abs(value - base_value), 1e-12) < tol
-    run_ids = ids[0].cpu()
-    tokens = token_strings(run_ids[None], tokenizer)[0]
-    name = f"integrated_gradients/{rule}" if method == "integrated_gradients" else method
-    if method == "attention":
-        name = f"attention/{attention}"
-    return GenerationAttribution(
-        scores=np.ascontiguousarray(scores, dtype=np.float32),
-        source_tokens=tokens[:n_source],
-        target_tokens=tokens[p:],
-        source_ids=run_ids[:n_source].numpy().astype(np.int64),
-        target_ids=gen.numpy().astype(np.int64),
-        prompt_length=p,
-        step_scores=steps_scores,
-        method=name,
-        source=source,
-        n_evals=int(sum(q["n_evals"] for q in parts) if method != "integrated_gradients" else parts[0]["n_evals"]),
-        delta=delta,
-        value=value,
-        baseline_value=base_value,
-        converged=converged,
-        contrast_ids=None if foil is None else foil.numpy().astype(np.int64),
-    )
+        delta = joined("delta")
+        value, base_value = joined("value"), joined("baseline_value")
+        converged = None
+        if delta is not None and value is not None and base_value is not None:
+            converged = np.abs(delta) / np.maximum(np.abs(value - base_value), 1e-12) < tol
+        run_ids = ids[0].cpu()
+        tokens = token_strings(run_ids[None], tokenizer)[0]
+        name = f"integrated_gradients/{rule}" if method == "integrated_gradients" else method
+        if method == "attention":
+            name = f"attention/{attention}"
+        return GenerationAttribution(
+            scores=np.ascontiguousarray(scores, dtype=np.float32),
+            source_tokens=tokens[:n_source],
+            target_tokens=tokens[p:],
+            source_ids=run_ids[:n_source].numpy().astype(np.int64),
+            target_ids=gen.numpy().astype(np.int64),
+            prompt_length=p,
+            step_scores=steps_scores,
+            method=name,
+            source=source,
+            n_evals=int(sum(q["n_evals"] for q in parts) if method != "integrated_gradients" else parts[0]["n_evals"]),
+            delta=delta,
+            value=value,
+            baseline_value=base_value,
+            converged=converged,
+            contrast_ids=None if foil is None else foil.numpy().astype(np.int64),
+        )
