@@ -319,3 +319,25 @@ def test_model_state_is_restored_also_after_errors():
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert {n: m.training for n, m in model.named_modules()} == modes
     assert not model._forward_hooks and not model.model.embed_tokens._forward_hooks
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_activation_derivative_once_gives_autograd_gradients(family):
+    from llmdbg.attribution._activations import derivative_once
+
+    model = _lm(family)
+    x = torch.randn(2, 6, 32, requires_grad=True, generator=torch.Generator().manual_seed(0))
+    cot = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(1))
+
+    def grads():
+        out = model.model(inputs_embeds=x) if family == "llama" else model.transformer(inputs_embeds=x)
+        h = out.last_hidden_state
+        return [torch.autograd.grad(h, x, cot * s, retain_graph=True)[0] for s in (1.0, -0.5)]
+
+    plain = grads()
+    with derivative_once(model) as hooked:
+        once = grads()
+    assert hooked == 2  # one activation module per block
+    for a, b in zip(once, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert not any(m._forward_hooks for m in model.modules())

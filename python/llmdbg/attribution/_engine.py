@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ._activations import derivative_once
 from ._head import cotangents, output_head, tap
 from ._inputs import Prepared, replaced_output
 from ._targets import Target
@@ -117,7 +118,8 @@ def values_and_grads(
     autograd end to end.
     """
     head = output_head(prep.model, target)
-    with tap(head) as seen:
+    # G > 1 targets: G backward passes share this forward; differentiate activations once here.
+    with tap(head) as seen, derivative_once(prep.model, enabled=target.n_out > 1):
         vals, outputs = forward_rows(
             prep.model, prep, target, point, rows, k, resolve_at=resolve_at, return_outputs=True
         )
