@@ -16,6 +16,8 @@ MARKER = "<!-- llmdbg-toctree -->"
 # Reading order of the user guide; pages not named here follow alphabetically.
 GUIDE_ORDER = [
     "capture",
+    "long_context",
+    "generation",
     "attention",
     "attribution",
     "embeddings",

@@ -74,7 +74,8 @@ class GenerateWrapper:
         config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
         wants_dict = kwargs.get("return_dict_in_generate", getattr(config, "return_dict_in_generate", False))
         asked = {name: kwargs.get(name, getattr(config, name, False)) for name in _REQUESTED}
-        kwargs = {**kwargs, "return_dict_in_generate": True, "output_logits": True, "output_scores": True}
+        # Raw logits give the step scores (and, under beam search, beam_indices).
+        kwargs = {**kwargs, "return_dict_in_generate": True, "output_logits": True}
         before = self._marks()
         self._on_beams(int(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1) > 1)
         try:
@@ -96,31 +97,31 @@ def _step_scores(
     logits: tuple[torch.Tensor, ...], chosen: torch.Tensor, rows: torch.Tensor | None, top_k: int
 ) -> dict[str, np.ndarray]:
     """Per step, from the raw logits (float32 softmax): the chosen token's probability, rank
-    (1 = most likely), the entropy (nats) and the top-k. Steps of a finished beam are NaN / -1."""
+    (1 = most likely), the entropy (nats) and the top-k. Steps of a finished beam are NaN / -1.
+    All steps at once: (B, n, V) gathered from the (B', V) step logits."""
     n, b = len(logits), chosen.shape[0]
     k = min(top_k, logits[0].shape[-1])
-    prob = np.full((b, n), np.nan, dtype=np.float32)
-    entropy = np.full((b, n), np.nan, dtype=np.float32)
-    rank = np.full((b, n), -1, dtype=np.int64)
-    top_ids = np.full((b, n, k), -1, dtype=np.int64)
-    top_probs = np.full((b, n, k), np.nan, dtype=np.float32)
-    for t, step in enumerate(logits):
-        idx = torch.arange(b) if rows is None else rows[:, t]
-        ok = idx >= 0
-        if not bool(ok.any()):
-            continue
-        z = step[idx[ok].to(step.device)].float()
-        logp = torch.log_softmax(z, dim=-1)
-        ids = chosen[ok, t].to(z.device)
-        picked = z.gather(1, ids[:, None])
-        sel = ok.numpy()
-        prob[sel, t] = logp.gather(1, ids[:, None])[:, 0].exp().cpu().numpy()
-        rank[sel, t] = ((z > picked).sum(-1) + 1).cpu().numpy()
-        entropy[sel, t] = (-(logp.exp() * logp).nan_to_num().sum(-1)).cpu().numpy()
-        tp, ti = logp.topk(k, dim=-1)
-        top_ids[sel, t] = ti.cpu().numpy()
-        top_probs[sel, t] = tp.exp().cpu().numpy()
-    return dict(probabilities=prob, ranks=rank, entropies=entropy, top_ids=top_ids, top_probs=top_probs)
+    idx = torch.arange(b)[:, None].expand(b, n) if rows is None else rows  # (B, n) row of each step's batch
+    ok = idx >= 0
+    stacked = torch.stack(logits, 1)  # (B', n, V)
+    z = stacked[idx.clamp_min(0).to(stacked.device), torch.arange(n, device=stacked.device)[None]].float()
+    logp = torch.log_softmax(z, dim=-1)
+    ids = chosen.to(z.device)[..., None]
+    rank = ((z > z.gather(2, ids)).sum(-1) + 1).cpu()
+    prob = logp.gather(2, ids)[..., 0].exp().cpu()
+    entropy = (-(logp.exp() * logp).nan_to_num().sum(-1)).cpu()
+    tp, ti = logp.topk(k, dim=-1)
+    bad = ~ok
+    prob[bad], entropy[bad], rank[bad] = float("nan"), float("nan"), -1
+    top_probs, top_ids = tp.exp().cpu(), ti.cpu()
+    top_probs[bad], top_ids[bad] = float("nan"), -1
+    return dict(
+        probabilities=prob.numpy().astype(np.float32),
+        ranks=rank.numpy().astype(np.int64),
+        entropies=entropy.numpy().astype(np.float32),
+        top_ids=top_ids.numpy().astype(np.int64),
+        top_probs=top_probs.numpy().astype(np.float32),
+    )
 
 
 def _stitch(parts: list[np.ndarray], rows: np.ndarray | None, axis: int, key_axis: int | None = None) -> np.ndarray:
@@ -230,15 +231,27 @@ class Generation:
         self._rows = None if beams is None else beams.detach().cpu()[:, : self.n_generated]
         self.beam_indices = None if self._rows is None else self._rows.numpy().astype(np.int64)
         self.token_ids = self.sequences[:, self.prompt_length :]
-        scores = _step_scores(logits, seqs[:, self.prompt_length :], self._rows, TOP_K)
-        self.probabilities: np.ndarray = scores["probabilities"]
-        self.ranks: np.ndarray = scores["ranks"]
-        self.entropies: np.ndarray = scores["entropies"]
-        self.top_ids: np.ndarray = scores["top_ids"]
-        self.top_probs: np.ndarray = scores["top_probs"]
+        self._logits: tuple[torch.Tensor, ...] | None = logits  # step scores are computed on first read
+        self._scores: dict[str, np.ndarray] | None = None
         self._mask = self._full_mask(prompt, prompt_mask)
         self.activations: Mapping[str, np.ndarray] = _Stitched(self._array_keys, self._stitch_key)
         self._stats_cache: dict[int, dict[str, np.ndarray]] | None = None
+
+    # -- step scores -------------------------------------------------------------------------
+    def _score(self, name: str) -> np.ndarray:
+        if self._scores is None:
+            assert self._logits is not None
+            chosen = torch.from_numpy(self.token_ids.copy())
+            rows = None if self._rows is None else self._rows
+            self._scores = _step_scores(self._logits, chosen, rows, TOP_K)
+            self._logits = None  # the stacked copy is gone with the call; drop generate's tuple too
+        return self._scores[name]
+
+    probabilities = property(lambda self: self._score("probabilities"))
+    ranks = property(lambda self: self._score("ranks"))
+    entropies = property(lambda self: self._score("entropies"))
+    top_ids = property(lambda self: self._score("top_ids"))
+    top_probs = property(lambda self: self._score("top_probs"))
 
     # -- layout ------------------------------------------------------------------------------
     def _full_mask(self, prompt: torch.Tensor | None, prompt_mask: torch.Tensor | None) -> np.ndarray:

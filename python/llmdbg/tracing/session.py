@@ -111,6 +111,7 @@ class Capture:
         self._eager: Any = None
         self._generate: GenerateWrapper | None = None
         self._forwards = 0  # model forwards seen, to tell generate()'s calls apart
+        self._specs: dict[tuple[str, int], dict[str, Any]] = {}
         self._recompute = False
         self._entered = False
         self._active = False
@@ -119,6 +120,9 @@ class Capture:
 
     # -- hooks -----------------------------------------------------------------------------
     def _spec(self, kind: str, tensor: torch.Tensor) -> dict[str, Any]:
+        cached = self._specs.get((kind, tensor.dim()))  # generate(): the same spec every step
+        if cached is not None:
+            return cached
         spec: dict[str, Any] = dict(self._plain_spec)
         token_dim = 2 if kind == "attn" else 1
         if self._tokens is not None and tensor.dim() > token_dim:
@@ -127,6 +131,7 @@ class Capture:
             spec.update(token_dim=token_dim, token_start=0 if start is None else start, token_stop=stop)
         if kind == "attn" and self._head_mean:
             spec["head_dim"] = 1
+        self._specs[(kind, tensor.dim())] = spec
         return spec
 
     def _add(self, key: str, tensor: torch.Tensor, kind: str = "act") -> None:
@@ -198,8 +203,8 @@ class Capture:
             if not self._active:
                 return None
             self._forwards += 1
-            try:
-                bound = signature.bind_partial(*args, **kwargs).arguments
+            try:  # generate() passes keywords only: no binding needed
+                bound = signature.bind_partial(*args, **kwargs).arguments if args else kwargs
             except TypeError:
                 bound = kwargs
             ids, mask = bound.get("input_ids"), bound.get("attention_mask")
