@@ -249,9 +249,12 @@ def bench_memory(quick: bool, large: bool):
 def bench_capture(quick: bool):
     tok = decoder_tokenizer()
     model = gpt2(tok)
-    ids = tok(prompt_text(tok, 128), return_tensors="pt")["input_ids"]
+    enc = tok(prompt_text(tok, 128), return_tensors="pt")
+    ids = enc["input_ids"]
     n_new = 16 if quick else 64
-    kwargs = dict(max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id)
+    kwargs = dict(
+        max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id, attention_mask=enc["attention_mask"]
+    )
 
     def plain():
         with torch.no_grad():

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -75,15 +76,23 @@ def expand_batch(batch: dict[str, Any], rows: torch.Tensor, k: int, n_examples: 
     return out
 
 
-def vjp(values: torch.Tensor, point: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+Fold = Callable[[int, torch.Tensor], None]
+
+
+def vjp(values: torch.Tensor, point: torch.Tensor, fold: Fold | None = None) -> torch.Tensor | None:
     """Gradients of each of the G columns of ``values`` (N, G) w.r.t. ``point``: (G, *point.shape)."""
     g = values.shape[1]
     eye = torch.eye(g, dtype=values.dtype, device=values.device)
-    return batched_vjp(values, eye[:, None, :].expand(g, *values.shape), point)
+    return batched_vjp(values, eye[:, None, :].expand(g, *values.shape), point, fold)
 
 
-def batched_vjp(out: torch.Tensor, cotangents: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+def batched_vjp(
+    out: torch.Tensor, cotangents: torch.Tensor, point: torch.Tensor, fold: Fold | None = None
+) -> torch.Tensor | None:
     """Σ cotangents[j] · ∂out/∂point for each j: (G, *point.shape).
+
+    With ``fold``, each gradient is handed to ``fold(j, grad)`` as soon as it exists and nothing is
+    returned: the G gradients are never held at once (long prompts).
 
     G = 1 is one backward. G > 1 runs one backward per cotangent on the retained graph: vmap over
     the backward (``is_grads_batched``) hits slow fallbacks (concatenations) in attention and
@@ -93,25 +102,41 @@ def batched_vjp(out: torch.Tensor, cotangents: torch.Tensor, point: torch.Tensor
     g = cotangents.shape[0]
     if g == 1:
         (grad,) = torch.autograd.grad(out, point, grad_outputs=cotangents[0])
-        return grad[None]
+        return grad[None] if fold is None else fold(0, grad)
     if os.environ.get("LLMDBG_IG_VJP", "loop") == "batched":
         try:
             (grads,) = torch.autograd.grad(
                 out, point, grad_outputs=cotangents.contiguous(), is_grads_batched=True, retain_graph=True
             )
-            return grads
+            if fold is None:
+                return grads
+            for j in range(g):
+                fold(j, grads[j])
+            return None
         except RuntimeError as err:  # an op without a batching rule
             logging.getLogger("llmdbg").debug("batched VJP unavailable (%s); one backward per target", err)
-    grads = torch.empty((g, *point.shape), dtype=point.dtype, device=point.device)
+    grads = torch.empty((g, *point.shape), dtype=point.dtype, device=point.device) if fold is None else None
     for j in range(g):
-        (grads[j],) = torch.autograd.grad(out, point, grad_outputs=cotangents[j], retain_graph=j < g - 1)
+        (grad,) = torch.autograd.grad(out, point, grad_outputs=cotangents[j], retain_graph=j < g - 1)
+        if grads is None:
+            fold(j, grad)  # type: ignore[misc]  # fold is set when grads is None
+        else:
+            grads[j] = grad
     return grads
 
 
 def values_and_grads(
-    prep: Prepared, target: Target, point: torch.Tensor, rows: torch.Tensor, k: int, *, resolve_at: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target values (K·R, G) float32 at ``point`` and their gradients (G, *point.shape).
+    prep: Prepared,
+    target: Target,
+    point: torch.Tensor,
+    rows: torch.Tensor,
+    k: int,
+    *,
+    resolve_at: int | None = None,
+    fold: Fold | None = None,
+) -> tuple[torch.Tensor, Any]:
+    """Target values (K·R, G) float32 at ``point`` and their gradients (G, *point.shape), or with
+    ``fold`` each target's gradient handed to ``fold(j, grad)`` (then None is returned for them).
 
     Token log-probabilities of language models take the closed-form gradient at the LM head's
     input (see ``_head``) so autograd differentiates only the body; everything else goes through
@@ -126,9 +151,9 @@ def values_and_grads(
     closed = cotangents(target, outputs, rows.repeat(k), head, seen) if head is not None else None
     del outputs, seen
     if closed is None:
-        return vals, vjp(vals, point)
+        return vals.detach() if fold is not None else vals, vjp(vals, point, fold)
     h, cot = closed
-    return vals.detach(), batched_vjp(h, cot, point)
+    return vals.detach(), batched_vjp(h, cot, point, fold)
 
 
 def forward_rows(

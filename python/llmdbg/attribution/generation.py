@@ -38,13 +38,12 @@ from ..adapters.layout import check_module
 from ..adapters.task import task_type
 from ..tracing.api import capture
 from ..tracing.query import AttentionQuery
-from ._engine import _available_bytes, _bytes_per_row, forward_rows
+from ._engine import _available_bytes, forward_rows, values_and_grads
 from ._inputs import Prepared, config_id, find_embedding, prepare, token_strings
 from ._targets import Target, _takes
 from .generation_result import GenerationAttribution
-from .gradients import _gradients
 from .integrated import METHODS as IG_RULES
-from .integrated import _adaptive, _fixed, check_options
+from .integrated import _adaptive, _endpoint_values, check_options
 
 __all__ = ["GenerationAttribution", "attribute_generation"]
 
@@ -179,21 +178,45 @@ def _step_scores(model: Any, ids: torch.Tensor, positions: torch.Tensor, targets
     }
 
 
-def _plan(model: Any, prep: Prepared, n: int, method: str, batch_size: Any, max_bytes: int | None) -> tuple[int, int]:
-    """(targets per group, path points per forward) whose estimated bytes fit the budget."""
+def _graph_bytes(model: Any, t: int, dtype: torch.dtype, grad: bool) -> int:
+    """Bytes of the activations one row of T tokens keeps for the backward (or, without grad, the
+    largest transient of a forward): per layer and token about 12·d + 4·d_ff values, plus T per
+    head for eager attention (SDPA and flash keep no T × T map)."""
+    cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    d = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or 1024)
+    layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None) or 12)
+    heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None) or 16)
+    ff = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d)
+    item = torch.finfo(dtype).bits // 8
+    per_token = (12 * d + 4 * ff) * item
+    if getattr(cfg, "_attn_implementation", "eager") == "eager":
+        per_token += 2 * heads * t * item
+    return t * per_token * (layers if grad else 2)
+
+
+def _plan(
+    model: Any, prep: Prepared, n: int, method: str, batch_size: Any, max_bytes: Any, adaptive: bool
+) -> tuple[int, int]:
+    """(targets per group, path points per forward) whose estimated bytes fit the budget:
+    the activations of ``rows`` path points, the (G, T) float32 sums (one per node for the
+    adaptive rule, which keeps every node), and one target's gradient (rows, T, d)."""
     t, d = prep.x.shape[1], prep.x.shape[2]
-    item = torch.finfo(prep.dtype).bits // 8
-    if max_bytes is not None:
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes <= 0:
-            raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
+    if max_bytes is not None and (
+        isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes <= 0
+    ):
+        raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
     budget = int(max_bytes) if max_bytes is not None else _available_bytes(prep.device) // 4
     gradient = method in ("integrated_gradients", "saliency", "input_x_gradient")
 
     def need(g: int, rows: int) -> int:
         if method == "attention":
             return 0
-        act = rows * _bytes_per_row(model, t, 1, prep.dtype) // (1 if gradient else 3)
-        return act + (g * t * d * (4 + rows * item) if gradient else 0)
+        act = rows * _graph_bytes(model, t, prep.dtype, gradient)
+        if not gradient:
+            return act
+        nodes = 97 if adaptive else 1
+        return act + g * t * 4 * nodes + 2 * rows * t * d * 4 + (g * rows * t * d * 4 if adaptive else 0)
 
     if batch_size != "auto":
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -231,22 +254,59 @@ def _subset(target: Target, cols: slice, foil: torch.Tensor | None) -> Target:
     return sub
 
 
+def _path_sums(
+    prep: Prepared, target: Target, nodes: np.ndarray, weights: np.ndarray, rows: int, bar: Any, reduce: Any
+) -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
+    """Σ_i w_i · reduce(∂F_g/∂e at node i) as (G, T) float32, each target's gradient folded in as
+    soon as its backward pass ends (the G gradients of a chunk are never held at once); and the
+    target values (G,) at the nodes 0 and 1."""
+    g, t = target.n_out, prep.x.shape[1]
+    acc = torch.zeros(g, t, dtype=torch.float32, device=prep.device)
+    ends: dict[float, torch.Tensor] = {}
+    one = torch.zeros(1, dtype=torch.long)
+    for k0 in range(0, len(nodes), rows):
+        k1 = min(len(nodes), k0 + rows)
+        alphas = torch.from_numpy(np.ascontiguousarray(nodes[k0:k1], dtype=np.float64))
+        point = _core.ig_path(prep.b[:1], prep.diff[:1], alphas, str(prep.dtype).removeprefix("torch."))
+        w = torch.as_tensor(weights[k0:k1], dtype=torch.float32, device=prep.device)
+
+        def fold(j: int, grad: torch.Tensor, w: torch.Tensor = w) -> None:
+            acc[j] += reduce((grad.float() * w[:, None, None]).sum(0))
+
+        resolve = next((i for i, a in enumerate(nodes[k0:k1]) if a == 1.0), None)
+        vals, _ = values_and_grads(
+            prep, target, point.requires_grad_(True), one, k1 - k0, resolve_at=resolve, fold=fold
+        )
+        for i, a in enumerate(nodes[k0:k1]):
+            if a in (0.0, 1.0):
+                ends[float(a)] = vals[i].detach()
+        bar.update(k1 - k0)
+    return acc, ends
+
+
 def _gradient_scores(method: str, prep: Prepared, target: Target, rows: int, ig: dict, progress: bool) -> dict:
     """(G, T) scores and, for integrated gradients, per-target delta and endpoint values."""
-    if method == "integrated_gradients":
-        if ig["rule"] == "adaptive":
-            attr, fx, fb, n_evals, _ = _adaptive(prep, target, ig["tol"], ig["cap"], rows, "sum", progress)  # (G, 1, T)
-            scores = attr[:, 0]
-        else:
-            attr, fx, fb, n_evals, _ = _fixed(prep, target, ig["rule"], ig["steps"], rows, progress)
-            scores = attr[:, 0].sum(-1)
+    x, diff, region = prep.x[0], prep.diff[0], prep.attributable[0]
+    if method == "integrated_gradients" and ig["rule"] == "adaptive":
+        attr, fx, fb, n_evals, _ = _adaptive(prep, target, ig["tol"], ig["cap"], rows, "sum", progress)
+        scores = attr[:, 0]  # (G, T)
         delta = scores.sum(-1) - (fx[0] - fb[0])
         return dict(scores=scores, delta=delta, value=fx[0], baseline_value=fb[0], n_evals=int(n_evals[0]))
+    if method == "integrated_gradients":
+        nodes, weights = _core.quadrature(ig["rule"], ig["steps"])
+        with progress_bar(progress, len(nodes), "integrated gradients") as bar:
+            scores, ends = _path_sums(prep, target, nodes, weights, rows, bar, lambda g: (g * diff).sum(-1))
+        missing = [a for a in (1.0, 0.0) if a not in ends]
+        if missing:
+            found = _endpoint_values(prep, target, missing, torch.zeros(1, dtype=torch.long))
+            ends.update({a: v[0] for a, v in found.items()})
+        fx, fb = ends[1.0].to(prep.device), ends[0.0].to(prep.device)
+        delta = scores.sum(-1) - (fx - fb)
+        return dict(scores=scores, delta=delta, value=fx, baseline_value=fb, n_evals=len(nodes) + len(missing))
+    reduce = (lambda g: g.abs().sum(-1)) if method == "saliency" else (lambda g: (g * x).sum(-1))
     with progress_bar(progress, 1, method) as bar:
-        grad = _gradients(prep, target, prep.x[None], 1, rows, bar)[:, 0]  # (G, T, d)
-    attr = grad.abs() if method == "saliency" else grad * prep.x[0]
-    scores = (attr * prep.attributable[0, :, None]).sum(-1)
-    return dict(scores=scores, n_evals=1)
+        scores, _ = _path_sums(prep, target, np.ones(1), np.ones(1), 1, bar, reduce)
+    return dict(scores=scores * region, n_evals=1)
 
 
 def _occlusion_scores(model: Any, prep: Prepared, target: Target, rows: int, progress: bool) -> dict:
@@ -433,7 +493,7 @@ def attribute_generation(
             baseline = "zeros"  # no baseline: every source (special tokens too) is scored
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         prep = prepare(model, batch, tokenizer=tokenizer, baseline=baseline, layer=embedding, attributable=region)
-        group, rows = _plan(model, prep, n, method, batch_size, max_bytes)
+        group, rows = _plan(model, prep, n, method, batch_size, max_bytes, ig.get("rule") == "adaptive")
 
         steps_scores = _step_scores(model, ids, positions, gen)
         if method == "attention":
@@ -475,7 +535,7 @@ def attribute_generation(
             step_scores=steps_scores,
             method=name,
             source=source,
-            n_evals=int(sum(q["n_evals"] for q in parts) if method != "integrated_gradients" else parts[0]["n_evals"]),
+            n_evals=int(sum(q["n_evals"] for q in parts)),
             delta=delta,
             value=value,
             baseline_value=base_value,

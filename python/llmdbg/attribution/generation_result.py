@@ -47,7 +47,8 @@ class GenerationAttribution:
     source : str
         ``"prompt+generated"`` or ``"prompt"``.
     n_evals : int
-        Model forwards made along the path (per target group), endpoints included.
+        Model evaluations in total: path points (endpoints included) or occluded copies, summed
+        over the target groups the memory plan made.
     """
 
     scores: np.ndarray

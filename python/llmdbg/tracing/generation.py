@@ -186,6 +186,8 @@ class Generation:
         ``(B, n)`` float32: the probability of each generated token and the entropy (nats) of its
         step's distribution, from the model's raw logits (softmax in float32, before temperature,
         top-k/top-p or repetition penalties reshape it for sampling).
+        Computed on first read; until then the step logits ``generate`` returned are kept
+        (n × rows × vocabulary float32).
     ranks : numpy.ndarray
         ``(B, n)`` int64, rank of each generated token in its step's distribution (1 = the most
         likely token).
