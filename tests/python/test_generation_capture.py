@@ -196,6 +196,12 @@ def test_encoder_modules_are_not_stitched():
     assert gen.activations[decoder[-1]].shape[:2] == (2, 3)  # decoder start token + 2 fed back
     with pytest.raises(ValueError, match="ran 1 times during generate"):
         _ = gen.activations[encoder[0]]
+    inputs = gen.inputs()
+    assert set(inputs) >= {"input_ids", "decoder_input_ids"}
+    with torch.no_grad(), llmdbg.capture(model, "blocks") as ref:
+        model(**inputs)
+    for name in decoder:
+        np.testing.assert_allclose(gen.activations[name], ref.activations[name], atol=1e-5)
 
 
 def test_logit_lens_patch_and_ablate_on_generated_positions():

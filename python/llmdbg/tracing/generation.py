@@ -84,7 +84,15 @@ class GenerateWrapper:
             self._on_beams(False)
         after = self._marks()
         prompt = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
-        self.trace._generations.append(Generation(self.trace, out, before, after, prompt, kwargs.get("attention_mask")))
+        mask = kwargs.get("attention_mask")
+        gen = Generation(self.trace, out, before, after, prompt, mask)
+        if getattr(getattr(self.model, "config", None), "is_encoder_decoder", False) and isinstance(
+            prompt, torch.Tensor
+        ):
+            gen._encoder = {"input_ids": prompt.detach().cpu()}  # sequences are the decoder's tokens
+            if isinstance(mask, torch.Tensor):
+                gen._encoder["attention_mask"] = mask.detach().cpu()
+        self.trace._generations.append(gen)
         if not wants_dict:
             return out.sequences
         for name, field in (("output_scores", "scores"), ("output_logits", "logits")):
@@ -235,7 +243,8 @@ class Generation:
         self.token_ids = self.sequences[:, self.prompt_length :]
         self._logits: tuple[torch.Tensor, ...] | None = logits  # step scores are computed on first read
         self._scores: dict[str, np.ndarray] | None = None
-        self._mask = self._full_mask(prompt, prompt_mask)
+        self._encoder: dict[str, torch.Tensor] | None = None
+        self._mask = self._full_mask(prompt, prompt_mask)  # seq2seq: the prompt mask does not fit, ones
         self.activations: Mapping[str, np.ndarray] = _Stitched(self._array_keys, self._stitch_key)
         self._stats_cache: dict[int, dict[str, np.ndarray]] | None = None
 
@@ -281,11 +290,16 @@ class Generation:
         """The teacher-forced inputs that reproduce the generation in one forward:
         ``input_ids = sequences[:, :-1]`` and the matching ``attention_mask``; with left padding
         also ``position_ids`` as ``generate`` computed them (cumulative mask − 1). Pass the
-        model to place the tensors on its device. Use them with :func:`llmdbg.logit_lens`,
+        model to place the tensors on its device. Encoder-decoders get the prompt as the encoder's
+        ``input_ids`` and the sequences as ``decoder_input_ids``. Use them with :func:`llmdbg.logit_lens`,
         :func:`llmdbg.patch`, :func:`llmdbg.ablate` and :meth:`metric`."""
         device = next(model.parameters()).device if model is not None else torch.device("cpu")
         ids = torch.from_numpy(self.sequences[:, :-1].copy()).to(device)
         mask = torch.from_numpy(self._mask[:, :-1].copy()).to(device)
+        if self._encoder is not None:  # encoder-decoder: the prompt feeds the encoder (per sequence)
+            reps = ids.shape[0] // self._encoder["input_ids"].shape[0]
+            enc = {k: v.repeat_interleave(reps, 0).to(device) for k, v in self._encoder.items()}
+            return {**enc, "decoder_input_ids": ids, "decoder_attention_mask": mask}
         out = {"input_ids": ids, "attention_mask": mask}
         if bool((mask == 0).any()):
             pos = mask.long().cumsum(-1) - 1
