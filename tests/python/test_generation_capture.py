@@ -133,6 +133,7 @@ def test_last_token_reduce_keeps_the_predicting_positions():
     trace, _ = _generate(model, _prompt(), "greedy", modules="blocks", reduce="last_token")
     full, _ = _generate(model, _prompt(), "greedy", modules="blocks")
     name = trace.layout.blocks[-1]
+    np.testing.assert_array_equal(trace.input_ids, _prompt().numpy())  # the prefill; decode steps are in .generation
     last = trace.generation.activations[name]
     assert last.shape == (2, 5, 32)
     np.testing.assert_allclose(last, full.generation.activations[name][:, trace.generation.generated_positions])

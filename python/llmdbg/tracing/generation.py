@@ -35,10 +35,10 @@ class GenerateWrapper:
         model: torch.nn.Module,
         trace: Trace,
         marks: Callable[[], dict[str, Any]],
-        on_beams: Callable[[bool], None] = lambda _: None,
+        on_generate: Callable[[str | None], None] = lambda _: None,
     ) -> None:
         self.model = model
-        self._on_beams = on_beams
+        self._on_generate = on_generate  # "greedy" / "beams" while generate() runs, then None
         self.trace = trace
         self._marks = marks
         self._installed = False
@@ -77,11 +77,12 @@ class GenerateWrapper:
         # Raw logits give the step scores (and, under beam search, beam_indices).
         kwargs = {**kwargs, "return_dict_in_generate": True, "output_logits": True}
         before = self._marks()
-        self._on_beams(int(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1) > 1)
+        beams = int(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1) > 1
+        self._on_generate("beams" if beams else "greedy")
         try:
             out = original(*args, **kwargs)
         finally:
-            self._on_beams(False)
+            self._on_generate(None)
         after = self._marks()
         prompt = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
         mask = kwargs.get("attention_mask")

@@ -112,6 +112,7 @@ class Capture:
         self._generate: GenerateWrapper | None = None
         self._forwards = 0  # model forwards seen, to tell generate()'s calls apart
         self._specs: dict[tuple[str, int], dict[str, Any]] = {}
+        self._generating, self._generate_start = False, 0
         self._recompute = False
         self._entered = False
         self._active = False
@@ -211,11 +212,12 @@ class Capture:
             assert self.trace is not None  # hooks exist only between __enter__ and __exit__
             if self._recorder is not None:
                 self._prepare_attention(bound)
-            self.trace._record_inputs(
-                ids if isinstance(ids, torch.Tensor) else None,
-                mask if isinstance(mask, torch.Tensor) else None,
-                self._tokenizer,
-            )
+            if not self._generating or self._forwards == self._generate_start + 1:  # decode steps: in .generation
+                self.trace._record_inputs(
+                    ids if isinstance(ids, torch.Tensor) else None,
+                    mask if isinstance(mask, torch.Tensor) else None,
+                    self._tokenizer,
+                )
             if ask_for_weights and "output_attentions" not in bound and "output_attentions" not in kwargs:
                 # Older-style attention modules only return weights when asked; the model's
                 # output then also carries them (outputs.attentions).
@@ -283,7 +285,7 @@ class Capture:
                 reg(named[name].register_forward_hook(self._output_hook(name), with_kwargs=True))
             if attention:
                 self._start_attention(attention, named)
-            self._generate = GenerateWrapper(self.model, self.trace, self._marks, self._on_beams).__enter__()
+            self._generate = GenerateWrapper(self.model, self.trace, self._marks, self._on_generate).__enter__()
         except BaseException:
             self._close(None, None, None)
             raise
@@ -342,9 +344,11 @@ class Capture:
         )
         check_budget(est, self._store.nbytes, self._max_bytes, self._attn_mode)
 
-    def _on_beams(self, beams: bool) -> None:
+    def _on_generate(self, mode: str | None) -> None:
+        self._generating = mode is not None
+        self._generate_start = self._forwards  # the prefill is the next forward
         if self._recorder is not None:
-            self._recorder.cache_reordered = beams
+            self._recorder.cache_reordered = mode == "beams"
 
     def _marks(self) -> dict[str, Any]:
         """Calls recorded so far per store key and attention layer, and forwards seen."""
