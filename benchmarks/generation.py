@@ -24,7 +24,7 @@ memory of long-prompt attribution, and the cost of capturing inside generate().
     16 steps the issue asks for and reports the time (about half an hour on 2 cores).
     (quick: 512-token prompt, 4 tokens.)
 (c) capture(model, "blocks", reduce="last_token") around generate() of 64 tokens after a
-    128-token prompt on the (a) model: overhead vs plain generate(), median of 11 interleaved
+    128-token prompt on the (a) model: overhead vs plain generate(), median of 21 interleaved
     repeats after a warm-up.
 
     python benchmarks/generation.py [--quick] [--large]
@@ -270,7 +270,7 @@ def bench_capture(quick: bool):
             model.generate(ids, **kwargs)
         return trace.generation.activations[trace.layout.blocks[-1]]
 
-    times = time_interleaved({"plain": plain, "capture": captured}, 3 if quick else 11)
+    times = time_interleaved({"plain": plain, "capture": captured}, 5 if quick else 21)
     overhead = median(times["capture"]) / median(times["plain"]) - 1
     shape = captured().shape
     rows = [

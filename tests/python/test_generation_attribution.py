@@ -257,6 +257,9 @@ def test_memory_plan_chunks_targets_and_refuses_what_cannot_fit():
         with pytest.raises(llmdbg.CaptureBudgetError, match="GiB"):
             llmdbg.attribute_generation(model, None, prompt, target=whole.target_ids, max_bytes=1000, progress=False)
         assert not calls  # refused before any model call
+        with pytest.raises(llmdbg.CaptureBudgetError, match="GiB"):
+            llmdbg.attribute_generation(model, None, prompt, max_new_tokens=4, max_bytes=1000, progress=False)
+        assert not calls  # also before generating
     finally:
         handle.remove()
 

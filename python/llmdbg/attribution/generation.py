@@ -196,23 +196,30 @@ def _graph_bytes(model: Any, t: int, dtype: torch.dtype, grad: bool) -> int:
 
 
 def _plan(
-    model: Any, prep: Prepared, n: int, method: str, batch_size: Any, max_bytes: Any, adaptive: bool
+    model: Any,
+    shape: tuple[int, int],
+    dtype: torch.dtype,
+    n: int,
+    method: str,
+    batch_size: Any,
+    max_bytes: Any,
+    adaptive: bool,
 ) -> tuple[int, int]:
     """(targets per group, path points per forward) whose estimated bytes fit the budget:
     the activations of ``rows`` path points, the (G, T) float32 sums (one per node for the
     adaptive rule, which keeps every node), and one target's gradient (rows, T, d)."""
-    t, d = prep.x.shape[1], prep.x.shape[2]
+    t, d = shape
     if max_bytes is not None and (
         isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes <= 0
     ):
         raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
-    budget = int(max_bytes) if max_bytes is not None else _available_bytes(prep.device) // 4
+    budget = int(max_bytes) if max_bytes is not None else _available_bytes(next(model.parameters()).device) // 4
     gradient = method in ("integrated_gradients", "saliency", "input_x_gradient")
 
     def need(g: int, rows: int) -> int:
         if method == "attention":
             return 0
-        act = rows * _graph_bytes(model, t, prep.dtype, gradient)
+        act = rows * _graph_bytes(model, t, dtype, gradient)
         if not gradient:
             return act
         nodes = 97 if adaptive else 1
@@ -223,7 +230,8 @@ def _plan(
             raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
         rows = batch_size
     else:
-        rows = max(1, min(64, (4096 if prep.device.type != "cuda" else 1 << 20) // t))
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        rows = max(1, min(64, (1 << 20 if on_gpu else 4096) // t))
     group = n
     while need(group, rows) > budget and rows > 1:
         rows = max(1, rows // 2)
@@ -460,7 +468,18 @@ def attribute_generation(
     with gradient_mode(model):
         prompt_ids = _prompt_ids(prompt, tokenizer)
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        adaptive = ig.get("rule") == "adaptive"
         if target is None:
+            if (
+                isinstance(max_new_tokens, (int, np.integer))
+                and not isinstance(max_new_tokens, bool)
+                and max_new_tokens > 0
+            ):
+                # Refuse a request that cannot fit before generating (n is at most max_new_tokens).
+                width = model.get_input_embeddings().weight.shape[1] if hasattr(model, "get_input_embeddings") else 1
+                dtype = next(model.parameters()).dtype
+                shape = (prompt_ids.numel() + int(max_new_tokens), int(width))
+                _plan(model, shape, dtype, int(max_new_tokens), method, batch_size, max_bytes, adaptive)
             gen = _generate(model, prompt_ids, max_new_tokens, tokenizer, dict(generation_kwargs or {}))
         else:
             gen = _encode_text(target, tokenizer, "target") if isinstance(target, str) else _as_ids(target, "target")
@@ -493,7 +512,7 @@ def attribute_generation(
             baseline = "zeros"  # no baseline: every source (special tokens too) is scored
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         prep = prepare(model, batch, tokenizer=tokenizer, baseline=baseline, layer=embedding, attributable=region)
-        group, rows = _plan(model, prep, n, method, batch_size, max_bytes, ig.get("rule") == "adaptive")
+        group, rows = _plan(model, prep.x.shape[1:], prep.dtype, n, method, batch_size, max_bytes, adaptive)
 
         steps_scores = _step_scores(model, ids, positions, gen)
         if method == "attention":
