@@ -26,6 +26,7 @@ estimate, before any model call.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ from ._inputs import Prepared, config_id, find_embedding, prepare, token_strings
 from ._targets import Target, _takes
 from .generation_result import GenerationAttribution
 from .integrated import METHODS as IG_RULES
-from .integrated import _adaptive, _endpoint_values, check_options
+from .integrated import ConvergenceWarning, _adaptive, _endpoint_values, check_options
 
 __all__ = ["GenerationAttribution", "attribute_generation"]
 
@@ -195,6 +196,10 @@ def _graph_bytes(model: Any, t: int, dtype: torch.dtype, grad: bool) -> int:
     return t * per_token * (layers if grad else 2)
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def _plan(
     model: Any,
     shape: tuple[int, int],
@@ -239,8 +244,8 @@ def _plan(
         group = max(1, group // 2)
     if need(group, rows) > budget:
         raise _core.CaptureBudgetError(
-            f"attribute_generation({method!r}) needs about {need(group, rows) / 2**30:.2f} GiB for one target and one "
-            f"path point at {t} tokens (d = {d}), over max_bytes = {budget / 2**30:.2f} GiB; raise max_bytes or "
+            f"attribute_generation({method!r}) needs about {_size(need(group, rows))} for one target and one "
+            f"path point at {t} tokens (d = {d}), over max_bytes = {_size(budget)}; raise max_bytes or "
             "shorten the prompt"
         )
     return group, rows
@@ -357,6 +362,23 @@ def _attention_scores(model: Any, ids: torch.Tensor, positions: torch.Tensor, mo
         a /= a.sum(1, keepdims=True)
         r = r @ a
     return dict(scores=torch.from_numpy(r).float(), n_evals=1)
+
+
+def _warn_zero_baseline(prep: Prepared, converged: np.ndarray, tol: float) -> None:
+    """A baseline whose embeddings are all zero (an embedding's ``padding_idx`` row, or
+    ``baseline="zeros"``) makes the path start where RMSNorm/LayerNorm divide by ~sqrt(eps): the
+    integrand is nearly singular near α = 0 and more steps do not help. Say so when it bites."""
+    region = prep.attributable[0]
+    if converged.all() or not bool(region.any()) or float(prep.b[0][region].abs().max()) > 0:
+        return
+    warnings.warn(
+        f"integrated gradients did not reach |delta| / |F(x) - F(b)| < {tol} for {int((~converged).sum())} of "
+        f"{converged.size} targets, and the baseline's embeddings are all zero (the pad token's row of an embedding "
+        "with padding_idx, or baseline='zeros'): normalization layers make the integrand nearly singular near the "
+        "baseline, so more steps do not help. Use baseline='unk' or a token id with a non-zero embedding",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
 
 
 def attribute_generation(
@@ -539,6 +561,7 @@ def attribute_generation(
         converged = None
         if delta is not None and value is not None and base_value is not None:
             converged = np.abs(delta) / np.maximum(np.abs(value - base_value), 1e-12) < tol
+            _warn_zero_baseline(prep, converged, tol)
         run_ids = ids[0].cpu()
         tokens = token_strings(run_ids[None], tokenizer)[0]
         name = f"integrated_gradients/{rule}" if method == "integrated_gradients" else method
