@@ -115,14 +115,16 @@ def batched_vjp(
             return None
         except RuntimeError as err:  # an op without a batching rule
             logging.getLogger("llmdbg").debug("batched VJP unavailable (%s); one backward per target", err)
-    grads = torch.empty((g, *point.shape), dtype=point.dtype, device=point.device) if fold is None else None
+    kept: torch.Tensor | None = None
+    if fold is None:
+        kept = torch.empty((g, *point.shape), dtype=point.dtype, device=point.device)
     for j in range(g):
         (grad,) = torch.autograd.grad(out, point, grad_outputs=cotangents[j], retain_graph=j < g - 1)
-        if grads is None:
-            fold(j, grad)  # type: ignore[misc]  # fold is set when grads is None
-        else:
-            grads[j] = grad
-    return grads
+        if kept is not None:
+            kept[j] = grad
+        elif fold is not None:
+            fold(j, grad)
+    return kept
 
 
 def values_and_grads(

@@ -183,8 +183,8 @@ def _graph_bytes(model: Any, t: int, dtype: torch.dtype, grad: bool) -> int:
     """Bytes of the activations one row of T tokens keeps for the backward (or, without grad, the
     largest transient of a forward): per layer and token about 12·d + 4·d_ff values, plus T per
     head for eager attention (SDPA and flash keep no T × T map)."""
-    cfg = getattr(model, "config", None)
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    cfg: Any = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
     d = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or 1024)
     layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None) or 12)
     heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None) or 16)
@@ -194,6 +194,11 @@ def _graph_bytes(model: Any, t: int, dtype: torch.dtype, grad: bool) -> int:
     if getattr(cfg, "_attn_implementation", "eager") == "eager":
         per_token += 2 * heads * t * item
     return t * per_token * (layers if grad else 2)
+
+
+def embedding_width(model: Any) -> int:
+    weight = getattr(find_embedding(model), "weight", None)
+    return int(weight.shape[1]) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else 1
 
 
 def _size(n: int) -> str:
@@ -347,7 +352,9 @@ def _attention_scores(model: Any, ids: torch.Tensor, positions: torch.Tensor, mo
     (r ← r·Â_l, Â_l = ½(Ā_l + I), l = L … 1) from every layer's head-mean map, in float64."""
     rows = positions.tolist()
     query = (
-        AttentionQuery(layers=[-1], rows=rows, reduce="mean") if mode == "last_layer" else AttentionQuery(reduce="mean")
+        AttentionQuery(layers=(-1,), rows=tuple(rows), reduce="mean")
+        if mode == "last_layer"
+        else AttentionQuery(reduce="mean")
     )
     with torch.no_grad(), capture(model, attentions=query, max_bytes=max_bytes) as trace:
         model(input_ids=ids)
@@ -498,7 +505,7 @@ def attribute_generation(
                 and max_new_tokens > 0
             ):
                 # Refuse a request that cannot fit before generating (n is at most max_new_tokens).
-                width = model.get_input_embeddings().weight.shape[1] if hasattr(model, "get_input_embeddings") else 1
+                width = embedding_width(model)
                 dtype = next(model.parameters()).dtype
                 shape = (prompt_ids.numel() + int(max_new_tokens), int(width))
                 _plan(model, shape, dtype, int(max_new_tokens), method, batch_size, max_bytes, adaptive)
@@ -534,7 +541,8 @@ def attribute_generation(
             baseline = "zeros"  # no baseline: every source (special tokens too) is scored
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         prep = prepare(model, batch, tokenizer=tokenizer, baseline=baseline, layer=embedding, attributable=region)
-        group, rows = _plan(model, prep.x.shape[1:], prep.dtype, n, method, batch_size, max_bytes, adaptive)
+        shape = (int(prep.x.shape[1]), int(prep.x.shape[2]))
+        group, rows = _plan(model, shape, prep.dtype, n, method, batch_size, max_bytes, adaptive)
 
         steps_scores = _step_scores(model, ids, positions, gen)
         if method == "attention":

@@ -96,7 +96,7 @@ def record_streams(
         if _continues_cache(bound, stream):  # generate()'s decode steps: keys = cached + new tokens
             prev = recorder.streams.get(stream, (None, None))[0]
             ok = flags is not None and prev is not None and prev.shape[0] == b and not recorder.cache_reordered
-            flags = np.concatenate([prev, flags], axis=1) if ok else None  # type: ignore[list-item]
+            flags = np.concatenate([prev, flags], axis=1) if ok and prev is not None and flags is not None else None
         first = None
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == b and mask.shape[1] >= t:
             first = (mask.detach().cpu().numpy() != 0).argmax(axis=1).astype(np.int64)  # over the keys
@@ -107,7 +107,7 @@ def record_streams(
 def _continues_cache(bound: dict[str, Any], stream: str) -> bool:
     """Whether this forward appends to a non-empty KV cache (the keys then include tokens of
     earlier calls)."""
-    extra = bound.get("kwargs") if isinstance(bound.get("kwargs"), dict) else {}
+    extra: dict[str, Any] = bound["kwargs"] if isinstance(bound.get("kwargs"), dict) else {}
     cache = next(
         (c for c in (bound.get("past_key_values"), bound.get("cache"), extra.get("past_key_values")) if c), None
     )

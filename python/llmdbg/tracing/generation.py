@@ -57,7 +57,7 @@ class GenerateWrapper:
                 return original(*args, **kwargs)
             return self._generate(original, args, kwargs)
 
-        self.model.generate = generate  # type: ignore[method-assign]
+        setattr(self.model, "generate", generate)  # noqa: B010  (an instance attribute, removed on exit)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -68,7 +68,7 @@ class GenerateWrapper:
         if self._previous is None:
             self.model.__dict__.pop("generate", None)
         else:
-            self.model.generate = self._previous  # type: ignore[method-assign]
+            setattr(self.model, "generate", self._previous)  # noqa: B010
 
     def _generate(self, original: Callable, args: tuple, kwargs: dict) -> Any:
         config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
@@ -326,14 +326,6 @@ class Generation:
             return picked.gather(2, ids.to(logits.device)[..., None]).mean()
 
         return value
-
-    def logit_lens(self, model: torch.nn.Module, **kwargs: Any) -> Any:
-        """:func:`llmdbg.logit_lens` over :meth:`inputs` with ``target="next"``: at every position
-        (generated ones included) the rank and probability of the token that came next."""
-        from ..lens import logit_lens
-
-        kwargs.setdefault("target", "next")
-        return logit_lens(model, self.inputs(model), **kwargs)
 
     # -- stitching ---------------------------------------------------------------------------
     def _calls(self, key: str) -> list[np.ndarray]:
