@@ -104,12 +104,11 @@ def bench_anchors(quick: bool):
     model = gpt2(tok)
     n_prompt, n_new, steps = (128, 8, 16) if quick else (512, 32, 16)
     text = prompt_text(tok, n_prompt)
-    inp = TextTokenInput(text, tok)
+    inp = TextTokenInput(text, tok, baselines=0)  # Captum's baseline id lives here (0 = [PAD])
     # A forced continuation of real words: a random model's own tokens (e.g. "##島") need not survive
     # inseq's decode-and-re-tokenise of generated text, and then the two sides would explain different tokens.
     target = torch.tensor(tok(CONTINUATION * 4)["input_ids"][:n_new])
     llm = LLMGradientAttribution(LayerIntegratedGradients(model, model.transformer.wte), tok)
-    base = torch.zeros_like(inp.inp_tensor)
 
     def ours_prompt():
         return llmdbg.attribute_generation(
@@ -119,7 +118,7 @@ def bench_anchors(quick: bool):
     def captum(tgt=target):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return llm.attribute(inp, target=tgt, n_steps=steps, baselines=base)
+            return llm.attribute(inp, target=tgt, n_steps=steps)
 
     repeats = 3
     times = time_interleaved({"llmdbg": ours_prompt}, repeats)

@@ -17,6 +17,9 @@ import llmdbg
 from tiny_models import CONFIGS, minilm_tokenizer
 
 FAMILIES = ["gpt2", "llama", "qwen2"]
+# Baseline token: id 3 has a non-zero embedding in every test model (the pad id 0 is a zero row
+# under padding_idx in Llama and Qwen2, a baseline integrated gradients cannot converge from).
+BASE = 3
 PROMPT = "the cat sat on the"
 
 
@@ -44,9 +47,9 @@ def _quiet(fn, *args, **kwargs):
 def test_prompt_source_equals_captum_llm_gradient_attribution(family):
     tok = minilm_tokenizer()
     model = _lm(family, tok.vocab_size)
-    inp = TextTokenInput(PROMPT, tok)
+    inp = TextTokenInput(PROMPT, tok, baselines=BASE)  # Captum takes the baseline id from here
     ours = llmdbg.attribute_generation(
-        model, tok, inp.inp_tensor, max_new_tokens=4, n_steps=10, source="prompt", baseline=0, progress=False
+        model, tok, inp.inp_tensor, max_new_tokens=4, n_steps=10, source="prompt", baseline=BASE, progress=False
     )
     llm = LLMGradientAttribution(LayerIntegratedGradients(model, _embedding(model)), tok)
     theirs = _quiet(
@@ -54,7 +57,6 @@ def test_prompt_source_equals_captum_llm_gradient_attribution(family):
         inp,
         target=torch.from_numpy(ours.target_ids),
         n_steps=10,
-        baselines=torch.zeros_like(inp.inp_tensor),
     )
     ref = theirs.token_attr.detach().numpy()
     assert ours.scores.shape == ref.shape == (4, inp.inp_tensor.shape[1])
@@ -76,11 +78,11 @@ def _captum_one(model, prefix: torch.Tensor, target: int, baseline: int, n_steps
 def test_prompt_plus_generated_equals_one_captum_run_per_target(family):
     model = _lm(family)
     prompt = torch.randint(3, 100, (6,), generator=torch.Generator().manual_seed(2))
-    ours = llmdbg.attribute_generation(model, None, prompt, max_new_tokens=4, n_steps=12, baseline=0, progress=False)
+    ours = llmdbg.attribute_generation(model, None, prompt, max_new_tokens=4, n_steps=12, baseline=BASE, progress=False)
     assert ours.scores.shape == (4, 6 + 3)
     seq = torch.cat([prompt, torch.from_numpy(ours.target_ids)])
     for k in range(4):
-        ref = _captum_one(model, seq[None, : 6 + k], int(ours.target_ids[k]), 0, 12)
+        ref = _captum_one(model, seq[None, : 6 + k], int(ours.target_ids[k]), BASE, 12)
         np.testing.assert_allclose(ours.scores[k, : 6 + k], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
         assert (ours.scores[k, 6 + k :] == 0).all()  # causal: later tokens do not exist for step k
 
@@ -90,12 +92,12 @@ def test_completeness_per_target_from_the_models_own_logits(family):
     model = _lm(family)
     prompt = torch.randint(3, 100, (8,), generator=torch.Generator().manual_seed(4))
     ours = llmdbg.attribute_generation(
-        model, None, prompt, max_new_tokens=5, rule="adaptive", tol=1e-2, baseline=0, progress=False
+        model, None, prompt, max_new_tokens=5, rule="adaptive", tol=1e-2, baseline=BASE, progress=False
     )
     seq = torch.cat([prompt, torch.from_numpy(ours.target_ids)])[None]
     with torch.no_grad():
         fx = model(input_ids=seq).logits[0].float().log_softmax(-1)
-        fb = model(input_ids=torch.zeros_like(seq)).logits[0].float().log_softmax(-1)
+        fb = model(input_ids=torch.full_like(seq, BASE)).logits[0].float().log_softmax(-1)
     for k in range(5):
         y = int(ours.target_ids[k])
         gap = float(fx[7 + k, y] - fb[7 + k, y])
@@ -109,7 +111,9 @@ def test_every_fixed_rule_runs_and_reports_delta():
     model = _lm("llama")
     prompt = [5, 6, 7, 8]
     for rule in ("riemann_middle", "trapezoid", "gausslegendre", "clenshaw_curtis"):
-        r = llmdbg.attribute_generation(model, None, prompt, max_new_tokens=2, rule=rule, n_steps=8, progress=False)
+        r = llmdbg.attribute_generation(
+            model, None, prompt, max_new_tokens=2, rule=rule, n_steps=8, baseline=BASE, progress=False
+        )
         np.testing.assert_allclose(r.delta, r.scores.sum(1) - (r.value - r.baseline_value), atol=1e-5)
 
 
@@ -117,20 +121,24 @@ def test_contrast_equals_difference_of_single_target_runs():
     model = _lm("llama")
     prompt = torch.randint(3, 100, (6,), generator=torch.Generator().manual_seed(5))
     foil = [9, 10, 11]
-    plain = llmdbg.attribute_generation(model, None, prompt, max_new_tokens=3, n_steps=10, baseline=0, progress=False)
+    plain = llmdbg.attribute_generation(
+        model, None, prompt, max_new_tokens=3, n_steps=10, baseline=BASE, progress=False
+    )
     contrast = llmdbg.attribute_generation(
-        model, None, prompt, target=plain.target_ids, contrast=foil, n_steps=10, baseline=0, progress=False
+        model, None, prompt, target=plain.target_ids, contrast=foil, n_steps=10, baseline=BASE, progress=False
     )
     seq = torch.cat([prompt, torch.from_numpy(plain.target_ids)])
     for k in range(3):
-        foil_k = _captum_one(model, seq[None, : 6 + k], foil[k], 0, 10)
+        foil_k = _captum_one(model, seq[None, : 6 + k], foil[k], BASE, 10)
         np.testing.assert_allclose(contrast.scores[k, : 6 + k], plain.scores[k, : 6 + k] - foil_k, atol=2e-5)
     np.testing.assert_array_equal(contrast.contrast_ids, foil)
     with torch.no_grad():
         logp = model(input_ids=seq[None]).logits[0].float().log_softmax(-1)
     want = [float(logp[5 + k, plain.target_ids[k]] - logp[5 + k, foil[k]]) for k in range(3)]
     np.testing.assert_allclose(contrast.value, want, atol=1e-5)
-    one = llmdbg.attribute_generation(model, None, prompt, target=plain.target_ids, contrast=9, progress=False)
+    one = llmdbg.attribute_generation(
+        model, None, prompt, target=plain.target_ids, contrast=9, baseline=BASE, progress=False
+    )
     np.testing.assert_array_equal(one.contrast_ids, [9, 9, 9])
 
 
@@ -245,12 +253,12 @@ def test_result_views():
 def test_memory_plan_chunks_targets_and_refuses_what_cannot_fit():
     model = _lm("llama")
     prompt = list(range(4, 14))
-    whole = llmdbg.attribute_generation(model, None, prompt, max_new_tokens=4, n_steps=4, progress=False)
+    whole = llmdbg.attribute_generation(model, None, prompt, max_new_tokens=4, n_steps=4, baseline=BASE, progress=False)
     calls = []
     handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
         small = llmdbg.attribute_generation(
-            model, None, prompt, target=whole.target_ids, n_steps=4, max_bytes=250_000, progress=False
+            model, None, prompt, target=whole.target_ids, n_steps=4, max_bytes=250_000, baseline=BASE, progress=False
         )
         np.testing.assert_allclose(small.scores, whole.scores, rtol=1e-5, atol=1e-7)
         calls.clear()
@@ -305,10 +313,12 @@ def test_model_state_is_restored_also_after_errors():
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     modes = {n: m.training for n, m in model.named_modules()}
     eval_run = llmdbg.attribute_generation(
-        _lm("llama"), None, [4, 5, 6, 7], max_new_tokens=2, n_steps=2, progress=False
+        _lm("llama"), None, [4, 5, 6, 7], max_new_tokens=2, n_steps=2, baseline=BASE, progress=False
     )
     with pytest.warns(UserWarning, match="train mode"):  # generated and attributed in eval mode
-        run = llmdbg.attribute_generation(model, None, [4, 5, 6, 7], max_new_tokens=2, n_steps=2, progress=False)
+        run = llmdbg.attribute_generation(
+            model, None, [4, 5, 6, 7], max_new_tokens=2, n_steps=2, baseline=BASE, progress=False
+        )
     np.testing.assert_array_equal(run.target_ids, eval_run.target_ids)
     np.testing.assert_allclose(run.scores, eval_run.scores, rtol=1e-6)
 
@@ -317,7 +327,7 @@ def test_model_state_is_restored_also_after_errors():
 
     handle = model.model.layers[1].register_forward_hook(boom)
     with pytest.raises(RuntimeError, match="boom"), pytest.warns(UserWarning, match="train mode"):
-        llmdbg.attribute_generation(model, None, [4, 5, 6, 7], target=[5, 6], n_steps=2, progress=False)
+        llmdbg.attribute_generation(model, None, [4, 5, 6, 7], target=[5, 6], n_steps=2, baseline=BASE, progress=False)
     handle.remove()
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert {n: m.training for n, m in model.named_modules()} == modes
