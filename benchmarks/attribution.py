@@ -278,7 +278,7 @@ def bench_multitoken(model, tok, repeats, n_targets=16, prompt_len=32, n_steps=5
     prompt = " ".join(SENTENCES * 3)
     ids = tok(prompt, return_tensors="pt", truncation=True, max_length=prompt_len)["input_ids"]
     text = tok.decode(ids[0, 1:-1])
-    inp = TextTokenInput(text, tok)
+    inp = TextTokenInput(text, tok, baselines=0)  # LLMGradientAttribution reads its baseline id here
     with torch.no_grad():
         gen = model.generate(
             inp.inp_tensor,
@@ -295,7 +295,7 @@ def bench_multitoken(model, tok, repeats, n_targets=16, prompt_len=32, n_steps=5
     def theirs():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return llm.attribute(inp, target=target, n_steps=n_steps, baselines=base)
+            return llm.attribute(inp, target=target, n_steps=n_steps)
 
     def ours():
         return llmdbg.integrated_gradients(

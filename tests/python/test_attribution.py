@@ -300,13 +300,13 @@ def test_multitoken_matches_captum_llm_gradient_attribution():
     model = tf.GPT2LMHeadModel(cfg).eval()
     prompt = "the cat sat on"
     cont = "the warm mat"
-    inp = TextTokenInput(prompt, tok)
+    inp = TextTokenInput(prompt, tok, baselines=0)  # LLMGradientAttribution reads its baseline id here
     target_ids = torch.tensor(tok.encode(cont, add_special_tokens=False))
     base = torch.zeros_like(inp.inp_tensor)
     with warnings.catch_warnings():  # Captum's pretty-token decoding warns on WordPiece
         warnings.simplefilter("ignore")
         res = LLMGradientAttribution(LayerIntegratedGradients(model, model.transformer.wte), tok).attribute(
-            inp, target=target_ids, n_steps=10, baselines=base
+            inp, target=target_ids, n_steps=10
         )
     ours = llmdbg.integrated_gradients(
         model, {"input_ids": inp.inp_tensor}, target=target_ids[None], baseline=base, n_steps=10, progress=False
