@@ -19,7 +19,8 @@ memory of long-prompt attribution, and the cost of capturing inside generate().
 (b) The ~50M-parameter Llama config (hidden 512, 8 layers, 8 heads, 2 KV heads, vocabulary 32,000)
     with a 4,096-token prompt and 32 forced tokens: peak RSS growth (VmHWM after clear_refs, model
     loaded first) of ``attribute_generation`` in a fresh process, over that of one plain forward
-    ``model(input_ids)`` over the same 4,128 tokens in another fresh process. The chunking keeps the
+    ``model(input_ids)`` over the same 4,128 tokens in another fresh process (the model and ids of
+    benchmarks/long_context.py). The chunking keeps the
     peak independent of the number of steps, so the default run uses 2 steps; ``--large`` runs the
     16 steps the issue asks for and reports the time (about half an hour on 2 cores).
     (quick: 512-token prompt, 4 tokens.)
@@ -49,6 +50,7 @@ import transformers as tf
 
 import llmdbg
 from _harness import median, report, time_interleaved
+from long_context import build as long_context_model
 
 TEXT = (
     "the old lighthouse keeper climbed the stairs every evening to light the lamp while the storm "
@@ -191,25 +193,10 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def llama(tokens: int):
-    torch.manual_seed(0)
-    cfg = tf.LlamaConfig(
-        hidden_size=512,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        intermediate_size=1408,
-        vocab_size=32000,
-        max_position_embeddings=max(tokens, 2048),
-    )
-    return tf.LlamaForCausalLM(cfg).eval()
-
-
 def probe(side: str, n_prompt: int, n_new: int, steps: int) -> None:
     """One side of (b), in this fresh process: prints JSON with the peak RSS growth and time."""
-    model = llama(n_prompt + n_new)
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, 32000, (n_prompt + n_new,), generator=g)
+    model, ids = long_context_model(n_prompt + n_new)  # the long-context benchmark's Llama and ids
+    ids = ids[0]
 
     def kib(field):
         with open("/proc/self/status") as f:
