@@ -57,6 +57,24 @@ def python_hooks(model, names, inputs, to_numpy=lambda t: t.detach().cpu().numpy
     return out
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def reset_peak() -> int:
+    """Start a peak-memory measurement in this (fresh) process: reset VmHWM through
+    /proc/self/clear_refs and return the resident size now, in KiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kib("VmRSS")
+
+
+def peak_growth_bytes(start_kib: int) -> int:
+    """Peak resident memory above ``start_kib`` (from :func:`reset_peak`) so far, in bytes."""
+    return (_status_kib("VmHWM") - start_kib) * 1024
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

@@ -48,7 +48,7 @@ import transformers as tf
 
 import llmdbg
 import llmdbg.demo
-from _harness import median, parse_args, report, time_interleaved
+from _harness import median, parse_args, peak_growth_bytes, report, reset_peak, time_interleaved
 
 SENTENCES = [
     "A man is playing a guitar on the stage tonight.",
@@ -318,19 +318,12 @@ def probe(side: str, length: int, out: str) -> None:
     """One side of the memory figure, in this fresh process."""
     model, tok = minilm()
     case = SimilarityCase(model, tok, 0, length=length)
-
-    def kib(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    start = kib("VmRSS")
+    start = reset_peak()
     t0 = time.perf_counter()
     scores = case.ours(n_steps=50).scores[0] if side == "llmdbg" else case.captum(50)[0][0]
     seconds = time.perf_counter() - t0
     np.save(out, scores)
-    print(json.dumps({"extra_bytes": (kib("VmHWM") - start) * 1024, "seconds": seconds}))
+    print(json.dumps({"extra_bytes": peak_growth_bytes(start), "seconds": seconds}))
 
 
 def bench_memory(quick):

@@ -49,7 +49,7 @@ import torch
 import transformers as tf
 
 import llmdbg
-from _harness import median, report, time_interleaved
+from _harness import median, peak_growth_bytes, report, reset_peak, time_interleaved
 from long_context import build as long_context_model
 
 TEXT = (
@@ -197,14 +197,7 @@ def probe(side: str, n_prompt: int, n_new: int, steps: int) -> None:
     """One side of (b), in this fresh process: prints JSON with the peak RSS growth and time."""
     model, ids = long_context_model(n_prompt + n_new)  # the long-context benchmark's Llama and ids
     ids = ids[0]
-
-    def kib(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    start = kib("VmRSS")
+    start = reset_peak()
     t0 = time.perf_counter()
     if side == "plain":
         with torch.no_grad():
@@ -212,7 +205,7 @@ def probe(side: str, n_prompt: int, n_new: int, steps: int) -> None:
     else:
         llmdbg.attribute_generation(model, None, ids[:n_prompt], target=ids[n_prompt:], n_steps=steps, progress=False)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"peak_growth_mib": (kib("VmHWM") - start) / 1024, "seconds": seconds}))
+    print(json.dumps({"peak_growth_mib": peak_growth_bytes(start) / 2**20, "seconds": seconds}))
 
 
 def bench_memory(quick: bool, large: bool):

@@ -43,7 +43,7 @@ import transformers as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import llmdbg
-from _harness import median, report
+from _harness import median, peak_growth_bytes, report, reset_peak
 
 APPROACHES = ("plain", "stats", "rollout", "maps2", "eager_head_mean", "hf_output_attentions")
 EAGER = ("eager_head_mean", "hf_output_attentions")
@@ -64,11 +64,6 @@ def build(tokens: int):
     model = tf.LlamaForCausalLM(cfg).eval()
     ids = torch.randint(3, cfg.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(1))
     return model, ids
-
-
-def _kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def _job(approach: str, model, ids):
@@ -121,9 +116,7 @@ def probe(approach: str, tokens: int, repeats: int, limit_gib: float) -> None:
     torch.set_grad_enabled(False)
     warm_model_ids = ids[:, :256]
     _job(approach, model, warm_model_ids)()  # lazy initialisation, not the long input
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    start = _kib("VmRSS")
+    start = reset_peak()
     times, error, extra = [], None, None
     try:
         for _ in range(repeats):
@@ -133,10 +126,10 @@ def probe(approach: str, tokens: int, repeats: int, limit_gib: float) -> None:
             del result
             # The peak of the first run: later repeats add the allocator's fragmentation, which
             # varies from process to process by more than the differences measured here.
-            extra = extra if extra is not None else (_kib("VmHWM") - start) * 1024
+            extra = extra if extra is not None else peak_growth_bytes(start)
     except (RuntimeError, MemoryError) as e:  # allocation refused under the limit
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-    extra = extra if extra is not None else (_kib("VmHWM") - start) * 1024
+    extra = extra if extra is not None else peak_growth_bytes(start)
     print(json.dumps({"extra_bytes": extra, "seconds": median(times) if times else None, "error": error}))
 
 

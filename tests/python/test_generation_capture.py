@@ -226,3 +226,24 @@ def test_logit_lens_patch_and_ablate_on_generated_positions():
     assert patched.clean_metric == pytest.approx(result.baseline_metric, rel=1e-5)
     with pytest.raises(ValueError, match="out of range"):
         gen.metric(step=5)
+
+
+def test_generations_that_are_not_one_forward_refuse_to_stitch():
+    """A KV cache passed in (the prefill sees only the new tokens) or inputs_embeds (sequences hold
+    only the new tokens): stitching would silently misalign, so it raises; step scores stay."""
+    model = _lm("llama")
+    ids = _prompt(batch=1)
+    with torch.no_grad():
+        cache = model(input_ids=ids[:, :4], use_cache=True).past_key_values
+    with llmdbg.capture(model, "blocks") as trace:
+        model.generate(ids, cache=cache, max_new_tokens=3, do_sample=False, pad_token_id=0)
+        embeds = model.get_input_embeddings()(ids).detach()
+        model.generate(inputs_embeds=embeds, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    cached, from_embeds = trace.generations
+    name = trace.layout.blocks[-1]
+    for gen, why in ((cached, "continued a KV cache"), (from_embeds, "without input_ids")):
+        with pytest.raises(ValueError, match=why):
+            _ = gen.activations[name]
+        with pytest.raises(ValueError, match=why):
+            gen.inputs()
+        assert np.isfinite(gen.probabilities).all()

@@ -38,7 +38,7 @@ class GenerateWrapper:
         on_generate: Callable[[str | None], None] = lambda _: None,
     ) -> None:
         self.model = model
-        self._on_generate = on_generate  # "greedy" / "beams" while generate() runs, then None
+        self._on_generate = on_generate  # "single" / "beams" while generate() runs, then None
         self.trace = trace
         self._marks = marks
         self._installed = False
@@ -78,18 +78,18 @@ class GenerateWrapper:
         kwargs = {**kwargs, "return_dict_in_generate": True, "output_logits": True}
         before = self._marks()
         beams = int(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1) > 1
-        self._on_generate("beams" if beams else "greedy")
+        self._on_generate("beams" if beams else "single")
         try:
             out = original(*args, **kwargs)
         finally:
             self._on_generate(None)
         after = self._marks()
-        prompt = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        prompt = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+        prompt = prompt if isinstance(prompt, torch.Tensor) else None
         mask = kwargs.get("attention_mask")
         gen = Generation(self.trace, out, before, after, prompt, mask)
-        if getattr(getattr(self.model, "config", None), "is_encoder_decoder", False) and isinstance(
-            prompt, torch.Tensor
-        ):
+        gen._unstitchable = _unstitchable(self.model, prompt, kwargs, gen)
+        if getattr(getattr(self.model, "config", None), "is_encoder_decoder", False) and prompt is not None:
             gen._encoder = {"input_ids": prompt.detach().cpu()}  # sequences are the decoder's tokens
             if isinstance(mask, torch.Tensor):
                 gen._encoder["attention_mask"] = mask.detach().cpu()
@@ -100,6 +100,19 @@ class GenerateWrapper:
             if not asked[name] and hasattr(out, field):
                 setattr(out, field, None)  # what the caller did not ask for
         return out
+
+
+def _unstitchable(model: torch.nn.Module, prompt: torch.Tensor | None, kwargs: dict, gen: Generation) -> str | None:
+    """Why this generation's calls do not add up to one forward over ``sequences[:, :-1]``, or None."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5.25 renamed it "cache"
+    length = getattr(cache, "get_seq_length", None)
+    if callable(length) and int(length()) > 0:
+        return "generate() continued a KV cache passed in, so its prefill saw only the uncached tokens"
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return None if prompt is not None else "the encoder's inputs were not passed as input_ids/inputs"
+    if prompt is None or gen.prompt_length != prompt.shape[-1]:
+        return "generate() was called without input_ids (e.g. inputs_embeds): sequences hold only the new tokens"
+    return None
 
 
 def _step_scores(
@@ -245,6 +258,7 @@ class Generation:
         self._logits: tuple[torch.Tensor, ...] | None = logits  # step scores are computed on first read
         self._scores: dict[str, np.ndarray] | None = None
         self._encoder: dict[str, torch.Tensor] | None = None
+        self._unstitchable: str | None = None  # set by the wrapper: why stitching would be wrong
         self._mask = self._full_mask(prompt, prompt_mask)  # seq2seq: the prompt mask does not fit, ones
         self.activations: Mapping[str, np.ndarray] = _Stitched(self._array_keys, self._stitch_key)
         self._stats_cache: dict[int, dict[str, np.ndarray]] | None = None
@@ -294,6 +308,7 @@ class Generation:
         model to place the tensors on its device. Encoder-decoders get the prompt as the encoder's
         ``input_ids`` and the sequences as ``decoder_input_ids``. Use them with :func:`llmdbg.logit_lens`,
         :func:`llmdbg.patch`, :func:`llmdbg.ablate` and :meth:`metric`."""
+        self._check_stitchable()
         device = next(model.parameters()).device if model is not None else torch.device("cpu")
         ids = torch.from_numpy(self.sequences[:, :-1].copy()).to(device)
         mask = torch.from_numpy(self._mask[:, :-1].copy()).to(device)
@@ -328,7 +343,15 @@ class Generation:
         return value
 
     # -- stitching ---------------------------------------------------------------------------
+    def _check_stitchable(self) -> None:
+        if self._unstitchable is not None:
+            raise ValueError(
+                f"this generation cannot be replayed as one forward over sequences[:, :-1]: {self._unstitchable}. "
+                "The step scores are valid; read the calls one by one with trace.calls(...)"
+            )
+
     def _calls(self, key: str) -> list[np.ndarray]:
+        self._check_stitchable()
         start = self._before["keys"].get(key, 0)
         end = self._after["keys"].get(key, 0)
         forwards = self._after["forwards"] - self._before["forwards"]
@@ -369,6 +392,7 @@ class Generation:
 
     @property
     def attention_stats(self) -> dict[int, dict[str, np.ndarray]]:
+        self._check_stitchable()
         if self._stats_cache is None:
             out: dict[int, dict[str, np.ndarray]] = {}
             for layer, stats in sorted(self._trace._attention_stats.items()):
