@@ -156,6 +156,26 @@ def test_directory_without_a_model(tmp_path):
     assert code == 2 and "save_pretrained" in stderr and "Traceback" not in stderr
 
 
+def test_pickled_checkpoint_with_objects_is_refused_in_one_line(tmp_path, saved):
+    """A pytorch_model.bin holding a non-tensor object: torch.load(weights_only=True) refuses it
+    (right), but the report used to end in a traceback that suggested weights_only=False."""
+    import os
+    import shutil
+
+    import torch
+
+    model_dir = tmp_path / "pickled"
+    shutil.copytree(saved["encoder"], model_dir)
+    state = tf.AutoModel.from_pretrained(model_dir).state_dict()
+    (model_dir / "model.safetensors").unlink()
+    # A global the weights-only unpickler blocks; unpickling it would run code.
+    torch.save({**state, "payload": os.getcwd}, model_dir / "pytorch_model.bin")
+    out, code, stdout, stderr = _report(tmp_path, model_dir, "--text", "hi")
+    assert code == 2 and stdout == "" and not out.exists()
+    assert "pickle" in stderr and "never unpickles" in stderr and "weights_only=False" not in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle  # only for its exception class: nothing is ever unpickled
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,17 @@ def _load_error(name: str, what: str, exc: BaseException) -> OSError:
     return OSError(f"cannot load the {what} of {name!r} ({first}); {hint}")
 
 
+def _pickle_error(name: str) -> OSError:
+    # torch.load(weights_only=True) refused a pickled checkpoint holding more than tensors. Its own
+    # message suggests weights_only=False, which would run whatever the pickle names: never do it.
+    return OSError(
+        f"cannot load the model of {name!r}: its weights are a pickle (pytorch_model.bin) that holds "
+        "objects other than tensors, and llmdbg never unpickles them (that can run arbitrary code); "
+        "if you trust the file, load it once yourself and save it with model.save_pretrained(DIR) "
+        "(safetensors), then pass --model DIR"
+    )
+
+
 def load_model(name_or_path: str) -> tuple[Any, Any]:
     """Load a model with its task head, and its tokenizer, in eval mode.
 
@@ -106,6 +118,8 @@ def load_model(name_or_path: str) -> tuple[Any, Any]:
     with quiet_transformers_progress():
         try:
             model = cls.from_pretrained(name)
+        except pickle.UnpicklingError as exc:
+            raise _pickle_error(name) from exc
         except (OSError, ValueError) as exc:
             raise _load_error(name, "model", exc) from exc
         try:
