@@ -1,16 +1,37 @@
-"""What llmdbg can hook: whether a module is (or holds) a transformers model, whether its weights
-are materialised, and "did you mean" suggestions for module names that do not exist."""
+"""What llmdbg can hook: whether a module is (or holds) a transformers model, the transformers model
+inside a wrapper (``torch.compile``, DDP/FSDP, PEFT, a user's module), running compiled modules
+eagerly so that hooks fire, whether weights are materialised, and "did you mean" suggestions for
+module names that do not exist."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import itertools
 import re
 import sys
+from collections.abc import Iterator
 
 from torch import nn
 
-__all__ = ["check_module", "closest_names", "hf_roots", "is_hf_model"]
+__all__ = [
+    "check_module",
+    "closest_names",
+    "hf_model",
+    "hf_roots",
+    "hooks_fire",
+    "is_compiled",
+    "is_hf_model",
+    "unwrap",
+]
+
+# Wrappers whose only child is the wrapped model, reached through these attributes.
+_TRANSPARENT = {
+    "OptimizedModule": "_orig_mod",  # torch.compile(model)
+    "DistributedDataParallel": "module",
+    "DataParallel": "module",
+    "FullyShardedDataParallel": "module",  # FSDP1; FSDP2's fully_shard keeps the model's own class
+}
 
 
 def is_hf_model(model: object) -> bool:
@@ -24,6 +45,60 @@ def is_hf_model(model: object) -> bool:
     from transformers import PreTrainedModel
 
     return isinstance(model, PreTrainedModel)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile``'s ``OptimizedModule`` and DDP/DataParallel/FSDP wrappers
+    (nested ones too); ``model`` itself otherwise. Module names inside differ only by the wrapper's
+    prefix (``_orig_mod.``, ``module.``)."""
+    while True:
+        attr = _TRANSPARENT.get(type(model).__name__)
+        inner = getattr(model, attr, None) if attr else None
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def hf_model(model: nn.Module) -> nn.Module | None:
+    """The transformers ``PreTrainedModel`` that does the work of ``model``, or None.
+
+    ``model`` itself, or the one inside a transparent wrapper (:func:`unwrap`), a PEFT
+    ``PeftModel`` (``base_model.model``) or a user's module holding exactly one transformers model
+    (a custom head, an ``nn.Module`` that forwards to it). Its config and class tell the task, the
+    vocabulary and the special tokens; the wrapper is what the user calls.
+    """
+    if not isinstance(model, nn.Module):
+        return None
+    roots = hf_roots(unwrap(model))
+    return roots[0] if len(roots) == 1 else None
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` or a module inside it runs through ``torch.compile`` (an
+    ``OptimizedModule``, or ``module.compile()`` in place)."""
+    return any(
+        type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None) is not None
+        for m in model.modules()
+    )
+
+
+@contextlib.contextmanager
+def hooks_fire(model: nn.Module) -> Iterator[None]:
+    """Within the block, compiled code runs eagerly, so hooks registered now fire.
+
+    A graph compiled by ``torch.compile`` does not guard on module hooks
+    (``torch._dynamo.config.skip_nnmodule_hook_guards``): once the model (or another instance of
+    its class) has run compiled, hooks added later are silently skipped. Captures, ablations and
+    patches therefore run a compiled model eagerly (``torch.compiler.set_stance("force_eager")``,
+    which is process-wide while the block lasts); uncompiled models are untouched.
+    """
+    if not is_compiled(model):
+        yield
+        return
+    import torch
+
+    with torch.compiler.set_stance("force_eager"):
+        yield
 
 
 def check_module(model: object) -> nn.Module:
