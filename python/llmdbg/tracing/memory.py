@@ -10,7 +10,7 @@ import torch
 from .._internal.inputs import as_inputs
 from .._internal.threads import resolve_n_jobs
 from ..adapters.attention_calls import recording_unsupported_reason
-from ..adapters.layout import find_layout
+from ..adapters.layout import find_layout, hf_model, require_attention
 from .query import ATTENTION_IMPLS, LayerShape, MemoryEstimate, estimate, resolve_attentions
 
 __all__ = ["decoder_self_attention", "estimate_memory", "layer_shapes"]
@@ -24,7 +24,7 @@ def decoder_self_attention(layout: Any) -> set[str]:
         return set()
     decoder_blocks = set(layout.stacks["decoder"])
     cross = set(layout.cross_attention)
-    return {a for b, a in zip(layout.blocks, layout.attention) if b in decoder_blocks and a not in cross}
+    return {a for b, a in zip(layout.attention_blocks, layout.attention) if b in decoder_blocks and a not in cross}
 
 
 def layer_shapes(
@@ -92,6 +92,8 @@ def estimate_memory(
     if mode == "off":
         raise ValueError("estimate_memory needs attentions=True, 'stats' or an AttentionQuery")
     layout = find_layout(model)
+    require_attention(model, layout, "estimate_memory")
+    hf = hf_model(model) or model  # a wrapper's config is its transformers model's
     names = list(layout.attention) + list(layout.cross_attention)
     batch = as_inputs(inputs, tokenizer)
     ids = batch.get("input_ids", batch.get("inputs_embeds"))
@@ -102,10 +104,10 @@ def estimate_memory(
     shapes = layer_shapes(layout, names, (int(ids.shape[0]), int(ids.shape[1])), decoder)
     recompute = attention_impl != "eager" and (
         attention_impl == "recompute"
-        or recording_unsupported_reason(model, {n: model.get_submodule(n) for n in names}) is None
+        or recording_unsupported_reason(hf, {n: model.get_submodule(n) for n in names}) is None
     )
     return estimate(
-        model,
+        hf,
         mode,
         query,
         shapes,

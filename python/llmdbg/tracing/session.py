@@ -8,6 +8,11 @@ asynchronous for CUDA tensors) under a byte budget. Python never touches element
 Attention goes through :mod:`.attention_recorder` (recomputed from the model's own attention
 calls, or read from eager weights). Every hook, the attention implementation and the attention
 dispatch are restored when the ``with`` block ends, also when the forward raises.
+
+Wrapped models (``torch.compile``, DDP, PEFT, a user's module around a transformers model) are
+captured with names relative to what the user passed; the transformers model inside gives the
+config and sees the model-level hook. Compiled code runs eagerly inside the block, since a compiled
+graph would skip hooks registered after it was built (:func:`llmdbg.adapters.modules.hooks_fire`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from .. import _core
 from .._internal.threads import resolve_n_jobs
 from ..adapters.attention_calls import recording_attention
 from ..adapters.attention_impl import eager_attention, needs_output_attentions_flag
-from ..adapters.layout import check_module, find_layout, is_hf_model
+from ..adapters.layout import check_module, find_layout, hf_model, require_attention
+from ..adapters.modules import hooks_fire, unwrap
 from .attention_recorder import AttentionRecorder
 from .attention_setup import check_budget, choose_recompute, record_streams, special_ids
 from .generation import GenerateWrapper
@@ -62,6 +68,10 @@ class Capture:
         verify: bool = False,
     ) -> None:
         self.model = check_module(model)
+        # The transformers model doing the work (the model itself, or inside a wrapper): its
+        # config, its forward's keywords, and the key that keeps two captures from stacking hooks.
+        self._hf = hf_model(self.model)
+        self._key = self._hf if self._hf is not None else unwrap(self.model)
         if attention_impl not in ATTENTION_IMPLS:  # choose_recompute checks it too, but after hooks exist
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}")
         if not isinstance(verify, bool):
@@ -86,11 +96,11 @@ class Capture:
         self._attn_mode, self._attn_query = resolve_attentions(attentions, self._head_mean)
         if attentions is not True and attentions is not False and attention_consumer is not None:
             raise ValueError("attention_consumer needs attentions=True")
-        if attentions is not False and attentions is not None and not is_hf_model(model):
+        if attentions is not False and attentions is not None and self._hf is None:
             raise TypeError(
                 f"attentions={attentions!r} needs a Hugging Face transformers model (it records the queries "
                 f"and keys of its attention calls, or switches it to eager attention); {type(model).__name__} "
-                f"is not one. "
+                f"neither is one nor wraps exactly one. "
                 f"Capture the attention modules' outputs with modules=... instead."
             )
         self._flags = dict(
@@ -109,6 +119,7 @@ class Capture:
         self._store = _core.CaptureStore(0 if max_bytes is None else int(max_bytes), dtype_name)
         self._handles: list[Any] = []
         self._eager: Any = None
+        self._uncompiled: Any = None
         self._generate: GenerateWrapper | None = None
         self._forwards = 0  # model forwards seen, to tell generate()'s calls apart
         self._specs: dict[tuple[str, int], dict[str, Any]] = {}
@@ -193,8 +204,8 @@ class Capture:
 
         return hook
 
-    def _model_input_hook(self, ask_for_weights: bool) -> Any:
-        signature = inspect.signature(self.model.forward)
+    def _model_input_hook(self, target: torch.nn.Module, ask_for_weights: bool) -> Any:
+        signature = inspect.signature(target.forward)
         params = signature.parameters
         ask_for_weights = ask_for_weights and (
             "output_attentions" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -230,7 +241,7 @@ class Capture:
     def __enter__(self) -> Trace:
         if self._entered:
             raise RuntimeError("this capture was already used; call llmdbg.capture(...) again")
-        if self.model in _ACTIVE:
+        if self._key in _ACTIVE:
             raise RuntimeError(
                 f"llmdbg.capture is already active on this {type(self.model).__name__}; nested "
                 "captures on one model would stack hooks. Capture everything in one call "
@@ -239,7 +250,7 @@ class Capture:
         self._entered = True
         flags = self._flags
         layout = None
-        if flags["attentions"] or flags["hidden_states"] or is_hf_model(self.model):
+        if flags["attentions"] or flags["hidden_states"] or self._hf is not None:
             try:
                 layout = find_layout(self.model)
             except ValueError:
@@ -248,6 +259,8 @@ class Capture:
         selected = select_modules(self.model, self._modules_spec, layout)
         if layout is None and (flags["attentions"] or flags["hidden_states"]):  # find_layout raised above
             raise AssertionError("unreachable: attentions and hidden states need a layout")
+        if flags["attentions"]:
+            require_attention(self.model, layout, "capture(attentions=...)")  # type: ignore[arg-type]
         input_modules = list(selected) if flags["inputs"] else []
         hidden: list[str] = []
         if flags["hidden_states"]:
@@ -268,17 +281,21 @@ class Capture:
             hidden_state_modules=hidden,
             finalize=self._finalize,
         )
-        _ACTIVE.add(self.model)
+        _ACTIVE.add(self._key)
+        hf = self._hf if self._hf is not None else self.model
         try:
+            self._uncompiled = hooks_fire(self.model)
+            self._uncompiled.__enter__()
             wanted = {*input_modules, *selected, *attention}  # one traversal, not get_submodule per name
             named, reg = {n: m for n, m in self.model.named_modules() if n in wanted}, self._handles.append
             weights = self._flags["grads"] or self._consumer is not None  # only eager has them in the forward
             because = "it cannot give gradients of attention maps or feed an attention_consumer" if weights else None
             self._recompute = bool(attention) and choose_recompute(
-                self.model, self._attention_impl, {n: named[n] for n in attention}, eager_because=because
+                hf, self._attention_impl, {n: named[n] for n in attention}, eager_because=because
             )
             ask = bool(attention) and not self._recompute and needs_output_attentions_flag(self.model, attention)
-            reg(self.model.register_forward_pre_hook(self._model_input_hook(ask), with_kwargs=True))
+            # On the transformers model: a wrapper's forward may not name input_ids or take output_attentions.
+            reg(hf.register_forward_pre_hook(self._model_input_hook(hf, ask), with_kwargs=True))
             for name in input_modules:
                 reg(named[name].register_forward_pre_hook(self._input_hook(name), with_kwargs=True))
             for name in selected:
@@ -305,9 +322,10 @@ class Capture:
         assert self.trace is not None
         self.trace._attention_stats = self._recorder.stats
         self.trace._attention_causal = self._recorder.causal
-        self._special_ids = special_ids(self.model, self._tokenizer)
+        hf = self._hf if self._hf is not None else self.model
+        self._special_ids = special_ids(hf, self._tokenizer)
         if self._recompute:
-            self._recording = recording_attention(self.model, {n: named[n] for n in attention}, self._recorder)
+            self._recording = recording_attention(hf, {n: named[n] for n in attention}, self._recorder)
             self._recording.__enter__()
             return
         for layer, name in enumerate(attention):
@@ -333,7 +351,7 @@ class Capture:
             self.trace.layout, self._recorder.names, shapes["input_ids"], shapes.get("decoder_input_ids")
         )
         est = estimate(
-            self.model,
+            self._hf if self._hf is not None else self.model,
             self._attn_mode,
             self._attn_query,
             layers,
@@ -372,7 +390,7 @@ class Capture:
                 h.remove()
             self._handles.clear()
         finally:
-            _ACTIVE.discard(self.model)
+            _ACTIVE.discard(self._key)
             if self._generate is not None:
                 self._generate.__exit__(exc_type, exc, tb)
                 self._generate = None
@@ -382,6 +400,9 @@ class Capture:
             if self._eager is not None:
                 eager, self._eager = self._eager, None
                 eager.__exit__(exc_type, exc, tb)
+            if self._uncompiled is not None:
+                uncompiled, self._uncompiled = self._uncompiled, None
+                uncompiled.__exit__(exc_type, exc, tb)
         return False
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
