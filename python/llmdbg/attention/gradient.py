@@ -25,7 +25,8 @@ from ..adapters.attention_calls import (
     kernel_problem,
     recording_attention,
 )
-from ..adapters.layout import find_layout
+from ..adapters.layout import find_layout, hf_model, require_attention
+from ..adapters.modules import hooks_fire
 from ..tracing.api import capture
 from ..tracing.attention_setup import choose_recompute
 from ..tracing.recompute import recompute
@@ -68,7 +69,8 @@ def _per_example(value: Any, b: int, what: str) -> torch.Tensor:
 
 
 def _target_value(outputs: Any, target: Any, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The per-sequence scalar to explain and the ids it used."""
+    """The per-sequence scalar to explain and the ids it used; ``rows`` (B,) are the positions of
+    the logits' sequence whose prediction is explained (language models)."""
     if callable(target):
         value = target(outputs)
         value = torch.as_tensor(value) if not isinstance(value, torch.Tensor) else value
@@ -136,10 +138,13 @@ def gradient_rollout(
     position : int or sequence of int, optional
         Position (one for all sequences, or one per sequence) whose relevance row is read and,
         for language models, whose prediction is explained. Default: 0 ([CLS]) for encoder
-        classifiers, the last real token otherwise.
+        classifiers, the last real token otherwise. With ``stack="encoder"`` on an
+        encoder-decoder language model the row is an encoder position while the prediction
+        explained is the decoder's at its last real token (the encoder predicts nothing itself).
     stack : {"encoder", "decoder"}, optional
         Encoder-decoder models: which stack's self-attention to use (cross-attention is not
-        propagated). Required for them.
+        propagated). Required for them. Hybrid models (Jamba, ...) roll out over their attention
+        layers only; state-space models (Mamba) have no attention and raise.
     attention_impl : {"auto", "recompute", "eager"}
         As in :func:`llmdbg.capture`.
 
@@ -149,6 +154,7 @@ def gradient_rollout(
     """
     batch = as_inputs(inputs, tokenizer, device=device_of(model))
     layout = find_layout(model)
+    require_attention(model, layout, "gradient_rollout")
     names = stack_attention_modules(layout, stack)
     ids = batch.get("decoder_input_ids" if stack == "decoder" else "input_ids")
     if not isinstance(ids, torch.Tensor):
@@ -167,17 +173,19 @@ def gradient_rollout(
         if ((row_ids < -t) | (row_ids >= t)).any():
             raise ValueError(f"position must lie in [-{t}, {t}), got {row_ids.tolist()}")
         row_ids = row_ids % t
+    predicted = _prediction_rows(batch, stack, row_ids)
 
-    handle = model.get_submodule(layout.embeddings).register_forward_hook(_needs_grad) if layout.embeddings else None
+    # Every embedding that feeds a stack (an encoder-decoder's decoder has its own module).
+    handles = [model.get_submodule(n).register_forward_hook(_needs_grad) for n in _input_embeddings(model, layout)]
     try:
-        with gradient_mode(model):
+        with gradient_mode(model), hooks_fire(model):
             named = {n: model.get_submodule(n) for n in names}
-            if choose_recompute(model, attention_impl, named, caller="llmdbg.gradient_rollout"):
-                value, used, cams = _recomputed_cams(model, batch, names, target, row_ids)
+            if choose_recompute(hf_model(model) or model, attention_impl, named, caller="llmdbg.gradient_rollout"):
+                value, used, cams = _recomputed_cams(model, batch, names, target, predicted)
             else:
-                value, used, cams = _eager_cams(model, batch, names, target, row_ids)
+                value, used, cams = _eager_cams(model, batch, names, target, predicted)
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
 
     relevance = np.broadcast_to(np.eye(t), (b, t, t)).copy()
@@ -188,6 +196,32 @@ def gradient_rollout(
     return Relevance(
         matrix, picked, row_ids.numpy(), None if used is None else used.numpy(), value.detach().cpu().numpy()
     )
+
+
+def _prediction_rows(batch: dict[str, Any], stack: str | None, rows: torch.Tensor) -> torch.Tensor:
+    """(B,) positions of the logits' sequence whose prediction is explained: the relevance rows,
+    except for an encoder-decoder's encoder stack, whose logits are the decoder's (its last real
+    token)."""
+    dec = batch.get("decoder_input_ids")
+    if stack != "encoder" or not isinstance(dec, torch.Tensor):
+        return rows
+    b, t = dec.shape
+    mask = batch.get("decoder_attention_mask")
+    return torch.full((b,), t - 1, dtype=torch.long) if mask is None else last_real_index(mask.cpu())
+
+
+def _input_embeddings(model: torch.nn.Module, layout: Any) -> list[str]:
+    """The word embedding of the layout and every embedding sharing its weight (T5's and BART's
+    decoder embed the decoder tokens with their own module)."""
+    if not layout.embeddings:
+        return []
+    weight = getattr(model.get_submodule(layout.embeddings), "weight", None)
+    shared = [
+        n
+        for n, m in model.named_modules()
+        if n != layout.embeddings and isinstance(m, torch.nn.Embedding) and weight is not None and m.weight is weight
+    ]
+    return [layout.embeddings, *shared]
 
 
 def _needs_grad(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
@@ -227,7 +261,7 @@ def _recomputed_cams(model, batch, names, target, row_ids):
 
         return after
 
-    with recording_attention(model, {n: model.get_submodule(n) for n in names}, record):
+    with recording_attention(hf_model(model) or model, {n: model.get_submodule(n) for n in names}, record):
         outputs = model(**batch)
     value, used = _target_value(outputs, target, row_ids)
     missing = [n for n in names if n not in calls or not calls[n][1].requires_grad]

@@ -7,6 +7,11 @@ kernel, SDPA and flash included (they reject ``head_mask``). Head importance (Mi
 Neubig 2019, "Are Sixteen Heads Really Better than One?") is the gradient of the loss with
 respect to ξ_h at ξ = 1: I_h = Σ_batches |∂L/∂ξ_h| / tokens, then normalised per layer to unit
 L2 norm and min-max over all heads, as in the authors' ``run_bertology.py``.
+
+Layers are attention layers: on a hybrid (Jamba, Bamba, Qwen3-Next, ...) layer ``i`` is the
+``i``-th attention layer (``find_layout(model).attention_blocks[i]``), and state-space models
+(Mamba) raise. A projection wrapped by LoRA is gated at its input, so the adapter sees the gated
+heads too. Compiled models run eagerly while the hooks are in place.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from .._internal.inputs import as_inputs, token_shape
 from .._internal.modes import device_of, eval_mode
 from .._internal.progress import progress_bar
 from ..adapters.heads import head_geometry
-from ..adapters.layout import check_module
+from ..adapters.layout import check_module, find_layout
+from ..adapters.modules import hooks_fire
 
 __all__ = ["AblationResult", "HeadImportance", "ablate", "ablation", "head_importance"]
 
@@ -97,7 +103,8 @@ def _check_heads(heads: Any, n_layers: int, n_heads: int) -> list[tuple[int, int
             raise TypeError(f"heads must be (layer, head) pairs, got {item!r}") from None
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             raise ValueError(
-                f"head ({layer}, {head}) is out of range: the model has {n_layers} layers of {n_heads} heads"
+                f"head ({layer}, {head}) is out of range: the model has {n_layers} attention layers of "
+                f"{n_heads} heads (layers count attention layers only)"
             )
         out.append((int(layer), int(head)))
     return out
@@ -162,19 +169,25 @@ def ablation(
             handles.append(
                 model.get_submodule(names[layer]).register_forward_pre_hook(hook_for(layer), with_kwargs=True)
             )
-        yield
+        with hooks_fire(model):
+            yield
     finally:
         for h in handles:
             h.remove()
 
 
 def head_means(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
-    """(L, H, d) mean output of every head over the batch's real (non-padding) tokens, float32."""
+    """(L, H, d) mean output of every head over the batch's real (non-padding) tokens, float32.
+
+    An encoder-decoder's decoder layers average over the decoder tokens
+    (``decoder_attention_mask``), its encoder layers over the input tokens."""
     names, n_heads, d = head_geometry(model)
-    mask = inputs.get("attention_mask")
+    decoder = _decoder_layers(model)
     sums: dict[int, torch.Tensor] = {}
 
     def keep(layer):
+        mask = inputs.get("decoder_attention_mask" if layer in decoder else "attention_mask")
+
         def hook(module, args, kwargs):
             x = (args[0] if args else kwargs["hidden_states"]).detach().float()
             w = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.to(x.device).float()
@@ -184,12 +197,21 @@ def head_means(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
 
     handles = [model.get_submodule(n).register_forward_pre_hook(keep(i), with_kwargs=True) for i, n in enumerate(names)]
     try:
-        with eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad(), hooks_fire(model):
             model(**inputs)
     finally:
         for h in handles:
             h.remove()
     return torch.stack([sums[i] for i in range(len(names))])
+
+
+def _decoder_layers(model: torch.nn.Module) -> set[int]:
+    """Attention-layer indices in an encoder-decoder's decoder stack (empty for one stack)."""
+    layout = find_layout(model)
+    if not {"encoder", "decoder"} <= set(layout.stacks):
+        return set()
+    decoder = set(layout.stacks["decoder"])
+    return {i for i, block in enumerate(layout.attention_blocks) if block in decoder}
 
 
 def ablate(

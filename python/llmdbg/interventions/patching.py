@@ -6,6 +6,9 @@ Run the *corrupted* input, but restore one module's output at one position to it
 answer). A large recovery localises the computation (Meng et al. 2022, "causal tracing"; Wang et
 al. 2023, IOI). ``effects[m, p] = metric(patched) - metric(corrupted)``; ``recovered`` divides by
 ``metric(clean) - metric(corrupted)`` (1 = fully restored).
+
+Encoder-decoders run two sequences: encoder modules are patched along the input tokens, decoder
+modules along the decoder tokens, each module along the sequence its output has.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import numpy as np
 import torch
 
 from .._internal.hooks import first_tensor, hooks, replace_first
-from .._internal.inputs import as_inputs, token_shape
+from .._internal.inputs import as_inputs
 from .._internal.modes import device_of, eval_mode
 from ..adapters.layout import ROLES, check_module, resolve_role
+from ..adapters.modules import hooks_fire
 
 __all__ = ["PatchResult", "logit_diff", "patch"]
 
@@ -35,7 +39,8 @@ class PatchResult:
     positions : numpy.ndarray of int64, shape (P,)
         Patched positions (one column each); ``[-1]`` for ``positions="joint"`` (all at once).
     values : numpy.ndarray of float64, shape (M, P)
-        Metric of each patched run.
+        Metric of each patched run; NaN where a module's sequence is shorter than the position
+        (an encoder-decoder's shorter stack).
     effects : numpy.ndarray of float64, shape (M, P)
         ``values - corrupted_metric``.
     clean_metric, corrupted_metric : float
@@ -91,17 +96,20 @@ def patch(
     ----------
     model : torch.nn.Module
     clean_inputs, corrupted_inputs : dict of tensors, input_ids (B, T), or text with ``tokenizer``
-        Must have the same shape (B, T): positions are compared one to one.
+        Must have the same shape (B, T), and encoder-decoders the same ``decoder_input_ids`` shape
+        too: positions are compared one to one.
     metric : callable
         ``metric(outputs) -> scalar`` (tensor or float; a tensor with several elements is
         averaged), e.g. :func:`logit_diff`.
     modules : str or sequence of str
         A role of :func:`llmdbg.adapters.layout.resolve_role` (``"blocks"``: the residual stream after each
-        block; ``"attention"``, ``"mlp"``) or explicit module names. Each module's output (or the
-        first element of its output tuple) must have shape (B, T, ...).
+        block, every layer of a hybrid included; ``"attention"``, ``"mlp"``) or explicit module names.
+        Each module's output (or the first element of its output tuple) must have shape
+        (B, T, ...), T being the length of the sequence it runs on (input or decoder tokens).
     positions : "all", "joint" or sequence of int
-        ``"all"``: every position separately (P = T); ``"joint"``: all positions at once (P = 1);
-        or the listed positions, each separately.
+        ``"all"``: every position separately (P = the longest module sequence); ``"joint"``: all
+        positions at once (P = 1); or the listed positions, each separately (negative ones count
+        from the end, and need all modules to run on sequences of one length).
     progress : bool
         tqdm bar over the M · P patched runs.
 
@@ -112,7 +120,8 @@ def patch(
     Raises
     ------
     ValueError
-        Inputs of different shapes, an unknown role, positions out of range.
+        Inputs of different shapes, an unknown role, positions out of range, a module output
+        that is not (B, T, ...) for the input or decoder sequence.
     """
     from tqdm.auto import tqdm
 
@@ -120,15 +129,8 @@ def patch(
     dev = device_of(model)
     clean = as_inputs(clean_inputs, tokenizer, name="clean_inputs", device=dev)
     corrupt = as_inputs(corrupted_inputs, tokenizer, name="corrupted_inputs", device=dev)
-    bc, tc = token_shape(clean)
-    bx, tx = token_shape(corrupt)
-    if (bc, tc) != (bx, tx):
-        raise ValueError(
-            f"clean_inputs has shape ({bc}, {tc}) but corrupted_inputs has ({bx}, {tx}); patching "
-            "compares positions one to one: pad or truncate both to the same length"
-        )
+    lengths = _stream_lengths(clean, corrupt)
     names = _module_names(model, modules)
-    pos = _positions(positions, tc)
 
     cache: dict[str, torch.Tensor] = {}
 
@@ -142,21 +144,26 @@ def patch(
         v = metric(outputs)
         return float(v.float().mean()) if isinstance(v, torch.Tensor) else float(np.mean(v))
 
-    values = np.zeros((len(names), len(pos)), dtype=np.float64)
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), hooks_fire(model):
         with hooks(model, forward={n: keep(n) for n in names}):
             clean_metric = scalar(model(**clean))
         for n in names:
-            if cache[n].dim() < 2 or cache[n].shape[:2] != (bc, tc):
-                raise ValueError(
-                    f"module {n!r} outputs shape {tuple(cache[n].shape)}; patching needs (B, T, ...) "
-                    f"= ({bc}, {tc}, ...)"
-                )
+            missing = n not in cache
+            if missing or cache[n].dim() < 2 or (cache[n].shape[0], cache[n].shape[1]) not in lengths.values():
+                got = "was not called by the forward" if missing else f"outputs shape {tuple(cache[n].shape)}"
+                want = " or ".join(f"({b}, {t}, ...) for {k}" for k, (b, t) in lengths.items())
+                raise ValueError(f"module {n!r} {got}; patching needs (B, T, ...) = {want}")
+        sizes = [int(cache[n].shape[1]) for n in names]
+        pos = _positions(positions, max(sizes), uniform=len(set(sizes)) == 1)
+        values = np.full((len(names), len(pos)), np.nan, dtype=np.float64)
         corrupted_metric = scalar(model(**corrupt))
-        bar = tqdm(total=len(names) * len(pos), desc="patching", disable=None if progress else True, leave=False)
+        runs = sum(p < size for size in sizes for p in pos)
+        bar = tqdm(total=runs, desc="patching", disable=None if progress else True, leave=False)
         with bar:
             for m, name in enumerate(names):
                 for j, p in enumerate(pos):
+                    if p >= sizes[m]:
+                        continue  # a shorter sequence (an encoder-decoder's other stack)
                     sl = slice(None) if p < 0 else slice(p, p + 1)
 
                     def restore(module, args, output, name=name, sl=sl):
@@ -198,7 +205,29 @@ def _module_names(model, modules) -> list[str]:
     return names
 
 
-def _positions(positions, t: int) -> list[int]:
+def _stream_lengths(clean: dict, corrupt: dict) -> dict[str, tuple[int, int]]:
+    """(B, T) per input sequence (input and, for encoder-decoders, decoder tokens), checked equal
+    between the clean and corrupted inputs."""
+    lengths = {}
+    for stream, keys in (("input tokens", ("input_ids", "inputs_embeds")), ("decoder tokens", _DECODER_KEYS)):
+        shapes = []
+        for batch in (clean, corrupt):
+            x = next((batch[k] for k in keys if isinstance(batch.get(k), torch.Tensor)), None)
+            shapes.append(None if x is None or x.dim() < 2 else (int(x.shape[0]), int(x.shape[1])))
+        if shapes[0] != shapes[1]:
+            raise ValueError(
+                f"clean_inputs has {stream} of shape {shapes[0]} but corrupted_inputs has {shapes[1]}; "
+                "patching compares positions one to one: pad or truncate both to the same length"
+            )
+        if shapes[0] is not None:
+            lengths[stream] = shapes[0]
+    return lengths
+
+
+_DECODER_KEYS = ("decoder_input_ids", "decoder_inputs_embeds")
+
+
+def _positions(positions, t: int, uniform: bool = True) -> list[int]:
     if isinstance(positions, str):
         if positions == "all":
             return list(range(t))
@@ -209,6 +238,11 @@ def _positions(positions, t: int) -> list[int]:
     for p in positions:
         if isinstance(p, bool) or not isinstance(p, (int, np.integer)):
             raise TypeError(f"positions must hold ints, got {p!r}")
+        if p < 0 and not uniform:
+            raise ValueError(
+                f"position {p} counts from the end, which is ambiguous when the modules run on sequences of "
+                "different lengths (an encoder-decoder's input and decoder tokens); pass positions >= 0"
+            )
         q = int(p) + (t if p < 0 else 0)
         if not 0 <= q < t:
             raise ValueError(f"position {p} is out of range for inputs of length {t}")
