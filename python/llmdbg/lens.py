@@ -137,6 +137,7 @@ def logit_lens(
     try:
         with eval_mode(model), torch.no_grad():
             outputs = model(**inputs)
+            _check_states(model, states, n_layers + 1, b, t)
             final = unembed.apply(states[n_layers])  # the last row, computed once: checked, then reused
             _check_reproduces_logits(model, layout.family, final, outputs, inputs)
             ids, probs, ranks, tprobs = [], [], [], []
@@ -230,6 +231,24 @@ def _targets(target: Any, inputs: dict, tokenizer: Any, b: int, t: int) -> torch
     return arr
 
 
+def _check_states(model: torch.nn.Module, states: dict[int, torch.Tensor], n_rows: int, b: int, t: int) -> None:
+    """Every row must be one state per input token: a model that pads or pools inside its blocks
+    (Longformer pads to its attention window) would misalign rows and tokens."""
+    if len(states) < n_rows:
+        missing = [r for r in range(n_rows) if r not in states]
+        raise ValueError(
+            f"logit lens: the blocks llmdbg found in {type(model).__name__} did not all run in its forward "
+            f"(no state for rows {missing}); it cannot read the residual stream after every block"
+        )
+    for r, h in states.items():
+        if h.dim() != 3 or tuple(h.shape[:2]) != (b, t):
+            raise ValueError(
+                f"logit lens: block {r} of {type(model).__name__} sees hidden states of shape {tuple(h.shape)}, "
+                f"not (batch, tokens, hidden) = ({b}, {t}, ...) like the inputs (the model pads or reshapes the "
+                "sequence inside its blocks); the logit lens cannot align its rows with the input tokens"
+            )
+
+
 def _check_reproduces_logits(
     model: torch.nn.Module, family: str, ours: torch.Tensor, outputs: Any, inputs: dict[str, Any]
 ) -> None:
@@ -239,10 +258,19 @@ def _check_reproduces_logits(
     projection after the last block) would otherwise give a plausible, wrong lens on every row.
     """
     theirs = getattr(outputs, "logits", None)
-    if not isinstance(theirs, torch.Tensor) or theirs.shape != ours.shape:
-        return  # the model keeps only some positions (logits_to_keep) or returns no logits
+    if not isinstance(theirs, torch.Tensor) or theirs.dim() != 3:
+        return  # the model returns no per-position logits
     mask = inputs.get("attention_mask")
-    real = torch.ones(theirs.shape[:2], dtype=torch.bool, device=theirs.device) if mask is None else mask.bool()
+    real = torch.ones(ours.shape[:2], dtype=torch.bool, device=ours.device) if mask is None else mask.bool()
+    if theirs.shape[0] == ours.shape[0] and 0 < theirs.shape[1] < ours.shape[1]:
+        # logits_to_keep: the model kept only the last positions; compare those
+        ours, real = ours[:, -theirs.shape[1] :], real[:, -theirs.shape[1] :]
+    if theirs.shape != ours.shape:
+        raise ValueError(
+            f"logit lens: {type(model).__name__}'s logits have shape {tuple(theirs.shape)}, but its final norm and "
+            f"unembedding give {tuple(ours.shape)} (family {family!r}); llmdbg cannot reproduce the model's own "
+            "logits, so every row of the lens would be wrong"
+        )
     a, b = ours.float()[real], theirs.float()[real.to(theirs.device)]
     low_precision = theirs.dtype in (torch.float16, torch.bfloat16)
     tol = (2e-2 if low_precision else 1e-4) * (1.0 + float(b.abs().max()) if b.numel() else 1.0)

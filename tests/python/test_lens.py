@@ -197,3 +197,142 @@ def test_modernbert_reads_through_its_masked_lm_head():
     real = inputs["attention_mask"].bool().numpy()
     np.testing.assert_array_equal(lens.top_ids[-1][real], want.indices.numpy()[real])
     np.testing.assert_allclose(lens.top_probs[-1][real], want.values.numpy()[real], rtol=1e-4, atol=1e-6)
+
+
+# ---- families whose head does more than lm_head(final_norm(h)) (issue 19) -----------------------
+
+_LM = dict(
+    hidden_size=H,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    num_key_value_heads=2,
+    intermediate_size=2 * H,
+    vocab_size=VOCAB,
+    **IDS,
+)
+_ENC = dict(
+    hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=2 * H, vocab_size=VOCAB
+)
+_MOE = dict(num_local_experts=2, num_experts_per_tok=1)
+_OPT = dict(
+    hidden_size=H,
+    word_embed_proj_dim=16,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    ffn_dim=2 * H,
+    vocab_size=VOCAB,
+    **IDS,
+)
+
+HEADS_BEYOND_NORM = {
+    # logits scaled after the head (Cohere's logit_scale is covered above)
+    "granitemoe": lambda: tf.GraniteMoeForCausalLM(tf.GraniteMoeConfig(logits_scaling=8.0, **_MOE, **_LM)),
+    "granitemoeshared": lambda: tf.GraniteMoeSharedForCausalLM(
+        tf.GraniteMoeSharedConfig(logits_scaling=8.0, shared_intermediate_size=H, **_MOE, **_LM)
+    ),
+    "cohere2_moe": lambda: tf.AutoModelForCausalLM.from_config(
+        tf.AutoConfig.for_model("cohere2_moe", logit_scale=0.0625, **_LM)
+    ),
+    "falcon_h1": lambda: tf.FalconH1ForCausalLM(
+        tf.FalconH1Config(
+            head_dim=8,
+            mamba_d_ssm=H,
+            mamba_n_heads=4,
+            mamba_d_head=8,
+            mamba_d_state=8,
+            mamba_n_groups=1,
+            mamba_chunk_size=8,
+            lm_head_multiplier=0.125,
+            **_LM,
+        )
+    ),
+    # soft-capped logits
+    "gemma2": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(head_dim=8, final_logit_softcapping=0.5, **_LM)),
+    "recurrent_gemma": lambda: tf.RecurrentGemmaForCausalLM(
+        tf.RecurrentGemmaConfig(
+            lru_width=H, attention_window_size=8, logits_soft_cap=0.5, **{**_LM, "num_hidden_layers": 3}
+        )
+    ),
+    # hidden state scaled before the head, padded vocabulary rows dropped after it
+    "inkling": lambda: tf.AutoModelForCausalLM.from_config(
+        tf.AutoConfig.for_model("inkling_text", logits_mup_width_multiplier=4.0, unpadded_vocab_size=90, **_LM)
+    ),
+    # post-LN decoders without a final norm; OPT-350m projects to its embedding width first
+    "opt-350m": lambda: tf.OPTForCausalLM(tf.OPTConfig(do_layer_norm_before=False, **_OPT)),
+    "opt-pre-ln-project-out": lambda: tf.OPTForCausalLM(tf.OPTConfig(**_OPT)),
+    "openai-gpt": lambda: tf.OpenAIGPTLMHeadModel(
+        tf.OpenAIGPTConfig(n_embd=H, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB)
+    ),
+    # masked-LM heads beside the unembedding, or after a final norm
+    "electra": lambda: tf.ElectraForMaskedLM(tf.ElectraConfig(embedding_size=16, **_ENC)),
+    "convbert": lambda: tf.ConvBertForMaskedLM(tf.ConvBertConfig(embedding_size=16, **_ENC)),
+    "eurobert": lambda: tf.EuroBertForMaskedLM(tf.EuroBertConfig(num_key_value_heads=2, pad_token_id=0, **_ENC)),
+    "megatron-bert": lambda: tf.MegatronBertForMaskedLM(tf.MegatronBertConfig(**_ENC)),
+}
+
+
+@pytest.mark.parametrize("name", list(HEADS_BEYOND_NORM))
+def test_last_row_is_the_models_own_distribution(name):
+    """Each of these used to be refused ("no final norm found", "cannot tell which modules form
+    the masked-LM head", "cannot reproduce ... own logits"); the last row must now be exactly the
+    model's own next-token (or masked-token) distribution, over the whole vocabulary."""
+    torch.manual_seed(0)
+    model = HEADS_BEYOND_NORM[name]().eval()
+    inputs = tiny_inputs("llama")
+    with torch.no_grad():
+        probs = torch.softmax(model(**inputs).logits.float(), -1)
+    vocab = probs.shape[-1]
+    lens = logit_lens(model, inputs, top_k=VOCAB, progress=False)
+    real = inputs["attention_mask"].bool().numpy()
+    want = probs.sort(-1, descending=True)
+    assert lens.top_probs.shape[-1] == vocab  # Inkling: 90 real tokens of 100 rows
+    np.testing.assert_allclose(lens.top_probs[-1][real], want.values.numpy()[real], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(lens.top_ids[-1][real][..., :3], want.indices.numpy()[real][..., :3])
+
+
+def test_opt_350m_reads_every_layer_through_project_out():
+    """OPT-350m (post-LN, no final norm, project_out to the 512-wide embeddings): every row is
+    lm_head(project_out(h_l)), the map the model applies after its last block."""
+    torch.manual_seed(0)
+    model = HEADS_BEYOND_NORM["opt-350m"]().eval()
+    unembed = find_unembedding(model)
+    assert unembed.kind == "causal" and unembed.final_norm is None
+    inputs = tiny_inputs("llama")
+    with torch.no_grad():
+        hidden = model(**inputs, output_hidden_states=True).hidden_states  # [l] = input of block l
+        want = [torch.softmax(model.lm_head(model.model.decoder.project_out(h)).float(), -1) for h in hidden[:-1]]
+    lens = logit_lens(model, inputs, top_k=5, progress=False)
+    real = inputs["attention_mask"].bool().numpy()
+    for row, p in enumerate(want):
+        top = p.topk(5, dim=-1)
+        np.testing.assert_allclose(lens.top_probs[row][real], top.values.numpy()[real], rtol=1e-4, atol=1e-6)
+
+
+def test_truncated_logits_are_refused_not_skipped():
+    """A head whose logits have another vocabulary size than the unembedding used to skip the
+    reproduction check (shapes differ) and return the unembedding's distribution silently."""
+
+    class Truncated(tf.LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits[..., :50]
+            return out
+
+    torch.manual_seed(0)
+    model = Truncated(tiny_model("llama").config).eval()
+    with pytest.raises(ValueError, match=r"logits have shape \(2, 7, 50\).*cannot reproduce"):
+        logit_lens(model, tiny_inputs("llama"), progress=False)
+
+
+def test_blocks_that_pad_or_never_run_are_refused_clearly():
+    """Longformer pads the sequence to its attention window inside the encoder (the lens used to
+    fail in numpy broadcasting); SqueezeBERT's blocks never fire the hooks (KeyError: 2)."""
+    torch.manual_seed(0)
+    longformer = tf.LongformerForMaskedLM(
+        tf.LongformerConfig(attention_window=4, max_position_embeddings=64, pad_token_id=0, **_ENC)
+    ).eval()
+    with pytest.raises(ValueError, match=r"sees hidden states of shape \(2, 8, 32\).*cannot align"):
+        logit_lens(longformer, tiny_inputs("bert"), progress=False)
+    squeeze = tf.SqueezeBertForMaskedLM(tf.SqueezeBertConfig(embedding_size=H, pad_token_id=0, **_ENC)).eval()
+    with pytest.raises(ValueError, match=r"did not all run.*no state for rows \[0, 1, 2\]"):
+        logit_lens(squeeze, tiny_inputs("bert"), progress=False)

@@ -2,17 +2,20 @@
 
 The logit lens reads every layer's hidden state through the same map the model applies after its
 last block. For decoder-only LMs (GPT-2, Llama, Mistral, Qwen2, GPT-NeoX, ...) that map is
-``unembedding(final_norm(h))``; for masked-LM encoders (BERT, RoBERTa, DistilBERT) it is the MLM
-head, e.g. BERT's ``cls.predictions`` (dense, GELU, LayerNorm, decoder), and there is no final
-norm because each post-LN block already ends in a LayerNorm. Both parts are found through
-:func:`llmdbg.find_layout`.
+``unembedding(final_norm(h))``; for masked-LM encoders (BERT, RoBERTa, DistilBERT, ELECTRA,
+ModernBERT) it is the MLM head, e.g. BERT's ``cls.predictions`` (dense, GELU, LayerNorm, decoder),
+and there is no final norm because each post-LN block already ends in a LayerNorm. Post-LN
+decoders (OPT-350m, GPT-1) have no final norm either; OPT-350m also projects down to its
+embedding width (``project_out``) before the unembedding. Several families post-process the
+head's output (:func:`_logit_transform`): those steps are applied here exactly as the model does.
+Both parts are found through :func:`llmdbg.find_layout`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -21,6 +24,13 @@ from .layout import find_layout
 from .task import task_type
 
 __all__ = ["Unembedding", "find_unembedding"]
+
+# Decoder families built post-LN: every block ends in a LayerNorm, so the model has no final norm
+# (OPT only when ``do_layer_norm_before=False``, as in OPT-350m; its final norm is then None).
+_POST_LN_DECODERS = ("opt", "openai-gpt")
+# MLM heads kept as one module beside the unembedding: ELECTRA and ConvBERT's generator
+# (dense, activation, LayerNorm), then ``generator_lm_head``.
+_MLM_TRANSFORMS = ("generator_predictions",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,18 +42,68 @@ class Unembedding:
     kind : str
         ``"causal"`` (final norm, then unembedding) or ``"masked_lm"`` (an MLM head).
     final_norm : str or None
-        Name of the final norm (decoder-only models; None for encoders).
+        Name of the final norm (None for encoders and post-LN decoders, which have none).
     head : str
         Name of the module producing logits (``lm_head``, ``cls.predictions``, ...).
     apply : callable
-        ``apply(h, normed=False) -> logits``: (..., hidden) -> (..., vocab). ``normed=True``
-        skips the final norm (for a state the model already normalised).
+        ``apply(h, normed=False) -> logits``: (..., hidden) -> (..., vocab), in the model's
+        dtype, with the family's logit scaling, vocabulary truncation and soft-capping applied.
+        ``normed=True`` skips the final norm (for a state the model already normalised).
     """
 
     kind: str
     final_norm: str | None
     head: str
     apply: Callable[..., torch.Tensor]
+
+
+def _number(config: Any, name: str) -> float | None:
+    """``config.<name>`` (or the text config's) as a float, None where unset or not a number."""
+    for cfg in (config, getattr(config, "get_text_config", lambda: None)()):
+        value = getattr(cfg, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def _logit_transform(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[..., torch.Tensor]]:
+    """What transformers' heads do around the unembedding, in the order they do it.
+
+    Returns ``(before, after)``: ``before`` scales the (normed) hidden state fed to the head
+    (Inkling divides it by ``logits_mup_width_multiplier``); ``after`` post-processes the logits:
+    Cohere multiplies by ``logit_scale``, Falcon-H1 by ``lm_head_multiplier``, Granite divides by
+    ``logits_scaling``, Inkling drops the padded vocabulary rows past ``unpadded_vocab_size``, and
+    Gemma 2/3/4, Inkling 2 (``final_logit_softcapping``) and RecurrentGemma (``logits_soft_cap``)
+    soft-cap: ``c · tanh(x / c)``. The lens checks the result against the model's own logits, so
+    a step missing here is refused rather than silently skipped.
+    """
+    config = getattr(model, "config", None)
+    scale = getattr(model, "logit_scale", None)  # Cohere keeps it on the model (None -> 1 in Compass)
+    multipliers = [float(scale)] if isinstance(scale, (int, float)) and not isinstance(scale, bool) else []
+    falcon = _number(config, "lm_head_multiplier")
+    if falcon is not None:
+        multipliers.append(falcon)
+    divisor = _number(config, "logits_scaling")
+    mup = _number(config, "logits_mup_width_multiplier")
+    vocab = _number(config, "unpadded_vocab_size")
+    cap = _number(config, "final_logit_softcapping") or _number(config, "logits_soft_cap")
+
+    def before(h: torch.Tensor) -> torch.Tensor:
+        return h / mup if mup is not None and mup != 1.0 else h
+
+    def after(logits: torch.Tensor) -> torch.Tensor:
+        for m in multipliers:
+            if m != 1.0:
+                logits = logits * m
+        if divisor is not None and divisor != 1.0:
+            logits = logits / divisor
+        if vocab is not None and int(vocab) < logits.shape[-1]:
+            logits = logits[..., : int(vocab)]
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return before, after
 
 
 def find_unembedding(model: nn.Module) -> Unembedding:
@@ -68,56 +128,64 @@ def find_unembedding(model: nn.Module) -> Unembedding:
             f"{name} is an encoder-decoder model; logit lens and patching support decoder-only and encoder-only models"
         )
     head_module = model.get_submodule(layout.unembedding)
-    config = getattr(model, "config", None)
-    cap = getattr(config, "final_logit_softcapping", None)
-    # What transformers' heads do to the head's output, in the order they do it: Cohere multiplies
-    # by logit_scale, Granite divides by logits_scaling, Gemma 2/3 soft-cap.
-    scale = getattr(model, "logit_scale", None)
-    scale = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else None
-    divisor = getattr(config, "logits_scaling", None)
-    divisor = float(divisor) if isinstance(divisor, (int, float)) and not isinstance(divisor, bool) else None
+    before, after = _logit_transform(model)
 
     def unembed(h: torch.Tensor) -> torch.Tensor:
-        logits = head_module(h)
-        if scale is not None and scale != 1.0:
-            logits = logits * scale
-        if divisor is not None and divisor != 1.0:
-            logits = logits / divisor
-        return logits
-
-    def softcap(x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x / cap) * cap if cap else x
+        return after(head_module(before(h)))
 
     masked = task_type(model) == "masked-lm"
     if "decoder" in layout.stacks and not masked:
-        if layout.final_norm is None:
-            raise ValueError(f"{name}: no final norm found after the last block; llmdbg cannot apply the logit lens")
-        norm = model.get_submodule(layout.final_norm)
+        return _causal(model, layout.final_norm, layout.blocks[-1], layout.unembedding, unembed)
 
-        def apply(h: torch.Tensor, normed: bool = False) -> torch.Tensor:
-            return softcap(unembed(h if normed else norm(h)))
+    norm_name = layout.final_norm  # ModernBERT, EuroBERT, ESM C: a final norm inside the base model
+    final = model.get_submodule(norm_name) if norm_name else None
 
-        return Unembedding("causal", layout.final_norm, layout.unembedding, apply)
+    def normed(h: torch.Tensor, skip: bool) -> torch.Tensor:
+        return h if skip or final is None else final(h)
 
     parent = layout.unembedding.rpartition(".")[0]
     if parent:  # BERT cls.predictions, RoBERTa lm_head: the parent runs transform + decoder
         head = model.get_submodule(parent)
-        return Unembedding("masked_lm", None, parent, lambda h, normed=False: head(h))
-    # ModernBERT: final norm (inside the base model), then the prediction head, then the decoder.
+        return Unembedding("masked_lm", norm_name, parent, lambda h, normed_=False: head(normed(h, normed_)))
+
+    # ModernBERT: final norm, then the prediction head, then the decoder. ELECTRA / ConvBERT
+    # generators: generator_predictions (dense, act, LayerNorm), then generator_lm_head.
     top_head = getattr(model, "head", None)
-    if masked and isinstance(top_head, nn.Module) and layout.unembedding == "decoder":
-        norm_name = layout.final_norm
-        final = model.get_submodule(norm_name) if norm_name else None
-
-        def apply_mlm(h: torch.Tensor, normed: bool = False) -> torch.Tensor:
-            return unembed(top_head(h if normed or final is None else final(h)))
-
-        return Unembedding("masked_lm", norm_name, layout.unembedding, apply_mlm)
+    if not (masked and isinstance(top_head, nn.Module) and layout.unembedding == "decoder"):
+        top_head = next(
+            (m for m in (getattr(model, a, None) for a in _MLM_TRANSFORMS) if isinstance(m, nn.Module)), None
+        )
+    if top_head is not None:
+        transform = top_head
+        return Unembedding(
+            "masked_lm", norm_name, layout.unembedding, lambda h, normed_=False: unembed(transform(normed(h, normed_)))
+        )
     # DistilBERT keeps its MLM head as siblings on the model itself.
     parts = [getattr(model, n, None) for n in ("vocab_transform", "activation", "vocab_layer_norm")]
     if all(isinstance(p, nn.Module) for p in parts):
-        transform, act, ln = cast("list[nn.Module]", parts)
+        dense, act, ln = cast("list[nn.Module]", parts)
+        return Unembedding("masked_lm", None, layout.unembedding, lambda h, normed=False: unembed(ln(act(dense(h)))))
+    if masked and final is not None:  # EuroBERT: final norm, then a plain linear head
         return Unembedding(
-            "masked_lm", None, layout.unembedding, lambda h, normed=False: unembed(ln(act(transform(h))))
+            "masked_lm", norm_name, layout.unembedding, lambda h, normed_=False: unembed(normed(h, normed_))
         )
     raise ValueError(f"{name}: cannot tell which modules form the masked-LM head around {layout.unembedding!r}")
+
+
+def _causal(
+    model: nn.Module, norm_name: str | None, last_block: str, head: str, unembed: Callable[[torch.Tensor], torch.Tensor]
+) -> Unembedding:
+    """Final norm (identity for a post-LN decoder), OPT's ``project_out``, then the head."""
+    name = type(model).__name__
+    family = getattr(getattr(model, "config", None), "model_type", None)
+    stack = model.get_submodule(last_block.rpartition(".")[0].rpartition(".")[0])  # owner of the ModuleList
+    if norm_name is None and family not in _POST_LN_DECODERS:
+        raise ValueError(f"{name}: no final norm found after the last block; llmdbg cannot apply the logit lens")
+    norm = model.get_submodule(norm_name) if norm_name else nn.Identity()
+    project = getattr(stack, "project_out", None) if family == "opt" else None
+    project = project if isinstance(project, nn.Module) else nn.Identity()
+
+    def apply(h: torch.Tensor, normed: bool = False) -> torch.Tensor:
+        return unembed(project(h if normed else norm(h)))
+
+    return Unembedding("causal", norm_name, head, apply)
