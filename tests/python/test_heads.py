@@ -516,7 +516,7 @@ def test_other_bad_input_raises_clear_errors():
     bad[0, 0, 0, 0, :2] = [1.5, -0.5]  # sums to 1 but is negative
     with pytest.raises(ValueError, match=r">= 0: layer 0 \(batch 0, head 0, query 0, key 1\)"):
         head_entropy(bad)
-    with pytest.raises(ValueError, match="second maps"):
+    with pytest.raises(ValueError, match=r"b\[1\] weights must be >= 0: layer 1"):  # names the argument
         attention_drift(a, bad[::-1])
     with pytest.raises(ValueError, match="sums to"):  # from attention_stack
         sink_scores(a * 2)

@@ -6,7 +6,7 @@ Every function accepts a :class:`~llmdbg.Trace` captured with ``attentions=True`
 per-layer ``(B, H, T, T)`` arrays (or tensors), or one ``(L, B, H, T, T)`` array.
 """
 
-from ._inputs import AttentionStack, attention_stack
+from ._inputs import SINK_FAMILIES, AttentionStack, attention_stack
 from .flow import attention_flow
 from .gradient import Relevance, gradient_rollout
 from .heads import (
@@ -22,6 +22,7 @@ from .summary import AttentionSummary
 
 __all__ = [
     "DEFAULT_SPECIAL_TOKENS",
+    "SINK_FAMILIES",
     "AttentionStack",
     "AttentionSummary",
     "Relevance",

@@ -30,17 +30,45 @@ class AttentionStack:
         ``(B, T)`` bool, True for real tokens, or None when every token is real.
     tokens : list of list of str or None
         Token strings per sequence when known (from a Trace captured with a tokenizer).
+    sinks : bool
+        The maps come from a model with learned attention sinks: real rows sum to at most 1, the
+        rest of each row's mass went to the sink (see :data:`SINK_FAMILIES`).
     """
 
     layers: list[np.ndarray]
     mask: np.ndarray | None
     tokens: list[list[str]] | None
+    sinks: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """(L, B, T)."""
         b, _, t, _ = self.layers[0].shape
         return len(self.layers), b, t
+
+
+#: ``config.model_type`` of the transformers families whose attention adds a learned sink logit
+#: per head to the softmax denominator (``s_aux``, ``module.sinks``; gpt-oss and its relatives).
+#: The sink is a virtual key outside the sequence: it takes part of each row's mass, so the
+#: stored rows sum to less than 1. A Trace of one of these families is read with ``sinks=True``.
+SINK_FAMILIES = frozenset(
+    {
+        "gpt_oss",
+        "deepseek_v4",
+        "flint",
+        "granite_swa",
+        "granitemoe_swa",
+        "hy_v4",
+        "hy_v4_vl",
+        "mimo_v2_flash",
+        "openai_privacy_filter",
+    }
+)
+
+
+def _trace_has_sinks(attentions: Any) -> bool:
+    layout = getattr(attentions, "layout", None)
+    return getattr(layout, "family", None) in SINK_FAMILIES
 
 
 # Row-sum tolerance for maps whose every weight is a bfloat16 or float16 number: softmax rows
@@ -149,17 +177,32 @@ def attention_stack(
     atol: float = 1e-3,
     name: str = "attentions",
     check_negative: bool = True,
+    sinks: bool | None = None,
 ) -> AttentionStack:
     """Check and normalise attention maps for the analysis functions.
 
     Raises ``ValueError`` for a wrong number of dimensions or mismatched shapes (naming the
     accepted forms), non-square maps, sequence lengths that differ between layers, NaN/Inf
-    values, rows of real queries that do not sum to 1 within ``atol`` (unless
-    ``renormalize=True``, which divides every such row by its sum), and a bad mask. ``TypeError``
-    for non-numeric input.
+    values, negative weights, rows of real queries that do not sum to 1 within the tolerance
+    (unless ``renormalize=True``, which divides every such row by its sum), and a bad mask.
+    ``TypeError`` for non-numeric input.
+
+    The tolerance is ``atol`` (1e-3), widened for maps whose every weight is a bfloat16 (float16)
+    number, i.e. eager maps of a bf16 (fp16) model: a softmax computed in float32 and rounded to
+    that dtype carries a relative error of at most its unit roundoff u (bf16: 2**-8, fp16:
+    2**-11) in every weight, so a row's sum is off by at most u whatever T; 4u is accepted.
+
+    ``sinks`` (None: True for a Trace of a :data:`SINK_FAMILIES` model, else False) accepts real
+    rows summing to anything in [0, 1] (+ the tolerance): the missing mass went to the model's
+    learned sink, a virtual key outside the sequence. Rows are kept as they are, not
+    renormalised, so rollout and flow treat that mass the way :func:`llmdbg.streaming_rollout`
+    does (see :func:`llmdbg.attention_rollout`).
     """
     from ..tracing.trace import Trace  # local: the trace module imports numpy only, no cycle
 
+    if sinks is not None and not isinstance(sinks, (bool, np.bool_)):
+        raise TypeError(f"sinks must be True, False or None (detect from a Trace), got {sinks!r}")
+    has_sinks = bool(sinks) if sinks is not None else _trace_has_sinks(attentions)
     tokens = None
     if isinstance(attentions, Trace):
         raw, trace_mask, tokens = _from_trace(attentions, stack)
@@ -233,18 +276,23 @@ def attention_stack(
     for i, a in enumerate(layers):
         sums = row_sums[i]  # (B, H, T)
         real = np.ones((b, t), bool) if mask is None else mask
-        bad = np.abs(sums - 1.0) > atol
+        # With sinks a row may give up to all of its mass to the sink: only sums above 1 are off.
+        off = (sums - 1.0) if has_sinks else np.abs(sums - 1.0)
+        bad = off > atol
         bad &= real[:, None, :]
         if bad.any():  # maps of a bf16/fp16 model carry that dtype's rounding in every weight
-            bad &= np.abs(sums - 1.0) > max(atol, _rounding_tolerance(a))
+            bad &= off > max(atol, _rounding_tolerance(a))
         if bad.any():
             if not renormalize:
                 bi, hi, qi = np.argwhere(bad)[0]
+                low = sums[bi, hi, qi] < 1.0 and not has_sinks
                 raise ValueError(
                     f"{name}[{i}] row (batch {bi}, head {hi}, query {qi}) sums to "
-                    f"{sums[bi, hi, qi]:.6g}, not 1; pass renormalize=True to divide rows by their sums"
+                    f"{sums[bi, hi, qi]:.6g}, not {'at most ' if has_sinks else ''}1; pass renormalize=True to "
+                    "divide rows by their sums"
+                    + (" (or sinks=True for maps of a model with learned attention sinks, e.g. gpt-oss)" if low else "")
                 )
             with np.errstate(divide="ignore", invalid="ignore"):
                 scale = np.where(sums > 0, 1.0 / sums, 0.0)
             layers[i] = np.ascontiguousarray(a * scale[..., None].astype(a.dtype))
-    return AttentionStack(layers, mask, tokens)
+    return AttentionStack(layers, mask, tokens, has_sinks)

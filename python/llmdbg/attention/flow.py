@@ -24,6 +24,7 @@ def attention_flow(
     attention_mask: Any = None,
     stack: str | None = None,
     renormalize: bool = False,
+    sinks: bool | None = None,
     n_jobs: int | None = None,
 ) -> np.ndarray:
     """How much each input token can contribute to each output position when attention is read
@@ -58,6 +59,10 @@ def attention_flow(
         Which self-attention stack of an encoder-decoder Trace to use.
     renormalize : bool
         Divide rows that do not sum to 1 by their sums instead of raising.
+    sinks : bool, optional
+        The maps come from a model with learned attention sinks (gpt-oss): real rows may sum to
+        less than 1 and are used as they are (see Notes). None: detected from a Trace's model
+        family (:data:`~llmdbg.attention.SINK_FAMILIES`); arrays need ``sinks=True``.
     n_jobs : int, optional
         Threads for the C++ kernel: None uses ``torch.get_num_threads()``, -1 all cores.
         identical for every thread count.
@@ -76,6 +81,9 @@ def attention_flow(
 
     Notes
     -----
+    With learned attention sinks the capacities are Â_l as :func:`attention_rollout` builds them
+    (the sink's mass leaves the graph) before each row is divided by its sum.
+
     One exact max-flow per (output, input) pair, as in the paper, but in C++: push–relabel with
     global relabelling and the gap heuristic on the layered graph stored as dense per-layer
     ``T × T`` capacity blocks, in float64, with (sequence, output row) pairs spread over
@@ -89,7 +97,7 @@ def attention_flow(
     S. Abnar and W. Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020.
     """
     threads = _check_options(head_fusion, n_jobs)
-    st = attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize)
+    st = attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize, sinks=sinks)
     _, _, t = st.shape
     return _core.attention_flow(
         st.layers,

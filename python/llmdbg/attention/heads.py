@@ -15,7 +15,11 @@ Conventions shared by every function here:
   captured with ``attentions=True``, a list of per-layer ``(B, H, T, T)`` arrays or tensors, or
   one ``(L, B, H, T, T)`` array), with ``attention_mask`` (``(B, T)``, 1 for real tokens;
   taken from the Trace when not given), ``stack`` (encoder/decoder of an encoder-decoder Trace)
-  and ``renormalize`` passed through to it. float32 and float64 maps are read in place.
+  and ``renormalize`` passed through to it, and ``sinks`` (maps of a model with learned
+  attention sinks, e.g. gpt-oss: real rows may sum to less than 1; None detects it from a
+  Trace's model family). float32 and float64 maps are read in place.
+* Sink maps are read as they are: statistics run over the real keys (the sink, a virtual key
+  outside the sequence, is not one of them), as :func:`llmdbg.streaming_rollout` reports them.
 * Padding queries are ignored; padding keys are read (a masked model gives them weight 0).
 * Averages over queries are pooled over all real queries of all sequences (not a mean of
   per-sequence means).
@@ -86,12 +90,10 @@ def _check_threshold(name: str, value: Any) -> float:
 
 
 def _stack(
-    attentions: Any, attention_mask: Any, stack: str | None, renormalize: bool, name: str = "attentions"
+    a: Any, mask: Any, stack: str | None, renorm: bool, sinks: bool | None, name: str = "attentions"
 ) -> AttentionStack:
-    # The head-statistics kernel checks for negative weights itself, naming the argument.
-    return attention_stack(
-        attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize, name=name, check_negative=False
-    )
+    # Negative weights are refused here, in the words rollout and flow use (the kernels check too).
+    return attention_stack(a, attention_mask=mask, stack=stack, renormalize=renorm, name=name, sinks=sinks)
 
 
 # -- public functions ------------------------------------------------------------------------
@@ -106,6 +108,7 @@ def head_entropy(
     attention_mask: Any = None,
     stack: str | None = None,
     renormalize: bool = False,
+    sinks: bool | None = None,
     n_jobs: int | None = None,
 ) -> np.ndarray:
     """Mean attention entropy of every head: how spread out each query's attention is.
@@ -140,6 +143,8 @@ def head_entropy(
         Which stack of an encoder-decoder Trace.
     renormalize : bool, default False
         Divide rows that do not sum to 1 by their sums instead of raising.
+    sinks : bool, optional
+        Maps of a model with learned attention sinks (see the module notes); None detects it.
     n_jobs : int, optional
         Threads for the C++ kernel: None uses ``torch.get_num_threads()``, -1 all cores.
 
@@ -163,7 +168,7 @@ def head_entropy(
     if not isinstance(normalize, (bool, np.bool_)):
         raise TypeError(f"normalize must be True or False, got {normalize!r}")
     _check_causal(causal)
-    st = _stack(attentions, attention_mask, stack, renormalize)
+    st = _stack(attentions, attention_mask, stack, renormalize, sinks)
     stats = _run(st, None, n_jobs)
     if not normalize:
         return stats["entropy"]
@@ -179,6 +184,7 @@ def sink_scores(
     attention_mask: Any = None,
     stack: str | None = None,
     renormalize: bool = False,
+    sinks: bool | None = None,
     n_jobs: int | None = None,
 ) -> np.ndarray:
     """Attention-sink score of every key position, per layer, sequence and head.
@@ -197,7 +203,7 @@ def sink_scores(
     ----------
     causal : bool, optional
         Which definition to use; detected from the maps by default (see :func:`head_entropy`).
-    attentions, attention_mask, stack, renormalize, n_jobs
+    attentions, attention_mask, stack, renormalize, sinks, n_jobs
         As in :func:`head_entropy`.
 
     Returns
@@ -213,7 +219,7 @@ def sink_scores(
     array([1., 0., 0.])
     """
     _check_causal(causal)
-    st = _stack(attentions, attention_mask, stack, renormalize)
+    st = _stack(attentions, attention_mask, stack, renormalize, sinks)
     stats = _run(st, None, n_jobs)
     return stats["sink" if _resolve_causal(causal, stats) else "sink_all"]
 
@@ -281,6 +287,7 @@ def attention_summary(
     attention_mask: Any = None,
     stack: str | None = None,
     renormalize: bool = False,
+    sinks: bool | None = None,
     n_jobs: int | None = None,
 ) -> AttentionSummary:
     """One row per (layer, head) describing what the head does, with flags for the usual
@@ -304,7 +311,7 @@ def attention_summary(
         ``summary.attrs["causal"]``.
     collapse_threshold, uniform_threshold, sink_threshold : float
         Flag thresholds in ``[0, 1]``; ``collapse_threshold < uniform_threshold``.
-    attention_mask, stack, renormalize, n_jobs
+    attention_mask, stack, renormalize, sinks, n_jobs
         As in :func:`head_entropy`.
 
     Returns
@@ -365,7 +372,7 @@ def attention_summary(
         return summary_from_stats(
             attentions, tokenizer=tokenizer, collapse=collapse, uniform=uniform, sink_threshold=sink_t
         )
-    st = _stack(attentions, attention_mask, stack, renormalize)
+    st = _stack(attentions, attention_mask, stack, renormalize, sinks)
     _, b, t = st.shape
     tokens = _tokens_for(attentions, st, stack, tokenizer)
     special, source = _special_mask(special_tokens, tokens, tokenizer, (b, t))
@@ -425,6 +432,7 @@ def attention_drift(
     base: float = 2,
     stack: str | None = None,
     renormalize: bool = False,
+    sinks: bool | None = None,
     n_jobs: int | None = None,
 ) -> np.ndarray:
     """How much each head's attention changed between two runs: the Jensen-Shannon divergence
@@ -446,7 +454,7 @@ def attention_drift(
         masks (those of the Traces).
     base : float, default 2
         Logarithm base: 2 gives bits in ``[0, 1]``, ``math.e`` gives nats in ``[0, log 2]``.
-    stack, renormalize, n_jobs
+    stack, renormalize, sinks, n_jobs
         As in :func:`head_entropy` (``stack`` applies to both).
 
     Returns
@@ -469,8 +477,8 @@ def attention_drift(
         or not math.isfinite(base)
     ):
         raise ValueError(f"base must be a positive number other than 1, got {base!r}")
-    sa = _stack(a, attention_mask, stack, renormalize, name="a")
-    sb = _stack(b, attention_mask, stack, renormalize, name="b")
+    sa = _stack(a, attention_mask, stack, renormalize, sinks, name="a")
+    sb = _stack(b, attention_mask, stack, renormalize, sinks, name="b")
     if [x.shape for x in sa.layers] != [x.shape for x in sb.layers]:
         raise ValueError(
             f"attention_drift needs two runs with the same shapes: a has shape "

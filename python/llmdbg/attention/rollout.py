@@ -31,6 +31,7 @@ def attention_rollout(
     attention_mask: Any = None,
     stack: str | None = None,
     renormalize: bool = False,
+    sinks: bool | None = None,
     n_jobs: int | None = None,
 ) -> np.ndarray:
     """How much each input token contributes to each position after the last layer, by
@@ -73,6 +74,10 @@ def attention_rollout(
         Which self-attention stack of an encoder-decoder Trace to roll out.
     renormalize : bool
         Divide rows that do not sum to 1 by their sums instead of raising.
+    sinks : bool, optional
+        The maps come from a model with learned attention sinks (gpt-oss): real rows may sum to
+        less than 1 and are used as they are (see Notes). None: detected from a Trace's model
+        family (:data:`~llmdbg.attention.SINK_FAMILIES`); arrays need ``sinks=True``.
     n_jobs : int, optional
         Threads for the C++ kernel: None uses ``torch.get_num_threads()``, -1 all cores.
         identical for every thread count.
@@ -92,6 +97,13 @@ def attention_rollout(
 
     Notes
     -----
+    Learned attention sinks (gpt-oss): the sink is a virtual key outside the sequence, so a row
+    of Ā_l sums to 1 − (the mass the sink took). The maps are not renormalised: with
+    ``residual``, Â_l = (Ā_l + I) / rowsum(Ā_l + I) shares each position between the real keys
+    and itself in proportion to what the model gave them, and the sink's share leaves the graph;
+    without ``residual`` it is lost on every layer and rows of R sum to less than 1. This is
+    what :func:`llmdbg.streaming_rollout` computes from the queries, keys and sink logits.
+
     Cost: O(L · H · T²) to read and fuse the maps plus O(L · T³) for the full product (a third
     of that for causal maps, whose zero upper triangle is skipped), or O(L · len(rows) · T²)
     with ``rows``. Sequences are spread over threads when B >= n_jobs, otherwise the rows
@@ -104,7 +116,7 @@ def attention_rollout(
     threads = _check_options(head_fusion, n_jobs)
     if not 0.0 <= float(discard_ratio) < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}")
-    st = attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize)
+    st = attention_stack(attentions, attention_mask=attention_mask, stack=stack, renormalize=renormalize, sinks=sinks)
     _, _, t = st.shape
     return _core.attention_rollout(
         st.layers,
