@@ -372,3 +372,58 @@ def test_watch_works_on_a_plain_sequential():
     np.testing.assert_allclose(w.history["loss"].to_numpy(), losses, rtol=1e-6)
     np.testing.assert_allclose(w.history["grad_norm"].to_numpy(), norms, rtol=1e-5)
     assert len(w.layers) > 0
+
+
+def _mamba():
+    torch.manual_seed(0)
+    cfg = tf.MambaConfig(hidden_size=32, num_hidden_layers=2, vocab_size=100, state_size=8, expand=2, conv_kernel=4)
+    return tf.MambaForCausalLM(cfg).train()
+
+
+NOT_TRANSFORMERS = {
+    # a state-space LM: no attention, blocks of one width
+    "mamba": (_mamba, lambda: torch.randint(3, 100, (2, 8)), lambda m, x: m(input_ids=x, labels=x).loss),
+    # no blocks at all: a CNN whose layers change width and rank (N, C, H, W) -> (N, F)
+    "cnn": (
+        lambda: torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4 * 6 * 6, 2),
+        ),
+        lambda: torch.randn(4, 3, 8, 8),
+        lambda m, x: m(x).pow(2).mean(),
+    ),
+    "embedding_bag": (
+        lambda: torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 1)),
+        lambda: torch.randint(0, 10, (5, 3)),
+        lambda m, x: m(x).pow(2).mean(),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_TRANSFORMERS))
+@pytest.mark.parametrize("every", [1, 50])
+def test_watch_works_on_models_without_transformer_blocks(name, every):
+    """watch at default settings raised at step 0 on every model whose modules differ in output
+    shape ("all input arrays must have the same shape"); the per-step norm must be exactly what
+    clip_grad_norm_ returns, with the periodic tier on (every=1) or only at step 0."""
+    make, batch, loss_fn = NOT_TRANSFORMERS[name]
+    torch.manual_seed(0)
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    w = llmdbg.watch(model, opt, every=every)
+    losses, norms = [], []
+    for _ in range(3):
+        loss = loss_fn(model, batch())
+        opt.zero_grad()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))))
+        w.step(loss=loss)
+        opt.step()
+        losses.append(loss.item())
+    w.close()
+    np.testing.assert_allclose(w.history["loss"].to_numpy(), losses, rtol=1e-6)
+    np.testing.assert_allclose(w.history["grad_norm"].to_numpy(), norms, rtol=1e-5)
+    assert len(w.layers) > 0 and _hook_count(model) == 0
