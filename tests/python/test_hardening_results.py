@@ -132,3 +132,58 @@ def test_report_on_gpt_oss_writes_its_attention_section(tmp_path):
     maps, mask = [saved["attentions_0"], saved["attentions_1"]], saved["attention_mask"]
     assert (maps[0].sum(-1) * mask[:, None]).max() < 0.95  # the maps the report rolled out have sinks
     np.testing.assert_allclose(saved["rollout"], numpy_rollout(maps, mask=mask), atol=1e-5)
+
+
+# ---- train/eval flags and requires_grad under every attribution entry point ---------------------
+
+
+def _mixed(model: torch.nn.Module) -> tuple[list[bool], list[bool]]:
+    """Every third submodule in train mode (dropout on), every other parameter frozen."""
+    for i, m in enumerate(model.modules()):
+        m.training = i % 3 == 0
+    for i, p in enumerate(model.parameters()):
+        p.requires_grad_(i % 2 == 0)
+    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
+
+
+def _boom(module, args, output):
+    raise RuntimeError("planted failure in block 1")
+
+
+ATTRIBUTION_CALLS = {
+    "integrated_gradients": lambda m, x: llmdbg.integrated_gradients(m, x, n_steps=4, progress=False),
+    "saliency": lambda m, x: llmdbg.saliency(m, x, progress=False),
+    "input_x_gradient": lambda m, x: llmdbg.input_x_gradient(m, x, progress=False),
+    "smoothgrad": lambda m, x: llmdbg.smoothgrad(m, x, n_samples=2, progress=False),
+    "occlusion": lambda m, x: llmdbg.occlusion(m, x, progress=False),
+    "attribute_generation": lambda m, x: llmdbg.attribute_generation(
+        m, None, x["input_ids"][:1], max_new_tokens=2, method="saliency", progress=False
+    ),
+    "attribute_generation_ig": lambda m, x: llmdbg.attribute_generation(
+        m, None, x["input_ids"][:1], target=x["input_ids"][:1, :2], n_steps=4, progress=False
+    ),
+    "attribute_generation_occlusion": lambda m, x: llmdbg.attribute_generation(
+        m, None, x["input_ids"][:1], target=x["input_ids"][:1, :2], method="occlusion", progress=False
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(ATTRIBUTION_CALLS))
+@pytest.mark.parametrize("fails", [False, True])
+def test_attribution_restores_every_module_mode_and_requires_grad(name, fails):
+    """Attribution used to restore only the root's train/eval flag (13 submodules of a mixed-mode
+    model came back flipped); every submodule's flag and every parameter's requires_grad must come
+    back as they were, also when the forward raises in the middle of the call."""
+    model = tiny_model("gpt2", tf.GPT2LMHeadModel)
+    if fails:
+        model.transformer.h[1].register_forward_hook(_boom)
+    modes, grads = _mixed(model)
+    with pytest.warns(UserWarning, match="train mode"):
+        if fails:
+            with pytest.raises(RuntimeError, match="planted failure"):
+                ATTRIBUTION_CALLS[name](model, tiny_inputs("gpt2"))
+        else:
+            ATTRIBUTION_CALLS[name](model, tiny_inputs("gpt2"))
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == grads
+    assert all(p.grad is None for p in model.parameters())  # the weights never got gradients
