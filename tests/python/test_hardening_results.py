@@ -187,3 +187,29 @@ def test_attribution_restores_every_module_mode_and_requires_grad(name, fails):
     assert [m.training for m in model.modules()] == modes
     assert [p.requires_grad for p in model.parameters()] == grads
     assert all(p.grad is None for p in model.parameters())  # the weights never got gradients
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "saliency", "occlusion"])
+def test_the_word_predicted_as_text_is_a_continuation_in_a_list(method):
+    """ "predicted" is the reserved keyword (the model's own next token); the documented way to
+    explain the text "predicted" is a one-element list, which must give a continuation target
+    of its tokens, not the argmax."""
+    tok = copy.deepcopy(minilm_tokenizer())
+    tok.model_input_names = ["input_ids", "attention_mask"]
+    torch.manual_seed(0)
+    cfg = tf.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, vocab_size=tok.vocab_size, pad_token_id=0, bos_token_id=101, eos_token_id=102
+    )
+    model = tf.GPT2LMHeadModel(cfg).eval()
+    inputs = tok(["the cat sat", "a dog ran far"], return_tensors="pt", padding=True)
+    fn = getattr(llmdbg, method)
+    kwargs = {"n_steps": 4} if method == "integrated_gradients" else {}
+    keyword = fn(model, dict(inputs), target="predicted", progress=False, **kwargs)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    last = inputs["attention_mask"].sum(1) - 1
+    np.testing.assert_array_equal(np.asarray(keyword.target).reshape(-1), logits[[0, 1], last].argmax(-1).numpy())
+    text = fn(model, dict(inputs), target=[" predicted"], tokenizer=tok, progress=False, **kwargs)
+    word = tok(" predicted", add_special_tokens=False)["input_ids"]
+    assert np.asarray(text.target).reshape(2, -1).tolist() == [word, word]
+    assert text.scores.shape[:2] == (2, len(word)) and keyword.scores.shape == (2, inputs["input_ids"].shape[1])

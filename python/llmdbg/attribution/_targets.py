@@ -296,8 +296,8 @@ def _continuation_ids(target: Any, tokenizer: Any, bsz: int) -> list[list[int]]:
                 if row.size and row.dtype.kind not in "iu":
                     raise TypeError(f"continuation ids must be integers, got {row.dtype}")
                 seqs.append([int(v) for v in row.reshape(-1)])
-        if len(seqs) == 1 and bsz > 1:
-            seqs = seqs * bsz
+    if len(seqs) == 1 and bsz > 1:  # one continuation (a one-text list, one row of ids) for all
+        seqs = seqs * bsz
     if len(seqs) != bsz:
         raise ValueError(f"target: got {len(seqs)} continuations for {bsz} inputs")
     if any(len(s) == 0 for s in seqs):
