@@ -13,6 +13,8 @@ from typing import Literal, cast
 
 from torch import nn
 
+from .modules import hf_model
+
 __all__ = ["TASKS", "Task", "task_type", "unwrap"]
 
 Task = Literal["seq2seq", "causal-lm", "masked-lm", "classifier", "encoder"]
@@ -34,7 +36,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def task_type(model: nn.Module) -> Task:
     """One of :data:`TASKS` for ``model``."""
-    model = unwrap(model)
+    model = hf_model(model) or unwrap(model)  # PEFT and user wrappers: the transformers model inside
     name = type(model).__name__
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         return "seq2seq"

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .._internal.inputs import encode
+from ..adapters.modules import hf_model
 
 BASELINES = ("pad", "mask", "unk", "zeros")
 
@@ -117,6 +118,7 @@ def model_batch(inputs: Any, tokenizer: Any, device: torch.device) -> tuple[dict
 def config_id(model: nn.Module, tokenizer: Any, name: str) -> int | None:
     """A special token id (``pad``, ``mask``, ``unk``, ``bos``, ``eos``, ``cls``, ``sep``) from the
     tokenizer or the model config."""
+    model = hf_model(model) or model  # a wrapper's special tokens are its transformers model's
     for source in (tokenizer, getattr(model, "config", None), getattr(model, "generation_config", None)):
         value = getattr(source, f"{name}_token_id", None) if source is not None else None
         if isinstance(value, (list, tuple)):
