@@ -102,3 +102,84 @@ def test_bad_targets_and_rows():
     t5 = _model(tf.T5ForConditionalGeneration, "t5")
     with pytest.raises(ValueError, match="stack"):
         gradient_rollout(t5, tiny_inputs("t5"))
+
+
+def stack_reference(model, inputs, names, index, scalar_fn, t):
+    """Like ``reference``, for the self-attention modules ``names`` of one stack of an
+    encoder-decoder (weights at ``index`` of the eager output: 2 for T5)."""
+    kept, handles = [], []
+    for name in names:
+
+        def hook(m, a, o):
+            o[index].retain_grad()
+            kept.append(o[index])
+
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    model.set_attn_implementation("eager")
+    try:
+        scalar_fn(model(**inputs)).sum().backward()
+    finally:
+        model.set_attn_implementation("sdpa")
+        for h in handles:
+            h.remove()
+    b = inputs["input_ids"].shape[0]
+    r = np.broadcast_to(np.eye(t), (b, t, t)).copy()
+    for a in kept:
+        r = r + np.clip(a.grad.double().numpy() * a.detach().double().numpy(), 0, None).mean(1) @ r
+    model.zero_grad(set_to_none=True)
+    return r
+
+
+def _bart():
+    torch.manual_seed(0)
+    config = tf.BartConfig(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        vocab_size=100,
+        decoder_start_token_id=2,
+        forced_eos_token_id=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        init_std=0.3,
+    )
+    return tf.BartForConditionalGeneration(config).eval()
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+@pytest.mark.parametrize("impl", ["auto", "eager"])
+def test_encoder_decoder_stacks_match_the_eager_reference(family, stack, impl):
+    # Larger initial weights than the defaults: relevance far above float32 rounding of R's diagonal.
+    model = _model(tf.T5ForConditionalGeneration, "t5", initializer_factor=4.0) if family == "t5" else _bart()
+    inputs = tiny_inputs("t5")  # input tokens (2, 7) with one padded, decoder tokens (2, 5)
+    layout = llmdbg.find_layout(model)
+    blocks = set(layout.stacks[stack])
+    names = [a for b, a in zip(layout.attention_blocks, layout.attention) if b in blocks]
+    got = gradient_rollout(model, inputs, stack=stack, attention_impl=impl)
+    # The explained quantity is the decoder's next-token log-probability at its last token, for
+    # both stacks (the encoder predicts nothing itself); its default token is the most likely one.
+    with torch.no_grad():
+        best = model(**inputs).logits[:, -1].argmax(-1)
+
+    def scalar(out):
+        return torch.log_softmax(out.logits[:, -1].float(), -1)[torch.arange(2), best]
+
+    t = inputs["input_ids" if stack == "encoder" else "decoder_input_ids"].shape[1]
+    want = stack_reference(model, inputs, names, layout.attention_index, scalar, t)
+    np.testing.assert_array_equal(got.target, best.numpy())
+    assert got.matrix.shape == (2, t, t)
+    spread = np.abs(want - np.eye(t)).max()
+    assert spread > 1e-3, spread  # the stack's attention does carry relevance
+    # Eager: the same maps and gradients. Recompute: the model's SDPA kernel, whose outputs (and so
+    # gradients) differ from eager's by rounding, amplified by the large weights.
+    tol = 1e-6 if impl == "eager" else 1e-4 * spread
+    np.testing.assert_allclose(got.matrix, want, rtol=1e-5, atol=tol)
+    rows = [6, 5] if stack == "encoder" else [4, 4]  # last real token of the stack's sequence
+    np.testing.assert_array_equal(got.rows, rows)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())

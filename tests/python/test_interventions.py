@@ -212,3 +212,114 @@ def test_ablation_bad_input():
     assert _hook_counts(model) == before
     with pytest.raises(ValueError, match="masked LM"):
         head_importance(tiny_model("bert", tf.BertForMaskedLM), tiny_inputs("bert"), progress=False)
+
+
+def _seq2seq(family):
+    if family == "t5":
+        return tiny_model("t5", tf.T5ForConditionalGeneration)
+    torch.manual_seed(0)
+    config = tf.BartConfig(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        vocab_size=100,
+        decoder_start_token_id=2,
+        forced_eos_token_id=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return tf.BartForConditionalGeneration(config).eval()
+
+
+def _hidden(output):
+    """A block's hidden states: BART's layers return a tensor, T5's blocks a tuple."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def _seq2seq_pair():
+    """Input tokens (2, 8) and decoder tokens (2, 5): the two stacks run on different lengths."""
+    g = torch.Generator().manual_seed(3)
+    clean = {
+        "input_ids": torch.randint(3, 100, (2, 8), generator=g),
+        "decoder_input_ids": torch.randint(3, 100, (2, 5), generator=g),
+    }
+    corrupt = {**clean, "input_ids": clean["input_ids"].clone()}
+    corrupt["input_ids"][:, 3] = (corrupt["input_ids"][:, 3] + 11) % 97 + 3
+    return clean, corrupt
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_patch_encoder_decoder_identity_and_manual_hooks(family):
+    model = _seq2seq(family)
+    clean, corrupt = _seq2seq_pair()
+    metric = logit_diff(5, 6)
+    with torch.no_grad():
+        m_clean = float(metric(model(**clean)))
+    # Patching a run with its own activations reproduces its metric exactly, on both stacks.
+    same = patch(model, clean, clean, metric=metric, progress=False)
+    encoder, decoder = (len(v) for v in __import__("llmdbg").find_layout(model).stacks.values())
+    assert same.values.shape == (encoder + decoder, 8)
+    np.testing.assert_array_equal(same.values[:encoder], m_clean)
+    np.testing.assert_array_equal(same.values[encoder:, :5], m_clean)
+    assert np.isnan(same.values[encoder:, 5:]).all()  # the decoder has 5 tokens
+    # A real patch: one encoder block at one input position, one decoder block at one decoder
+    # position, each against a hand-written hook.
+    enc_name, dec_name = same.modules[0], same.modules[encoder]
+    res = patch(model, clean, corrupt, metric=metric, modules=[enc_name, dec_name], positions=[3, 4], progress=False)
+    store = {}
+    with torch.no_grad():
+        handles = [
+            model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: store.__setitem__(n, _hidden(o).clone()))
+            for n in (enc_name, dec_name)
+        ]
+        model(**clean)
+        for h in handles:
+            h.remove()
+        for i, name in enumerate((enc_name, dec_name)):
+            for j, p in enumerate((3, 4)):
+
+                def put(m, a, o, name=name, p=p):
+                    h = _hidden(o).clone()
+                    h[:, p] = store[name][:, p]
+                    return h if isinstance(o, torch.Tensor) else (h, *o[1:])
+
+                handle = model.get_submodule(name).register_forward_hook(put)
+                want = float(metric(model(**corrupt)))
+                handle.remove()
+                assert res.values[i, j] == pytest.approx(want, rel=1e-6, abs=1e-7)
+    assert np.abs(res.effects[0]).max() > 0  # the input token 3 was corrupted
+    with pytest.raises(ValueError, match="ambiguous"):
+        patch(model, clean, corrupt, metric=metric, positions=[-1], progress=False)
+    short = {**corrupt, "decoder_input_ids": corrupt["decoder_input_ids"][:, :4]}
+    with pytest.raises(ValueError, match="decoder tokens"):
+        patch(model, clean, short, metric=metric, progress=False)
+
+
+def test_head_means_of_a_decoder_average_over_decoder_tokens():
+    model = _seq2seq("t5")
+    clean, _ = _seq2seq_pair()
+    clean["attention_mask"] = torch.ones(2, 8, dtype=torch.long)
+    clean["attention_mask"][1, -2:] = 0
+    names, n_heads, d = head_geometry(model)
+    means = head_means(model, clean)  # was: a (2, 8) mask applied to (2, 5) decoder activations
+    kept = {}
+    handles = [
+        model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: kept.__setitem__(n, a[0].double()))
+        for n in names
+    ]
+    with torch.no_grad():
+        model(**clean)
+    for h in handles:
+        h.remove()
+    w = clean["attention_mask"].double()[..., None]
+    want_enc = (kept[names[0]] * w).sum((0, 1)) / w.sum()
+    want_dec = kept[names[-1]].mean((0, 1))  # no decoder mask: every decoder token is real
+    np.testing.assert_allclose(means[0].numpy(), want_enc.view(n_heads, d).numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(means[-1].numpy(), want_dec.view(n_heads, d).numpy(), rtol=1e-5, atol=1e-7)
+    res = ablate(model, clean, [(3, 1)], mode="mean", progress=False)
+    assert res.logits.shape == (2, 5, 100) and np.abs(res.logits - res.baseline_logits).max() > 0
