@@ -236,3 +236,22 @@ def test_head_ablation_on_a_hybrid_counts_attention_layers_and_matches_zeroing_b
     assert np.abs(got.logits - got.baseline_logits).max() > 0
     with pytest.raises(ValueError, match="2 attention layers"):
         llmdbg.ablate(model, x, [(2, 0)], progress=False)
+
+
+def test_report_layout_table_puts_attention_beside_its_own_block():
+    from types import SimpleNamespace
+
+    from llmdbg.report.sections import model_section
+
+    model = build("jamba")
+    sections = []
+    report = SimpleNamespace(add_section=lambda title, table: sections.append(table))
+    trace = SimpleNamespace(layout=llmdbg.find_layout(model))
+    model_section(SimpleNamespace(report=report, model=model, trace=trace, name="tiny-jamba"))
+    rows = sections[0][1]
+    assert [(r["block"], r["attention"]) for r in rows] == [
+        ("model.layers.0", "-"),
+        ("model.layers.1", "model.layers.1.self_attn"),
+        ("model.layers.2", "-"),
+        ("model.layers.3", "model.layers.3.self_attn"),
+    ]

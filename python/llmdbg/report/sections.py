@@ -68,9 +68,10 @@ def model_section(ctx: ReportContext) -> None:
         ("Embeddings", layout.embeddings or "-"),
         ("Final norm", layout.final_norm or "-"),
     ]
+    attention = dict(zip(layout.attention_blocks, layout.attention))  # hybrids: attention layers only
     blocks = [
-        {"layer": i, "block": b, "attention": a, "mlp": m}
-        for i, (b, a, m) in enumerate(zip(layout.blocks, layout.attention, layout.mlp or ("-",) * len(layout.blocks)))
+        {"layer": i, "block": b, "attention": attention.get(b, "-"), "mlp": m}
+        for i, (b, m) in enumerate(zip(layout.blocks, layout.mlp or ("-",) * len(layout.blocks)))
     ]
     report.add_section("Model", table=[[{"property": k, "value": v} for k, v in facts], blocks])
 
