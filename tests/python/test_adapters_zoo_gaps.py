@@ -196,6 +196,10 @@ def test_attention_features_on_a_state_space_model_name_the_family(family):
     with pytest.raises(ValueError, match=f"{name} has no attention"):
         llmdbg.gradient_rollout(model, x)
     with pytest.raises(ValueError, match=f"{name} has no attention"):
+        llmdbg.streaming_rollout(model, x)
+    with pytest.raises(ValueError, match=f"{name} has no attention"):
+        llmdbg.estimate_memory(model, x)
+    with pytest.raises(ValueError, match=f"{name} has no attention"):
         with llmdbg.capture(model, "attention"):
             pass
     assert all(not h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))

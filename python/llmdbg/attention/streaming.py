@@ -21,7 +21,7 @@ import torch
 from .._internal.inputs import as_inputs
 from .._internal.modes import device_of
 from .._internal.progress import check_progress, progress_bar
-from ..adapters.layout import find_layout
+from ..adapters.layout import find_layout, require_attention
 from ..tracing.api import capture
 from ..tracing.attention_setup import choose_recompute
 from . import streaming_recompute
@@ -182,7 +182,9 @@ def streaming_rollout(
         raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
     check_progress(progress)
     batch = as_inputs(inputs, tokenizer, device=device_of(model))
-    modules = stack_attention_modules(find_layout(model), stack)
+    layout = find_layout(model)
+    require_attention(model, layout, "streaming_rollout")  # a state-space model: say so, naming it
+    modules = stack_attention_modules(layout, stack)
     ids = batch.get("decoder_input_ids" if stack == "decoder" else "input_ids")
     if isinstance(ids, torch.Tensor):
         query_rows(rows, ids.shape[-1])  # bad rows fail before the forward, not after it
