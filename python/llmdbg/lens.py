@@ -84,8 +84,9 @@ def logit_lens(
     Parameters
     ----------
     model : transformers model with a language-model head
-        A causal LM (``AutoModelForCausalLM``: GPT-2, Llama, Mistral, Qwen2, GPT-NeoX, ...) or a
-        masked LM (``AutoModelForMaskedLM``: BERT, RoBERTa, DistilBERT).
+        A causal LM (``AutoModelForCausalLM``: GPT-2, Llama, Mistral, Qwen2, GPT-NeoX, OPT, ...) or
+        a masked LM (``AutoModelForMaskedLM``: BERT, RoBERTa, DistilBERT, ELECTRA, ModernBERT, ...).
+        Logit scaling and soft-capping of the head are applied as the model applies them.
     inputs : dict of tensors, input_ids tensor (B, T), or str / list of str (with ``tokenizer``)
     tokenizer : transformers tokenizer, optional
         Encodes text inputs and decodes ``top_tokens``.
@@ -107,7 +108,9 @@ def logit_lens(
     Raises
     ------
     ValueError
-        A layer is out of range, the model has no unembedding, or ``top_k`` is not positive.
+        A layer is out of range, the model has no unembedding, or ``top_k`` is not positive; the
+        last row does not reproduce the model's own logits (a head llmdbg does not know), or the
+        blocks do not see one state per input token (they pad the sequence, or never run).
     """
     check_module(model)
     unembed = find_unembedding(model)

@@ -178,11 +178,12 @@ def _causal(
     """Final norm (identity for a post-LN decoder), OPT's ``project_out``, then the head."""
     name = type(model).__name__
     family = getattr(getattr(model, "config", None), "model_type", None)
-    stack = model.get_submodule(last_block.rpartition(".")[0].rpartition(".")[0])  # owner of the ModuleList
     if norm_name is None and family not in _POST_LN_DECODERS:
         raise ValueError(f"{name}: no final norm found after the last block; llmdbg cannot apply the logit lens")
     norm = model.get_submodule(norm_name) if norm_name else nn.Identity()
-    project = getattr(stack, "project_out", None) if family == "opt" else None
+    project: Any = None
+    if family == "opt":  # OPTDecoder, the owner of the block list, keeps project_out (or None)
+        project = getattr(model.get_submodule(last_block.rpartition(".")[0].rpartition(".")[0]), "project_out", None)
     project = project if isinstance(project, nn.Module) else nn.Identity()
 
     def apply(h: torch.Tensor, normed: bool = False) -> torch.Tensor:
