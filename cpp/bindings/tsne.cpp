@@ -4,7 +4,9 @@
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -44,14 +46,61 @@ ts::Csr to_csr(const py::object& indptr_in, const py::object& indices_in, const 
   return P;
 }
 
-// A (n, 2) float64 embedding; n >= 0: the number of rows P has.
+// A (n, 2) float64 embedding, finite and within ±1e150; n >= 0: the number of rows P has.
 py::array embedding_arg(const py::object& Y_in, const std::string& fn, int64_t n) {
   auto Y = checked_array(Y_in, fn + ": Y", kFloat64, Shape{"n", "2"});
   if (n >= 0 && Y.shape(0) != n) {
     throw py::value_error(fn + ": Y has " + std::to_string(Y.shape(0)) + " rows but P has " +
                           std::to_string(n));
   }
+  try {
+    ts::check_embedding(data_of<double>(Y), Y.shape(0));
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(fn + ": " + e.what());
+  }
   return Y;
+}
+
+// phases: a sequence of (n_iter: int, exaggeration, learning_rate, momentum: float) tuples.
+// Parsed by hand so that a wrong type gives a TypeError naming phases, not pybind11's
+// signature dump; the values are checked by the core (ts::optimize).
+std::vector<ts::Phase> phases_arg(const py::object& phases) {
+  const std::string expected =
+      "tsne_optimize: phases must be a list of (n_iter, exaggeration, learning_rate, momentum)";
+  if (!py::isinstance<py::sequence>(phases) || py::isinstance<py::str>(phases)) {
+    throw py::type_error(expected);
+  }
+  std::vector<ts::Phase> out;
+  for (const py::handle item : py::reinterpret_borrow<py::sequence>(phases)) {
+    if (!py::isinstance<py::sequence>(item) || py::isinstance<py::str>(item) ||
+        py::len(item) != 4) {
+      throw py::type_error(expected + " tuples, got " + py::repr(item).cast<std::string>());
+    }
+    const auto t = py::reinterpret_borrow<py::sequence>(item);
+    ts::Phase ph;
+    try {
+      const py::object it = t[0];
+      if (py::isinstance<py::bool_>(it) || !PyIndex_Check(it.ptr())) throw py::cast_error();
+      const auto n_iter = it.cast<int64_t>();
+      if (n_iter < 0 || n_iter > std::numeric_limits<int>::max()) {
+        throw py::value_error("tsne_optimize: phases: n_iter must be in [0, 2^31), got " +
+                              std::to_string(n_iter));
+      }
+      ph.n_iter = static_cast<int>(n_iter);
+      ph.exaggeration = py::float_(t[1]).cast<double>();
+      ph.learning_rate = py::float_(t[2]).cast<double>();
+      ph.momentum = py::float_(t[3]).cast<double>();
+    } catch (const py::cast_error&) {
+      throw py::type_error(expected + " with an int and three numbers, got " +
+                           py::repr(item).cast<std::string>());
+    } catch (const py::error_already_set& e) {
+      if (!e.matches(PyExc_TypeError) && !e.matches(PyExc_ValueError)) throw;
+      throw py::type_error(expected + " with an int and three numbers, got " +
+                           py::repr(item).cast<std::string>());
+    }
+    out.push_back(ph);
+  }
+  return out;
 }
 
 ts::Metric parse_metric(const std::string& name) {
@@ -68,8 +117,8 @@ ts::Method method_arg(const std::string& name) {
   }
 }
 
-py::tuple knn(const py::array& X, int64_t k, const std::string& metric, int num_threads) {
-  check_array(X, "tsne_knn: X", kFloat, Shape{"n", "d"});
+py::tuple knn(const py::object& X_in, int64_t k, const std::string& metric, int num_threads) {
+  const auto X = checked_array(X_in, "tsne_knn: X", kFloat, Shape{"n", "d"}.nonempty());
   const bool f32 = py::isinstance<py::array_t<float>>(X);
   const int64_t n = X.shape(0), d = X.shape(1);
   if (k < 1 || k >= n) {
@@ -82,9 +131,10 @@ py::tuple knn(const py::array& X, int64_t k, const std::string& metric, int num_
   int64_t* pi = idx.mutable_data();
   double* pd = d2.mutable_data();
   const void* px = X.data();
+  const ts::CancelPoll poll = interrupt_poll();
   without_gil([&] {
-    if (f32) ts::knn_exact(static_cast<const float*>(px), n, d, k, m, pi, pd, num_threads);
-    else ts::knn_exact(static_cast<const double*>(px), n, d, k, m, pi, pd, num_threads);
+    if (f32) ts::knn_exact(static_cast<const float*>(px), n, d, k, m, pi, pd, num_threads, poll);
+    else ts::knn_exact(static_cast<const double*>(px), n, d, k, m, pi, pd, num_threads, poll);
   });
   return py::make_tuple(idx, d2);
 }
@@ -93,7 +143,10 @@ py::tuple calibrate(const py::object& sqdist_in, double perplexity, double tol, 
                     int num_threads) {
   const auto d2 = checked_array(sqdist_in, "tsne_calibrate: sqdist", kFloat64, Shape{"n", "k"});
   const int64_t n = d2.shape(0), k = d2.shape(1);
-  if (!(perplexity >= 1.0)) throw py::value_error("tsne_calibrate: perplexity must be >= 1");
+  if (!(perplexity >= 1.0) || !std::isfinite(perplexity)) {
+    throw py::value_error("tsne_calibrate: perplexity must be a finite number >= 1, got " +
+                          std::to_string(perplexity));
+  }
   if (k < 1) throw py::value_error("tsne_calibrate: sqdist needs at least one column");
   py::array_t<double> P({n, k}), perp(n);
   double* pp = P.mutable_data();
@@ -163,23 +216,20 @@ double kl(const py::object& indptr, const py::object& indices, const py::object&
   const auto Y = embedding_arg(Y_in, "tsne_kl_divergence", P.n);
   double out = 0.0;
   const double* py_ = data_of<double>(Y);
-  without_gil([&] { out = ts::kl_divergence(P, py_, num_threads); });
+  const ts::CancelPoll poll = interrupt_poll();
+  without_gil([&] { out = ts::kl_divergence(P, py_, num_threads, poll); });
   return out;
 }
 
 py::dict optimize(const py::object& indptr, const py::object& indices, const py::object& data,
-                  const py::object& Y_in,
-                  const std::vector<std::tuple<int, double, double, double>>& phases,
-                  const std::string& method, double theta, double max_step_norm, double min_gain,
-                  int n_interp, int min_intervals, double intervals_per_unit,
-                  const py::object& callback, int callback_every, int kl_every, int num_threads) {
+                  const py::object& Y_in, const py::object& phases, const std::string& method,
+                  double theta, double max_step_norm, double min_gain, int n_interp,
+                  int min_intervals, double intervals_per_unit, const py::object& callback,
+                  int callback_every, int kl_every, int num_threads) {
   const ts::Csr P = to_csr(indptr, indices, data, "tsne_optimize");
   const auto Y0 = embedding_arg(Y_in, "tsne_optimize", P.n);
   ts::OptimizeParams prm;
-  for (const auto& [it, ex, lr, mu] : phases) {
-    if (it < 0) throw py::value_error("tsne_optimize: a phase has a negative iteration count");
-    prm.phases.push_back({it, ex, lr, mu});
-  }
+  prm.phases = phases_arg(phases);
   prm.method = method_arg(method);
   prm.theta = theta;
   prm.max_step_norm = max_step_norm;
@@ -190,6 +240,7 @@ py::dict optimize(const py::object& indptr, const py::object& indices, const py:
   prm.callback_every = callback_every;
   prm.kl_every = kl_every;
   prm.num_threads = num_threads;
+  prm.cancelled = interrupt_poll();  // Ctrl-C within ~50 ms, with or without a callback
   if (prm.method == ts::Method::bh && !(theta >= 0)) {
     throw py::value_error("tsne_optimize: theta must be >= 0");
   }
@@ -197,9 +248,9 @@ py::dict optimize(const py::object& indptr, const py::object& indices, const py:
   std::copy_n(data_of<double>(Y0), 2 * P.n, Y.mutable_data());
   double* py_ = Y.mutable_data();
 
-  // The callback runs on this thread between iterations, with the GIL re-acquired. It also
-  // checks for signals, so Ctrl-C stops the loop even without a Python callback. A Python
-  // exception is parked in the interpreter's error indicator and raised once the loop is out.
+  // The callback runs on this thread between iterations, with the GIL re-acquired. Signals are
+  // checked there too and by prm.cancelled between iterations. A Python exception is parked in
+  // the interpreter's error indicator and raised once the loop is out.
   bool failed = false;
   const bool have_callback = !callback.is_none();
   ts::ProgressCallback cb = [&](int it, double kl_estimate) {
@@ -231,13 +282,16 @@ py::dict optimize(const py::object& indptr, const py::object& indices, const py:
 }  // namespace
 
 void bind_tsne(py::module_& m) {
-  m.def("tsne_knn", &knn, py::arg("X"), py::arg("k"), py::arg("metric") = "euclidean",
-        py::arg("num_threads") = 0,
-        R"doc(Exact k nearest neighbours of each row of X (float32/float64, C-contiguous (n, d)).
+  m.def(
+      "tsne_knn", &knn, py::arg("X"), py::arg("k"), py::arg("metric") = "euclidean",
+      py::arg("num_threads") = 0,
+      R"doc(Exact k nearest neighbours of each row of X (float32/float64, C-contiguous (n, d), d >= 1).
 
 Self is excluded (duplicates are neighbours at distance 0). Returns (indices int64 (n, k),
 squared distances float64 (n, k)) sorted by (distance, index). metric 'cosine' L2-normalises the
-rows first, so the squared distance is 2 (1 - cos).)doc");
+rows first, so the squared distance is 2 (1 - cos). Ranked at unit scale (exact power-of-two
+rescaling): X * 2**s gives the same indices and distances * 4**s. ValueError for NaN/Inf rows or
+squared distances that overflow float64. Ctrl-C stops it (KeyboardInterrupt).)doc");
   m.def("tsne_calibrate", &calibrate, py::arg("sqdist"), py::arg("perplexity"),
         py::arg("tol") = 1e-5, py::arg("max_iter") = 200, py::arg("num_threads") = 0,
         R"doc(Bisect each row's precision so its entropy is log(perplexity) (tol in nats).
@@ -269,8 +323,10 @@ Returns (rep (n, 2) with rep_i = sum_{j!=i} w_ij^2 (y_i - y_j), Z = sum_{i!=j} w
 phases: list of (n_iter, exaggeration, learning_rate, momentum). callback(iteration, kl_estimate)
 is called every callback_every iterations with the GIL held and the latest KL estimate (made every
 kl_every iterations; NaN before the first; kl_every <= 0: never); return True to stop. Signals
-(Ctrl-C) are checked at each callback point. Returns a dict
-with embedding, n_iter, kl_divergence (exact, of the final embedding) and stopped.)doc");
+(Ctrl-C) are checked at least every 50 ms (KeyboardInterrupt). method 'fft' runs an iteration
+with Barnes-Hut when the map is too wide for a grid of about 2 sqrt(n) nodes per side. Y must be
+finite and within +-1e150. Returns a dict with embedding, n_iter, kl_divergence (exact, of the
+final embedding) and stopped.)doc");
 }
 
 }  // namespace llmdbg::bindings

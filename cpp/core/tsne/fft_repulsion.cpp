@@ -7,10 +7,6 @@
 #include <stdexcept>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "core/common/parallel.hpp"
 #include "core/tsne/fft.hpp"
 
@@ -41,7 +37,8 @@ struct Cell {
 // a page fault per 4 KiB each time. Every buffer is fully overwritten before it is read.
 struct Workspace {
   std::vector<Cell> cells;
-  std::vector<double> priv, zpart;
+  std::vector<int64_t> row_start, by_row;  // points bucketed by grid row (counting sort)
+  std::vector<double> zpart;
   std::vector<cd> A, B, K;
   std::unique_ptr<Fft> fft;
 };
@@ -51,22 +48,9 @@ Workspace& workspace() {
   return ws;
 }
 
-}  // namespace
-
-double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* rep,
-                     int num_threads) {
-  if (prm.n_interp < 1 || prm.n_interp > 16) {
-    throw std::invalid_argument("repulsion_fft: n_interp must be in [1, 16]");
-  }
-  if (prm.min_intervals < 1 || !(prm.intervals_per_unit > 0.0)) {
-    throw std::invalid_argument(
-        "repulsion_fft: min_intervals and intervals_per_unit must be positive");
-  }
-  if (n <= 0) return 0.0;
-  const int threads = resolve_threads(num_threads);
-  const int p = prm.n_interp;
-
-  // Square bounding box, slightly enlarged so no point sits on the far edge.
+// Square bounding box of Y: its centre and side (slightly enlarged so no point sits on the far
+// edge, and at least 1e-9). Throws for non-finite coordinates.
+void bounding_box(const double* Y, int64_t n, double& cx, double& cy, double& side) {
   double xmin = Y[0], xmax = Y[0], ymin = Y[1], ymax = Y[1];
   for (int64_t i = 1; i < n; ++i) {
     xmin = std::min(xmin, Y[2 * i]);
@@ -77,9 +61,54 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* r
   if (!std::isfinite(xmin + xmax + ymin + ymax)) {
     throw std::invalid_argument("repulsion_fft: non-finite coordinates");
   }
-  const double cx = 0.5 * (xmin + xmax), cy = 0.5 * (ymin + ymax);
-  double side = std::max(xmax - xmin, ymax - ymin);
+  cx = 0.5 * xmin + 0.5 * xmax, cy = 0.5 * ymin + 0.5 * ymax;
+  side = std::max(xmax - xmin, ymax - ymin);
   side = std::max(side * (1.0 + 1e-9), 1e-9);
+}
+
+void check_params(const FftParams& prm) {
+  if (prm.n_interp < 1 || prm.n_interp > 16) {
+    throw std::invalid_argument("repulsion_fft: n_interp must be in [1, 16]");
+  }
+  if (prm.min_intervals < 1 || !(prm.intervals_per_unit > 0.0) ||
+      !std::isfinite(prm.intervals_per_unit)) {
+    throw std::invalid_argument(
+        "repulsion_fft: min_intervals and intervals_per_unit must be positive and finite");
+  }
+  if (prm.max_intervals < 1)
+    throw std::invalid_argument("repulsion_fft: max_intervals must be >= 1");
+}
+
+}  // namespace
+
+double fft_intervals(const double* Y, int64_t n, const FftParams& prm) {
+  check_params(prm);
+  if (n <= 0) return static_cast<double>(prm.min_intervals);
+  double cx = 0.0, cy = 0.0, side = 0.0;
+  bounding_box(Y, n, cx, cy, side);
+  return std::max<double>(prm.min_intervals, std::ceil(prm.intervals_per_unit * side));
+}
+
+int64_t fft_interval_budget(int64_t n, const FftParams& prm) {
+  // Nodes per side (m · n_interp) up to 2·sqrt(n): the grid then has at most ~16 n cells after
+  // padding, so its memory and time grow like the points' own, not like the map's area.
+  const double by_points = 2.0 * std::sqrt(static_cast<double>(std::max<int64_t>(n, 0))) /
+                           static_cast<double>(std::max(prm.n_interp, 1));
+  const int64_t budget = std::max<int64_t>(prm.min_intervals, static_cast<int64_t>(by_points));
+  return std::min<int64_t>(budget, std::max(prm.min_intervals, prm.max_intervals));
+}
+
+void release_fft_workspace() { workspace() = Workspace{}; }
+
+double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* rep,
+                     int num_threads) {
+  check_params(prm);
+  if (n <= 0) return 0.0;
+  const int threads = resolve_threads(num_threads);
+  const int p = prm.n_interp;
+
+  double cx = 0.0, cy = 0.0, side = 0.0;
+  bounding_box(Y, n, cx, cy, side);
   // m intervals per dimension; 2·m·p (the padded transform size) is kept 5-smooth.
   const double wanted = std::ceil(prm.intervals_per_unit * side);  // may be astronomically large
   if (wanted > static_cast<double>(std::max(prm.min_intervals, prm.max_intervals))) {
@@ -110,52 +139,34 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* r
   Workspace& ws = workspace();
   std::vector<Cell>& cells = ws.cells;
   cells.resize(static_cast<size_t>(n));
-
-  // Spread charges 1 (→ A, real) and (ỹx, ỹy) (→ B = ỹx + i ỹy), ỹ = y − box centre. Each
-  // thread spreads a fixed block of points into its own grid; grids are summed in thread order.
-  const size_t NN = static_cast<size_t>(N * N);
-  std::vector<double>& priv = ws.priv;
-  priv.assign(static_cast<size_t>(threads) * 3 * NN, 0.0);
+  std::vector<int64_t>& row_start = ws.row_start;
+  std::vector<int64_t>& by_row = ws.by_row;
+  row_start.assign(static_cast<size_t>(m + 1), 0);
+  by_row.resize(static_cast<size_t>(n));
   std::vector<cd>& A = ws.A;
   std::vector<cd>& B = ws.B;
   std::vector<cd>& K = ws.K;
   A.resize(static_cast<size_t>(L * L));
   B.resize(static_cast<size_t>(L * L));
   K.resize(static_cast<size_t>(L * L));
+  // Spread charges 1 (→ A, real) and (ỹx, ỹy) (→ B = ỹx + i ỹy), ỹ = y − box centre, straight
+  // into the zero-padded transform inputs. The points of grid row bx touch only node rows
+  // [bx·p, bx·p + p), so rows are spread in parallel, each by one thread in point order: every
+  // node's sum has one fixed order, and the result is the same for every thread count.
 #pragma omp parallel num_threads(threads)
   {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num();
-    const int nt = omp_get_num_threads();
-#else
-    const int t = 0, nt = 1;
-#endif
-    double* g1 = priv.data() + static_cast<size_t>(t) * 3 * NN;
-    double* gx = g1 + NN;
-    double* gy = gx + NN;
-    const int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
-    for (int64_t i = lo; i < hi; ++i) {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
       Cell& c = cells[static_cast<size_t>(i)];
       const double ux = (Y[2 * i] - x0) / h, uy = (Y[2 * i + 1] - y0) / h;
       c.bx = std::clamp<int64_t>(static_cast<int64_t>(ux), 0, m - 1);
       c.by = std::clamp<int64_t>(static_cast<int64_t>(uy), 0, m - 1);
       lagrange(ux - static_cast<double>(c.bx), p, nodes, denom, c.wx);
       lagrange(uy - static_cast<double>(c.by), p, nodes, denom, c.wy);
-      const double qx = Y[2 * i] - cx, qy = Y[2 * i + 1] - cy;
-      for (int kx = 0; kx < p; ++kx) {
-        const size_t row = static_cast<size_t>((c.bx * p + kx) * N + c.by * p);
-        for (int ky = 0; ky < p; ++ky) {
-          const double w = c.wx[kx] * c.wy[ky];
-          g1[row + ky] += w;
-          gx[row + ky] += w * qx;
-          gy[row + ky] += w * qy;
-        }
-      }
     }
-#pragma omp barrier
-    // Sum the private grids into the zero-padded transform inputs; build the kernel array
-    // K1 + i·K2 at circular offsets (both kernels are real and even, so their spectra are real).
-#pragma omp for schedule(static)
+    // The kernel array K1 + i·K2 at circular offsets (both kernels are real and even, so their
+    // spectra are real); A and B start at zero.
+#pragma omp for schedule(static) nowait
     for (int64_t a = 0; a < L; ++a) {
       cd* Ar = A.data() + a * L;
       cd* Br = B.data() + a * L;
@@ -170,20 +181,30 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* r
           const double k1 = 1.0 / (1.0 + d2);
           Kr[b] = cd(k1, k1 * k1);
         }
-        if (a < N && b < N) {
-          double s1 = 0.0, sx = 0.0, sy = 0.0;
-          for (int u = 0; u < nt; ++u) {
-            const double* gu = priv.data() + static_cast<size_t>(u) * 3 * NN;
-            const size_t idx = static_cast<size_t>(a * N + b);
-            s1 += gu[idx];
-            sx += gu[NN + idx];
-            sy += gu[2 * NN + idx];
+        Ar[b] = 0.0;
+        Br[b] = 0.0;
+      }
+    }
+#pragma omp single
+    {  // counting sort of the points by grid row, stable (point order within a row)
+      for (int64_t i = 0; i < n; ++i) ++row_start[static_cast<size_t>(cells[i].bx + 1)];
+      for (int64_t r = 0; r < m; ++r) row_start[r + 1] += row_start[r];
+      std::vector<int64_t> fill(row_start.begin(), row_start.end() - 1);
+      for (int64_t i = 0; i < n; ++i) by_row[static_cast<size_t>(fill[cells[i].bx]++)] = i;
+    }  // implicit barrier: the zeroing above is complete too
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t s = row_start[r]; s < row_start[r + 1]; ++s) {
+        const int64_t i = by_row[static_cast<size_t>(s)];
+        const Cell& c = cells[static_cast<size_t>(i)];
+        const double qx = Y[2 * i] - cx, qy = Y[2 * i + 1] - cy;
+        for (int kx = 0; kx < p; ++kx) {
+          const size_t row = static_cast<size_t>((c.bx * p + kx) * L + c.by * p);
+          for (int ky = 0; ky < p; ++ky) {
+            const double w = c.wx[kx] * c.wy[ky];
+            A[row + ky] += w;
+            B[row + ky] += cd(w * qx, w * qy);
           }
-          Ar[b] = s1;
-          Br[b] = cd(sx, sy);
-        } else {
-          Ar[b] = 0.0;
-          Br[b] = 0.0;
         }
       }
     }

@@ -23,13 +23,17 @@
 // embedding is wide. The interpolation error is the method's only approximation; see
 // tests/cpp/test_tsne_fft.cpp for measured force and Z errors (about openTSNE's own).
 //
-// Cost O(n · n_interp² + M² log M) with M = 2·m·n_interp: linear in n, but the grid grows with
-// the square of the embedding's extent. Past max_intervals (2048 per side) it throws instead:
-// coarser intervals would make the forces wrong (the interpolation needs intervals of about the
-// kernel's unit width), and a bigger grid exhausts memory (a spread of 1e12 used to hang).
-// Spreading is parallel over fixed point blocks (one private grid each, summed in a fixed order),
-// gathering and the FFT passes over points / rows, so results are bitwise identical for a fixed
-// num_threads (not across thread counts).
+// Cost O(n · n_interp² + M² log M) with M = 2·m·p: linear in n, but the grid grows with the
+// square of the embedding's extent. Past max_intervals (512 per side: ~450 MB of transforms)
+// it throws instead: coarser intervals would make the forces wrong (the interpolation needs
+// intervals of about the kernel's unit width), and a bigger grid exhausts memory (a spread of
+// 1e12 used to hang). The optimiser goes further (optimize.cpp): an iteration whose map needs
+// more than fft_interval_budget(n) intervals uses Barnes-Hut instead, so the grid's size
+// follows the number of points (200 points with a spread-out init took ~950 MB).
+//
+// Spreading is parallel over grid rows (the points of one interval row touch only its node
+// rows, each summed by one thread in point order), gathering and the FFT passes over points /
+// rows, so results are bitwise identical for every thread count.
 
 #include <cstdint>
 
@@ -39,9 +43,24 @@ struct FftParams {
   int n_interp = 3;
   int min_intervals = 50;
   double intervals_per_unit = 1.0;
-  int max_intervals = 2048;
+  int max_intervals = 512;
 };
 
+// Throws std::invalid_argument for bad parameters (n_interp outside [1, 16], min_intervals < 1,
+// intervals_per_unit not positive and finite), non-finite coordinates, or a map that needs more
+// than max(min_intervals, max_intervals) intervals per side.
 double repulsion_fft(const double* Y, int64_t n, const FftParams& p, double* rep, int num_threads);
+
+// Intervals per side the grid for Y needs: max(min_intervals, ceil(intervals_per_unit · side))
+// before rounding up for the transform size (a double: it may be astronomically large).
+double fft_intervals(const double* Y, int64_t n, const FftParams& p);
+
+// The most intervals per side the optimiser uses FFT with for n points: about 2·sqrt(n) nodes
+// per side (so the grid has ~16 n cells), at least min_intervals, at most max_intervals.
+int64_t fft_interval_budget(int64_t n, const FftParams& p);
+
+// Frees the calling thread's buffers (the optimiser calls it when done; they are reused between
+// iterations, and a large grid's would otherwise stay allocated for the thread's lifetime).
+void release_fft_workspace();
 
 }  // namespace llmdbg::tsne

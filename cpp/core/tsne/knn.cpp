@@ -51,16 +51,21 @@ struct TopK {
   }
 };
 
+// The power of two 2^e with x / 2^e in [0.5, 1) (e = 0 for x = 0): dividing by it is exact.
+inline int unit_exponent(double x) { return x > 0 ? std::ilogb(x) + 1 : 0; }
+
 }  // namespace
 
 template <typename T>
 void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64_t* indices,
-               double* sqdist, int num_threads) {
+               double* sqdist, int num_threads, const CancelPoll& cancelled) {
   if (k < 1 || k >= n) {
     throw std::invalid_argument("knn: k must be in [1, n-1] = [1, " + std::to_string(n - 1) +
                                 "], got " + std::to_string(k));
   }
+  if (d < 1) throw std::invalid_argument("knn: X needs at least one column, got 0");
   const int threads = resolve_threads(num_threads);
+  Cancel cancel(cancelled);
   // Double copy (normalised for cosine) for the exact re-ranking, and a centred float copy for
   // the GEMM: centring keeps ‖x‖² + ‖y‖² − 2 x·y from cancelling catastrophically.
   RowMatD Xd =
@@ -71,6 +76,12 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
       throw std::invalid_argument("knn: row " + std::to_string(i) + " of X holds NaN or Inf");
     }
   }
+  // Rank at unit scale: a power of two brings the largest |x| into [0.5, 1) exactly, so squared
+  // distances neither overflow (|x| ~ 1e300) nor underflow (|x| ~ 1e-300) in double, and X and
+  // X·2^s give the same neighbours and distances scaled by exactly 4^s.
+  const int e1 = unit_exponent(Xd.cwiseAbs().maxCoeff());
+  Xd *= std::ldexp(1.0, -e1);
+  int out_exponent = 2 * e1;  // sqdist = (distance at unit scale) · 2^out_exponent
   if (metric == Metric::cosine) {
     for (int64_t i = 0; i < n; ++i) {
       const double norm = Xd.row(i).norm();
@@ -80,13 +91,13 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
       }
       Xd.row(i) /= norm;
     }
+    out_exponent = 0;  // 2 (1 − cos) does not depend on the scale
   }
   const Eigen::RowVectorXd mean = Xd.colwise().mean();
-  // Squared float32 distances overflow past ~1e19 and underflow below ~1e-19: rank extreme
-  // magnitudes in rescaled units (ranking is scale-free; the exact distances stay in double).
-  const double maxabs = (Xd.rowwise() - mean).cwiseAbs().maxCoeff();
-  const double scale = (maxabs > 1e15 || (maxabs > 0 && maxabs < 1e-15)) ? 1.0 / maxabs : 1.0;
-  const RowMatF Xf = ((Xd.rowwise() - mean) * scale).template cast<float>();
+  // The float copy is centred and brought to unit scale again: data far from the origin
+  // (1e30 + small noise) would otherwise lose its spread in float32.
+  const int e2 = unit_exponent((Xd.rowwise() - mean).cwiseAbs().maxCoeff());
+  const RowMatF Xf = ((Xd.rowwise() - mean) * std::ldexp(1.0, -e2)).template cast<float>();
   const Eigen::VectorXf norms = Xf.rowwise().squaredNorm();
 
   // A few spare candidates absorb float32 rounding in the ranking.
@@ -94,7 +105,8 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
   constexpr int64_t kRefBlock = 1024;
   const int64_t n_qblocks = (n + kQueryBlock - 1) / kQueryBlock;
 
-  bool short_of_candidates = false;  // never throw inside the parallel region
+  // Never throw inside the parallel region: flags, checked after it.
+  bool short_of_candidates = false, overflow = false;
 #pragma omp parallel num_threads(threads)
   {
     BlockF S(kQueryBlock, kRefBlock);
@@ -102,6 +114,7 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
     std::vector<std::pair<double, int64_t>> exact;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t qb = 0; qb < n_qblocks; ++qb) {
+      if (cancel.stopped()) continue;
       const int64_t q0 = qb * kQueryBlock, nq = std::min<int64_t>(kQueryBlock, n - q0);
       for (int64_t a = 0; a < nq; ++a) tops[a].reset(static_cast<size_t>(cand));
       for (int64_t r0 = 0; r0 < n; r0 += kRefBlock) {
@@ -131,26 +144,38 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
           exact.emplace_back((Xd.row(i) - Xd.row(c.second)).squaredNorm(), c.second);
         }
         std::sort(exact.begin(), exact.end());
+        // Only a candidate list shorter than k could make the loop below read past it.
         if (static_cast<int64_t>(exact.size()) < k) {
 #pragma omp atomic write
           short_of_candidates = true;
           continue;
         }
         for (int64_t m = 0; m < k; ++m) {
+          const double v = std::ldexp(exact[m].first, out_exponent);
+          if (std::isinf(v)) {
+#pragma omp atomic write
+            overflow = true;
+          }
           indices[i * k + m] = exact[m].second;
-          sqdist[i * k + m] = exact[m].first;
+          sqdist[i * k + m] = v;
         }
       }
     }
   }
+  cancel.throw_if_stopped();
+  if (overflow) {
+    throw std::invalid_argument(
+        "knn: X: squared distances overflow float64 (the largest |x| is about 2^" +
+        std::to_string(e1) + "); rescale X");
+  }
   if (short_of_candidates) {
-    throw std::runtime_error("knn: fewer than k finite distances for some point (overflow?)");
+    throw std::runtime_error("knn: fewer than k candidates for some point (internal error)");
   }
 }
 
 template void knn_exact<float>(const float*, int64_t, int64_t, int64_t, Metric, int64_t*, double*,
-                               int);
+                               int, const CancelPoll&);
 template void knn_exact<double>(const double*, int64_t, int64_t, int64_t, Metric, int64_t*, double*,
-                                int);
+                                int, const CancelPoll&);
 
 }  // namespace llmdbg::tsne

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <string>
 
 #include "core/common/parallel.hpp"
 #include "core/tsne/fft_repulsion.hpp"
@@ -77,8 +78,19 @@ constexpr int64_t kParallelUpdateFrom = 16384;  // points
 // Fills ws.attr (Σ_j p_ij w_ij (y_i − y_j)) and ws.rep (Σ_j w_ij² (y_i − y_j)) and returns Z.
 // With want_kl, *plogw_sum receives Σ p_ij log w_ij.
 double compute_forces(const Csr& P, const double* Y, const OptimizeParams& prm, int threads,
-                      Workspace& ws, bool want_kl, double* plogw_sum) {
+                      Workspace& ws, bool want_kl, double* plogw_sum, Cancel* cancel) {
   const int64_t n = P.n;
+  FftParams fp;
+  fp.n_interp = prm.fft_n_interp;
+  fp.min_intervals = prm.fft_min_intervals;
+  fp.intervals_per_unit = prm.fft_intervals_per_unit;
+  fp.max_intervals = prm.fft_max_intervals;
+  Method method = prm.method;
+  // A map too wide for a grid of the points' size (a spread-out init, a few points) would make
+  // the FFT grid, not the points, dominate memory and time: this iteration uses Barnes-Hut.
+  if (method == Method::fft && fft_intervals(Y, n, fp) > fft_interval_budget(n, fp)) {
+    method = Method::bh;
+  }
   const int64_t n_blocks = (n + kRowBlock - 1) / kRowBlock;
   auto attraction_block = [&](int64_t blk) {
     const int64_t i0 = blk * kRowBlock, i1 = std::min(n, i0 + kRowBlock);
@@ -88,7 +100,7 @@ double compute_forces(const Csr& P, const double* Y, const OptimizeParams& prm, 
     }
   };
   double Z = 0.0;
-  if (prm.method == Method::bh) {
+  if (method == Method::bh) {
     // One parallel region (one fork/join) for the repulsion, a leaf at a time in Morton order
     // (neighbouring leaves share the cells they open), its scatter back to the original order,
     // and the attraction over the rows of P in storage order (the CSR arrays stream).
@@ -118,13 +130,9 @@ double compute_forces(const Csr& P, const double* Y, const OptimizeParams& prm, 
     }
     for (int64_t s = 0; s < n; ++s) Z += zs[s];  // sorted order: fixed for any thread count
   } else {
-    if (prm.method == Method::exact) {
-      Z = repulsion_exact(Y, n, ws.rep.data(), threads);
+    if (method == Method::exact) {
+      Z = repulsion_exact(Y, n, ws.rep.data(), threads, cancel);
     } else {
-      FftParams fp;
-      fp.n_interp = prm.fft_n_interp;
-      fp.min_intervals = prm.fft_min_intervals;
-      fp.intervals_per_unit = prm.fft_intervals_per_unit;
       Z = repulsion_fft(Y, n, fp, ws.rep.data(), threads);
     }
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
@@ -204,22 +212,84 @@ void check_problem(const Csr& P) {
   }
 }
 
+// Largest |coordinate| of a map the core accepts: squared distances (≤ 8e300) and the
+// similarities w ≥ 1e-301 then stay normal doubles, so Z > 0 and KL is finite.
+constexpr double kMaxCoordinate = 1e150;
+
+void check_phases(const OptimizeParams& prm) {
+  for (size_t k = 0; k < prm.phases.size(); ++k) {
+    const Phase& ph = prm.phases[k];
+    const std::string at = "phases[" + std::to_string(k) + "]: ";
+    if (ph.n_iter < 0) throw std::invalid_argument(at + "n_iter must be >= 0");
+    if (!(ph.exaggeration > 0) || !std::isfinite(ph.exaggeration)) {
+      throw std::invalid_argument(at + "exaggeration must be finite and > 0, got " +
+                                  std::to_string(ph.exaggeration));
+    }
+    if (!(ph.learning_rate > 0) || !std::isfinite(ph.learning_rate)) {
+      throw std::invalid_argument(at + "learning_rate must be finite and > 0, got " +
+                                  std::to_string(ph.learning_rate));
+    }
+    if (!(ph.momentum >= 0 && ph.momentum < 1)) {
+      throw std::invalid_argument(at + "momentum must be in [0, 1), got " +
+                                  std::to_string(ph.momentum));
+    }
+  }
+  if (std::isnan(prm.max_step_norm)) throw std::invalid_argument("max_step_norm must not be NaN");
+  if (!(prm.min_gain >= 0) || !std::isfinite(prm.min_gain)) {
+    throw std::invalid_argument("min_gain must be finite and >= 0");
+  }
+  if (prm.method == Method::bh && !(prm.theta >= 0)) {
+    throw std::invalid_argument("theta must be >= 0");
+  }
+}
+
+// Frees the FFT buffers of the calling thread when the optimisation ends, normally or not.
+struct FftWorkspaceRelease {
+  ~FftWorkspaceRelease() { release_fft_workspace(); }
+};
+
 }  // namespace
+
+void check_embedding(const double* Y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    for (int c = 0; c < 2; ++c) {
+      const double v = Y[2 * i + c];
+      if (!std::isfinite(v)) {
+        throw std::invalid_argument("Y: row " + std::to_string(i) + " holds NaN or Inf");
+      }
+      if (std::abs(v) > kMaxCoordinate) {
+        throw std::invalid_argument("Y: coordinates must be within +-1e150, row " +
+                                    std::to_string(i) + " has " + std::to_string(v));
+      }
+    }
+  }
+}
 
 double gradient(const Csr& P, const double* Y, double exaggeration, Method method, double theta,
                 double* grad, int num_threads) {
   check_problem(P);
+  check_embedding(Y, P.n);
+  if (!std::isfinite(exaggeration)) throw std::invalid_argument("exaggeration must be finite");
+  if (method == Method::bh && !(theta >= 0)) throw std::invalid_argument("theta must be >= 0");
   OptimizeParams prm;
   prm.method = method, prm.theta = theta;
   const int threads = resolve_threads(num_threads);
   Workspace ws(P, threads);
-  const double Z = compute_forces(P, Y, prm, threads, ws, false, nullptr);
+  FftWorkspaceRelease release;
+  const double Z = compute_forces(P, Y, prm, threads, ws, false, nullptr, nullptr);
   for (int64_t c = 0; c < 2 * P.n; ++c) grad[c] = exaggeration * ws.attr[c] - ws.rep[c] / Z;
   return Z;
 }
 
-double kl_divergence(const Csr& P, const double* Y, int num_threads) {
+double kl_divergence(const Csr& P, const double* Y, int num_threads, const CancelPoll& cancelled) {
   check_problem(P);
+  check_embedding(Y, P.n);
+  for (const double p : P.data) {
+    if (!(p >= 0) || !std::isfinite(p)) {
+      throw std::invalid_argument("P: data must be finite and >= 0");
+    }
+  }
+  Cancel cancel(cancelled);
   const int64_t n = P.n;
   const int threads = resolve_threads(num_threads);
   std::vector<double> x(n), y(n), zrow(n), prow(n);
@@ -227,6 +297,7 @@ double kl_divergence(const Csr& P, const double* Y, int num_threads) {
     // Z = 2 Σ_{i<j} w_ij; split rows so the triangle is balanced (row i and row n−1−i together).
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
   for (int64_t i = 0; i < n; ++i) {
+    if (cancel.stopped()) continue;
     const double px = x[i], py = y[i];
     double z = 0.0;
     for (int64_t j = i + 1; j < n; ++j) {
@@ -235,6 +306,7 @@ double kl_divergence(const Csr& P, const double* Y, int num_threads) {
     }
     zrow[i] = z;
   }
+  cancel.throw_if_stopped();
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     double s = 0.0;
@@ -256,14 +328,21 @@ double kl_divergence(const Csr& P, const double* Y, int num_threads) {
 OptimizeResult optimize(const Csr& P, double* Y, const OptimizeParams& params,
                         const ProgressCallback& callback) {
   check_problem(P);
-  if (params.method == Method::bh && !(params.theta >= 0)) {
-    throw std::invalid_argument("theta must be >= 0");
-  }
+  check_phases(params);
+  check_embedding(Y, P.n);
   const int64_t n = P.n;
+  if (params.method == Method::fft) {  // checks the FFT parameters up front
+    FftParams fp;
+    fp.n_interp = params.fft_n_interp;
+    fp.min_intervals = params.fft_min_intervals;
+    fp.intervals_per_unit = params.fft_intervals_per_unit;
+    fp.max_intervals = params.fft_max_intervals;
+    fft_intervals(Y, n, fp);
+  }
+  Cancel cancel(params.cancelled, std::chrono::milliseconds(50));
+  FftWorkspaceRelease release;
   const int max_threads = effective_threads(params.num_threads, n, params.min_points_per_thread);
-  // Not for FFT: its per-thread grids make its sums depend on the thread count.
-  ThreadChooser chooser(max_threads, max_threads > 1 && n < params.adaptive_threads_below &&
-                                         params.method != Method::fft);
+  ThreadChooser chooser(max_threads, max_threads > 1 && n < params.adaptive_threads_below);
   Workspace ws(P, max_threads);
   std::vector<double> update(2 * n, 0.0), gains(2 * n, 1.0);
   double plogp = 0.0;
@@ -280,9 +359,11 @@ OptimizeResult optimize(const Csr& P, double* Y, const OptimizeParams& params,
       // The update is a few microseconds per thousand points: not worth a fork/join when small.
       const int update_threads = n >= kParallelUpdateFrom ? threads : 1;
       double plogw = 0.0;
-      const double Z = compute_forces(P, Y, params, threads, ws, want_kl, &plogw);
+      const double Z = compute_forces(P, Y, params, threads, ws, want_kl, &plogw, &cancel);
+      cancel.throw_if_stopped();
       if (want_kl) kl_estimate = plogp - plogw + std::log(Z);
-      const double alpha = ph.exaggeration, invZ = 1.0 / Z;
+      // Z > 0 for any accepted map (|y| <= 1e150); the guard keeps a 0 from becoming NaN.
+      const double alpha = ph.exaggeration, invZ = Z > 0 ? 1.0 / Z : 0.0;
       const double eta = ph.learning_rate, mu = ph.momentum;
       const double cap = params.max_step_norm, min_gain = params.min_gain;
       // Gradient, gains, momentum, step cap and step in one pass (one fork/join).
@@ -308,13 +389,23 @@ OptimizeResult optimize(const Csr& P, double* Y, const OptimizeParams& params,
       double mx = 0.0, my = 0.0;
       for (int64_t i = 0; i < n; ++i) mx += Y[2 * i], my += Y[2 * i + 1];
       mx /= static_cast<double>(n), my /= static_cast<double>(n);
-      for (int64_t i = 0; i < n; ++i) Y[2 * i] -= mx, Y[2 * i + 1] -= my;
+      double extent = 0.0;
+      for (int64_t i = 0; i < n; ++i) {
+        Y[2 * i] -= mx, Y[2 * i + 1] -= my;
+        extent = std::max({extent, std::abs(Y[2 * i]), std::abs(Y[2 * i + 1])});
+      }
+      if (!(extent <= kMaxCoordinate)) {  // NaN too
+        throw std::invalid_argument(
+            "the t-SNE map diverged at iteration " + std::to_string(it + 1) +
+            " (coordinates beyond 1e150 or NaN); lower the learning rate or use max_step_norm > 0");
+      }
       ++it;
+      if (cancel.stopped()) throw Interrupted();
       if (report && !callback(it, kl_estimate)) result.stopped = true;
     }
   }
   result.n_iter = it;
-  result.kl = kl_divergence(P, Y, max_threads);
+  result.kl = kl_divergence(P, Y, max_threads, params.cancelled);
   return result;
 }
 

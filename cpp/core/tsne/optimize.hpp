@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/tsne/affinity.hpp"
+#include "core/tsne/cancel.hpp"
 
 namespace llmdbg::tsne {
 
@@ -29,6 +30,9 @@ struct OptimizeParams {
   int fft_n_interp = 3;        // FFT: interpolation nodes per interval
   int fft_min_intervals = 50;  // FFT: minimum intervals per dimension
   double fft_intervals_per_unit = 1.0;
+  // FFT: hard cap on intervals per dimension (FftParams::max_intervals). An iteration whose map
+  // needs more than fft_interval_budget(n) intervals uses Barnes-Hut (fft_repulsion.hpp).
+  int fft_max_intervals = 512;
   double max_step_norm = 5.0;  // cap on ‖u_i‖ per step (<= 0: no cap)
   double min_gain = 0.01;
   int callback_every = 10;  // iterations between callbacks
@@ -38,10 +42,12 @@ struct OptimizeParams {
   // BH and exact results do not depend on the thread count, so this only trades fork/join
   // cost (a few microseconds per region against ~0.3 ms of work per iteration at 500 points).
   int64_t min_points_per_thread = 500;
-  // Below this many points (methods bh and exact), measure the full team against one thread
-  // every 200 iterations and run on the faster (ThreadChooser in optimize.cpp); results are
-  // the same either way. FFT always uses the full team: its sums depend on the thread count.
+  // Below this many points, measure the full team against one thread every 200 iterations and
+  // run on the faster (ThreadChooser in optimize.cpp); results are the same either way.
   int64_t adaptive_threads_below = 20000;
+  // Polled (thread 0, at most every 50 ms, between iterations and inside the O(n²) sums);
+  // true stops the loop with llmdbg::Interrupted. Empty: never.
+  CancelPoll cancelled;
 };
 
 struct OptimizeResult {
@@ -57,6 +63,9 @@ struct OptimizeResult {
 using ProgressCallback = std::function<bool(int, double)>;
 
 // Runs every phase on Y (n×2 row-major, updated in place). P must be symmetric and sum to 1.
+// Throws std::invalid_argument for a bad P, bad phases (exaggeration and learning rate finite
+// and > 0, momentum in [0, 1)), a map outside check_embedding's range at the start, or one that
+// diverges there; llmdbg::Interrupted when params.cancelled asks to stop.
 OptimizeResult optimize(const Csr& P, double* Y, const OptimizeParams& params,
                         const ProgressCallback& callback);
 
@@ -65,6 +74,11 @@ double gradient(const Csr& P, const double* Y, double exaggeration, Method metho
                 double* grad, int num_threads);
 
 // Exact KL(P‖Q) in double: O(n²) for Z, O(nnz) for the rest.
-double kl_divergence(const Csr& P, const double* Y, int num_threads);
+double kl_divergence(const Csr& P, const double* Y, int num_threads,
+                     const CancelPoll& cancelled = {});
+
+// Throws std::invalid_argument unless every coordinate of Y (n×2) is finite and within ±1e150
+// (squared distances and similarities then stay normal doubles).
+void check_embedding(const double* Y, int64_t n);
 
 }  // namespace llmdbg::tsne

@@ -7,11 +7,12 @@
 
 namespace llmdbg::tsne {
 
-double repulsion_exact(const double* Y, int64_t n, double* rep, int num_threads) {
+double repulsion_exact(const double* Y, int64_t n, double* rep, int num_threads, Cancel* cancel) {
   std::vector<double> zi(n);
   const int threads = resolve_threads(num_threads);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 64)
   for (int64_t i = 0; i < n; ++i) {
+    if (cancel && cancel->stopped()) continue;  // the caller throws; rep is then incomplete
     const double px = Y[2 * i], py = Y[2 * i + 1];
     double z = 0.0, fx = 0.0, fy = 0.0;
     for (int64_t j = 0; j < n; ++j) {

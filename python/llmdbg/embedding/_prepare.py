@@ -8,6 +8,8 @@ the portable (SSE2-only) build of the C++ core.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -43,6 +45,25 @@ def check_finite_rows(X: np.ndarray, name: str = "X") -> None:
         rows = np.flatnonzero(bad)
         shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
         raise ValueError(f"{name} has {len(rows)} row(s) with NaN or Inf (rows {shown}); drop or impute them first")
+
+
+def to_unit_scale(X: np.ndarray) -> np.ndarray:
+    """X times the power of two that brings its largest |x| into [0.5, 1), same dtype.
+
+    Exact (only exponents change, except for entries that become subnormal): t-SNE does not
+    depend on the data's scale, and at unit scale float32 covariances (|x| ~ 1e30) and float64
+    squared distances (|x| ~ 1e300 or 1e-300) neither overflow nor underflow. X and X * 2**s
+    give the same array. X must be finite.
+    """
+    if X.size == 0:
+        return X
+    largest = max(float(X.max()), -float(X.min()))
+    if largest == 0.0:
+        return X
+    exponent = math.frexp(largest)[1]  # largest = f * 2**exponent, f in [0.5, 1)
+    if exponent == 0:
+        return X
+    return np.ascontiguousarray(np.ldexp(X, -exponent), dtype=X.dtype)
 
 
 def normalize_rows(X: np.ndarray, name: str = "X") -> np.ndarray:

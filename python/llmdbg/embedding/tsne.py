@@ -28,11 +28,16 @@ import numpy as np
 
 from .. import _core
 from .._internal.threads import resolve_n_jobs
-from ._prepare import as_float_matrix, check_finite_rows, normalize_rows, pca
+from ._prepare import as_float_matrix, check_finite_rows, normalize_rows, pca, to_unit_scale
 
 _METHODS = ("bh", "fft", "exact")
 _METRICS = ("euclidean", "cosine")
 _SCHEDULES = ("opentsne", "classic")
+_MAX_COORDINATE = 1e150  # cpp/core/tsne/optimize.cpp: check_embedding
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class Affinities(NamedTuple):
@@ -225,11 +230,13 @@ class TSNE:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        if not (isinstance(self.early_exaggeration, (int, float)) and self.early_exaggeration > 0):
-            raise ValueError(f"early_exaggeration must be > 0, got {self.early_exaggeration!r}")
+        if not (_finite_number(self.early_exaggeration) and self.early_exaggeration > 0):
+            raise ValueError(f"early_exaggeration must be a finite number > 0, got {self.early_exaggeration!r}")
         lr = self.learning_rate
-        if not (lr == "auto" or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0)):
-            raise ValueError(f"learning_rate must be 'auto' or a number > 0, got {lr!r}")
+        if not (isinstance(lr, str) and lr == "auto") and not (_finite_number(lr) and lr > 0):
+            raise ValueError(f"learning_rate must be 'auto' or a finite number > 0, got {lr!r}")
+        if not (_finite_number(self.max_step_norm) or self.max_step_norm == math.inf):
+            raise ValueError(f"max_step_norm must be a number (<= 0: no cap), got {self.max_step_norm!r}")
         if n < 4:
             raise ValueError(f"t-SNE needs at least 4 samples, got {n}")
         perp = self.perplexity
@@ -294,6 +301,11 @@ class TSNE:
         if Y.shape != (n, 2):
             raise ValueError(f"init array must have shape (N, 2) = ({n}, 2), got {Y.shape}")
         check_finite_rows(Y, "init")
+        if np.abs(Y).max() > _MAX_COORDINATE:
+            raise ValueError(
+                f"init coordinates must be within +-{_MAX_COORDINATE:g} (the core keeps every "
+                f"similarity a normal double), got {np.abs(Y).max():g}"
+            )
         return np.ascontiguousarray(Y)
 
     def _fit(self, X) -> np.ndarray:
@@ -301,6 +313,9 @@ class TSNE:
         X = as_float_matrix(X, "X")
         n, d = X.shape
         check_finite_rows(X, "X")
+        # Exact power-of-two rescaling: the map does not depend on the data's scale, and unit
+        # scale keeps covariances and squared distances finite (|x| from 1e-300 to 1e300).
+        X = to_unit_scale(X)
         if self.metric == "cosine":
             X = normalize_rows(X, "X")
         if len(X) > 0 and not (X != X[0]).any():
