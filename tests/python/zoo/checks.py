@@ -156,7 +156,7 @@ def _hf_attentions(model: torch.nn.Module, out: Any) -> list[torch.Tensor]:
     return maps
 
 
-def maps(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+def maps(model: Any, inputs: dict[str, torch.Tensor]) -> None:
     """``capture(..., attentions=True)`` (default ``attention_impl="auto"``: the model keeps its
     own kernel) equals the eager model's ``output_attentions``, layer by layer, self-attention
     then cross-attention."""
@@ -258,7 +258,7 @@ def _forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor], **flags: b
         model(**inputs, **flags)
 
 
-def _eager_attentions(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+def _eager_attentions(model: Any, inputs: dict[str, torch.Tensor]) -> None:
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:

@@ -247,7 +247,7 @@ FAMILY: dict[str, dict[str, Any]] = {
 }
 
 
-def _sized(cls: type, family: str) -> dict[str, Any]:
+def _sized(cls: Any, family: str) -> dict[str, Any]:
     """TINY and SPECIAL_IDS restricted to the fields ``cls``'s default config has, plus FAMILY."""
     try:
         defaults = cls().to_dict()

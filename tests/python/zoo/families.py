@@ -45,7 +45,7 @@ def enumerate_families() -> dict[str, Family]:
     return out
 
 
-def _post_build(name: str, model: torch.nn.Module) -> None:
+def _post_build(name: str, model: Any) -> None:
     if name == "xmod":  # X-MOD routes through per-language adapters and needs one chosen
         model.set_default_language("en_XX")
 
@@ -66,7 +66,7 @@ def build(name: str) -> torch.nn.Module:
     return model
 
 
-def _warm_up(model: torch.nn.Module, x: dict[str, torch.Tensor]) -> None:
+def _warm_up(model: Any, x: dict[str, torch.Tensor]) -> None:
     """Transformers installs its output-recording hooks on the first forward that asks for hidden
     states or attentions and keeps them: do that now, so that the hooks a feature leaves behind
     are the feature's own."""
