@@ -19,7 +19,7 @@ import transformers as tf
 import llmdbg
 from llmdbg.adapters.heads import head_geometry
 from llmdbg.adapters.modules import hf_model, unwrap
-from tiny_models import H, HEADS, IDS, one_thread, tiny_inputs, tiny_model  # noqa: F401  (module fixture)
+from tiny_models import HEADS, IDS, H, one_thread, tiny_inputs, tiny_model  # noqa: F401  (module fixture)
 
 peft = pytest.importorskip("peft")  # a test extra (pyproject: test); every CI job installs it
 

@@ -222,7 +222,7 @@ def test_lens_and_patching_cover_the_mamba_layers_of_a_hybrid():
 def test_head_ablation_on_a_hybrid_counts_attention_layers_and_matches_zeroing_by_hand():
     model, x = build("jamba"), ids()
     names, n_heads, d = head_geometry(model)
-    assert names == ["model.layers.1.self_attn.o_proj", "model.layers.3.self_attn.o_proj"]
+    assert names == ["model.layers.1.self_attn.o_proj", "model.layers.3.self_attn.o_proj"] and n_heads == 4
     got = llmdbg.ablate(model, x, [(1, 2)], progress=False)
 
     def zero_head(module, args):

@@ -100,8 +100,8 @@ def head_geometry(model: nn.Module) -> tuple[list[str], int, int]:
 
 def input_width(proj: nn.Module) -> int | None:
     """The input width of a linear projection, seen through adapter wrappers (``base_layer``)."""
-    while isinstance(getattr(proj, "base_layer", None), nn.Module):
-        proj = proj.base_layer
+    while isinstance(inner := getattr(proj, "base_layer", None), nn.Module):
+        proj = inner
     width = getattr(proj, "in_features", None)
     if isinstance(width, int):
         return width

@@ -44,7 +44,9 @@ def capture(
     Parameters
     ----------
     model : torch.nn.Module
-        Any module; Hugging Face ``transformers`` models get roles and attention maps.
+        Any module; Hugging Face ``transformers`` models get roles and attention maps, also inside
+        a wrapper (a user's module holding one, PEFT, DDP, ``torch.compile``; names stay relative
+        to what is passed, and compiled code runs eagerly inside the block so that hooks fire).
     modules : str, re.Pattern or list of them, optional
         Which modules' outputs to keep: a role (``"blocks"``, ``"attention"``, ``"mlp"``,
         ``"embeddings"``, ``"final_norm"``, ``"unembedding"``, ...), a glob on qualified names
@@ -52,9 +54,10 @@ def capture(
         pattern, matched against the whole name). A pattern that matches nothing is an error
         listing the closest names.
     attentions : bool, "stats" or AttentionQuery
-        Attention of every layer (Hugging Face models only), recomputed from the queries and keys
-        the model's own kernel (SDPA, flash, eager) receives, so the model's outputs are bit for
-        bit those of an uncaptured run (see ``attention_impl``):
+        Attention of every attention layer (Hugging Face models only; a hybrid's Mamba or
+        linear-attention layers have none, and a state-space model raises), recomputed from the
+        queries and keys the model's own kernel (SDPA, flash, eager) receives, so the model's
+        outputs are bit for bit those of an uncaptured run (see ``attention_impl``):
 
         - ``True``: full maps ``(B, H, T_q, T_k)`` in ``trace.attentions`` (``(B, T_q, T_k)`` with
           ``reduce="head_mean"``; a token selection in ``reduce`` keeps those query rows);
@@ -81,7 +84,8 @@ def capture(
         (float32) or 2e-2 (bfloat16/float16) of ``max |V|``; raises
         :class:`llmdbg.VerificationError` otherwise.
     hidden_states : bool
-        Capture the embedding output and every block output (the residual stream).
+        Capture the embedding output and every block output (the residual stream; every layer of a
+        hybrid or state-space model).
     inputs : bool
         Also capture the first tensor input of each selected module (key ``name + ":input"``).
     grads : bool
@@ -117,9 +121,11 @@ def capture(
     Raises
     ------
     TypeError
-        ``model`` is not a ``torch.nn.Module``; ``attentions`` on a non-HF model; bad dtype.
+        ``model`` is not a ``torch.nn.Module``; ``attentions`` on a module that neither is nor wraps
+        exactly one HF model; bad dtype.
     ValueError
         A pattern matches nothing; nothing to capture; meta-device or offloaded parameters;
+        ``attentions`` on a model without attention (Mamba, RWKV);
         bad ``reduce`` or ``max_bytes``; ``attentions="stats"`` with ``reduce="head_mean"``; an
         AttentionQuery layer, head or row that does not exist (the layer before the forward, heads
         and rows when the call shows the sizes).
