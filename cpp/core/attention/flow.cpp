@@ -240,8 +240,9 @@ double LayeredMaxFlow::max_flow(const LayeredGraph& graph, int64_t source, int64
 }
 
 void attention_flow(const AttentionGraph& g, const GraphOptions& opt, const int64_t* rows,
-                    int64_t num_rows, float* out, int num_threads) {
+                    int64_t num_rows, float* out, int num_threads, const CancelFn& cancelled) {
   check_graph(g, opt, rows, num_rows);
+  Guard guard(cancelled);
   if (opt.discard_ratio != 0.0)
     throw std::invalid_argument("attention flow takes no discard_ratio");
   const int threads = resolve_threads(num_threads);
@@ -284,19 +285,22 @@ void attention_flow(const AttentionGraph& g, const GraphOptions& opt, const int6
     if (tasks.size() == before) continue;
     caps.resize(static_cast<size_t>(L * n * n));
     for (int64_t l = 0; l < L; ++l) {
-      fuse_layer(g.layers[l], b, T, seq.idx.data(), n, opt, caps.data() + l * n * n, threads);
+      guard.checkpoint();
+      fuse_layer(g.layers[l], b, T, seq.idx.data(), n, opt, caps.data() + l * n * n, threads, l);
     }
     seq.graph.assign(caps.data(), L, n);
   }
 
   const auto S = static_cast<int64_t>(tasks.size());
   const int team = static_cast<int>(std::min<int64_t>(threads, S));
+  // Tasks are handed out by a queue (core/common/cancel.hpp): whatever a task throws (an
+  // allocation) is rethrown after the region, and Ctrl-C is answered between max-flows.
+  TaskQueue queue(S);
 #pragma omp parallel num_threads(team) if (team > 1)
   {
     std::unique_ptr<LayeredMaxFlow> solver;  // rebuilt only when the sequence length changes
     std::vector<double> values;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t s = 0; s < S; ++s) {
+    queue.run(guard, [&](int64_t s) {
       const Task task = tasks[static_cast<size_t>(s)];
       const Sequence& seq = seqs[static_cast<size_t>(task.b)];
       const int64_t n = seq.graph.n;
@@ -304,6 +308,7 @@ void attention_flow(const AttentionGraph& g, const GraphOptions& opt, const int6
       values.resize(static_cast<size_t>(n));
       double sum = 0.0;
       for (int64_t v = 0; v < n; ++v) {
+        if (guard.poll()) return;
         values[static_cast<size_t>(v)] = solver->max_flow(seq.graph, task.source, v);
         sum += values[static_cast<size_t>(v)];
       }
@@ -314,8 +319,9 @@ void attention_flow(const AttentionGraph& g, const GraphOptions& opt, const int6
               static_cast<float>(values[static_cast<size_t>(v)] / sum);
         }
       }
-    }
+    });
   }
+  guard.finish();
 }
 
 }  // namespace llmdbg::attention

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "core/attention/rollout.hpp"
+#include "core/common/cancel.hpp"
 
 namespace llmdbg::attention {
 
@@ -93,8 +94,11 @@ class LayeredMaxFlow {
 // opt.discard_ratio must be 0. The (sequence, source) pairs of the whole batch are spread over
 // threads, each with its own workspace; every (source, sink) pair is solved independently, so
 // results are bitwise identical for every num_threads. Cost: n max-flows per source on (L + 1) · n
-// nodes and L · n² edges.
+// nodes and L · n² edges. `cancelled` is polled between max-flows (core/common/cancel.hpp); when
+// it returns true the call throws llmdbg::Interrupted and `out` is incomplete. Throws
+// std::invalid_argument for a malformed graph or a negative, NaN or infinite weight (check_graph,
+// fuse_layer).
 void attention_flow(const AttentionGraph& g, const GraphOptions& opt, const int64_t* rows,
-                    int64_t num_rows, float* out, int num_threads);
+                    int64_t num_rows, float* out, int num_threads, const CancelFn& cancelled = {});
 
 }  // namespace llmdbg::attention

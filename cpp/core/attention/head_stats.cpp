@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/attention/rollout.hpp"
+#include "core/common/cancel.hpp"
 #include "core/common/parallel.hpp"
 
 namespace llmdbg::attention {
@@ -63,12 +65,16 @@ struct Sequences {
   }
 };
 
-// Position of the first negative weight found, in row-major order within one map.
+// Position of the first refused weight (negative, NaN or infinite) in row-major order within one
+// map.
 struct Negative {
   bool found = false;
   int64_t query = 0, key = 0;
   double value = 0.0;
 };
+
+// Attention weights are finite and >= 0 (false for NaN too).
+inline bool weight_ok(double a) { return a >= 0.0 && a <= std::numeric_limits<double>::max(); }
 
 // Sums over the real queries of one (layer, batch, head) map.
 struct MapSums {
@@ -81,7 +87,7 @@ template <typename T>
 void note_negative(const T* row, int64_t n, int64_t query, Negative& neg) {
   if (neg.found) return;
   for (int64_t j = 0; j < n; ++j) {
-    if (row[j] < 0) {
+    if (!weight_ok(static_cast<double>(row[j]))) {
       neg = {true, query, j, static_cast<double>(row[j])};
       return;
     }
@@ -90,8 +96,10 @@ void note_negative(const T* row, int64_t n, int64_t query, Negative& neg) {
 
 // The fused pass over one map. `col` (length T, zeroed) receives sum_{real i >= k} A[i, k] and
 // `col_all` the sum over every real query.
+// Stops early (partial sums) once `guard` has stopped.
 template <typename T>
-MapSums reduce_map(const T* map, const Sequences& seq, int64_t s, double* col, double* col_all) {
+MapSums reduce_map(const T* map, const Sequences& seq, int64_t s, double* col, double* col_all,
+                   Guard& guard) {
   const int64_t n = seq.tokens;
   const size_t base = static_cast<size_t>(s * n);
   const uint8_t* real = seq.real.data() + base;
@@ -100,9 +108,10 @@ MapSums reduce_map(const T* map, const Sequences& seq, int64_t s, double* col, d
   MapSums out;
   for (int64_t i = 0; i < n; ++i) {
     if (!real[i]) continue;
+    if (guard.poll()) break;
     const T* row = map + i * n;
     double ent = 0.0, top = -std::numeric_limits<double>::infinity(), sp = 0.0, up = 0.0;
-    double low = 0.0;
+    bool ok = true;
     // Keys at or before the query: they feed the sink column sums.
     for (int64_t j = 0; j <= i; ++j) {
       const double a = static_cast<double>(row[j]);
@@ -110,7 +119,7 @@ MapSums reduce_map(const T* map, const Sequences& seq, int64_t s, double* col, d
       col_all[j] += a;
       if (a > 0.0) ent -= a * std::log(a);
       top = std::max(top, a);
-      low = std::min(low, a);
+      ok = weight_ok(a) && ok;
       sp += a * special[j];
     }
     // Keys after the query: zero in a causal map, so their largest real weight detects causality.
@@ -119,11 +128,11 @@ MapSums reduce_map(const T* map, const Sequences& seq, int64_t s, double* col, d
       col_all[j] += a;
       if (a > 0.0) ent -= a * std::log(a);
       top = std::max(top, a);
-      low = std::min(low, a);
+      ok = weight_ok(a) && ok;
       sp += a * special[j];
       if (real[j]) up = std::max(up, a);
     }
-    if (low < 0.0) note_negative(row, n, i, out.negative);
+    if (!ok) note_negative(row, n, i, out.negative);
     out.entropy += ent;
     out.max_weight += top;
     out.special += sp;
@@ -173,19 +182,18 @@ const T* map_of(const LayerMaps<T>& layer, const Item& it, int64_t tokens) {
   return layer.data + (it.seq * layer.heads + it.head) * tokens * tokens;
 }
 
+// `which` names the argument: "layers", "a" or "b".
 [[noreturn]] void throw_negative(const Item& it, const Negative& neg, const char* which) {
-  throw std::invalid_argument(std::string("attention weights must be >= 0: ") + which + "layer " +
-                              std::to_string(it.layer) + " (batch " + std::to_string(it.seq) +
-                              ", head " + std::to_string(it.head) + ", query " +
-                              std::to_string(neg.query) + ", key " + std::to_string(neg.key) +
-                              ") holds " + std::to_string(neg.value));
+  throw std::invalid_argument(
+      bad_weight_message(which, it.layer, it.seq, it.head, neg.query, neg.key, neg.value));
 }
 
 }  // namespace
 
 template <typename T>
 HeadStats head_stats(const std::vector<LayerMaps<T>>& layers, int64_t batch, int64_t tokens,
-                     const uint8_t* mask, const uint8_t* special, int num_threads) {
+                     const uint8_t* mask, const uint8_t* special, int num_threads,
+                     const CancelFn& cancelled) {
   const int64_t heads = check_layers(layers, batch, tokens, "head_stats");
   const Sequences seq(batch, tokens, mask, special);
   const int64_t n_layers = static_cast<int64_t>(layers.size());
@@ -203,14 +211,17 @@ HeadStats head_stats(const std::vector<LayerMaps<T>>& layers, int64_t batch, int
   std::vector<MapSums> sums(items.size());
   const auto n_items = static_cast<int64_t>(items.size());
   const int threads = static_cast<int>(std::min<int64_t>(resolve_threads(num_threads), n_items));
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t w = 0; w < n_items; ++w) {
+  Guard guard(cancelled);
+  TaskQueue queue(n_items);
+#pragma omp parallel num_threads(threads)
+  queue.run(guard, [&](int64_t w) {
     const Item& it = items[static_cast<size_t>(w)];
     const size_t slot = static_cast<size_t>((it.layer * batch + it.seq) * heads + it.head);
     double* alpha = r.sink.data() + slot * static_cast<size_t>(tokens);
     double* alpha_all = r.sink_all.data() + slot * static_cast<size_t>(tokens);
-    sums[static_cast<size_t>(w)] = reduce_map(
-        map_of(layers[static_cast<size_t>(it.layer)], it, tokens), seq, it.seq, alpha, alpha_all);
+    sums[static_cast<size_t>(w)] =
+        reduce_map(map_of(layers[static_cast<size_t>(it.layer)], it, tokens), seq, it.seq, alpha,
+                   alpha_all, guard);
     const double n_real = static_cast<double>(seq.n_real[static_cast<size_t>(it.seq)]);
     // Column sums -> alpha(k), and its maximum over real keys (first position on ties).
     const size_t base = static_cast<size_t>(it.seq * tokens);
@@ -228,7 +239,8 @@ HeadStats head_stats(const std::vector<LayerMaps<T>>& layers, int64_t batch, int
     }
     r.sink_max[slot] = best;
     r.sink_argmax[slot] = arg;
-  }
+  });
+  guard.finish();
   // Missing heads (layers with fewer heads than the largest): NaN throughout.
   for (int64_t l = 0; l < n_layers; ++l)
     for (int64_t s = 0; s < batch; ++s)
@@ -239,7 +251,7 @@ HeadStats head_stats(const std::vector<LayerMaps<T>>& layers, int64_t batch, int
         std::fill_n(r.sink_all.begin() + start, tokens, kNaN);
       }
   for (size_t w = 0; w < items.size(); ++w)
-    if (sums[w].negative.found) throw_negative(items[w], sums[w].negative, "");
+    if (sums[w].negative.found) throw_negative(items[w], sums[w].negative, "layers");
 
   // Counts per sequence, then the fixed-order pooling over the batch.
   r.queries.assign(static_cast<size_t>(batch), 0);
@@ -294,7 +306,7 @@ HeadStats head_stats(const std::vector<LayerMaps<T>>& layers, int64_t batch, int
 template <typename T>
 std::vector<double> js_divergence(const std::vector<LayerMaps<T>>& a,
                                   const std::vector<LayerMaps<T>>& b, int64_t batch, int64_t tokens,
-                                  const uint8_t* mask, int num_threads) {
+                                  const uint8_t* mask, int num_threads, const CancelFn& cancelled) {
   const int64_t heads = check_layers(a, batch, tokens, "js_divergence");
   check_layers(b, batch, tokens, "js_divergence");
   if (a.size() != b.size()) {
@@ -314,8 +326,10 @@ std::vector<double> js_divergence(const std::vector<LayerMaps<T>>& a,
   std::vector<Negative> neg_a(items.size()), neg_b(items.size());
   const auto n_items = static_cast<int64_t>(items.size());
   const int threads = static_cast<int>(std::min<int64_t>(resolve_threads(num_threads), n_items));
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t w = 0; w < n_items; ++w) {
+  Guard guard(cancelled);
+  TaskQueue queue(n_items);
+#pragma omp parallel num_threads(threads)
+  queue.run(guard, [&](int64_t w) {
     const auto wu = static_cast<size_t>(w);
     const Item& it = items[wu];
     const T* pa = map_of(a[static_cast<size_t>(it.layer)], it, tokens);
@@ -324,27 +338,30 @@ std::vector<double> js_divergence(const std::vector<LayerMaps<T>>& a,
     double total = 0.0;
     for (int64_t i = 0; i < tokens; ++i) {
       if (!real[i]) continue;
+      if (guard.poll()) break;
       const T* p = pa + i * tokens;
       const T* q = pb + i * tokens;
-      double kl = 0.0, low = 0.0;
+      double kl = 0.0;
+      bool ok = true;
       for (int64_t j = 0; j < tokens; ++j) {
         const double x = static_cast<double>(p[j]), y = static_cast<double>(q[j]);
         const double m = 0.5 * (x + y);
         if (x > 0.0) kl += x * std::log(x / m);
         if (y > 0.0) kl += y * std::log(y / m);
-        low = std::min(low, std::min(x, y));
+        ok = weight_ok(x) && weight_ok(y) && ok;
       }
-      if (low < 0.0) {
+      if (!ok) {
         note_negative(p, tokens, i, neg_a[wu]);
         note_negative(q, tokens, i, neg_b[wu]);
       }
       total += std::max(0.5 * kl, 0.0);  // rounding can leave -1e-17 for equal rows
     }
     sums[wu] = total;
-  }
+  });
+  guard.finish();
   for (size_t w = 0; w < items.size(); ++w) {
-    if (neg_a[w].found) throw_negative(items[w], neg_a[w], "first maps, ");
-    if (neg_b[w].found) throw_negative(items[w], neg_b[w], "second maps, ");
+    if (neg_a[w].found) throw_negative(items[w], neg_a[w], "a");
+    if (neg_b[w].found) throw_negative(items[w], neg_b[w], "b");
   }
   int64_t q_all = 0;
   for (int64_t s = 0; s < batch; ++s) q_all += seq.n_real[static_cast<size_t>(s)];
@@ -362,14 +379,14 @@ std::vector<double> js_divergence(const std::vector<LayerMaps<T>>& a,
 }
 
 template HeadStats head_stats<float>(const std::vector<LayerMaps<float>>&, int64_t, int64_t,
-                                     const uint8_t*, const uint8_t*, int);
+                                     const uint8_t*, const uint8_t*, int, const CancelFn&);
 template HeadStats head_stats<double>(const std::vector<LayerMaps<double>>&, int64_t, int64_t,
-                                      const uint8_t*, const uint8_t*, int);
+                                      const uint8_t*, const uint8_t*, int, const CancelFn&);
 template std::vector<double> js_divergence<float>(const std::vector<LayerMaps<float>>&,
                                                   const std::vector<LayerMaps<float>>&, int64_t,
-                                                  int64_t, const uint8_t*, int);
+                                                  int64_t, const uint8_t*, int, const CancelFn&);
 template std::vector<double> js_divergence<double>(const std::vector<LayerMaps<double>>&,
                                                    const std::vector<LayerMaps<double>>&, int64_t,
-                                                   int64_t, const uint8_t*, int);
+                                                   int64_t, const uint8_t*, int, const CancelFn&);
 
 }  // namespace llmdbg::attention

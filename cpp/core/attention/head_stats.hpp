@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/common/cancel.hpp"
+
 namespace llmdbg::attention {
 
 // One layer: a C-contiguous (batch, heads, T, T) buffer. Layers may differ in their number of
@@ -57,31 +59,38 @@ struct HeadStats {
 
 // Fused per-head statistics of every layer. `batch`, `tokens` >= 1; every sequence must have a
 // real token. `special` is (B, T), nonzero for special tokens, or nullptr. Throws
-// std::invalid_argument for bad sizes and for a negative weight in a real query's row (naming its
-// position). num_threads <= 0 uses the OpenMP default.
+// std::invalid_argument for bad sizes and for a negative, NaN or infinite weight in a real
+// query's row (naming its position). num_threads <= 0 uses the OpenMP default. `cancelled` is
+// polled between rows (core/common/cancel.hpp; llmdbg::Interrupted when it returns true).
 template <typename T>
 HeadStats head_stats(const std::vector<LayerMaps<T>>& layers, int64_t batch, int64_t tokens,
-                     const uint8_t* mask, const uint8_t* special, int num_threads);
+                     const uint8_t* mask, const uint8_t* special, int num_threads,
+                     const CancelFn& cancelled = {});
 
 // Jensen-Shannon divergence between corresponding rows of two runs with the same shapes:
 // JS(p, q) = (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2, in nats (divide by log 2 for
 // base 2, where it lies in [0, 1]), averaged per (layer, head) over the real queries of all
 // sequences. Returns (layers, heads), NaN for missing heads. Throws std::invalid_argument for
-// mismatched layers and negative weights.
+// mismatched layers and negative, NaN or infinite weights in real queries' rows; `cancelled` as
+// head_stats'.
 template <typename T>
 std::vector<double> js_divergence(const std::vector<LayerMaps<T>>& a,
                                   const std::vector<LayerMaps<T>>& b, int64_t batch, int64_t tokens,
-                                  const uint8_t* mask, int num_threads);
+                                  const uint8_t* mask, int num_threads,
+                                  const CancelFn& cancelled = {});
 
 extern template HeadStats head_stats<float>(const std::vector<LayerMaps<float>>&, int64_t, int64_t,
-                                            const uint8_t*, const uint8_t*, int);
+                                            const uint8_t*, const uint8_t*, int, const CancelFn&);
 extern template HeadStats head_stats<double>(const std::vector<LayerMaps<double>>&, int64_t,
-                                             int64_t, const uint8_t*, const uint8_t*, int);
+                                             int64_t, const uint8_t*, const uint8_t*, int,
+                                             const CancelFn&);
 extern template std::vector<double> js_divergence<float>(const std::vector<LayerMaps<float>>&,
                                                          const std::vector<LayerMaps<float>>&,
-                                                         int64_t, int64_t, const uint8_t*, int);
+                                                         int64_t, int64_t, const uint8_t*, int,
+                                                         const CancelFn&);
 extern template std::vector<double> js_divergence<double>(const std::vector<LayerMaps<double>>&,
                                                           const std::vector<LayerMaps<double>>&,
-                                                          int64_t, int64_t, const uint8_t*, int);
+                                                          int64_t, int64_t, const uint8_t*, int,
+                                                          const CancelFn&);
 
 }  // namespace llmdbg::attention

@@ -1,7 +1,9 @@
 #include "core/attention/rollout.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -213,15 +215,17 @@ void gemm(const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
   PackedB packed(k, n);
   const Kernel kernel = pick_kernel();
   const int64_t blocks = (m + kMC - 1) / kMC;
+  // Per-thread buffers allocated here: nothing inside the region may throw.
+  std::vector<double> abufs(static_cast<size_t>(threads * kMC * kKC));
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     pack_b_team(b, ldb, packed);
-    std::vector<double> abuf(static_cast<size_t>(kMC * kKC));
+    double* abuf = abufs.data() + thread_id() * kMC * kKC;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t r0 = blk * kMC;
-      gemm_block(a + r0 * lda, lda, std::min(kMC, m - r0), k, packed, n, c + r0 * ldc, ldc,
-                 abuf.data(), kernel);
+      gemm_block(a + r0 * lda, lda, std::min(kMC, m - r0), k, packed, n, c + r0 * ldc, ldc, abuf,
+                 kernel);
     }
   }
 }
@@ -273,7 +277,46 @@ void real_tokens(const AttentionGraph& g, int64_t b, int64_t* idx, int64_t* n) {
   *n = count;
 }
 
+std::string bad_weight_message(const std::string& arg, int64_t layer, int64_t batch, int64_t head,
+                               int64_t query, int64_t key, double value) {
+  char v[32];
+  std::snprintf(v, sizeof v, "%.9g", value);  // "nan", "inf", "-0.5": no locale involved
+  return arg + (layer >= 0 ? "[" + std::to_string(layer) + "]" : std::string()) + " holds " + v +
+         " at (batch " + std::to_string(batch) + ", head " + std::to_string(head) + ", query " +
+         std::to_string(query) + ", key " + std::to_string(key) +
+         "); attention weights must be finite and >= 0";
+}
+
 namespace {
+
+// 0 <= x <= max for all n values: false for a negative, NaN or infinite one. Branch-free so that
+// it vectorises; it reads what the fusion has just read (in cache).
+template <typename S>
+inline bool weights_ok(const S* x, int64_t n) {
+  int ok = 1;
+  for (int64_t j = 0; j < n; ++j) {
+    ok &= static_cast<int>(x[j] >= S(0)) & static_cast<int>(x[j] <= std::numeric_limits<S>::max());
+  }
+  return ok != 0;
+}
+
+// The first weight of (layer, batch b) in (head, query, key) order that weights_ok refuses,
+// restricted to the real tokens idx[0..n); the message names it. Called only once one was seen.
+template <typename S>
+std::string locate_bad_weight(const S* data, int64_t heads, int64_t b, int64_t tokens,
+                              const int64_t* idx, int64_t n, int64_t layer_index) {
+  const S* base = data + b * heads * tokens * tokens;
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        const S v = base[(h * tokens + idx[i]) * tokens + idx[j]];
+        if (!weights_ok(&v, 1)) {
+          return bad_weight_message("layers", layer_index, b, h, idx[i], idx[j],
+                                    static_cast<double>(v));
+        }
+      }
+  return "layers: a weight is negative, NaN or infinite";  // not reached
+}
 
 // Sum of n doubles with four independent lanes (vectorisable, fixed order).
 inline double lane_sum(const double* x, int64_t n) {
@@ -332,13 +375,15 @@ CombineFn<S> pick_combine() {
 
 // Fuse the heads of rows [i0, i1) of one (batch, layer) into out (n × n). idx maps the n real
 // tokens to positions; `contiguous` when they are idx[0], idx[0] + 1, ... (no gather needed).
+// Returns false when a weight read is negative, NaN or infinite (weights_ok).
 template <typename S>
-void fuse_rows(const S* base, int64_t heads, int64_t tokens, const int64_t* idx, bool contiguous,
+bool fuse_rows(const S* base, int64_t heads, int64_t tokens, const int64_t* idx, bool contiguous,
                int64_t n, HeadFusion fusion, int64_t i0, int64_t i1, double* out) {
   const int64_t offset = idx[0];
   const int64_t plane = tokens * tokens;
   const CombineFn<S> combine = pick_combine<S>();
   std::vector<S> gathered(contiguous ? 0 : static_cast<size_t>(n));
+  bool ok = true;
   // Head-major over the block of rows, so each head's plane is read as one contiguous stretch
   // per block; every element still accumulates its heads in order 0, 1, ..., H − 1.
   for (int64_t h = 0; h < heads; ++h) {
@@ -350,6 +395,7 @@ void fuse_rows(const S* base, int64_t heads, int64_t tokens, const int64_t* idx,
         for (int64_t j = 0; j < n; ++j) gathered[static_cast<size_t>(j)] = x[idx[j]];
         x = gathered.data();
       }
+      ok = weights_ok(x, n) && ok;
       combine(out + i * n, x, n, fusion, h == 0);
     }
   }
@@ -360,6 +406,7 @@ void fuse_rows(const S* base, int64_t heads, int64_t tokens, const int64_t* idx,
       for (int64_t j = 0; j < n; ++j) o[j] /= h;
     }
   }
+  return ok;
 }
 
 // Residual and row normalisation of row i; returns true when the row has a non-zero entry above
@@ -394,67 +441,90 @@ void discard_smallest(double* m, int64_t n, double ratio) {
   }
 }
 
-constexpr int64_t kFuseRows = 8;  // rows per work item of the fusion
+constexpr int64_t kFuseRows = 8;         // rows per work item of the fusion
+constexpr uint8_t kUpper = 1, kBad = 2;  // per-chunk flags of fuse_team
 
 // Â of one (batch, layer) by the threads of the current team (orphaned worksharing, so it can
-// run inside a longer parallel region; a team of one works too). `upper` holds one flag per
+// run inside a longer parallel region; a team of one works too). `flags` holds one byte per
 // chunk of kFuseRows rows (shared, at least ceil(n / kFuseRows) long). Returns, in every thread,
-// true when Â is lower triangular. Ends with a barrier.
+// true when Â is lower triangular. A refused weight (weights_ok) is recorded in `guard` as
+// std::invalid_argument naming layers[layer_index] and its first position; work stops once the
+// guard has stopped (Ctrl-C or an error), but every barrier is still reached. Ends with a barrier.
 template <typename S>
 bool fuse_team(const S* data, const GraphLayer& layer, int64_t b, int64_t tokens,
-               const int64_t* idx, int64_t n, const GraphOptions& opt, double* out,
-               uint8_t* upper) {
+               const int64_t* idx, int64_t n, const GraphOptions& opt, double* out, uint8_t* flags,
+               Guard& guard, int64_t layer_index) {
   const S* base = data + b * layer.heads * tokens * tokens;
   const bool contiguous = idx[n - 1] - idx[0] == n - 1;
   const bool discard = static_cast<int64_t>(static_cast<double>(n * n) * opt.discard_ratio) > 0;
   const int64_t chunks = (n + kFuseRows - 1) / kFuseRows;
 #pragma omp for schedule(static)
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t i0 = c * kFuseRows, i1 = std::min(n, i0 + kFuseRows);
-    fuse_rows(base, layer.heads, tokens, idx, contiguous, n, opt.fusion, i0, i1, out);
-    bool any = false;
-    if (!discard) {
-      for (int64_t i = i0; i < i1; ++i) any = finish_row(out + i * n, i, n, opt.residual) || any;
-    }
-    upper[c] = any;
+    flags[c] = 0;
+    guard.poll();
+    guard.run([&] {
+      const int64_t i0 = c * kFuseRows, i1 = std::min(n, i0 + kFuseRows);
+      const bool ok =
+          fuse_rows(base, layer.heads, tokens, idx, contiguous, n, opt.fusion, i0, i1, out);
+      bool any = false;
+      if (!discard) {
+        for (int64_t i = i0; i < i1; ++i) any = finish_row(out + i * n, i, n, opt.residual) || any;
+      }
+      flags[c] = static_cast<uint8_t>((any ? kUpper : 0) | (ok ? 0 : kBad));
+    });
+  }
+  bool bad = false;
+  for (int64_t c = 0; c < chunks; ++c) bad = bad || (flags[c] & kBad);
+  if (bad) {
+#pragma omp single
+    guard.run([&] {
+      throw std::invalid_argument(
+          locate_bad_weight(data, layer.heads, b, tokens, idx, n, layer_index));
+    });
   }
   if (discard) {
 #pragma omp single
-    discard_smallest(out, n, opt.discard_ratio);
+    guard.run([&] { discard_smallest(out, n, opt.discard_ratio); });
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < chunks; ++c) {
+      if (guard.stopped()) continue;
       bool any = false;
       for (int64_t i = c * kFuseRows; i < std::min(n, (c + 1) * kFuseRows); ++i) {
         any = finish_row(out + i * n, i, n, opt.residual) || any;
       }
-      upper[c] = any;
+      flags[c] = any ? kUpper : 0;
     }
   }
   bool lower = true;
-  for (int64_t c = 0; c < chunks; ++c) lower = lower && !upper[c];
+  for (int64_t c = 0; c < chunks; ++c) lower = lower && !(flags[c] & kUpper);
 #pragma omp barrier
   return lower;
 }
 
 bool fuse_layer_team(const GraphLayer& layer, int64_t b, int64_t tokens, const int64_t* idx,
-                     int64_t n, const GraphOptions& opt, double* out, uint8_t* upper) {
-  return layer.f32 != nullptr ? fuse_team(layer.f32, layer, b, tokens, idx, n, opt, out, upper)
-                              : fuse_team(layer.f64, layer, b, tokens, idx, n, opt, out, upper);
+                     int64_t n, const GraphOptions& opt, double* out, uint8_t* flags, Guard& guard,
+                     int64_t layer_index) {
+  return layer.f32 != nullptr
+             ? fuse_team(layer.f32, layer, b, tokens, idx, n, opt, out, flags, guard, layer_index)
+             : fuse_team(layer.f64, layer, b, tokens, idx, n, opt, out, flags, guard, layer_index);
 }
 
 }  // namespace
 
 bool fuse_layer(const GraphLayer& layer, int64_t b, int64_t tokens, const int64_t* idx, int64_t n,
-                const GraphOptions& opt, double* out, int num_threads) {
+                const GraphOptions& opt, double* out, int num_threads, int64_t layer_index) {
   const int threads = std::max(1, std::min(num_threads, max_threads()));
-  std::vector<uint8_t> upper(static_cast<size_t>((n + kFuseRows - 1) / kFuseRows));
+  std::vector<uint8_t> flags(static_cast<size_t>((n + kFuseRows - 1) / kFuseRows));
+  Guard guard;
   bool lower = true;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    const bool l = fuse_layer_team(layer, b, tokens, idx, n, opt, out, upper.data());
+    const bool l =
+        fuse_layer_team(layer, b, tokens, idx, n, opt, out, flags.data(), guard, layer_index);
 #pragma omp master
     lower = l;
   }
+  guard.finish();
   return lower;
 }
 
@@ -467,8 +537,10 @@ namespace {
 // ..., Â_1 (the full product when every row is requested). One parallel region of `threads`
 // threads covers all layers (fusion, packing and the product are worksharing loops inside it),
 // so idle workers are woken once per sequence, not three times per layer.
+// Allocates before its region (nothing inside may throw); `guard` stops the work on Ctrl-C or a
+// refused weight, and the caller calls guard.finish().
 void rollout_one(const AttentionGraph& g, const GraphOptions& opt, const int64_t* rows,
-                 int64_t num_rows, int64_t b, float* out, int threads) {
+                 int64_t num_rows, int64_t b, float* out, int threads, Guard& guard) {
   using detail::kMC;
   const int64_t T = g.tokens;
   std::vector<int64_t> idx(static_cast<size_t>(T));
@@ -500,7 +572,8 @@ void rollout_one(const AttentionGraph& g, const GraphOptions& opt, const int64_t
   const int64_t L = g.num_layers;
   std::vector<double> ahat(static_cast<size_t>(n * n));
   std::vector<double> p(static_cast<size_t>(full ? n * n : R * n)), pn(p.size());
-  std::vector<uint8_t> upper(static_cast<size_t>((n + kFuseRows - 1) / kFuseRows));
+  std::vector<uint8_t> flags(static_cast<size_t>((n + kFuseRows - 1) / kFuseRows));
+  std::vector<double> abufs(static_cast<size_t>(threads * kMC * detail::kKC));
   detail::PackedB packed(n, n);
   const detail::Kernel kernel = detail::pick_kernel();
   const int64_t blocks = (R + kMC - 1) / kMC;
@@ -519,8 +592,9 @@ void rollout_one(const AttentionGraph& g, const GraphOptions& opt, const int64_t
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     // Top layer: P = its rows (the whole map for the full product).
-    const bool top_lower = fuse_layer_team(g.layers[L - 1], b, T, idx.data(), n, opt,
-                                           full ? p.data() : ahat.data(), upper.data());
+    const bool top_lower =
+        fuse_layer_team(g.layers[L - 1], b, T, idx.data(), n, opt, full ? p.data() : ahat.data(),
+                        flags.data(), guard, L - 1);
     if (!full) {
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < R; ++r) {
@@ -529,18 +603,19 @@ void rollout_one(const AttentionGraph& g, const GraphOptions& opt, const int64_t
     }
 #pragma omp single
     lower = top_lower;
-    std::vector<double> abuf(static_cast<size_t>(kMC * detail::kKC));
+    double* abuf = abufs.data() + thread_id() * kMC * detail::kKC;
     for (int64_t l = L - 2; l >= 0; --l) {
-      const bool layer_lower =
-          fuse_layer_team(g.layers[l], b, T, idx.data(), n, opt, ahat.data(), upper.data());
+      const bool layer_lower = fuse_layer_team(g.layers[l], b, T, idx.data(), n, opt, ahat.data(),
+                                               flags.data(), guard, l);
       detail::pack_b_team(ahat.data(), n, packed);  // ends with a barrier
       const bool tri = lower && layer_lower;
 #pragma omp for schedule(dynamic, 1)
       for (int64_t blk = 0; blk < blocks; ++blk) {
+        if (guard.poll()) continue;  // stopped: skip the work, keep the barriers
         const int64_t r0 = blk * kMC, m = std::min(kMC, R - r0);
         const int64_t kn = tri ? block_end[static_cast<size_t>(blk)] : n;
-        detail::gemm_block(p.data() + r0 * n, n, m, kn, packed, kn, pn.data() + r0 * n, n,
-                           abuf.data(), kernel);
+        detail::gemm_block(p.data() + r0 * n, n, m, kn, packed, kn, pn.data() + r0 * n, n, abuf,
+                           kernel);
         if (kn < n) {
           for (int64_t r = r0; r < r0 + m; ++r)
             std::fill(pn.data() + r * n + kn, pn.data() + (r + 1) * n, 0.0);
@@ -553,6 +628,7 @@ void rollout_one(const AttentionGraph& g, const GraphOptions& opt, const int64_t
       }
     }
   }
+  if (guard.stopped()) return;
 
   for (int64_t r = 0; r < R; ++r) {
     float* o = dst + out_row[static_cast<size_t>(r)] * T;
@@ -564,16 +640,21 @@ void rollout_one(const AttentionGraph& g, const GraphOptions& opt, const int64_t
 }  // namespace
 
 void rollout(const AttentionGraph& g, const GraphOptions& opt, const int64_t* rows,
-             int64_t num_rows, float* out, int num_threads) {
+             int64_t num_rows, float* out, int num_threads, const CancelFn& cancelled) {
   check_graph(g, opt, rows, num_rows);
   const int threads = resolve_threads(num_threads);
+  Guard guard(cancelled);
   if (threads > 1 && g.batch >= threads) {
     // Whole sequences per thread; each is computed exactly as in the row-parallel branch.
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t b = 0; b < g.batch; ++b) rollout_one(g, opt, rows, num_rows, b, out, 1);
+    TaskQueue queue(g.batch);
+#pragma omp parallel num_threads(threads)
+    queue.run(guard, [&](int64_t b) { rollout_one(g, opt, rows, num_rows, b, out, 1, guard); });
   } else {
-    for (int64_t b = 0; b < g.batch; ++b) rollout_one(g, opt, rows, num_rows, b, out, threads);
+    for (int64_t b = 0; b < g.batch && !guard.poll(); ++b) {
+      rollout_one(g, opt, rows, num_rows, b, out, threads, guard);
+    }
   }
+  guard.finish();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -611,19 +692,25 @@ void row_sum_min(const T* x, int64_t cols, double* sum, double* min) {
 
 template <typename T>
 void row_sums(const T* data, int64_t rows, int64_t cols, double* out, int num_threads,
-              double* row_min) {
+              double* row_min, const CancelFn& cancelled) {
   const int threads = resolve_threads(num_threads);
+  Guard guard(cancelled);
 #pragma omp parallel for num_threads(threads) if (threads > 1 && rows > 64) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
+    if ((r & 63) == 0 && guard.poll()) continue;
+    if (guard.stopped()) continue;
     if (row_min) {
       row_sum_min<true>(data + r * cols, cols, out + r, row_min + r);
     } else {
       row_sum_min<false>(data + r * cols, cols, out + r, nullptr);
     }
   }
+  guard.finish();
 }
 
-template void row_sums<float>(const float*, int64_t, int64_t, double*, int, double*);
-template void row_sums<double>(const double*, int64_t, int64_t, double*, int, double*);
+template void row_sums<float>(const float*, int64_t, int64_t, double*, int, double*,
+                              const CancelFn&);
+template void row_sums<double>(const double*, int64_t, int64_t, double*, int, double*,
+                               const CancelFn&);
 
 }  // namespace llmdbg::attention

@@ -25,8 +25,17 @@
 // thread count (fixed GEMM blocking, one thread per row block), so results are bitwise identical
 // for every num_threads. (The GEMM micro-kernel is picked per CPU: machines with and without
 // AVX2/FMA may differ in the last bits.)
+//
+// Validation and cancellation: every weight the fusion reads (those of real queries and keys)
+// must be finite and >= 0, else std::invalid_argument names the layer and position; rows that
+// merely sum to 1 are not enough (-0.5 and 1.5 would send rollout to 152.9 and -156.8). Long
+// kernels take a `cancelled` callback (core/common/cancel.hpp) and throw llmdbg::Interrupted when
+// it returns true.
 
 #include <cstdint>
+#include <string>
+
+#include "core/common/cancel.hpp"
 
 namespace llmdbg::attention {
 
@@ -67,29 +76,40 @@ void real_tokens(const AttentionGraph& g, int64_t b, int64_t* idx, int64_t* n);
 // Â of (layer, batch b) restricted to the real tokens idx[0..n) into out (n × n, row-major):
 // fused, discarded, residual added, rows normalised as above. Rows are computed in parallel with
 // num_threads (1: serially; call from inside a parallel region with 1). Returns true when Â is
-// lower triangular (causal), which lets products skip the zero upper triangle.
+// lower triangular (causal), which lets products skip the zero upper triangle. Throws
+// std::invalid_argument for a negative, NaN or infinite weight among those read, naming
+// layers[layer_index] (or "the layer" when layer_index < 0).
 bool fuse_layer(const GraphLayer& layer, int64_t b, int64_t tokens, const int64_t* idx, int64_t n,
-                const GraphOptions& opt, double* out, int num_threads);
+                const GraphOptions& opt, double* out, int num_threads, int64_t layer_index = -1);
+
+// "layers[2] holds nan at (batch 0, head 1, query 3, key 4); attention weights must be finite and
+// >= 0": the message of every kernel that refuses a weight (`arg` names the list; layer < 0
+// leaves the index out).
+std::string bad_weight_message(const std::string& arg, int64_t layer, int64_t batch, int64_t head,
+                               int64_t query, int64_t key, double value);
 
 // Rollout of every sequence. rows == nullptr: out is (batch, T, T), the full R_L. Otherwise out
 // is (batch, num_rows, T) and holds rows[r] of R_L (0 <= rows[r] < T; a padding row is all 0),
 // computed top-down as e_rᵀ Â_L ⋯ Â_1 in O(L · num_rows · T²) instead of O(L · T³). Causal
 // (lower-triangular) stacks skip the zero triangle (about a third of the dense work).
 // Sequences are spread over threads when batch >= num_threads, otherwise row blocks of each
-// product are. num_threads <= 0 uses the OpenMP default.
+// product are. num_threads <= 0 uses the OpenMP default. `cancelled` is polled between row
+// blocks (Interrupted; `out` is then incomplete).
 void rollout(const AttentionGraph& g, const GraphOptions& opt, const int64_t* rows,
-             int64_t num_rows, float* out, int num_threads);
+             int64_t num_rows, float* out, int num_threads, const CancelFn& cancelled = {});
 
 // Row sums of a C-contiguous (rows, cols) buffer in double, in parallel (a fused, single-pass
 // replacement for numpy's isfinite + sum checks of attention inputs). A row holding NaN or Inf
 // sums to NaN or Inf. With row_min, the smallest value of each row too, in the same pass (the
-// negative-weight check of rollout and flow).
+// negative-weight check of rollout and flow). `cancelled`: as rollout's.
 template <typename T>
 void row_sums(const T* data, int64_t rows, int64_t cols, double* out, int num_threads,
-              double* row_min = nullptr);
+              double* row_min = nullptr, const CancelFn& cancelled = {});
 
-extern template void row_sums<float>(const float*, int64_t, int64_t, double*, int, double*);
-extern template void row_sums<double>(const double*, int64_t, int64_t, double*, int, double*);
+extern template void row_sums<float>(const float*, int64_t, int64_t, double*, int, double*,
+                                     const CancelFn&);
+extern template void row_sums<double>(const double*, int64_t, int64_t, double*, int, double*,
+                                      const CancelFn&);
 
 namespace detail {
 

@@ -9,21 +9,27 @@ namespace llmdbg::attribution {
 
 namespace {
 
-void need(bool ok, const std::string& method, int n, int least) {
+void need(bool ok, const std::string& method, int n, int least, int most = kMaxNodes) {
   if (!ok) {
     throw std::invalid_argument("n_steps must be >= " + std::to_string(least) + " for method '" +
+                                method + "', got " + std::to_string(n));
+  }
+  if (n > most) {
+    throw std::invalid_argument("n_steps must be <= " + std::to_string(most) + " for method '" +
                                 method + "', got " + std::to_string(n));
   }
 }
 
 }  // namespace
 
-Rule gauss_legendre(int n) {
-  need(n >= 1, "gausslegendre", n, 1);
+Rule gauss_legendre(int n, const CancelFn& cancelled) {
+  need(n >= 1, "gausslegendre", n, 1, kMaxQuadraticNodes);
   if (n == 1) return Rule{{0.5}, {1.0}};
   Rule r{std::vector<double>(n), std::vector<double>(n)};
+  Guard guard(cancelled);
   // Roots of P_n by Newton from Tricomi's initial guess; symmetric pairs filled together.
   for (int i = 0; i < (n + 1) / 2; ++i) {
+    guard.checkpoint();  // O(n) per Newton step
     double x = std::cos(std::numbers::pi * (i + 0.75) / (n + 0.5));
     double dp = 1.0;
     for (int it = 0; it < 100; ++it) {
@@ -52,11 +58,13 @@ Rule gauss_legendre(int n) {
   return r;
 }
 
-Rule clenshaw_curtis(int n) {
-  need(n >= 2, "clenshaw_curtis", n, 2);
+Rule clenshaw_curtis(int n, const CancelFn& cancelled) {
+  need(n >= 2, "clenshaw_curtis", n, 2, kMaxQuadraticNodes);
   const int N = n - 1;
   Rule r{std::vector<double>(n), std::vector<double>(n)};
+  Guard guard(cancelled);
   for (int j = 0; j <= N; ++j) {
+    guard.checkpoint();
     const double theta = std::numbers::pi * j / N;
     // Waldvogel's closed form on [-1, 1], halved for [0, 1].
     double s = 0.0;
@@ -79,9 +87,9 @@ Rule clenshaw_curtis(int n) {
   return r;
 }
 
-Rule fixed_rule(const std::string& method, int n) {
-  if (method == "gausslegendre") return gauss_legendre(n);
-  if (method == "clenshaw_curtis") return clenshaw_curtis(n);
+Rule fixed_rule(const std::string& method, int n, const CancelFn& cancelled) {
+  if (method == "gausslegendre") return gauss_legendre(n, cancelled);
+  if (method == "clenshaw_curtis") return clenshaw_curtis(n, cancelled);
   Rule r;
   if (method == "riemann_left" || method == "riemann_right" || method == "riemann_middle") {
     need(n >= 1, method, n, 1);

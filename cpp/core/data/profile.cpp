@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "core/common/cancel.hpp"
 #include "core/common/parallel.hpp"
 
 #if defined(__SSE2__)
@@ -396,9 +397,10 @@ void check_sizes(const std::vector<std::string_view>& texts) {
   }
 }
 
-// Tokenise and count texts (and hash each whole text into `text_hashes` if not null).
+// Tokenise and count texts (and hash each whole text into `text_hashes` if not null). Whatever a
+// block throws (a table that cannot grow) is rethrown after the region; `guard` is polled per text.
 TokenCounts count_tokens(const std::vector<std::string_view>& texts, int num_threads,
-                         uint64_t* text_hashes) {
+                         uint64_t* text_hashes, Guard& guard) {
   check_sizes(texts);
   const auto n = static_cast<int64_t>(texts.size());
   TokenCounts out;
@@ -410,30 +412,34 @@ TokenCounts count_tokens(const std::vector<std::string_view>& texts, int num_thr
   int64_t* lengths = out.lengths.data();
   // One table per block; a smaller team than asked (nested parallelism) still does every block.
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
-  for (int t = 0; t < threads; ++t) {
-    TokenTable& table = local[static_cast<size_t>(t)];
-    PrefetchingCounter counter(table);
-    for (int64_t i = bounds[static_cast<size_t>(t)]; i < bounds[static_cast<size_t>(t) + 1]; ++i) {
-      if (i + 4 < n) {  // a later text's first 256 bytes: texts are scattered in memory
-        const std::string_view next = texts[static_cast<size_t>(i) + 4];
-        const size_t lines = std::min<size_t>(next.size(), 256);
-        for (size_t k = 0; k < lines; k += 64) __builtin_prefetch(next.data() + k);
+  for (int t = 0; t < threads; ++t)
+    guard.run([&] {
+      TokenTable& table = local[static_cast<size_t>(t)];
+      PrefetchingCounter counter(table);
+      for (int64_t i = bounds[static_cast<size_t>(t)]; i < bounds[static_cast<size_t>(t) + 1];
+           ++i) {
+        if (guard.poll()) return;
+        if (i + 4 < n) {  // a later text's first 256 bytes: texts are scattered in memory
+          const std::string_view next = texts[static_cast<size_t>(i) + 4];
+          const size_t lines = std::min<size_t>(next.size(), 256);
+          for (size_t k = 0; k < lines; k += 64) __builtin_prefetch(next.data() + k);
+        }
+        const char* p = texts[static_cast<size_t>(i)].data();
+        const size_t size = texts[static_cast<size_t>(i)].size();
+        const char* end = p + size;
+        int64_t len = 0;
+        for_each_token(p, size, [&](size_t s, size_t k) LLMDBG_INLINE {
+          uint64_t lo, hi;
+          load_key(p + s, k, end, lo, hi);
+          counter.add(p + s, k, lo, hi, hash_key(p + s, k, lo, hi));
+          ++len;
+        });
+        lengths[i] = len;
+        if (text_hashes != nullptr) text_hashes[i] = hash_exact(p, size);
       }
-      const char* p = texts[static_cast<size_t>(i)].data();
-      const size_t size = texts[static_cast<size_t>(i)].size();
-      const char* end = p + size;
-      int64_t len = 0;
-      for_each_token(p, size, [&](size_t s, size_t k) LLMDBG_INLINE {
-        uint64_t lo, hi;
-        load_key(p + s, k, end, lo, hi);
-        counter.add(p + s, k, lo, hi, hash_key(p + s, k, lo, hi));
-        ++len;
-      });
-      lengths[i] = len;
-      if (text_hashes != nullptr) text_hashes[i] = hash_exact(p, size);
-    }
-    counter.flush();
-  }
+      counter.flush();
+    });
+  guard.finish();
   // Blocks are in text order, so merging their tables in block order, each in its own
   // insertion order, yields global first-occurrence order.
   std::vector<TokenTable::Entry> entries;
@@ -458,7 +464,7 @@ TokenCounts count_tokens(const std::vector<std::string_view>& texts, int num_thr
 
 // duplicate_groups from precomputed item hashes.
 std::vector<int64_t> groups_from_hashes(const std::vector<std::string_view>& items,
-                                        const uint64_t* hashes, int num_threads) {
+                                        const uint64_t* hashes, int num_threads, Guard& guard) {
   const auto n = static_cast<int64_t>(items.size());
   if (n >= (int64_t{1} << 32) - 1)
     throw std::invalid_argument("duplicate_groups: at most 2^32 - 2 items");
@@ -466,7 +472,7 @@ std::vector<int64_t> groups_from_hashes(const std::vector<std::string_view>& ite
   const int threads = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n / 4096)));
 #pragma omp parallel num_threads(threads)
-  {
+  guard.run([&] {
     // Shard by the hash's high bits: equal items share a hash, hence a shard; each shard is
     // scanned in item order, so the representative is always the earliest item.
     const int t = thread_id(), nt = team_size();
@@ -509,6 +515,7 @@ std::vector<int64_t> groups_from_hashes(const std::vector<std::string_view>& ite
     int64_t ring[kDepth];
     int64_t head = 0;
     for (int64_t i = 0; i < n; ++i) {
+      if ((i & 4095) == 0 && guard.poll()) return;
       if (shard(hashes[i]) != t) continue;
       __builtin_prefetch(&table[hashes[i] & mask]);
       int64_t& r = ring[head & (kDepth - 1)];
@@ -518,7 +525,8 @@ std::vector<int64_t> groups_from_hashes(const std::vector<std::string_view>& ite
     }
     for (int64_t k = head > kDepth ? head - kDepth : 0; k < head; ++k)
       place(ring[k & (kDepth - 1)]);
-  }
+  });
+  guard.finish();
   return group;
 }
 
@@ -530,20 +538,24 @@ int whitespace_length(const char* p, const char* end) noexcept {
   return p < end ? ws_inline(p, end) : 0;
 }
 
-TokenCounts count_whitespace_tokens(const std::vector<std::string_view>& texts, int num_threads) {
-  return count_tokens(texts, num_threads, nullptr);
+TokenCounts count_whitespace_tokens(const std::vector<std::string_view>& texts, int num_threads,
+                                    const CancelFn& cancelled) {
+  Guard guard(cancelled);
+  return count_tokens(texts, num_threads, nullptr, guard);
 }
 
-TextProfile profile_whitespace(const std::vector<std::string_view>& texts, int num_threads) {
+TextProfile profile_whitespace(const std::vector<std::string_view>& texts, int num_threads,
+                               const CancelFn& cancelled) {
+  Guard guard(cancelled);
   std::vector<uint64_t> hashes(texts.size());
   TextProfile out;
-  out.tokens = count_tokens(texts, num_threads, hashes.data());
-  out.groups = groups_from_hashes(texts, hashes.data(), num_threads);
+  out.tokens = count_tokens(texts, num_threads, hashes.data(), guard);
+  out.groups = groups_from_hashes(texts, hashes.data(), num_threads, guard);
   return out;
 }
 
 IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, int64_t vocab_size,
-                   int num_threads) {
+                   int num_threads, const CancelFn& cancelled) {
   if (n_seqs < 0) throw std::invalid_argument("count_ids: n_seqs must be >= 0");
   if (vocab_size <= 0) throw std::invalid_argument("count_ids: vocab_size must be positive");
   if (vocab_size > (int64_t{1} << 32)) {  // one int64 count per id and thread
@@ -561,19 +573,24 @@ IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, i
     out.lengths[static_cast<size_t>(s)] = offsets[s + 1] - offsets[s];
   const int64_t n_ids = offsets[n_seqs];
   out.total = n_ids;
-  const int threads = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n_ids / 65536)));
+  // A thread's count table costs vocab_size entries: extra tables only where there are ids
+  // enough to fill them (a huge vocabulary with few ids then costs one table, not one per thread).
+  const int64_t by_ids = 1 + n_ids / 65536, by_memory = 1 + n_ids / vocab_size;
+  const int threads = static_cast<int>(std::max<int64_t>(
+      1, std::min({static_cast<int64_t>(resolve_threads(num_threads)), by_ids, by_memory})));
   // One count table per thread, allocated here: an allocation failure inside the parallel region
   // would abort the process instead of raising.
   std::vector<std::vector<int64_t>> local(static_cast<size_t>(threads));
   for (auto& c : local) c.assign(static_cast<size_t>(vocab_size), 0);
   std::vector<int64_t> bad(static_cast<size_t>(threads), -1);
+  Guard guard(cancelled);
 #pragma omp parallel num_threads(threads)
   {
     const int t = thread_id(), nt = team_size();
     const int64_t lo = n_ids * t / nt, hi = n_ids * (t + 1) / nt;
     auto& c = local[static_cast<size_t>(t)];
     for (int64_t i = lo; i < hi; ++i) {
+      if ((i & 65535) == 0 && guard.poll()) break;
       const int64_t id = ids[i];
       if (id < 0 || id >= vocab_size) {
         bad[static_cast<size_t>(t)] = i;
@@ -582,6 +599,7 @@ IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, i
       ++c[static_cast<size_t>(id)];
     }
   }
+  guard.finish();
   for (int64_t b : bad) {
     if (b >= 0) {
       throw std::invalid_argument("count_ids: token id " + std::to_string(ids[b]) +
@@ -598,17 +616,20 @@ IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, i
 }
 
 std::vector<int64_t> duplicate_groups(const std::vector<std::string_view>& items, int num_threads,
-                                      uint64_t hash_mask) {
+                                      uint64_t hash_mask, const CancelFn& cancelled) {
   const auto n = static_cast<int64_t>(items.size());
   std::vector<uint64_t> hashes(items.size());
   const int threads = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(resolve_threads(num_threads), 1 + n / 4096)));
+  Guard guard(cancelled);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
+    if (guard.poll()) continue;
     const auto& s = items[static_cast<size_t>(i)];
     hashes[static_cast<size_t>(i)] = hash_exact(s.data(), s.size()) & hash_mask;
   }
-  return groups_from_hashes(items, hashes.data(), num_threads);
+  guard.finish();
+  return groups_from_hashes(items, hashes.data(), num_threads, guard);
 }
 
 DuplicateSummary duplicate_summary(const int64_t* groups, int64_t n, const int64_t* codes) {

@@ -8,10 +8,15 @@
 // Results are deterministic for every thread count: each thread counts a contiguous block of
 // texts into its own table, tables are merged by summing (exact integers) and by taking the
 // earliest first occurrence, and unique tokens come out in first-occurrence order.
+//
+// The kernels take a `cancelled` callback (core/common/cancel.hpp), polled per text or every few
+// thousand items; when it returns true they throw llmdbg::Interrupted.
 
 #include <cstdint>
 #include <string_view>
 #include <vector>
+
+#include "core/common/cancel.hpp"
 
 namespace llmdbg::data {
 
@@ -34,7 +39,8 @@ struct TokenCounts {
 
 // Split every text on whitespace (str.split() semantics) and count tokens. The views in the
 // result point into `texts`' buffers.
-TokenCounts count_whitespace_tokens(const std::vector<std::string_view>& texts, int num_threads);
+TokenCounts count_whitespace_tokens(const std::vector<std::string_view>& texts, int num_threads,
+                                    const CancelFn& cancelled = {});
 
 struct TextProfile {
   TokenCounts tokens;           // as count_whitespace_tokens
@@ -43,7 +49,8 @@ struct TextProfile {
 
 // count_whitespace_tokens and duplicate_groups in one pass over the texts: each text is hashed
 // right after it is tokenised, while its bytes are still in cache.
-TextProfile profile_whitespace(const std::vector<std::string_view>& texts, int num_threads);
+TextProfile profile_whitespace(const std::vector<std::string_view>& texts, int num_threads,
+                               const CancelFn& cancelled = {});
 
 struct IdCounts {
   std::vector<int64_t> counts;   // (vocab_size,) occurrences of each id
@@ -53,15 +60,17 @@ struct IdCounts {
 
 // Count ids of n_seqs sequences stored flat: sequence s is ids[offsets[s] .. offsets[s + 1]).
 // offsets has n_seqs + 1 non-decreasing entries starting at 0. Throws std::invalid_argument
-// for an id outside [0, vocab_size) or bad offsets.
+// for an id outside [0, vocab_size), a vocab_size beyond 2**32 or bad offsets. Every id is
+// checked before it is counted; each thread's table is allocated before the parallel region.
 IdCounts count_ids(const int64_t* ids, const int64_t* offsets, int64_t n_seqs, int64_t vocab_size,
-                   int num_threads);
+                   int num_threads, const CancelFn& cancelled = {});
 
 // For each item, the index of the first item with identical bytes (itself if it is the first).
 // Equal hashes are always confirmed by comparing bytes, so collisions never merge different
 // items; `hash_mask` (tests only) masks the hashes to force collisions.
 std::vector<int64_t> duplicate_groups(const std::vector<std::string_view>& items, int num_threads,
-                                      uint64_t hash_mask = ~uint64_t{0});
+                                      uint64_t hash_mask = ~uint64_t{0},
+                                      const CancelFn& cancelled = {});
 
 struct DuplicateSummary {
   std::vector<int64_t> first;     // index of the first text of each group with >= 2 texts

@@ -309,8 +309,10 @@ namespace {
 
 // Chunks are fixed (kChunk) and merged in order, so results do not depend on the thread count.
 // `dst` may be null (summarise only) or a destination to copy each chunk into first.
+// `cancelled` is polled between chunks; Interrupted leaves dst partly written.
 template <typename T>
-Summary summarize_chunks(const T* src, T* dst, int64_t n, int num_threads) {
+Summary summarize_chunks(const T* src, T* dst, int64_t n, int num_threads,
+                         const CancelFn& cancelled) {
   Summary total;
   if (n <= 0) return total;
   auto one = [&](int64_t begin, int64_t len) {
@@ -322,11 +324,14 @@ Summary summarize_chunks(const T* src, T* dst, int64_t n, int num_threads) {
   if (n_chunks == 1) return one(0, n);
   std::vector<Summary> parts(static_cast<size_t>(n_chunks));
   const int threads = static_cast<int>(std::min<int64_t>(resolve_threads(num_threads), n_chunks));
+  Guard guard(cancelled);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t c = 0; c < n_chunks; ++c) {
+    if (guard.poll()) continue;  // about 10 us per chunk
     const int64_t begin = c * kChunk;
     parts[static_cast<size_t>(c)] = one(begin, std::min(kChunk, n - begin));
   }
+  guard.finish();
   for (const Summary& p : parts) total.merge(p);
   return total;
 }
@@ -334,18 +339,19 @@ Summary summarize_chunks(const T* src, T* dst, int64_t n, int num_threads) {
 }  // namespace
 
 template <typename T>
-Summary summarize(const T* data, int64_t n, int num_threads) {
-  return summarize_chunks<T>(data, nullptr, n, num_threads);
+Summary summarize(const T* data, int64_t n, int num_threads, const CancelFn& cancelled) {
+  return summarize_chunks<T>(data, nullptr, n, num_threads, cancelled);
 }
 
 template <typename T>
-Summary summarize_copy(const T* src, T* dst, int64_t n, int num_threads) {
-  return summarize_chunks<T>(src, dst, n, num_threads);
+Summary summarize_copy(const T* src, T* dst, int64_t n, int num_threads,
+                       const CancelFn& cancelled) {
+  return summarize_chunks<T>(src, dst, n, num_threads, cancelled);
 }
 
-template Summary summarize<float>(const float*, int64_t, int);
-template Summary summarize<double>(const double*, int64_t, int);
-template Summary summarize_copy<float>(const float*, float*, int64_t, int);
-template Summary summarize_copy<double>(const double*, double*, int64_t, int);
+template Summary summarize<float>(const float*, int64_t, int, const CancelFn&);
+template Summary summarize<double>(const double*, int64_t, int, const CancelFn&);
+template Summary summarize_copy<float>(const float*, float*, int64_t, int, const CancelFn&);
+template Summary summarize_copy<double>(const double*, double*, int64_t, int, const CancelFn&);
 
 }  // namespace llmdbg::stats

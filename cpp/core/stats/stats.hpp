@@ -10,6 +10,8 @@
 #include <array>
 #include <cstdint>
 
+#include "core/common/cancel.hpp"
+
 namespace llmdbg::stats {
 
 // Bin b (0..kHistBins-1) holds finite non-zero values with 2^(b+kHistMinExp) <= |x| <
@@ -43,19 +45,22 @@ struct Summary {
 int hist_bin(float x);
 int hist_bin(double x);
 
-// Summarise n contiguous values. num_threads <= 0 uses the OpenMP default.
+// Summarise n contiguous values. num_threads <= 0 uses the OpenMP default. `cancelled` is polled
+// between chunks (core/common/cancel.hpp; llmdbg::Interrupted when it returns true).
 template <typename T>
-Summary summarize(const T* data, int64_t n, int num_threads);
+Summary summarize(const T* data, int64_t n, int num_threads, const CancelFn& cancelled = {});
 
 // Copy n values from src to dst and summarise them in the same sweep: each chunk is copied,
 // then summarised while it is still in cache, so the data is read from memory once. Gives the
 // same summary as summarize(src, n, ...) bitwise.
 template <typename T>
-Summary summarize_copy(const T* src, T* dst, int64_t n, int num_threads);
+Summary summarize_copy(const T* src, T* dst, int64_t n, int num_threads,
+                       const CancelFn& cancelled = {});
 
-extern template Summary summarize<float>(const float*, int64_t, int);
-extern template Summary summarize<double>(const double*, int64_t, int);
-extern template Summary summarize_copy<float>(const float*, float*, int64_t, int);
-extern template Summary summarize_copy<double>(const double*, double*, int64_t, int);
+extern template Summary summarize<float>(const float*, int64_t, int, const CancelFn&);
+extern template Summary summarize<double>(const double*, int64_t, int, const CancelFn&);
+extern template Summary summarize_copy<float>(const float*, float*, int64_t, int, const CancelFn&);
+extern template Summary summarize_copy<double>(const double*, double*, int64_t, int,
+                                               const CancelFn&);
 
 }  // namespace llmdbg::stats
