@@ -51,28 +51,27 @@ CaptureStore::Entry& CaptureStore::entry(const std::string& key) {
   return it->second;
 }
 
-void CaptureStore::summarize_into(Entry& e, const at::Tensor& x) {
-  e.has_stats = true;
-  if (x.numel() == 0) {
-    return;
-  }
+CaptureStore::Summarised CaptureStore::summarize(const at::Tensor& x,
+                                                 const CancelFn& cancelled) const {
+  Summarised out;
+  if (x.numel() == 0) return out;
   if (!x.is_cpu()) {
     // Reduce on the device; only the packed summary travels, asynchronously.
     at::Tensor packed = device_summary(x);
-    at::Tensor host = at::empty({kPacked}, packed.options().device(at::kCPU).pinned_memory(true));
-    host.copy_(packed, /*non_blocking=*/true);
-    e.pending.push_back(host);
-    saw_device_ = true;
-    return;
+    out.pending = at::empty({kPacked}, packed.options().device(at::kCPU).pinned_memory(true));
+    out.pending.copy_(packed, /*non_blocking=*/true);
+    return out;
   }
   // bf16/fp16 are widened to float32; the kernel accumulates in double either way.
+  const int threads = at::get_num_threads();
   if (x.scalar_type() == at::kDouble) {
     const at::Tensor c = x.contiguous();
-    e.summary.merge(stats::summarize(c.data_ptr<double>(), c.numel(), at::get_num_threads()));
+    out.host = stats::summarize(c.data_ptr<double>(), c.numel(), threads, cancelled);
   } else {
     const at::Tensor c = x.to(at::kFloat).contiguous();
-    e.summary.merge(stats::summarize(c.data_ptr<float>(), c.numel(), at::get_num_threads()));
+    out.host = stats::summarize(c.data_ptr<float>(), c.numel(), threads, cancelled);
   }
+  return out;
 }
 
 at::Tensor CaptureStore::reduce(const at::Tensor& x, const ReduceSpec& spec) const {
@@ -110,7 +109,8 @@ void CaptureStore::check_budget(const std::string& key, const at::Tensor& reduce
   }
 }
 
-void CaptureStore::add(const std::string& key, const at::Tensor& tensor, const ReduceSpec& spec) {
+void CaptureStore::add(const std::string& key, const at::Tensor& tensor, const ReduceSpec& spec,
+                       const CancelFn& cancelled) {
   if (!tensor.defined()) throw std::invalid_argument("tensor for '" + key + "' is undefined");
   if (!(at::isFloatingType(tensor.scalar_type()) ||
         at::isIntegralType(tensor.scalar_type(), true))) {
@@ -126,12 +126,19 @@ void CaptureStore::add(const std::string& key, const at::Tensor& tensor, const R
                      (out_dtype_ == at::kFloat || out_dtype_ == at::kDouble);
   const at::Tensor x = fused ? tensor : tensor.detach();
   std::lock_guard<std::mutex> lock(mu_);
-  Entry& e = entry(key);
   if (fused) {
-    add_fused(key, e, x);
+    add_fused(key, x, cancelled);
     return;
   }
-  if (spec.stats) summarize_into(e, x);
+  // Statistics first, into a local: Ctrl-C part-way leaves the store as it was.
+  Summarised s;
+  if (spec.stats) s = summarize(x, cancelled);
+  Entry& e = entry(key);
+  if (spec.stats) {
+    e.has_stats = true;
+    e.summary.merge(s.host);
+    if (s.pending.defined()) e.pending.push_back(s.pending), saw_device_ = true;
+  }
   if (!spec.keep) return;
 
   const at::Tensor r = reduce(x, spec);
@@ -152,18 +159,21 @@ void CaptureStore::add(const std::string& key, const at::Tensor& tensor, const R
   e.host.push_back(std::move(host));
 }
 
-void CaptureStore::add_fused(const std::string& key, Entry& e, const at::Tensor& x) {
+void CaptureStore::add_fused(const std::string& key, const at::Tensor& x,
+                             const CancelFn& cancelled) {
   check_budget(key, x);
   // A plain CPU tensor of the same dtype: not x.options(), which would carry requires_grad.
   at::Tensor host = at::empty(x.sizes(), at::TensorOptions().dtype(x.scalar_type()));
   const int threads = at::get_num_threads();
-  if (x.scalar_type() == at::kDouble) {
-    e.summary.merge(stats::summarize_copy(x.const_data_ptr<double>(),
-                                          host.mutable_data_ptr<double>(), x.numel(), threads));
-  } else {
-    e.summary.merge(stats::summarize_copy(x.const_data_ptr<float>(), host.mutable_data_ptr<float>(),
-                                          x.numel(), threads));
-  }
+  const stats::Summary s =
+      x.scalar_type() == at::kDouble
+          ? stats::summarize_copy(x.const_data_ptr<double>(), host.mutable_data_ptr<double>(),
+                                  x.numel(), threads, cancelled)
+          : stats::summarize_copy(x.const_data_ptr<float>(), host.mutable_data_ptr<float>(),
+                                  x.numel(), threads, cancelled);
+  // Recorded only once complete (an interrupted copy is dropped).
+  Entry& e = entry(key);
+  e.summary.merge(s);
   e.has_stats = true;
   nbytes_ += host.numel() * static_cast<int64_t>(host.element_size());
   e.host.push_back(std::move(host));

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/common/cancel.hpp"
 #include "core/common/errors.hpp"
 #include "core/stats/stats.hpp"
 
@@ -34,7 +35,12 @@ class CaptureStore {
   // max_bytes <= 0: no budget. out_dtype: dtype of the host copies.
   CaptureStore(int64_t max_bytes, c10::ScalarType out_dtype);
 
-  void add(const std::string& key, const at::Tensor& tensor, const ReduceSpec& spec);
+  // Thread-safe: calls from several threads are all recorded, each whole, in the order they take
+  // the store's lock. `cancelled` is polled while host statistics are computed
+  // (core/common/cancel.hpp); an Interrupted or any other error leaves the call unrecorded (a
+  // BudgetExceeded after the statistics keeps them, as before).
+  void add(const std::string& key, const at::Tensor& tensor, const ReduceSpec& spec,
+           const CancelFn& cancelled = {});
 
   // Host tensors for key, one per call, in call order (a copy of the handles, taken under the
   // lock).
@@ -67,9 +73,14 @@ class CaptureStore {
     std::vector<at::Tensor> pending;  // device summaries being copied to pinned memory
     bool has_stats = false;
   };
+  // Host statistics of x, or a device summary on its way to pinned memory (pending).
+  struct Summarised {
+    stats::Summary host;
+    at::Tensor pending;
+  };
   Entry& entry(const std::string& key);
-  void summarize_into(Entry& e, const at::Tensor& x);
-  void add_fused(const std::string& key, Entry& e, const at::Tensor& x);
+  Summarised summarize(const at::Tensor& x, const CancelFn& cancelled) const;
+  void add_fused(const std::string& key, const at::Tensor& x, const CancelFn& cancelled);
   at::Tensor reduce(const at::Tensor& x, const ReduceSpec& spec) const;
   void check_budget(const std::string& key, const at::Tensor& reduced) const;
 

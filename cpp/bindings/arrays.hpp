@@ -78,8 +78,12 @@ inline void check_zero_one(const py::handle& obj, const std::string& name) {
   const auto np = py::module_::import("numpy");
   const py::object arr = np.attr("asarray")(obj);
   const auto kind = arr.attr("dtype").attr("kind").cast<std::string>();
-  if (kind == "b" || kind.find_first_of("iuf") == std::string::npos)
-    return;  // others fail the type check
+  if (kind == "b") return;
+  if (kind.size() != 1 || kind.find_first_of("iuf") == std::string::npos) {
+    // complex, object or str: a cast to uint8 would not say what was meant
+    throw py::type_error(name + " must be a (B, T) array of 0/1 or bool, got dtype " +
+                         py::str(arr.attr("dtype")).cast<std::string>());
+  }
   const py::object bad =
       np.attr("logical_and")(np.attr("not_equal")(arr, 0), np.attr("not_equal")(arr, 1));
   if (np.attr("any")(bad).cast<bool>()) {

@@ -2,7 +2,9 @@
 // attention flow), per-head diagnostics (entropy, sinks, ...), the Jensen-Shannon drift between
 // runs, and the row-sum check the attention input validation uses. Torch-free: numpy arrays in
 // and out. Every argument is checked here first (arrays.hpp), pointers are collected with the
-// GIL held, then the kernels run without it.
+// GIL held, then the kernels run without it, polling for Ctrl-C (KeyboardInterrupt). Weights must
+// be finite and >= 0 (checked by the kernels while they read them: ValueError naming
+// layers[l] and the position).
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -17,6 +19,7 @@
 #include "core/attention/flow.hpp"
 #include "core/attention/head_stats.hpp"
 #include "core/attention/rollout.hpp"
+#include "scalars.hpp"
 
 namespace llmdbg::bindings {
 
@@ -45,14 +48,20 @@ struct Layers {
 // The argument `arg` of function `fn`. same_dtype: every layer has layers[0]'s dtype (the graph
 // kernels take a dtype per layer, the head statistics one for all). nonempty: no dimension of
 // size 0.
-Layers check_layers(const std::string& fn, const std::string& arg, const py::sequence& seq,
+Layers check_layers(const std::string& fn, const std::string& arg, const py::object& obj,
                     bool same_dtype, bool nonempty) {
   const std::string name = fn + ": " + arg;
-  if (py::isinstance<py::str>(seq) || py::len(seq) == 0) {
-    throw py::value_error(name + " must be a non-empty list of (B, H, T, T) arrays");
+  if (!PySequence_Check(obj.ptr()) || PyUnicode_Check(obj.ptr()) || PyBytes_Check(obj.ptr()) ||
+      py::isinstance<py::array>(obj)) {
+    throw py::type_error(name + " must be a list of (B, H, T, T) arrays, got " +
+                         std::string(Py_TYPE(obj.ptr())->tp_name));
   }
+  // A tuple of the items: another thread that mutates a list cannot change what is checked.
+  const auto seq = py::reinterpret_steal<py::tuple>(PySequence_Tuple(obj.ptr()));
+  if (!seq) throw py::error_already_set();
+  if (seq.empty()) throw py::value_error(name + " must be a non-empty list of (B, H, T, T) arrays");
   Layers out;
-  for (size_t i = 0; i < py::len(seq); ++i) {
+  for (size_t i = 0; i < seq.size(); ++i) {
     const std::string what = name + "[" + std::to_string(i) + "]";
     Shape shape{"B", "H", "T", "T"};
     if (nonempty) shape.nonempty();
@@ -104,7 +113,7 @@ att::HeadFusion parse_fusion(const std::string& name) {
   throw py::value_error("head_fusion must be 'mean', 'max' or 'min', got '" + name + "'");
 }
 
-GraphArgs parse_graph(const std::string& fn, const py::sequence& layers, const py::object& mask,
+GraphArgs parse_graph(const std::string& fn, const py::object& layers, const py::object& mask,
                       const py::object& rows, const std::string& head_fusion, bool residual,
                       double discard_ratio) {
   const std::string prefix = fn + ": ";
@@ -162,6 +171,7 @@ GraphArgs parse_graph(const std::string& fn, const py::sequence& layers, const p
 
 template <typename Kernel>
 py::array_t<float> run_graph(const GraphArgs& g, int num_threads, Kernel kernel) {
+  const CancelFn poll = interrupt_poll();
   py::array_t<float> out({static_cast<py::ssize_t>(g.layers.batch),
                           static_cast<py::ssize_t>(g.out_rows()),
                           static_cast<py::ssize_t>(g.layers.tokens)});
@@ -169,12 +179,17 @@ py::array_t<float> run_graph(const GraphArgs& g, int num_threads, Kernel kernel)
   const att::AttentionGraph graph = g.graph();
   const int64_t* rows = g.has_rows ? g.rows.data() : nullptr;
   const int64_t n_rows = g.out_rows();
-  without_gil([&] { kernel(graph, g.options, rows, n_rows, dst, num_threads); });
+  without_gil([&] { kernel(graph, g.options, rows, n_rows, dst, num_threads, poll); });
   return out;
 }
 
-py::object row_sums(const py::array& array, int num_threads, bool with_min) {
-  check_array(array, "attention_row_sums: array", kFloat, Shape{"...", "n"});
+py::object row_sums(const py::object& obj, Threads<"attention_row_sums"> threads,
+                    Flag<"attention_row_sums: with_min"> with_min_arg) {
+  const py::array array =
+      checked_array(obj, "attention_row_sums: array", kFloat, Shape{"...", "n"});
+  const int num_threads = threads.value;
+  const bool with_min = with_min_arg.value;
+  const CancelFn poll = interrupt_poll();
   const bool f32 = py::isinstance<py::array_t<float>>(array);
   std::vector<py::ssize_t> shape(array.shape(), array.shape() + array.ndim() - 1);
   py::array_t<double> out(shape);
@@ -187,9 +202,9 @@ py::object row_sums(const py::array& array, int num_threads, bool with_min) {
   const void* src = array.data();
   without_gil([&] {
     if (f32) {
-      att::row_sums(static_cast<const float*>(src), rows, cols, dst, num_threads, dmin);
+      att::row_sums(static_cast<const float*>(src), rows, cols, dst, num_threads, dmin, poll);
     } else {
-      att::row_sums(static_cast<const double*>(src), rows, cols, dst, num_threads, dmin);
+      att::row_sums(static_cast<const double*>(src), rows, cols, dst, num_threads, dmin, poll);
     }
   });
   if (with_min) return py::make_tuple(out, mins);
@@ -206,8 +221,10 @@ std::optional<py::array> check_mask(const py::object& obj, const Layers& layers,
   return checked;
 }
 
-py::dict head_stats(const py::sequence& layers_in, const py::object& mask_in,
-                    const py::object& special_in, int num_threads) {
+py::dict head_stats(const py::object& layers_in, const py::object& mask_in,
+                    const py::object& special_in, Threads<"attention_head_stats"> threads) {
+  const int num_threads = threads.value;
+  const CancelFn poll = interrupt_poll();
   const Layers layers = check_layers("attention_head_stats", "layers", layers_in,
                                      /*same_dtype=*/true, /*nonempty=*/false);
   const auto mask_keep = check_mask(mask_in, layers, "attention_head_stats: mask");
@@ -217,8 +234,9 @@ py::dict head_stats(const py::sequence& layers_in, const py::object& mask_in,
   att::HeadStats r;
   without_gil([&] {
     const int64_t b = layers.batch, t = layers.tokens;
-    r = layers.is_double ? att::head_stats(layers.views<double>(), b, t, mask, special, num_threads)
-                         : att::head_stats(layers.views<float>(), b, t, mask, special, num_threads);
+    r = layers.is_double
+            ? att::head_stats(layers.views<double>(), b, t, mask, special, num_threads, poll)
+            : att::head_stats(layers.views<float>(), b, t, mask, special, num_threads, poll);
   });
   const py::ssize_t l = r.layers, b = r.batch, h = r.heads, t = r.tokens;
   py::dict d;
@@ -238,8 +256,11 @@ py::dict head_stats(const py::sequence& layers_in, const py::object& mask_in,
   return d;
 }
 
-py::array_t<double> js_divergence(const py::sequence& a_in, const py::sequence& b_in,
-                                  const py::object& mask_in, int num_threads) {
+py::array_t<double> js_divergence(const py::object& a_in, const py::object& b_in,
+                                  const py::object& mask_in,
+                                  Threads<"attention_js_divergence"> threads) {
+  const int num_threads = threads.value;
+  const CancelFn poll = interrupt_poll();
   const std::string fn = "attention_js_divergence: ";
   const Layers a = check_layers("attention_js_divergence", "a", a_in, true, false);
   const Layers b = check_layers("attention_js_divergence", "b", b_in, true, false);
@@ -264,10 +285,10 @@ py::array_t<double> js_divergence(const py::sequence& a_in, const py::sequence& 
   for (const auto& arr : a.arrays) heads = std::max<int64_t>(heads, arr.shape(1));
   without_gil([&] {
     const int64_t batch = a.batch, t = a.tokens;
-    out =
-        a.is_double
-            ? att::js_divergence(a.views<double>(), b.views<double>(), batch, t, mask, num_threads)
-            : att::js_divergence(a.views<float>(), b.views<float>(), batch, t, mask, num_threads);
+    out = a.is_double ? att::js_divergence(a.views<double>(), b.views<double>(), batch, t, mask,
+                                           num_threads, poll)
+                      : att::js_divergence(a.views<float>(), b.views<float>(), batch, t, mask,
+                                           num_threads, poll);
   });
   const auto n_layers = static_cast<py::ssize_t>(a.arrays.size());
   return to_numpy(std::move(out), {n_layers, static_cast<py::ssize_t>(heads)});
@@ -278,11 +299,14 @@ py::array_t<double> js_divergence(const py::sequence& a_in, const py::sequence& 
 void bind_attention(py::module_& m) {
   m.def(
       "attention_rollout",
-      [](const py::sequence& layers, const py::object& mask, const py::object& rows,
-         const std::string& head_fusion, bool residual, double discard_ratio, int num_threads) {
-        const GraphArgs g = parse_graph("attention_rollout", layers, mask, rows, head_fusion,
-                                        residual, discard_ratio);
-        return run_graph(g, num_threads, att::rollout);
+      [](const py::object& layers, const py::object& mask, const py::object& rows,
+         Str<"attention_rollout: head_fusion"> head_fusion,
+         Flag<"attention_rollout: residual"> residual,
+         Real<"attention_rollout: discard_ratio"> discard_ratio,
+         Threads<"attention_rollout"> threads) {
+        const GraphArgs g = parse_graph("attention_rollout", layers, mask, rows, head_fusion.value,
+                                        residual.value, discard_ratio.value);
+        return run_graph(g, threads.value, att::rollout);
       },
       py::arg("layers"), py::kw_only(), py::arg("mask") = py::none(), py::arg("rows") = py::none(),
       py::arg("head_fusion") = "mean", py::arg("residual") = true, py::arg("discard_ratio") = 0.0,
@@ -290,14 +314,17 @@ void bind_attention(py::module_& m) {
       R"doc(Attention rollout over a list of C-contiguous (B, H, T, T) float32/float64 layers.
 
 Returns float32 (B, T, T), or (B, len(rows), T) for the given query rows (int64, in [0, T)).
-mask: (B, T) 0/1, nonzero for real tokens. Accumulated in float64. Use llmdbg.attention_rollout.)doc");
+mask: (B, T) 0/1, nonzero for real tokens. Weights must be finite and >= 0 (ValueError naming the
+layer and position). Accumulated in float64; Ctrl-C raises KeyboardInterrupt. Use
+llmdbg.attention_rollout.)doc");
   m.def(
       "attention_flow",
-      [](const py::sequence& layers, const py::object& mask, const py::object& rows,
-         const std::string& head_fusion, bool residual, int num_threads) {
-        const GraphArgs g =
-            parse_graph("attention_flow", layers, mask, rows, head_fusion, residual, 0.0);
-        return run_graph(g, num_threads, att::attention_flow);
+      [](const py::object& layers, const py::object& mask, const py::object& rows,
+         Str<"attention_flow: head_fusion"> head_fusion, Flag<"attention_flow: residual"> residual,
+         Threads<"attention_flow"> threads) {
+        const GraphArgs g = parse_graph("attention_flow", layers, mask, rows, head_fusion.value,
+                                        residual.value, 0.0);
+        return run_graph(g, threads.value, att::attention_flow);
       },
       py::arg("layers"), py::kw_only(), py::arg("mask") = py::none(), py::arg("rows") = py::none(),
       py::arg("head_fusion") = "mean", py::arg("residual") = true, py::arg("num_threads") = 0,

@@ -1,11 +1,13 @@
 // Bindings for integrated gradients: the quadrature rules of cpp/core/attribution (numpy out)
 // and the device kernels of cpp/aten/attribution_kernels (path points, gradient accumulation;
-// torch tensors in and out, shapes checked by the Python caller).
+// torch tensors in and out). Tensor arguments are checked at the boundary (tensors.hpp: meta,
+// sparse, nested and quantized tensors are refused with a TypeError naming them), shapes by the
+// kernels; ATen errors reach Python without C++ backtraces.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <optional>
+#include <climits>
 #include <string>
 
 #include "aten/attribution_kernels.hpp"
@@ -31,9 +33,11 @@ py::tuple to_arrays(const attribution::Rule& r) {
 void bind_attribution(py::module_& m) {
   m.def(
       "quadrature",
-      [](const std::string& method, int n) {
+      [](Str<"quadrature: method"> method, Int<"quadrature: n", INT_MIN, INT_MAX> n) {
         attribution::Rule r;
-        without_gil([&] { r = attribution::fixed_rule(method, n); });
+        const CancelFn poll = interrupt_poll();
+        without_gil(
+            [&] { r = attribution::fixed_rule(method.value, static_cast<int>(n.value), poll); });
         return to_arrays(r);
       },
       py::arg("method"), py::arg("n"),
@@ -41,12 +45,12 @@ void bind_attribution(py::module_& m) {
 
 method: riemann_left, riemann_right, riemann_middle, trapezoid, gausslegendre, clenshaw_curtis or
 captum_trapezoid (Captum's riemann_trapezoid, whose weights sum to 1 - 1/n). ValueError for an
-unknown method or too few nodes.)doc");
+unknown method, too few nodes or more than 100000. Ctrl-C raises KeyboardInterrupt.)doc");
   m.def(
       "patterson_quadrature",
-      [](int level) {
+      [](Int<"patterson_quadrature: level", INT_MIN, INT_MAX> level) {
         attribution::Rule r;
-        without_gil([&] { r = attribution::patterson_rule(level); });
+        without_gil([&] { r = attribution::patterson_rule(static_cast<int>(level.value)); });
         return to_arrays(r);
       },
       py::arg("level"),
@@ -56,11 +60,12 @@ ValueError for a level out of range.)doc");
   m.attr("PATTERSON_MAX_LEVEL") = attribution::kPattersonMaxLevel;
   m.def(
       "ig_path",
-      [](const at::Tensor& baseline, const at::Tensor& diff, const at::Tensor& alphas,
-         const std::string& dtype) {
-        const auto st = parse_dtype(dtype);
+      [](TensorArg<"ig_path: baseline"> baseline, TensorArg<"ig_path: diff"> diff,
+         TensorArg<"ig_path: alphas"> alphas, Str<"ig_path: dtype"> dtype) {
+        const auto st = parse_dtype(dtype.value);
         at::Tensor out;
-        without_gil([&] { out = llmdbg::ig_path(baseline, diff, alphas, st); });
+        aten_without_gil(
+            [&] { out = llmdbg::ig_path(baseline.value, diff.value, alphas.value, st); });
         return out;
       },
       py::arg("baseline"), py::arg("diff"), py::arg("alphas"), py::arg("dtype"),
@@ -68,10 +73,11 @@ ValueError for a level out of range.)doc");
       "cast to dtype\n('float16', 'bfloat16', 'float32' or 'float64').");
   m.def(
       "ig_accumulate",
-      [](at::Tensor acc, const at::Tensor& grads, const at::Tensor& weights,
-         std::optional<at::Tensor> rows) {
-        without_gil(
-            [&] { llmdbg::ig_accumulate(acc, grads, weights, rows ? *rows : at::Tensor()); });
+      [](TensorArg<"ig_accumulate: acc"> acc, TensorArg<"ig_accumulate: grads"> grads,
+         TensorArg<"ig_accumulate: weights"> weights,
+         TensorArg<"ig_accumulate: rows", /*Optional=*/true> rows) {
+        aten_without_gil(
+            [&] { llmdbg::ig_accumulate(acc.value, grads.value, weights.value, rows.value); });
       },
       py::arg("acc"), py::arg("grads"), py::arg("weights"), py::arg("rows") = py::none(),
       "acc[g, rows[b]] += sum_k weights[k] * grads[g, k*R + b] in float32, in place.");

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <functional>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -23,12 +24,12 @@ extern PyObject* g_budget_error;
 
 // Run f without the GIL. No C++ exception may cross the GIL release: errors are caught there
 // and raised as Python errors once the GIL is held again (BudgetExceeded -> CaptureBudgetError,
-// std::invalid_argument -> ValueError, std::out_of_range -> KeyError, Interrupted -> the
-// exception that python_interrupted() left pending, normally KeyboardInterrupt; others ->
-// RuntimeError).
+// std::invalid_argument -> ValueError, std::out_of_range -> KeyError, std::bad_alloc and
+// std::length_error -> MemoryError, Interrupted -> the exception that python_interrupted() left
+// pending, normally KeyboardInterrupt; others -> RuntimeError).
 template <typename F>
 void without_gil(F&& f) {
-  enum class Kind { none, budget, value, key, interrupted, runtime } kind = Kind::none;
+  enum class Kind { none, budget, value, key, memory, interrupted, runtime } kind = Kind::none;
   std::string message;
   {
     py::gil_scoped_release release;
@@ -42,6 +43,10 @@ void without_gil(F&& f) {
       kind = Kind::value, message = e.what();
     } catch (const std::out_of_range& e) {
       kind = Kind::key, message = e.what();
+    } catch (const std::bad_alloc&) {
+      kind = Kind::memory, message = "out of memory";
+    } catch (const std::length_error&) {
+      kind = Kind::memory, message = "an allocation larger than the address space was requested";
     } catch (const std::exception& e) {
       kind = Kind::runtime, message = e.what();
     }
@@ -56,6 +61,9 @@ void without_gil(F&& f) {
       throw py::error_already_set();
     case Kind::value: throw py::value_error(message);
     case Kind::key: throw py::key_error(message);
+    case Kind::memory:
+      PyErr_SetString(PyExc_MemoryError, message.c_str());
+      throw py::error_already_set();
     case Kind::runtime: throw std::runtime_error(message);
   }
 }
@@ -69,13 +77,24 @@ inline bool python_interrupted() {
   return PyErr_CheckSignals() != 0;
 }
 
+// Whether the calling thread is Python's main thread. The main thread's ident is cached (every
+// capture hook asks), and asked again from threading for any other thread (after a fork the
+// main thread may change). Call with the GIL held.
+inline bool on_main_thread() {
+  static unsigned long main_ident = 0;  // written with the GIL held only
+  const unsigned long me = PyThread_get_thread_ident();
+  if (me == main_ident) return true;
+  const py::module_ threading = py::module_::import("threading");
+  const bool main = threading.attr("current_thread")().is(threading.attr("main_thread")());
+  if (main) main_ident = me;
+  return main;
+}
+
 // python_interrupted as a kernel's poll, or an empty poll where no signal handler can run: only
 // the main thread runs them, so a kernel started from another thread never takes the GIL back.
 // Call with the GIL held.
 inline std::function<bool()> interrupt_poll() {
-  const py::module_ threading = py::module_::import("threading");
-  const bool main = threading.attr("current_thread")().is(threading.attr("main_thread")());
-  if (!main) return {};
+  if (!on_main_thread()) return {};
   return python_interrupted;
 }
 

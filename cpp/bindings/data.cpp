@@ -1,6 +1,7 @@
 // Bindings for the data-profiling counters in cpp/core/data. Torch-free: Python strings and
 // numpy arrays in, numpy arrays and lists out. Strings are read in place through their UTF-8
-// representation (cached by CPython, no copy for ASCII), then counted without the GIL.
+// representation (cached by CPython, no copy for ASCII), then counted without the GIL, polling for
+// Ctrl-C (KeyboardInterrupt).
 #include <pybind11/stl.h>
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include "arrays.hpp"
 #include "common.hpp"
 #include "core/data/profile.hpp"
+#include "scalars.hpp"
 
 namespace llmdbg::bindings {
 
@@ -63,26 +65,30 @@ py::list token_list(const std::vector<std::string_view>& views) {
   return tokens;
 }
 
-py::tuple count_whitespace_tokens(const py::object& texts, int num_threads) {
+py::tuple count_whitespace_tokens(const py::object& texts,
+                                  Threads<"count_whitespace_tokens"> threads) {
   py::object keep;
   const auto views = text_views(texts, "count_whitespace_tokens", keep);
+  const CancelFn poll = interrupt_poll();
   dp::TokenCounts r;
-  without_gil([&] { r = dp::count_whitespace_tokens(views, num_threads); });
+  without_gil([&] { r = dp::count_whitespace_tokens(views, threads.value, poll); });
   return py::make_tuple(token_list(r.tokens), to_numpy(std::move(r.counts)),
                         to_numpy(std::move(r.lengths)));
 }
 
-py::tuple profile_whitespace(const py::object& texts, int num_threads) {
+py::tuple profile_whitespace(const py::object& texts, Threads<"profile_whitespace"> threads) {
   py::object keep;
   const auto views = text_views(texts, "profile_whitespace", keep);
+  const CancelFn poll = interrupt_poll();
   dp::TextProfile r;
-  without_gil([&] { r = dp::profile_whitespace(views, num_threads); });
+  without_gil([&] { r = dp::profile_whitespace(views, threads.value, poll); });
   return py::make_tuple(token_list(r.tokens.tokens), to_numpy(std::move(r.tokens.counts)),
                         to_numpy(std::move(r.tokens.lengths)), to_numpy(std::move(r.groups)));
 }
 
-py::tuple duplicate_summary(const py::array& groups, const py::object& codes) {
-  check_array(groups, "duplicate_summary: groups", kInt64, Shape{"n"});
+py::tuple duplicate_summary(const py::object& groups_obj, const py::object& codes) {
+  const py::array groups =
+      checked_array(groups_obj, "duplicate_summary: groups", kInt64, Shape{"n"});
   const int64_t n = groups.shape(0);
   const auto code_array =
       checked_array_or_none(codes, "duplicate_summary: codes", kInt64, Shape{"n"});
@@ -118,19 +124,23 @@ py::object int64_array(const py::object& items) {
   return py::object(std::move(out));
 }
 
-py::array_t<int64_t> duplicate_groups(const py::object& texts, int num_threads) {
+py::array_t<int64_t> duplicate_groups(const py::object& texts,
+                                      Threads<"duplicate_groups"> threads) {
   py::object keep;
   const auto views = text_views(texts, "duplicate_groups", keep);
+  const CancelFn poll = interrupt_poll();
   std::vector<int64_t> g;
-  without_gil([&] { g = dp::duplicate_groups(views, num_threads); });
+  without_gil([&] { g = dp::duplicate_groups(views, threads.value, ~uint64_t{0}, poll); });
   return to_numpy(std::move(g));
 }
 
-py::tuple count_ids(const py::array& ids, const py::array& offsets, int64_t vocab_size,
-                    int num_threads) {
+py::tuple count_ids(const py::object& ids_obj, const py::object& offsets_obj,
+                    Int<"count_ids: vocab_size"> vocab, Threads<"count_ids"> threads) {
   // Types, then sizes, then the one call.
-  check_array(ids, "count_ids: ids", kInt64, Shape{"n"});
-  check_array(offsets, "count_ids: offsets", kInt64, Shape{"n"});
+  const py::array ids = checked_array(ids_obj, "count_ids: ids", kInt64, Shape{"n"});
+  const py::array offsets = checked_array(offsets_obj, "count_ids: offsets", kInt64, Shape{"n"});
+  const int64_t vocab_size = vocab.value;
+  const int num_threads = threads.value;
   if (offsets.shape(0) < 1)
     throw py::value_error("count_ids: offsets needs n_seqs + 1 >= 1 entries");
   const int64_t n_seqs = offsets.shape(0) - 1;
@@ -140,8 +150,9 @@ py::tuple count_ids(const py::array& ids, const py::array& offsets, int64_t voca
                           " but ids has " + std::to_string(ids.shape(0)) + " entries");
   }
   const int64_t* p = data_of<int64_t>(ids);
+  const CancelFn poll = interrupt_poll();
   dp::IdCounts r;
-  without_gil([&] { r = dp::count_ids(p, off, n_seqs, vocab_size, num_threads); });
+  without_gil([&] { r = dp::count_ids(p, off, n_seqs, vocab_size, num_threads, poll); });
   return py::make_tuple(to_numpy(std::move(r.counts)), to_numpy(std::move(r.lengths)));
 }
 
@@ -177,7 +188,7 @@ int (bools excluded) or does not fit in int64.)doc");
         R"doc(Counts of token ids stored flat (sequence s is ids[offsets[s]:offsets[s+1]]).
 
 Returns (counts, lengths): int64 (vocab_size,) and int64 (len(offsets) - 1,). ValueError for an id
-outside [0, vocab_size).)doc");
+outside [0, vocab_size) or a vocab_size outside [1, 2**32].)doc");
 }
 
 }  // namespace llmdbg::bindings

@@ -12,6 +12,7 @@
 #include "arrays.hpp"
 #include "common.hpp"
 #include "core/attention/qk_attention.hpp"
+#include "scalars.hpp"
 
 namespace llmdbg::bindings {
 
@@ -72,14 +73,23 @@ att::MapFusion parse_fusion(const std::string& word) {
   throw py::value_error(kFn + "map_fusion must be 'none', 'mean' or 'max', got '" + word + "'");
 }
 
-py::dict qk_attention(const py::object& q_obj, const py::object& k_obj, double scaling,
-                      double softcap, bool causal, int64_t window, int64_t offset,
-                      const py::object& bool_mask_obj, const py::object& add_mask_obj,
-                      const py::object& special_obj, const py::object& sink_index_obj,
-                      const py::object& sinks_obj, bool stats, bool maps,
+py::dict qk_attention(const py::object& q_obj, const py::object& k_obj,
+                      Real<"qk_attention: scaling"> scaling_arg,
+                      Real<"qk_attention: softcap"> softcap_arg,
+                      Flag<"qk_attention: causal"> causal, Int<"qk_attention: window"> window_arg,
+                      Int<"qk_attention: offset"> offset_arg, const py::object& bool_mask_obj,
+                      const py::object& add_mask_obj, const py::object& special_obj,
+                      const py::object& sink_index_obj, const py::object& sinks_obj,
+                      Flag<"qk_attention: stats"> stats_arg, Flag<"qk_attention: maps"> maps_arg,
                       const py::object& map_heads_obj, const py::object& map_rows_obj,
-                      const std::string& map_fusion, const py::object& row_weights_obj,
-                      const py::object& row_heads_obj, int num_threads) {
+                      Str<"qk_attention: map_fusion"> map_fusion_arg,
+                      const py::object& row_weights_obj, const py::object& row_heads_obj,
+                      Threads<"qk_attention"> threads) {
+  const double scaling = scaling_arg.value, softcap = softcap_arg.value;
+  const int64_t window = window_arg.value, offset = offset_arg.value;
+  const bool stats = stats_arg.value, maps = maps_arg.value;
+  const std::string& map_fusion = map_fusion_arg.value;
+  const int num_threads = threads.value;
   // Every array read without the GIL is held by a local below until the kernel returns.
   const py::array q =
       checked_array(q_obj, kFn + "q", kFloat32, Shape{"B", "Hq", "Tq", "D"}.nonempty());
@@ -177,7 +187,7 @@ py::dict qk_attention(const py::object& q_obj, const py::object& k_obj, double s
   att::QKProblem p;
   p.q = data_of<float>(q), p.k = data_of<float>(k);
   p.batch = B, p.q_heads = Hq, p.kv_heads = Hkv, p.q_len = Tq, p.k_len = Tk, p.dim = D;
-  p.scaling = scaling, p.softcap = softcap, p.causal = causal, p.window = window;
+  p.scaling = scaling, p.softcap = softcap, p.causal = causal.value, p.window = window;
   p.offset = offset;
   p.bool_mask = data_of<uint8_t>(bool_mask);
   p.add_mask = data_of<float>(add_mask);

@@ -7,6 +7,7 @@
 #include "arrays.hpp"
 #include "common.hpp"
 #include "core/stats/stats.hpp"
+#include "scalars.hpp"
 
 namespace llmdbg::bindings {
 
@@ -34,16 +35,18 @@ py::dict summary_to_dict(const stats::Summary& s) {
 
 namespace {
 
-py::dict summarize_array(const py::array& arr, int num_threads) {
-  check_array(arr, "summarize: array", kFloat, Shape());
+py::dict summarize_array(const py::object& obj, Threads<"summarize"> threads) {
+  const py::array arr = checked_array(obj, "summarize: array", kFloat, Shape());
   const auto n = static_cast<int64_t>(arr.size());
+  const int num_threads = threads.value;
+  const CancelFn poll = interrupt_poll();
   stats::Summary s;
   if (py::isinstance<py::array_t<float>>(arr)) {
     const float* p = data_of<float>(arr);
-    without_gil([&] { s = stats::summarize(p, n, num_threads); });
+    without_gil([&] { s = stats::summarize(p, n, num_threads, poll); });
   } else {
     const double* p = data_of<double>(arr);
-    without_gil([&] { s = stats::summarize(p, n, num_threads); });
+    without_gil([&] { s = stats::summarize(p, n, num_threads, poll); });
   }
   return summary_to_dict(s);
 }
@@ -58,7 +61,8 @@ void bind_stats(py::module_& m) {
       R"doc(Fused summary statistics of a float32/float64 C-contiguous array (double accumulation).
 
 Returns a dict with count, finite_count, nan_count, inf_count, zero_count, mean, var, std, min,
-max, absmax (over finite values), zero_fraction and a 64-bin log2 histogram of |x|.)doc");
+max, absmax (over finite values), zero_fraction and a 64-bin log2 histogram of |x|. Ctrl-C raises
+KeyboardInterrupt.)doc");
 }
 
 }  // namespace llmdbg::bindings
