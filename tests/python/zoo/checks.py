@@ -91,15 +91,23 @@ def blocks(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
     with llmdbg.capture(model, "blocks", hidden_states=True) as trace, torch.no_grad():
         model(**inputs)
     stacks = _hf_stacks_of(model, inputs)
-    got = trace.hidden_states
+    got = list(trace.hidden_states)
     expected = [h for _, hs in stacks for h in hs]
     assert len(got) == len(expected), (
         f"{describe(model)}: {len(got)} captured hidden states, the model reports {len(expected)} "
         f"({', '.join(f'{s}: {len(hs)}' for s, hs in stacks)})"
     )
-    ends = _stack_ends(list(trace.hidden_state_modules))
+    modules = list(trace.hidden_state_modules)
+    ends = _stack_ends(modules)
     raw = _raw_outputs(model, ends, inputs)
-    names = [m for m in trace.hidden_state_modules if not m.endswith(":input")]
+    names = [m for m in modules if not m.endswith(":input")]
+    if len(stacks) == 1 and _without_embeddings(got, stacks[0][1]):
+        # transformers' Mamba, FalconMamba and RWKV report every block output, then the final
+        # norm of the last one, and no embedding output: check that entry against the first
+        # block's input as our own hook sees it, and compare the rest shifted by one.
+        first = _raw_outputs(model, [modules[0].removesuffix(":input")], inputs, pre=True)[0]
+        _close(got[0], first, "embedding output (the first block's input)", model)
+        got = got[1:] + [got[-1]]
     i = 0
     for k, (stack, hs) in enumerate(stacks):
         for j, h in enumerate(hs[:-1]):
@@ -109,6 +117,15 @@ def blocks(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
             f"{describe(model)}: {stack} hidden_states[{len(hs) - 1}] ({tuple(hs[-1].shape)}) matches "
             f"neither the captured last block output ({got[i - 1].shape}) nor a final norm of it"
         )
+
+
+def _without_embeddings(got: list[np.ndarray], hs: tuple) -> bool:
+    """The model's hidden_states start with the first block's output (not the embeddings)."""
+
+    def same(a: np.ndarray, b: torch.Tensor) -> bool:
+        return a.shape == b.shape and np.allclose(a, b.numpy(), atol=ATOL, rtol=RTOL)
+
+    return len(got) > 2 and not same(got[0], hs[0]) and same(got[1], hs[0]) and same(got[-1], hs[-2])
 
 
 def _hf_stacks_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[tuple[str, tuple]]:
@@ -121,17 +138,31 @@ def _hf_stacks_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> li
     return [("model", out.hidden_states)]
 
 
-def _raw_outputs(model: torch.nn.Module, names: list[str], inputs: dict[str, torch.Tensor]) -> list[Any]:
-    """The first tensor each named module returned (its last call), seen by our own hooks."""
+def _raw_outputs(
+    model: torch.nn.Module, names: list[str], inputs: dict[str, torch.Tensor], *, pre: bool = False
+) -> list[Any]:
+    """The first tensor each named module returned (its last call), or with ``pre`` received
+    (positionally or as ``hidden_states``), seen by our own hooks."""
     seen: dict[str, Any] = {}
+
+    def first(values: Any) -> Any:
+        return values if torch.is_tensor(values) else next((v for v in values if torch.is_tensor(v)), None)
 
     def hook(name: str) -> Callable[..., None]:
         def record(module: Any, args: Any, output: Any) -> None:
-            seen[name] = output if torch.is_tensor(output) else next((o for o in output if torch.is_tensor(o)), None)
+            seen[name] = first(output)
 
-        return record
+        def record_input(module: Any, args: Any, kwargs: Any) -> None:
+            seen[name] = first(args) if args else kwargs.get("hidden_states")
 
-    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+        return record_input if pre else record
+
+    handles = [
+        model.get_submodule(n).register_forward_pre_hook(hook(n), with_kwargs=True)
+        if pre
+        else model.get_submodule(n).register_forward_hook(hook(n))
+        for n in names
+    ]
     try:
         with torch.no_grad():
             model(**inputs)

@@ -242,6 +242,8 @@ FAMILY: dict[str, dict[str, Any]] = {
     },
     "blt_local_encoder": {"hidden_size_global": H},
     "blt_local_decoder": {"hidden_size_global": H},
+    # OPT-350m's layout, the unusual one: post-LN blocks and a projection around the embeddings.
+    "opt": {"do_layer_norm_before": False, "word_embed_proj_dim": H // 2},
     "longcat_flash": {"ffn_hidden_size": 2 * H, "zero_expert_num": 2},
     "hy_v4": {"indexer_types": ["full", "shared"], "hc_mult": 2},
 }
