@@ -141,7 +141,7 @@ def logit_lens(
         with eval_mode(model), torch.no_grad():
             outputs = model(**inputs)
             _check_states(model, states, n_layers + 1, b, t)
-            final = unembed.apply(states[n_layers])  # the last row, computed once: checked, then reused
+            final = _apply(unembed, states[n_layers], model, layout.family)  # the last row: checked, reused
             _check_reproduces_logits(model, layout.family, final, outputs, inputs)
             ids, probs, ranks, tprobs = [], [], [], []
             for r in progress_iter(rows, progress, "logit lens", unit="layer"):
@@ -243,6 +243,12 @@ def _check_states(model: torch.nn.Module, states: dict[int, torch.Tensor], n_row
             f"logit lens: the blocks llmdbg found in {type(model).__name__} did not all run in its forward "
             f"(no state for rows {missing}); it cannot read the residual stream after every block"
         )
+    longer = {h.shape[1] for h in states.values() if h.dim() == 3 and h.shape[0] == b and h.shape[1] > t}
+    if len(longer) == 1 and all(h.dim() == 3 and h.shape[1] in (t, *longer) for h in states.values()):
+        # Longformer pads on the right to a multiple of its window and cuts its output the same way;
+        # the last row's check against the model's own logits confirms the alignment.
+        for r in states:
+            states[r] = states[r][:, :t]
     for r, h in states.items():
         if h.dim() != 3 or tuple(h.shape[:2]) != (b, t):
             raise ValueError(
@@ -250,6 +256,19 @@ def _check_states(model: torch.nn.Module, states: dict[int, torch.Tensor], n_row
                 f"not (batch, tokens, hidden) = ({b}, {t}, ...) like the inputs (the model pads or reshapes the "
                 "sequence inside its blocks); the logit lens cannot align its rows with the input tokens"
             )
+
+
+def _apply(unembed: Any, h: torch.Tensor, model: torch.nn.Module, family: str) -> torch.Tensor:
+    """The head on the last block's output; a head that cannot take it (Reformer's two concatenated
+    streams, a projection of another width) is refused in words, not with a torch shape error."""
+    try:
+        return unembed.apply(h)
+    except RuntimeError as e:
+        raise ValueError(
+            f"logit lens: {type(model).__name__}'s final norm and unembedding (family {family!r}) cannot be "
+            f"applied to its last block output of shape {tuple(h.shape)} ({e}); the model transforms the "
+            "hidden states between its last block and its head in a way llmdbg does not know"
+        ) from e
 
 
 def _check_reproduces_logits(

@@ -268,6 +268,39 @@ HEADS_BEYOND_NORM = {
     "convbert": lambda: tf.ConvBertForMaskedLM(tf.ConvBertConfig(embedding_size=16, **_ENC)),
     "eurobert": lambda: tf.EuroBertForMaskedLM(tf.EuroBertConfig(num_key_value_heads=2, pad_token_id=0, **_ENC)),
     "megatron-bert": lambda: tf.MegatronBertForMaskedLM(tf.MegatronBertConfig(**_ENC)),
+    "roberta-prelayernorm": lambda: tf.RobertaPreLayerNormForMaskedLM(
+        tf.RobertaPreLayerNormConfig(pad_token_id=0, **_ENC)
+    ),
+    "neomme": lambda: tf.AutoModelForMaskedLM.from_config(
+        tf.AutoConfig.for_model("neomme", head_dim=16, embedding_rank=16, per_layer_config={}, pad_token_id=0, **_ENC)
+    ),
+    # Longformer pads to its attention window inside the encoder and cuts the output back
+    "longformer": lambda: tf.LongformerForMaskedLM(
+        tf.LongformerConfig(attention_window=4, max_position_embeddings=64, pad_token_id=0, **_ENC)
+    ),
+    # more decoders: a prediction head before the decoder, a post-LN decoder, an xLSTM soft-cap
+    "modernbert-decoder": lambda: tf.ModernBertDecoderForCausalLM(tf.ModernBertDecoderConfig(**IDS, **_ENC)),
+    "trocr": lambda: tf.TrOCRForCausalLM(
+        tf.TrOCRConfig(
+            d_model=H,
+            decoder_layers=LAYERS,
+            decoder_attention_heads=HEADS,
+            decoder_ffn_dim=2 * H,
+            vocab_size=VOCAB,
+            **IDS,
+        )
+    ),
+    "xlstm": lambda: tf.xLSTMForCausalLM(
+        tf.xLSTMConfig(
+            hidden_size=128,
+            embedding_dim=128,
+            num_heads=4,
+            num_blocks=2,
+            vocab_size=VOCAB,
+            output_logit_soft_cap=2.0,
+            **IDS,
+        )
+    ),
 }
 
 
@@ -324,15 +357,43 @@ def test_truncated_logits_are_refused_not_skipped():
         logit_lens(model, tiny_inputs("llama"), progress=False)
 
 
-def test_blocks_that_pad_or_never_run_are_refused_clearly():
-    """Longformer pads the sequence to its attention window inside the encoder (the lens used to
-    fail in numpy broadcasting); SqueezeBERT's blocks never fire the hooks (KeyError: 2)."""
+def test_heads_llmdbg_cannot_follow_are_refused_in_words():
+    """SqueezeBERT's blocks never fire the hooks (KeyError: 2), Reformer's head takes its two
+    concatenated streams (a torch shape error), PegasusX's layout shows one stack of an
+    encoder-decoder (rows misaligned with the decoder); each must be a ValueError naming it."""
     torch.manual_seed(0)
-    longformer = tf.LongformerForMaskedLM(
-        tf.LongformerConfig(attention_window=4, max_position_embeddings=64, pad_token_id=0, **_ENC)
-    ).eval()
-    with pytest.raises(ValueError, match=r"sees hidden states of shape \(2, 8, 32\).*cannot align"):
-        logit_lens(longformer, tiny_inputs("bert"), progress=False)
     squeeze = tf.SqueezeBertForMaskedLM(tf.SqueezeBertConfig(embedding_size=H, pad_token_id=0, **_ENC)).eval()
-    with pytest.raises(ValueError, match=r"did not all run.*no state for rows \[0, 1, 2\]"):
+    with pytest.raises(ValueError, match=r"SqueezeBertForMaskedLM did not all run.*no state for rows \[0, 1, 2\]"):
         logit_lens(squeeze, tiny_inputs("bert"), progress=False)
+    reformer = tf.ReformerForMaskedLM(
+        tf.ReformerConfig(
+            hidden_size=H,
+            attention_head_size=8,
+            num_attention_heads=HEADS,
+            feed_forward_size=2 * H,
+            attn_layers=["local", "local"],
+            axial_pos_embds_dim=[16, 16],
+            axial_pos_shape=[4, 4],
+            local_attn_chunk_length=4,
+            is_decoder=False,
+            vocab_size=VOCAB,
+            pad_token_id=0,
+        )
+    ).eval()
+    with pytest.raises(ValueError, match=r"ReformerForMaskedLM's final norm and unembedding .* cannot be applied"):
+        logit_lens(reformer, tiny_inputs("bert", length=16), progress=False)
+    pegasus = tf.PegasusXForConditionalGeneration(
+        tf.PegasusXConfig(
+            d_model=H,
+            encoder_layers=LAYERS,
+            decoder_layers=LAYERS,
+            encoder_attention_heads=HEADS,
+            decoder_attention_heads=HEADS,
+            encoder_ffn_dim=2 * H,
+            decoder_ffn_dim=2 * H,
+            vocab_size=VOCAB,
+            **IDS,
+        )
+    ).eval()
+    with pytest.raises(ValueError, match="PegasusXForConditionalGeneration is an encoder-decoder model"):
+        logit_lens(pegasus, tiny_inputs("t5"), progress=False)

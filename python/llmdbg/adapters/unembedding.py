@@ -27,10 +27,13 @@ __all__ = ["Unembedding", "find_unembedding"]
 
 # Decoder families built post-LN: every block ends in a LayerNorm, so the model has no final norm
 # (OPT only when ``do_layer_norm_before=False``, as in OPT-350m; its final norm is then None).
-_POST_LN_DECODERS = ("opt", "openai-gpt")
+_POST_LN_DECODERS = ("opt", "openai-gpt", "trocr")
 # MLM heads kept as one module beside the unembedding: ELECTRA and ConvBERT's generator
 # (dense, activation, LayerNorm), then ``generator_lm_head``.
 _MLM_TRANSFORMS = ("generator_predictions",)
+# Final norms that sit beside the encoder rather than beside its block list, by family: the norm's
+# name relative to the base model (RoBERTa-PreLayerNorm normalises the encoder's output there).
+_BASE_FINAL_NORMS = {"roberta-prelayernorm": "LayerNorm"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,12 +72,13 @@ def _number(config: Any, name: str) -> float | None:
 def _logit_transform(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[..., torch.Tensor]]:
     """What transformers' heads do around the unembedding, in the order they do it.
 
-    Returns ``(before, after)``: ``before`` scales the (normed) hidden state fed to the head
-    (Inkling divides it by ``logits_mup_width_multiplier``); ``after`` post-processes the logits:
+    Returns ``(before, after)``: ``before`` maps the (normed) hidden state fed to the head
+    (NeoMME multiplies it by ``unembedding_projection.weight``, Inkling divides it by
+    ``logits_mup_width_multiplier``); ``after`` post-processes the logits:
     Cohere multiplies by ``logit_scale``, Falcon-H1 by ``lm_head_multiplier``, Granite divides by
     ``logits_scaling``, Inkling drops the padded vocabulary rows past ``unpadded_vocab_size``, and
-    Gemma 2/3/4, Inkling 2 (``final_logit_softcapping``) and RecurrentGemma (``logits_soft_cap``)
-    soft-cap: ``c · tanh(x / c)``. The lens checks the result against the model's own logits, so
+    Gemma 2/3/4, Inkling 2 (``final_logit_softcapping``), RecurrentGemma (``logits_soft_cap``) and
+    xLSTM (``output_logit_soft_cap``) soft-cap: ``c · tanh(x / c)``. The lens checks the result against the model's own logits, so
     a step missing here is refused rather than silently skipped.
     """
     config = getattr(model, "config", None)
@@ -86,9 +90,17 @@ def _logit_transform(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.T
     divisor = _number(config, "logits_scaling")
     mup = _number(config, "logits_mup_width_multiplier")
     vocab = _number(config, "unpadded_vocab_size")
-    cap = _number(config, "final_logit_softcapping") or _number(config, "logits_soft_cap")
+    cap = (
+        _number(config, "final_logit_softcapping")
+        or _number(config, "logits_soft_cap")
+        or _number(config, "output_logit_soft_cap")  # xLSTM
+    )
+    # NeoMME maps the hidden state to its embedding rank with the tied projection's weight.
+    projection = getattr(getattr(model, "unembedding_projection", None), "weight", None)
 
     def before(h: torch.Tensor) -> torch.Tensor:
+        if isinstance(projection, torch.Tensor):
+            h = h @ projection
         return h / mup if mup is not None and mup != 1.0 else h
 
     def after(logits: torch.Tensor) -> torch.Tensor:
@@ -123,7 +135,7 @@ def find_unembedding(model: nn.Module) -> Unembedding:
             f"{name} has no unembedding (get_output_embeddings() is None): the logit lens needs "
             "a language-model head; load it with AutoModelForCausalLM or AutoModelForMaskedLM"
         )
-    if len(layout.stacks) != 1:
+    if len(layout.stacks) != 1 or task_type(model) == "seq2seq":
         raise ValueError(
             f"{name} is an encoder-decoder model; logit lens and patching support decoder-only and encoder-only models"
         )
@@ -134,10 +146,11 @@ def find_unembedding(model: nn.Module) -> Unembedding:
         return after(head_module(before(h)))
 
     masked = task_type(model) == "masked-lm"
+    norm_name = layout.final_norm or _base_final_norm(model)
+    prediction = _prediction_head(model, layout.unembedding)
     if "decoder" in layout.stacks and not masked:
-        return _causal(model, layout.final_norm, layout.blocks[-1], layout.unembedding, unembed)
+        return _causal(model, norm_name, layout.blocks[-1], layout.unembedding, unembed, prediction)
 
-    norm_name = layout.final_norm  # ModernBERT, EuroBERT, ESM C: a final norm inside the base model
     final = model.get_submodule(norm_name) if norm_name else None
 
     def normed(h: torch.Tensor, skip: bool) -> torch.Tensor:
@@ -147,16 +160,8 @@ def find_unembedding(model: nn.Module) -> Unembedding:
     if parent:  # BERT cls.predictions, RoBERTa lm_head: the parent runs transform + decoder
         head = model.get_submodule(parent)
         return Unembedding("masked_lm", norm_name, parent, lambda h, normed_=False: head(normed(h, normed_)))
-
-    # ModernBERT: final norm, then the prediction head, then the decoder. ELECTRA / ConvBERT
-    # generators: generator_predictions (dense, act, LayerNorm), then generator_lm_head.
-    top_head = getattr(model, "head", None)
-    if not (masked and isinstance(top_head, nn.Module) and layout.unembedding == "decoder"):
-        top_head = next(
-            (m for m in (getattr(model, a, None) for a in _MLM_TRANSFORMS) if isinstance(m, nn.Module)), None
-        )
-    if top_head is not None:
-        transform = top_head
+    if prediction is not None:  # ModernBERT, ELECTRA / ConvBERT generators
+        transform = prediction
         return Unembedding(
             "masked_lm", norm_name, layout.unembedding, lambda h, normed_=False: unembed(transform(normed(h, normed_)))
         )
@@ -165,17 +170,49 @@ def find_unembedding(model: nn.Module) -> Unembedding:
     if all(isinstance(p, nn.Module) for p in parts):
         dense, act, ln = cast("list[nn.Module]", parts)
         return Unembedding("masked_lm", None, layout.unembedding, lambda h, normed=False: unembed(ln(act(dense(h)))))
-    if masked and final is not None:  # EuroBERT: final norm, then a plain linear head
+    if final is not None:  # EuroBERT (masked), CpmAnt (causal, its stack is an "encoder"): norm, then head
         return Unembedding(
-            "masked_lm", norm_name, layout.unembedding, lambda h, normed_=False: unembed(normed(h, normed_))
+            "masked_lm" if masked else "causal",
+            norm_name,
+            layout.unembedding,
+            lambda h, normed_=False: unembed(normed(h, normed_)),
         )
     raise ValueError(f"{name}: cannot tell which modules form the masked-LM head around {layout.unembedding!r}")
 
 
+def _base_final_norm(model: nn.Module) -> str | None:
+    """A final norm beside the encoder (:data:`_BASE_FINAL_NORMS`), which the layout does not see."""
+    relative = _BASE_FINAL_NORMS.get(getattr(getattr(model, "config", None), "model_type", None) or "")
+    prefix = getattr(model, "base_model_prefix", "")
+    name = f"{prefix}.{relative}" if relative and prefix else None
+    try:
+        return name if name and isinstance(model.get_submodule(name), nn.Module) else None
+    except AttributeError:
+        return None
+
+
+def _prediction_head(model: nn.Module, unembedding: str) -> nn.Module | None:
+    """The module run between the final norm and the unembedding, where there is one: ModernBERT's
+    ``head`` (masked LM) or ``lm_head`` (decoder), dense + activation + norm before ``decoder``;
+    ELECTRA / ConvBERT's ``generator_predictions`` before ``generator_lm_head``."""
+    names = ("head", "lm_head") if unembedding == "decoder" else _MLM_TRANSFORMS
+    for attr in names:
+        module = getattr(model, attr, None)
+        if isinstance(module, nn.Module) and module is not getattr(model, unembedding, None):
+            return module
+    return None
+
+
 def _causal(
-    model: nn.Module, norm_name: str | None, last_block: str, head: str, unembed: Callable[[torch.Tensor], torch.Tensor]
+    model: nn.Module,
+    norm_name: str | None,
+    last_block: str,
+    head: str,
+    unembed: Callable[[torch.Tensor], torch.Tensor],
+    prediction: nn.Module | None,
 ) -> Unembedding:
-    """Final norm (identity for a post-LN decoder), OPT's ``project_out``, then the head."""
+    """Final norm (identity for a post-LN decoder), OPT's ``project_out`` or a prediction head
+    (ModernBERT decoder), then the head."""
     name = type(model).__name__
     family = getattr(getattr(model, "config", None), "model_type", None)
     if norm_name is None and family not in _POST_LN_DECODERS:
@@ -184,7 +221,7 @@ def _causal(
     project: Any = None
     if family == "opt":  # OPTDecoder, the owner of the block list, keeps project_out (or None)
         project = getattr(model.get_submodule(last_block.rpartition(".")[0].rpartition(".")[0]), "project_out", None)
-    project = project if isinstance(project, nn.Module) else nn.Identity()
+    project = project if isinstance(project, nn.Module) else (prediction or nn.Identity())
 
     def apply(h: torch.Tensor, normed: bool = False) -> torch.Tensor:
         return unembed(project(h if normed else norm(h)))
