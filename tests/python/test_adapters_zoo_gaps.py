@@ -259,3 +259,15 @@ def test_report_layout_table_puts_attention_beside_its_own_block():
         ("model.layers.2", "-"),
         ("model.layers.3", "model.layers.3.self_attn"),
     ]
+
+
+def test_recorded_attention_that_delegates_its_softmax_is_kept():
+    # MT5's table records MT5LayerSelfAttention, which calls the module that computes the softmax;
+    # MiniMax's lightning layers (also in its table) compute none and are left out (see above).
+    torch.manual_seed(0)
+    config = tf.MT5Config(
+        d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=100, decoder_start_token_id=0
+    )
+    layout = llmdbg.find_layout(tf.MT5ForConditionalGeneration(config).eval())
+    assert layout.family == "mt5" and len(layout.attention) == len(layout.blocks) == 4
+    assert layout.attention[0] == "encoder.block.0.layer.0" and len(layout.cross_attention) == 2

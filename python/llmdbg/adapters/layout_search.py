@@ -11,6 +11,7 @@ FalconMamba, RWKV) have blocks and no attention.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import itertools
 import re
@@ -240,11 +241,17 @@ def _layer_of(name: str, modules: dict) -> str:
 
 
 def _computes_softmax(module: nn.Module) -> bool:
-    """Whether the module's forward computes softmax attention (transformers' attention dispatch
-    or a softmax of its own), read from its source; modules without readable source count."""
+    """Whether the module computes softmax attention (transformers' attention dispatch or a softmax
+    of its own), read from its forward's source or that of a module inside it (T5's
+    ``T5LayerSelfAttention`` delegates to ``SelfAttention``); unreadable source counts as yes."""
+    return any(_softmax_in_source(type(m)) for m in module.modules())
+
+
+@functools.cache
+def _softmax_in_source(cls: type) -> bool:
     try:
-        source = inspect.getsource(type(module).forward)
-    except (OSError, TypeError):
+        source = inspect.getsource(cls.forward)  # type: ignore[attr-defined]
+    except (OSError, TypeError, AttributeError):
         return True
     return bool(_SOFTMAX_SOURCE_RE.search(source))
 
