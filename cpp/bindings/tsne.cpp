@@ -19,6 +19,7 @@
 #include "core/tsne/knn.hpp"
 #include "core/tsne/optimize.hpp"
 #include "core/tsne/repulsion.hpp"
+#include "scalars.hpp"
 
 namespace llmdbg::bindings {
 
@@ -106,7 +107,7 @@ std::vector<ts::Phase> phases_arg(const py::object& phases) {
 ts::Metric parse_metric(const std::string& name) {
   if (name == "euclidean") return ts::Metric::euclidean;
   if (name == "cosine") return ts::Metric::cosine;
-  throw py::value_error("metric must be 'euclidean' or 'cosine', got '" + name + "'");
+  throw py::value_error("tsne_knn: metric must be 'euclidean' or 'cosine', got '" + name + "'");
 }
 
 ts::Method method_arg(const std::string& name) {
@@ -117,7 +118,10 @@ ts::Method method_arg(const std::string& name) {
   }
 }
 
-py::tuple knn(const py::object& X_in, int64_t k, const std::string& metric, int num_threads) {
+py::tuple knn(const py::object& X_in, Int<"tsne_knn: k"> k_arg, Str<"tsne_knn: metric"> metric,
+              Threads<"tsne_knn"> threads) {
+  const int64_t k = k_arg.value;
+  const int num_threads = threads.value;
   const auto X = checked_array(X_in, "tsne_knn: X", kFloat, Shape{"n", "d"}.nonempty());
   const bool f32 = py::isinstance<py::array_t<float>>(X);
   const int64_t n = X.shape(0), d = X.shape(1);
@@ -125,13 +129,13 @@ py::tuple knn(const py::object& X_in, int64_t k, const std::string& metric, int 
     throw py::value_error("tsne_knn: k must be in [1, n-1] = [1, " + std::to_string(n - 1) +
                           "], got " + std::to_string(k));
   }
-  const ts::Metric m = parse_metric(metric);
+  const ts::Metric m = parse_metric(metric.value);
   py::array_t<int64_t> idx({n, k});
   py::array_t<double> d2({n, k});
   int64_t* pi = idx.mutable_data();
   double* pd = d2.mutable_data();
   const void* px = X.data();
-  const ts::CancelPoll poll = interrupt_poll();
+  const CancelFn poll = interrupt_poll();
   without_gil([&] {
     if (f32) ts::knn_exact(static_cast<const float*>(px), n, d, k, m, pi, pd, num_threads, poll);
     else ts::knn_exact(static_cast<const double*>(px), n, d, k, m, pi, pd, num_threads, poll);
@@ -139,8 +143,13 @@ py::tuple knn(const py::object& X_in, int64_t k, const std::string& metric, int 
   return py::make_tuple(idx, d2);
 }
 
-py::tuple calibrate(const py::object& sqdist_in, double perplexity, double tol, int max_iter,
-                    int num_threads) {
+py::tuple calibrate(
+    const py::object& sqdist_in, Real<"tsne_calibrate: perplexity"> perplexity_arg,
+    Real<"tsne_calibrate: tol"> tol_arg,
+    Int<"tsne_calibrate: max_iter", 1, std::numeric_limits<int>::max()> max_iter_arg,
+    Threads<"tsne_calibrate"> threads) {
+  const double perplexity = perplexity_arg.value, tol = tol_arg.value;
+  const int max_iter = static_cast<int>(max_iter_arg.value), num_threads = threads.value;
   const auto d2 = checked_array(sqdist_in, "tsne_calibrate: sqdist", kFloat64, Shape{"n", "k"});
   const int64_t n = d2.shape(0), k = d2.shape(1);
   if (!(perplexity >= 1.0) || !std::isfinite(perplexity)) {
@@ -156,7 +165,9 @@ py::tuple calibrate(const py::object& sqdist_in, double perplexity, double tol, 
   return py::make_tuple(P, perp);
 }
 
-py::tuple joint(const py::object& indices_in, const py::object& P_in, int num_threads) {
+py::tuple joint(const py::object& indices_in, const py::object& P_in,
+                Threads<"tsne_joint_probabilities"> threads) {
+  const int num_threads = threads.value;
   const auto idx =
       checked_array(indices_in, "tsne_joint_probabilities: indices", kInt64, Shape{"n", "k"});
   const auto P = checked_array(P_in, "tsne_joint_probabilities: P", kFloat64, Shape{"n", "k"});
@@ -174,8 +185,15 @@ py::tuple joint(const py::object& indices_in, const py::object& P_in, int num_th
                         py::array_t<double>(J.data.size(), J.data.data()));
 }
 
-py::tuple repulsion(const py::object& Y_in, const std::string& method, double theta, int n_interp,
-                    int min_intervals, double intervals_per_unit, int num_threads) {
+py::tuple repulsion(
+    const py::object& Y_in, Str<"tsne_repulsion: method"> method_name,
+    Real<"tsne_repulsion: theta"> theta_arg, Int<"tsne_repulsion: n_interp", 1, 16> n_interp,
+    Int<"tsne_repulsion: min_intervals", 1, std::numeric_limits<int>::max()> min_intervals,
+    Real<"tsne_repulsion: intervals_per_unit"> intervals_per_unit,
+    Threads<"tsne_repulsion"> threads) {
+  const double theta = theta_arg.value;
+  const int num_threads = threads.value;
+  const std::string& method = method_name.value;
   const auto Y = embedding_arg(Y_in, "tsne_repulsion", -1);
   const int64_t n = Y.shape(0);
   if (n < 2) throw py::value_error("tsne_repulsion: Y needs at least 2 rows");
@@ -190,15 +208,22 @@ py::tuple repulsion(const py::object& Y_in, const std::string& method, double th
     if (m == ts::Method::exact) z = ts::repulsion_exact(py_, n, pr, num_threads);
     else if (m == ts::Method::bh) z = ts::repulsion_bh(py_, n, theta, pr, num_threads);
     else
-      z = ts::repulsion_fft(py_, n, ts::FftParams{n_interp, min_intervals, intervals_per_unit}, pr,
-                            num_threads);
+      z = ts::repulsion_fft(
+          py_, n,
+          ts::FftParams{static_cast<int>(n_interp.value), static_cast<int>(min_intervals.value),
+                        intervals_per_unit.value},
+          pr, num_threads);
   });
   return py::make_tuple(rep, z);
 }
 
 py::tuple gradient(const py::object& indptr, const py::object& indices, const py::object& data,
-                   const py::object& Y_in, double exaggeration, const std::string& method,
-                   double theta, int num_threads) {
+                   const py::object& Y_in, Real<"tsne_gradient: exaggeration"> exaggeration_arg,
+                   Str<"tsne_gradient: method"> method_name, Real<"tsne_gradient: theta"> theta_arg,
+                   Threads<"tsne_gradient"> threads) {
+  const double exaggeration = exaggeration_arg.value, theta = theta_arg.value;
+  const int num_threads = threads.value;
+  const std::string& method = method_name.value;
   const ts::Csr P = to_csr(indptr, indices, data, "tsne_gradient");
   const auto Y = embedding_arg(Y_in, "tsne_gradient", P.n);
   const ts::Method m = method_arg(method);
@@ -211,37 +236,46 @@ py::tuple gradient(const py::object& indptr, const py::object& indices, const py
 }
 
 double kl(const py::object& indptr, const py::object& indices, const py::object& data,
-          const py::object& Y_in, int num_threads) {
+          const py::object& Y_in, Threads<"tsne_kl_divergence"> threads) {
+  const int num_threads = threads.value;
   const ts::Csr P = to_csr(indptr, indices, data, "tsne_kl_divergence");
   const auto Y = embedding_arg(Y_in, "tsne_kl_divergence", P.n);
   double out = 0.0;
   const double* py_ = data_of<double>(Y);
-  const ts::CancelPoll poll = interrupt_poll();
+  const CancelFn poll = interrupt_poll();
   without_gil([&] { out = ts::kl_divergence(P, py_, num_threads, poll); });
   return out;
 }
 
-py::dict optimize(const py::object& indptr, const py::object& indices, const py::object& data,
-                  const py::object& Y_in, const py::object& phases, const std::string& method,
-                  double theta, double max_step_norm, double min_gain, int n_interp,
-                  int min_intervals, double intervals_per_unit, const py::object& callback,
-                  int callback_every, int kl_every, int num_threads) {
+py::dict optimize(
+    const py::object& indptr, const py::object& indices, const py::object& data,
+    const py::object& Y_in, const py::object& phases, Str<"tsne_optimize: method"> method,
+    Real<"tsne_optimize: theta"> theta, Real<"tsne_optimize: max_step_norm"> max_step_norm,
+    Real<"tsne_optimize: min_gain"> min_gain, Int<"tsne_optimize: n_interp", 1, 16> n_interp,
+    Int<"tsne_optimize: min_intervals", 1, std::numeric_limits<int>::max()> min_intervals,
+    Real<"tsne_optimize: intervals_per_unit"> intervals_per_unit, const py::object& callback,
+    Int<"tsne_optimize: callback_every", std::numeric_limits<int>::min(),
+        std::numeric_limits<int>::max()>
+        callback_every,
+    Int<"tsne_optimize: kl_every", std::numeric_limits<int>::min(), std::numeric_limits<int>::max()>
+        kl_every,
+    Threads<"tsne_optimize"> threads) {
   const ts::Csr P = to_csr(indptr, indices, data, "tsne_optimize");
   const auto Y0 = embedding_arg(Y_in, "tsne_optimize", P.n);
   ts::OptimizeParams prm;
   prm.phases = phases_arg(phases);
-  prm.method = method_arg(method);
-  prm.theta = theta;
-  prm.max_step_norm = max_step_norm;
-  prm.min_gain = min_gain;
-  prm.fft_n_interp = n_interp;
-  prm.fft_min_intervals = min_intervals;
-  prm.fft_intervals_per_unit = intervals_per_unit;
-  prm.callback_every = callback_every;
-  prm.kl_every = kl_every;
-  prm.num_threads = num_threads;
-  prm.cancelled = interrupt_poll();  // Ctrl-C within ~50 ms, with or without a callback
-  if (prm.method == ts::Method::bh && !(theta >= 0)) {
+  prm.method = method_arg(method.value);
+  prm.theta = theta.value;
+  prm.max_step_norm = max_step_norm.value;
+  prm.min_gain = min_gain.value;
+  prm.fft_n_interp = static_cast<int>(n_interp.value);
+  prm.fft_min_intervals = static_cast<int>(min_intervals.value);
+  prm.fft_intervals_per_unit = intervals_per_unit.value;
+  prm.callback_every = static_cast<int>(callback_every.value);
+  prm.kl_every = static_cast<int>(kl_every.value);
+  prm.num_threads = threads.value;
+  prm.cancelled = interrupt_poll();  // Ctrl-C within ~10 ms, with or without a callback
+  if (prm.method == ts::Method::bh && !(prm.theta >= 0)) {
     throw py::value_error("tsne_optimize: theta must be >= 0");
   }
   py::array_t<double> Y({P.n, int64_t{2}});
@@ -323,7 +357,7 @@ Returns (rep (n, 2) with rep_i = sum_{j!=i} w_ij^2 (y_i - y_j), Z = sum_{i!=j} w
 phases: list of (n_iter, exaggeration, learning_rate, momentum). callback(iteration, kl_estimate)
 is called every callback_every iterations with the GIL held and the latest KL estimate (made every
 kl_every iterations; NaN before the first; kl_every <= 0: never); return True to stop. Signals
-(Ctrl-C) are checked at least every 50 ms (KeyboardInterrupt). method 'fft' runs an iteration
+(Ctrl-C) are checked at least every 10 ms (KeyboardInterrupt). method 'fft' runs an iteration
 with Barnes-Hut when the map is too wide for a grid of about 2 sqrt(n) nodes per side. Y must be
 finite and within +-1e150. Returns a dict with embedding, n_iter, kl_divergence (exact, of the
 final embedding) and stopped.)doc");

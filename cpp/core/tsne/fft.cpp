@@ -246,14 +246,16 @@ void fft2d_batch(const Fft& fft, cd* const* arrays, const int64_t* rows_nonzero,
       fft.forward(row, scratch);
     }
   };
+  // One scratch row per thread, allocated before the region (no exception may leave it).
+  std::vector<cd> scratch_rows(static_cast<size_t>(threads * L));
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<cd> scratch(static_cast<size_t>(L));
+    cd* scratch = scratch_rows.data() + static_cast<size_t>(thread_id()) * L;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < off1[count]; ++r) {
       int64_t i = 0;
       const int c = locate(off1, r, i);
-      row_fft(arrays[c] + i * L, scratch.data());
+      row_fft(arrays[c] + i * L, scratch);
     }
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < count * nb; ++r) {
@@ -271,7 +273,7 @@ void fft2d_batch(const Fft& fft, cd* const* arrays, const int64_t* rows_nonzero,
     for (int64_t r = 0; r < off2[count]; ++r) {
       int64_t i = 0;
       const int c = locate(off2, r, i);
-      row_fft(arrays[c] + i * L, scratch.data());
+      row_fft(arrays[c] + i * L, scratch);
     }
   }
 }

@@ -143,6 +143,7 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* r
   std::vector<int64_t>& by_row = ws.by_row;
   row_start.assign(static_cast<size_t>(m + 1), 0);
   by_row.resize(static_cast<size_t>(n));
+  std::vector<int64_t> fill(static_cast<size_t>(m));  // no allocation inside the region
   std::vector<cd>& A = ws.A;
   std::vector<cd>& B = ws.B;
   std::vector<cd>& K = ws.K;
@@ -189,7 +190,7 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* r
     {  // counting sort of the points by grid row, stable (point order within a row)
       for (int64_t i = 0; i < n; ++i) ++row_start[static_cast<size_t>(cells[i].bx + 1)];
       for (int64_t r = 0; r < m; ++r) row_start[r + 1] += row_start[r];
-      std::vector<int64_t> fill(row_start.begin(), row_start.end() - 1);
+      std::copy(row_start.begin(), row_start.end() - 1, fill.begin());
       for (int64_t i = 0; i < n; ++i) by_row[static_cast<size_t>(fill[cells[i].bx]++)] = i;
     }  // implicit barrier: the zeroing above is complete too
 #pragma omp for schedule(dynamic, 1)

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/common/cancel.hpp"
 #include "core/common/parallel.hpp"
 
 namespace llmdbg::tsne {
@@ -58,14 +59,14 @@ inline int unit_exponent(double x) { return x > 0 ? std::ilogb(x) + 1 : 0; }
 
 template <typename T>
 void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64_t* indices,
-               double* sqdist, int num_threads, const CancelPoll& cancelled) {
+               double* sqdist, int num_threads, const CancelFn& cancelled) {
   if (k < 1 || k >= n) {
     throw std::invalid_argument("knn: k must be in [1, n-1] = [1, " + std::to_string(n - 1) +
                                 "], got " + std::to_string(k));
   }
   if (d < 1) throw std::invalid_argument("knn: X needs at least one column, got 0");
   const int threads = resolve_threads(num_threads);
-  Cancel cancel(cancelled);
+  Guard guard(cancelled);
   // Double copy (normalised for cosine) for the exact re-ranking, and a centred float copy for
   // the GEMM: centring keeps ‖x‖² + ‖y‖² − 2 x·y from cancelling catastrophically.
   RowMatD Xd =
@@ -105,77 +106,78 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
   constexpr int64_t kRefBlock = 1024;
   const int64_t n_qblocks = (n + kQueryBlock - 1) / kQueryBlock;
 
-  // Never throw inside the parallel region: flags, checked after it.
-  bool short_of_candidates = false, overflow = false;
-#pragma omp parallel num_threads(threads)
-  {
-    BlockF S(kQueryBlock, kRefBlock);
-    std::vector<TopK> tops(kQueryBlock);
-    std::vector<std::pair<double, int64_t>> exact;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t qb = 0; qb < n_qblocks; ++qb) {
-      if (cancel.stopped()) continue;
-      const int64_t q0 = qb * kQueryBlock, nq = std::min<int64_t>(kQueryBlock, n - q0);
-      for (int64_t a = 0; a < nq; ++a) tops[a].reset(static_cast<size_t>(cand));
-      for (int64_t r0 = 0; r0 < n; r0 += kRefBlock) {
-        const int64_t nr = std::min(kRefBlock, n - r0);
-        // A cache-blocked GEMM (serial: see BlockF).
-        S.topLeftCorner(nq, nr).noalias() =
-            Xf.middleRows(q0, nq) * Xf.middleRows(r0, nr).transpose();
-        for (int64_t a = 0; a < nq; ++a) {
-          TopK& top = tops[a];
-          const int64_t i = q0 + a;
-          const float ni = norms[i];
-          const float* s = S.data() + a * S.cols();
-          const float* nr_ = norms.data() + r0;
-          for (int64_t b = 0; b < nr; ++b) {
-            const float dist = ni + nr_[b] - 2.0f * s[b];
-            if (dist <= top.bound) [[unlikely]] {
-              if (r0 + b != i) top.push(dist, r0 + b);
-            }
-          }
-        }
-      }
+  // Per-thread buffers, allocated before the region (an allocation failure inside it could not
+  // be reported).
+  std::vector<BlockF> blocks(threads, BlockF(kQueryBlock, kRefBlock));
+  std::vector<std::vector<TopK>> top_lists(threads, std::vector<TopK>(kQueryBlock));
+  std::vector<std::vector<std::pair<double, int64_t>>> exacts(threads);
+  for (auto& tops : top_lists) {
+    for (auto& t : tops) t.reset(static_cast<size_t>(cand));
+  }
+  for (auto& e : exacts) e.reserve(static_cast<size_t>(cand));
+
+  auto query_block = [&](int64_t qb) {
+    BlockF& S = blocks[thread_id()];
+    std::vector<TopK>& tops = top_lists[thread_id()];
+    std::vector<std::pair<double, int64_t>>& exact = exacts[thread_id()];
+    const int64_t q0 = qb * kQueryBlock, nq = std::min<int64_t>(kQueryBlock, n - q0);
+    for (int64_t a = 0; a < nq; ++a) tops[a].reset(static_cast<size_t>(cand));
+    for (int64_t r0 = 0; r0 < n; r0 += kRefBlock) {
+      const int64_t nr = std::min(kRefBlock, n - r0);
+      // A cache-blocked GEMM (serial: see BlockF).
+      S.topLeftCorner(nq, nr).noalias() = Xf.middleRows(q0, nq) * Xf.middleRows(r0, nr).transpose();
       for (int64_t a = 0; a < nq; ++a) {
+        TopK& top = tops[a];
         const int64_t i = q0 + a;
-        tops[a].merge();
-        exact.clear();
-        for (const auto& c : tops[a].items) {
-          exact.emplace_back((Xd.row(i) - Xd.row(c.second)).squaredNorm(), c.second);
-        }
-        std::sort(exact.begin(), exact.end());
-        // Only a candidate list shorter than k could make the loop below read past it.
-        if (static_cast<int64_t>(exact.size()) < k) {
-#pragma omp atomic write
-          short_of_candidates = true;
-          continue;
-        }
-        for (int64_t m = 0; m < k; ++m) {
-          const double v = std::ldexp(exact[m].first, out_exponent);
-          if (std::isinf(v)) {
-#pragma omp atomic write
-            overflow = true;
+        const float ni = norms[i];
+        const float* s = S.data() + a * S.cols();
+        const float* nr_ = norms.data() + r0;
+        for (int64_t b = 0; b < nr; ++b) {
+          const float dist = ni + nr_[b] - 2.0f * s[b];
+          if (dist <= top.bound) [[unlikely]] {
+            if (r0 + b != i) top.push(dist, r0 + b);
           }
-          indices[i * k + m] = exact[m].second;
-          sqdist[i * k + m] = v;
         }
       }
     }
+    for (int64_t a = 0; a < nq; ++a) {
+      const int64_t i = q0 + a;
+      tops[a].merge();
+      exact.clear();
+      for (const auto& c : tops[a].items) {
+        exact.emplace_back((Xd.row(i) - Xd.row(c.second)).squaredNorm(), c.second);
+      }
+      std::sort(exact.begin(), exact.end());
+      // Only a candidate list shorter than k could make the loop below read past it.
+      if (static_cast<int64_t>(exact.size()) < k) {
+        throw std::runtime_error("knn: fewer than k candidates for row " + std::to_string(i) +
+                                 " (internal error)");
+      }
+      for (int64_t m = 0; m < k; ++m) {
+        const double v = std::ldexp(exact[m].first, out_exponent);
+        if (std::isinf(v)) {
+          throw std::invalid_argument(
+              "knn: X: squared distances overflow float64 (the largest |x| is about 2^" +
+              std::to_string(e1) + "); rescale X");
+        }
+        indices[i * k + m] = exact[m].second;
+        sqdist[i * k + m] = v;
+      }
+    }
+  };
+
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int64_t qb = 0; qb < n_qblocks; ++qb) {
+    if (guard.poll()) continue;
+    // No exception may leave the region: the guard records the first and skips the rest.
+    guard.run([&] { query_block(qb); });
   }
-  cancel.throw_if_stopped();
-  if (overflow) {
-    throw std::invalid_argument(
-        "knn: X: squared distances overflow float64 (the largest |x| is about 2^" +
-        std::to_string(e1) + "); rescale X");
-  }
-  if (short_of_candidates) {
-    throw std::runtime_error("knn: fewer than k candidates for some point (internal error)");
-  }
+  guard.finish();
 }
 
 template void knn_exact<float>(const float*, int64_t, int64_t, int64_t, Metric, int64_t*, double*,
-                               int, const CancelPoll&);
+                               int, const CancelFn&);
 template void knn_exact<double>(const double*, int64_t, int64_t, int64_t, Metric, int64_t*, double*,
-                                int, const CancelPoll&);
+                                int, const CancelFn&);
 
 }  // namespace llmdbg::tsne

@@ -2,7 +2,7 @@
 // Exact k-nearest neighbours for t-SNE: blocked matrix-multiply distances with a per-query top-k.
 #include <cstdint>
 
-#include "core/tsne/cancel.hpp"
+#include "core/common/cancel.hpp"
 
 namespace llmdbg::tsne {
 
@@ -21,9 +21,10 @@ enum class Metric { euclidean, cosine };
 // deterministic and independent of the thread count. Throws std::invalid_argument for k < 1,
 // k ≥ n, d < 1, a NaN/Inf entry, a zero row under the cosine metric, or squared distances that
 // overflow float64 when scaled back (|x| beyond ~1e154). `cancelled` is polled between query
-// blocks (thread 0, every 20 ms); when it returns true the search throws llmdbg::Interrupted.
+// blocks (every 10 ms, on the calling thread); when it returns true the search throws
+// llmdbg::Interrupted.
 template <typename T>
 void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64_t* indices,
-               double* sqdist, int num_threads, const CancelPoll& cancelled = {});
+               double* sqdist, int num_threads, const CancelFn& cancelled = {});
 
 }  // namespace llmdbg::tsne

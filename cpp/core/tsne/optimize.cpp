@@ -78,7 +78,7 @@ constexpr int64_t kParallelUpdateFrom = 16384;  // points
 // Fills ws.attr (Σ_j p_ij w_ij (y_i − y_j)) and ws.rep (Σ_j w_ij² (y_i − y_j)) and returns Z.
 // With want_kl, *plogw_sum receives Σ p_ij log w_ij.
 double compute_forces(const Csr& P, const double* Y, const OptimizeParams& prm, int threads,
-                      Workspace& ws, bool want_kl, double* plogw_sum, Cancel* cancel) {
+                      Workspace& ws, bool want_kl, double* plogw_sum, Guard* guard) {
   const int64_t n = P.n;
   FftParams fp;
   fp.n_interp = prm.fft_n_interp;
@@ -105,6 +105,7 @@ double compute_forces(const Csr& P, const double* Y, const OptimizeParams& prm, 
     // (neighbouring leaves share the cells they open), its scatter back to the original order,
     // and the attraction over the rows of P in storage order (the CSR arrays stream).
     ws.tree.build(Y, n, prm.theta);
+    for (auto& sc : ws.scratch) ws.tree.prepare(sc);
     const auto& order = ws.tree.order();
     const auto& nodes = ws.tree.nodes();
     const auto& leaves = ws.tree.leaves();
@@ -131,7 +132,7 @@ double compute_forces(const Csr& P, const double* Y, const OptimizeParams& prm, 
     for (int64_t s = 0; s < n; ++s) Z += zs[s];  // sorted order: fixed for any thread count
   } else {
     if (method == Method::exact) {
-      Z = repulsion_exact(Y, n, ws.rep.data(), threads, cancel);
+      Z = repulsion_exact(Y, n, ws.rep.data(), threads, guard);
     } else {
       Z = repulsion_fft(Y, n, fp, ws.rep.data(), threads);
     }
@@ -281,7 +282,7 @@ double gradient(const Csr& P, const double* Y, double exaggeration, Method metho
   return Z;
 }
 
-double kl_divergence(const Csr& P, const double* Y, int num_threads, const CancelPoll& cancelled) {
+double kl_divergence(const Csr& P, const double* Y, int num_threads, const CancelFn& cancelled) {
   check_problem(P);
   check_embedding(Y, P.n);
   for (const double p : P.data) {
@@ -289,7 +290,7 @@ double kl_divergence(const Csr& P, const double* Y, int num_threads, const Cance
       throw std::invalid_argument("P: data must be finite and >= 0");
     }
   }
-  Cancel cancel(cancelled);
+  Guard guard(cancelled);
   const int64_t n = P.n;
   const int threads = resolve_threads(num_threads);
   std::vector<double> x(n), y(n), zrow(n), prow(n);
@@ -297,7 +298,7 @@ double kl_divergence(const Csr& P, const double* Y, int num_threads, const Cance
     // Z = 2 Σ_{i<j} w_ij; split rows so the triangle is balanced (row i and row n−1−i together).
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
   for (int64_t i = 0; i < n; ++i) {
-    if (cancel.stopped()) continue;
+    if (guard.poll()) continue;
     const double px = x[i], py = y[i];
     double z = 0.0;
     for (int64_t j = i + 1; j < n; ++j) {
@@ -306,7 +307,7 @@ double kl_divergence(const Csr& P, const double* Y, int num_threads, const Cance
     }
     zrow[i] = z;
   }
-  cancel.throw_if_stopped();
+  guard.finish();
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     double s = 0.0;
@@ -339,7 +340,7 @@ OptimizeResult optimize(const Csr& P, double* Y, const OptimizeParams& params,
     fp.max_intervals = params.fft_max_intervals;
     fft_intervals(Y, n, fp);
   }
-  Cancel cancel(params.cancelled, std::chrono::milliseconds(50));
+  Guard guard(params.cancelled);
   FftWorkspaceRelease release;
   const int max_threads = effective_threads(params.num_threads, n, params.min_points_per_thread);
   ThreadChooser chooser(max_threads, max_threads > 1 && n < params.adaptive_threads_below);
@@ -359,8 +360,8 @@ OptimizeResult optimize(const Csr& P, double* Y, const OptimizeParams& params,
       // The update is a few microseconds per thousand points: not worth a fork/join when small.
       const int update_threads = n >= kParallelUpdateFrom ? threads : 1;
       double plogw = 0.0;
-      const double Z = compute_forces(P, Y, params, threads, ws, want_kl, &plogw, &cancel);
-      cancel.throw_if_stopped();
+      const double Z = compute_forces(P, Y, params, threads, ws, want_kl, &plogw, &guard);
+      guard.finish();  // an exact sum cut short by Ctrl-C
       if (want_kl) kl_estimate = plogp - plogw + std::log(Z);
       // Z > 0 for any accepted map (|y| <= 1e150); the guard keeps a 0 from becoming NaN.
       const double alpha = ph.exaggeration, invZ = Z > 0 ? 1.0 / Z : 0.0;
@@ -400,7 +401,7 @@ OptimizeResult optimize(const Csr& P, double* Y, const OptimizeParams& params,
             " (coordinates beyond 1e150 or NaN); lower the learning rate or use max_step_norm > 0");
       }
       ++it;
-      if (cancel.stopped()) throw Interrupted();
+      guard.checkpoint();
       if (report && !callback(it, kl_estimate)) result.stopped = true;
     }
   }

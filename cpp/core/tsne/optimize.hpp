@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "core/common/cancel.hpp"
 #include "core/tsne/affinity.hpp"
-#include "core/tsne/cancel.hpp"
 
 namespace llmdbg::tsne {
 
@@ -45,9 +45,9 @@ struct OptimizeParams {
   // Below this many points, measure the full team against one thread every 200 iterations and
   // run on the faster (ThreadChooser in optimize.cpp); results are the same either way.
   int64_t adaptive_threads_below = 20000;
-  // Polled (thread 0, at most every 50 ms, between iterations and inside the O(n²) sums);
-  // true stops the loop with llmdbg::Interrupted. Empty: never.
-  CancelPoll cancelled;
+  // Polled on the calling thread (at most every 10 ms, between iterations and inside the O(n²)
+  // sums); true stops the loop with llmdbg::Interrupted. Empty: never.
+  CancelFn cancelled;
 };
 
 struct OptimizeResult {
@@ -75,7 +75,7 @@ double gradient(const Csr& P, const double* Y, double exaggeration, Method metho
 
 // Exact KL(P‖Q) in double: O(n²) for Z, O(nnz) for the rest.
 double kl_divergence(const Csr& P, const double* Y, int num_threads,
-                     const CancelPoll& cancelled = {});
+                     const CancelFn& cancelled = {});
 
 // Throws std::invalid_argument unless every coordinate of Y (n×2) is finite and within ±1e150
 // (squared distances and similarities then stay normal doubles).

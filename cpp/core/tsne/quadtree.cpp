@@ -153,6 +153,11 @@ void sum_list(const double* __restrict lx, const double* __restrict ly, double* 
 
 }  // namespace
 
+void QuadTree::prepare(Scratch& sc) const {
+  const size_t cap = nodes_.size() + pos_.size() / 2;  // at most one entry per node or point
+  if (sc.x.size() < cap) sc.x.resize(cap), sc.y.resize(cap), sc.m.resize(cap);
+}
+
 int64_t QuadTree::leaf_repulsion(int32_t leaf, Scratch& sc, double* z, double* fx,
                                  double* fy) const {
   const QuadNode& L = nodes_[leaf];
@@ -164,8 +169,7 @@ int64_t QuadTree::leaf_repulsion(int32_t leaf, Scratch& sc, double* z, double* f
     ymin = std::min(ymin, pos[2 * s + 1]), ymax = std::max(ymax, pos[2 * s + 1]);
   }
   // At most one entry per node or point: size once, write by index (no push_back checks).
-  const size_t cap = nodes_.size() + pos_.size() / 2;
-  if (sc.x.size() < cap) sc.x.resize(cap), sc.y.resize(cap), sc.m.resize(cap);
+  prepare(sc);  // a no-op when the caller prepared it
   double* lx = sc.x.data();
   double* ly = sc.y.data();
   double* lm = sc.m.data();

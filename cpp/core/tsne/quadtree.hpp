@@ -33,6 +33,9 @@ class QuadTree {
   struct Scratch {
     std::vector<double> x, y, m;
   };
+  // Sizes a scratch for this tree, so leaf_repulsion never allocates (call it before an OpenMP
+  // region: no exception may leave one).
+  void prepare(Scratch& scratch) const;
 
   // Repulsion on every point of one leaf (a node index from leaves()) with one interaction list
   // shared by the leaf's points (Barnes 1990 grouping): a cell is summarised when d² > thr holds

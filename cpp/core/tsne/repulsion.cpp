@@ -7,12 +7,12 @@
 
 namespace llmdbg::tsne {
 
-double repulsion_exact(const double* Y, int64_t n, double* rep, int num_threads, Cancel* cancel) {
+double repulsion_exact(const double* Y, int64_t n, double* rep, int num_threads, Guard* guard) {
   std::vector<double> zi(n);
   const int threads = resolve_threads(num_threads);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 64)
   for (int64_t i = 0; i < n; ++i) {
-    if (cancel && cancel->stopped()) continue;  // the caller throws; rep is then incomplete
+    if (guard && guard->poll()) continue;  // the caller throws; rep is then incomplete
     const double px = Y[2 * i], py = Y[2 * i + 1];
     double z = 0.0, fx = 0.0, fy = 0.0;
     for (int64_t j = 0; j < n; ++j) {
@@ -40,9 +40,11 @@ double repulsion_bh(const double* Y, int64_t n, double theta, double* rep, int n
   const int64_t n_leaves = static_cast<int64_t>(leaves.size());
   std::vector<double> zs(n), fs(2 * n), zi(n);
   const int threads = resolve_threads(num_threads);
+  std::vector<QuadTree::Scratch> scratches(threads);
+  for (auto& sc : scratches) tree.prepare(sc);  // no allocation inside the region
 #pragma omp parallel num_threads(threads)
   {
-    QuadTree::Scratch scratch;
+    QuadTree::Scratch& scratch = scratches[thread_id()];
 #pragma omp for schedule(dynamic, 8)
     for (int64_t l = 0; l < n_leaves; ++l) {
       const QuadNode& leaf = nodes[leaves[l]];

@@ -4,13 +4,13 @@
 // the optimiser divides by Z. The FFT method lives in fft_repulsion.hpp.
 #include <cstdint>
 
-#include "core/tsne/cancel.hpp"
+#include "core/common/cancel.hpp"
 
 namespace llmdbg::tsne {
 // Y: n×2 row-major. Writes rep (n×2 row-major) with rep_i = Σ_{j≠i} w_ij² (y_i − y_j), w_ij =
 // 1/(1+‖y_i−y_j‖²), and returns Z = Σ_{i≠j} w_ij (double, fixed summation order for determinism).
-// With a cancel, rows are skipped once it has stopped (the caller then throws).
+// With a guard, rows are skipped once it has stopped (the caller then calls guard->finish()).
 double repulsion_exact(const double* Y, int64_t n, double* rep, int num_threads,
-                       Cancel* cancel = nullptr);
+                       Guard* guard = nullptr);
 double repulsion_bh(const double* Y, int64_t n, double theta, double* rep, int num_threads);
 }  // namespace llmdbg::tsne
