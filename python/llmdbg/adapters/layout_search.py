@@ -85,7 +85,7 @@ FAMILIES: dict[str, _Rule] = {
 }
 # Final norms the name search cannot tell from an embedding norm: Lfm2 applies "embedding_norm"
 # after its last layer.
-FINAL_NORMS = {"lfm2": "embedding_norm", "lfm2_moe": "embedding_norm", "lfm2_vl": "embedding_norm"}
+FINAL_NORMS = dict.fromkeys(("lfm2", "lfm2_moe", "lfm2_vl", "lfm3", "lfm3_vl"), "embedding_norm")
 
 _ATTN_RE = re.compile(r"attn|attention", re.I)
 _CROSS_RE = re.compile(r"cross|enc_?dec|encoder_attn", re.I)
