@@ -326,3 +326,28 @@ TEST(TsneFft, HugeSpreadIsRefusedNotHung) {
   small.max_intervals = 80;
   EXPECT_TRUE(std::isfinite(ts::repulsion_fft(wide.data(), 3, small, rep.data(), 1)));
 }
+
+// Issue 19: spreading runs by grid row (one thread per row, points in order), so the FFT
+// repulsion no longer depends on the thread count (per-thread grids made maps differ ~1e-9).
+TEST(TsneFft, BitwiseEqualForEveryThreadCount) {
+  const auto Y = spread_clusters(3000, 19, 30.0);
+  std::vector<double> one(Y.size()), many(Y.size());
+  const double z1 = ts::repulsion_fft(Y.data(), 3000, {}, one.data(), 1);
+  for (int threads : {2, 3, 5}) {
+    EXPECT_EQ(ts::repulsion_fft(Y.data(), 3000, {}, many.data(), threads), z1);
+    EXPECT_EQ(many, one);
+  }
+}
+
+// The optimiser's grid follows the number of points: ~2 sqrt(n) nodes per side, at least
+// min_intervals, at most max_intervals (200 points with a spread-out init took ~950 MB).
+TEST(TsneFft, IntervalBudgetFollowsThePoints) {
+  const ts::FftParams p;
+  EXPECT_EQ(ts::fft_interval_budget(200, p), 50);
+  EXPECT_EQ(ts::fft_interval_budget(90000, p), 200);  // 2 * 300 / 3
+  EXPECT_EQ(ts::fft_interval_budget(10000000, p), 512);
+  const std::vector<double> Y = {0.0, 0.0, 99.5, 10.0, 5.0, 3.0};
+  EXPECT_EQ(ts::fft_intervals(Y.data(), 3, p), 100.0);
+  const std::vector<double> tight = {0.0, 0.0, 1.0, 1.0};
+  EXPECT_EQ(ts::fft_intervals(tight.data(), 2, p), 50.0);
+}

@@ -48,9 +48,10 @@ void calibrate(const double* sqdist, int64_t n, int64_t k, double perplexity, do
       // and sqdist · 4^s gives bitwise the same row (the entropy depends on β·s only).
       double smax = 0.0;
       for (int64_t m = 0; m < k; ++m) smax = std::max(smax, d[m] - dmin);
-      const double unit = smax > 0 ? std::ldexp(1.0, -(std::ilogb(smax) + 1)) : 1.0;
+      // (ldexp per value: 2^-e itself overflows when smax is subnormal)
+      const int e = smax > 0 ? std::ilogb(smax) + 1 : 0;
       double* s = shifted.data();
-      for (int64_t m = 0; m < k; ++m) s[m] = (d[m] - dmin) * unit;
+      for (int64_t m = 0; m < k; ++m) s[m] = std::ldexp(d[m] - dmin, -e);
       // Start from 1 / mean shifted distance (about the right scale for any units), then Newton
       // steps on H(β), dH/dβ = −β Var_p(s), kept inside the bisection bracket [lo, hi]; a step
       // that would leave it bisects instead. Converges in a handful of steps instead of ~30.
@@ -144,15 +145,15 @@ Csr joint_probabilities(const int64_t* indices, const double* P_cond, int64_t n,
   std::vector<int64_t> fill(count.begin(), count.end() - 1);
   // Values at unit scale (times a power of two, exact): sums of huge entries cannot overflow,
   // and the normalised result is bitwise the same as without the factor.
-  const double unit = pmax > 0 ? std::ldexp(1.0, -(std::ilogb(pmax) + 1)) : 1.0;
+  const int e = pmax > 0 ? std::ilogb(pmax) + 1 : 0;  // ldexp per value: 2^-e may overflow
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t m = 0; m < k; ++m) {
-      coo[fill[i]++] = {indices[i * k + m], P_cond[i * k + m] * unit};
+      coo[fill[i]++] = {indices[i * k + m], std::ldexp(P_cond[i * k + m], -e)};
     }
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t m = 0; m < k; ++m) {
-      coo[fill[indices[i * k + m]]++] = {i, P_cond[i * k + m] * unit};
+      coo[fill[indices[i * k + m]]++] = {i, std::ldexp(P_cond[i * k + m], -e)};
     }
   }
   std::vector<int64_t> row_nnz(n);

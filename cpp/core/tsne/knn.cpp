@@ -81,7 +81,8 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
   // distances neither overflow (|x| ~ 1e300) nor underflow (|x| ~ 1e-300) in double, and X and
   // X·2^s give the same neighbours and distances scaled by exactly 4^s.
   const int e1 = unit_exponent(Xd.cwiseAbs().maxCoeff());
-  Xd *= std::ldexp(1.0, -e1);
+  // (ldexp per value: 2^-e1 itself overflows when the largest |x| is subnormal)
+  Xd = Xd.unaryExpr([e1](double v) { return std::ldexp(v, -e1); });
   int out_exponent = 2 * e1;  // sqdist = (distance at unit scale) · 2^out_exponent
   if (metric == Metric::cosine) {
     for (int64_t i = 0; i < n; ++i) {
@@ -98,7 +99,9 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
   // The float copy is centred and brought to unit scale again: data far from the origin
   // (1e30 + small noise) would otherwise lose its spread in float32.
   const int e2 = unit_exponent((Xd.rowwise() - mean).cwiseAbs().maxCoeff());
-  const RowMatF Xf = ((Xd.rowwise() - mean) * std::ldexp(1.0, -e2)).template cast<float>();
+  const RowMatF Xf = (Xd.rowwise() - mean)
+                         .unaryExpr([e2](double v) { return std::ldexp(v, -e2); })
+                         .template cast<float>();
   const Eigen::VectorXf norms = Xf.rowwise().squaredNorm();
 
   // A few spare candidates absorb float32 rounding in the ranking.
