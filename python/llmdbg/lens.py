@@ -23,7 +23,7 @@ from ._internal.hooks import first_tensor
 from ._internal.inputs import as_inputs, token_shape
 from ._internal.modes import device_of, eval_mode
 from ._internal.progress import progress_iter
-from .adapters.layout import check_module, find_layout
+from .adapters.layout import check_module, find_layout, require_support
 from .adapters.unembedding import find_unembedding
 
 __all__ = ["LensResult", "logit_lens"]
@@ -113,6 +113,7 @@ def logit_lens(
         blocks do not see one state per input token (they pad the sequence, or never run).
     """
     check_module(model)
+    require_support(model, "lens")
     unembed = find_unembedding(model)
     layout = find_layout(model)
     n_layers = len(layout.blocks)

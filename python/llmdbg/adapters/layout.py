@@ -25,6 +25,7 @@ from torch import nn
 
 from .layout_search import FAMILIES, FINAL_NORMS, descendants, from_patterns, from_recorders, from_rule
 from .modules import check_module, closest_names, hf_model, hf_roots, is_hf_model
+from .support import require_support
 
 __all__ = [
     "ROLES",
@@ -36,6 +37,7 @@ __all__ = [
     "hf_roots",
     "is_hf_model",
     "require_attention",
+    "require_support",
     "resolve_role",
 ]
 
@@ -187,6 +189,8 @@ def resolve_role(model: nn.Module, role: str, layout: ModelLayout | None = None)
     """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; valid roles are {', '.join(ROLES)}")
+    if role == "blocks":
+        require_support(model, "blocks")
     layout = layout or find_layout(model)
     value = getattr(layout, role)
     names = [value] if isinstance(value, str) else list(value or ())

@@ -23,7 +23,7 @@ import torch
 from .._internal.hooks import first_tensor, hooks, replace_first
 from .._internal.inputs import as_inputs
 from .._internal.modes import device_of, eval_mode
-from ..adapters.layout import ROLES, check_module, resolve_role
+from ..adapters.layout import ROLES, check_module, require_support, resolve_role
 from ..adapters.modules import hooks_fire
 
 __all__ = ["PatchResult", "logit_diff", "patch"]
@@ -126,6 +126,7 @@ def patch(
     from tqdm.auto import tqdm
 
     check_module(model)
+    require_support(model, "patch")
     dev = device_of(model)
     clean = as_inputs(clean_inputs, tokenizer, name="clean_inputs", device=dev)
     corrupt = as_inputs(corrupted_inputs, tokenizer, name="corrupted_inputs", device=dev)

@@ -28,7 +28,7 @@ from .. import _core
 from .._internal.threads import resolve_n_jobs
 from ..adapters.attention_calls import recording_attention
 from ..adapters.attention_impl import eager_attention, needs_output_attentions_flag
-from ..adapters.layout import check_module, find_layout, hf_model, require_attention
+from ..adapters.layout import check_module, find_layout, hf_model, require_attention, require_support
 from ..adapters.modules import hooks_fire, unwrap
 from .attention_recorder import AttentionRecorder
 from .attention_setup import check_budget, choose_recompute, record_streams, special_ids
@@ -261,6 +261,9 @@ class Capture:
             raise AssertionError("unreachable: attentions and hidden states need a layout")
         if flags["attentions"]:
             require_attention(self.model, layout, "capture(attentions=...)")  # type: ignore[arg-type]
+            require_support(self.model, "maps")
+        if flags["hidden_states"]:
+            require_support(self.model, "blocks")
         input_modules = list(selected) if flags["inputs"] else []
         hidden: list[str] = []
         if flags["hidden_states"]:
