@@ -28,8 +28,55 @@ FEATURE_NAMES = {
     "patch": "activation patching",
 }
 
+_BLT = (
+    "a byte-level local encoder and decoder around a patch-level global transformer: the global blocks see "
+    "one state per patch, not per input token"
+)
+_CPMANT = (
+    "it prepends its learned prompt tokens inside the model, so its blocks and attention maps cover "
+    "prompt_length + T positions, and it drops the prefix only before the head"
+)
+_DORY = (
+    "a looped middle stage: its recurrent blocks run n_recurrent_loops times per forward, so one block "
+    "module has several outputs and patching would overwrite every loop with the last one"
+)
+_HRM = (
+    "hierarchical H and L modules, each run for several cycles per forward on two states that feed each "
+    "other: no single pass of one residual stream through a list of blocks"
+)
+_INKLING2 = (
+    "attention residuals: every layer and the final norm read a learned mix of earlier block outputs, so "
+    "the state the head reads is not the last block's output"
+)
+_REFORMER = (
+    "reversible residual layers carry two streams per token (attention output and hidden states), "
+    "concatenated only before the final norm"
+)
+_TIME_MAJOR = "blocks run time-major: they see (T, B, D) states, transposed only at the ends of the stack"
+_FUNNEL = "pooling shortens the sequence between stages, so later blocks do not see one state per input token"
+_PROPHETNET = (
+    "its decoder layers carry the main stream and the n-gram predict streams concatenated along the "
+    "sequence ((1 + ngram) * T positions)"
+)
+
 # model_type -> feature -> why the feature cannot follow that family's computation.
-UNSUPPORTED: dict[str, dict[str, str]] = {}
+UNSUPPORTED: dict[str, dict[str, str]] = {
+    "blt": dict.fromkeys(("blocks", "maps", "lens", "patch"), _BLT),
+    "cpmant": dict.fromkeys(("blocks", "maps", "lens", "patch"), _CPMANT),
+    "dory": dict.fromkeys(("blocks", "maps", "patch"), _DORY),
+    "hrm_text": dict.fromkeys(("blocks", "maps", "lens", "patch"), _HRM),
+    "inkling2_text": dict.fromkeys(("blocks", "lens", "patch"), _INKLING2),
+    "inkling2_loop_text": dict.fromkeys(("blocks", "lens", "patch"), _INKLING2 + ", and a looped stage"),
+    "reformer": dict.fromkeys(("lens", "patch"), _REFORMER),
+    "fsmt": dict.fromkeys(("blocks", "patch"), "its " + _TIME_MAJOR),
+    "xlnet": {
+        **dict.fromkeys(("blocks", "lens", "patch"), "its two-stream relative-attention " + _TIME_MAJOR),
+        "maps": "its two-stream relative attention computes time-major (T, T, B, H) probabilities, not a "
+        "(B, H, T, T) map",
+    },
+    "funnel": dict.fromkeys(("blocks", "patch"), _FUNNEL),
+    "prophetnet": dict.fromkeys(("blocks", "patch"), _PROPHETNET),
+}
 
 
 def _family(model: nn.Module) -> tuple[str, str | None]:

@@ -15,6 +15,7 @@ never marked as expected to fail.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 FEATURES = ("blocks", "maps", "lens", "watch", "patch")
@@ -50,6 +51,14 @@ STREAMS_LENS = Refusal(
     r"{cls} sees hidden states of shape",
     "several residual streams per token, merged only by the model's head",
 )
+
+
+def unsupported(family: str, reason: str, *features: str) -> dict[str, Expectation]:
+    """``features`` refused through ``llmdbg.adapters.support.UNSUPPORTED`` (its message names the
+    class and ``family``; ``test_support_registry.py`` checks the two lists agree)."""
+    return dict.fromkeys(
+        features, Refusal(rf"{{cls}} \(model_type '{re.escape(family)}'\) is not supported by", reason)
+    )
 
 
 def row(**deviations: Expectation) -> dict[str, Expectation]:
@@ -131,7 +140,13 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "blenderbot": row(lens=ENC_DEC_LENS),
     "blenderbot-small": row(lens=ENC_DEC_LENS),
     "bloom": row(),
-    "blt": row(),  # byte-level local encoder/decoder around a patch-level global transformer
+    "blt": row(
+        **unsupported(
+            "blt",
+            "byte-level local encoder/decoder around a patch-level global transformer: blocks see one state per patch",
+            *("blocks", "maps", "lens", "patch"),
+        )
+    ),
     "camembert": row(),
     "codegen": row(),
     "cohere": row(),
@@ -139,7 +154,13 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "cohere2_moe": row(),
     "cohere_compass_text": row(),
     "convbert": row(),
-    "cpmant": row(),  # prepends prompt tokens inside the model
+    "cpmant": row(
+        **unsupported(
+            "cpmant",
+            "prepends prompt tokens inside the model: blocks and maps cover prompt_length + T positions",
+            *("blocks", "maps", "lens", "patch"),
+        )
+    ),
     "ctrl": row(),
     "cwm": row(),
     "data2vec-text": row(),
@@ -153,7 +174,11 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "diffllama": row(),
     "distilbert": row(),
     "doge": row(),
-    "dory": row(),  # a looped middle stage: blocks run more than once
+    "dory": row(
+        **unsupported(
+            "dory", "a looped middle stage: its blocks run several times per forward", *("blocks", "maps", "patch")
+        )
+    ),
     "dots1": row(),
     "dots3_note_text": row(),
     "electra": row(),
@@ -176,8 +201,13 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "flex_olmo": row(),
     "flint": row(),
     "fnet": row(maps=Refusal(r"{cls}.*attention", "Fourier token mixing: no attention")),
-    "fsmt": row(lens=ENC_DEC_LENS),  # time-major (T, B, D) inside its blocks
-    "funnel": row(lens=Refusal(r"{cls} is an encoder-decoder model", "pooling shortens the sequence between blocks")),
+    "fsmt": row(
+        lens=ENC_DEC_LENS, **unsupported("fsmt", "time-major (T, B, D) states inside its blocks", "blocks", "patch")
+    ),
+    "funnel": row(
+        lens=Refusal(r"{cls} is an encoder-decoder model", "pooling shortens the sequence between blocks"),
+        **unsupported("funnel", "pooling shortens the sequence between stages", "blocks", "patch"),
+    ),
     "gemma": row(),
     "gemma2": row(),
     "gemma3_text": row(),
@@ -205,15 +235,33 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "granitemoeshared": row(),
     "gte": row(),
     "helium": row(),
-    "hrm_text": row(),  # hierarchical H/L modules, each run for several cycles
+    "hrm_text": row(
+        **unsupported(
+            "hrm_text",
+            "hierarchical H/L modules, each run for several cycles on two states that feed each other",
+            *("blocks", "maps", "lens", "patch"),
+        )
+    ),
     "hunyuan_v1_dense": row(),
     "hunyuan_v1_moe": row(),
     "hy_v3": row(),
     "hy_v4": row(lens=STREAMS_LENS),  # hyper-connections
     "hyperclovax": row(),
     "ibert": row(),
-    "inkling2_loop_text": row(),
-    "inkling2_text": row(),
+    "inkling2_loop_text": row(
+        **unsupported(
+            "inkling2_loop_text",
+            "attention residuals: layers and the final norm read a learned mix of earlier blocks; a looped stage",
+            *("blocks", "lens", "patch"),
+        )
+    ),
+    "inkling2_text": row(
+        **unsupported(
+            "inkling2_text",
+            "attention residuals: layers and the final norm read a learned mix of earlier blocks",
+            *("blocks", "lens", "patch"),
+        )
+    ),
     "inkling_text": row(),
     "internlm3": row(),
     "iquestcoder": row(),
@@ -287,7 +335,12 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "phi3": row(),
     "phimoe": row(),
     "plbart": row(lens=ENC_DEC_LENS),
-    "prophetnet": row(lens=ENC_DEC_LENS),  # n-gram predict streams beside the main decoder stream
+    "prophetnet": row(
+        lens=ENC_DEC_LENS,
+        **unsupported(
+            "prophetnet", "n-gram predict streams concatenated with the main decoder stream", "blocks", "patch"
+        ),
+    ),
     "qwen2": row(),
     "qwen2_moe": row(),
     "qwen3": row(),
@@ -297,7 +350,10 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "qwen3_next": row(),
     "qwen4_exp_text": row(),
     "recurrent_gemma": row(),
-    "reformer": row(maps=NOT_A_MAP),  # LSH and chunked local attention
+    "reformer": row(
+        maps=NOT_A_MAP,  # LSH and chunked local attention
+        **unsupported("reformer", "reversible layers: two concatenated streams per token", "lens", "patch"),
+    ),
     "rembert": row(),
     "roberta": row(),
     "roberta-prelayernorm": row(),
@@ -327,7 +383,13 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "xlm": row(),  # parallel ModuleLists, as flaubert
     "xlm-roberta": row(),
     "xlm-roberta-xl": row(),
-    "xlnet": row(),  # time-major (T, B, D) inside its blocks
+    "xlnet": row(
+        **unsupported(
+            "xlnet",
+            "two-stream relative attention, time-major: (T, B, D) states, (T, T, B, H) maps",
+            *("blocks", "maps", "lens", "patch"),
+        )
+    ),
     "xlstm": row(maps=NO_ATTENTION, watch=Upstream("its backward fails in transformers (in-place state update)")),
     "xmod": row(),
     "yoso": row(maps=NOT_A_MAP),  # LSH-sampled attention
