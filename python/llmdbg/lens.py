@@ -136,7 +136,8 @@ def logit_lens(
         return hook
 
     blocks = [model.get_submodule(n) for n in layout.blocks]
-    handles = [blocks[0].register_forward_pre_hook(pre, with_kwargs=True)]
+    first = model.get_submodule(layout.stack_input(next(iter(layout.stacks))))  # XLM: attentions[0]
+    handles = [first.register_forward_pre_hook(pre, with_kwargs=True)]
     handles += [blk.register_forward_hook(post(i + 1)) for i, blk in enumerate(blocks)]
     try:
         with eval_mode(model), torch.no_grad():

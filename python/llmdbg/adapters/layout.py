@@ -23,7 +23,16 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from .layout_search import FAMILIES, FINAL_NORMS, descendants, from_patterns, from_recorders, from_rule
+from .layout_search import (
+    FAMILIES,
+    FINAL_NORMS,
+    PARALLEL_LISTS,
+    descendants,
+    from_parallel_lists,
+    from_patterns,
+    from_recorders,
+    from_rule,
+)
 from .modules import check_module, closest_names, hf_model, hf_roots, is_hf_model
 from .support import require_support
 
@@ -77,6 +86,10 @@ class ModelLayout:
         families, 2 for T5, whose attention returns ``(hidden, position_bias, weights)``.
     attention_blocks : tuple of str
         The block of each ``attention`` module (equal to ``blocks`` when every block has one).
+    stack_inputs : dict of str to str
+        Stack -> the module whose first input is the stack's input (the embedding output), where
+        that is not the stack's first block: XLM and Flaubert have no block module, their block i
+        is ``layer_norm2[i]`` and the stack's input goes to ``attentions[0]``. See :meth:`stack_input`.
     """
 
     family: str
@@ -90,10 +103,16 @@ class ModelLayout:
     stacks: dict[str, tuple[str, ...]] = dataclasses.field(hash=False)  # keeps layouts hashable
     attention_index: int = 1
     attention_blocks: tuple[str, ...] = ()
+    stack_inputs: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not self.attention_blocks and len(self.attention) == len(self.blocks):
             object.__setattr__(self, "attention_blocks", self.blocks)
+
+    def stack_input(self, stack: str) -> str:
+        """The module whose first input (positional, or ``hidden_states``) is ``stack``'s input:
+        Hugging Face's ``hidden_states[0]`` of that stack. Usually the stack's first block."""
+        return self.stack_inputs.get(stack, self.stacks[stack][0])
 
 
 def find_layout(model: nn.Module) -> ModelLayout:
@@ -132,7 +151,15 @@ _LAYOUT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _layout_names(layout: ModelLayout) -> list[str]:
     singles = [layout.embeddings, layout.final_norm, layout.unembedding]
-    return [*layout.blocks, *layout.attention, *layout.cross_attention, *layout.mlp, *(n for n in singles if n)]
+    inputs = layout.stack_inputs.values()
+    return [
+        *layout.blocks,
+        *layout.attention,
+        *layout.cross_attention,
+        *layout.mlp,
+        *inputs,
+        *(n for n in singles if n),
+    ]
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:
@@ -153,6 +180,8 @@ def _find_layout_uncached(model: nn.Module) -> ModelLayout:
     found = None
     if model_type in FAMILIES:
         found = from_rule(modules, FAMILIES[model_type])
+    if found is None and model_type in PARALLEL_LISTS:
+        found = from_parallel_lists(modules)
     if found is None and roots:
         found = from_recorders(modules, below)
     family = model_type if found is not None and model_type else "generic"
@@ -176,6 +205,7 @@ def _find_layout_uncached(model: nn.Module) -> ModelLayout:
         found.stacks,
         found.index,
         found.attention_blocks,
+        found.stack_inputs,
     )
 
 
@@ -217,7 +247,7 @@ def require_attention(model: nn.Module, layout: ModelLayout, what: str) -> None:
     name = type(hf if hf is not None else model).__name__
     raise ValueError(
         f"{name} has no attention (layout family {layout.family!r}: its {len(layout.blocks)} blocks are "
-        f"state-space or recurrent layers without softmax attention weights); {what} needs attention "
+        f"state-space, recurrent or Fourier-mixing layers without softmax attention weights); {what} needs attention "
         "layers. Activations, hidden states, the logit lens and patching work on its blocks."
     )
 

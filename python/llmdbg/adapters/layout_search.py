@@ -22,7 +22,17 @@ from torch import nn
 
 from .modules import is_hf_model
 
-__all__ = ["FAMILIES", "FINAL_NORMS", "Found", "descendants", "from_patterns", "from_recorders", "from_rule"]
+__all__ = [
+    "FAMILIES",
+    "FINAL_NORMS",
+    "PARALLEL_LISTS",
+    "Found",
+    "descendants",
+    "from_parallel_lists",
+    "from_patterns",
+    "from_recorders",
+    "from_rule",
+]
 
 
 @dataclasses.dataclass
@@ -36,6 +46,8 @@ class Found:
     final_norm: str | None
     index: int
     attention_blocks: tuple[str, ...]
+    # Stack -> the module whose first input is the stack's input, where that is not the first block.
+    stack_inputs: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +94,8 @@ FAMILIES: dict[str, _Rule] = {
     "mamba2": _SSM,
     "falcon_mamba": _SSM,
     "rwkv": _Rule({"decoder": "blocks"}, (), ("feed_forward",), final_norm="ln_out", stateful=True),
+    # FNet mixes tokens with a Fourier transform: no attention module at all.
+    "fnet": _Rule({"encoder": "encoder.layer"}, (), ("intermediate",), stateful=True),
 }
 # Final norms the name search cannot tell from an embedding norm: Lfm2 applies "embedding_norm"
 # after its last layer.
@@ -96,6 +110,12 @@ _NOT_PART_RE = re.compile(r"norm|drop|^ln", re.I)  # "post_attention_layernorm",
 _LEAF_CLASS_RE = re.compile(r"norm|dropout|linear|conv|embedding|identity|activation", re.I)
 # How a forward computes softmax attention: transformers' dispatch, or a softmax of its own.
 _SOFTMAX_SOURCE_RE = re.compile(r"ALL_ATTENTION_FUNCTIONS|attention_interface|eager_attention_forward|softmax")
+
+
+# Families without a block module: layer i is spread over parallel ModuleLists attentions[i],
+# layer_norm1[i], ffns[i], layer_norm2[i] (XLM, Flaubert). Post-norm, layer_norm2[i] computes the
+# layer's output; the model then zeroes padded positions (mask * output).
+PARALLEL_LISTS = frozenset({"xlm", "flaubert"})
 
 
 # --------------------------------------------------------------------------- tiers and helpers
@@ -159,6 +179,45 @@ def from_rule(modules: dict, rule: _Rule) -> Found | None:
         rule.index,
         () if rule.stateful else blocks,
     )
+
+
+def from_parallel_lists(modules: dict) -> Found | None:
+    """XLM-style layers: ``layer_norm2[i]`` is block i, ``attentions[i]`` its attention, ``ffns[i]``
+    its MLP, and ``attentions[0]``'s first input the embedding output (the stack's input).
+
+    Raises
+    ------
+    ValueError
+        For a pre-norm model (Flaubert's ``pre_norm``): its layer output ``x + ffn(norm(x))`` is a sum
+        no module returns, so there is no module whose output is the residual stream.
+    """
+    for name, m in modules.items():
+        base = _parent(name)
+        att, ffn = _join(base, "attentions"), _join(base, "ffns")
+        if not (isinstance(m, nn.ModuleList) and _last(name) == "layer_norm2" and len(m)):
+            continue
+        if not (att in modules and ffn in modules and len(modules[att]) == len(m) == len(modules[ffn])):
+            continue
+        config = getattr(modules[base], "config", None)
+        if getattr(config, "pre_norm", False):
+            raise ValueError(
+                f"{type(modules[base]).__name__} (model_type {getattr(config, 'model_type', None)!r}) with "
+                "pre_norm=True has no module whose output is a layer's residual stream (x + ffn(norm(x)) is "
+                "computed inline); llmdbg cannot find its blocks. Pass module names or patterns explicitly"
+            )
+        blocks = tuple(f"{name}.{i}" for i in range(len(m)))
+        stack = "decoder" if getattr(config, "causal", False) else "encoder"
+        return Found(
+            {stack: blocks},
+            tuple(f"{att}.{i}" for i in range(len(m))),
+            (),
+            tuple(f"{ffn}.{i}" for i in range(len(m))),
+            None,
+            1,
+            blocks,
+            {stack: f"{att}.0"},
+        )
+    return None
 
 
 def _specs(table: dict, key: str) -> list[tuple]:

@@ -159,7 +159,7 @@ def find_unembedding(model: nn.Module) -> Unembedding:
     parent = layout.unembedding.rpartition(".")[0]
     if parent:  # BERT cls.predictions, RoBERTa lm_head: the parent runs transform + decoder
         head = model.get_submodule(parent)
-        return Unembedding("masked_lm", norm_name, parent, lambda h, normed_=False: head(normed(h, normed_)))
+        return Unembedding("masked_lm", norm_name, parent, lambda h, normed_=False: _scores(head(normed(h, normed_))))
     if prediction is not None:  # ModernBERT, ELECTRA / ConvBERT generators
         transform = prediction
         return Unembedding(
@@ -178,6 +178,11 @@ def find_unembedding(model: nn.Module) -> Unembedding:
             lambda h, normed_=False: unembed(normed(h, normed_)),
         )
     raise ValueError(f"{name}: cannot tell which modules form the masked-LM head around {layout.unembedding!r}")
+
+
+def _scores(out: Any) -> torch.Tensor:
+    """A head's logits: XLM's ``pred_layer`` returns them in a tuple ``(scores,)``."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _base_final_norm(model: nn.Module) -> str | None:

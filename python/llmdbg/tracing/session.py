@@ -268,10 +268,11 @@ class Capture:
         hidden: list[str] = []
         if flags["hidden_states"]:
             # Per stack: the first block's input (the embedding output, as in HF's
-            # hidden_states[0]), then every block's output.
-            for blocks in layout.stacks.values():  # type: ignore[union-attr]  # checked above
-                hidden += [blocks[0] + INPUT_SUFFIX, *blocks]
-                input_modules += [] if blocks[0] in input_modules else [blocks[0]]
+            # hidden_states[0]; layout.stack_input names it), then every block's output.
+            for stack, blocks in layout.stacks.items():  # type: ignore[union-attr]  # checked above
+                first = layout.stack_input(stack)  # type: ignore[union-attr]
+                hidden += [first + INPUT_SUFFIX, *blocks]
+                input_modules += [] if first in input_modules else [first]
                 selected.extend(n for n in blocks if n not in selected)
         attention = list(layout.attention) + list(layout.cross_attention) if layout and flags["attentions"] else []
         if not (selected or attention):
