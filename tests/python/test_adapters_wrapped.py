@@ -240,3 +240,17 @@ def test_modernbert_ablation_and_head_importance_match_hooks_on_wo():
     (grad,) = torch.autograd.grad(loss, gates)
     np.testing.assert_allclose(imp.raw, grad.abs().double().numpy() / x.numel(), rtol=1e-5, atol=1e-12)
     assert all(p.requires_grad for p in model.parameters())
+
+
+# dynamo reads .grad of non-leaf tensors while tracing T5 and warns (an error under pytest's filter)
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+@pytest.mark.parametrize("kind", ["outer", "compiled"])
+def test_wrapped_encoder_decoder_with_a_continuation_target_equals_the_model(kind):
+    """The target parser read ``model.config`` of the wrapper itself (an AttributeError on a
+    user's wrapper around T5 with a continuation target)."""
+    model = tiny_model("t5", tf.T5ForConditionalGeneration)
+    inputs = {k: v for k, v in tiny_inputs("t5").items() if k != "decoder_input_ids"}
+    target = [[5, 6], [7, 8]]
+    want = llmdbg.integrated_gradients(model, inputs, target=target, n_steps=4, progress=False)
+    got = llmdbg.integrated_gradients(wrap(kind, model), inputs, target=target, n_steps=4, progress=False)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-7)

@@ -17,7 +17,7 @@ import torch
 
 from ._activations import derivative_once
 from ._head import cotangents, output_head, tap
-from ._inputs import Prepared, replaced_output
+from ._inputs import Prepared, model_config, replaced_output
 from ._targets import Target
 
 #: Token rows per forward on CPU when batch_size="auto": throughput saturates well below this,
@@ -41,7 +41,7 @@ def _available_bytes(device: torch.device) -> int:
 
 def _bytes_per_row(model: torch.nn.Module, t: int, n_out: int, dtype: torch.dtype) -> int:
     """A rough upper estimate of forward+backward activation memory of one row of T tokens."""
-    cfg = getattr(model, "config", None)
+    cfg = model_config(model)
     d = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None) or getattr(cfg, "n_embd", 0) or 1024)
     layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 0) or 12)
     heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 0) or 16)

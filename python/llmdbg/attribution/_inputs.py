@@ -115,6 +115,12 @@ def model_batch(inputs: Any, tokenizer: Any, device: torch.device) -> tuple[dict
     return batch, word_ids
 
 
+def model_config(model: nn.Module) -> Any:
+    """The config of the transformers model doing ``model``'s work (through compile, DDP, PEFT or a
+    user's wrapper), or None for a plain module."""
+    return getattr(hf_model(model) or model, "config", None)
+
+
 def config_id(model: nn.Module, tokenizer: Any, name: str) -> int | None:
     """A special token id (``pad``, ``mask``, ``unk``, ``bos``, ``eos``, ``cls``, ``sep``) from the
     tokenizer or the model config."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..adapters.task import task_type
-from ._inputs import config_id
+from ._inputs import config_id, model_config
 
 # The one task vocabulary (adapters.task) in the short words this module's branches use.
 _KIND = {"seq2seq": "seq2seq", "causal-lm": "causal", "masked-lm": "masked"}
@@ -206,7 +206,7 @@ def build_target(model: nn.Module, batch: dict[str, Any], target: Any, tokenizer
     """
     ids = batch["input_ids"]
     bsz, t = ids.shape
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    vocab = getattr(model_config(model), "vocab_size", None)
     if callable(target) and not isinstance(target, (str, torch.Tensor, np.ndarray)):
         return Target("callable", 1, fn=target, valid=torch.ones(bsz, 1, dtype=torch.bool)), batch, None
     kind = _kind(model)
@@ -262,7 +262,7 @@ def build_target(model: nn.Module, batch: dict[str, Any], target: Any, tokenizer
         )
     else:
         tgt = Target("class", 1, None if given is None else given[:, None], valid=torch.ones(bsz, 1, dtype=torch.bool))
-        n_labels = getattr(getattr(model, "config", None), "num_labels", None)
+        n_labels = getattr(model_config(model), "num_labels", None)
         if given is not None and n_labels:
             tgt.check(int(n_labels))
     if given is not None and tgt.kind == "token" and vocab:
@@ -316,7 +316,7 @@ def _continuation(model, batch, target, tokenizer, kind, vocab):
         cont[i, : len(s)] = torch.tensor(s)
         valid[i, : len(s)] = True
     if kind == "seq2seq":
-        start = getattr(model.config, "decoder_start_token_id", None)
+        start = getattr(model_config(model), "decoder_start_token_id", None)
         if start is None:
             raise ValueError("the encoder-decoder model has no decoder_start_token_id in its config")
         dec = torch.cat([torch.full((bsz, 1), int(start)), cont[:, :-1]], 1)

@@ -35,11 +35,12 @@ import torch
 from .. import _core
 from .._internal.modes import gradient_mode
 from .._internal.progress import progress_bar
+from ..adapters.modules import hooks_fire
 from ..tracing.api import capture
 from ..tracing.query import AttentionQuery
 from ._engine import _available_bytes, forward_rows, values_and_grads
 from ._generation_inputs import _as_ids, _check_model, _encode_text, _foil, _generate, _prompt_ids
-from ._inputs import Prepared, find_embedding, prepare, token_strings
+from ._inputs import Prepared, find_embedding, model_config, prepare, token_strings
 from ._targets import Target, _takes
 from .generation_result import GenerationAttribution
 from .integrated import METHODS as IG_RULES
@@ -72,7 +73,7 @@ def _graph_bytes(model: Any, t: int, dtype: torch.dtype, grad: bool) -> int:
     """Bytes of the activations one row of T tokens keeps for the backward (or, without grad, the
     largest transient of a forward): per layer and token about 12·d + 4·d_ff values, plus T per
     head for eager attention (SDPA and flash keep no T × T map)."""
-    cfg: Any = getattr(model, "config", None)
+    cfg: Any = model_config(model)
     cfg = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
     d = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or 1024)
     layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None) or 12)
@@ -383,9 +384,9 @@ def attribute_generation(
         steps, cap = check_options(rule, n_steps, tol, max_evals, "sum")
         ig = dict(rule=rule, steps=steps, cap=cap, tol=float(tol))
     # Generation and attribution in eval mode with untracked parameters, restored afterwards.
-    with gradient_mode(model):
+    with gradient_mode(model), hooks_fire(model):
         prompt_ids = _prompt_ids(prompt, tokenizer)
-        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        vocab = getattr(model_config(model), "vocab_size", None)
         adaptive = ig.get("rule") == "adaptive"
         if target is None:
             if (

@@ -14,6 +14,7 @@ import torch
 
 from .._internal.modes import gradient_mode
 from .._internal.progress import progress_bar
+from ..adapters.modules import hooks_fire
 from ._assemble import assemble
 from ._engine import rows_per_chunk, values_and_grads
 from ._inputs import Prepared
@@ -92,7 +93,7 @@ def _run(
         points[0] = x  # the clean input first: a "predicted" target is resolved on x itself
     else:
         points = x[None]
-    with gradient_mode(model), progress_bar(progress, points.shape[0] * x.shape[0], kind) as bar:
+    with gradient_mode(model), hooks_fire(model), progress_bar(progress, points.shape[0] * x.shape[0], kind) as bar:
         grad = _gradients(prep, tgt, points, points.shape[0], chunk_rows, bar)
     if abs_:
         grad = grad.abs()

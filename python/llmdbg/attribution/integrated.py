@@ -27,6 +27,7 @@ from .. import _core
 from .._internal.modes import gradient_mode
 from .._internal.progress import progress_bar
 from ..adapters.layout import check_module
+from ..adapters.modules import hooks_fire
 from ._assemble import assemble
 from ._engine import forward_rows, rows_per_chunk, values_and_grads
 from ._inputs import Prepared, find_embedding, model_batch, prepare
@@ -358,7 +359,7 @@ def integrated_gradients(
     steps, cap = check_options(method, n_steps, tol, max_evals, reduce)
     prep, tgt, cont, batch = setup(model, inputs, target, tokenizer, baseline, layer)
     chunk_rows = rows_per_chunk(model, prep, tgt.n_out, batch_size)
-    with gradient_mode(model):
+    with gradient_mode(model), hooks_fire(model):
         if method == "adaptive":
             attr, fx, fb, n_evals, converged = _adaptive(prep, tgt, float(tol), cap, chunk_rows, reduce, progress)
             if reduce == "sum":

@@ -12,6 +12,7 @@ import torch
 
 from .._internal.modes import gradient_mode
 from .._internal.progress import progress_bar
+from ..adapters.modules import hooks_fire
 from ._assemble import assemble
 from ._engine import forward_rows, rows_per_chunk
 from ._inputs import special_ids
@@ -132,7 +133,12 @@ def occlusion(
     rows = torch.arange(bsz)
     sums = torch.zeros(bsz, g, t, dtype=torch.float64)
     counts = torch.zeros(bsz, t, dtype=torch.float64)
-    with gradient_mode(model), torch.no_grad(), progress_bar(progress, bsz + len(pairs), "occlusion") as bar:
+    with (
+        gradient_mode(model),
+        hooks_fire(model),
+        torch.no_grad(),
+        progress_bar(progress, bsz + len(pairs), "occlusion") as bar,
+    ):
         fx = (
             torch.cat(
                 [
