@@ -95,6 +95,8 @@ def require_support(model: nn.Module, feature: str) -> None:
     feature : str
         One of ``"blocks"``, ``"maps"``, ``"lens"``, ``"patch"``.
     """
+    if not isinstance(feature, str):  # before the dict lookup: a list would fail as "unhashable"
+        raise TypeError(f"feature must be a str, one of {sorted(FEATURE_NAMES)}; got {type(feature).__name__}")
     if feature not in FEATURE_NAMES:
         raise ValueError(f"feature must be one of {sorted(FEATURE_NAMES)}, got {feature!r}")
     name, family = _family(model)
