@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -27,6 +28,7 @@ from .layout_search import (
     FAMILIES,
     FINAL_NORMS,
     PARALLEL_LISTS,
+    WINDOW_PADDED,
     descendants,
     from_parallel_lists,
     from_patterns,
@@ -90,6 +92,10 @@ class ModelLayout:
         Stack -> the module whose first input is the stack's input (the embedding output), where
         that is not the stack's first block: XLM and Flaubert have no block module, their block i
         is ``layer_norm2[i]`` and the stack's input goes to ``attentions[0]``. See :meth:`stack_input`.
+    window_padded : tuple of str
+        Stacks whose blocks run on the input right-padded to a multiple of the attention window
+        (Longformer, LED's encoder): their outputs are (B, T_padded, D) and the model keeps the
+        first T positions, as :meth:`unpad` does.
     """
 
     family: str
@@ -104,6 +110,7 @@ class ModelLayout:
     attention_index: int = 1
     attention_blocks: tuple[str, ...] = ()
     stack_inputs: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
+    window_padded: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.attention_blocks and len(self.attention) == len(self.blocks):
@@ -113,6 +120,19 @@ class ModelLayout:
         """The module whose first input (positional, or ``hidden_states``) is ``stack``'s input:
         Hugging Face's ``hidden_states[0]`` of that stack. Usually the stack's first block."""
         return self.stack_inputs.get(stack, self.stacks[stack][0])
+
+    def padded(self, name: str) -> bool:
+        """Whether module ``name`` (or ``name + ":input"``) runs inside a window-padded stack."""
+        name = name.removesuffix(":input")
+        inside = tuple(b for s in self.window_padded for b in self.stacks[s])
+        return name in inside or name.startswith(tuple(b + "." for b in inside))
+
+    def unpad(self, name: str, tensor: Any, length: int | None) -> Any:
+        """``tensor[:, :length]`` where module ``name`` runs on the window-padded sequence and its
+        output is longer than the input's ``length`` tokens (as the model cuts it), else ``tensor``."""
+        if length is None or not self.padded(name) or getattr(tensor, "ndim", 0) < 2:
+            return tensor
+        return tensor[:, :length] if tensor.shape[1] > length else tensor
 
 
 def find_layout(model: nn.Module) -> ModelLayout:
@@ -206,6 +226,7 @@ def _find_layout_uncached(model: nn.Module) -> ModelLayout:
         found.index,
         found.attention_blocks,
         found.stack_inputs,
+        tuple(s for s in WINDOW_PADDED.get(str(model_type), ()) if s in found.stacks),
     )
 
 

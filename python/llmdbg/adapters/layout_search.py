@@ -26,6 +26,7 @@ __all__ = [
     "FAMILIES",
     "FINAL_NORMS",
     "PARALLEL_LISTS",
+    "WINDOW_PADDED",
     "Found",
     "descendants",
     "from_parallel_lists",
@@ -111,6 +112,10 @@ _LEAF_CLASS_RE = re.compile(r"norm|dropout|linear|conv|embedding|identity|activa
 # How a forward computes softmax attention: transformers' dispatch, or a softmax of its own.
 _SOFTMAX_SOURCE_RE = re.compile(r"ALL_ATTENTION_FUNCTIONS|attention_interface|eager_attention_forward|softmax")
 
+
+# Stacks whose blocks run on the input right-padded to a multiple of the attention window; the
+# model cuts its outputs (and hidden_states) back to the input length: Longformer, LED's encoder.
+WINDOW_PADDED = {"longformer": ("encoder",), "led": ("encoder",)}
 
 # Families without a block module: layer i is spread over parallel ModuleLists attentions[i],
 # layer_norm1[i], ffns[i], layer_norm2[i] (XLM, Flaubert). Post-norm, layer_norm2[i] computes the

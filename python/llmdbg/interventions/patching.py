@@ -23,7 +23,7 @@ import torch
 from .._internal.hooks import first_tensor, hooks, replace_first
 from .._internal.inputs import as_inputs
 from .._internal.modes import device_of, eval_mode
-from ..adapters.layout import ROLES, check_module, require_support, resolve_role
+from ..adapters.layout import ROLES, check_module, find_layout, require_support, resolve_role
 from ..adapters.modules import hooks_fire
 
 __all__ = ["PatchResult", "logit_diff", "patch"]
@@ -148,13 +148,18 @@ def patch(
     with eval_mode(model), torch.no_grad(), hooks_fire(model):
         with hooks(model, forward={n: keep(n) for n in names}):
             clean_metric = scalar(model(**clean))
+        # Longformer's and LED's encoder blocks run on the input padded to the attention window:
+        # only the first T positions are tokens (the model cuts the rest), so only those are patched.
+        tokens = lengths.get("input tokens", (0, None))[1]
+        layout = find_layout(model) if tokens is not None else None
+        shapes = {n: layout.unpad(n, cache[n], tokens).shape if layout else cache[n].shape for n in cache}
         for n in names:
             missing = n not in cache
-            if missing or cache[n].dim() < 2 or (cache[n].shape[0], cache[n].shape[1]) not in lengths.values():
+            if missing or cache[n].dim() < 2 or (shapes[n][0], shapes[n][1]) not in lengths.values():
                 got = "was not called by the forward" if missing else f"outputs shape {tuple(cache[n].shape)}"
                 want = " or ".join(f"({b}, {t}, ...) for {k}" for k, (b, t) in lengths.items())
                 raise ValueError(f"module {n!r} {got}; patching needs (B, T, ...) = {want}")
-        sizes = [int(cache[n].shape[1]) for n in names]
+        sizes = [int(shapes[n][1]) for n in names]
         pos = _positions(positions, max(sizes), uniform=len(set(sizes)) == 1)
         values = np.full((len(names), len(pos)), np.nan, dtype=np.float64)
         corrupted_metric = scalar(model(**corrupt))
