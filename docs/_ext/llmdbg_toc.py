@@ -2,7 +2,7 @@
 
 The line ``<!-- llmdbg-toctree -->`` in ``index.md`` becomes two toctrees: the user guide (every
 Markdown page in docs/ that is not a reference page, known pages in reading order first, the rest
-alphabetically) and the reference (API, supported models, migration guide, benchmarks,
+alphabetically) and the reference (API, supported models, guarantees, migration guide, benchmarks,
 architecture). A page added by a new feature therefore joins the build without editing ``index.md``
 and never triggers a "document isn't included in any toctree" warning; a page that is listed but
 missing cannot occur.
@@ -30,7 +30,7 @@ GUIDE_ORDER = [
     "data",
     "report",
 ]
-REFERENCE = ["api", "support", "migrating", "benchmarks", "architecture"]
+REFERENCE = ["api", "support", "guarantees", "migrating", "benchmarks", "architecture"]
 
 
 def pages(docs_dir: Path, root: str = "index") -> tuple[list[str], list[str]]:
