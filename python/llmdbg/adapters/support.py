@@ -59,6 +59,19 @@ _PROPHETNET = (
     "sequence ((1 + ngram) * T positions)"
 )
 
+_ALBERT = (
+    "one shared layer group runs num_hidden_layers times per forward, so one block module has several "
+    "outputs and patching would restore every call with the last one"
+)
+_SQUEEZEBERT = "its blocks run channels-first: they pass dicts holding (B, D, T) feature maps, transposed at the ends"
+_PERCEIVER = "its blocks process a learned latent array (B, num_latents, D), not one state per input token"
+_PEGASUS_X = (
+    "its encoder layers carry two streams, the token states padded to the block size and the global tokens, "
+    "and its own hidden_states mix padded states with a (tokens, globals) pair"
+)
+_ALTUP = "AltUp: its layers carry altup_num_inputs predicted states per token ((N, B, T, D) outputs)"
+_HYPER = "hyper-connections: its layers carry several residual streams per token, merged only before the head"
+
 # model_type -> feature -> why the feature cannot follow that family's computation.
 UNSUPPORTED: dict[str, dict[str, str]] = {
     "blt": dict.fromkeys(("blocks", "maps", "lens", "patch"), _BLT),
@@ -76,6 +89,12 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     },
     "funnel": dict.fromkeys(("blocks", "patch"), _FUNNEL),
     "prophetnet": dict.fromkeys(("blocks", "patch"), _PROPHETNET),
+    "albert": dict.fromkeys(("blocks", "patch"), _ALBERT),
+    "squeezebert": dict.fromkeys(("blocks", "lens", "patch"), _SQUEEZEBERT),
+    "perceiver": dict.fromkeys(("blocks", "lens", "patch"), _PERCEIVER),
+    "pegasus_x": dict.fromkeys(("blocks", "patch"), _PEGASUS_X),
+    "gemma3n_text": {"patch": _ALTUP},
+    "qwen4_exp_text": {"lens": _HYPER},
 }
 
 
