@@ -113,6 +113,14 @@ def require_support(model: nn.Module, feature: str) -> None:
         A transformers model, or a module wrapping one.
     feature : str
         One of ``"blocks"``, ``"maps"``, ``"lens"``, ``"patch"``.
+
+    Raises
+    ------
+    ValueError
+        The model's family is listed for ``feature`` (the message names its class, model_type and
+        the reason), or ``feature`` is not one of the four names.
+    TypeError
+        ``feature`` is not a str.
     """
     if not isinstance(feature, str):  # before the dict lookup: a list would fail as "unhashable"
         raise TypeError(f"feature must be a str, one of {sorted(FEATURE_NAMES)}; got {type(feature).__name__}")
