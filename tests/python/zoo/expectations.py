@@ -120,7 +120,11 @@ EXCLUDED: dict[str, str] = {
 # Every other family. A comment after a row says why a deviation is there.
 TABLE: dict[str, dict[str, Expectation]] = {
     "afmoe": row(),
-    "albert": row(),  # one layer applied num_hidden_layers times: every call is a block
+    "albert": row(  # one layer group applied num_hidden_layers times: every call is a block
+        **unsupported(
+            "albert", "one shared layer run num_hidden_layers times: one module, several outputs", "blocks", "patch"
+        )
+    ),
     "apertus": row(),
     "apertus1p5_text": row(),
     "arcee": row(),
@@ -211,7 +215,9 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "gemma": row(),
     "gemma2": row(),
     "gemma3_text": row(),
-    "gemma3n_text": row(lens=STREAMS_LENS),  # AltUp: altup_num_inputs predictions per token
+    "gemma3n_text": row(  # AltUp: altup_num_inputs predictions per token
+        lens=STREAMS_LENS, **unsupported("gemma3n_text", "AltUp: (N, B, T, D) block outputs, N streams", "patch")
+    ),
     "gemma4_text": row(),
     "gemma4_unified_text": row(),
     "glm": row(),
@@ -328,8 +334,14 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "opt": row(),
     "param2moe": row(),
     "pegasus": row(lens=ENC_DEC_LENS),
-    "pegasus_x": row(maps=NOT_A_MAP, lens=ENC_DEC_LENS),  # block-local encoder attention with global tokens
-    "perceiver": row(),
+    "pegasus_x": row(  # block-local encoder attention with global tokens
+        maps=NOT_A_MAP,
+        lens=ENC_DEC_LENS,
+        **unsupported("pegasus_x", "encoder layers carry token states and global tokens", "blocks", "patch"),
+    ),
+    "perceiver": row(
+        **unsupported("perceiver", "blocks process a latent array, not one state per token", "blocks", "lens", "patch")
+    ),
     "persimmon": row(),
     "phi": row(),
     "phi3": row(),
@@ -348,7 +360,7 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "qwen3_5_text": row(),
     "qwen3_moe": row(),
     "qwen3_next": row(),
-    "qwen4_exp_text": row(),
+    "qwen4_exp_text": row(**unsupported("qwen4_exp_text", "hyper-connections: several residual streams", "lens")),
     "recurrent_gemma": row(),
     "reformer": row(
         maps=NOT_A_MAP,  # LSH and chunked local attention
@@ -367,7 +379,9 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "seed_oss": row(),
     "smollm3": row(),
     "solar_open": row(),
-    "squeezebert": row(),
+    "squeezebert": row(
+        **unsupported("squeezebert", "channels-first (B, D, T) blocks passing dicts", "blocks", "lens", "patch")
+    ),
     "stablelm": row(),
     "starcoder2": row(),
     "switch_transformers": row(lens=ENC_DEC_LENS),
