@@ -97,6 +97,24 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     "qwen4_exp_text": {"lens": _HYPER},
 }
 
+# Attention that is not a (B, H, T, T) softmax map over the input tokens: capture(attentions=...)
+# would report whatever the layout's modules return (banded or bucketed scores) as if it were one.
+_NOT_A_MAP = {
+    "longformer": "sliding-window plus global attention computed in banded form ((B, T, H, 2w + 1) scores)",
+    "led": "its encoder runs Longformer's sliding-window plus global attention, computed in banded form",
+    "longt5": "local and transient-global attention over blocks of tokens",
+    "pegasus_x": "block-local encoder attention with global tokens",
+    "mra": "multi-resolution approximate attention (block-sparse low-resolution approximation)",
+    "reformer": "LSH attention over hashed buckets and chunked local attention",
+    "yoso": "LSH-sampled (Bernoulli) attention with no softmax",
+}
+for _name, _why in _NOT_A_MAP.items():
+    UNSUPPORTED.setdefault(_name, {})["maps"] = "its attention is not a (B, H, T, T) softmax map: " + _why
+UNSUPPORTED["squeezebert"]["maps"] = (
+    "its attention modules return dicts of channels-first tensors holding the scores before the softmax "
+    "(what the model reports as its attentions), not the (B, H, T, T) probabilities"
+)
+
 
 def _family(model: nn.Module) -> tuple[str, str | None]:
     hf = hf_model(model)
