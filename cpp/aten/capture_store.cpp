@@ -89,8 +89,10 @@ at::Tensor CaptureStore::reduce(const at::Tensor& x, const ReduceSpec& spec) con
       throw std::invalid_argument("head dimension " + std::to_string(spec.head_dim) +
                                   " does not exist in a tensor of shape " + shape_string(r));
     }
-    // Averages accumulate in float32 at least, also for bf16/fp16 maps.
-    r = is_low_precision(r) ? r.mean({spec.head_dim}, false, at::kFloat) : r.mean({spec.head_dim});
+    // Averages accumulate in float32 at least, also for bf16/fp16 maps; integer and bool
+    // tensors average in float32 (ATen has no integer mean).
+    const bool widen = is_low_precision(r) || !at::isFloatingType(r.scalar_type());
+    r = widen ? r.mean({spec.head_dim}, false, at::kFloat) : r.mean({spec.head_dim});
   }
   return r;
 }
