@@ -134,6 +134,11 @@ def capture(
         ``attention_impl="recompute"`` on a model whose attention calls cannot be recorded.
     llmdbg.CaptureBudgetError
         Before the forward, when the estimate of the attention capture exceeds ``max_bytes``.
+
+    Notes
+    -----
+    Forwards run from several threads inside one capture (a thread pool) are all recorded, each
+    call whole, in the order the calls reach the store; the C++ store takes one lock per call.
     """
     return Capture(
         model,
