@@ -281,15 +281,15 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "laguna": row(),
     "lara_mini": row(),
     "layoutlm": row(),
-    "led": row(maps=NOT_A_MAP, lens=ENC_DEC_LENS),  # Longformer attention: banded (B, H, T, 2w + 1)
+    "led": row(lens=ENC_DEC_LENS, **unsupported("led", "Longformer attention: banded (B, T, H, 2w + 1)", "maps")),
     "lfm2": row(),
     "lfm2_moe": row(),
     "lfm3": row(),
     "llama": row(),
     "llama4_text": row(),
     "longcat_flash": row(),  # two attention sublayers per layer
-    "longformer": row(maps=NOT_A_MAP),  # banded (B, H, T, 2w + 1) maps
-    "longt5": row(maps=NOT_A_MAP, lens=ENC_DEC_LENS),  # local / transient-global block attention
+    "longformer": row(**unsupported("longformer", "banded (B, T, H, 2w + 1) sliding-window attention", "maps")),
+    "longt5": row(lens=ENC_DEC_LENS, **unsupported("longt5", "local / transient-global block attention", "maps")),
     "luke": row(),
     "m2m_100": row(lens=ENC_DEC_LENS),
     "mamba": row(maps=NO_ATTENTION),
@@ -315,7 +315,7 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "moshi": row(),
     "mpnet": row(),
     "mpt": row(),
-    "mra": row(maps=NOT_A_MAP),  # multi-resolution approximate attention: the model reports no maps
+    "mra": row(**unsupported("mra", "multi-resolution approximate attention: no softmax map", "maps")),
     "mt5": row(lens=ENC_DEC_LENS),
     "mvp": row(lens=ENC_DEC_LENS),
     "nanochat": row(),
@@ -334,10 +334,10 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "opt": row(),
     "param2moe": row(),
     "pegasus": row(lens=ENC_DEC_LENS),
-    "pegasus_x": row(  # block-local encoder attention with global tokens
-        maps=NOT_A_MAP,
+    "pegasus_x": row(
         lens=ENC_DEC_LENS,
         **unsupported("pegasus_x", "encoder layers carry token states and global tokens", "blocks", "patch"),
+        **unsupported("pegasus_x", "block-local encoder attention with global tokens", "maps"),
     ),
     "perceiver": row(
         **unsupported("perceiver", "blocks process a latent array, not one state per token", "blocks", "lens", "patch")
@@ -363,8 +363,8 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "qwen4_exp_text": row(**unsupported("qwen4_exp_text", "hyper-connections: several residual streams", "lens")),
     "recurrent_gemma": row(),
     "reformer": row(
-        maps=NOT_A_MAP,  # LSH and chunked local attention
         **unsupported("reformer", "reversible layers: two concatenated streams per token", "lens", "patch"),
+        **unsupported("reformer", "LSH and chunked local attention: no (B, H, T, T) map", "maps"),
     ),
     "rembert": row(),
     "roberta": row(),
@@ -380,7 +380,8 @@ TABLE: dict[str, dict[str, Expectation]] = {
     "smollm3": row(),
     "solar_open": row(),
     "squeezebert": row(
-        **unsupported("squeezebert", "channels-first (B, D, T) blocks passing dicts", "blocks", "lens", "patch")
+        **unsupported("squeezebert", "channels-first (B, D, T) blocks passing dicts", "blocks", "lens", "patch"),
+        **unsupported("squeezebert", "attention modules return dicts holding pre-softmax scores", "maps"),
     ),
     "stablelm": row(),
     "starcoder2": row(),
@@ -406,7 +407,7 @@ TABLE: dict[str, dict[str, Expectation]] = {
     ),
     "xlstm": row(maps=NO_ATTENTION, watch=Upstream("its backward fails in transformers (in-place state update)")),
     "xmod": row(),
-    "yoso": row(maps=NOT_A_MAP),  # LSH-sampled attention
+    "yoso": row(**unsupported("yoso", "LSH-sampled attention: no softmax map", "maps")),
     "youtu": row(),
     "zamba": row(),
     "zamba2": row(),
