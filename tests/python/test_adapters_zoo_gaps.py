@@ -271,3 +271,94 @@ def test_recorded_attention_that_delegates_its_softmax_is_kept():
     layout = llmdbg.find_layout(tf.MT5ForConditionalGeneration(config).eval())
     assert layout.family == "mt5" and len(layout.attention) == len(layout.blocks) == 4
     assert layout.attention[0] == "encoder.block.0.layer.0" and len(layout.cross_attention) == 2
+
+
+# --------------------------------------------------------------------------- layouts without a block list
+
+
+def _zoo_model(family: str, **overrides) -> torch.nn.Module:
+    """The zoo's tiny model of ``family`` (tests/python/zoo/configs.py), with config overrides."""
+    from zoo.configs import tiny_config
+    from zoo.families import enumerate_families
+
+    config = tiny_config(family)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    return getattr(tf, enumerate_families()[family].cls_name)(config).float().eval()
+
+
+@pytest.mark.parametrize("family", ["xlm", "flaubert"])
+def test_parallel_module_lists_are_blocks_with_the_stack_input_at_the_first_attention(family):
+    model, x = _zoo_model(family), ids()
+    layout = llmdbg.find_layout(model)
+    n = model.config.n_layers
+    assert layout.blocks == tuple(f"transformer.layer_norm2.{i}" for i in range(n))
+    assert layout.attention == tuple(f"transformer.attentions.{i}" for i in range(n))
+    assert layout.mlp == tuple(f"transformer.ffns.{i}" for i in range(n))
+    assert layout.stack_input(next(iter(layout.stacks))) == "transformer.attentions.0"
+    with llmdbg.capture(model, hidden_states=True) as trace, torch.no_grad():
+        model(input_ids=x)
+    with torch.no_grad():
+        theirs = model(input_ids=x, output_hidden_states=True).hidden_states
+    assert len(trace.hidden_states) == len(theirs) == n + 1
+    for i, (got, want) in enumerate(zip(trace.hidden_states, theirs)):
+        np.testing.assert_array_equal(got, want.numpy(), err_msg=f"{family} hidden state {i}")
+    lens = llmdbg.logit_lens(model, x, top_k=3, progress=False)  # XLM's pred_layer returns (scores,)
+    with torch.no_grad():
+        logits = model(input_ids=x).logits
+    np.testing.assert_array_equal(lens.top_ids[-1], logits.topk(3, dim=-1).indices.numpy())
+
+
+def test_pre_norm_flaubert_is_refused_naming_the_family():
+    model = _zoo_model("flaubert", pre_norm=True)
+    with pytest.raises(ValueError, match=r"FlaubertModel \(model_type 'flaubert'\) with pre_norm=True"):
+        llmdbg.find_layout(model)
+
+
+def test_fnet_blocks_are_found_and_its_maps_refused_as_fourier_mixing():
+    model, x = _zoo_model("fnet"), ids()
+    layout = llmdbg.find_layout(model)
+    assert layout.blocks == ("fnet.encoder.layer.0", "fnet.encoder.layer.1") and layout.attention == ()
+    with pytest.raises(ValueError, match=r"FNetForMaskedLM has no attention .*Fourier"):
+        with llmdbg.capture(model, attentions=True):
+            model(input_ids=x)
+
+
+def test_window_padded_blocks_are_cut_to_the_input_length_by_position():
+    """Longformer pads to its attention window inside the model: hidden states and per-position
+    patching see the T input positions (the raw activations keep the padded length)."""
+    model, x = _zoo_model("longformer"), ids()
+    t = x.shape[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Input ids are automatically padded"
+        with llmdbg.capture(model, "blocks", hidden_states=True) as trace, torch.no_grad():
+            model(input_ids=x)
+        with torch.no_grad():
+            theirs = model(input_ids=x, output_hidden_states=True).hidden_states
+        for i, (got, want) in enumerate(zip(trace.hidden_states, theirs)):
+            np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-6, err_msg=f"hidden state {i}")
+        assert trace.activations["longformer.encoder.layer.0"].shape[1] > t  # what the module returned
+        metric = lambda out: out.logits[:, -1, 5].mean()
+        corrupted = x.flip(-1)
+        result = llmdbg.patch(model, x, corrupted, metric=metric, positions="all", progress=False)
+        assert result.values.shape == (len(result.modules), t)
+        # Restoring every position of the last block gives the clean run back; position by
+        # position only the last one moves the metric read at the last position.
+        last = model.get_submodule(result.modules[-1])
+        with torch.no_grad():
+            model(input_ids=x)
+            clean_out = []
+            h = last.register_forward_hook(lambda m, a, o: clean_out.append(o[0].clone()))
+            model(input_ids=x)
+            h.remove()
+
+            def restore(m, a, o):
+                out = o[0].clone()
+                out[:, t - 1] = clean_out[0][:, t - 1]
+                return (out, *o[1:])
+
+            h = last.register_forward_hook(restore)
+            by_hand = float(metric(model(input_ids=corrupted)))
+            h.remove()
+    np.testing.assert_allclose(result.values[-1, -1], by_hand, rtol=1e-5, atol=1e-6)
