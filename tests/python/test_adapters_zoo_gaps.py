@@ -362,3 +362,16 @@ def test_window_padded_blocks_are_cut_to_the_input_length_by_position():
             by_hand = float(metric(model(input_ids=corrupted)))
             h.remove()
     np.testing.assert_allclose(result.values[-1, -1], by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_xlm_hidden_states_are_zero_at_padding_as_the_model_makes_them():
+    """XLM multiplies each layer's output by the mask in place, after layer_norm2 returned it."""
+    model, x = _zoo_model("xlm"), ids()
+    mask = torch.ones_like(x)
+    mask[0, -2:] = 0
+    with llmdbg.capture(model, hidden_states=True) as trace, torch.no_grad():
+        model(input_ids=x, attention_mask=mask)
+    with torch.no_grad():
+        theirs = model(input_ids=x, attention_mask=mask, output_hidden_states=True).hidden_states
+    for i, (got, want) in enumerate(zip(trace.hidden_states, theirs)):
+        np.testing.assert_array_equal(got, want.numpy(), err_msg=f"hidden state {i}")

@@ -96,6 +96,9 @@ class ModelLayout:
         Stacks whose blocks run on the input right-padded to a multiple of the attention window
         (Longformer, LED's encoder): their outputs are (B, T_padded, D) and the model keeps the
         first T positions, as :meth:`unpad` does.
+    masked_outputs : tuple of str
+        Stacks whose model multiplies each block's output by the attention mask in place after the
+        block (XLM, Flaubert): hooks see the output before that, :meth:`as_hidden_state` after.
     """
 
     family: str
@@ -111,6 +114,7 @@ class ModelLayout:
     attention_blocks: tuple[str, ...] = ()
     stack_inputs: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
     window_padded: tuple[str, ...] = ()
+    masked_outputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.attention_blocks and len(self.attention) == len(self.blocks):
@@ -123,9 +127,22 @@ class ModelLayout:
 
     def padded(self, name: str) -> bool:
         """Whether module ``name`` (or ``name + ":input"``) runs inside a window-padded stack."""
+        return self._inside(name, self.window_padded)
+
+    def _inside(self, name: str, stacks: tuple[str, ...]) -> bool:
         name = name.removesuffix(":input")
-        inside = tuple(b for s in self.window_padded for b in self.stacks[s])
+        inside = tuple(b for s in stacks for b in self.stacks[s])
         return name in inside or name.startswith(tuple(b + "." for b in inside))
+
+    def as_hidden_state(self, name: str, array: Any, length: int | None, mask: Any) -> Any:
+        """The state the model passes on, from module ``name``'s captured output ``array`` (B, T', D):
+        cut to the input's ``length`` tokens in a window-padded stack (:meth:`unpad`), zero where the
+        (B, T) attention ``mask`` is 0 in a stack in ``masked_outputs``."""
+        array = self.unpad(name, array, length)
+        masked = mask is not None and self._inside(name, self.masked_outputs) and array.ndim == 3
+        if masked and tuple(array.shape[:2]) == tuple(mask.shape):
+            array = array * (mask[..., None] != 0).astype(array.dtype)
+        return array
 
     def unpad(self, name: str, tensor: Any, length: int | None) -> Any:
         """``tensor[:, :length]`` where module ``name`` runs on the window-padded sequence and its
@@ -227,6 +244,7 @@ def _find_layout_uncached(model: nn.Module) -> ModelLayout:
         found.attention_blocks,
         found.stack_inputs,
         tuple(s for s in WINDOW_PADDED.get(str(model_type), ()) if s in found.stacks),
+        tuple(found.stacks) if model_type in PARALLEL_LISTS else (),
     )
 
 

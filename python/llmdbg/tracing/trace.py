@@ -253,10 +253,13 @@ class Trace:
         ``(B, T, D)``; encoder-decoders give the encoder stack, then the decoder stack. Unlike
         some models' ``hidden_states[-1]`` (GPT-2 applies ``ln_f`` there), the last entry is the
         raw block output, before any final norm. Blocks that run on a window-padded sequence
-        (Longformer, LED's encoder) are cut back to the input length, as the model does."""
+        (Longformer, LED's encoder) are cut back to the input length, and XLM's and Flaubert's
+        padding positions zeroed, as the model does."""
         length = self._input_ids[-1].shape[1] if self._input_ids else None
-        unpad = self.layout.unpad if self.layout is not None else lambda _, a, __: a
-        return [unpad(m, self._array(m), length) for m in self.hidden_state_modules if m in self._store.keys()]
+        fix = self.layout.as_hidden_state if self.layout is not None else lambda _, a, __, ___: a
+        same = len({m.shape[1:] for m in self._masks}) == 1
+        mask = self.attention_mask if same else None  # XLM zeroes padding after each block
+        return [fix(m, self._array(m), length, mask) for m in self.hidden_state_modules if m in self._store.keys()]
 
     @property
     def attention_mask(self) -> np.ndarray | None:
