@@ -11,7 +11,6 @@ FalconMamba, RWKV) have blocks and no attention.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import itertools
 import re
@@ -311,13 +310,17 @@ def _computes_softmax(module: nn.Module) -> bool:
     return any(_softmax_in_source(type(m)) for m in module.modules())
 
 
-@functools.cache
+_SOFTMAX_IN_SOURCE: dict[type, bool] = {}  # per class: reading source is slow
+
+
 def _softmax_in_source(cls: type) -> bool:
-    try:
-        source = inspect.getsource(cls.forward)  # type: ignore[attr-defined]
-    except (OSError, TypeError, AttributeError):
-        return True
-    return bool(_SOFTMAX_SOURCE_RE.search(source))
+    if cls not in _SOFTMAX_IN_SOURCE:
+        try:
+            source = inspect.getsource(cls.forward)  # type: ignore[attr-defined]
+        except (OSError, TypeError, AttributeError):
+            source = "softmax"  # unreadable: counts as yes
+        _SOFTMAX_IN_SOURCE[cls] = bool(_SOFTMAX_SOURCE_RE.search(source))
+    return _SOFTMAX_IN_SOURCE[cls]
 
 
 def _group(blocks: list[str]) -> dict[str, tuple[str, ...]]:
