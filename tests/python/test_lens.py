@@ -358,12 +358,12 @@ def test_truncated_logits_are_refused_not_skipped():
 
 
 def test_heads_llmdbg_cannot_follow_are_refused_in_words():
-    """SqueezeBERT's blocks never fire the hooks (KeyError: 2), Reformer's head takes its two
+    """SqueezeBERT's channels-first blocks pass dicts (refused by family), Reformer's head takes its two
     concatenated streams (a torch shape error), PegasusX's layout shows one stack of an
     encoder-decoder (rows misaligned with the decoder); each must be a ValueError naming it."""
     torch.manual_seed(0)
     squeeze = tf.SqueezeBertForMaskedLM(tf.SqueezeBertConfig(embedding_size=H, pad_token_id=0, **_ENC)).eval()
-    with pytest.raises(ValueError, match=r"SqueezeBertForMaskedLM did not all run.*no state for rows \[0, 1, 2\]"):
+    with pytest.raises(ValueError, match=r"SqueezeBertForMaskedLM \(model_type 'squeezebert'\) .* channels-first"):
         logit_lens(squeeze, tiny_inputs("bert"), progress=False)
     reformer = tf.ReformerForMaskedLM(
         tf.ReformerConfig(
