@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ __all__ = [
     "kernel_problem",
     "recording_attention",
     "recording_unsupported_reason",
+    "reported_problem",
 ]
 
 # Implementations whose semantics kernel_problem reproduces. flex_attention passes a BlockMask
@@ -114,6 +116,16 @@ def _attention_module_calls_interface(module: nn.Module) -> bool:
     return "ALL_ATTENTION_FUNCTIONS" in source or "attention_interface" in source
 
 
+def _passes_token_sinks(module: nn.Module) -> bool:
+    """Whether the module hands the kernel a ``sinks=`` argument (per-query sink logits), rather
+    than the per-head ``s_aux`` that :func:`kernel_problem` reads."""
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return False
+    return re.search(r"\bsinks\s*=", source) is not None
+
+
 def recording_unsupported_reason(model: nn.Module, modules: dict[str, nn.Module]) -> str | None:
     """Why the attention calls of ``modules`` cannot be recorded, or None when they can."""
     try:
@@ -133,6 +145,11 @@ def recording_unsupported_reason(model: nn.Module, modules: dict[str, nn.Module]
             return (
                 f"{type(module).__name__} ({name}) computes attention itself instead of calling "
                 "transformers' AttentionInterface"
+            )
+        if _passes_token_sinks(module):
+            return (
+                f"{type(module).__name__} ({name}) passes its own sink logits ('sinks', one per query in "
+                "Inkling2) to the attention kernel, which the recompute kernels do not model"
             )
         if impl == "eager" and _eager_function(module) is None:
             return f"{type(module).__name__} ({name}) has no module-level eager_attention_forward to delegate to"
@@ -250,7 +267,10 @@ def _as_4d(mask: torch.Tensor, tq: int, tk: int) -> torch.Tensor:
         return mask[:, None, None, :tk].bool() if mask.dtype != torch.bool else mask[:, None, None, :tk]
     if mask.dim() != 4:
         raise RuntimeError(f"attention mask of shape {tuple(mask.shape)}: expected 2-D or 4-D")
-    return _squeeze_broadcast(mask[..., -tq:, :tk])
+    mask = _squeeze_broadcast(mask[..., -tq:, :tk])
+    if mask.shape[2] == 1 and tq > 1:  # a (B, 1, 1, T_k) key-padding mask (LayoutLM's): one row per query
+        mask = mask.expand(-1, -1, tq, -1)
+    return mask
 
 
 # Keyword arguments of attention calls that kernel_problem reads, or that cannot change the
@@ -361,3 +381,44 @@ def kernel_problem(call: AttentionCall) -> KernelProblem:
     problem.query = q.detach().to(torch.float32).contiguous()
     problem.key = problem.key.detach().to(torch.float32).contiguous()
     return problem
+
+
+# -- what the model reports -----------------------------------------------------------------------
+
+_SINKS_REPORTED: dict[type, bool] = {}
+
+
+def _eager_reports_sinks(call: AttentionCall, sinks: torch.Tensor) -> bool:
+    """Whether the family's eager attention reports weights whose denominator holds the sink
+    logits (gpt-oss: rows sum below 1) or the plain softmax over keys (GraniteSWA, which applies its
+    sinks by rescaling the output instead). Answered once per module class by running the eager
+    function on one zero query and key whose logit a mask puts 30 below every sink: with the sinks
+    the row sums to at most e^-30, without them to exactly 1."""
+    cls = type(call.module)
+    if cls not in _SINKS_REPORTED:
+        eager = _eager_function(call.module)
+        reported = True  # without a readable answer: the kernel's own view, sinks included
+        if eager is not None:
+            q, k, v = (torch.zeros_like(t[:1, :, :1]) for t in (call.query, call.key, call.value))
+            low = float(sinks.min()) - 30.0
+            mask = torch.full((1, 1, 1, 1), low, dtype=q.dtype, device=q.device)
+            extra = {key: value for key, value in call.kwargs.items() if key == "s_aux"}
+            try:
+                with torch.no_grad():
+                    out = eager(call.module, q, k, v, mask, scaling=1.0, dropout=0.0, **extra)
+                weights = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else None
+                if isinstance(weights, torch.Tensor):
+                    reported = not bool(((weights.double().sum(-1) - 1).abs() < 1e-3).all())
+            except (RuntimeError, TypeError, ValueError, IndexError):
+                reported = True
+        _SINKS_REPORTED[cls] = reported
+    return _SINKS_REPORTED[cls]
+
+
+def reported_problem(call: AttentionCall, problem: KernelProblem) -> KernelProblem:
+    """The problem whose probabilities the model's own eager attention reports as its weights: the
+    kernel's problem, without the sink logits for families whose eager weights leave them out (the
+    kernel's problem itself stays what ``verify`` checks the output against)."""
+    if problem.sinks is None or _eager_reports_sinks(call, problem.sinks):
+        return problem
+    return dataclasses.replace(problem, sinks=None)

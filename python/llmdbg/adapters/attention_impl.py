@@ -67,14 +67,41 @@ def eager_attention(model: nn.Module) -> Iterator[nn.Module]:
 _GATED_RE = re.compile(r"\bif\b[^\n]*\boutput_attentions\b|\boutput_attentions\s+else\b")
 
 
-def _returns_weights_only_when_asked(forward: Any) -> bool:
-    if "output_attentions" not in inspect.signature(forward).parameters:
-        return False
+def _gated(function: Any) -> bool | None:
+    """Whether a function's source tests the flag; None without readable source."""
     try:
-        source = inspect.getsource(forward)
-    except (OSError, TypeError):  # no source: trust the parameter
+        return bool(_GATED_RE.search(inspect.getsource(function)))
+    except (OSError, TypeError):
+        return None
+
+
+def _returns_weights_only_when_asked(module: nn.Module) -> bool:
+    """The module's forward takes ``output_attentions`` and the flag gates the weights, in the
+    forward itself or where it hands the flag on: a helper method of the class (OpenAI GPT's
+    ``_attn``) or a module inside it (BERT-style ``attention.self``)."""
+    if "output_attentions" not in inspect.signature(module.forward).parameters:
+        return False
+    gated = _gated(module.forward)
+    if gated is None:  # no source: trust the parameter
         return True
-    return bool(_GATED_RE.search(source))
+    if gated:
+        return True
+    helpers = [
+        f
+        for klass in type(module).__mro__
+        if klass not in (nn.Module, object)
+        for name, f in vars(klass).items()
+        if inspect.isfunction(f) and name != "forward"
+    ]
+    inner = [m.forward for m in module.modules() if m is not module]
+    return any("output_attentions" in _parameters(f) and _gated(f) for f in helpers + inner)
+
+
+def _parameters(function: Any) -> Any:
+    try:
+        return inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return {}
 
 
 def needs_output_attentions_flag(model: nn.Module, attention_modules: Iterable[str]) -> bool:
@@ -87,7 +114,7 @@ def needs_output_attentions_flag(model: nn.Module, attention_modules: Iterable[s
     5.24), so the test reads the forward's source for a condition on the flag, and falls back to
     the parameter's presence when no source is available.
     """
-    return any(_returns_weights_only_when_asked(model.get_submodule(n).forward) for n in attention_modules)
+    return any(_returns_weights_only_when_asked(model.get_submodule(n)) for n in attention_modules)
 
 
 def _attn_configs(model: nn.Module) -> list:
