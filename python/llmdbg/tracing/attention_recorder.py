@@ -9,13 +9,14 @@ query asked for one.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..adapters.attention_calls import AttentionCall, KernelProblem, kernel_problem
+from ..adapters.attention_calls import AttentionCall, KernelProblem, kernel_problem, reported_problem
 from .query import AttentionQuery
 from .recompute import recompute
 
@@ -82,12 +83,22 @@ class AttentionRecorder:
         # Beam search reorders cached rows between steps: earlier special-token flags no longer
         # line up with the rows, so decode steps report special_mass as NaN (unknown).
         self.cache_reordered = False
+        # Attention modules whose forward ran (a decoder-only call skips cross-attention), and the
+        # recorded calls of the first forward in call order: a module called several times per
+        # forward (ALBERT's shared layer, Perceiver's repeated block) gives one map per call.
+        self.entered: set[str] = set()
+        self.sequence: list[str] = []
+        self._last_qk: dict[str, tuple[Any, Any]] = {}
 
     def check_complete(self, recorded: bool) -> None:
         """Raise when the model ran but a selected attention module never reached the recorder
         (a module that computes attention outside the AttentionInterface), instead of leaving a
         silent gap in the trace."""
-        missing = [self.names[i] for i in sorted(self.layers) if self.names[i] not in self.calls]
+        missing = [
+            self.names[i]
+            for i in sorted(self.layers)
+            if self.names[i] not in self.calls and self.names[i] in self.entered
+        ]
         if not self.forwards or not missing:
             return
         shown = f"{missing[:3]}{' ...' if len(missing) > 3 else ''}"
@@ -99,9 +110,9 @@ class AttentionRecorder:
         )
 
     def __call__(self, call: AttentionCall) -> Callable[[Any], None] | None:
-        if call.layer not in self.layers:
+        if call.layer not in self.layers or self._repeats_last_call(call):
             return None
-        self.calls[call.name] = self.calls.get(call.name, 0) + 1
+        self._count(call.name)
         self.causal[call.layer] = bool(getattr(call.module, "is_causal", False))
         if not self.warned_dropout and float(call.kwargs.get("dropout") or 0.0) > 0:
             self.warned_dropout = True
@@ -111,10 +122,11 @@ class AttentionRecorder:
                 stacklevel=2,
             )
         problem = kernel_problem(call)
+        shown = reported_problem(call, problem)  # the weights the model's eager attention reports
         b, hq, tq, tk = problem.shape
         special, sink = self._key_tokens(call.name, b, tk)
         if self.mode == "stats":
-            result = recompute(problem, stats=True, special=special, sink_index=sink, n_jobs=self.n_jobs)
+            result = recompute(shown, stats=True, special=special, sink_index=sink, n_jobs=self.n_jobs)
             if "special_mass" not in result:
                 result["special_mass"] = np.full((b, hq, tq), np.nan, dtype=np.float32)
             slot = self.stats.setdefault(call.layer, {n: [] for n in STAT_NAMES})
@@ -125,7 +137,7 @@ class AttentionRecorder:
             heads = self.query.head_indices(hq, call.name)
             rows = self._rows(tq, call.name)
             result = recompute(
-                problem,
+                shown,
                 maps=True,
                 map_heads=heads,
                 map_rows=rows,
@@ -136,6 +148,18 @@ class AttentionRecorder:
         if not self.verify:
             return None
         return lambda output: self._verify(call, problem, output)
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.forwards <= 1:
+            self.sequence.append(name)
+
+    def _repeats_last_call(self, call: AttentionCall) -> bool:
+        """A second kernel call of a module on the very same queries and keys (DiffLlama runs one
+        softmax against two halves of V): the same probabilities, which the model reports once."""
+        last = self._last_qk.get(call.name)
+        self._last_qk[call.name] = (weakref.ref(call.query), weakref.ref(call.key))
+        return last is not None and last[0]() is call.query and last[1]() is call.key
 
     def _rows(self, tq: int, name: str) -> np.ndarray | None:
         assert self.query is not None
@@ -148,7 +172,7 @@ class AttentionRecorder:
         weights (a module's own output under eager attention)."""
         if layer not in self.layers:
             return
-        self.calls[name] = self.calls.get(name, 0) + 1
+        self._count(name)
         self.causal[layer] = bool(getattr(module, "is_causal", False))
         b, h, tq, tk = weights.shape
         if self.mode == "stats":

@@ -111,3 +111,22 @@ def select_modules(model: torch.nn.Module, modules: Any, layout: Any = None) -> 
                 chosen.add(n)
                 selected.append(n)
     return selected
+
+
+def with_sibling_attention(model: torch.nn.Module, names: list[str]) -> list[str]:
+    """The layout's attention modules, each followed by the other modules of its class in the same
+    ``nn.ModuleList`` when that list belongs to one layer (LongCat-Flash runs two attention
+    sublayers, ``self_attn.0`` and ``self_attn.1``, per layer; the layout names one per block)."""
+    listed, out = set(names), []
+    for name in names:
+        out.append(name)
+        parent_name = name.rpartition(".")[0]
+        parent = model.get_submodule(parent_name) if parent_name else None
+        if not isinstance(parent, torch.nn.ModuleList):
+            continue
+        siblings = [f"{parent_name}.{i}" for i in range(len(parent))]
+        if any(s in listed for s in siblings if s != name):  # a list of layers, not of sublayers
+            continue
+        kind = type(model.get_submodule(name))
+        out += [s for s in siblings if s != name and type(model.get_submodule(s)) is kind]
+    return out

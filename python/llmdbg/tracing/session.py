@@ -35,7 +35,7 @@ from .attention_setup import check_budget, choose_recompute, record_streams, spe
 from .generation import GenerateWrapper
 from .memory import decoder_self_attention, layer_shapes
 from .query import ATTENTION_IMPLS, AttentionQuery, estimate, resolve_attentions
-from .selection import first_input, first_tensor, parse_reduce, select_modules
+from .selection import first_input, first_tensor, parse_reduce, select_modules, with_sibling_attention
 from .trace import ATTN_GRAD_SUFFIX, ATTN_SUFFIX, GRAD_SUFFIX, INPUT_SUFFIX, Trace
 
 # Models with a capture in progress: a second capture on the same model would stack hooks.
@@ -44,6 +44,28 @@ _ACTIVE: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 _DTYPES = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 _MAX_BYTES = 2**63  # the store's budget is an int64
 _INT64_MAX = 2**63 - 1
+
+
+def _weights_in(output: Any, index: int) -> torch.Tensor | None:
+    """The ``(B, H, T_q, T_k)`` weights at ``index`` of an attention module's output tuple, or of
+    its first item when that is itself the tuple (I-BERT returns ``((output, weights), (scales,
+    weight_scales))``), or the one 4-D tensor after a None there; None when there is none."""
+    if not isinstance(output, (tuple, list)) or not output:
+        return None
+    if isinstance(output[0], (tuple, list)):
+        return _weights_in(output[0], index)
+    weights = output[index] if len(output) > index else None
+    if weights is None:  # LUKE: (word output, entity output or None, weights)
+        later = [t for t in output[index + 1 :] if isinstance(t, torch.Tensor) and t.dim() == 4]
+        weights = later[0] if len(later) == 1 else None
+    return weights if isinstance(weights, torch.Tensor) and weights.dim() == 4 else None
+
+
+def _entered_hook(entered: set[str], name: str) -> Any:
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        entered.add(name)
+
+    return hook
 
 
 class Capture:
@@ -184,11 +206,11 @@ class Capture:
         grads = self._flags["grads"]
 
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            weights = output[index] if isinstance(output, (tuple, list)) and len(output) > index else None
-            if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
+            weights = _weights_in(output, index)
+            if weights is None:
                 raise RuntimeError(
                     f"attention module {name!r} returned no attention weights under eager "
-                    f"attention (got {type(weights).__name__}); this architecture needs an adapter "
+                    f"attention (it returned {type(output).__name__}); this architecture needs an adapter "
                     "rule in llmdbg.adapters.layout"
                 )
             if self._consumer is not None:
@@ -274,7 +296,11 @@ class Capture:
                 hidden += [first + INPUT_SUFFIX, *blocks]
                 input_modules += [] if first in input_modules else [first]
                 selected.extend(n for n in blocks if n not in selected)
-        attention = list(layout.attention) + list(layout.cross_attention) if layout and flags["attentions"] else []
+        attention = (
+            with_sibling_attention(self.model, list(layout.attention)) + list(layout.cross_attention)
+            if layout and flags["attentions"]
+            else []
+        )
         if not (selected or attention):
             raise ValueError("nothing to capture: pass modules=..., attentions=True or hidden_states=True")
 
@@ -328,6 +354,11 @@ class Capture:
         self.trace._attention_causal = self._recorder.causal
         hf = self._hf if self._hf is not None else self.model
         self._special_ids = special_ids(hf, self._tokenizer)
+        entered = self._recorder.entered
+        for name in attention:
+            hook = _entered_hook(entered, name)
+            self._handles.append(named[name].register_forward_pre_hook(hook))
+        self.trace._attention_order = self._recorder.sequence
         if self._recompute:
             self._recording = recording_attention(hf, {n: named[n] for n in attention}, self._recorder)
             self._recording.__enter__()

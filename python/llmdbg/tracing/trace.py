@@ -129,6 +129,9 @@ class Trace:
         # layer -> statistic -> one (B, H, T_q) array per call; filled by the attention recorder
         self._attention_stats: dict[int, dict[str, list[np.ndarray]]] = {}
         self._attention_causal: dict[int, bool] = {}
+        # Attention modules in the call order of one forward, set by the capture (a module called
+        # several times per forward appears once per call).
+        self._attention_order: list[str] = []
         self._generations: list[Generation] = []
 
     # -- recording (called by the capture hooks) -------------------------------------------
@@ -175,12 +178,37 @@ class Trace:
     @property
     def attentions(self) -> list[np.ndarray]:
         """Attention maps per layer, in layer order: ``(B, H, T_q, T_k)`` float arrays, or
-        ``(B, T_q, T_k)`` with ``reduce="head_mean"``. Rows (queries) sum to 1 over keys."""
+        ``(B, T_q, T_k)`` with ``reduce="head_mean"``. Rows (queries) sum to 1 over keys. A module
+        that runs several times in one forward (ALBERT's shared layer, Perceiver's repeated
+        self-attention block) gives one entry per call, in call order, as the model's own
+        ``output_attentions`` does."""
+        order = self._attention_order
+        if len(set(order)) < len(order):
+            return self._attentions_per_call(order)
         return [
             self._array(m + ATTN_SUFFIX)
             for m in self.attention_modules
             if m + ATTN_SUFFIX in self._store.keys() and self._has_arrays(m + ATTN_SUFFIX)
         ]
+
+    def _attentions_per_call(self, order: list[str]) -> list[np.ndarray]:
+        """Entry ``i`` of ``order`` (the ``j``-th call of its module in a forward, of ``n``): calls
+        ``j, j + n, ...`` of the module, one per forward, concatenated along the batch."""
+        out, seen = [], dict.fromkeys(order, 0)
+        for m in order:
+            j, n = seen[m], order.count(m)
+            seen[m] += 1
+            key = m + ATTN_SUFFIX
+            if key not in self._store.keys() or not self._has_arrays(key):
+                continue
+            parts = self.calls(key)[j::n]
+            if len({p.shape[1:] for p in parts}) > 1:
+                raise ValueError(
+                    f"{key!r} ran with different shapes {[p.shape for p in parts]}; read them one by one "
+                    f"with trace.calls({key!r})"
+                )
+            out.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0))
+        return out
 
     @property
     def attention_stats(self) -> dict[int, dict[str, np.ndarray]]:
