@@ -18,9 +18,10 @@
 // Toeplitz kernel matrix; two real charges share one complex transform because the kernels are
 // real and even). Interpolating back gives, per point,
 //   φ_i = Σ_j w_ij,  ψ_i = Σ_j w_ij²,  χ_i = Σ_j w_ij² ỹ_j      (j = i included)
-// so Z = Σ_i (φ_i − 1) and rep_i = ỹ_i ψ_i − χ_i (the self term cancels). Z comes from K1
-// directly rather than from FIt-SNE's K2 with a ‖y‖² charge, which cancels badly when the
-// embedding is wide. The interpolation error is the method's only approximation; see
+// so Z = Σ_i (φ_i − s_i), with s_i the grid's own estimate of the self term K1(0) (interpolated
+// like the pairs, so its error cancels), and rep_i = ỹ_i ψ_i − χ_i (the self term cancels).
+// Z comes from K1 directly rather than from FIt-SNE's K2 with a ‖y‖² charge, which cancels
+// badly when the embedding is wide. The interpolation error is the method's only approximation; see
 // tests/cpp/test_tsne_fft.cpp for measured force and Z errors (about openTSNE's own).
 //
 // Cost O(n · n_interp² + M² log M) with M = 2·m·p: linear in n, but the grid grows with the
