@@ -16,6 +16,7 @@
 #include "common.hpp"
 #include "core/tsne/affinity.hpp"
 #include "core/tsne/fft_repulsion.hpp"
+#include "core/tsne/format.hpp"
 #include "core/tsne/knn.hpp"
 #include "core/tsne/optimize.hpp"
 #include "core/tsne/repulsion.hpp"
@@ -43,6 +44,20 @@ ts::Csr to_csr(const py::object& indptr_in, const py::object& indices_in, const 
   P.data.assign(data_of<double>(data), data_of<double>(data) + data.size());
   if (P.indptr.front() != 0 || P.indptr.back() != static_cast<int64_t>(P.indices.size())) {
     throw py::value_error(fn + ": indptr must start at 0 and end at len(indices)");
+  }
+  for (int64_t i = 0; i < P.n; ++i) {
+    if (P.indptr[i] > P.indptr[i + 1]) throw py::value_error(fn + ": indptr must not decrease");
+  }
+  for (size_t e = 0; e < P.indices.size(); ++e) {
+    if (P.indices[e] < 0 || P.indices[e] >= P.n) {
+      throw py::value_error(fn + ": indices[" + std::to_string(e) +
+                            "] = " + std::to_string(P.indices[e]) + " is out of range [0, " +
+                            std::to_string(P.n) + ")");
+    }
+    if (!(P.data[e] >= 0.0) || !std::isfinite(P.data[e])) {
+      throw py::value_error(fn + ": data[" + std::to_string(e) + "] = " + ts::num(P.data[e]) +
+                            " is not a finite probability >= 0");
+    }
   }
   return P;
 }
@@ -154,7 +169,7 @@ py::tuple calibrate(
   const int64_t n = d2.shape(0), k = d2.shape(1);
   if (!(perplexity >= 1.0) || !std::isfinite(perplexity)) {
     throw py::value_error("tsne_calibrate: perplexity must be a finite number >= 1, got " +
-                          std::to_string(perplexity));
+                          ts::num(perplexity));
   }
   if (k < 1) throw py::value_error("tsne_calibrate: sqdist needs at least one column");
   py::array_t<double> P({n, k}), perp(n);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/common/parallel.hpp"
+#include "core/tsne/format.hpp"
 
 namespace llmdbg::tsne {
 
@@ -15,11 +16,10 @@ void calibrate(const double* sqdist, int64_t n, int64_t k, double perplexity, do
                int max_iter, double* P, double* perplexities, int num_threads) {
   if (!(perplexity >= 1.0) || !std::isfinite(perplexity)) {
     throw std::invalid_argument("calibrate: perplexity must be a finite number >= 1, got " +
-                                std::to_string(perplexity));
+                                num(perplexity));
   }
   if (!(tol >= 0.0) || !std::isfinite(tol)) {
-    throw std::invalid_argument("calibrate: tol must be a finite number >= 0, got " +
-                                std::to_string(tol));
+    throw std::invalid_argument("calibrate: tol must be a finite number >= 0, got " + num(tol));
   }
   if (max_iter < 1) {
     throw std::invalid_argument("calibrate: max_iter must be >= 1, got " +
@@ -29,7 +29,7 @@ void calibrate(const double* sqdist, int64_t n, int64_t k, double perplexity, do
   for (int64_t c = 0; c < n * k; ++c) {
     if (!(sqdist[c] >= 0.0) || !std::isfinite(sqdist[c])) {
       throw std::invalid_argument("calibrate: sqdist[" + std::to_string(c / k) + ", " +
-                                  std::to_string(c % k) + "] = " + std::to_string(sqdist[c]) +
+                                  std::to_string(c % k) + "] = " + num(sqdist[c]) +
                                   " is not a finite squared distance >= 0");
     }
   }
@@ -121,7 +121,7 @@ Csr joint_probabilities(const int64_t* indices, const double* P_cond, int64_t n,
   for (int64_t c = 0; c < n * k; ++c) {
     if (!(P_cond[c] >= 0.0) || !std::isfinite(P_cond[c])) {
       throw std::invalid_argument("joint_probabilities: P[" + std::to_string(c / k) + ", " +
-                                  std::to_string(c % k) + "] = " + std::to_string(P_cond[c]) +
+                                  std::to_string(c % k) + "] = " + num(P_cond[c]) +
                                   " is not a finite probability >= 0");
     }
     pmax = std::max(pmax, P_cond[c]);
@@ -134,8 +134,10 @@ Csr joint_probabilities(const int64_t* indices, const double* P_cond, int64_t n,
     for (int64_t m = 0; m < k; ++m) {
       const int64_t j = indices[i * k + m];
       if (j < 0 || j >= n || j == i) {
-        throw std::invalid_argument("joint_probabilities: neighbour index " + std::to_string(j) +
-                                    " of row " + std::to_string(i) + " is out of range or self");
+        throw std::invalid_argument("joint_probabilities: indices[" + std::to_string(i) + ", " +
+                                    std::to_string(m) + "] = " + std::to_string(j) +
+                                    " is out of range [0, " + std::to_string(n) +
+                                    ") or the row itself");
       }
       count[j + 1] += 1;
     }

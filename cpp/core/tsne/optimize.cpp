@@ -9,6 +9,7 @@
 
 #include "core/common/parallel.hpp"
 #include "core/tsne/fft_repulsion.hpp"
+#include "core/tsne/format.hpp"
 #include "core/tsne/quadtree.hpp"
 #include "core/tsne/repulsion.hpp"
 #include "core/tsne/simd.hpp"
@@ -224,15 +225,14 @@ void check_phases(const OptimizeParams& prm) {
     if (ph.n_iter < 0) throw std::invalid_argument(at + "n_iter must be >= 0");
     if (!(ph.exaggeration > 0) || !std::isfinite(ph.exaggeration)) {
       throw std::invalid_argument(at + "exaggeration must be finite and > 0, got " +
-                                  std::to_string(ph.exaggeration));
+                                  num(ph.exaggeration));
     }
     if (!(ph.learning_rate > 0) || !std::isfinite(ph.learning_rate)) {
       throw std::invalid_argument(at + "learning_rate must be finite and > 0, got " +
-                                  std::to_string(ph.learning_rate));
+                                  num(ph.learning_rate));
     }
     if (!(ph.momentum >= 0 && ph.momentum < 1)) {
-      throw std::invalid_argument(at + "momentum must be in [0, 1), got " +
-                                  std::to_string(ph.momentum));
+      throw std::invalid_argument(at + "momentum must be in [0, 1), got " + num(ph.momentum));
     }
   }
   if (std::isnan(prm.max_step_norm)) throw std::invalid_argument("max_step_norm must not be NaN");
@@ -253,15 +253,15 @@ struct FftWorkspaceRelease {
 
 void check_embedding(const double* Y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    for (int c = 0; c < 2; ++c) {
-      const double v = Y[2 * i + c];
-      if (!std::isfinite(v)) {
-        throw std::invalid_argument("Y: row " + std::to_string(i) + " holds NaN or Inf");
-      }
-      if (std::abs(v) > kMaxCoordinate) {
-        throw std::invalid_argument("Y: coordinates must be within +-1e150, row " +
-                                    std::to_string(i) + " has " + std::to_string(v));
-      }
+    if (!std::isfinite(Y[2 * i]) || !std::isfinite(Y[2 * i + 1])) {
+      throw std::invalid_argument("Y: row " + std::to_string(i) + " holds NaN or Inf");
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = std::max(std::abs(Y[2 * i]), std::abs(Y[2 * i + 1]));
+    if (v > kMaxCoordinate) {
+      throw std::invalid_argument("Y: coordinates must be within +-1e150, row " +
+                                  std::to_string(i) + " has " + num(v));
     }
   }
 }

@@ -76,6 +76,8 @@ def _project(
         Y = Xc @ vt[:2].T
         if Y.shape[1] < 2:
             Y = np.pad(Y, ((0, 0), (0, 2 - Y.shape[1])))
+        if np.abs(Y).max(initial=0.0) > np.finfo(np.float32).max:
+            raise ValueError("vectors: PCA coordinates exceed the float32 range of the map; rescale the vectors")
         ratio = (s[:2] ** 2 / max(float((s**2).sum()), 1e-300)).tolist()
         return Y.astype(np.float32), {"projection": "pca", "explained_variance_ratio": ratio}
     if projection != "tsne":
@@ -86,7 +88,8 @@ def _project(
         from .tsne import TSNE
 
         params: dict[str, Any] = {
-            "perplexity": min(30.0, math.floor((n - 1) / 3 * 100) / 100 - 0.01),
+            # below N / 3 (no clamp warning), and at least 1 (4 points allow exactly 1)
+            "perplexity": max(1.0, min(30.0, math.floor((n - 1) / 3 * 100) / 100 - 0.01)),
             "random_state": random_state,
             "progress": progress,
         }
@@ -215,6 +218,8 @@ def embed_tokens(
             f"got {type(model).__name__} with shape {getattr(W, 'shape', None)}"
         )
     V = W.shape[0]
+    if W.shape[1] == 0:
+        raise ValueError(f"model: the embedding matrix {W.shape} has no columns")
     if tokens is None:
         if max_tokens is not None and (not isinstance(max_tokens, (int, np.integer)) or max_tokens < 4):
             raise ValueError(f"max_tokens: expected an int >= 4 or None, got {max_tokens!r}")
@@ -229,9 +234,12 @@ def embed_tokens(
         ids = _token_ids(tokenizer, list(tokens), V)
         if len(ids) == 0:
             raise ValueError("tokens: empty")
-    X = np.ascontiguousarray(W[ids], dtype=np.float32)
-    if not np.isfinite(X).all():
+    rows = W[ids]
+    if not np.isfinite(rows).all():
         raise ValueError("model: the selected embedding rows contain NaN or infinite values")
+    if np.abs(rows).max(initial=0.0) > np.finfo(np.float32).max:
+        raise ValueError("model: the selected embedding rows exceed the float32 range (|w| > 3.4e38)")
+    X = np.ascontiguousarray(rows, dtype=np.float32)
     if tokenizer is not None:
         labels = [str(t) for t in tokenizer.convert_ids_to_tokens(ids.tolist())]
     else:
@@ -271,14 +279,21 @@ def pool_hidden_states(
 
     ``"mean"``: average over the real tokens (``attention_mask`` nonzero; all tokens without a
     mask), accumulated in float64; ``"cls"``: the first position; ``"last"``: the last real
-    token (right or left padding both handled through the mask). Returns (B, D) float32.
+    token (right or left padding both handled through the mask). Returns (B, D) float32;
+    NaN/Inf pass through (embedding functions refuse them); finite values beyond the float32
+    range in the pooled positions raise ValueError. ``hidden`` may be a numpy array or a CPU torch tensor of any real
+    dtype (bfloat16 included); others raise TypeError.
     """
-    h = np.asarray(hidden)
+    h = _as_numpy(hidden)
+    if h.dtype.kind not in "fiu":
+        raise TypeError(f"hidden states: expected real numbers, got dtype {h.dtype}")
     if h.ndim != 3:
         raise ValueError(f"hidden states: expected (B, T, D), got shape {h.shape}")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
     B, T, _ = h.shape
+    if T == 0:
+        raise ValueError(f"hidden states: no positions to pool, shape {h.shape}")
     if attention_mask is None:
         mask = np.ones((B, T), dtype=bool)
     else:
@@ -288,10 +303,17 @@ def pool_hidden_states(
     if not mask.any(axis=1).all():
         raise ValueError("attention_mask: some sequences have no real token")
     if pooling == "cls":
-        return np.ascontiguousarray(h[:, 0], dtype=np.float32)
-    if pooling == "last":
-        return np.ascontiguousarray(h[np.arange(B), last_real_index(mask)], dtype=np.float32)
-    return mean_pool(h, mask)
+        used = h[:, 0]
+    elif pooling == "last":
+        used = h[np.arange(B), last_real_index(mask)]
+    else:
+        used = h[mask]  # the mean of these is within their range
+    # Finite values the float32 result cannot hold (NaN/Inf pass through as they are).
+    with np.errstate(invalid="ignore"):
+        if (np.abs(used[np.isfinite(used)]) > np.finfo(np.float32).max).any():
+            raise ValueError("hidden states: values beyond the float32 range (|h| > 3.4e38) in the pooled positions")
+    out = mean_pool(h, mask) if pooling == "mean" else used
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def embed_hidden_states(
