@@ -308,3 +308,44 @@ def test_plot_embedding_bad_input():
         plot.embedding(np.zeros((5, 2)), max_texts=-1)
     with pytest.raises(TypeError, match="Y"):
         plot.embedding(object())
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 19: tiny sets and values beyond float32
+# ---------------------------------------------------------------------------------------------
+
+
+def test_four_rows_get_a_default_tsne_map():
+    """The default perplexity for 4 points was floor(100 * 3 / 3) / 100 - 0.01 = 0.99, which
+    TSNE refuses (perplexity must be >= 1)."""
+    W = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    m = llmdbg.embed_tokens(W, progress=False, tsne={"n_iter": 30, "exaggeration_iter": 10})
+    assert m.coords.shape == (4, 2) and np.isfinite(m.coords).all() and m.info["perplexity"] == 1.0
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
+def test_pool_hidden_states_refuses_values_beyond_float32(pooling):
+    """float64 states of 1e300 pooled to inf in the float32 result (with a cast warning)."""
+    h = np.ones((2, 3, 4))
+    h[:, :, 1] = 1e300
+    with pytest.raises(ValueError, match="hidden states: values beyond the float32 range"):
+        pool_hidden_states(h, None, pooling)
+    h[:, :, 1] = 1e30  # within float32: pooled as they are
+    out = pool_hidden_states(h, None, pooling)
+    np.testing.assert_allclose(out[:, 1], 1e30, rtol=1e-6)
+
+
+def test_pool_hidden_states_bad_input_names_it():
+    with pytest.raises(ValueError, match="hidden states: no positions"):
+        pool_hidden_states(np.zeros((2, 0, 3)), None, "cls")  # used to raise a bare IndexError
+    with pytest.raises(TypeError, match="hidden states: expected real numbers"):
+        pool_hidden_states(np.zeros((2, 3, 4), dtype=np.complex64), None, "mean")
+    bf16 = pool_hidden_states(torch.ones(2, 3, 4, dtype=torch.bfloat16), None, "mean")
+    np.testing.assert_array_equal(bf16, np.ones((2, 4), np.float32))
+
+
+def test_embed_tokens_refuses_an_empty_or_out_of_range_matrix():
+    with pytest.raises(ValueError, match="model: the embedding matrix .* has no columns"):
+        llmdbg.embed_tokens(np.zeros((10, 0)), projection="pca", progress=False)
+    with pytest.raises(ValueError, match="model: the selected embedding rows exceed the float32 range"):
+        llmdbg.embed_tokens(np.full((10, 3), 1e300) * np.arange(10)[:, None], projection="pca", progress=False)
