@@ -349,3 +349,13 @@ def test_embed_tokens_refuses_an_empty_or_out_of_range_matrix():
         llmdbg.embed_tokens(np.zeros((10, 0)), projection="pca", progress=False)
     with pytest.raises(ValueError, match="model: the selected embedding rows exceed the float32 range"):
         llmdbg.embed_tokens(np.full((10, 3), 1e300) * np.arange(10)[:, None], projection="pca", progress=False)
+
+
+def test_mean_pooling_ignores_non_finite_padding():
+    """inf or NaN at a padding position made the mean NaN (0 * inf in the masked sum)."""
+    h = np.random.default_rng(0).standard_normal((2, 4, 3))
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
+    ref = np.stack([h[0, :3].mean(0), h[1, :2].mean(0)])
+    h[0, 3] = np.inf
+    h[1, 2:] = np.nan
+    np.testing.assert_allclose(pool_hidden_states(h, mask, "mean"), ref, rtol=1e-6)

@@ -126,13 +126,16 @@ def test_knn_matches_brute_force_or_names_the_argument(X, k, metric):
     # Reference: every pair in float64 at unit scale (X / 2**e is exact), then scaled back.
     e = unit_exponent(X.astype(np.float64))
     U = np.ldexp(X.astype(np.float64), -e)
-    if metric == "cosine":
+    if metric == "cosine":  # each row at its own unit scale, then normalised
+        U = np.stack([np.ldexp(u, -unit_exponent(u)) for u in X.astype(np.float64)])
         U = U / np.linalg.norm(U, axis=1, keepdims=True)
     D = ((U[:, None, :] - U[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(D, np.inf)
     kth = np.sort(D, axis=1)[:, :k]
     scale_back = 0 if metric == "cosine" else 2 * e
-    if np.isinf(np.ldexp(kth.max() * (1 + 1e-9), scale_back)):
+    with np.errstate(over="ignore"):
+        overflow = np.isinf(np.ldexp(kth.max() * (1 + 1e-9), scale_back))
+    if overflow:
         with pytest.raises(ValueError) as exc:
             _core.tsne_knn(X, k, metric, 2)
         named_error(exc, "X: squared distances overflow float64")
@@ -337,9 +340,9 @@ def test_repulsion_matches_the_pairwise_sum_or_names_the_argument(Y, method, the
         np.testing.assert_allclose(rep, ref, rtol=1e-9, atol=1e-12 * size)
     elif method == "bh":  # cells accepted at side / distance < theta: a bounded approximation
         np.testing.assert_allclose(Z, Zref, rtol=0.1 * theta)
-    else:  # interpolation on a grid of at least 50 intervals per side
-        np.testing.assert_allclose(Z, Zref, rtol=2e-2, atol=1e-3)
-        np.testing.assert_allclose(rep, ref, atol=2e-2 * size + 1e-4)
+    else:  # interpolation with 3 nodes per unit interval: ~0.12 error per close pair at most
+        np.testing.assert_allclose(Z, Zref, rtol=0.15, atol=1e-3)
+        np.testing.assert_allclose(rep, ref, atol=0.15 * size + 1e-3)
 
 
 @given(
@@ -604,8 +607,9 @@ def test_pool_hidden_states_matches_numpy(batch, pooling):
         named_error(e, "attention_mask")
         return
     h64 = h.astype(np.float64)
-    if pooling == "mean":
-        ref = (h64 * m[..., None]).sum(1) / m.sum(1, keepdims=True)
+    if pooling == "mean":  # over the real tokens only: padding's NaN/Inf must not leak in
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf among real tokens: NaN
+            ref = np.where(m[..., None], h64, 0.0).sum(1) / m.sum(1, keepdims=True)
     elif pooling == "cls":
         ref = h64[:, 0]
     else:

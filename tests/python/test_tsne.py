@@ -610,3 +610,15 @@ def test_ctrl_c_stops_the_optimisation_within_two_seconds():
     assert elapsed < 2.0
     out = _core.tsne_optimize(*P, Y0, [(5, 1.0, 3000.0, 0.8)])  # still usable
     assert np.isfinite(out["embedding"]).all()
+
+
+def test_core_knn_cosine_does_not_depend_on_each_rows_scale():
+    """A row of magnitude 1e-200 among unit rows: its squared norm underflowed to 0 and the
+    cosine metric refused it as a zero row (found by the property tests)."""
+    X = _blobs(40, 4, seed=17)
+    scales = np.ldexp(1.0, np.random.default_rng(3).integers(-700, 700, 40))
+    scales[0] = 2.0**-665  # ~1e-200
+    idx, d2 = _core.tsne_knn(X, 5, "cosine", 1)
+    idx_s, d2_s = _core.tsne_knn(X * scales[:, None], 5, "cosine", 2)
+    np.testing.assert_array_equal(idx_s, idx)
+    np.testing.assert_allclose(d2_s, d2, rtol=1e-12, atol=1e-15)

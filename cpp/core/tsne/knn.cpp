@@ -79,13 +79,19 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
   }
   // Rank at unit scale: a power of two brings the largest |x| into [0.5, 1) exactly, so squared
   // distances neither overflow (|x| ~ 1e300) nor underflow (|x| ~ 1e-300) in double, and X and
-  // X·2^s give the same neighbours and distances scaled by exactly 4^s.
-  const int e1 = unit_exponent(Xd.cwiseAbs().maxCoeff());
-  // (ldexp per value: 2^-e1 itself overflows when the largest |x| is subnormal)
-  Xd = Xd.unaryExpr([e1](double v) { return std::ldexp(v, -e1); });
-  int out_exponent = 2 * e1;  // sqdist = (distance at unit scale) · 2^out_exponent
-  if (metric == Metric::cosine) {
+  // X·2^s give the same neighbours and distances scaled by exactly 4^s. Under the cosine metric
+  // each row is brought to its own unit scale instead (a 1e-200 row among unit ones would
+  // otherwise underflow), then normalised: 2 (1 − cos) does not depend on any row's scale.
+  int out_exponent = 0;  // sqdist = (distance at unit scale) · 2^out_exponent
+  if (metric == Metric::euclidean) {
+    const int e1 = unit_exponent(Xd.cwiseAbs().maxCoeff());
+    // (ldexp per value: 2^-e1 itself overflows when the largest |x| is subnormal)
+    Xd = Xd.unaryExpr([e1](double v) { return std::ldexp(v, -e1); });
+    out_exponent = 2 * e1;
+  } else {
     for (int64_t i = 0; i < n; ++i) {
+      const int er = unit_exponent(Xd.row(i).cwiseAbs().maxCoeff());
+      Xd.row(i) = Xd.row(i).unaryExpr([er](double v) { return std::ldexp(v, -er); });
       const double norm = Xd.row(i).norm();
       if (!(norm > 0)) {
         throw std::invalid_argument("knn: row " + std::to_string(i) +
@@ -93,7 +99,6 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
       }
       Xd.row(i) /= norm;
     }
-    out_exponent = 0;  // 2 (1 − cos) does not depend on the scale
   }
   const Eigen::RowVectorXd mean = Xd.colwise().mean();
   // The float copy is centred and brought to unit scale again: data far from the origin
@@ -160,8 +165,8 @@ void knn_exact(const T* X, int64_t n, int64_t d, int64_t k, Metric metric, int64
         const double v = std::ldexp(exact[m].first, out_exponent);
         if (std::isinf(v)) {
           throw std::invalid_argument(
-              "knn: X: squared distances overflow float64 (the largest |x| is about 2^" +
-              std::to_string(e1) + "); rescale X");
+              "knn: X: squared distances overflow float64 (the largest is about 2^" +
+              std::to_string(out_exponent) + "); rescale X");
         }
         indices[i * k + m] = exact[m].second;
         sqdist[i * k + m] = v;

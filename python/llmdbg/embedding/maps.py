@@ -312,6 +312,8 @@ def pool_hidden_states(
     with np.errstate(invalid="ignore"):
         if (np.abs(used[np.isfinite(used)]) > np.finfo(np.float32).max).any():
             raise ValueError("hidden states: values beyond the float32 range (|h| > 3.4e38) in the pooled positions")
+    if pooling == "mean" and not np.isfinite(h[~mask]).all():
+        h = np.where(mask[..., None], h, 0)  # padding's NaN/Inf would poison the sums (0 * inf)
     out = mean_pool(h, mask) if pooling == "mean" else used
     return np.ascontiguousarray(out, dtype=np.float32)
 
