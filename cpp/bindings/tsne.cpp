@@ -373,7 +373,7 @@ phases: list of (n_iter, exaggeration, learning_rate, momentum). callback(iterat
 is called every callback_every iterations with the GIL held and the latest KL estimate (made every
 kl_every iterations; NaN before the first; kl_every <= 0: never); return True to stop. Signals
 (Ctrl-C) are checked at least every 10 ms (KeyboardInterrupt). method 'fft' runs an iteration
-with Barnes-Hut when the map is too wide for a grid of about 2 sqrt(n) nodes per side. Y must be
+with Barnes-Hut when the map is too wide for a grid of about 4 sqrt(n) nodes per side. Y must be
 finite and within +-1e150. Returns a dict with embedding, n_iter, kl_divergence (exact, of the
 final embedding) and stopped.)doc");
 }

@@ -339,12 +339,13 @@ TEST(TsneFft, BitwiseEqualForEveryThreadCount) {
   }
 }
 
-// The optimiser's grid follows the number of points: ~2 sqrt(n) nodes per side, at least
+// The optimiser's grid follows the number of points: ~4 sqrt(n) nodes per side, at least
 // min_intervals, at most max_intervals (200 points with a spread-out init took ~950 MB).
 TEST(TsneFft, IntervalBudgetFollowsThePoints) {
   const ts::FftParams p;
   EXPECT_EQ(ts::fft_interval_budget(200, p), 50);
-  EXPECT_EQ(ts::fft_interval_budget(90000, p), 200);  // 2 * 300 / 3
+  EXPECT_EQ(ts::fft_interval_budget(20000, p), 188);
+  EXPECT_EQ(ts::fft_interval_budget(90000, p), 400);  // 4 * 300 / 3
   EXPECT_EQ(ts::fft_interval_budget(10000000, p), 512);
   const std::vector<double> Y = {0.0, 0.0, 99.5, 10.0, 5.0, 3.0};
   EXPECT_EQ(ts::fft_intervals(Y.data(), 3, p), 100.0);

@@ -91,9 +91,9 @@ double fft_intervals(const double* Y, int64_t n, const FftParams& prm) {
 }
 
 int64_t fft_interval_budget(int64_t n, const FftParams& prm) {
-  // Nodes per side (m · n_interp) up to 2·sqrt(n): the grid then has at most ~16 n cells after
+  // Nodes per side (m · n_interp) up to 4·sqrt(n): the grid then has at most ~64 n cells after
   // padding, so its memory and time grow like the points' own, not like the map's area.
-  const double by_points = 2.0 * std::sqrt(static_cast<double>(std::max<int64_t>(n, 0))) /
+  const double by_points = 4.0 * std::sqrt(static_cast<double>(std::max<int64_t>(n, 0))) /
                            static_cast<double>(std::max(prm.n_interp, 1));
   const int64_t budget = std::max<int64_t>(prm.min_intervals, static_cast<int64_t>(by_points));
   return std::min<int64_t>(budget, std::max(prm.min_intervals, prm.max_intervals));

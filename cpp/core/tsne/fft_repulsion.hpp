@@ -56,8 +56,8 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& p, double* rep
 // before rounding up for the transform size (a double: it may be astronomically large).
 double fft_intervals(const double* Y, int64_t n, const FftParams& p);
 
-// The most intervals per side the optimiser uses FFT with for n points: about 2·sqrt(n) nodes
-// per side (so the grid has ~16 n cells), at least min_intervals, at most max_intervals.
+// The most intervals per side the optimiser uses FFT with for n points: about 4·sqrt(n) nodes
+// per side (so the grid has ~64 n cells), at least min_intervals, at most max_intervals.
 int64_t fft_interval_budget(int64_t n, const FftParams& p);
 
 // Frees the calling thread's buffers (the optimiser calls it when done; they are reused between

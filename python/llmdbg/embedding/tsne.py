@@ -93,7 +93,7 @@ class TSNE:
     method : "bh", "fft" or "exact"
         Repulsion: Barnes-Hut, FFT-accelerated interpolation (FIt-SNE; fastest for N >~ 10k) or
         the exact O(N^2) sum. The FFT grid is bounded by the number of points: an iteration whose
-        map needs more than max(50, 2 sqrt(N) / 3) intervals per side (at most 512; e.g. a
+        map needs more than max(50, 4 sqrt(N) / 3) intervals per side (at most 512; e.g. a
         spread-out ``init``) uses Barnes-Hut instead, so memory stays O(N).
     schedule : "opentsne" or "classic"
         "opentsne": momentum 0.8 throughout, learning rate N / exaggeration per phase.
