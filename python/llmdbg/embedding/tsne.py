@@ -11,7 +11,7 @@ Results are bitwise reproducible for a fixed ``random_state`` on one machine, wh
 ``n_jobs`` and ``method``: the core's reductions run in a fixed order (it may itself run small
 problems on one thread when that is faster; the FFT spreads its charges by grid row, not into
 per-thread grids), and the PCA step runs its GEMMs on one thread (``tests/python/test_tsne.py``
-checks 1 vs 2 threads above 1M input entries, and for ``method="fft"``). They do not depend on
+checks 1 vs 2 threads above 1M input entries, ``test_tsne_hostile.py`` for ``method="fft"``). They do not depend on
 the data's scale either: X is first multiplied by a power of two (exact) that brings its
 largest |x| into [0.5, 1), so ``X * 2**s`` gives the same map, and data of magnitude 1e-300 to
 1e300 works. Ctrl-C stops every stage within ~10 ms of a poll (``KeyboardInterrupt``).
