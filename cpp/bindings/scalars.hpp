@@ -66,6 +66,7 @@ inline bool is_bool(py::handle src) {
 
 // A Python int (or numpy integer: anything with __index__) as a Python int; TypeError otherwise.
 inline py::int_ index_of(py::handle src, const std::string& name) {
+  if (PyLong_CheckExact(src.ptr())) return py::reinterpret_borrow<py::int_>(src);  // fast path
   if (is_bool(src) || PyFloat_Check(src.ptr())) {
     throw py::type_error(name + " must be an int, got " + type_name(src));
   }

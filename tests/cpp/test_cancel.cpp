@@ -313,3 +313,21 @@ TEST(Weights, ValuesAtPaddingPositionsAreIgnored) {
   at::rollout(m.graph(mask), {}, nullptr, 0, dirty.data(), 1);
   EXPECT_EQ(clean, dirty);
 }
+
+// -0.0 is a valid weight (the fast bit-pattern bound flags it; the exact pass accepts it), in
+// float32 and float64 maps alike.
+TEST(Weights, NegativeZeroIsAccepted) {
+  Maps m(2, 1, 2, 6, 6);
+  m.at(0, 0, 1, 2, 3) = 0.0f;
+  std::vector<float> plus(36), minus(36);
+  at::rollout(m.graph(), {}, nullptr, 0, plus.data(), 1);
+  m.at(0, 0, 1, 2, 3) = -0.0f;
+  EXPECT_NO_THROW(at::rollout(m.graph(), {}, nullptr, 0, minus.data(), 1));
+  EXPECT_EQ(plus, minus);
+  std::vector<double> f64(m.data[0].begin(), m.data[0].end());
+  std::vector<at::GraphLayer> one{{nullptr, f64.data(), 2}};
+  const at::AttentionGraph g{one.data(), 1, 1, 6, nullptr};
+  EXPECT_NO_THROW(at::rollout(g, {}, nullptr, 0, minus.data(), 1));
+  f64[3] = -1e-300;  // a tiny negative double is still refused
+  EXPECT_THROW(at::rollout(g, {}, nullptr, 0, minus.data(), 1), std::invalid_argument);
+}

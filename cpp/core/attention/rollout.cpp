@@ -281,26 +281,28 @@ std::string bad_weight_message(const std::string& arg, int64_t layer, int64_t ba
                                int64_t query, int64_t key, double value) {
   char v[32];
   std::snprintf(v, sizeof v, "%.9g", value);  // "nan", "inf", "-0.5": no locale involved
-  return arg + (layer >= 0 ? "[" + std::to_string(layer) + "]" : std::string()) + " holds " + v +
-         " at (batch " + std::to_string(batch) + ", head " + std::to_string(head) + ", query " +
-         std::to_string(query) + ", key " + std::to_string(key) +
-         "); attention weights must be finite and >= 0";
+  // Appended piece by piece (GCC 12 warns falsely about long operator+ chains, -Wrestrict).
+  std::string out = arg;
+  if (layer >= 0) out.append("[").append(std::to_string(layer)).append("]");
+  out.append(" holds ").append(v).append(" at (batch ").append(std::to_string(batch));
+  out.append(", head ")
+      .append(std::to_string(head))
+      .append(", query ")
+      .append(std::to_string(query));
+  out.append(", key ").append(std::to_string(key));
+  out.append("); attention weights must be finite and >= 0");
+  return out;
 }
 
 namespace {
 
-// 0 <= x <= max for all n values: false for a negative, NaN or infinite one. Branch-free so that
-// it vectorises; it reads what the fusion has just read (in cache).
+// A weight the kernels accept: finite and >= 0 (-0.0 included; false for NaN).
 template <typename S>
-inline bool weights_ok(const S* x, int64_t n) {
-  int ok = 1;
-  for (int64_t j = 0; j < n; ++j) {
-    ok &= static_cast<int>(x[j] >= S(0)) & static_cast<int>(x[j] <= std::numeric_limits<S>::max());
-  }
-  return ok != 0;
+inline bool weight_ok(S v) {
+  return v >= S(0) && v <= std::numeric_limits<S>::max();
 }
 
-// The first weight of (layer, batch b) in (head, query, key) order that weights_ok refuses,
+// The first weight of (layer, batch b) in (head, query, key) order that weight_ok refuses,
 // restricted to the real tokens idx[0..n); the message names it. Called only once one was seen.
 template <typename S>
 std::string locate_bad_weight(const S* data, int64_t heads, int64_t b, int64_t tokens,
@@ -310,7 +312,7 @@ std::string locate_bad_weight(const S* data, int64_t heads, int64_t b, int64_t t
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < n; ++j) {
         const S v = base[(h * tokens + idx[i]) * tokens + idx[j]];
-        if (!weights_ok(&v, 1)) {
+        if (!weight_ok(v)) {
           return bad_weight_message("layers", layer_index, b, h, idx[i], idx[j],
                                     static_cast<double>(v));
         }
@@ -347,10 +349,34 @@ inline double lane_sum(const double* x, int64_t n) {
     }                                                                  \
   }
 
+// The largest sign-and-exponent bit pattern of n values (the whole float, the high word of a
+// double). Non-negative finite values lie below +inf's pattern and negative or non-finite ones do
+// not, so one unsigned max per value (a few times cheaper than two float compares) tells a valid
+// row apart; -0.0 also lands above and is sorted out by weights_ok's exact pass.
+#define LLMDBG_HIGH_BITS_BODY             \
+  uint32_t m = 0;                         \
+  for (int64_t j = 0; j < n; ++j) {       \
+    uint32_t u;                           \
+    if constexpr (sizeof(S) == 4) {       \
+      std::memcpy(&u, x + j, 4);          \
+    } else {                              \
+      uint64_t w;                         \
+      std::memcpy(&w, x + j, 8);          \
+      u = static_cast<uint32_t>(w >> 32); \
+    }                                     \
+    m = u > m ? u : m;                    \
+  }                                       \
+  return m;
+
 template <typename S>
 void combine_portable(double* __restrict o, const S* __restrict x, int64_t n, HeadFusion fusion,
                       bool first) {
   LLMDBG_COMBINE_BODY
+}
+
+template <typename S>
+uint32_t high_bits_portable(const S* __restrict x, int64_t n) {
+  LLMDBG_HIGH_BITS_BODY
 }
 
 #ifdef LLMDBG_X86_AVX2
@@ -359,11 +385,39 @@ __attribute__((target("avx2"))) void combine_avx2(double* __restrict o, const S*
                                                   int64_t n, HeadFusion fusion, bool first) {
   LLMDBG_COMBINE_BODY
 }
+
+template <typename S>
+__attribute__((target("avx2"))) uint32_t high_bits_avx2(const S* __restrict x, int64_t n) {
+  LLMDBG_HIGH_BITS_BODY
+}
 #endif
 #undef LLMDBG_COMBINE_BODY
+#undef LLMDBG_HIGH_BITS_BODY
 
 template <typename S>
 using CombineFn = void (*)(double*, const S*, int64_t, HeadFusion, bool);
+template <typename S>
+using HighBitsFn = uint32_t (*)(const S*, int64_t);
+
+template <typename S>
+HighBitsFn<S> pick_high_bits() {
+#ifdef LLMDBG_X86_AVX2
+  if (cpu_has_avx2()) return high_bits_avx2<S>;
+#endif
+  return high_bits_portable<S>;
+}
+
+// Whether every x[j] is finite and >= 0: the bit-pattern bound first, the exact test only for a
+// row that fails it (a refused value, or a -0.0).
+template <typename S>
+bool weights_ok(HighBitsFn<S> high_bits, const S* x, int64_t n) {
+  constexpr uint32_t kInf = sizeof(S) == 4 ? 0x7f800000u : 0x7ff00000u;
+  if (high_bits(x, n) < kInf) return true;
+  for (int64_t j = 0; j < n; ++j) {
+    if (!weight_ok(x[j])) return false;
+  }
+  return true;
+}
 
 template <typename S>
 CombineFn<S> pick_combine() {
@@ -375,13 +429,14 @@ CombineFn<S> pick_combine() {
 
 // Fuse the heads of rows [i0, i1) of one (batch, layer) into out (n × n). idx maps the n real
 // tokens to positions; `contiguous` when they are idx[0], idx[0] + 1, ... (no gather needed).
-// Returns false when a weight read is negative, NaN or infinite (weights_ok).
+// Returns false when a weight read is negative, NaN or infinite.
 template <typename S>
 bool fuse_rows(const S* base, int64_t heads, int64_t tokens, const int64_t* idx, bool contiguous,
                int64_t n, HeadFusion fusion, int64_t i0, int64_t i1, double* out) {
   const int64_t offset = idx[0];
   const int64_t plane = tokens * tokens;
   const CombineFn<S> combine = pick_combine<S>();
+  const HighBitsFn<S> high_bits = pick_high_bits<S>();
   std::vector<S> gathered(contiguous ? 0 : static_cast<size_t>(n));
   bool ok = true;
   // Head-major over the block of rows, so each head's plane is read as one contiguous stretch
@@ -395,8 +450,8 @@ bool fuse_rows(const S* base, int64_t heads, int64_t tokens, const int64_t* idx,
         for (int64_t j = 0; j < n; ++j) gathered[static_cast<size_t>(j)] = x[idx[j]];
         x = gathered.data();
       }
-      ok = weights_ok(x, n) && ok;
       combine(out + i * n, x, n, fusion, h == 0);
+      ok = weights_ok(high_bits, x, n) && ok;
     }
   }
   for (int64_t i = i0; i < i1; ++i) {
@@ -447,7 +502,7 @@ constexpr uint8_t kUpper = 1, kBad = 2;  // per-chunk flags of fuse_team
 // Â of one (batch, layer) by the threads of the current team (orphaned worksharing, so it can
 // run inside a longer parallel region; a team of one works too). `flags` holds one byte per
 // chunk of kFuseRows rows (shared, at least ceil(n / kFuseRows) long). Returns, in every thread,
-// true when Â is lower triangular. A refused weight (weights_ok) is recorded in `guard` as
+// true when Â is lower triangular. A refused weight (weight_ok) is recorded in `guard` as
 // std::invalid_argument naming layers[layer_index] and its first position; work stops once the
 // guard has stopped (Ctrl-C or an error), but every barrier is still reached. Ends with a barrier.
 template <typename S>
