@@ -337,3 +337,29 @@ def test_any_integer_thread_count_is_clamped_not_crashed(n):
     assert _core.summarize(x, n)["mean"] == 4.5
     assert _core.count_ids(np.array([1, 1, 2]), np.array([0, 3]), 4, n)[0].tolist() == [0, 2, 1, 0]
     np.testing.assert_allclose(_core.attention_row_sums(MAPS[0], n), 1.0, rtol=1e-6)
+
+
+# ---- 3. token ids a count table cannot hold --------------------------------------------------
+
+
+class _HugeIdTokenizer:
+    """A tokenizer whose ids are not token ids (2**40, or negative)."""
+
+    def __init__(self, bad: int) -> None:
+        self.bad = bad
+
+    def __call__(self, texts, **_):
+        return {"input_ids": [[1, 2, self.bad] for _ in texts]}
+
+    def __len__(self) -> int:
+        return 10
+
+    def convert_ids_to_tokens(self, ids):
+        return [str(i) for i in ids]
+
+
+@pytest.mark.parametrize("bad", [2**40, -1])
+def test_profile_names_the_tokenizer_when_its_ids_are_not_token_ids(bad):
+    """2**40 made every thread allocate a 2**40-entry table inside an OpenMP region (abort)."""
+    with pytest.raises(ValueError, match=rf"tokenizer returned the token id {bad}; ids must lie in \[0, 2\*\*32\)"):
+        llmdbg.data.profile(["a b", "c"], tokenizer=_HugeIdTokenizer(bad), progress=False)

@@ -23,6 +23,7 @@ from .._internal.threads import renamed_num_threads, resolve_n_jobs
 __all__ = ["DataProfile", "profile"]
 
 _CHUNK = 20_000  # texts per tokenizer call (a progress step)
+_MAX_ID = 2**32  # count_ids keeps an int64 count per id up to the largest one
 
 
 @dataclasses.dataclass
@@ -259,6 +260,12 @@ def _count_with_tokenizer(tokenizer: Any, texts, threads: int, progress: bool):
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(per, out=offsets[1:])
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(offsets[-1]))
+    if flat.size and (flat.min() < 0 or flat.max() >= _MAX_ID):
+        bad = int(flat.min()) if flat.min() < 0 else int(flat.max())
+        raise ValueError(
+            f"tokenizer returned the token id {bad}; ids must lie in [0, 2**32) "
+            f"(one count per id is kept), so this is not a token id of {type(tokenizer).__name__}"
+        )
     vocab = max(len(tokenizer), int(flat.max()) + 1 if flat.size else 1)
     counts, lengths = _core.count_ids(flat, offsets, vocab, threads)
     seen = np.flatnonzero(counts)
