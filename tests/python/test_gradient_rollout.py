@@ -10,7 +10,7 @@ import transformers as tf
 
 import llmdbg
 from llmdbg.attention.gradient import gradient_rollout
-from tiny_models import CONFIGS, tiny_inputs
+from tiny_models import CONFIGS, tiny_inputs, tiny_model
 
 
 def reference(model, inputs, scalar_fn):
@@ -131,24 +131,7 @@ def stack_reference(model, inputs, names, index, scalar_fn, t):
 
 
 def _bart():
-    torch.manual_seed(0)
-    config = tf.BartConfig(
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        vocab_size=100,
-        decoder_start_token_id=2,
-        forced_eos_token_id=2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        init_std=0.3,
-    )
-    return tf.BartForConditionalGeneration(config).eval()
+    return tiny_model("bart", tf.BartForConditionalGeneration, init_std=0.3)
 
 
 @pytest.mark.parametrize("family", ["t5", "bart"])

@@ -215,25 +215,8 @@ def test_ablation_bad_input():
 
 
 def _seq2seq(family):
-    if family == "t5":
-        return tiny_model("t5", tf.T5ForConditionalGeneration)
-    torch.manual_seed(0)
-    config = tf.BartConfig(
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        vocab_size=100,
-        decoder_start_token_id=2,
-        forced_eos_token_id=2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return tf.BartForConditionalGeneration(config).eval()
+    cls = tf.T5ForConditionalGeneration if family == "t5" else tf.BartForConditionalGeneration
+    return tiny_model(family, cls)
 
 
 def _hidden(output):
