@@ -24,6 +24,7 @@ from ._internal.inputs import as_inputs, token_shape
 from ._internal.modes import device_of, eval_mode
 from ._internal.progress import progress_iter
 from .adapters.layout import check_module, find_layout, require_support
+from .adapters.modules import hooks_fire
 from .adapters.unembedding import find_unembedding
 
 __all__ = ["LensResult", "logit_lens"]
@@ -140,7 +141,7 @@ def logit_lens(
     handles = [first.register_forward_pre_hook(pre, with_kwargs=True)]
     handles += [blk.register_forward_hook(post(i + 1)) for i, blk in enumerate(blocks)]
     try:
-        with eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad(), hooks_fire(model):  # a compiled graph skips new hooks
             outputs = model(**inputs)
             _check_states(model, states, n_layers + 1, b, t)
             final = _apply(unembed, states[n_layers], model, layout.family)  # the last row: checked, reused

@@ -254,3 +254,16 @@ def test_wrapped_encoder_decoder_with_a_continuation_target_equals_the_model(kin
     want = llmdbg.integrated_gradients(model, inputs, target=target, n_steps=4, progress=False)
     got = llmdbg.integrated_gradients(wrap(kind, model), inputs, target=target, n_steps=4, progress=False)
     np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-7)
+
+
+def test_logit_lens_of_a_compiled_model_that_already_ran_equals_the_model():
+    """A compiled graph built before the lens added its hooks skipped them ("blocks did not all
+    run"): the lens runs compiled code eagerly while its hooks are in place."""
+    model, inputs = llama(), tiny_inputs("llama")
+    want = llmdbg.logit_lens(model, inputs, progress=False)
+    compiled = wrap("compiled", model)
+    with torch.no_grad():
+        compiled(**inputs)  # the graph is built here, without the lens's hooks
+    got = llmdbg.logit_lens(compiled, inputs, progress=False)
+    np.testing.assert_allclose(got.top_probs, want.top_probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got.top_ids, want.top_ids)
