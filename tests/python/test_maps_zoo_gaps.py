@@ -148,3 +148,12 @@ def test_attention_that_is_not_a_softmax_map_is_refused_by_family(family):
     cls = type(model).__name__
     with pytest.raises(ValueError, match=rf"{cls} \(model_type '{re.escape(family)}'\).*not a \(B, H, T, T\)"):
         _captured(model, x)
+
+
+def test_token_type_ids_passed_to_a_decoder_are_recomputed_not_refused():
+    """A BERT-style tokenizer's output (with token_type_ids) fed to Llama: the ids reach the
+    attention only through **kwargs and the kernels ignore them; capture refused to recompute."""
+    model = build("llama")
+    x = dict(inputs("llama"))
+    x["token_type_ids"] = torch.zeros_like(x["input_ids"])
+    _assert_maps_equal(_captured(model, x, attention_impl="recompute"), _eager_maps(model, x))

@@ -277,9 +277,12 @@ def _as_4d(mask: torch.Tensor, tq: int, tk: int) -> torch.Tensor:
 # probabilities (the mask already carries what position_ids and cache positions imply for
 # eager/SDPA). A tensor argument outside this list may carry a bias or a mask llmdbg does not
 # know (ALiBi slopes, a head mask, ...): such calls are refused instead of recomputed wrong.
+# token_type_ids reaches a decoder's attention only through **kwargs (a BERT-style tokenizer's
+# output fed to a causal LM): the eager, SDPA and flash kernels ignore it, and the families that
+# use it for attention (Gemma-3's bidirectional image tokens) fold it into the mask first.
 _UNDERSTOOD = frozenset(
     {"dropout", "scaling", "is_causal", "sliding_window", "softcap", "s_aux", "position_bias", "position_ids",
-     "cache_position", "output_attentions", "use_cache"}
+     "cache_position", "output_attentions", "use_cache", "token_type_ids"}
 )  # fmt: skip
 _PACKED = ("cu_seq_lens_q", "cu_seq_lens_k", "cu_seqlens_q", "cu_seqlens_k", "block_table")
 
