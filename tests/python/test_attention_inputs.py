@@ -144,3 +144,27 @@ def test_bf16_maps_are_accepted_within_their_own_rounding(family):
     off = [a.astype(np.float32) * np.float32(1.002) + np.float32(1e-9) for a in trace.attentions]
     with pytest.raises(ValueError, match="not 1; pass renormalize=True"):
         llmdbg.attention_rollout(off, attention_mask=mask)
+
+
+def test_stack_attention_modules_follow_each_modules_own_block():
+    """Attention modules were paired with layout.blocks by position, which misassigns them once a
+    stack has blocks without attention (hybrids): each module now goes with its attention_blocks
+    entry."""
+    from llmdbg.adapters.layout import ModelLayout
+    from llmdbg.attention._inputs import stack_attention_modules
+
+    enc, dec = ("e.0", "e.1"), ("d.0", "d.1", "d.2")
+    layout = ModelLayout(
+        family="hybrid-encoder-decoder",
+        blocks=enc + dec,
+        attention=("e.1.attn", "d.2.attn"),
+        cross_attention=(),
+        mlp=(),
+        embeddings=None,
+        final_norm=None,
+        unembedding=None,
+        stacks={"encoder": enc, "decoder": dec},
+        attention_blocks=("e.1", "d.2"),
+    )
+    assert stack_attention_modules(layout, "encoder") == ["e.1.attn"]
+    assert stack_attention_modules(layout, "decoder") == ["d.2.attn"]

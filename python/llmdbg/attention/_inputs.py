@@ -118,7 +118,10 @@ def stack_attention_modules(layout: Any, stack: str | None) -> list[str]:
     if stack is not None and stack not in layout.stacks:
         raise ValueError(f"stack must be one of {names}, got {stack!r}")
     blocks = set(layout.stacks[stack]) if stack else set(layout.blocks)
-    return [a for b, a in zip(layout.blocks, layout.attention) if b in blocks]
+    # attention_blocks names each attention module's own block (hybrids have fewer attention
+    # modules than blocks, so pairing with layout.blocks would misassign them).
+    owners = layout.attention_blocks or layout.blocks
+    return [a for b, a in zip(owners, layout.attention, strict=False) if b in blocks]
 
 
 def query_rows(rows: Any, t: int) -> np.ndarray | None:
