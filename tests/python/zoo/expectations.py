@@ -2,7 +2,7 @@
 
 ``TABLE[family][feature]`` is ``PARITY`` (the feature must reproduce the model's own computation,
 see ``checks.py``), a :class:`Refusal` (the family cannot support the feature: llmdbg must raise
-``ValueError``/``TypeError``/``NotImplementedError`` whose message names the model class or
+``ValueError``/``TypeError`` whose message names the model class or
 model_type and matches ``pattern``), or an :class:`Upstream` (transformers itself cannot run the
 reference on this model; the suite checks that this is still so). ``EXCLUDED`` lists the
 families the zoo does not build, with the reason. ``test_zoo_table.py`` checks that the families
