@@ -90,7 +90,8 @@ _REPORT_EPILOG = """\
 examples:
   llmdbg report --model ./my-model --text "The movie was great." --out report
   llmdbg report --model gpt2 --text "The capital of France is" --target " Paris"
-  llmdbg report --model ./classifier --file reviews.txt --target positive --force"""
+  llmdbg report --model ./classifier --file reviews.txt --target positive --force
+  llmdbg report --compare before/trace after/trace --out comparison"""
 
 
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
@@ -104,9 +105,8 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         metavar="NAME_OR_PATH",
-        required=True,
         help="a local directory written by save_pretrained (model and tokenizer), or a "
-        "Hugging Face model name already in the local cache",
+        "Hugging Face model name already in the local cache (required unless --compare is given)",
     )
     p.add_argument("--text", metavar="TEXT", action="append", dest="texts", help="a text to run; repeat for several")
     p.add_argument(
@@ -131,6 +131,14 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
         "a warning names every text that was cut)",
     )
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    p.add_argument(
+        "--compare",
+        metavar=("A", "B"),
+        nargs=2,
+        help="two traces saved with trace.save(): add a Comparison section (llmdbg.compare(A, B): "
+        "distance and statistic changes per module, attention drift); without --model the report "
+        "holds only that comparison",
+    )
     p.set_defaults(run=_run_report)
 
 
@@ -145,10 +153,19 @@ def _run_report(args: argparse.Namespace) -> int:
         run_report,
     )
 
+    if args.model is None and args.compare is None:
+        raise ValueError("--model is required (or --compare A B to compare two saved traces)")
+    if args.model is None:
+        return _run_compare_report(args)
     texts = read_texts(args.texts, args.file)
     check_out_dir(args.out, args.force)
     if args.max_length is not None and args.max_length < 2:
         raise ValueError(f"--max-length must be at least 2, got {args.max_length}")
+    comparison = None
+    if args.compare is not None:  # before the model loads: a bad path fails fast
+        from .saved import compare
+
+        comparison = compare(*args.compare)
     model, tokenizer = load_model(args.model)
     check_target(args.target, model, tokenizer)
     with warnings.catch_warnings():
@@ -173,7 +190,24 @@ def _run_report(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             force=args.force,
             progress=not args.no_progress,
+            comparison=comparison,
         )
+    print(f"Report written to {path.resolve()}")
+    return 0
+
+
+def _run_compare_report(args: argparse.Namespace) -> int:
+    """``llmdbg report --compare A B`` without ``--model``: a page with the comparison only."""
+    from .report import check_out_dir
+    from .report.sections_compare import write_comparison_report
+
+    given = [
+        flag for flag, value in (("--text", args.texts), ("--file", args.file), ("--target", args.target)) if value
+    ]
+    if given or args.max_length is not None:
+        raise ValueError(f"{', '.join(given) or '--max-length'} needs --model; --compare alone reads saved traces only")
+    check_out_dir(args.out, args.force)
+    path = write_comparison_report(*args.compare, args.out, force=args.force)
     print(f"Report written to {path.resolve()}")
     return 0
 
