@@ -207,7 +207,8 @@ def _run_compare_report(args: argparse.Namespace) -> int:
     if given or args.max_length is not None:
         raise ValueError(f"{', '.join(given) or '--max-length'} needs --model; --compare alone reads saved traces only")
     check_out_dir(args.out, args.force)
-    path = write_comparison_report(*args.compare, args.out, force=args.force)
+    a, b = args.compare
+    path = write_comparison_report(a, b, args.out, force=args.force)
     print(f"Report written to {path.resolve()}")
     return 0
 

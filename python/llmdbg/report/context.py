@@ -75,6 +75,8 @@ class ReportContext:
         Written to ``summary.json`` (JSON-serialisable values only).
     progress : bool
         Whether long steps may show progress bars.
+    comparison : pandas.DataFrame or None
+        A frame of :func:`llmdbg.compare`, shown in a Comparison section when given.
     """
 
     model: Any
@@ -90,6 +92,7 @@ class ReportContext:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    comparison: Any = None
 
 
 Section = Callable[[ReportContext], None]

@@ -28,6 +28,7 @@ from .inputs import (
     tokenize,
 )
 from .page import Report, json_safe, prepare_out_dir, write_file
+from .sections_compare import comparison_section
 
 __all__ = ["run_report"]
 
@@ -51,6 +52,7 @@ def run_report(
     progress: bool = True,
     title: str | None = None,
     extra_sections: Sequence[Section] = (),
+    comparison: Any = None,
 ) -> Path:
     """Run ``model`` on ``texts`` and write the report.
 
@@ -83,6 +85,9 @@ def run_report(
         Page title.
     extra_sections : sequence of callables
         ``section(ctx: ReportContext) -> None``, run after the built-in sections.
+    comparison : pandas.DataFrame, optional
+        ``llmdbg.compare(a, b)`` of two traces, shown in a Comparison section before
+        ``extra_sections`` (and recorded in ``summary.json`` under ``comparison``).
 
     Returns
     -------
@@ -151,6 +156,7 @@ def run_report(
             target=target,
             report=report,
             progress=progress,
+            comparison=comparison,
         )
         sections.model_section(ctx)
         sections.inputs_section(ctx)
@@ -165,6 +171,8 @@ def run_report(
         step(5)
         guarded(ctx, "Embedding map", sections.embedding_section)
         step(6)
+        if comparison is not None:
+            guarded(ctx, "Comparison", comparison_section)
         for section in extra_sections:
             guarded(ctx, getattr(section, "__name__", "extra").strip("_").replace("_", " ").capitalize(), section)
         step(7)
