@@ -8,7 +8,9 @@ first access, and :meth:`Trace.calls` gives them one by one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -316,6 +318,38 @@ class Trace:
     def keys(self) -> list[str]:
         """Every store key, in the order the hooks first fired."""
         return list(self._store.keys())
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Save everything this trace holds to the directory ``path``, for :func:`llmdbg.load`.
+
+        The format is open and pickle-free (``docs/saving.md``): ``meta.json`` (module names,
+        tokens, the layout, scalars) and ``arrays.safetensors`` (every call of every captured
+        tensor, the statistics with their histograms, the inputs, the attention statistics and
+        each ``generate()`` call), bit for bit. Loading needs no model. Called inside the ``with``
+        block, it saves what was recorded so far.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A directory to create (an existing empty one is filled). It is written next to its
+            place and renamed into it, so it never holds half a trace.
+        overwrite : bool
+            Replace an existing saved llmdbg object at ``path`` (only once the new one is
+            complete). Anything else already there is never replaced.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+
+        Examples
+        --------
+        >>> trace.save("runs/before")  # doctest: +SKIP
+        >>> again = llmdbg.load("runs/before")  # doctest: +SKIP
+        """
+        from .persist import save_trace
+
+        return save_trace(self, path, overwrite=overwrite)
 
     def stats_table(self) -> Any:
         """One row per captured tensor with its statistics, as a pandas DataFrame."""
