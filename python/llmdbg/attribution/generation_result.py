@@ -4,6 +4,8 @@ token, the step scores, and views (a DataFrame, a heatmap, coloured HTML)."""
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,6 +113,29 @@ class GenerationAttribution:
         ax.set_title(self.method)
         ax.figure.colorbar(image, ax=ax, fraction=0.03)
         return ax
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Save this result to the directory ``path``, for :func:`llmdbg.load`.
+
+        Every field is kept exactly, in an open pickle-free format (``docs/saving.md``): arrays
+        in ``arrays.safetensors``, tokens and the other plain fields in ``meta.json``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A directory to create (an existing empty one is filled); written next to its place
+            and renamed into it.
+        overwrite : bool
+            Replace an existing saved llmdbg object at ``path``, once the new one is complete.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+        """
+        from .persist import save_result
+
+        return save_result(self, path, overwrite=overwrite)
 
     def _repr_html_(self) -> str:
         from .._internal import html as h

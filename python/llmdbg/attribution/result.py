@@ -4,6 +4,8 @@ and views (word-level aggregation, coloured HTML, a figure)."""
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -169,6 +171,29 @@ class Attribution:
             parts.append(f"<div>{''.join(spans)}{label}</div>")
         parts.append("</div>")
         return "".join(parts)
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Save this result to the directory ``path``, for :func:`llmdbg.load`.
+
+        Every field is kept exactly, in an open pickle-free format (``docs/saving.md``): arrays
+        in ``arrays.safetensors``, tokens and the other plain fields in ``meta.json``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A directory to create (an existing empty one is filled); written next to its place
+            and renamed into it.
+        overwrite : bool
+            Replace an existing saved llmdbg object at ``path``, once the new one is complete.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+        """
+        from .persist import save_result
+
+        return save_result(self, path, overwrite=overwrite)
 
     def _repr_html_(self) -> str:
         return self.to_html()
