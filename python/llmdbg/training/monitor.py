@@ -515,6 +515,16 @@ class Watch:
             figure=self.plot() if self.state.rows else None,
         )
 
+    def save(self, path: Any, *, overwrite: bool = False) -> Any:
+        """Save what this watch recorded (events, histograms, the per-step, evaluation, layer and
+        activation tables) to the directory ``path``; :func:`llmdbg.load` reads it back as a
+        read-only :class:`~llmdbg.training.persist.WatchHistory` with the same tables, figure and
+        views. Open pickle-free format (``docs/saving.md``); ``overwrite=True`` replaces an
+        existing saved llmdbg object once the new one is complete. Returns the ``pathlib.Path``."""
+        from .persist import save_watch
+
+        return save_watch(self, path, overwrite=overwrite)
+
     def _repr_html_(self) -> str:
         from .views import repr_html
 
