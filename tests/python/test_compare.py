@@ -4,21 +4,26 @@ edge cases (zero, opposite and non-finite tensors); the plot and the report sect
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
 import llmdbg
+from llmdbg import cli
 from llmdbg.plot.compare import plot_comparison
 from llmdbg.report import Report, ReportContext
 from llmdbg.report.sections_compare import add_comparison, comparison_section, write_comparison_report
 from llmdbg.saved import compare, compare_heads
 from llmdbg.saved.comparison import COLUMNS, HEAD_COLUMNS
+from saved_models import save_tiny
 from tiny_models import one_thread, tiny_inputs, tiny_model  # noqa: F401 - one_thread is an autouse fixture
 
 PERTURBED = "encoder.layer.0.attention.output.dense"
@@ -339,3 +344,54 @@ def test_comparison_page_on_its_own(runs, tmp_path):
     with pytest.raises(FileExistsError):
         write_comparison_report(a, b, tmp_path / "cmp")
     write_comparison_report(a, b, tmp_path / "cmp", force=True)
+
+
+# -- saved traces and the command line -------------------------------------------------------
+
+
+def _cli(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_saved_traces_compare_like_the_live_ones(runs, tmp_path):
+    a, b = runs
+    a.save(tmp_path / "a")
+    b.save(tmp_path / "b")
+    live, saved = compare(a, b), compare(tmp_path / "a", str(tmp_path / "b"))
+    pd.testing.assert_frame_equal(saved, live)
+    assert saved.attrs == live.attrs
+    pd.testing.assert_frame_equal(compare_heads(str(tmp_path / "a"), b), compare_heads(a, b))
+    with pytest.raises(ValueError, match="not a directory saved by llmdbg"):
+        compare(tmp_path / "missing", a)
+
+
+def test_report_compare_on_the_command_line(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a, b = runs
+    a.save(tmp_path / "a")
+    b.save(tmp_path / "b")
+    out = tmp_path / "cmp"
+    code, stdout, stderr = _cli(["report", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)])
+    assert code == 0, stderr
+    assert stdout.strip() == f"Report written to {(out / 'index.html').resolve()}"
+    summary = json.loads((out / "summary.json").read_text("utf-8"))
+    assert summary["a"] == str(tmp_path / "a") and summary["sections"] == ["Comparison"]
+    assert [r["rel_l2"] for r in summary["comparison"]["rows"]] == compare(a, b).rel_l2.tolist()
+    code, _, stderr = _cli(["report", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)])
+    assert code == 2 and "not empty" in stderr  # the output directory is checked before anything is read
+    code, _, stderr = _cli(["report", "--compare", str(tmp_path / "a"), "--text", "x", "--out", str(tmp_path / "x")])
+    assert code == 2 and "argument --compare: expected 2 arguments" in stderr
+    code, _, stderr = _cli(["report", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--text", "x"])
+    assert code == 2 and "--text needs --model" in stderr
+    model = save_tiny("encoder", tmp_path / "model")
+    both = tmp_path / "both"
+    argv = ["report", "--model", str(model), "--text", "A short text.", "--out", str(both), "--no-progress"]
+    code, _, stderr = _cli([*argv, "--compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert code == 0, stderr
+    summary = json.loads((both / "summary.json").read_text("utf-8"))
+    assert summary["sections"][-1] == "Comparison" and "errors" not in summary
+    assert len(summary["comparison"]["rows"]) == len(a.keys())
+    assert "Comparison" in (both / "index.html").read_text("utf-8")
