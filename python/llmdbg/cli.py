@@ -9,9 +9,10 @@ exit code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 __all__ = ["main"]
 
@@ -64,6 +65,121 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_RUN_DESCRIPTION = """\
+Run llmdbg.run over a whole dataset as a job file describes, writing one Parquet row per
+example to the output directory (part-NNNNN.parquet shards, _manifest.json, _activations/).
+A rerun of the same job resumes: shards already written are kept.
+
+JOB is a .toml or .yaml/.yml file with the keys:
+  model (required)    a save_pretrained directory or a Hugging Face model name
+  data (required)     a .txt (one text per line), .jsonl or .parquet file
+  out (required)      the output directory (unless --out is given)
+  tokenizer           default: the model's own
+  tasks               a list from stats, embedding, attention, loss, attribution, lens,
+                      activations (default: stats, embedding)
+  engine, batch_size, shard_size, max_length, text_column, label_column, num_workers,
+  num_gpus, address, pooling, embedding_layer, top_k, attribution_method, target,
+  activation_modules, activation_positions, activation_dtype   as in llmdbg.run
+Relative paths in the file (data, out, and a model or tokenizer directory) are relative to
+the file's own directory. The flags below override the file."""
+
+_RUN_EPILOG = """\
+example job.toml:
+  model = "./my-classifier"
+  data = "reviews.jsonl"
+  out = "runs/reviews"
+  tasks = ["stats", "embedding", "attention", "loss"]
+  batch_size = 16
+
+examples:
+  llmdbg run job.toml
+  llmdbg run job.yaml --engine ray --out runs/other
+  llmdbg report --run runs/reviews --output reviews.html"""
+
+
+def _add_run(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run debugging tasks over a dataset, as a job file describes",
+        description=_RUN_DESCRIPTION,
+        epilog=_RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("job", metavar="JOB", help="the job file (.toml, .yaml or .yml)")
+    p.add_argument("--out", metavar="DIR", help="output directory, instead of the job file's out")
+    p.add_argument("--engine", choices=("local", "ray"), help="instead of the job file's engine")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace another job's output in the output directory (only its shards, activations, manifest)",
+    )
+    p.add_argument("--no-resume", action="store_true", help="recompute every shard, even those already written")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p.set_defaults(run=_run_run)
+
+
+@contextlib.contextmanager
+def _hf_progress_bars(enabled: bool) -> Iterator[None]:
+    """Show transformers' own progress bars (loading weights) only when ``enabled``; restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    import os
+
+    from .report.job_file import job_arguments, read_job_file
+    from .runs import run
+
+    job = read_job_file(args.job)
+    kwargs = job_arguments(job, out=None if args.out is None else os.path.abspath(args.out), engine=args.engine)
+    model, tokenizer, data = kwargs.pop("model"), kwargs.pop("tokenizer"), kwargs.pop("data")
+    with _hf_progress_bars(not args.no_progress):  # transformers' "Loading weights" bar too
+        result = run(
+            model,
+            tokenizer,
+            data,
+            resume=not args.no_resume,
+            force=args.force,
+            progress=not args.no_progress,
+            **kwargs,
+        )
+    s = result.summary()
+    ok = s["rows"] - s["skipped"] - s["errors"]
+    print(
+        f"{s['rows']:,} rows ({ok:,} ok, {s['skipped']:,} skipped, {s['errors']:,} errors) in "
+        f"{s.get('seconds', 0.0):.1f} s; {s.get('shards_computed', 0)} of {s['shards']} shards computed now; "
+        f"written to {os.path.abspath(result.out)}"
+    )
+    return 0
+
+
+@contextlib.contextmanager
+def _warnings_on_stderr(command: str, *categories: type[Warning]) -> Iterator[None]:
+    """Show every warning of ``categories`` as one line on stderr ("llmdbg COMMAND: warning: ...")."""
+    with warnings.catch_warnings():
+        for category in categories:
+            warnings.simplefilter("always", category)
+        default_show = warnings.showwarning
+
+        def show(message, category, *rest, **kw):
+            if issubclass(category, categories):
+                print(f"{PROG} {command}: warning: {message}", file=sys.stderr)
+            else:
+                default_show(message, category, *rest, **kw)
+
+        warnings.showwarning = show
+        yield
+
+
 _REPORT_DESCRIPTION = """\
 Run a Hugging Face model on your texts and write one self-contained HTML report (figures
 embedded, no network access needed to open it) with a table of contents:
@@ -78,7 +194,12 @@ embedded, no network access needed to open it) with a table of contents:
 
 Next to index.html it writes arrays.npz (hidden states, attention maps, rollout, flow, ids,
 mask, tokens, attributions) and summary.json (statistics, predictions, timings).
-Models load offline from a local directory (save_pretrained) or the Hugging Face cache."""
+Models load offline from a local directory (save_pretrained) or the Hugging Face cache.
+
+With --run OUT it runs no model: it reads the records 'llmdbg run' wrote to OUT and writes one
+page about the whole dataset (--output FILE, default OUT/_report.html): the run's summary, the
+examples with the highest loss, the layers with NaN/Inf, collapsed attention heads and a t-SNE
+map of the embeddings, each when the run has the task that gives it."""
 
 _REPORT_EPILOG = """\
 --target depends on the model type:
@@ -91,7 +212,8 @@ examples:
   llmdbg report --model ./my-model --text "The movie was great." --out report
   llmdbg report --model gpt2 --text "The capital of France is" --target " Paris"
   llmdbg report --model ./classifier --file reviews.txt --target positive --force
-  llmdbg report --compare before/trace after/trace --out comparison"""
+  llmdbg report --compare before/trace after/trace --out comparison
+  llmdbg report --run runs/reviews --output reviews.html"""
 
 
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
@@ -139,6 +261,18 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
         "distance and statistic changes per module, attention drift); without --model the report "
         "holds only that comparison",
     )
+    p.add_argument(
+        "--run",
+        metavar="OUT",
+        dest="run_dir",  # not "run": set_defaults(run=...) holds each command's function
+        help="the output directory of 'llmdbg run' (or llmdbg.run): write the dataset-level report of "
+        "its records instead (summary, highest losses, NaN/Inf layers, collapsed heads, embedding map)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help="with --run: the HTML file to write (default: OUT/_report.html, a name Parquet readers skip)",
+    )
     p.set_defaults(run=_run_report)
 
 
@@ -153,8 +287,10 @@ def _run_report(args: argparse.Namespace) -> int:
         run_report,
     )
 
+    if args.run_dir is not None or args.output is not None:
+        return _run_run_report(args)
     if args.model is None and args.compare is None:
-        raise ValueError("--model is required (or --compare A B to compare two saved traces)")
+        raise ValueError("--model is required (or --compare A B to compare two saved traces, or --run OUT)")
     if args.model is None:
         return _run_compare_report(args)
     texts = read_texts(args.texts, args.file)
@@ -168,18 +304,7 @@ def _run_report(args: argparse.Namespace) -> int:
         comparison = compare(*args.compare)
     model, tokenizer = load_model(args.model)
     check_target(args.target, model, tokenizer)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", TruncationWarning)
-        warnings.simplefilter("always", SectionFailedWarning)
-        default_show = warnings.showwarning
-
-        def show(message, category, *rest, **kw):
-            if issubclass(category, (TruncationWarning, SectionFailedWarning)):
-                print(f"{PROG} report: warning: {message}", file=sys.stderr)
-            else:
-                default_show(message, category, *rest, **kw)
-
-        warnings.showwarning = show
+    with _warnings_on_stderr("report", TruncationWarning, SectionFailedWarning):
         path = run_report(
             model,
             tokenizer,
@@ -213,17 +338,51 @@ def _run_compare_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_run_report(args: argparse.Namespace) -> int:
+    """``llmdbg report --run OUT [--output FILE]``: the report of a finished (or partial) run."""
+    from .report.sections_run import write_run_report
+
+    if args.run_dir is None:
+        raise ValueError("--output FILE goes with --run OUT (a model report is written to --out DIR)")
+    given = [
+        flag
+        for flag, value in (
+            ("--model", args.model),
+            ("--text", args.texts),
+            ("--file", args.file),
+            ("--target", args.target),
+            ("--compare", args.compare),
+            ("--max-length", args.max_length),
+            ("--out", None if args.out == "report" else args.out),
+        )
+        if value is not None
+    ]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} cannot go with --run: --run reads the records of a run (give --output FILE "
+            "for where the page goes)"
+        )
+    from .report import SectionFailedWarning
+
+    with _warnings_on_stderr("report", SectionFailedWarning):
+        path = write_run_report(args.run_dir, args.output, force=args.force, progress=not args.no_progress)
+    print(f"Report written to {path.resolve()}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="llmdbg: a debugger for large language models. Capture activations and "
         "attention maps of Hugging Face models and write HTML reports. "
-        "'llmdbg report' runs your model; 'llmdbg demo' runs it on the bundled MiniLM.",
+        "'llmdbg report' runs your model; 'llmdbg run' runs it over a dataset; 'llmdbg demo' runs "
+        "the bundled MiniLM.",
         epilog=f"run '{PROG} COMMAND --help' for the options of a command",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     _add_report(sub)
+    _add_run(sub)
     _add_demo(sub)
     return parser
 
