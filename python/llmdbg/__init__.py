@@ -56,6 +56,9 @@ from .embedding import TSNE, EmbeddingMap, embed_hidden_states, embed_tokens
 from .interventions import AblationResult, HeadImportance, PatchResult, ablate, head_importance, patch
 from .lens import LensResult, logit_lens
 from .metrics import ClassificationReport, ErrorAnalysis
+from .runs import RunResult, open_run, run
+from .saved import compare, compare_heads
+from .saved.load import load
 from .tracing import (
     ActivationStats,
     AttentionQuery,
@@ -70,6 +73,7 @@ from .tracing import (
     summarize,
 )
 from .training import Event, Watch, watch
+from .training.persist import WatchHistory
 
 __version__ = "0.2.0"
 
@@ -112,11 +116,13 @@ __all__ = [
     "ModelLayout",
     "PatchResult",
     "Relevance",
+    "RunResult",
     "StreamingRollout",
     "Trace",
     "Unembedding",
     "VerificationError",
     "Watch",
+    "WatchHistory",
     "ablate",
     "attention_drift",
     "attention_flow",
@@ -125,6 +131,8 @@ __all__ = [
     "attribute_generation",
     "capture",
     "checks",
+    "compare",
+    "compare_heads",
     "data",
     "eager_attention",
     "embed_hidden_states",
@@ -138,10 +146,13 @@ __all__ = [
     "hist_edges",
     "input_x_gradient",
     "integrated_gradients",
+    "load",
     "logit_lens",
     "metrics",
     "occlusion",
+    "open_run",
     "patch",
+    "run",
     "saliency",
     "similarity_target",
     "sink_scores",

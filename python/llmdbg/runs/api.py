@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ from .tasks import make_plan
 __all__ = ["ENGINES", "run"]
 
 ENGINES = ("local", "ray")
+_DIGEST_SAMPLE = 4096
 
 
 def run(
@@ -124,9 +124,9 @@ def run(
     for name, value in (("resume", resume), ("force", force)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("num_workers", num_workers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, number in (("batch_size", batch_size), ("shard_size", shard_size), ("num_workers", num_workers)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise ValueError(f"{name} must be a positive int, got {number!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "ray":
@@ -153,13 +153,14 @@ def run(
     todo = [sh for sh in all_shards if not store.has_shard(sh[0])]
     t0 = time.perf_counter()
     if todo and store.schema is None and model is not None:
+        assert limit is not None  # the model is here, so its limit was read
         with eval_mode(model):
             first = preflight(model, tokenizer, examples.ids, examples.texts, examples.labels, plan, max_length=limit)
         store.set_schema(first.table.schema, first.shapes)
     if engine == "local":
         from .local import run_local
 
-        assert model is not None
+        assert model is not None and limit is not None  # the local engine always loads the model
         run_local(
             model, tokenizer, examples, plan, store, todo, batch_size=batch_size, max_length=limit, progress=progress
         )
@@ -243,13 +244,18 @@ def _model_identity(model: torch.nn.Module | None, factory: _Factory) -> dict[st
         src = factory.model
         return {"source": src if isinstance(src, str) else getattr(src, "__qualname__", repr(src))}
     config = getattr(model, "config", None)
-    cfg = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else ""
+    to_json = getattr(config, "to_json_string", None)
+    cfg = to_json(use_diff=False) if callable(to_json) else ""
     h = hashlib.blake2b(digest_size=16)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            v = p.detach().double()
-            h.update(name.encode())
-            h.update(json.dumps([float(v.sum()), float(v.abs().sum()), list(p.shape)]).encode())
+            # The exact bits of up to _DIGEST_SAMPLE evenly spaced entries: thread-count independent
+            # (a float sum is not), and fast on a 70B model, while two checkpoints differ almost
+            # everywhere.
+            flat = p.detach().reshape(-1)
+            idx = torch.linspace(0, max(flat.numel() - 1, 0), min(flat.numel(), _DIGEST_SAMPLE)).long()
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+            h.update(flat[idx.to(flat.device)].float().cpu().numpy().tobytes())
     return {
         "class": type(model).__name__,
         "name_or_path": str(getattr(model, "name_or_path", "") or ""),

@@ -171,9 +171,9 @@ def _run_chunk(
         return [(out, k) for k in range(len(chunk))]
     except (KeyboardInterrupt, SystemExit, MemoryError):
         raise
-    except Exception:
+    except Exception as exc:
         if len(chunk) == 1:
-            raise
+            return [exc]
     results: list[tuple[BatchOutput, int] | BaseException] = []
     for i in chunk:
         try:

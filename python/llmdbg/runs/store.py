@@ -64,6 +64,7 @@ class RunStore:
         if not isinstance(out, (str, os.PathLike)):
             raise TypeError(f"out must be a directory path, got {type(out).__name__}")
         self.out = os.fspath(out)
+        job = json.loads(json.dumps(job))  # compared with a manifest read back from JSON (tuples become lists)
         self.job = job
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise ValueError(f"out={self.out!r} exists and is not a directory")

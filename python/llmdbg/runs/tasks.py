@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import attribution as _attribution
 from ..adapters.layout import resolve_role
 from ..adapters.task import task_type
+from ..attribution import input_x_gradient, integrated_gradients, saliency
 from ..lens import logit_lens
 from ..tracing import capture
 
@@ -33,6 +33,7 @@ POSITIONS = ("all", "last", "mean")
 ACTIVATION_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ATTENTION_STATS = ("entropy", "max_prob", "sink_mass", "special_mass")
 STATS = ("mean", "std", "absmax", "nan", "inf")
+_METHODS = {"saliency": saliency, "input_x_gradient": input_x_gradient, "integrated_gradients": integrated_gradients}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Plan:
     def options(self) -> dict[str, Any]:
         """The options that change records (the job's identity in the manifest), as JSON values."""
         out = dataclasses.asdict(self)
+        del out["tasks"]  # the job records them on their own
         out["target"] = self.target if isinstance(self.target, (str, int, type(None))) else repr(self.target)
         return out
 
@@ -164,30 +166,22 @@ def compute_batch(
     acts: dict[str, list[torch.Tensor]] = {}
 
     modules = _activation_names(model, plan) if "activations" in tasks else None
-    with torch.no_grad():
-        with capture(
-            model,
-            modules,
-            hidden_states=bool(tasks & {"stats", "embedding"}),
-            attentions="stats" if "attention" in tasks else False,
-            stats=False,
-            tokenizer=tokenizer,
-        ) as trace:
-            out = model(**batch)
-    if "stats" in tasks:
-        columns.update(_stats(trace.hidden_states, mask))
-    if "embedding" in tasks:
-        hidden = torch.from_numpy(trace.hidden_states[plan.embedding_layer])
-        columns["embedding"] = list(_pool(hidden, mask, plan.pooling).numpy())
-    if "attention" in tasks:
-        cols, shape = _attention(trace.attention_stats, mask)
-        columns.update(cols)
-        shapes.update(dict.fromkeys(cols, shape))
+    trace, out = _forward(model, tokenizer, batch, tasks, modules)
+    if trace is not None:
+        if "stats" in tasks:
+            columns.update(_stats(trace.hidden_states, mask))
+        if "embedding" in tasks:
+            pooled = _pool(torch.from_numpy(trace.hidden_states[plan.embedding_layer]), mask, plan.pooling)
+            columns["embedding"] = list(pooled.numpy())
+        if "attention" in tasks:
+            cols, shape = _attention(trace.attention_stats, mask)
+            columns.update(cols)
+            shapes.update(dict.fromkeys(cols, shape))
+        if "activations" in tasks:
+            acts = _activations(trace, modules or [], mask, plan)
     if "loss" in tasks:
         columns.update(_loss(model, tokenizer, batch, out, mask, labels))
-    if "activations" in tasks:
-        acts = _activations(trace, modules or [], mask, plan)
-    del trace, out
+    del trace, out  # before the lens and gradient passes: their memory peak is their own
     if "lens" in tasks:
         columns.update(_lens(model, tokenizer, batch, mask))
     if "attribution" in tasks:
@@ -196,6 +190,29 @@ def compute_batch(
         if len(values) != b:  # a task's bug, not the user's data
             raise AssertionError(f"column {name!r} has {len(values)} entries for {b} examples")
     return BatchOutput(columns, acts, shapes)
+
+
+def _forward(
+    model: torch.nn.Module, tokenizer: Any, batch: dict[str, torch.Tensor], tasks: set[str], modules: list[str] | None
+) -> tuple[Any, Any]:
+    """The one forward pass of the forward tasks, inside a capture of what they read:
+    ``(trace or None, model output or None)``."""
+    hidden = bool(tasks & {"stats", "embedding"})
+    with torch.no_grad():
+        if modules or hidden or "attention" in tasks:
+            with capture(
+                model,
+                modules,
+                hidden_states=hidden,
+                attentions="stats" if "attention" in tasks else False,
+                stats=False,
+                tokenizer=tokenizer,
+            ) as trace:
+                out = model(**batch)
+            return trace, out
+        if "loss" in tasks:
+            return None, model(**batch)
+    return None, None
 
 
 # -- the tasks -------------------------------------------------------------------------------------
@@ -270,6 +287,12 @@ def _loss(
     labels: list[Any] | None,
 ) -> dict[str, list[Any]]:
     kind = task_type(model)
+    if kind not in ("causal-lm", "classifier"):
+        raise ValueError(
+            f"task 'loss' needs a causal LM or a sequence classifier; this model is a {kind} "
+            f"({type(model).__name__}): drop 'loss' or load it with AutoModelForCausalLM / "
+            "AutoModelForSequenceClassification"
+        )
     logits = out.logits.detach().float().cpu()
     b = logits.shape[0]
     labels = labels if labels is not None else [None] * b
@@ -308,11 +331,7 @@ def _loss(
             "probability": [float(v) for v in logp.max(-1).values.exp()],
             "correct": correct,
         }
-    raise ValueError(
-        f"task 'loss' needs a causal LM or a sequence classifier; this model is a {kind} "
-        f"({type(model).__name__}): drop 'loss' or load it with AutoModelForCausalLM / "
-        "AutoModelForSequenceClassification"
-    )
+    raise AssertionError(f"unreachable: task type {kind}")
 
 
 def _class_index(label: Any, label2id: dict[str, int], n: int) -> int | None:
@@ -344,7 +363,7 @@ def _attribute(
     model: torch.nn.Module, tokenizer: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor, plan: Plan
 ) -> dict[str, list[Any]]:
     """The ``top_k`` tokens with the largest |score| per example (ties: the earlier position)."""
-    method = getattr(_attribution, plan.attribution_method)
+    method = _METHODS[plan.attribution_method]
     res = method(model, batch, target=plan.target, tokenizer=tokenizer, progress=False)
     scores = np.asarray(res.scores, dtype=np.float32)
     if scores.ndim != 2:
