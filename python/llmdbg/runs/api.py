@@ -93,7 +93,8 @@ def run(
         The output directory. One holding another job's output is refused unless ``force``.
     engine : {"local", "ray"}
         ``"local"``: this process. ``"ray"``: Ray Data ``map_batches`` over an actor pool of
-        ``num_workers`` actors, one model each (``num_gpus`` per actor; ``address`` of an
+        ``num_workers`` actors, one model each (``num_gpus`` per actor, by default 1 where the
+        cluster has GPUs and 0 elsewhere; ``address`` of an
         existing cluster, else a local one). Same records either way.
     batch_size : int
         Examples per forward pass (after sorting a shard by length).

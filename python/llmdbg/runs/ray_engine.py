@@ -66,9 +66,11 @@ def run_ray(
     try:
         if not shards:
             return
+        if num_gpus is None:  # one GPU per actor where the cluster has GPUs, none elsewhere
+            num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         if store.schema is None:
             sample = _first_valid(examples)
-            ref = ray.remote(num_gpus=num_gpus or 0)(_preflight).remote(factory, sample, plan, max_length)
+            ref = ray.remote(num_gpus=num_gpus)(_preflight).remote(factory, sample, plan, max_length, num_gpus > 0)
             schema, shapes = ray.get(ref)
             store.set_schema(pa.ipc.read_schema(pa.py_buffer(schema)), shapes)
         rows = [{"shard": s, "payload": json.dumps(_rows(examples, a, b))} for s, a, b in shards]
@@ -82,12 +84,13 @@ def run_ray(
                 "schema": store.manifest["schema"],
                 "batch_size": batch_size,
                 "max_length": max_length,
+                "use_gpu": num_gpus > 0,
             },
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             num_cpus=1,
-            num_gpus=num_gpus or 0,
+            num_gpus=num_gpus,
         )
         sizes = {s: b - a for s, a, b in shards}
         with progress_bar(progress, sum(sizes.values()), "llmdbg.run (ray)", unit="ex") as bar:
@@ -106,11 +109,20 @@ class _ShardWorker:
     """One Ray actor: one model, whole shards in, their manifest entries out."""
 
     def __init__(
-        self, factory: Any, plan: Plan, out: str, schema: str, batch_size: int, max_length: int | None
+        self,
+        factory: Any,
+        plan: Plan,
+        out: str,
+        schema: str,
+        batch_size: int,
+        max_length: int | None,
+        use_gpu: bool = False,
     ) -> None:
         from .shard import max_length_of
 
         self.model, self.tokenizer = factory()
+        if use_gpu:  # Ray set CUDA_VISIBLE_DEVICES to this actor's GPU
+            self.model.to("cuda")
         self.plan, self.out, self.batch_size = plan, out, batch_size
         self.schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(schema)))
         self.max_length = max_length_of(self.model, self.tokenizer, max_length)
@@ -137,10 +149,14 @@ class _ShardWorker:
         return {"shard": batch["shard"], "info": np.array(infos, dtype=object)}
 
 
-def _preflight(factory: Any, rows: dict[str, Any], plan: Plan, max_length: int | None) -> tuple[bytes, dict]:
+def _preflight(
+    factory: Any, rows: dict[str, Any], plan: Plan, max_length: int | None, use_gpu: bool
+) -> tuple[bytes, dict]:
     from .shard import max_length_of
 
     model, tokenizer = factory()
+    if use_gpu:
+        model.to("cuda")
     ids, texts, labels = _unpack(rows)
     with eval_mode(model):
         first = preflight(
