@@ -15,6 +15,7 @@ from .activations import activation_stats, histogram
 from .attention import attention_grid, attention_heatmap, head_grid, head_heatmap, token_relevance
 from .attribution import attribution_plot
 from .checks import check_summary
+from .compare import plot_comparison
 from .data import data_profile, rank_frequency
 from .embedding_map import embedding
 from .interventions import head_importance, patching_heatmap
@@ -34,4 +35,4 @@ __all__ = [
     "training_dashboard",
 ]
 __all__ += ["check_summary", "data_profile", "head_importance", "logit_lens", "patching_heatmap", "rank_frequency"]
-__all__ += ["embedding"]
+__all__ += ["embedding", "plot_comparison"]
