@@ -340,7 +340,7 @@ def _run_compare_report(args: argparse.Namespace) -> int:
 
 def _run_run_report(args: argparse.Namespace) -> int:
     """``llmdbg report --run OUT [--output FILE]``: the report of a finished (or partial) run."""
-    from .report.sections_run import write_run_report
+    from .report.run_page import write_run_report
 
     if args.run_dir is None:
         raise ValueError("--output FILE goes with --run OUT (a model report is written to --out DIR)")

@@ -1,12 +1,11 @@
-"""The dataset-level report of a run: what :func:`llmdbg.run` found over every example.
+"""The sections of the dataset-level report of a run (:func:`~llmdbg.report.write_run_report`).
 
-:func:`write_run_report` reads a run directory (``open_run(out).records()``, one row per example)
-and writes one offline HTML page with the same machinery and style as the model report
-(:class:`~llmdbg.report.Report`): a summary of the run, the examples with the highest loss, the
-layers where NaN or Inf appeared, the heads whose attention collapsed, and a t-SNE map of the
-examples' embeddings. Each section reads only the columns its task wrote; a run without that
-task gets a one-line note naming the task that would give it. This is
-``llmdbg report --run OUT``.
+Each section takes a :class:`RunReportContext` (the run, its records, the page) and adds to the
+page with the same machinery and style as the model report (:class:`~llmdbg.report.Report`): a
+summary of the run, the examples with the highest loss, the layers where NaN or Inf appeared,
+the heads whose attention collapsed, and a t-SNE map of the examples' embeddings. A section reads
+only the columns its task wrote; a run without that task gets a one-line note naming the task
+that would give it.
 """
 
 from __future__ import annotations
@@ -15,20 +14,20 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from .._internal.html import esc
-from .context import guarded
-from .page import Report, write_file
+from .page import Report
 
 __all__ = [
     "COLLAPSE_ENTROPY",
     "COLLAPSE_MAX_PROB",
     "COLLAPSE_SINK_MASS",
     "MAX_MAP_POINTS",
+    "MIN_MAP_POINTS",
+    "SECTIONS",
     "RunReportContext",
     "collapsed_heads",
     "collapsed_heads_section",
@@ -36,7 +35,6 @@ __all__ = [
     "nonfinite_section",
     "run_summary_section",
     "top_loss_section",
-    "write_run_report",
 ]
 
 #: A head is collapsed when its mean entropy over examples is below this (nats) ...
@@ -103,6 +101,10 @@ def _snippet(text: Any) -> str:
     return s if len(s) <= _SNIPPET else s[: _SNIPPET - 1] + "…"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _ids(ids: Any) -> str:
     ids = [int(i) for i in ids]
     shown = ", ".join(str(i) for i in ids[:_IDS_LISTED])
@@ -165,7 +167,6 @@ def run_summary_section(ctx: RunReportContext) -> None:
         ("Finished", m.get("finished", "-")),
         ("Last run", f"{last['engine']}, {last['seconds']} s" if "engine" in last else "-"),
     ]
-    bad = df[df["status"] != "ok"] if len(df) else df
     text = (
         f"<p>{counts['records']:,} of {counts['examples']:,} examples have a record: {counts['ok']:,} ok, "
         f"{counts['skipped']:,} skipped (nothing to run: an empty or undecodable text), "
@@ -174,17 +175,20 @@ def run_summary_section(ctx: RunReportContext) -> None:
     )
     if ctx.data_note:
         text += f"<p>{esc(ctx.data_note)}</p>"
-    tables: list[Any] = [[{"property": k, "value": v} for k, v in facts]]
+    ctx.report.add_section("Run summary", html=text, table=[{"property": k, "value": v} for k, v in facts])
+    ctx.summary["counts"] = counts
+    bad = df[df["status"] != "ok"] if len(df) else df
     if len(bad):
         rows = [
             {"example_id": int(r.example_id), "status": r.status, "reason": r.reason}
             for r in bad.head(_LISTED).itertuples()
         ]
-        more = f" (the first {_LISTED} of {len(bad):,})" if len(bad) > _LISTED else ""
-        text += f"<p>Skipped and failed examples{more}:</p>"
-        tables.append(_with_text(ctx, rows))
-    ctx.report.add_section("Run summary", html=text, table=tables)
-    ctx.summary.update(counts)
+        which = f"The first {_LISTED} of the {len(bad):,}" if len(bad) > _LISTED else "The"
+        ctx.report.add_section(
+            "Skipped and failed examples",
+            html=f"<p>{which} examples without a result, in example order, with the reason.</p>",
+            table=_with_text(ctx, rows),
+        )
 
 
 def top_loss_section(ctx: RunReportContext) -> None:
@@ -217,9 +221,12 @@ def top_loss_section(ctx: RunReportContext) -> None:
     if has_correct:
         c = ok["correct"].dropna().astype(bool)
         parts.append(f"<p>Accuracy over the {len(c):,} examples with a label: {c.mean():.4f}.</p>")
-    nonfinite = ok[~np.isfinite(loss) & ok["loss"].notna()]
-    if len(nonfinite):
-        parts.append(f"<p>Non-finite loss (not ranked): examples {_ids(nonfinite['example_id'])}.</p>")
+    unranked = ok[~np.isfinite(loss)]
+    if len(unranked):
+        parts.append(
+            "<p>Without a finite loss (a classifier's example without a label, a one-token text for a causal "
+            f"LM, or NaN/Inf in the model): {_count(len(unranked), 'ok example')}, {_ids(unranked['example_id'])}.</p>"
+        )
     ctx.report.add_section(title, html="".join(parts), table=_with_text(ctx, rows) if rows else None)
     ctx.summary["top_loss"] = [row["example_id"] for row in rows]
 
@@ -250,12 +257,12 @@ def nonfinite_section(ctx: RunReportContext) -> None:
     bad = ok[first >= 0]
     if len(bad):
         text = (
-            f"<p>{len(bad):,} of {len(ok):,} ok examples hold NaN or Inf in a hidden state: "
+            f"<p>NaN or Inf in a hidden state: {len(bad):,} of {_count(len(ok), 'ok example')}, "
             f"{_ids(bad['example_id'])}. The table counts, per layer, the examples with a non-finite "
             "value there (layer 0 is the embedding output, layer i the output of block i − 1).</p>"
         )
     else:
-        text = f"<p>No NaN or Inf in any layer of the {len(ok):,} ok examples.</p>"
+        text = f"<p>No NaN or Inf in any layer of {_count(len(ok), 'ok example')}.</p>"
     ctx.report.add_section(title, html=text, table=rows)
     ctx.summary["nonfinite"] = {"per_layer": rows, "examples": [int(i) for i in bad["example_id"]]}
 
@@ -343,7 +350,7 @@ def collapsed_heads_section(ctx: RunReportContext) -> None:
         f"<b>collapsed</b> when its mean entropy is below {COLLAPSE_ENTROPY} nats, its mean largest "
         f"weight above {COLLAPSE_MAX_PROB}, or its mean mass on the first real token (the sink) above "
         f"{COLLAPSE_SINK_MASS}: it puts (nearly) all its weight on one key whatever the text. "
-        f"{len(rows)} of {flags.size} heads are collapsed.</p>"
+        f"Collapsed: {len(rows)} of {flags.size} heads.</p>"
     )
     fig = plot.head_heatmap(
         means["entropy"], title="mean attention entropy (dots: collapsed)", label="entropy (nats)", flags=flags
@@ -430,121 +437,3 @@ SECTIONS: tuple[tuple[str, Callable[[RunReportContext], None]], ...] = (
     ("Collapsed attention heads", collapsed_heads_section),
     ("Embedding map", embedding_map_section),
 )
-
-
-# -- the page -----------------------------------------------------------------------------------------
-
-
-def _examples(result: Any, data: Any) -> tuple[list[Any] | None, list[Any] | None, str]:
-    """(texts, labels, note): the run's data read again, checked against the manifest's fingerprint."""
-    from ..runs.data import read_examples
-
-    job = result.manifest["job"]
-    given = data is not None
-    if not given:
-        source = job["data"].get("source")
-        if not (isinstance(source, str) and os.path.isfile(source)):
-            return None, None, "The texts are not shown: the run's data was not a file that can be read again."
-        data = source
-    examples = read_examples(
-        data, text_column=job.get("text_column", "text"), label_column=job.get("label_column") or None
-    )
-    if examples.fingerprint() != job["data"].get("fingerprint"):
-        if given:
-            raise ValueError("data: these are not the examples the run ran on (their fingerprint differs)")
-        return None, None, f"The texts are not shown: {data} changed since the run."
-    return list(examples.texts), examples.labels, ""
-
-
-def write_run_report(
-    out: str | os.PathLike,
-    output: str | os.PathLike | None = None,
-    *,
-    force: bool = False,
-    data: Any = None,
-    title: str | None = None,
-    max_map_points: int = MAX_MAP_POINTS,
-    random_state: int = 0,
-    progress: bool = False,
-) -> Path:
-    """Write the dataset-level report of a run directory as one offline HTML page.
-
-    Sections (each needs its task in the run; without it, a one-line note says which task gives
-    it): the run summary (examples, ok / skipped / error counts, tokens, tasks, the model's
-    identity, the first skipped or failed examples with their reasons); the examples with the
-    highest loss (``loss``); per layer the examples with NaN or Inf (``stats``); collapsed
-    attention heads with a layer × head heatmap (``attention``, rule in :func:`collapsed_heads`);
-    a t-SNE map of the embeddings (``embedding``). A section that fails is replaced by its error
-    and a :class:`~llmdbg.report.SectionFailedWarning`; the page is still written.
-
-    Parameters
-    ----------
-    out : str or os.PathLike
-        A directory written by :func:`llmdbg.run` (complete or not).
-    output : str or os.PathLike, optional
-        The HTML file to write; default ``out/_report.html`` (its leading underscore keeps
-        Parquet readers of ``out`` from reading it as a shard). Parent directories are created.
-    force : bool
-        Replace an existing ``output`` file.
-    data : optional
-        The run's data (anything :func:`llmdbg.run` accepts), for the texts and labels of runs over
-        data held in memory; by default the run's data file is read again when it still exists
-        and holds the same examples. Texts are then shown beside the examples, and the map is
-        coloured by label.
-    title : str, optional
-        Page title; default ``"llmdbg run: <directory name>"``.
-    max_map_points : int
-        Most examples on the embedding map (a random sample seeded by ``random_state``).
-    random_state : int
-        Seed of the sample and of t-SNE.
-    progress : bool
-        Show t-SNE's progress bar.
-
-    Returns
-    -------
-    Path
-        The path of the page.
-
-    Raises
-    ------
-    ValueError
-        ``out`` holds no run; ``data`` is not the run's data; bad ``max_map_points``.
-    FileExistsError
-        ``output`` exists (and ``force`` is False) or is a directory.
-
-    Examples
-    --------
-    >>> res = llmdbg.run(model, tok, "data.jsonl", tasks=("stats", "loss"), out="runs/x")  # doctest: +SKIP
-    >>> llmdbg.report.write_run_report("runs/x", "x.html")  # doctest: +SKIP
-    """
-    from ..runs import open_run
-
-    if isinstance(max_map_points, bool) or not isinstance(max_map_points, int) or max_map_points < MIN_MAP_POINTS:
-        raise ValueError(f"max_map_points must be an int >= {MIN_MAP_POINTS}, got {max_map_points!r}")
-    result = open_run(out)
-    path = Path(output).expanduser() if output is not None else Path(result.out) / "_report.html"
-    if path.is_dir():
-        raise FileExistsError(f"output {path} is a directory; give a file name such as {path / 'report.html'}")
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists; pass --force (force=True) to replace it")
-    texts, labels, note = _examples(result, data)
-    name = os.path.basename(os.path.abspath(result.out))
-    report = Report(title or f"llmdbg run: {name}", subtitle=f"{os.path.abspath(result.out)}")
-    ctx = RunReportContext(
-        result,
-        result.records(),
-        report,
-        texts=texts,
-        labels=labels,
-        data_note=note,
-        max_map_points=max_map_points,
-        random_state=random_state,
-        progress=progress,
-    )
-    run_summary_section(ctx)
-    for section_title, section in SECTIONS:
-        # guarded() reads only .report and .summary, which a RunReportContext has too
-        guarded(cast(Any, ctx), section_title, cast(Any, section))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_file(path, report.to_html())
-    return path
