@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -134,8 +135,6 @@ def _hf_progress_bars(enabled: bool) -> Iterator[None]:
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    import os
-
     from .report.job_file import job_arguments, read_job_file
     from .runs import run
 
@@ -197,9 +196,10 @@ mask, tokens, attributions) and summary.json (statistics, predictions, timings).
 Models load offline from a local directory (save_pretrained) or the Hugging Face cache.
 
 With --run OUT it runs no model: it reads the records 'llmdbg run' wrote to OUT and writes one
-page about the whole dataset (--output FILE, default OUT/_report.html): the run's summary, the
-examples with the highest loss, the layers with NaN/Inf, collapsed attention heads and a t-SNE
-map of the embeddings, each when the run has the task that gives it."""
+page about the whole dataset (DIR/index.html with --out DIR, FILE with --output FILE, else
+OUT/_report.html): the run's summary, the examples with the highest loss, the layers with
+NaN/Inf, collapsed attention heads and a t-SNE map of the embeddings, each when the run has the
+task that gives it."""
 
 _REPORT_EPILOG = """\
 --target depends on the model type:
@@ -213,7 +213,7 @@ examples:
   llmdbg report --model gpt2 --text "The capital of France is" --target " Paris"
   llmdbg report --model ./classifier --file reviews.txt --target positive --force
   llmdbg report --compare before/trace after/trace --out comparison
-  llmdbg report --run runs/reviews --output reviews.html"""
+  llmdbg report --run runs/reviews --out reviews-report"""
 
 
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
@@ -239,7 +239,8 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
         metavar="TARGET",
         help="what to attribute: a class index or label, a continuation text, or the token for the mask (see below)",
     )
-    p.add_argument("--out", metavar="DIR", default="report", help="output directory (default: %(default)s)")
+    # default None, not "report": --run tells a given --out from the default
+    p.add_argument("--out", metavar="DIR", help="output directory (default: report)")
     p.add_argument(
         "--force",
         action="store_true",
@@ -271,7 +272,8 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--output",
         metavar="FILE",
-        help="with --run: the HTML file to write (default: OUT/_report.html, a name Parquet readers skip)",
+        help="with --run: the HTML file to write, instead of --out DIR (DIR/index.html); default: "
+        "OUT/_report.html, a name Parquet readers skip",
     )
     p.set_defaults(run=_run_report)
 
@@ -289,6 +291,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
     if args.run_dir is not None or args.output is not None:
         return _run_run_report(args)
+    if args.out is None:
+        args.out = "report"
     if args.model is None and args.compare is None:
         raise ValueError("--model is required (or --compare A B to compare two saved traces, or --run OUT)")
     if args.model is None:
@@ -339,7 +343,8 @@ def _run_compare_report(args: argparse.Namespace) -> int:
 
 
 def _run_run_report(args: argparse.Namespace) -> int:
-    """``llmdbg report --run OUT [--output FILE]``: the report of a finished (or partial) run."""
+    """``llmdbg report --run OUT [--out DIR | --output FILE]``: the page of a finished (or partial) run."""
+    from .report import SectionFailedWarning, check_out_dir
     from .report.run_page import write_run_report
 
     if args.run_dir is None:
@@ -353,19 +358,19 @@ def _run_run_report(args: argparse.Namespace) -> int:
             ("--target", args.target),
             ("--compare", args.compare),
             ("--max-length", args.max_length),
-            ("--out", None if args.out == "report" else args.out),
         )
         if value is not None
     ]
     if given:
-        raise ValueError(
-            f"{', '.join(given)} cannot go with --run: --run reads the records of a run (give --output FILE "
-            "for where the page goes)"
-        )
-    from .report import SectionFailedWarning
-
+        raise ValueError(f"{', '.join(given)} cannot go with --run: --run reads the records of a run, it runs no model")
+    if args.out is not None and args.output is not None:
+        raise ValueError("give --out DIR (writes DIR/index.html) or --output FILE, not both")
+    output, force = args.output, args.force
+    if args.out is not None:  # like every report: DIR/index.html, a non-empty DIR only with --force
+        check_out_dir(args.out, args.force)
+        output, force = os.path.join(args.out, "index.html"), True
     with _warnings_on_stderr("report", SectionFailedWarning):
-        path = write_run_report(args.run_dir, args.output, force=args.force, progress=not args.no_progress)
+        path = write_run_report(args.run_dir, output, force=force, progress=not args.no_progress)
     print(f"Report written to {path.resolve()}")
     return 0
 

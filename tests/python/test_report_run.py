@@ -269,8 +269,12 @@ def test_cli_report_run(full_run, tmp_path):
     code, stdout, stderr = _cli(["report", "--run", str(out), "--output", str(target)])
     assert code == 0, stderr
     assert stdout.strip() == f"Report written to {target.resolve()}" and "Highest loss" in target.read_text("utf-8")
+    code, stdout, stderr = _cli(["report", "--run", str(out), "--out", str(tmp_path / "dir")])
+    assert code == 0 and (tmp_path / "dir" / "index.html").exists(), stderr
     for argv, needle in (
         (["report", "--run", str(out), "--output", str(target)], "--force"),
+        (["report", "--run", str(out), "--out", str(tmp_path / "dir")], "--force"),
+        (["report", "--run", str(out), "--out", "d", "--output", "f"], "not both"),
         (["report", "--run", str(out), "--model", "m"], "--model cannot go with --run"),
         (["report", "--output", str(target)], "--output FILE goes with --run OUT"),
         (["report", "--run", str(tmp_path)], "holds no llmdbg run"),
@@ -278,6 +282,7 @@ def test_cli_report_run(full_run, tmp_path):
         code, stdout, stderr = _cli(argv)
         assert code == 2 and stdout == "" and stderr.count("\n") == 1 and needle in stderr, (argv, stderr)
     assert _cli(["report", "--run", str(out), "--output", str(target), "--force"])[0] == 0
+    assert _cli(["report", "--run", str(out), "--out", str(tmp_path / "dir"), "--force"])[0] == 0
 
 
 def test_a_failing_section_keeps_the_page(full_run, tmp_path, monkeypatch):
