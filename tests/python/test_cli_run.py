@@ -226,3 +226,15 @@ def test_help_lists_run(capsys):
     for flag in ("--out", "--engine", "--force", "--no-resume", "--no-progress", "JOB", "label_column"):
         assert flag in out
     assert "run" in _run(["--help"])[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "modules", "needle"),
+    [("j.toml", ("tomllib", "tomli"), "pip install tomli"), ("j.yaml", ("yaml",), "pip install pyyaml")],
+)
+def test_missing_parser_names_the_package(tmp_path, monkeypatch, name, modules, needle):
+    for module in modules:
+        monkeypatch.setitem(__import__("sys").modules, module, None)  # import raises ImportError
+    job = _write(tmp_path / name, "model = 1\n")
+    code, _, stderr = _run(["run", str(job)])
+    assert code == 2 and needle in stderr and stderr.count("\n") == 1

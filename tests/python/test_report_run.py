@@ -301,3 +301,36 @@ def test_a_failing_section_keeps_the_page(full_run, tmp_path, monkeypatch):
     assert "embedding-map-failed" in page.sections and "highest-loss" in page.sections
     with pytest.warns(SectionFailedWarning, match="map exploded"):
         write_run_report(full_run[0], tmp_path / "q.html")
+
+
+def test_a_causal_lm_run_without_labels_is_coloured_by_loss(tmp_path):
+    from tiny_models import minilm_tokenizer
+
+    tok = minilm_tokenizer()
+    torch.manual_seed(0)
+    ids = dict(bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    config = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=len(tok), n_positions=64, **ids)
+    model = tf.GPT2LMHeadModel(config).eval()
+    texts = _texts()[0][16:30]
+    out = tmp_path / "lm"
+    run(model, tok, texts, tasks=("embedding", "loss"), out=out, progress=False)
+    page = _Page(write_run_report(out, data=texts).read_text("utf-8"))
+    sec = page.sections["embedding-map"]
+    assert "Colours: loss quintile" in sec["text"] and sec["images"] == 1
+    df = open_run(out).records()
+    ref = df[df["status"] == "ok"].nlargest(20, "loss")
+    table = _table(page.sections["highest-loss"])
+    assert table["example_id"].astype(int).tolist() == ref["example_id"].tolist()
+    assert table["prediction"].tolist() == ref["prediction_text"].tolist() and "label" not in table
+
+
+def test_loss_bins_are_ordered_and_distinct():
+    from llmdbg.report.sections_run import _loss_bins
+
+    loss = np.array([1.0001, 1.0002, 1.0003, 1.0004, 1.0005, 1.0006, np.nan, 1.0007, 1.0008, 1.0009, 1.001])
+    bins = _loss_bins(loss)
+    assert bins[6] == "loss n/a"
+    names = [b for b in bins if b != "loss n/a"]
+    lows = [float(b.split()[1].split("–")[0]) for b in names]
+    assert lows == sorted(lows) and len(set(names)) == 5  # quintiles, edges told apart
+    assert _loss_bins(np.array([2.0, 2.0, 2.0])) == ["loss 2–2"] * 3
