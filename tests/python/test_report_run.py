@@ -254,6 +254,11 @@ def test_a_run_without_tasks_gets_notes(classifier, tmp_path):
         write_run_report(out, force=True, data=["something else"] * 4)
     with pytest.raises(FileExistsError, match="force"):
         write_run_report(out)
+    for part in out.glob("part-*.parquet"):  # a run killed before its first shard
+        part.unlink()
+    page = _Page(write_run_report(out, force=True).read_text("utf-8"))
+    assert list(page.sections) == ["run-summary", "no-records"]
+    assert "0 of 4 examples have a record" in page.sections["run-summary"]["text"]
 
 
 def _cli(argv):

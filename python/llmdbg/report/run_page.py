@@ -45,6 +45,28 @@ def _examples(result: Any, data: Any) -> tuple[list[Any] | None, list[Any] | Non
     return list(examples.texts), examples.labels, ""
 
 
+#: The columns the sections read, by task (the others, such as cached activations' offsets, lens
+#: and attribution columns, are not loaded).
+_COLUMNS = {
+    "loss": ("loss", "prediction", "prediction_text", "correct"),
+    "stats": ("stats_nan", "stats_inf", "first_nonfinite_layer"),
+    "attention": ("attention_entropy", "attention_max_prob", "attention_sink_mass"),
+    "embedding": ("embedding",),
+}
+
+
+def _records(result: Any) -> Any:
+    """The records, with only the columns some section reads (those the run's shards have)."""
+    import pyarrow.parquet as pq
+
+    parts = sorted(f for f in os.listdir(result.out) if f.startswith("part-") and f.endswith(".parquet"))
+    if not parts:
+        return result.records()
+    have = set(pq.read_schema(os.path.join(result.out, parts[0])).names)
+    wanted = ["status", "reason", "n_tokens", "truncated", *(c for cols in _COLUMNS.values() for c in cols)]
+    return result.records([c for c in wanted if c in have])
+
+
 def write_run_report(
     out: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -122,7 +144,7 @@ def write_run_report(
     report = Report(title or f"llmdbg run: {name}", subtitle=f"{os.path.abspath(result.out)}")
     ctx = RunReportContext(
         result,
-        result.records(),
+        _records(result),
         report,
         texts=texts,
         labels=labels,
@@ -132,7 +154,9 @@ def write_run_report(
         progress=progress,
     )
     run_summary_section(ctx)
-    for section_title, section in SECTIONS:
+    if not len(ctx.records):
+        report.add_section("No records", html="<p>No shard of this run is written yet: rerun the job to resume it.</p>")
+    for section_title, section in SECTIONS if len(ctx.records) else ():
         # guarded() reads only .report and .summary, which a RunReportContext has too
         guarded(cast(Any, ctx), section_title, cast(Any, section))
     path.parent.mkdir(parents=True, exist_ok=True)

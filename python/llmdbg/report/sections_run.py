@@ -390,9 +390,9 @@ def embedding_map_section(ctx: RunReportContext) -> None:
     from ..embedding import TSNE
 
     ok = ctx.ok()
-    X = np.stack(ok["embedding"].to_numpy()) if len(ok) else np.zeros((0, 0), np.float32)
-    keep = np.isfinite(X).all(axis=1) if len(X) else np.zeros(0, bool)
-    pool = np.flatnonzero(keep)
+    vectors = ok["embedding"].to_numpy()
+    # only the sample is stacked: a million 768-wide embeddings would be 3 GB more
+    pool = np.flatnonzero(np.fromiter((bool(np.isfinite(v).all()) for v in vectors), bool, len(vectors)))
     if len(pool) < MIN_MAP_POINTS:
         ctx.report.add_section(
             title, html=f"<p>{len(pool)} ok examples with a finite embedding; the map needs {MIN_MAP_POINTS}.</p>"
@@ -403,7 +403,9 @@ def embedding_map_section(ctx: RunReportContext) -> None:
     ids = ok["example_id"].to_numpy()[rows]
     n = len(rows)
     perplexity = max(1.0, min(30.0, np.floor((n - 1) / 3 * 100) / 100 - 0.01))
-    Y = TSNE(perplexity=perplexity, random_state=ctx.random_state, progress=ctx.progress).fit_transform(X[rows])
+    Y = TSNE(perplexity=perplexity, random_state=ctx.random_state, progress=ctx.progress).fit_transform(
+        np.stack(vectors[rows])
+    )
     colour, palette, by = None, None, "nothing (no labels, no loss)"
     if ctx.labels is not None:
         colour, by = [str(ctx.labels[int(i)]) for i in ids], "label"
