@@ -29,6 +29,8 @@ GUIDE_ORDER = [
     "checks",
     "data",
     "report",
+    "running-on-a-dataset",
+    "running-on-a-cluster",
 ]
 REFERENCE = ["api", "support", "guarantees", "migrating", "benchmarks", "architecture"]
 
