@@ -32,6 +32,7 @@ import torch
 __all__ = ["MANIFEST", "RunStore", "shard_name"]
 
 MANIFEST = "_manifest.json"
+REPORT = "_report.html"  # llmdbg report --run's default page: stale once the shards are replaced
 ACTIVATIONS = "_activations"
 FORMAT, VERSION = "llmdbg-run", 1
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
@@ -133,7 +134,7 @@ class RunStore:
     # -- writing -------------------------------------------------------------------------------------
     def _clear(self) -> None:
         for f in os.listdir(self.out):
-            if _PART.match(f) or f == MANIFEST or (f.startswith(".") and f.endswith(".tmp")):
+            if _PART.match(f) or f in (MANIFEST, REPORT) or (f.startswith(".") and f.endswith(".tmp")):
                 os.remove(os.path.join(self.out, f))
         shutil.rmtree(os.path.join(self.out, ACTIVATIONS), ignore_errors=True)
 
