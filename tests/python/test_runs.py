@@ -403,6 +403,33 @@ def test_resume_skips_finished_shards_and_resume_false_recomputes(tmp_path):
     assert fresh.summary()["shards_computed"] == 3
 
 
+def test_a_shard_the_manifest_missed_is_taken_from_its_file(tmp_path):
+    """A process killed between a shard's rename and the manifest update: the shard is complete,
+    and a resume describes it from its own file instead of losing it."""
+    out = tmp_path / "r"
+    model = classifier()
+    first = _go(model, TEXTS, out, tasks=("stats", "activations"))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    entry = manifest["shards"].pop("1")
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    again = _go(model, TEXTS, out, tasks=("stats", "activations"))
+    assert again.summary()["shards_computed"] == 0
+    assert again.manifest["shards"]["1"] == entry
+    assert again.summary()["rows"] == len(TEXTS)
+    name = llmdbg.find_layout(model).blocks[0]
+    assert torch.equal(again.activations(name), first.activations(name))
+
+
+def test_the_same_data_by_another_path_is_the_same_job(tmp_path, monkeypatch):
+    (tmp_path / "d.txt").write_text("\n".join(TEXTS))
+    model = classifier()
+    _go(model, str(tmp_path / "d.txt"), tmp_path / "r", tasks=("stats",))
+    monkeypatch.chdir(tmp_path)
+    again = _go(model, "d.txt", tmp_path / "r", tasks=("stats",))
+    assert again.summary()["shards_computed"] == 0
+    assert again.manifest["data_source"] == "d.txt"
+
+
 def test_a_newer_manifest_is_refused(tmp_path):
     out = tmp_path / "r"
     _go(classifier(), TEXTS[:2], out, tasks=("stats",))
@@ -496,7 +523,21 @@ def test_ray_engine_with_a_model_factory(tmp_path, ray_cluster):
     remote = _go(factory, TEXTS, tmp_path / "ray", tasks=("stats", "loss"), engine="ray", num_workers=2)
     local = _go(causal_lm(), TEXTS, tmp_path / "local", tasks=("stats", "loss"))
     pd.testing.assert_frame_equal(remote.records(), local.records())
-    assert remote.manifest["job"]["model"] == {"source": factory.__qualname__}
+    # The job's identity is read where the model is built: the same weights, the same job.
+    assert remote.manifest["job"] == local.manifest["job"]
+    os.remove(tmp_path / "local" / "part-00001.parquet")
+    resumed = _go(factory, TEXTS, tmp_path / "local", tasks=("stats", "loss"), engine="ray", num_workers=1)
+    assert resumed.summary()["shards_computed"] == 1
+    pd.testing.assert_frame_equal(resumed.records(), remote.records())
+
+    def other_checkpoint():
+        model = factory()
+        with torch.no_grad():
+            model.lm_head.weight.mul_(1.01)
+        return model
+
+    with pytest.raises(ValueError, match=r"differs in \['model'\]"):
+        _go(other_checkpoint, TEXTS, tmp_path / "local", tasks=("stats", "loss"), engine="ray", num_workers=1)
 
 
 @pytest.mark.parametrize("task", ["stats", "embedding", "attention", "loss", "attribution", "lens", "activations"])

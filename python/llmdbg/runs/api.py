@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ import torch
 from .._internal.modes import eval_mode
 from .._internal.progress import check_progress
 from .data import read_examples
+from .identity import model_identity
 from .result import RunResult
 from .shard import max_length_of, preflight
 from .store import RunStore
@@ -19,7 +21,6 @@ from .tasks import make_plan
 __all__ = ["ENGINES", "run"]
 
 ENGINES = ("local", "ray")
-_DIGEST_SAMPLE = 4096
 
 
 def run(
@@ -137,50 +138,68 @@ def run(
     plan = make_plan(tasks, **task_options)
     examples = read_examples(data, text_column=text_column, label_column=label_column)
     factory, model, tokenizer = _resolve_model(model, tokenizer, load=engine == "local")
-    limit = max_length_of(model, tokenizer, max_length) if model is not None else max_length
-    job = {
-        "tasks": list(plan.tasks),
-        "options": plan.options(),
-        "model": _model_identity(model, factory),
-        "data": {"source": examples.source, "n_examples": len(examples), "fingerprint": examples.fingerprint()},
-        "max_length": limit,
-        "shard_size": shard_size,
-        "text_column": text_column,
-        "label_column": label_column if examples.labels is not None else None,
-    }
-    store = RunStore(out, job, resume=resume, force=force)
-    n = len(examples)
-    all_shards = [(s, start, min(start + shard_size, n)) for s, start in enumerate(range(0, n, shard_size))]
-    todo = [sh for sh in all_shards if not store.has_shard(sh[0])]
-    t0 = time.perf_counter()
-    if todo and store.schema is None and model is not None:
-        assert limit is not None  # the model is here, so its limit was read
-        with eval_mode(model):
-            first = preflight(model, tokenizer, examples.ids, examples.texts, examples.labels, plan, max_length=limit)
-        store.set_schema(first.table.schema, first.shapes)
-    if engine == "local":
-        from .local import run_local
+    with _session(engine, address) as ray_session:
+        probe = None
+        if model is not None:  # identity and limit read here; the schema by a local preflight if needed
+            identity, limit = model_identity(model), max_length_of(model, tokenizer, max_length)
+        else:  # a name or factory on Ray: an actor-side task builds the model once and reports
+            probe = ray_session.probe(factory, examples, plan, max_length, num_gpus)
+            identity, limit = probe.identity, probe.max_length
+        job = {
+            "tasks": list(plan.tasks),
+            "options": plan.options(),
+            "model": identity,
+            # the data by content, not by the path it was reached through
+            "data": {"n_examples": len(examples), "fingerprint": examples.fingerprint()},
+            "max_length": limit,
+            "shard_size": shard_size,
+            "text_column": text_column,
+            "label_column": label_column if examples.labels is not None else None,
+        }
+        store = RunStore(out, job, resume=resume, force=force)
+        store.manifest["data_source"] = examples.source
+        n = len(examples)
+        all_shards = [(s, start, min(start + shard_size, n)) for s, start in enumerate(range(0, n, shard_size))]
+        todo = [sh for sh in all_shards if not store.has_shard(sh[0])]
+        t0 = time.perf_counter()
+        if todo and store.schema is None:
+            if probe is not None:
+                store.set_schema(probe.schema, probe.shapes)
+            else:
+                assert model is not None
+                with eval_mode(model):
+                    first = preflight(
+                        model, tokenizer, examples.ids, examples.texts, examples.labels, plan, max_length=limit
+                    )
+                store.set_schema(first.table.schema, first.shapes)
+        if engine == "local":
+            from .local import run_local
 
-        assert model is not None and limit is not None  # the local engine always loads the model
-        run_local(
-            model, tokenizer, examples, plan, store, todo, batch_size=batch_size, max_length=limit, progress=progress
-        )
-    else:
-        from .ray_engine import run_ray
-
-        run_ray(
-            factory,
-            examples,
-            plan,
-            store,
-            todo,
-            batch_size=batch_size,
-            max_length=limit,
-            num_workers=num_workers,
-            num_gpus=num_gpus,
-            address=address,
-            progress=progress,
-        )
+            assert model is not None  # the local engine always loads the model
+            run_local(
+                model,
+                tokenizer,
+                examples,
+                plan,
+                store,
+                todo,
+                batch_size=batch_size,
+                max_length=limit,
+                progress=progress,
+            )
+        else:
+            ray_session.run(
+                factory,
+                examples,
+                plan,
+                store,
+                todo,
+                batch_size=batch_size,
+                max_length=limit,
+                num_workers=num_workers,
+                num_gpus=num_gpus,
+                progress=progress,
+            )
     store.manifest["last_run"] = {
         "engine": engine,
         "shards_computed": len(todo),
@@ -189,6 +208,19 @@ def run(
     }
     store.finish(len(all_shards))
     return RunResult(store.out)
+
+
+@contextlib.contextmanager
+def _session(engine: str, address: str | None) -> Iterator[Any]:
+    """For Ray, a connection to the cluster (started here and shut down after, unless one was
+    already open); nothing for the local engine."""
+    if engine != "ray":
+        yield None
+        return
+    from .ray_engine import RaySession
+
+    with RaySession(address) as session:
+        yield session
 
 
 class _Factory:
@@ -236,31 +268,3 @@ def _from_pretrained(name: str) -> torch.nn.Module:
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     return (cls or transformers.AutoModel).from_pretrained(name)
-
-
-def _model_identity(model: torch.nn.Module | None, factory: _Factory) -> dict[str, Any]:
-    """What makes two runs' records comparable: the class, the config, and a digest of the weights
-    (two checkpoints of one config are different jobs)."""
-    if model is None:
-        src = factory.model
-        return {"source": src if isinstance(src, str) else getattr(src, "__qualname__", repr(src))}
-    config = getattr(model, "config", None)
-    to_json = getattr(config, "to_json_string", None)
-    cfg = to_json(use_diff=False) if callable(to_json) else ""
-    h = hashlib.blake2b(digest_size=16)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            # The exact bits of up to _DIGEST_SAMPLE evenly spaced entries: thread-count independent
-            # (a float sum is not), and fast on a 70B model, while two checkpoints differ almost
-            # everywhere.
-            flat = p.detach().reshape(-1)
-            idx = torch.linspace(0, max(flat.numel() - 1, 0), min(flat.numel(), _DIGEST_SAMPLE)).long()
-            h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-            h.update(flat[idx.to(flat.device)].float().cpu().numpy().tobytes())
-    return {
-        "class": type(model).__name__,
-        "name_or_path": str(getattr(model, "name_or_path", "") or ""),
-        "config": hashlib.blake2b(cfg.encode(), digest_size=16).hexdigest(),
-        "weights": h.hexdigest(),
-        "dtype": str(next(model.parameters()).dtype) if any(True for _ in model.parameters()) else None,
-    }

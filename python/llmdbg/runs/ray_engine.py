@@ -12,6 +12,7 @@ therefore be a path every worker can write: any directory on one machine, a shar
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -22,11 +23,12 @@ import pyarrow as pa
 from .._internal.modes import eval_mode
 from .._internal.progress import progress_bar
 from .data import Examples
-from .shard import PREFLIGHT_TRIES, _bad_text, conform, preflight, process_shard
+from .identity import model_identity
+from .shard import PREFLIGHT_TRIES, _bad_text, conform, max_length_of, preflight, process_shard
 from .store import RunStore, write_shard
 from .tasks import Plan
 
-__all__ = ["require_ray", "run_ray"]
+__all__ = ["Probe", "RaySession", "require_ray"]
 
 
 def require_ray() -> Any:
@@ -39,40 +41,80 @@ def require_ray() -> Any:
     return ray
 
 
-def run_ray(
-    factory: Any,
-    examples: Examples,
-    plan: Plan,
-    store: RunStore,
-    shards: list[tuple[int, int, int]],
-    *,
-    batch_size: int,
-    max_length: int | None,
-    num_workers: int,
-    num_gpus: float | None,
-    address: str | None,
-    progress: bool,
-) -> None:
-    """Compute and write ``shards`` on a Ray actor pool (see the module docstring)."""
-    ray = require_ray()
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        started = True
-    ctx = ray.data.DataContext.get_current()
-    saved = ctx.enable_progress_bars, logging.getLogger("ray.data").level
-    ctx.enable_progress_bars = False  # our own bar counts examples; Ray's logs blocks
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    try:
+@dataclasses.dataclass
+class Probe:
+    """What an actor-side task learnt from the model: the job's identity and input limit, and the
+    schema and column shapes of a preflight record."""
+
+    identity: dict[str, Any]
+    max_length: int
+    schema: pa.Schema
+    shapes: dict[str, tuple[int, ...]]
+
+
+class RaySession:
+    """A connection to a Ray cluster for one run: started with ``ray.init`` (``address`` of an
+    existing cluster, else a local one) and shut down on exit, unless one was already open."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self.ray = require_ray()
+        self._started = False
+        self._saved: tuple[Any, int] | None = None
+
+    def __enter__(self) -> RaySession:
+        ray = self.ray
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            self._started = True
+        ctx = ray.data.DataContext.get_current()
+        self._saved = ctx.enable_progress_bars, logging.getLogger("ray.data").level
+        ctx.enable_progress_bars = False  # our own bar counts examples; Ray's logs blocks
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._saved is not None:
+            self.ray.data.DataContext.get_current().enable_progress_bars = self._saved[0]
+            logging.getLogger("ray.data").setLevel(self._saved[1])
+        if self._started:
+            self.ray.shutdown()
+
+    def gpus(self, num_gpus: float | None) -> float:
+        """GPUs per actor: as given, else one where the cluster has GPUs and none elsewhere."""
+        if num_gpus is not None:
+            return num_gpus
+        return 1 if self.ray.cluster_resources().get("GPU", 0) >= 1 else 0
+
+    def probe(
+        self, factory: Any, examples: Examples, plan: Plan, max_length: int | None, num_gpus: float | None
+    ) -> Probe:
+        """Build the model once in a Ray task and return its :class:`Probe`."""
+        gpus = self.gpus(num_gpus)
+        ref = self.ray.remote(num_gpus=gpus)(_probe).remote(factory, _first_valid(examples), plan, max_length, gpus > 0)
+        identity, limit, schema, shapes = self.ray.get(ref)
+        shapes = {k: tuple(v) for k, v in shapes.items()}
+        return Probe(identity, limit, pa.ipc.read_schema(pa.py_buffer(schema)), shapes)
+
+    def run(
+        self,
+        factory: Any,
+        examples: Examples,
+        plan: Plan,
+        store: RunStore,
+        shards: list[tuple[int, int, int]],
+        *,
+        batch_size: int,
+        max_length: int,
+        num_workers: int,
+        num_gpus: float | None,
+        progress: bool,
+    ) -> None:
+        """Compute and write ``shards`` on an actor pool (see the module docstring)."""
         if not shards:
             return
-        if num_gpus is None:  # one GPU per actor where the cluster has GPUs, none elsewhere
-            num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        if store.schema is None:
-            sample = _first_valid(examples)
-            ref = ray.remote(num_gpus=num_gpus)(_preflight).remote(factory, sample, plan, max_length, num_gpus > 0)
-            schema, shapes = ray.get(ref)
-            store.set_schema(pa.ipc.read_schema(pa.py_buffer(schema)), shapes)
+        ray = self.ray
+        gpus = self.gpus(num_gpus)
         rows = [{"shard": s, "payload": json.dumps(_rows(examples, a, b))} for s, a, b in shards]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         ds = ds.map_batches(
@@ -84,13 +126,13 @@ def run_ray(
                 "schema": store.manifest["schema"],
                 "batch_size": batch_size,
                 "max_length": max_length,
-                "use_gpu": num_gpus > 0,
+                "use_gpu": gpus > 0,
             },
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             num_cpus=1,
-            num_gpus=num_gpus,
+            num_gpus=gpus,
         )
         sizes = {s: b - a for s, a, b in shards}
         with progress_bar(progress, sum(sizes.values()), "llmdbg.run (ray)", unit="ex") as bar:
@@ -98,11 +140,6 @@ def run_ray(
                 shard, info = int(row["shard"]), json.loads(str(row["info"]))
                 store.record_shard(shard, info, {k: tuple(v) for k, v in info.pop("shapes").items()})
                 bar.update(sizes[shard])
-    finally:
-        ctx.enable_progress_bars = saved[0]
-        logging.getLogger("ray.data").setLevel(saved[1])
-        if started:
-            ray.shutdown()
 
 
 class _ShardWorker:
@@ -118,8 +155,6 @@ class _ShardWorker:
         max_length: int | None,
         use_gpu: bool = False,
     ) -> None:
-        from .shard import max_length_of
-
         self.model, self.tokenizer = factory()
         if use_gpu:  # Ray set CUDA_VISIBLE_DEVICES to this actor's GPU
             self.model.to("cuda")
@@ -149,20 +184,17 @@ class _ShardWorker:
         return {"shard": batch["shard"], "info": np.array(infos, dtype=object)}
 
 
-def _preflight(
+def _probe(
     factory: Any, rows: dict[str, Any], plan: Plan, max_length: int | None, use_gpu: bool
-) -> tuple[bytes, dict]:
-    from .shard import max_length_of
-
+) -> tuple[dict[str, Any], int, bytes, dict[str, tuple[int, ...]]]:
     model, tokenizer = factory()
     if use_gpu:
         model.to("cuda")
+    limit = max_length_of(model, tokenizer, max_length)
     ids, texts, labels = _unpack(rows)
     with eval_mode(model):
-        first = preflight(
-            model, tokenizer, ids, texts, labels, plan, max_length=max_length_of(model, tokenizer, max_length)
-        )
-    return first.table.schema.serialize().to_pybytes(), first.shapes
+        first = preflight(model, tokenizer, ids, texts, labels, plan, max_length=limit)
+    return model_identity(model), limit, first.table.schema.serialize().to_pybytes(), first.shapes
 
 
 # -- shipping examples as JSON (texts that are not str are kept, so they are recorded as bad) -------

@@ -110,7 +110,13 @@ class RunResult:
 
     def _repr_html_(self) -> str:
         s = self.summary()
-        body = h.table(["", ""], [[h.esc(k), h.esc(f"{v:,}" if isinstance(v, int) else v)] for k, v in s.items()])
+        body = h.table(
+            ["", ""],
+            [
+                [h.esc(k), h.esc(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else v)]
+                for k, v in s.items()
+            ],
+        )
         footer = "<code>.records()</code> gives every row as a DataFrame"
         return h.box("llmdbg.RunResult", f"{h.esc(self.out)}: tasks {h.esc(', '.join(self.tasks))}", body, footer)
 

@@ -101,6 +101,12 @@ class RunStore:
         }
         if old is not None and old.get("job") == job and resume:
             self.manifest["shards"] = {k: v for k, v in old.get("shards", {}).items() if self.has_shard(int(k))}
+            # A shard renamed into place by a process that died before it updated the manifest
+            # (or by a Ray actor whose driver died) is complete: describe it from its own file.
+            for f in os.listdir(self.out):
+                m = _PART.match(f)
+                if m and str(int(m.group(1))) not in self.manifest["shards"]:
+                    self.manifest["shards"][str(int(m.group(1)))] = self._entry_from_file(int(m.group(1)))
             self.manifest["columns"] = old.get("columns", {})
             self.manifest["created"] = old.get("created", self.manifest["created"])
             if "schema" in old:
@@ -130,6 +136,14 @@ class RunStore:
     def has_shard(self, shard: int) -> bool:
         """The shard's Parquet file exists (renamed into place, hence complete)."""
         return os.path.exists(os.path.join(self.out, shard_name(shard)))
+
+    def _entry_from_file(self, shard: int) -> dict[str, Any]:
+        table = pq.read_table(os.path.join(self.out, shard_name(shard)), columns=["example_id", "status", "n_tokens"])
+        acts = activations_name(shard)
+        info = _entry(shard, table, acts if os.path.exists(os.path.join(self.out, acts)) else None)
+        status = table.column("status").to_pylist()
+        info["tokens"] = sum(n for n, st in zip(table.column("n_tokens").to_pylist(), status) if st == "ok")
+        return info
 
     # -- writing -------------------------------------------------------------------------------------
     def _clear(self) -> None:
@@ -183,6 +197,11 @@ def write_shard(out: str, shard: int, table: pa.Table, activations: dict[str, to
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+    return _entry(shard, table, act_file)
+
+
+def _entry(shard: int, table: pa.Table, act_file: str | None) -> dict[str, Any]:
+    """A shard's manifest entry, from its records."""
     ids = table.column("example_id")
     status = table.column("status").to_pylist()
     return {
