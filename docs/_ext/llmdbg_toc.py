@@ -29,6 +29,7 @@ GUIDE_ORDER = [
     "checks",
     "data",
     "report",
+    "saving",
     "running-on-a-dataset",
     "running-on-a-cluster",
 ]
