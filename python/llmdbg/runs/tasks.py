@@ -23,7 +23,7 @@ from ..adapters.layout import resolve_role
 from ..adapters.task import task_type
 from ..attribution import input_x_gradient, integrated_gradients, saliency
 from ..lens import logit_lens
-from ..tracing import capture
+from ..tracing import capture, summarize
 
 __all__ = ["TASKS", "BatchOutput", "Plan", "compute_batch"]
 
@@ -171,8 +171,7 @@ def compute_batch(
         if "stats" in tasks:
             columns.update(_stats(trace.hidden_states, mask))
         if "embedding" in tasks:
-            pooled = _pool(torch.from_numpy(trace.hidden_states[plan.embedding_layer]), mask, plan.pooling)
-            columns["embedding"] = list(pooled.numpy())
+            columns["embedding"] = list(_pool(trace.hidden_states[plan.embedding_layer], mask, plan.pooling))
         if "attention" in tasks:
             cols, shape = _attention(trace.attention_stats, mask)
             columns.update(cols)
@@ -219,42 +218,47 @@ def _forward(
 
 
 def _stats(hidden_states: list[np.ndarray], mask: torch.Tensor) -> dict[str, list[Any]]:
-    """Per example and hidden state (0 = embedding output, then every block): mean, std and
-    absmax of the finite entries at real tokens (accumulated in float64), and NaN / Inf counts."""
-    per: dict[str, list[torch.Tensor]] = {k: [] for k in STATS}
-    m = mask[..., None]
-    for h in hidden_states:
-        x = torch.from_numpy(h)
-        finite = torch.isfinite(x) & m
-        n = finite.sum((1, 2)).double()
-        xd = torch.where(finite, x, 0).double()
-        mean = xd.sum((1, 2)) / n
-        var = (xd.square().sum((1, 2)) / n - mean.square()).clamp_min(0)
-        per["mean"].append(mean)
-        per["std"].append(var.sqrt())
-        per["absmax"].append(torch.where(finite, x.abs(), 0).amax((1, 2)).double())
-        per["nan"].append((torch.isnan(x) & m).sum((1, 2)))
-        per["inf"].append((torch.isinf(x) & m).sum((1, 2)))
-    out: dict[str, list[Any]] = {}
-    for k, parts in per.items():
-        arr = torch.stack(parts, 1).numpy()  # (B, L + 1)
-        arr = arr.astype(np.int64) if k in ("nan", "inf") else arr.astype(np.float32)
-        out[f"stats_{k}"] = list(arr)
-    bad = np.stack(out["stats_nan"]) + np.stack(out["stats_inf"])  # (B, L + 1)
-    first = np.where(bad.any(1), bad.argmax(1) if bad.size else 0, -1)
-    out["first_nonfinite_layer"] = [int(v) for v in first]
+    """Per example and hidden state (0 = embedding output, then every block): mean, std
+    (population) and absmax of the finite entries at real tokens, and NaN / Inf counts, from the
+    C++ one-pass kernel of :func:`llmdbg.summarize` (float64 accumulation); NaN where an example
+    has no finite entry."""
+    m = mask.numpy()
+    b, n_layers = m.shape[0], len(hidden_states)
+    per = {k: np.empty((b, n_layers), np.int64 if k in ("nan", "inf") else np.float32) for k in STATS}
+    rows = [_real_rows(m[i]) for i in range(b)]
+    for layer, h in enumerate(hidden_states):
+        for i, sel in enumerate(rows):
+            st = summarize(h[i, sel], n_jobs=1)  # one small slice: threads would cost more than they save
+            per["mean"][i, layer], per["std"][i, layer], per["absmax"][i, layer] = st.mean, st.std, st.absmax
+            per["nan"][i, layer], per["inf"][i, layer] = st.nan_count, st.inf_count
+    out: dict[str, list[Any]] = {f"stats_{k}": list(v) for k, v in per.items()}
+    bad = per["nan"] + per["inf"]  # (B, L + 1)
+    out["first_nonfinite_layer"] = [int(np.argmax(r)) if r.any() else -1 for r in bad]
     return out
 
 
-def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(B, T, D) -> (B, D) float32: mean over real tokens (float64 sums), or the first / last real token."""
-    if pooling == "mean":
-        w = mask.double()[..., None]
-        return ((hidden.double() * w).sum(1) / w.sum(1).clamp_min(1)).float()
-    t = torch.arange(mask.shape[1])
-    pos = torch.where(mask, t, t.numel() if pooling == "cls" else -1)
-    idx = pos.amin(1) if pooling == "cls" else pos.amax(1)
-    return hidden[torch.arange(hidden.shape[0]), idx.clamp(0, mask.shape[1] - 1)].float()
+def _real_rows(mask_row: np.ndarray) -> slice | np.ndarray:
+    """The real positions of one mask row: a slice (a view, no copy) when they are contiguous, as
+    with left or right padding, else a boolean index."""
+    real = np.flatnonzero(mask_row)
+    if real.size and real[-1] - real[0] + 1 == real.size:
+        return slice(int(real[0]), int(real[-1]) + 1)
+    return mask_row.astype(bool)
+
+
+def _pool(hidden: np.ndarray, mask: torch.Tensor, pooling: str) -> np.ndarray:
+    """(B, T, D) -> (B, D) float32: the mean over real tokens (summed in float64), or the first
+    or last real token."""
+    m = mask.numpy()
+    out = np.empty((hidden.shape[0], hidden.shape[2]), np.float32)
+    for i in range(hidden.shape[0]):
+        real = np.flatnonzero(m[i])
+        if pooling == "mean":
+            sel = _real_rows(m[i])
+            out[i] = hidden[i, sel].sum(0, dtype=np.float64) / max(real.size, 1)
+        else:
+            out[i] = hidden[i, (real[0] if pooling == "cls" else real[-1]) if real.size else 0]
+    return out
 
 
 def _attention(stats: dict[int, dict[str, np.ndarray]], mask: torch.Tensor) -> tuple[dict[str, list[Any]], tuple]:
@@ -404,6 +408,7 @@ def _activations(trace: Any, modules: list[str], mask: torch.Tensor, plan: Plan)
         if plan.activation_positions == "all":
             rows = [x[i, mask[i]] for i in range(x.shape[0])]
         else:
-            rows = [r[None] for r in _pool(x, mask, "mean" if plan.activation_positions == "mean" else "last")]
+            pooled = _pool(x.numpy(), mask, "mean" if plan.activation_positions == "mean" else "last")
+            rows = [torch.from_numpy(r[None].copy()) for r in pooled]
         out[name] = [r.to(dtype).contiguous() for r in rows]
     return out
