@@ -427,7 +427,7 @@ def test_the_same_data_by_another_path_is_the_same_job(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     again = _go(model, "d.txt", tmp_path / "r", tasks=("stats",))
     assert again.summary()["shards_computed"] == 0
-    assert again.manifest["data_source"] == "d.txt"
+    assert again.manifest["data_source"] == str(tmp_path / "d.txt")
 
 
 def test_a_newer_manifest_is_refused(tmp_path):

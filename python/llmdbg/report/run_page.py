@@ -26,7 +26,7 @@ def _examples(result: Any, data: Any) -> tuple[list[Any] | None, list[Any] | Non
     job = result.manifest["job"]
     given = data is not None
     if not given:
-        source = job["data"].get("source")
+        source = result.manifest.get("data_source", job["data"].get("source"))
         if not (isinstance(source, str) and os.path.isfile(source)):
             return None, None, "The texts are not shown: the run's data was not a file that can be read again."
         data = source

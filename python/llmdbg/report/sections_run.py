@@ -160,7 +160,7 @@ def run_summary_section(ctx: RunReportContext) -> None:
         ("Config digest", model.get("config", "-")),
         ("Weights digest", model.get("weights", "-")),
         ("Model dtype", model.get("dtype") or "-"),
-        ("Data", job["data"].get("source", "-")),
+        ("Data", m.get("data_source", job["data"].get("source", "-"))),
         ("Max length", job.get("max_length", "-")),
         ("Shard size", job.get("shard_size", "-")),
         ("Created", m.get("created", "-")),

@@ -126,6 +126,7 @@ def _from_columns(
 def _read_file(path: str, text_column: str, label_column: str | None) -> Examples:
     if not os.path.isfile(path):
         raise ValueError(f"data: no such file {path!r}")
+    path = os.path.abspath(path)  # the manifest's record of the source, readable from anywhere
     lower = path.lower()
     if lower.endswith(".parquet"):
         import pyarrow.parquet as pq
