@@ -128,6 +128,7 @@ bench:
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/report.py $(if $(QUICK),--quick,)
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/tsne.py $(if $(QUICK),--quick,)
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/data_profile.py $(if $(QUICK),--quick,)
+	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/dataset.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(BUILD_DIR) report dist
