@@ -555,3 +555,36 @@ def test_each_task_runs_alone_and_gives_its_columns(tmp_path, task):
     assert (df["status"] == "ok").all()
     others = {c for t, c in expect.items() if t != task}
     assert expect[task] in df and not others & set(df.columns)
+
+
+def test_encoder_decoders_are_refused_by_name(tmp_path):
+    torch.manual_seed(0)
+    cfg = CONFIGS["t5"]()
+    cfg.vocab_size = _vocab()
+    model = tf.T5ForConditionalGeneration(cfg).eval()
+    with pytest.raises(ValueError, match=r"does not support encoder-decoder models \(T5ForConditionalGeneration\)"):
+        _go(model, TEXTS, tmp_path / "r", tasks=("stats",))
+
+
+def test_a_model_that_pools_the_sequence_is_refused_not_misread(tmp_path):
+    """Funnel halves the sequence between its blocks: its hidden states are not one vector per
+    input token, so reading them with the input's mask would be silently wrong."""
+    torch.manual_seed(0)
+    cfg = tf.FunnelConfig(
+        vocab_size=_vocab(), block_sizes=[1, 1], d_model=32, n_head=4, d_head=8, d_inner=64, num_decoder_layers=1
+    )
+    model = tf.FunnelForSequenceClassification(cfg).eval()
+    with pytest.raises(ValueError, match=r"not \(B, T, D\)|Funnel|funnel"):
+        _go(model, TEXTS, tmp_path / "r", tasks=("stats",))
+
+
+def test_hidden_states_not_over_the_input_tokens_are_refused():
+    """The runs' own guard, for a family the support registry does not know."""
+    from llmdbg.runs.tasks import _pool, _stats
+
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    pooled = np.zeros((2, 3, 4), np.float32)  # a sequence halved twice
+    with pytest.raises(ValueError, match=r"hidden state 1 has shape \(2, 3, 4\), not \(B, T, D\) = \(2, 6, D\)"):
+        _stats([np.zeros((2, 6, 4), np.float32), pooled], mask)
+    with pytest.raises(ValueError, match=r"the pooled hidden state has shape \(2, 3, 4\)"):
+        _pool(pooled, mask, "mean")

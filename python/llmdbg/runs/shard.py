@@ -10,6 +10,7 @@ its own record (``status="error"`` with the reason) and never the job.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -23,8 +24,6 @@ from .tasks import BatchOutput, Plan, compute_batch
 
 __all__ = ["ShardOutput", "conform", "max_length_of", "preflight", "process_shard"]
 
-#: Columns every record has, whatever the tasks.
-BASE_COLUMNS = ("example_id", "status", "reason", "n_tokens", "truncated")
 #: Types of scalar columns that may hold only nulls in a shard (no label, every example skipped).
 SCALAR_TYPES = {
     "loss": pa.float64(),
@@ -111,13 +110,15 @@ def process_shard(
     per_example: dict[int, dict[str, Any]] = {}
     acts: dict[int, dict[str, torch.Tensor]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
-    device = device_of(model)
+    compute = functools.partial(
+        _encode_and_compute, model, tokenizer, texts, labels, plan, max_length, device_of(model)
+    )
     tokens_seen = 0
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        results = _run_chunk(model, tokenizer, texts, labels, chunk, plan, max_length, device)
+        results = _run_chunk(compute, chunk)
         for i, res in zip(chunk, results):
-            if isinstance(res, BaseException):
+            if isinstance(res, Exception):
                 status[i], reason[i] = "error", f"{type(res).__name__}: {res}"
                 continue
             out, k = res
@@ -156,44 +157,37 @@ def _token_lengths(tokenizer: Any, texts: list[str]) -> list[int]:
 
 
 def _run_chunk(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    texts: list[Any],
-    labels: list[Any] | None,
-    chunk: list[int],
-    plan: Plan,
-    max_length: int,
-    device: torch.device,
-) -> list[tuple[BatchOutput, int] | BaseException]:
-    """Outputs of one batch; when it fails, each example alone (its own error recorded)."""
-    try:
-        out = _compute(model, tokenizer, texts, labels, chunk, plan, max_length, device)
+    compute: Callable[[list[int]], BatchOutput], chunk: list[int]
+) -> list[tuple[BatchOutput, int] | Exception]:
+    """Outputs of one batch as ``(batch output, row)`` per example; when the batch fails, each
+    example alone, so a failing example costs only its own record (its exception)."""
+    out = _attempt(compute, chunk)
+    if not isinstance(out, Exception):
         return [(out, k) for k in range(len(chunk))]
-    except (KeyboardInterrupt, SystemExit, MemoryError):
+    if len(chunk) == 1:
+        return [out]
+    alone = [_attempt(compute, [i]) for i in chunk]
+    return [r if isinstance(r, Exception) else (r, 0) for r in alone]
+
+
+def _attempt(compute: Callable[[list[int]], BatchOutput], chunk: list[int]) -> BatchOutput | Exception:
+    try:
+        return compute(chunk)
+    except MemoryError:  # the machine's problem, not the example's
         raise
-    except Exception as exc:
-        if len(chunk) == 1:
-            return [exc]
-    results: list[tuple[BatchOutput, int] | BaseException] = []
-    for i in chunk:
-        try:
-            results.append((_compute(model, tokenizer, texts, labels, [i], plan, max_length, device), 0))
-        except (KeyboardInterrupt, SystemExit, MemoryError):
-            raise
-        except Exception as exc:  # recorded per example; the job goes on
-            results.append(exc)
-    return results
+    except Exception as exc:  # recorded per example; the job goes on
+        return exc
 
 
-def _compute(
+def _encode_and_compute(
     model: torch.nn.Module,
     tokenizer: Any,
     texts: list[Any],
     labels: list[Any] | None,
-    chunk: list[int],
     plan: Plan,
     max_length: int,
     device: torch.device,
+    chunk: list[int],
 ) -> BatchOutput:
     enc = tokenizer(
         [texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt"

@@ -158,6 +158,12 @@ def compute_batch(
     -------
     BatchOutput
     """
+    if task_type(model) == "seq2seq":  # its hidden states and maps mix encoder and decoder lengths
+        raise ValueError(
+            f"llmdbg.run does not support encoder-decoder models ({type(model).__name__}): its per-example "
+            "records are defined over one token sequence; run the encoder alone (model.get_encoder()) or a "
+            "decoder-only model"
+        )
     tasks = set(plan.tasks)
     mask = batch["attention_mask"].bool().cpu()
     b = mask.shape[0]
@@ -227,6 +233,7 @@ def _stats(hidden_states: list[np.ndarray], mask: torch.Tensor) -> dict[str, lis
     per = {k: np.empty((b, n_layers), np.int64 if k in ("nan", "inf") else np.float32) for k in STATS}
     rows = [_real_rows(m[i]) for i in range(b)]
     for layer, h in enumerate(hidden_states):
+        _check_tokens(h, m, f"hidden state {layer}")
         for i, sel in enumerate(rows):
             st = summarize(h[i, sel], n_jobs=1)  # one small slice: threads would cost more than they save
             per["mean"][i, layer], per["std"][i, layer], per["absmax"][i, layer] = st.mean, st.std, st.absmax
@@ -235,6 +242,16 @@ def _stats(hidden_states: list[np.ndarray], mask: torch.Tensor) -> dict[str, lis
     bad = per["nan"] + per["inf"]  # (B, L + 1)
     out["first_nonfinite_layer"] = [int(np.argmax(r)) if r.any() else -1 for r in bad]
     return out
+
+
+def _check_tokens(h: np.ndarray, mask: np.ndarray, what: str) -> None:
+    """Refuse a tensor that is not (B, T, D) over the input's tokens (Funnel pools the sequence,
+    for example): reading it with the input's mask would give silently wrong numbers."""
+    if h.ndim != 3 or h.shape[:2] != mask.shape:
+        raise ValueError(
+            f"{what} has shape {h.shape}, not (B, T, D) = ({mask.shape[0]}, {mask.shape[1]}, D) over the input's "
+            "tokens; per-example statistics and pooling need one vector per input token"
+        )
 
 
 def _real_rows(mask_row: np.ndarray) -> slice | np.ndarray:
@@ -250,6 +267,7 @@ def _pool(hidden: np.ndarray, mask: torch.Tensor, pooling: str) -> np.ndarray:
     """(B, T, D) -> (B, D) float32: the mean over real tokens (summed in float64), or the first
     or last real token."""
     m = mask.numpy()
+    _check_tokens(hidden, m, "the pooled hidden state")
     out = np.empty((hidden.shape[0], hidden.shape[2]), np.float32)
     for i in range(hidden.shape[0]):
         real = np.flatnonzero(m[i])
