@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
 import warnings
 
 import numpy as np
@@ -17,16 +16,20 @@ import torch
 import transformers as tf
 
 import llmdbg
-from llmdbg._internal.archive import ARRAYS_FILE, META_FILE, VERSION
+import pickle_free
+from llmdbg._internal.archive import META_FILE, VERSION
 from llmdbg.attribution.persist import load_attribution, load_generation_attribution
 from llmdbg.saved.load import load
 from llmdbg.training.persist import WatchHistory, load_watch
+from pickle_free import assert_no_pickle
 from tiny_models import (
     CONFIGS,
     minilm_tokenizer,
     one_thread,  # noqa: F401  (autouse fixture: tiny models on one thread)
     tiny_inputs,
 )
+
+no_unpickling = pickle_free.no_unpickling  # the fixture, shared with the other saved-object tests
 
 
 def _same(a, b) -> bool:
@@ -46,23 +49,6 @@ def assert_same_result(a, b) -> None:
             assert list(x) == list(y) and all(_same(x[k], y[k]) for k in x), f.name
         else:
             assert x == y, f.name
-
-
-def _assert_no_pickle(path) -> None:
-    assert sorted(os.listdir(path)) == [ARRAYS_FILE, META_FILE]
-    for f in path.iterdir():
-        assert f.read_bytes()[:1] != b"\x80", f"{f.name} starts like a pickle"
-
-
-@pytest.fixture
-def no_unpickling(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("something tried to unpickle or np.load")
-
-    for name in ("load", "loads"):
-        monkeypatch.setattr(pickle, name, refuse)
-    monkeypatch.setattr(np, "load", refuse)
-    monkeypatch.setattr(torch, "load", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +74,7 @@ def test_integrated_gradients_with_a_tokenizer(tmp_path, no_unpickling):
     assert_same_result(a, b)
     assert b.words() == a.words() and b.to_html() == a.to_html() and repr(b) == repr(a)
     assert _same(b.relative_delta, a.relative_delta)
-    _assert_no_pickle(path)
+    assert_no_pickle(path)
     assert_same_result(a, load_attribution(path))
 
 
@@ -146,7 +132,7 @@ def test_generation_attribution(tmp_path, gpt2, source):
     )
     assert g.delta is not None and set(g.step_scores) == {"probability", "surprisal", "entropy"}
     path = g.save(tmp_path / "g")
-    _assert_no_pickle(path)
+    assert_no_pickle(path)
     b = load(path)
     assert_same_result(g, b)
     assert_same_result(g, load_generation_attribution(path))
@@ -221,7 +207,7 @@ def test_watch_history_round_trip(tmp_path, watched, no_unpickling):
     assert w.history["loss"].isna().any() and "acc" in w.history and "val_f1" in w.history
     assert w.histograms["grads"] and w.histograms["activations"] and len(w.activations)
     path = w.save(tmp_path / "w")
-    _assert_no_pickle(path)
+    assert_no_pickle(path)
     h = load(path)
     assert isinstance(h, WatchHistory) and h.steps == w.state.step == 5 and h.every == 2
     assert h.model_name == "GPT2LMHeadModel" and "steps=5" in repr(h)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +17,11 @@ import torch
 import transformers as tf
 
 import llmdbg
-from llmdbg._internal.archive import ARRAYS_FILE, META_FILE, VERSION
+import pickle_free
+from llmdbg._internal.archive import META_FILE, VERSION
 from llmdbg.saved.load import load
 from llmdbg.tracing.persist import SavedStore, load_trace
+from pickle_free import assert_no_pickle
 from tiny_models import (
     CONFIGS,
     minilm_tokenizer,
@@ -30,6 +31,8 @@ from tiny_models import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+
+no_unpickling = pickle_free.no_unpickling  # the fixture, shared with the other saved-object tests
 
 
 # -- comparisons ---------------------------------------------------------------------------------------
@@ -96,23 +99,6 @@ def _round_trip(trace, tmp_path, name="t"):
     return loaded
 
 
-def _assert_no_pickle(path: Path) -> None:
-    assert sorted(os.listdir(path)) == [ARRAYS_FILE, META_FILE]
-    for f in path.iterdir():
-        assert f.read_bytes()[:1] != b"\x80", f"{f.name} starts like a pickle"
-
-
-@pytest.fixture
-def no_unpickling(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("something tried to unpickle or np.load")
-
-    for name in ("load", "loads"):
-        monkeypatch.setattr(pickle, name, refuse)
-    monkeypatch.setattr(np, "load", refuse)
-    monkeypatch.setattr(torch, "load", refuse)
-
-
 def _lm(family: str = "gpt2", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return tf.AutoModelForCausalLM.from_config(CONFIGS[family]()).eval()
@@ -136,7 +122,7 @@ def test_activations_inputs_grads_and_stats(tmp_path, no_unpickling):
         assert s.as_dict().keys() == t.as_dict().keys()
         assert all(_same_value(getattr(s, f), getattr(t, f)) for f in s.as_dict()), key
     pd.testing.assert_frame_equal(trace.stats_table(), loaded.stats_table())
-    _assert_no_pickle(tmp_path / "t")
+    assert_no_pickle(tmp_path / "t")
     # A second save of the loaded trace gives the same content.
     again = _round_trip(loaded, tmp_path, "t2")
     assert_same_trace(trace, again)
