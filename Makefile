@@ -4,7 +4,7 @@ PYTHON ?= python3
 BUILD_DIR ?= build
 JOBS ?= 2
 TORCH_VERSION ?= 2.13.0
-APT_PACKAGES := g++ make libeigen3-dev ccache
+APT_PACKAGES := g++ make libeigen3-dev libhnswlib-dev ccache
 # Only `make test` needs a browser (the report is checked in headless Chromium) and GoogleTest.
 TEST_APT_PACKAGES := chromium libgtest-dev
 # Only the linters need clang-format (`make lint-cpp`, style in .clang-format).
