@@ -56,6 +56,14 @@ class Event:
         One of ``info``, ``low``, ``medium``, ``high``, ``critical``.
     message : str
         Human-readable description with the numbers behind it.
+    rank : int or None
+        Under ``torch.distributed``, the rank where it was found (for a NaN/Inf, the rank whose
+        forward or backward made it first); None in a single process.
+    batch : BatchRef or None
+        The step's batch: its ids when the batch carried them, its shapes, and the file it was
+        saved to when batches are kept (:class:`~llmdbg.training.batches.BatchRef`).
+    advice : tuple of str
+        What to try, computed from the run's own numbers (:mod:`llmdbg.training.advice`).
     """
 
     step: int
@@ -63,6 +71,9 @@ class Event:
     kind: str
     severity: str
     message: str
+    rank: int | None = None
+    batch: Any = None
+    advice: tuple[str, ...] = ()
 
 
 #: Every detector and its thresholds; pass ``detectors={"loss_spike": {"z": 8}}`` to change one.

@@ -27,10 +27,10 @@ from torch import nn
 from ..adapters.task import task_type
 from . import grads as G
 from .detectors import DetectorSuite, Event
-from .distributed import rank_world
+from .distributed import Packer, rank_world
 from .hooks import NonFiniteLocator, float_tensors
 from .nonfinite import arm_locator, before_optimizer_step, handle_nan, locate_events
-from .periodic import logged_step, update_ratios
+from .periodic import pack_logged, pack_update, record_logged, record_update
 from .probes import ActivationProbe, find_blocks
 from .replay import ForwardRecorder
 from .state import WatchState
@@ -301,8 +301,8 @@ class Watch:
         s = self.state
         step = s.step
         logged = step % self.every == 0
-        if s.snapshot is not None:
-            update_ratios(s, self.sink)
+        pk = Packer(self.rank, self.world)
+        upd = pack_update(s, pk)
         pending = s.pending
         if "grads" in self.track and pending is None:
             pending = G.grad_norms(s.params)
@@ -311,36 +311,48 @@ class Watch:
                     "watch.step() was called before any backward pass: no parameter has a "
                     "gradient. Call it after loss.backward() and before optimizer.step()."
                 )
-        # The single host copy of this step.
-        parts = []
         dev = pending[1].device if pending else (lv.device if isinstance(lv, torch.Tensor) else torch.device("cpu"))
-        if isinstance(lv, torch.Tensor):
-            parts.append(lv.to(dev).reshape(1))
-        if pending:
-            parts += [pending[2].reshape(1), pending[1]]
+        # This rank's row (every rank reads every rank's): its loss, its gradient norm (of its
+        # shards under FSDP2), whether its forward records saw a NaN/Inf.
+        nan = torch.full((1,), math.nan, dtype=torch.float64, device=dev)
         fwd = bwd = None
+        bad_fwd = torch.zeros(1, dtype=torch.float64, device=dev)
         if self.locator is not None:
             fwd, bwd = self.locator.packed(dev)
-            parts += [fwd.reshape(-1), bwd.reshape(-1)]
-        host = torch.cat([p.to(dev) for p in parts]).tolist() if parts else []
-        pos = 0
-        if isinstance(lv, torch.Tensor):
-            loss_v, pos = host[0], 1
-        else:
-            loss_v = lv if lv is not None else math.nan
-        gnorm = None
+            if fwd.numel():
+                bad_fwd = (~torch.isfinite(fwd[:, 2:])).any().reshape(1).double()
+        loss_t = (
+            lv.to(dev).reshape(1)
+            if isinstance(lv, torch.Tensor)
+            else torch.full_like(nan, lv if lv is not None else 0.0)
+        )
+        row_h = pk.rows(torch.cat([loss_t.double(), pending[2].reshape(1).double() if pending else nan, bad_fwd]))
+        norms_h = None
+        if pending:  # global per-parameter norms: replicated under DDP, squares summed under FSDP2
+            norms_h = pk.sum(pending[1].double() ** 2) if s.sharded else pk.local(pending[1])
+        fwd_h = pk.local(fwd) if fwd is not None else None
+        bwd_h = pk.local(bwd) if bwd is not None else None
+        pack = pack_logged(s, pending, pk, track=self.track, probe=self.probe) if logged else None
+        pk.reduce(dev)  # the step's one collective (every rank, finite or not) and one host copy
+        ranks = pk[row_h]
+        record_update(s, pk, upd, self.sink)
+        loss_v = float(ranks[:, 0].mean()) if lv is not None else math.nan
         norms: list[float] = []
-        if pending:
-            gnorm, norms = host[pos], host[pos + 1 : pos + 1 + len(pending[0])]
-            pos += 1 + len(pending[0])
-        fwd_vals: list[list[float]] = []
-        bwd_vals: list[list[float]] = []
-        if fwd is not None and bwd is not None:
-            nf, nb = fwd.shape[0], bwd.shape[0]
-            fwd_vals = [host[pos + 4 * i : pos + 4 * i + 4] for i in range(nf)]
-            bwd_vals = [host[pos + 4 * nf + 2 * i : pos + 4 * nf + 2 * i + 2] for i in range(nb)]
-        bad_fwd = any(not (math.isfinite(v[2]) and math.isfinite(v[3])) for v in fwd_vals)
-        nonfinite = not math.isfinite(loss_v) or (gnorm is not None and not math.isfinite(gnorm)) or bad_fwd
+        gnorm = None
+        if pending and norms_h is not None:
+            nv = pk[norms_h]
+            norms = (np.sqrt(nv) if s.sharded else nv).tolist()
+            gnorm = float(math.sqrt(float(np.sum(nv)))) if s.sharded else float(ranks[self.rank, 1])
+        fwd_vals = pk[fwd_h].reshape(-1, 4).tolist() if fwd_h is not None else []
+        bwd_vals = pk[bwd_h].reshape(-1, 2).tolist() if bwd_h is not None else []
+        bad_ranks = [
+            r
+            for r in range(ranks.shape[0])
+            if (lv is not None and not math.isfinite(ranks[r, 0]))
+            or ranks[r, 2] > 0
+            or (pending and not math.isfinite(ranks[r, 1]))
+        ]
+        nonfinite = bool(bad_ranks) or (gnorm is not None and not math.isfinite(gnorm))
         row = {"step": step, "loss": loss_v, "grad_norm": gnorm, "lr": self._lr(), "nonfinite": nonfinite}
         if metrics:
             row.update({str(k): float(v) for k, v in metrics.items()})
@@ -362,17 +374,9 @@ class Watch:
             )
             self.locator = arm_locator(self.locator, s.modules, self.locate)  # for the next steps
         layers = []
-        if logged and not nonfinite:
-            layers = logged_step(
-                s,
-                step,
-                pending,
-                norms,
-                loss_v,
-                track=self.track,
-                probe=self.probe,
-                detectors=self.detectors,
-                emit=self._emit,
+        if pack is not None and not nonfinite:
+            layers = record_logged(
+                s, step, pack, pk, norms, track=self.track, detectors=self.detectors, emit=self._emit
             )
             new += self.detectors.on_layers(step, layers)
         for e in new:

@@ -1,6 +1,13 @@
 """What :class:`~llmdbg.training.Watch` does on a non-finite step: name the first module that made
 the NaN/Inf (from the always-on records or by replaying the step), apply ``on_nan``, and check
-before ``optimizer.step()`` when ``watch.step()`` was not called first."""
+before ``optimizer.step()`` when ``watch.step()`` was not called first.
+
+Under ``torch.distributed`` every rank knows that *some* rank's step was not finite (the step's
+collective carries each rank's flags), so every rank replays together (FSDP2's forward gathers
+parameters with collectives, so a replay on one rank alone would hang), and one more collective
+(:func:`exchange`) tells every rank what each rank located: all ranks then report the same
+events, naming the rank where the NaN/Inf appeared first.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,12 @@ import math
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from .detectors import DetectorSuite, Event
+from .distributed import Packer
 from .hooks import NonFiniteLocator
 from .probes import ActivationProbe
 from .replay import ForwardRecorder, replay_locate
@@ -25,8 +34,9 @@ def _bad_params(pending: Pending | None, norms: list[float]) -> list[int]:
     return [pending[0][j] for j, v in enumerate(norms) if not math.isfinite(v)] if pending else []
 
 
-def _events(step: int, first_f: dict | None, first_b: dict | None) -> list[Event]:
+def _events(step: int, first_f: dict | None, first_b: dict | None, rank: int | None = None) -> list[Event]:
     ev: list[Event] = []
+    on = f" on rank {rank}" if rank is not None else ""
     if first_f:
         ev.append(
             Event(
@@ -34,8 +44,9 @@ def _events(step: int, first_f: dict | None, first_b: dict | None) -> list[Event
                 first_f["module"],
                 "nonfinite_forward",
                 "critical",
-                f"first non-finite output in the forward pass: input abs-max "
+                f"first non-finite output in the forward pass{on}: input abs-max "
                 f"{first_f['input_absmax']:.4g}, output abs-max {first_f['output_absmax']}",
+                rank=rank,
             )
         )
     if first_b:
@@ -53,10 +64,75 @@ def _events(step: int, first_f: dict | None, first_b: dict | None) -> list[Event
                 first_b["module"],
                 "nonfinite_backward",
                 "critical",
-                f"first non-finite gradient in the backward pass: {how}",
+                f"first non-finite gradient in the backward pass{on}: {how}",
+                rank=rank,
             )
         )
     return ev
+
+
+_LOSS = -1  # module code of "(loss)": the gradient was already non-finite where the backward began
+_ROW = 8  # per rank: fwd module, input absmax, output absmax, bwd module, parameter, grad out, grad in, seen at
+
+
+def _code(names: dict[str, int], module: str | None) -> float:
+    if module is None:
+        return 0.0
+    return float(_LOSS) if module == "(loss)" else float(names.get(module, -2) + 1)
+
+
+def _name(modules: list[tuple[str, nn.Module]], code: float) -> str:
+    c = int(code)
+    return "(loss)" if c == _LOSS else modules[c - 1][0] or "model"
+
+
+def exchange(
+    state: WatchState, first_f: dict | None, first_b: dict | None, pk: Packer | None = None
+) -> tuple[dict | None, dict | None, int | None]:
+    """Share what each rank located (one collective, entered by every rank) and pick the rank
+    where the NaN/Inf appeared first: the lowest rank with a non-finite forward, else the lowest
+    with a non-finite backward. Returns that rank's (forward, backward) records and the rank
+    (None in a single process)."""
+    pk = pk if pk is not None else Packer()
+    if pk.world == 1:
+        return first_f, first_b, None
+    names = {n: i for i, (n, _) in enumerate(state.modules)}
+    f, b = first_f or {}, first_b or {}
+    row = [
+        _code(names, f.get("module")),
+        float(f.get("input_absmax", 0.0)),
+        float(f.get("output_absmax", 0.0)),
+        _code(names, b.get("module")),
+        1.0 if b.get("parameter") else 0.0,
+        float(b.get("grad_output_absmax", 0.0)),
+        float(b.get("grad_input_absmax", 0.0)),
+        _code(names, b.get("seen_at")),
+    ]
+    handle = pk.rows(row)
+    pk.reduce()
+    rows = pk[handle]
+    for r in range(pk.world):
+        if rows[r, 0] != 0:
+            return _decode(state, rows[r], forward=True), None, r
+    for r in range(pk.world):
+        if rows[r, 3] != 0:
+            return None, _decode(state, rows[r], forward=False), r
+    return None, None, None
+
+
+def _decode(state: WatchState, row: np.ndarray, *, forward: bool) -> dict | None:
+    if forward:
+        if row[0] == 0:
+            return None
+        return {"module": _name(state.modules, row[0]), "input_absmax": row[1], "output_absmax": row[2]}
+    if row[0] != 0 or row[3] == 0:  # a rank with a forward finding reports only that
+        return None
+    out: dict = {"module": _name(state.modules, row[3]), "grad_output_absmax": row[5], "grad_input_absmax": row[6]}
+    if row[4]:
+        out["parameter"] = True
+    if row[7] != 0:
+        out["seen_at"] = _name(state.modules, row[7])
+    return out
 
 
 def replay(
@@ -67,11 +143,25 @@ def replay(
     recorder: ForwardRecorder,
     probe: ActivationProbe | None,
 ) -> list[Event]:
-    """Replay the step's recorded forwards/backwards with temporary per-module hooks.
+    """Replay the step's recorded forwards/backwards with temporary per-module hooks, on every
+    rank together, and share the findings (:func:`exchange`).
 
     ``bad_params`` indexes ``state.params``; ``state.replaying`` is set while the replay runs, and
     the recorder and the activation probe are paused.
     """
+    first_f, first_b = _replay_local(state, bad_params, model=model, recorder=recorder, probe=probe)
+    first_f, first_b, rank = exchange(state, first_f, first_b)
+    return _events(state.step, first_f, first_b, rank)
+
+
+def _replay_local(
+    state: WatchState,
+    bad_params: list[int],
+    *,
+    model: nn.Module,
+    recorder: ForwardRecorder,
+    probe: ActivationProbe | None,
+) -> tuple[dict | None, dict | None]:
     owners = state.owners(bad_params)
     armed = probe.armed if probe is not None else False
     state.replaying, recorder.enabled = True, False
@@ -86,12 +176,12 @@ def replay(
             type(exc).__name__,
             exc,
         )
-        return []
+        return None, None
     finally:
         state.replaying, recorder.enabled = False, True
         if probe is not None:
             probe.armed = armed
-    return _events(state.step, first_f, first_b)
+    return first_f, first_b
 
 
 def locate_events(
@@ -126,7 +216,7 @@ def locate_events(
             first_b = None
             if locator.backward and bwd_vals:
                 first_b = locator.first_backward(bwd_vals, state.owners(bad_params))
-            ev += _events(step, first_f, first_b)
+            ev += _events(step, *exchange(state, first_f, first_b))
     if bad_params and not any(e.kind == "nonfinite_backward" for e in ev):
         names = [state.names[i] for i in reversed(bad_params)]  # in the order the backward reaches them
         ev.append(
@@ -193,7 +283,10 @@ def before_optimizer_step(
     if state.model_losses:
         parts.append(torch.stack(state.model_losses).float().reshape(-1).to(pending[1].device))
     host = torch.cat(parts).tolist()
-    if all(math.isfinite(v) for v in host):
+    pk = Packer()
+    flag = pk.rows([0.0 if all(math.isfinite(v) for v in host) else 1.0])
+    pk.reduce()  # every rank learns whether any rank's step is non-finite, and all replay together
+    if not pk[flag].any():
         state.early = []
         return
     norms = host[1 : 1 + len(pending[0])]

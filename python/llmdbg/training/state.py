@@ -44,6 +44,9 @@ class WatchState:
     owner: list[int]
     """Per trainable parameter (aligned with :attr:`params`), the index in :attr:`modules` of the
     module that holds it directly (0, the root, when the holder is not found)."""
+    sharded: bool = False
+    """Some parameters are DTensors sharded across ranks (FSDP2): gradient and weight numbers are
+    measured per shard and summed across ranks."""
 
     # -- the recorded run (public through Watch's properties and tables) ---------------------------
     events: list[Event] = field(default_factory=list)
@@ -95,7 +98,10 @@ class WatchState:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         modules = list(model.named_modules())
         index = {n: i for i, (n, _) in enumerate(modules)}
+        from .distributed import is_sharded
+
         return cls(
+            sharded=is_sharded([p for _, p in named]),
             names=[n for n, _ in named],
             params=[p for _, p in named],
             modules=modules,
