@@ -29,9 +29,10 @@ TEXTS = [
     "Attention heads often look at the separator token.",
 ]
 
-# Appended to a copy of the report (never to the report itself, which has no script at all): once
-# the page has loaded, record every image's decoding and pixels, every resource the page fetched,
-# and uncaught errors, into a <pre> that --dump-dom prints.
+# Appended to a copy of the report (never to the report itself, whose only scripts are its
+# interactive views'): once the page has loaded, record every image's decoding and pixels, every
+# resource the page fetched, uncaught errors and what each view drew, into a <pre> that
+# --dump-dom prints.
 PROBE = """<script>
 window.__errors = [];
 window.addEventListener("error", e => window.__errors.push(String(e.message || e)));
@@ -56,6 +57,9 @@ window.addEventListener("load", () => {
     const id = a.getAttribute("href").slice(1);
     res.anchors.push({id: id, found: document.getElementById(id) !== null});
   }
+  res.views = Array.from(document.querySelectorAll("[data-llmdbg-view]")).map(v => ({
+    name: v.getAttribute("data-llmdbg-view"), children: v.querySelectorAll("*").length,
+    canvases: v.querySelectorAll("canvas").length, failed: v.querySelector(".llmdbg-error") !== null}));
   const pre = document.createElement("pre");
   pre.id = "llmdbg-probe";
   pre.textContent = JSON.stringify(res);
@@ -113,10 +117,13 @@ class _Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.refs: list[tuple[str, str, str]] = []
-        self.scripts = 0
+        self.scripts: list[dict[str, str | None]] = []
+        self.views = 0
 
     def handle_starttag(self, tag, attrs):
-        self.scripts += tag == "script"
+        if tag == "script":
+            self.scripts.append(dict(attrs))
+        self.views += any(name == "data-llmdbg-view" for name, _ in attrs)
         for name, value in attrs:
             if name in ("src", "href", "srcset", "poster", "data") and value:
                 self.refs.append((tag, name, value))
@@ -126,7 +133,9 @@ def test_report_has_no_external_reference(report):
     page = report.read_text("utf-8")
     parser = _Links()
     parser.feed(page)
-    assert parser.scripts == 0
+    # the only scripts are the interactive views' own, inline: a JSON payload and a module each
+    assert parser.views >= 2 and len(parser.scripts) == 2 * parser.views
+    assert all("src" not in a and a.get("type") in ("module", "application/json") for a in parser.scripts)
     assert parser.refs, "the page should at least have its images and contents links"
     for tag, name, value in parser.refs:
         assert value.startswith(("data:image/png;base64,", "#")), (tag, name, value[:80])
@@ -151,6 +160,11 @@ def test_report_renders_offline_in_chromium(report, tmp_path):
         assert img["complete"] and img["width"] > 0, img
         assert img["ink"] > 0.001, f"image {img['alt']!r} is blank"
     assert len(probe["anchors"]) >= 6 and all(a["found"] for a in probe["anchors"]), probe["anchors"]
+    # the interactive views drew (attention and attribution for three texts), none failed
+    names = [v["name"] for v in probe["views"]]
+    assert {"attention", "attribution"} <= set(names), probe["views"]
+    for v in probe["views"]:
+        assert v["children"] > 3 and not v["failed"], v
     ids = {a["id"] for a in probe["anchors"]}
     assert {"model", "inputs", "outputs", "activation-statistics", "attention", "attention-analysis"} <= ids
 

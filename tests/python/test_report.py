@@ -67,7 +67,12 @@ def _assert_self_contained(text: str) -> _Page:
         for name in ("src", "href"):
             value = attrs.get(name, "")
             assert "http://" not in value and "https://" not in value, (name, value)
-    assert not page.find("script") and not page.find("link") and not page.find("iframe")
+    # scripts only inline, only the interactive views' (a JSON payload and a module per view)
+    scripts = page.find("script")
+    assert all("src" not in a and a.get("type") in ("module", "application/json") for a in scripts), scripts
+    views = [a for _, a in page.tags if "data-llmdbg-view" in a]
+    assert len(scripts) == 2 * len(views)
+    assert not page.find("link") and not page.find("iframe")
     toc = [a["href"] for a in page.find("a") if a.get("href", "").startswith("#")]
     assert toc, "no table of contents"
     for href in toc:
@@ -115,6 +120,26 @@ def test_report_escapes_table_cells_and_titles(tmp_path):
     assert text.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4  # toc, heading, 2 cells
     assert "&lt;th&gt;" in text
     _assert_self_contained(text)
+
+
+def test_report_places_views_after_the_figures_and_can_leave_them_out(tmp_path):
+    from llmdbg.widgets import embedding_view
+
+    evil = "<script>alert(1)</script>"
+    view = embedding_view(np.array([[0.0, 0.0], [1.0, 1.0]], np.float32), labels=[evil, "b"], title="map")
+    report = Report("t")
+    report.add_section("Map", html="<p>text</p>", figure=_figure(), table=[{"x": 1}], view=view)
+    text = report.write(tmp_path / "r").read_text(encoding="utf-8")
+    page = _assert_self_contained(text)
+    order = [t for t, a in page.sections["map"] if t in ("p", "img", "table") or "data-llmdbg-view" in a]
+    assert order[:2] == ["p", "img"] and order[-1] == "table"
+    assert [a["data-llmdbg-view"] for _, a in page.tags if "data-llmdbg-view" in a] == ["embedding"]
+    assert "<script>alert" not in text  # the label travels escaped inside the JSON payload
+    static = Report("t", views=False)
+    static.add_section("Map", figure=_figure(), view=view)
+    assert "data-llmdbg-view" not in static.to_html() and "<script" not in static.to_html()
+    with pytest.raises(TypeError, match="llmdbg.widgets.View"):
+        Report("t").add_section("s", view="<div>not a view</div>")
 
 
 def test_report_refuses_to_overwrite_without_force(tmp_path):
@@ -205,6 +230,8 @@ def test_demo_writes_the_report(demo_run):
     assert len(attention_imgs) == 1  # one grid, a heatmap per layer
     alt = attention_imgs[0]["alt"]
     assert all(f"{i}" in alt for i in range(6)) and "layers" in alt
+    # the interactive view sits next to the figure
+    assert [a["data-llmdbg-view"] for _, a in page.sections["attention"] if "data-llmdbg-view" in a] == ["attention"]
     body = "".join(page.text)
     assert "BertModel" in body and "encoder.layer.5.attention.self" in body
 

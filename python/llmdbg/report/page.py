@@ -1,8 +1,10 @@
 """Self-contained HTML reports.
 
-A :class:`Report` is a list of sections (text, figures, tables) written as one ``index.html``
-with inline CSS and figures embedded as base64 PNGs: no external URL, script or font, so the page
-can be mailed, archived as a CI artifact or opened offline. The demo report built on MiniLM lives
+A :class:`Report` is a list of sections (text, figures, tables, interactive views) written as one
+``index.html`` with inline CSS and figures embedded as base64 PNGs: no external URL, file or font,
+so the page can be mailed, archived as a CI artifact or opened offline. The interactive views
+(:mod:`llmdbg.widgets`) sit next to the static figures, their data and JavaScript inline in the
+page; the figures stay, so the page prints and reads with JavaScript off. The demo report built on MiniLM lives
 in :mod:`llmdbg.demo`; :func:`build_demo_report` is re-exported here.
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from .._internal.html import esc
 
-__all__ = ["Report", "json_safe", "prepare_out_dir", "write_file"]
+__all__ = ["VIEW_START", "Report", "json_safe", "prepare_out_dir", "write_file"]
 
 _CSS = """
 :root { --fg: #1d2430; --muted: #5b6472; --line: #dde2ea; --accent: #3b6ea5; --bg: #f6f8fb; }
@@ -58,7 +60,26 @@ tbody tr:hover { background: #f3f6fa; }
 code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px;
        background: #f0f2f5; padding: 1px 4px; border-radius: 3px; }
 footer { color: var(--muted); font-size: 12px; padding-bottom: 28px; }
+.interactive { margin: 14px 0; padding: 10px 12px; border: 1px dashed var(--line); border-radius: 6px;
+               overflow-x: auto; }
+.interactive > .note { color: var(--muted); font-size: 12px; margin: 0 0 6px; }
+@media print { .interactive { display: none; } }
 """
+
+#: Marks the start of an interactive view's block in the page (the benchmark strips these blocks to
+#: get the static page on the same inputs).
+VIEW_START = '<div class="interactive">'
+
+
+def _view_html(view: Any) -> str:
+    """A view (:class:`llmdbg.widgets.View`) in its block, with a line saying what it is."""
+    if not callable(getattr(view, "to_html", None)) or not hasattr(view, "name"):
+        raise TypeError(f"view must be an llmdbg.widgets.View, got {type(view).__name__}")
+    note = (
+        '<p class="note">Interactive view (hover, click, search); the figures of this section show '
+        "the same data without JavaScript.</p>"
+    )
+    return f"{VIEW_START}{note}{view.to_html()}</div><!-- /interactive -->"
 
 
 @dataclass
@@ -166,6 +187,9 @@ class Report:
         Page title and heading.
     subtitle : str, optional
         A line of plain text under the heading.
+    views : bool
+        Keep the interactive views sections add (default); False writes the static page only
+        (figures and tables, no script at all).
 
     Examples
     --------
@@ -174,9 +198,10 @@ class Report:
     >>> path = r.write("out", force=True)  # doctest: +SKIP
     """
 
-    def __init__(self, title: str, subtitle: str | None = None) -> None:
+    def __init__(self, title: str, subtitle: str | None = None, *, views: bool = True) -> None:
         self.title = str(title)
         self.subtitle = subtitle
+        self.views = bool(views)
         self.sections: list[_Section] = []
 
     def _anchor(self, title: str) -> str:
@@ -195,8 +220,9 @@ class Report:
         table: Any = None,
         *,
         captions: list[str] | None = None,
+        view: Any = None,
     ) -> Report:
-        """Append a section: raw HTML first, then figures, then tables.
+        """Append a section: raw HTML first, then figures, then interactive views, then tables.
 
         Parameters
         ----------
@@ -211,6 +237,9 @@ class Report:
             (integers with thousands separators). A named or non-default index becomes a column.
         captions : list of str, optional
             One caption per figure.
+        view : llmdbg.widgets.View or list of them, optional
+            Interactive views, placed after the figures (left out when the report was made with
+            ``views=False``). Their data and JavaScript are inline; nothing is fetched.
 
         Returns
         -------
@@ -225,6 +254,9 @@ class Report:
         for i, fig in enumerate(figures):
             cap = captions[i] if i < len(captions) else None
             section.parts.append(_figure_html(fig, alt=cap or f"{title}: figure {i + 1}", caption=cap))
+        views = [_view_html(v) for v in _as_list(view)]  # checked even when left out
+        if self.views:
+            section.parts.extend(views)
         tables = (
             [table] if isinstance(table, (list, tuple)) and table and isinstance(table[0], dict) else _as_list(table)
         )

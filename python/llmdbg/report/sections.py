@@ -3,13 +3,17 @@ and its inputs, activation statistics, attention and its analysis, what the mode
 attributions and a map of the texts' hidden states.
 
 Each section takes a :class:`~llmdbg.report.ReportContext`, adds to ``ctx.report``, and
-records its arrays in ``ctx.arrays`` and its facts in ``ctx.summary``. A section whose feature is
+records its arrays in ``ctx.arrays`` and its facts in ``ctx.summary``. Next to its static figures a
+section puts the interactive view of the same result (:mod:`llmdbg.widgets`) when it has one; a view
+that cannot be built (over the payload limit, say) is left out with the reason in
+``ctx.summary["views_skipped"]``, and the figures stay. A section whose feature is
 missing from this build of llmdbg (or that does not apply, like a map of fewer than
 :data:`MIN_TEXTS_FOR_MAP` texts) adds no HTML and says why in ``ctx.summary["skipped"]``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,7 @@ __all__ = [
     "embedding_section",
     "inputs_section",
     "model_section",
+    "optional_view",
     "outputs_section",
     "stats_section",
 ]
@@ -37,6 +42,16 @@ _TOP_K = 5
 
 def _skip(ctx: Any, section: str, why: str) -> None:
     ctx.summary.setdefault("skipped", {})[section] = why
+
+
+def optional_view(summary: dict[str, Any], name: str, build: Callable[[], Any]) -> Any:
+    """``build()`` (an interactive view), or None with the reason in ``summary["views_skipped"]``
+    when it raises: a view is an extra next to the figures, never a reason to lose the section."""
+    try:
+        return build()
+    except Exception as exc:  # the payload limit, an object the view does not take, ...
+        summary.setdefault("views_skipped", {})[name] = f"{type(exc).__name__}: {exc}"
+        return None
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -133,13 +148,22 @@ def attention_section(ctx: ReportContext) -> None:
     tokens = [t for t, k in zip(trace.tokens[0], keep) if k]
     maps = [a[0][:, keep][:, :, keep] for a in trace.attentions]  # (H, t, t), no padding
     layers = ", ".join(str(i) for i in range(len(maps)))
+    from ..widgets import attention_view
+
+    view = optional_view(
+        ctx.summary,
+        "attention",
+        lambda: attention_view(trace, batch=0, title="Attention of sentence 0, every head"),
+    )
     report.add_section(
         "Attention",
         html=f"<p>Attention of sentence 0 (<em>{esc(texts[0])}</em>), averaged over heads, for "
         f"layers {layers}. Each row is a query token; its weights over the key tokens "
-        "sum to 1.</p>",
+        "sum to 1. In the interactive view, click a head of the layer × head grid to open its map "
+        "and hover a token to see where it looks and who looks at it.</p>",
         figure=plot.attention_grid(maps, tokens, head="mean"),
         captions=[f"Attention heatmaps, layers {layers}, mean over heads."],
+        view=view,
     )
 
 
@@ -323,6 +347,11 @@ def attribution_section(ctx: ReportContext) -> None:
             row["converged"] = bool(attr.converged[i])
         rows.append(row)
     n_fig = min(len(attr.tokens), MAX_ATTRIBUTION_FIGURES)
+    from ..widgets import attribution_view
+
+    view = optional_view(
+        ctx.summary, "attribution", lambda: attribution_view(attr, index=0, title="Attribution of text 0")
+    )
     more = (
         f" Figures for the first {n_fig} texts; every score is in <code>arrays.npz</code>."
         if len(attr.tokens) > n_fig
@@ -340,6 +369,7 @@ def attribution_section(ctx: ReportContext) -> None:
         figure=[attr.plot(i) for i in range(n_fig)],
         captions=[f"Attribution of text {i}." for i in range(n_fig)],
         table=rows,
+        view=view,
     )
     ctx.arrays.update(attribution_scores=attr.scores.astype(np.float32))
     if attr.delta is not None:
@@ -370,6 +400,18 @@ def embedding_section(ctx: ReportContext) -> None:
     texts = [t if len(t) <= 40 else t[:37] + "..." for t in ctx.texts]
     emap = llmdbg.embed_hidden_states(ctx.trace, -1, "mean", labels=labels or texts, random_state=0)
     fig = plot.embedding(emap.coords, labels=labels, texts=texts, title="t-SNE of mean-pooled last hidden states")
+    from ..widgets import embedding_view
+
+    view = optional_view(
+        ctx.summary,
+        "embedding map",
+        lambda: embedding_view(
+            emap,
+            labels=ctx.texts,
+            color_by={"predicted class": labels} if labels else None,
+            title="The texts' map: hover a point for its text, search a word",
+        ),
+    )
     ctx.report.add_section(
         "Embedding map",
         html=(
@@ -380,6 +422,7 @@ def embedding_section(ctx: ReportContext) -> None:
         ),
         figure=fig,
         captions=["t-SNE map of the texts."],
+        view=view,
     )
     ctx.arrays.update(embedding_map=np.asarray(emap.coords, dtype=np.float32))
     ctx.summary["embedding_map"] = {"n": len(ctx.texts), "layer": -1, "pooling": "mean"}

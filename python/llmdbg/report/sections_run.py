@@ -3,7 +3,8 @@
 Each section takes a :class:`RunReportContext` (the run, its records, the page) and adds to the
 page with the same machinery and style as the model report (:class:`~llmdbg.report.Report`): a
 summary of the run, the examples with the highest loss, the layers where NaN or Inf appeared,
-the heads whose attention collapsed, and a t-SNE map of the examples' embeddings. A section reads
+the heads whose attention collapsed, and a t-SNE map of the examples' embeddings (with its
+interactive view next to the figure: hover, search, zoom). A section reads
 only the columns its task wrote; a run without that task gets a one-line note naming the task
 that would give it.
 """
@@ -20,6 +21,7 @@ import numpy as np
 
 from .._internal.html import esc
 from .page import Report
+from .sections import optional_view
 
 __all__ = [
     "COLLAPSE_ENTROPY",
@@ -415,6 +417,22 @@ def embedding_map_section(ctx: RunReportContext) -> None:
         Y, ids, loss = Y[order], ids[order], loss[order]
         colour, palette, by = _loss_bins(loss), "viridis", "loss quintile"
     fig = plot.embedding(Y, labels=colour, palette=palette, title=f"t-SNE of the embeddings ({n:,} examples)")
+    from ..widgets import embedding_view
+
+    texts = [
+        f"example {int(i)}: {_snippet(ctx.texts[int(i)])}" if ctx.texts is not None else f"example {int(i)}"
+        for i in ids
+    ]
+    view = optional_view(
+        ctx.summary,
+        "embedding map",
+        lambda: embedding_view(
+            Y,
+            labels=texts,
+            color_by={by: colour} if colour is not None else None,
+            title="The examples' map: hover a point for its example, search a word",
+        ),
+    )
     dropped = len(ok) - len(pool)
     sample = f"a random sample (seed {ctx.random_state}) of {n:,}" if n < len(pool) else f"all {n:,}"
     ctx.report.add_section(
@@ -428,6 +446,7 @@ def embedding_map_section(ctx: RunReportContext) -> None:
         ),
         figure=fig,
         captions=[f"t-SNE map of {n:,} examples, coloured by {by}."],
+        view=view,
     )
     ctx.summary["embedding_map"] = {"n": n, "example_ids": [int(i) for i in ids], "colour": by}
 
