@@ -44,6 +44,14 @@ def _skip(ctx: Any, section: str, why: str) -> None:
     ctx.summary.setdefault("skipped", {})[section] = why
 
 
+def _widgets() -> Any:
+    """:mod:`llmdbg.widgets`, imported when a view is built (so a view that cannot load is one more
+    thing :func:`optional_view` records, not a failed report)."""
+    from .. import widgets
+
+    return widgets
+
+
 def optional_view(summary: dict[str, Any], name: str, build: Callable[[], Any]) -> Any:
     """``build()`` (an interactive view), or None with the reason in ``summary["views_skipped"]``
     when it raises: a view is an extra next to the figures, never a reason to lose the section."""
@@ -148,12 +156,10 @@ def attention_section(ctx: ReportContext) -> None:
     tokens = [t for t, k in zip(trace.tokens[0], keep) if k]
     maps = [a[0][:, keep][:, :, keep] for a in trace.attentions]  # (H, t, t), no padding
     layers = ", ".join(str(i) for i in range(len(maps)))
-    from ..widgets import attention_view
-
     view = optional_view(
         ctx.summary,
         "attention",
-        lambda: attention_view(trace, batch=0, title="Attention of sentence 0, every head"),
+        lambda: _widgets().attention_view(trace, batch=0, title="Attention of sentence 0, every head"),
     )
     report.add_section(
         "Attention",
@@ -347,10 +353,8 @@ def attribution_section(ctx: ReportContext) -> None:
             row["converged"] = bool(attr.converged[i])
         rows.append(row)
     n_fig = min(len(attr.tokens), MAX_ATTRIBUTION_FIGURES)
-    from ..widgets import attribution_view
-
     view = optional_view(
-        ctx.summary, "attribution", lambda: attribution_view(attr, index=0, title="Attribution of text 0")
+        ctx.summary, "attribution", lambda: _widgets().attribution_view(attr, index=0, title="Attribution of text 0")
     )
     more = (
         f" Figures for the first {n_fig} texts; every score is in <code>arrays.npz</code>."
@@ -400,12 +404,10 @@ def embedding_section(ctx: ReportContext) -> None:
     texts = [t if len(t) <= 40 else t[:37] + "..." for t in ctx.texts]
     emap = llmdbg.embed_hidden_states(ctx.trace, -1, "mean", labels=labels or texts, random_state=0)
     fig = plot.embedding(emap.coords, labels=labels, texts=texts, title="t-SNE of mean-pooled last hidden states")
-    from ..widgets import embedding_view
-
     view = optional_view(
         ctx.summary,
         "embedding map",
-        lambda: embedding_view(
+        lambda: _widgets().embedding_view(
             emap,
             labels=ctx.texts,
             color_by={"predicted class": labels} if labels else None,

@@ -21,7 +21,7 @@ import numpy as np
 
 from .._internal.html import esc
 from .page import Report
-from .sections import optional_view
+from .sections import _widgets, optional_view
 
 __all__ = [
     "COLLAPSE_ENTROPY",
@@ -417,8 +417,6 @@ def embedding_map_section(ctx: RunReportContext) -> None:
         Y, ids, loss = Y[order], ids[order], loss[order]
         colour, palette, by = _loss_bins(loss), "viridis", "loss quintile"
     fig = plot.embedding(Y, labels=colour, palette=palette, title=f"t-SNE of the embeddings ({n:,} examples)")
-    from ..widgets import embedding_view
-
     texts = [
         f"example {int(i)}: {_snippet(ctx.texts[int(i)])}" if ctx.texts is not None else f"example {int(i)}"
         for i in ids
@@ -426,7 +424,7 @@ def embedding_map_section(ctx: RunReportContext) -> None:
     view = optional_view(
         ctx.summary,
         "embedding map",
-        lambda: embedding_view(
+        lambda: _widgets().embedding_view(
             Y,
             labels=texts,
             color_by={by: colour} if colour is not None else None,
