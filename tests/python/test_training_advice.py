@@ -81,11 +81,11 @@ def test_clip_at_the_99th_percentile():
     p = np.percentile(norms[50:250], 99)  # the 200 steps before the spike
     adv = _with(advise(ev, state, CFG), "clip ")
     assert adv == [
-        f"clip {p:.3g} (torch.nn.utils.clip_grad_norm_), the 99th percentile of the last 200 steps' finite "
-        f"global gradient norms; step 250's norm {norms[250]:.3g} is {norms[250] / p:.1f}x that"
+        f"clip the gradient norm at {p:.3g} (torch.nn.utils.clip_grad_norm_), the 99th percentile of the last "
+        f"200 steps' finite global norms; step 250's norm {norms[250]:.3g} is {norms[250] / p:.1f}x that"
     ]
     spike = next(e for e in events if e.kind == "loss_spike")
-    assert spike.severity == "high" and _with(advise(spike, state, CFG), f"clip {p:.3g}")
+    assert spike.severity == "high" and _with(advise(spike, state, CFG), f"clip the gradient norm at {p:.3g}")
 
 
 def test_no_clip_without_enough_history_or_when_already_clipped():
@@ -310,6 +310,14 @@ def test_nonfinite_module_types_and_dtype():
     assert advise(loss, state, CFG)[0].startswith("the gradient was already non-finite leaving the loss")
     for silent in ("transformer.h.0", "no.such.module"):  # a block: no type-specific advice
         assert advise(Event(4, silent, "nonfinite_forward", "critical", "x"), state, CFG) == ()
+
+    class RotaryEmbedding(torch.nn.Module):  # no weights: not an embedding table to blame
+        def forward(self, x):
+            return x
+
+    rope = _state(torch.nn.Sequential(RotaryEmbedding(), torch.nn.Embedding(4, 2)), losses=[2.0], lr=None)
+    assert advise(Event(0, "0", "nonfinite_forward", "critical", "x"), rope, CFG) == ()
+    assert "(Embedding, an embedding)" in advise(Event(0, "1", "nonfinite_forward", "critical", "x"), rope, CFG)[0]
     half = _state(model.half(), losses=[2.0] * 5, lr=None)
     adv = advise(fwd, half, CFG)
     assert adv[1] == (
@@ -487,4 +495,4 @@ def test_through_watch_gradient_spike_on_a_tiny_linear():
     ev = next(e for e in w.events if e.kind == "loss_spike" and e.step == 35)
     p = np.percentile(norms, 99)
     adv = advise(ev, w.state, w.detectors.cfg)
-    assert adv[0].startswith("the loss at step 35 is") and _with(adv, f"clip {p:.3g} (torch.nn.utils.clip_grad_norm_)")
+    assert adv[0].startswith("the loss at step 35 is") and _with(adv, f"clip the gradient norm at {p:.3g} (torch")

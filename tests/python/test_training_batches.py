@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -49,7 +50,8 @@ def test_round_trip_reruns_the_same_forward(tmp_path, family, no_unpickling):  #
     inp = tiny_inputs(family)
     batch = {**inp, "labels": inp["input_ids"].clone()}
     batch["labels"][0, :2] = -100
-    forwards = [((), batch), ((), {**batch, "input_ids": batch["input_ids"].flip(0)})]
+    # the second forward passes one tensor under two names (labels=input_ids, as HF examples do)
+    forwards = [((), batch), ((), {**batch, "input_ids": batch["input_ids"], "labels": batch["input_ids"]})]
     ref = BatchStore(tmp_path).keep(7, 1, forwards)
     assert ref == BatchRef(
         step=7,
@@ -62,6 +64,7 @@ def test_round_trip_reruns_the_same_forward(tmp_path, family, no_unpickling):  #
     )
     assert os.listdir(tmp_path) == ["batch-step7-rank1.safetensors"]
     assert (tmp_path / "batch-step7-rank1.safetensors").read_bytes()[:1] != b"\x80"  # not a pickle
+    assert hash(ref) == hash(dataclasses.replace(ref))  # an Event holding it stays hashable
     got = load_batch(ref.path)
     _same(forwards, got)
     with torch.no_grad():  # the model's own outputs agree on the rebuilt batch

@@ -9,6 +9,9 @@ early stopping needs an earlier evaluation that was better. Thresholds marked "o
 own choices; the others follow REFERENCE.md §4.
 """
 
+# Long because: one small function per rule (each with its own guard against claiming more than
+# the numbers show) reads better than a table of lambdas; the run-reading helpers are shared.
+
 from __future__ import annotations
 
 import itertools
@@ -127,10 +130,11 @@ def clip_norm(event: Event, state: WatchState, cfg: dict) -> str | None:
     p = float(np.percentile(norms, CLIP_PERCENTILE))
     if g <= p or (c["max_grad_norm"] is not None and c["max_grad_norm"] <= p):
         return None  # not above the percentile, or already clipped below it
-    verb = f"lower max_grad_norm from {_g(c['max_grad_norm'])} to" if c["max_grad_norm"] is not None else "clip"
+    t = c["max_grad_norm"]
+    verb = f"lower max_grad_norm from {_g(t)} to" if t is not None else "clip the gradient norm at"
     return (
-        f"{verb} {_g(p)} (torch.nn.utils.clip_grad_norm_), the 99th percentile of the last {len(norms)} "
-        f"steps' finite global gradient norms; step {event.step}'s norm {_g(g)} is {g / p:.1f}x that"
+        f"{verb} {_g(p)} (torch.nn.utils.clip_grad_norm_), the 99th percentile of the last {len(norms)} steps' "
+        f"finite global norms; step {event.step}'s norm {_g(g)} is {g / p:.1f}x that"
     )
 
 
@@ -258,6 +262,8 @@ def nonfinite_module(event: Event, state: WatchState, cfg: dict) -> str | None:
     if found is None:
         return None
     what, hint = found
+    if what == "an embedding" and not isinstance(getattr(mod, "weight", None), torch.Tensor):
+        return None  # a rotary "embedding" has no weights to blame
     eps = getattr(mod, "eps", getattr(mod, "variance_epsilon", None))
     if what == "a normalisation" and isinstance(eps, float):
         hint += f" (eps={eps:g})"

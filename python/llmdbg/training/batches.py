@@ -77,7 +77,7 @@ class BatchRef:
     rank: int
     path: str | None
     ids: tuple | None
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, hash=False)  # events stay hashable
     saved: bool = False
     reason: str = ""
 
