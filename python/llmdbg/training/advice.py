@@ -279,10 +279,10 @@ def fp16(event: Event, state: WatchState, cfg: dict) -> str | None:
     if not n16:
         return None
     n = sum(p.numel() for p in state.params)
-    path, _ = _module(state, event.module) if event.module else ("the model", None)
+    path = _module(state, event.module)[0] if event.kind != "nonfinite_gradients" else "the failing layers"
     return (
         f"{n16 / n:.0%} of the trainable parameters are float16 (largest finite value {FP16_MAX:.0f}): "
-        f"train in bfloat16 (float32's range) or run {path} in float32"
+        f"train in bfloat16 (float32's range) or run {'the loss' if path == '(loss)' else path} in float32"
     )
 
 
@@ -446,7 +446,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "vanishing_gradients": (vanishing,),
     "nonfinite_forward": (nonfinite_module, fp16, rising_loss, update_ratio, warmup),
     "nonfinite_backward": (nonfinite_module, fp16, rising_loss, update_ratio, warmup),
-    "nonfinite_gradients": (nonfinite_module, fp16, rising_loss, update_ratio, warmup),
+    # nonfinite_gradients names the first parameter the backward reached, not where the NaN was made
+    "nonfinite_gradients": (fp16, rising_loss, update_ratio, warmup),
     "overfitting": (early_stop, regularise),
     "generalization_gap": (early_stop, regularise),
     "underfitting": (underfit,),
