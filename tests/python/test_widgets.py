@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+import llmdbg
 from llmdbg import widgets
 from llmdbg.widgets._base import View, view_esm
 from llmdbg.widgets._payload import (
@@ -21,6 +22,17 @@ from llmdbg.widgets._payload import (
     encode_payload,
     encoded_size,
     quantize_rows,
+)
+from view_objects import (
+    HOSTILE as HOSTILE_TOKENS,
+)
+from view_objects import (
+    attention_trace,
+    attributions,
+    empty_trace,
+    generation_attribution,
+    lens_result,
+    stats_trace,
 )
 
 HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "</script><!--", "a&b", "\u202eevil"]
@@ -164,3 +176,156 @@ def test_package_exports():
     assert widgets.PayloadTooLargeError is PayloadTooLargeError
     with pytest.raises(AttributeError):
         widgets.nosuch  # noqa: B018
+
+
+# -- the attention view's payload ----------------------------------------------------------------
+def _payload(view):
+    return json.loads(view.payload_json)
+
+
+def test_attention_payload_holds_the_traces_own_maps_and_summary():
+
+    trace, tokens = attention_trace()
+    v = widgets.attention_view(trace, batch=1, tokens=tokens, flow=True)
+    p = _payload(v)
+    assert v.name == "attention" and p["tokens"] == tokens and p["precision"] == "float32"
+    maps = trace.attentions
+    assert len(p["maps"]) == len(maps) * maps[0].shape[1]
+    for entry in p["maps"]:
+        np.testing.assert_array_equal(decode_array(entry["map"]), maps[entry["layer"]][1, entry["head"]])
+    one = [m[1:2] for m in maps]
+    mask = trace.attention_mask[1:2]
+    summary = llmdbg.attention_summary(one, attention_mask=mask)
+    grid = decode_array(p["grid"]["entropy"])
+    for r in summary.to_dict(orient="records"):
+        assert grid[r["layer"], r["head"]] == np.float32(r["entropy_norm"])
+        assert decode_array(p["grid"]["sink"])[r["layer"], r["head"]] == np.float32(r["sink_score"])
+    np.testing.assert_allclose(decode_array(p["rollout"]), llmdbg.attention_rollout(one, attention_mask=mask)[0])
+    np.testing.assert_allclose(decode_array(p["flow"]), llmdbg.attention_flow(one, attention_mask=mask)[0])
+    assert "<" not in v.payload_json
+
+
+def test_attention_selection_precision_and_size_limit():
+
+    trace, _ = attention_trace()
+    maps = trace.attentions
+    p = _payload(widgets.attention_view(trace, layers=[1], heads=[2, -1], rows=[3, 0], precision="uint8"))
+    assert [(m["layer"], m["head"]) for m in p["maps"]] == [(1, 2), (1, 3)]
+    np.testing.assert_array_equal(decode_array(p["rows"]), [3, 0])
+    ref = maps[1][0, 2][[3, 0]]
+    back = decode_array(p["maps"][0]["map"])
+    assert np.all(np.abs(back - ref) <= ref.max(axis=1, keepdims=True) / 510 + 1e-7)
+    half = _payload(widgets.attention_view(trace, layers=[0], heads=[0], precision="float16", rollout=False))
+    np.testing.assert_array_equal(decode_array(half["maps"][0]["map"]), maps[0][0, 0].astype(np.float16))
+    assert "rollout" not in half
+    with pytest.raises(PayloadTooLargeError, match=r"layers=\[\.\.\.\], heads=\[\.\.\.\].*rows=range"):
+        widgets.attention_view(trace, max_bytes=2000)
+    with pytest.raises(ValueError, match=r"layers must be in \[-2, 2\)"):
+        widgets.attention_view(trace, layers=[5])
+    with pytest.raises(ValueError, match="batch must be in"):
+        widgets.attention_view(trace, batch=2)
+    with pytest.raises(ValueError, match="one string per position"):
+        widgets.attention_view(trace, tokens=["a"])
+    with pytest.raises(ValueError, match="precision must be one of"):
+        widgets.attention_view(trace, precision="int4")
+
+
+def test_attention_auto_precision_thresholds():
+    from llmdbg.widgets.attention import _precision
+
+    assert _precision(4 * 2**20, "auto") == "float32"
+    assert _precision(4 * 2**20 + 1, "auto") == "float16"
+    assert _precision(4096 * 4096 * 4, "auto") == "uint8"  # one 4,096-token head: 16 MiB as uint8
+
+
+def test_attention_from_statistics_summary_and_nothing():
+
+    trace = stats_trace()
+    p = _payload(widgets.attention_view(trace, batch=1))
+    stats = trace.attention_stats
+    for name in ("entropy", "max_prob", "sink_mass"):
+        np.testing.assert_array_equal(
+            decode_array(p["per_query"][name]), np.stack([stats[layer][name][1] for layer in sorted(stats)])
+        )
+    summary = llmdbg.attention_summary(trace)
+    np.testing.assert_array_equal(
+        decode_array(p["grid"]["entropy"]),
+        summary.pivot(index="layer", columns="head", values="entropy_norm").to_numpy(np.float32),
+    )
+    assert p["maps"] == [] and "not in this trace" in p["note"]
+    q = _payload(widgets.attention_view(summary))
+    assert "not in this object" in q["note"] and q["grid"]["layers"] == len(stats)
+    e = _payload(widgets.attention_view(empty_trace()))
+    assert "attentions=True" in e["empty"]
+    with pytest.raises(TypeError, match="Trace or an AttentionSummary"):
+        widgets.attention_view(np.zeros((2, 2)))
+
+
+# -- attribution and lens payloads ---------------------------------------------------------------
+def test_attribution_payload_of_one_result_and_of_several_methods():
+
+    sal, ig = attributions()
+    p = _payload(widgets.attribution_view(sal))
+    assert p["sources"] == sal.tokens[0] and HOSTILE_TOKENS[0] in p["sources"] and not p["generation"]
+    np.testing.assert_array_equal(decode_array(p["methods"][0]["scores"])[0], sal.scores[0])
+    np.testing.assert_array_equal(decode_array(p["visible"])[0], sal.mask[0])
+    both = _payload(widgets.attribution_view({"saliency": sal, "IG": ig}, index=1))
+    assert [m["name"] for m in both["methods"]] == ["saliency", "IG"]
+    np.testing.assert_array_equal(decode_array(both["methods"][1]["scores"])[0], ig.scores[1])
+    named = _payload(widgets.attribution_view([sal, sal]))
+    assert [m["name"] for m in named["methods"]] == [f"{sal.method} #0", f"{sal.method} #1"]
+    with pytest.raises(ValueError, match="index must be in"):
+        widgets.attribution_view(sal, index=5)
+    with pytest.raises(TypeError, match="attribution_view takes"):
+        widgets.attribution_view(3)
+    with pytest.raises(ValueError, match="at least one"):
+        widgets.attribution_view([])
+
+
+def test_generation_attribution_payload_rows_and_visibility():
+
+    g = generation_attribution()
+    p = _payload(widgets.attribution_view(g))
+    assert p["generation"] and p["sources"] == g.source_tokens and p["targets"] == g.target_tokens
+    np.testing.assert_array_equal(decode_array(p["methods"][0]["scores"]), g.scores)
+    vis = decode_array(p["visible"]).astype(bool)
+    n, s = g.scores.shape
+    for k in range(n):
+        assert vis[k].sum() == min(s, g.prompt_length + k) and not g.scores[k][~vis[k]].any()
+    np.testing.assert_allclose(p["step_scores"]["probability"], g.step_scores["probability"], rtol=1e-6)
+    other = generation_attribution(hostile=False)
+    with pytest.raises(ValueError, match="other tokens"):
+        widgets.attribution_view([g, other])
+    with pytest.raises(PayloadTooLargeError):
+        widgets.attribution_view(g, max_bytes=50)
+
+
+def test_lens_payload_is_the_results_own_top_tokens():
+
+    res = lens_result()
+    p = _payload(widgets.lens_view(res))
+    strings = np.asarray(p["strings"], dtype=object)
+    np.testing.assert_array_equal(strings[decode_array(p["top"])], res.top_tokens[:, 0])
+    np.testing.assert_array_equal(decode_array(p["probs"]), res.top_probs[:, 0])
+    np.testing.assert_array_equal(decode_array(p["top_ids"]), res.top_ids[:, 0])
+    np.testing.assert_array_equal(decode_array(p["target_rank"]), res.target_rank[:, 0])
+    assert p["input_tokens"] == res.input_tokens[0] and HOSTILE_TOKENS[0] in p["strings"]
+    sub = _payload(widgets.lens_view(res, batch=1, positions=[-1, 0]))
+    assert sub["positions"] == [res.top_ids.shape[2] - 1, 0] and sub["real"] == [False, True]
+    np.testing.assert_array_equal(decode_array(sub["probs"]), res.top_probs[:, 1][:, [-1, 0]])
+    with pytest.raises(ValueError, match="positions must be in"):
+        widgets.lens_view(res, positions=[99])
+    with pytest.raises(PayloadTooLargeError, match="positions="):
+        widgets.lens_view(res, max_bytes=100)
+    with pytest.raises(TypeError, match="LensResult"):
+        widgets.lens_view(object())
+
+
+def test_show_picks_the_view_by_type():
+
+    trace, _ = attention_trace()
+    assert widgets.show(trace, layers=[0]).name == "attention"
+    assert widgets.show(llmdbg.attention_summary(trace)).name == "attention"
+    assert widgets.show(attributions()[0]).name == "attribution"
+    assert widgets.show(generation_attribution()).name == "attribution"
+    assert widgets.show(lens_result()).name == "lens"
