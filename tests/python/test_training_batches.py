@@ -102,6 +102,23 @@ def test_nested_structures_scalars_and_dtypes(tmp_path):
     assert not got[0][1]["grad"].requires_grad
 
 
+def test_describe_and_device(tmp_path):
+    forwards = [((), {"input_ids": torch.ones(2, 5, dtype=torch.long), "idx": torch.tensor([8, 9]), "c": _Cache()})]
+    ref = B.describe(12, 1, forwards, reason="not kept (keep_batches=False)")  # no warning, nothing written
+    assert ref == BatchRef(
+        12,
+        1,
+        None,
+        (8, 9),
+        {"0.kwargs.input_ids": (2, 5), "0.kwargs.idx": (2,)},
+        False,
+        "not kept (keep_batches=False)",
+    )
+    path = BatchStore(tmp_path).keep(0, 0, [((torch.arange(3.0),), {})]).path
+    ((args, _),) = load_batch(path, device="meta")
+    assert args[0].device.type == "meta" and args[0].shape == (3,)
+
+
 def test_batch_ids():
     assert batch_ids({"input_ids": torch.ones(2, 3, dtype=torch.long)}) is None  # token ids are not example ids
     assert batch_ids({"idx": torch.tensor([4, 9])}) == (4, 9)
@@ -179,11 +196,18 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="not an llmdbg batch"):
         load_batch(other)
     broken = tmp_path / "broken.safetensors"
-    save_file({"w": torch.zeros(2)}, str(broken), metadata={"format": "llmdbg-batch", "structure": "[{"})
+    save_file(
+        {"w": torch.zeros(2)}, str(broken), metadata={"format": "llmdbg-batch", "version": "1", "structure": "[{"}
+    )
     with pytest.raises(ValueError, match="corrupt batch structure"):
         load_batch(broken)
-    save_file({}, str(broken), metadata={"format": "llmdbg-batch", "structure": '[{"args":{"k":"tensor","name":"x"}}]'})
+    save_file(
+        {}, str(broken), metadata={"format": "llmdbg-batch", "version": "1", "structure": '[{"args":{"k":"tensor"}}]'}
+    )
     with pytest.raises(ValueError, match="corrupt"):
+        load_batch(broken)
+    save_file({}, str(broken), metadata={"format": "llmdbg-batch", "version": "2", "structure": "[]"})
+    with pytest.raises(ValueError, match="version '2'; this llmdbg reads 1"):
         load_batch(broken)
     with pytest.raises(TypeError, match="path"):
         load_batch(3)

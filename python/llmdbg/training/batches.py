@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["BatchRef", "BatchStore", "batch_ids", "load_batch"]
+__all__ = ["BatchRef", "BatchStore", "batch_ids", "describe", "load_batch"]
 
 FORMAT = "llmdbg-batch"
 VERSION = 1
@@ -184,6 +184,33 @@ def _check_forwards(forwards: Any) -> list[tuple[tuple, dict]]:
     return out
 
 
+def _encode(step: int, rank: int, forwards: Any) -> tuple[_Encoder, list, BatchRef]:
+    """Walk ``forwards`` once: the encoder (tensors, unsaved leaves), the JSON structure, and the
+    unsaved :class:`BatchRef` (ids, shapes)."""
+    for name, v in (("step", step), ("rank", rank)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name}: expected a non-negative int, got {v!r}")
+    enc = _Encoder()
+    checked = _check_forwards(forwards)
+    structure = [
+        {"args": enc.node(a, f"{i}.args"), "kwargs": enc.node(k, f"{i}.kwargs")} for i, (a, k) in enumerate(checked)
+    ]
+    ids: list = []
+    for a, k in checked:
+        got = batch_ids(k)
+        if got is None and a and isinstance(a[0], Mapping):  # model(batch) with a dict batch
+            got = batch_ids(a[0])
+        ids += got or ()
+    shapes = {n: tuple(t.shape) for n, t in enc.tensors.items()}
+    return enc, structure, BatchRef(step, rank, None, tuple(ids) or None, shapes, saved=False)
+
+
+def describe(step: int, rank: int, forwards: list[tuple[tuple, dict]], reason: str = "not kept") -> BatchRef:
+    """A :class:`BatchRef` with the ids and shapes of ``forwards`` and nothing saved (no copy, no
+    warning): ``event.batch`` of an event whose batch is not kept (``reason`` says why)."""
+    return replace(_encode(step, rank, forwards)[2], reason=reason)
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
@@ -232,22 +259,7 @@ class BatchStore:
             ``saved=True`` with the file's ``path``; or ``saved=False``, ``path=None`` and the
             ``reason`` (a leaf that is not a tensor/scalar/string, or the cap), with a ``UserWarning``.
         """
-        for name, v in (("step", step), ("rank", rank)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}: expected a non-negative int, got {v!r}")
-        enc = _Encoder()
-        structure = [
-            {"args": enc.node(a, f"{i}.args"), "kwargs": enc.node(k, f"{i}.kwargs")}
-            for i, (a, k) in enumerate(_check_forwards(forwards))
-        ]
-        ids: list = []
-        for a, k in forwards:
-            got = batch_ids(k)
-            if got is None and a and isinstance(a[0], Mapping):  # model(batch) with a dict batch
-                got = batch_ids(a[0])
-            ids += got or ()
-        shapes = {n: tuple(t.shape) for n, t in enc.tensors.items()}
-        ref = BatchRef(step, rank, None, tuple(ids) or None, shapes, saved=False)
+        enc, structure, ref = _encode(step, rank, forwards)
         where = f"the batch of step {step} (rank {rank})"
         if enc.unsaved:
             reason = (
@@ -313,19 +325,21 @@ def _decode(node: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     raise ValueError(f"unknown structure node kind {k!r}")
 
 
-def load_batch(path: Any) -> list[tuple[tuple, dict]]:
+def load_batch(path: Any, device: Any = None) -> list[tuple[tuple, dict]]:
     """Rebuild the forwards saved by :meth:`BatchStore.keep` (safetensors and JSON only).
 
     Parameters
     ----------
     path : str or os.PathLike
         A ``batch-step<step>-rank<rank>.safetensors`` file (``BatchRef.path``).
+    device : str or torch.device, optional
+        Where the tensors go (default: the CPU), e.g. the model's device for a replay.
 
     Returns
     -------
     list of (tuple, dict)
-        Each forward's ``(args, kwargs)`` with the saved containers, scalars and CPU tensors of
-        the original dtypes, shapes and values.
+        Each forward's ``(args, kwargs)`` with the saved containers, scalars and tensors of the
+        original dtypes, shapes and values.
 
     Raises
     ------
@@ -347,8 +361,12 @@ def load_batch(path: Any) -> list[tuple[tuple, dict]]:
         raise ValueError(f"path: {str(p)!r} is not a readable safetensors file ({exc})") from exc
     if meta.get("format") != FORMAT:
         raise ValueError(f"path: {str(p)!r} is not an llmdbg batch (format {meta.get('format')!r})")
-    if int(meta.get("version", "0")) > VERSION:
-        raise ValueError(f"path: {str(p)!r} has batch format version {meta['version']}, newer than {VERSION}")
+    if meta.get("version") != str(VERSION):
+        raise ValueError(
+            f"path: {str(p)!r} has batch format version {meta.get('version')!r}; this llmdbg reads {VERSION}"
+        )
+    if device is not None:
+        tensors = {k: t.to(device) for k, t in tensors.items()}
     try:
         structure = json.loads(meta["structure"])
         return [(_decode(f["args"], tensors), _decode(f["kwargs"], tensors)) for f in structure]
