@@ -209,7 +209,11 @@ def test_embedding_map_coloured_by_label(full_run):
 
 def test_page_is_escaped_and_offline(full_run):
     html = full_run[2]
-    assert "<script" not in html.lower()
+    # the only scripts are the embedding map view's own, inline: its JSON payload and its module
+    scripts = re.findall(r"<script\b[^>]*>", html, re.I)
+    assert re.findall(r'data-llmdbg-view="(\w+)"', html) == ["embedding"] and len(scripts) == 2
+    assert all(re.fullmatch(r'<script type="(module|application/json)"( id="[\w-]+")?>', t) for t in scripts)
+    assert "<script>alert" not in html.lower()
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; friends" in html
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I)
     assert not re.search(r"url\(\s*['\"]?https?:", html, re.I)

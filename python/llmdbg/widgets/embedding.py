@@ -94,7 +94,8 @@ def embedding_view(
         Hover and search text per point (default: the map's labels, or the point's index).
     color_by : mapping of str to sequence of length N, optional
         Extra colourings by name, each one category per point (e.g. ``{"class": y}``). The
-        labels are always offered as the ``"label"`` colouring, after the ones given here.
+        labels themselves are offered as the ``"label"`` colouring after these, unless one of
+        these is named ``"label"``.
     clusters, layers : sequence of length N, optional
         Shorthands for ``color_by={"cluster": clusters}`` and ``{"layer": layers}``.
     sample : int, optional
@@ -138,8 +139,6 @@ def embedding_view(
             )
             raise ValueError(f"color_by[{name!r}]: expected {n} values (one per point), got {got}")
         colorings[str(name)] = list(values.tolist() if hasattr(values, "tolist") else values)
-    if "label" in colorings:
-        raise ValueError("color_by: 'label' is the labels' own colouring; name yours differently")
 
     if sample is not None:
         if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1:
@@ -164,8 +163,10 @@ def embedding_view(
             raise ValueError(f"color_by[{name!r}]: {len(names):,} distinct values; at most {MAX_CATEGORIES:,}")
         options.append({"name": name, "names": names, "index": encode_array(index, "uint32")})
     # The labels' own colouring reuses their index (no second buffer). With every label distinct
-    # (a vocabulary) it only repeats the palette, so it comes after the named colourings.
-    options.append({"name": "label", "labels": True})
+    # (a vocabulary) it only repeats the palette, so it comes after the named colourings; a
+    # colouring of yours named "label" (a dataset's labels) takes its place.
+    if "label" not in colorings:
+        options.append({"name": "label", "labels": True})
 
     payload: dict[str, Any] = {
         "n": n,
