@@ -201,7 +201,7 @@ def test_divergence_lower_the_learning_rate_with_the_ema():
 def test_warmup_only_for_a_constant_peak_from_step_0():
     state, ev, _ = _diverging()
     assert _with(advise(ev, state, CFG), "warm-up") == [
-        f"the learning rate was 0.0003 from step 0 (no warm-up) and the run went wrong at step {ev.step}: warm it up "
+        f"the learning rate started at its peak 0.0003 at step 0 (no warm-up) and the run went wrong at step {ev.step}: warm it up "
         f"(e.g. linearly from 0) so that it reaches 0.0003 only after step {ev.step}"
     ]
     ramp, ev, _ = _diverging(lr=lambda i: 3e-4 * min(1.0, (i + 1) / 100))
@@ -302,8 +302,12 @@ def test_nonfinite_module_types_and_dtype():
         "(LayerNorm, a normalisation): compute it in float32; a near-constant input divides by ~sqrt(eps) (eps=1e-05)"
         in advise(ln, state, CFG)[0]
     )
-    emb = Event(4, "transformer.wte", "nonfinite_backward", "critical", "first non-finite gradient")
-    assert "transformer.wte (Embedding, an embedding)" in advise(emb, state, CFG)[0]
+    emb = Event(4, "transformer.wte", "nonfinite_forward", "critical", "first non-finite output")
+    assert (
+        "transformer.wte (Embedding, an embedding): its weights were already non-finite" in advise(emb, state, CFG)[0]
+    )
+    emb_b = Event(4, "transformer.wte", "nonfinite_backward", "critical", "gradient of its parameters")
+    assert advise(emb_b, state, CFG) == ()  # a non-finite weight gradient says nothing of the weights
     grad = Event(
         4, "transformer.ln_f.bias", "nonfinite_gradients", "critical", "28 parameters have non-finite gradients"
     )
@@ -340,7 +344,7 @@ def test_nonfinite_after_a_rising_loss():
         adv[0]
         == f"the loss rose from {a:.3g} to {b:.3g} over the 20 steps before step 40: lower the learning rate (now 0.001)"
     )
-    assert adv[1].startswith("the learning rate was 0.001 from step 0 (no warm-up)")  # and a constant one
+    assert adv[1].startswith("the learning rate started at its peak 0.001 at step 0 (no warm-up)")  # and a constant one
     noisy = _state(losses=list(2.0 * _noise(40, 7, 0.02)) + [math.nan], lr=lambda i: 1e-3 * (i + 1) / 41)
     assert advise(ev, noisy, CFG) == ()  # no rise, a warmed-up learning rate
 

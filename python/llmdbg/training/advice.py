@@ -187,7 +187,10 @@ def inspect_batch(event: Event, state: WatchState, cfg: dict) -> str | None:
     med = float(np.median(losses))
     if med <= 0 or row["loss"] <= med:
         return None
-    head = f"the loss at step {event.step} is {row['loss'] / med:.1f}x the running median of the last {len(losses)} steps ({_g(med)})"
+    head = (
+        f"the loss at step {event.step} is {row['loss'] / med:.1f}x the running median of the last "
+        f"{len(losses)} steps ({_g(med)})"
+    )
     batch = getattr(event, "batch", None)
     ids = getattr(batch, "ids", None)
     which = f" (examples {', '.join(map(str, ids[:8]))}{' ...' if len(ids) > 8 else ''})" if ids else ""
@@ -225,7 +228,7 @@ def warmup(event: Event, state: WatchState, cfg: dict) -> str | None:
     if len(lrs) < 2 or lrs[0] <= 0 or lrs[0] < max(lrs):
         return None
     return (
-        f"the learning rate was {_g(lrs[0])} from step 0 (no warm-up) and the run went wrong at step "
+        f"the learning rate started at its peak {_g(lrs[0])} at step 0 (no warm-up) and the run went wrong at step "
         f"{event.step}: warm it up (e.g. linearly from 0) so that it reaches {_g(lrs[0])} only after step {event.step}"
     )
 
@@ -262,8 +265,10 @@ def nonfinite_module(event: Event, state: WatchState, cfg: dict) -> str | None:
     if found is None:
         return None
     what, hint = found
-    if what == "an embedding" and not isinstance(getattr(mod, "weight", None), torch.Tensor):
-        return None  # a rotary "embedding" has no weights to blame
+    if what == "an embedding" and (
+        event.kind != "nonfinite_forward" or not isinstance(getattr(mod, "weight", None), torch.Tensor)
+    ):
+        return None  # only a lookup's output proves its table non-finite (a rotary one has no table)
     eps = getattr(mod, "eps", getattr(mod, "variance_epsilon", None))
     if what == "a normalisation" and isinstance(eps, float):
         hint += f" (eps={eps:g})"
@@ -306,11 +311,15 @@ def vanishing(event: Event, state: WatchState, cfg: dict) -> str | None:
         if mine is None:
             return None
         x, med = mine["update_ratio"], float(np.median([r["update_ratio"] for r in rows]))
-        head = f"the update/weight ratio of {name} is {x:.1e}, {HEALTHY_UPDATE / max(x, 1e-30):.0f}x below the healthy {HEALTHY_UPDATE:.0e}"
+        below = HEALTHY_UPDATE / max(x, 1e-30)
+        head = f"the update/weight ratio of {name} is {x:.1e}, {below:.0f}x below the healthy {HEALTHY_UPDATE:.0e}"
         if _lr_at(state, event.step) == 0:
             return f"{head}: the learning rate is 0"
         if med >= LOW_UPDATE:
-            return f"{head} while the median layer's is {med:.1e}: check its optimizer group (learning rate, weight decay) and that the optimizer holds it"
+            return (
+                f"{head} while the median layer's is {med:.1e}: check its optimizer group (learning rate, "
+                "weight decay) and that the optimizer holds it"
+            )
         return f"{head} (median layer {med:.1e}): raise the learning rate{_lr(state, event.step)}"
     rows = _layers(state, event.step, "grad_norm")
     mine = next((r for r in rows if r["layer"] == name), None)
@@ -367,7 +376,10 @@ def regularise(event: Event, state: WatchState, cfg: dict) -> str | None:
         return None
     how = f"(val - train)/train is {gap:.1%} at step {last['step']} (train {_g(t)}, val {_g(v)})"
     if apart:
-        how += f"; since step {best['step']} the training loss fell {_g(best['train_loss'])} -> {_g(t)} while the validation loss rose"
+        how += (
+            f"; since step {best['step']} the training loss fell {_g(best['train_loss'])} -> {_g(t)} "
+            "while the validation loss rose"
+        )
     return f"{how}: add regularisation (weight decay, dropout) or more training data"
 
 
@@ -390,11 +402,20 @@ def underfit(event: Event, state: WatchState, cfg: dict) -> str | None:
     n = sum(p.numel() for p in state.params)
     ratios = [r["update_ratio"] for r in _layers(state, event.step, "update_ratio")]
     if not ratios:
-        return f"{head}: raise the learning rate{_lr(state, event.step)} if the update/weight ratios (track 'weights') are below ~1e-3, else add capacity ({n:,} trainable parameters)"
+        return (
+            f"{head}: raise the learning rate{_lr(state, event.step)} if the update/weight ratios (track "
+            f"'weights') are below ~1e-3, else add capacity ({n:,} trainable parameters)"
+        )
     med = float(np.median(ratios))
     if med < LOW_UPDATE:
-        return f"{head}; the median update/weight ratio is {med:.1e}, below the healthy {HEALTHY_UPDATE:.0e}: raise the learning rate{_lr(state, event.step)}"
-    return f"{head} while the weights move (median update/weight ratio {med:.1e}): add capacity ({n:,} trainable parameters) or check that the labels are learnable"
+        return (
+            f"{head}; the median update/weight ratio is {med:.1e}, below the healthy {HEALTHY_UPDATE:.0e}: "
+            f"raise the learning rate{_lr(state, event.step)}"
+        )
+    return (
+        f"{head} while the weights move (median update/weight ratio {med:.1e}): add capacity ({n:,} "
+        "trainable parameters) or check that the labels are learnable"
+    )
 
 
 def dead(event: Event, state: WatchState, cfg: dict) -> str | None:
@@ -415,7 +436,8 @@ def dead(event: Event, state: WatchState, cfg: dict) -> str | None:
         f"probed tokens ({span})"
     )
     if tname in ("ReLU", "ReLU6", "Hardtanh"):  # dead means a <= 0 on every token (probes.py)
-        return f"{head}: lower the learning rate{_lr(state, event.step)}, use LeakyReLU/GELU, or re-initialise or prune them"
+        lr = _lr(state, event.step)
+        return f"{head}: lower the learning rate{lr}, use LeakyReLU/GELU, or re-initialise or prune them"
     return (
         f"{head}: their outputs stayed below 1e-6 in magnitude (for GELU/SiLU: pre-activations far below 0); "
         "re-initialise the weights and bias of the layer feeding them, or prune the units"
@@ -431,7 +453,8 @@ def outliers(event: Event, state: WatchState, cfg: dict) -> str | None:
     a = top["absmax"]
     text = (
         f"the largest block output abs-max at step {event.step} is {_g(a)} ({top['module']}): such features "
-        "break naive 8-bit quantisation: keep them in 16-bit (LLM.int8, llm_int8_threshold=6.0) or use per-channel scales"
+        "break naive 8-bit quantisation: keep them in 16-bit (LLM.int8, llm_int8_threshold=6.0) or use "
+        "per-channel scales"
     )
     if any(p.dtype == torch.float16 for p in state.params):
         text += f"; in float16 the headroom to {FP16_MAX:.0f} is only {FP16_MAX / a:.0f}x: prefer bfloat16"
