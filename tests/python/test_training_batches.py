@@ -127,6 +127,7 @@ def test_batch_ids():
     assert batch_ids({"ids": torch.ones(2, 2, dtype=torch.long)}) is None  # 2-D: token ids, not examples
     assert batch_ids([1, 2]) is None
     assert batch_ids({"ids": [True]}) is None
+    assert batch_ids({"idx": torch.tensor([True, False])}) is None
 
 
 def test_ids_travel_into_the_ref(tmp_path):

@@ -84,7 +84,7 @@ class BatchRef:
 
 def _ids_of(value: Any) -> tuple | None:
     if isinstance(value, torch.Tensor):
-        if value.is_floating_point() or value.is_complex() or value.dim() > 1:
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool or value.dim() > 1:
             return None
         return tuple(value.reshape(-1).tolist())
     if isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -130,9 +130,9 @@ class _Encoder:
     def node(self, obj: Any, where: str, depth: int = 0) -> Any:
         if isinstance(obj, torch.Tensor):
             return self._tensor(obj, where)
-        if obj is None or isinstance(obj, (bool, str)):
+        # exact types only: a numpy scalar, an IntEnum or a str enum would come back as a plain one
+        if obj is None or type(obj) in (bool, str):
             return {"k": "v", "v": obj}
-        # exact types only: a numpy scalar or an IntEnum would come back as a plain int/float
         if type(obj) is int:
             return {"k": "int", "v": str(obj)}
         if type(obj) is float:
