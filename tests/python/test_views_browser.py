@@ -18,6 +18,7 @@ from view_objects import (
     empty_trace,
     generation_attribution,
     lens_result,
+    query_trace,
     stats_trace,
 )
 
@@ -103,6 +104,20 @@ def test_attention_head_outside_the_selection_says_how_to_include_it(browser_pag
     grid = page.locator("canvas.llmdbg-grid").bounding_box()
     page.mouse.click(grid["x"] + 26 + 3 * 22 + 8, grid["y"] + 16 + 1 * 22 + 8)
     assert "layers=[1], heads=[3]" in page.locator(".llmdbg-note").inner_text()
+    browser_page.assert_clean()
+
+
+def test_attention_of_a_query_capture_shows_the_models_head_and_rows(browser_page):
+    trace, query, _ = query_trace()
+    tokens = [f"w{i}" for i in range(12)]
+    page = browser_page.open(attention_view(trace, query=query, tokens=tokens).to_html())
+    assert page.locator(".llmdbg-map-title").inner_text() == "layer 1, head 2"
+    box = page.locator("canvas.llmdbg-map-overlay").bounding_box()
+    page.mouse.move(box["x"] + 3, box["y"] + 2)  # the first captured row is position 11
+    focus = page.locator(".llmdbg-focus")
+    assert focus.get_attribute("data-row") == "11" and focus.inner_text().startswith("w11 (11) looks at:")
+    page.hover('.llmdbg-tokens span[data-pos="7"]')  # a row not captured: its column only
+    assert "w7 (7): its row is not in this view" in focus.inner_text() and "looked at by" in focus.inner_text()
     browser_page.assert_clean()
 
 

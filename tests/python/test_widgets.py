@@ -32,6 +32,7 @@ from view_objects import (
     empty_trace,
     generation_attribution,
     lens_result,
+    query_trace,
     stats_trace,
 )
 
@@ -228,6 +229,22 @@ def test_attention_selection_precision_and_size_limit():
         widgets.attention_view(trace, tokens=["a"])
     with pytest.raises(ValueError, match="precision must be one of"):
         widgets.attention_view(trace, precision="int4")
+
+
+def test_attention_of_a_query_capture_is_labelled_with_the_models_numbers():
+    trace, query, full = query_trace()
+    p = _payload(widgets.attention_view(trace, query=query, batch=1))
+    assert p["grid"]["layer_ids"] == [1] and p["grid"]["head_ids"] == [2, 3]
+    np.testing.assert_array_equal(decode_array(p["rows"]), [11, 4])
+    assert p["query_tokens"] is None and "rollout" not in p  # rows of a self-attention, not a square map
+    for entry in p["maps"]:  # the whole map's rows 11 and 4 of head 2 or 3
+        np.testing.assert_array_equal(decode_array(entry["map"]), full[1, 2 + entry["head"]][[11, 4]])
+    unlabelled = _payload(widgets.attention_view(trace))
+    assert unlabelled["grid"]["layer_ids"] is None and unlabelled["query_tokens"] == ["0", "1"]
+    with pytest.raises(TypeError, match="AttentionQuery"):
+        widgets.attention_view(trace, query={"layers": [1]})
+    with pytest.raises(ValueError, match="query selects"):
+        widgets.attention_view(trace, query=llmdbg.AttentionQuery(layers=[0, 1]))
 
 
 def test_attention_auto_precision_thresholds():

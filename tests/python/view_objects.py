@@ -111,3 +111,14 @@ def lens_result():
     inputs = [list(t) for t in res.input_tokens]
     inputs[0][1:3] = HOSTILE
     return dataclasses.replace(res, top_tokens=top, input_tokens=inputs)
+
+
+@functools.cache
+def query_trace(length: int = 12):
+    """A Trace captured with an AttentionQuery: layer 1, heads 2 and 3, query rows -1 and 4."""
+    model = _gpt2()
+    query = llmdbg.AttentionQuery(layers=[1], heads=[2, 3], rows=[-1, 4])
+    with llmdbg.capture(model, attentions=query) as trace, torch.no_grad():
+        model(**tiny_inputs("gpt2", batch=2, length=length))
+    full = attention_trace(length)[0].attentions[1]  # the same model and inputs' whole maps
+    return trace, query, full

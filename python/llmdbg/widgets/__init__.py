@@ -6,11 +6,18 @@ code is one small file per view under ``_static/``; nothing is fetched from the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._base import View
 from ._payload import MAX_PAYLOAD_BYTES, PayloadTooLargeError
 from .dispatch import show
+
+if TYPE_CHECKING:  # the names the lazy loader below provides, for type checkers
+    from .attention import attention_view
+    from .attribution import attribution_view
+    from .embedding import embedding_view
+    from .lens import lens_view
+    from .training import training_view
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",

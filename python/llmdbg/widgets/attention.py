@@ -136,6 +136,28 @@ def _from_stats(trace: Any, batch: int, tokens: Sequence[str] | None, max_bytes:
     }
 
 
+def _query_labels(query: Any, trace: Any, n_layers: int, n_heads: int, t_q: int, t_k: int) -> dict[str, Any]:
+    """The model's layer and head numbers and the query positions of maps captured with an
+    ``AttentionQuery`` (the maps hold only the selected ones, numbered from 0)."""
+    if query is None:
+        return {"layers": None, "heads": None, "rows": None}
+    from ..tracing.query import AttentionQuery
+
+    if not isinstance(query, AttentionQuery):
+        raise TypeError(f"query must be the AttentionQuery the trace was captured with, got {type(query).__name__}")
+    total = len(trace.attention_modules) if trace is not None else n_layers
+    layers = query.layer_indices(total) if query.layers is not None else list(range(n_layers))
+    heads = list(query.heads) if query.heads is not None and query.reduce is None else None
+    rows = [r % t_k for r in query.rows] if query.rows is not None else None
+    if len(layers) != n_layers or (heads is not None and len(heads) != n_heads):
+        raise ValueError(
+            f"query selects {len(layers)} layers and {heads} heads, the trace holds {n_layers} x {n_heads}"
+        )
+    if rows is not None and len(rows) != t_q:
+        raise ValueError(f"query selects {len(rows)} rows, the trace's maps hold {t_q}")
+    return {"layers": layers, "heads": heads, "rows": rows}
+
+
 def _from_maps(
     trace: Any,
     maps: list[np.ndarray],
@@ -149,6 +171,7 @@ def _from_maps(
     flow: bool,
     precision: str,
     max_bytes: int | None,
+    query: Any = None,
 ) -> dict[str, Any]:
     from ..attention import attention_flow, attention_rollout, attention_summary
 
@@ -175,11 +198,16 @@ def _from_maps(
         "layers=[...], heads=[...] (one map per layer and head) or rows=range(a, b) (query rows)",
         max_bytes,
     )
+    labels = _query_labels(query, trace, len(one), n_heads, t_q, t_k)
+    positions = [labels["rows"][r] for r in sel_rows] if labels["rows"] is not None else sel_rows
+    # rows of a query-selected self-attention are positions among the keys; other T_q != T_k maps
+    # are cross-attention, whose queries are positions of another sequence
+    cross = t_q != t_k and labels["rows"] is None
     summary = attention_summary(one, attention_mask=mask_b) if square else None
     payload: dict[str, Any] = {
         "tokens": _tokens(trace, batch, t_k, tokens),
-        "query_tokens": None if t_q == t_k else [str(i) for i in range(t_q)],
-        "rows": encode_array(np.asarray(sel_rows, np.int32), "int32"),
+        "query_tokens": [str(i) for i in range(t_q)] if cross else None,
+        "rows": encode_array(np.asarray(positions, np.int32), "int32"),
         "precision": kind,
         "maps": [
             {"layer": li, "head": h, "map": _encode_map(one[li][0, h][sel_rows], kind)}
@@ -190,8 +218,10 @@ def _from_maps(
     }
     if summary is not None:
         payload["grid"] = _grid(summary)
-    else:  # cross-attention: no entropy normalisation or sink definition of its own here
+    else:  # query rows or cross-attention: no whole map to normalise entropy or find sinks in
         payload["grid"] = {"layers": len(one), "heads": n_heads, "entropy": None, "sink": None}
+    payload["grid"]["layer_ids"] = labels["layers"]
+    payload["grid"]["head_ids"] = labels["heads"]
     want_rollout = square and (rollout if rollout is not None else t_k <= _AUTO_ROLLOUT_MAX_T)
     if rollout and not square:
         raise ValueError("rollout=True needs square self-attention maps (T_q = T_k) in every layer")
@@ -215,6 +245,7 @@ def attention_view(
     rollout: bool | None = None,
     flow: bool = False,
     precision: str = "auto",
+    query: Any = None,
     max_bytes: int | None = None,
     title: str = "Attention",
 ) -> View:
@@ -247,6 +278,10 @@ def attention_view(
         How maps travel. ``"auto"``: float32 up to 4 MiB of maps, float16 up to 16 MiB, beyond that
         uint8 with one float32 scale per row (``value = q * row_max / 255``: each row's largest
         weight exact, every weight within half a step of that row's range).
+    query : AttentionQuery, optional
+        The query the trace was captured with (``capture(model, attentions=AttentionQuery(...))``):
+        its layers, heads and rows label the maps with the model's layer and head numbers and the
+        rows' positions. ``layers=``, ``heads=`` and ``rows=`` then index the captured maps.
     max_bytes : int, optional
         Payload limit (default :data:`~llmdbg.widgets.MAX_PAYLOAD_BYTES`, 64 MiB).
     title : str
@@ -285,6 +320,7 @@ def attention_view(
             flow=flow,
             precision=precision,
             max_bytes=max_bytes,
+            query=query,
         )
     elif obj.attention_stats:
         payload = _from_stats(obj, batch, tokens, max_bytes)

@@ -110,6 +110,9 @@ function render({ model, el }) {
   const body = startView(el, "attention", p, ATTN_CSS);
   if (p.empty) { emptyMessage(body, p.empty); return; }
   const g = p.grid, L = g.layers, H = g.heads;
+  // the model's layer and head numbers (a trace captured with an AttentionQuery holds some only)
+  const layerId = (l) => (g.layer_ids ? g.layer_ids[l] : l), headId = (hh) => (g.head_ids ? g.head_ids[hh] : hh);
+  const cross = !!p.query_tokens; // cross-attention: queries belong to another sequence
   const colours = { entropy: g.entropy ? decodeArray(g.entropy).data : null, sink: g.sink ? decodeArray(g.sink).data : null };
   const tokens = p.tokens || [];
   const rows = p.rows ? decodeArray(p.rows).data : null;
@@ -117,7 +120,7 @@ function render({ model, el }) {
   if (rows) rows.forEach((q, r) => rowOf.set(q, r));
   const mapsByHead = new Map((p.maps || []).map((m) => [m.layer + "," + m.head, m.map]));
   const cache = new Map();
-  const state = { colour: colours.entropy ? "entropy" : "sink", layer: null, head: null, mode: "head", focus: null };
+  const state = { colour: colours.entropy ? "entropy" : "sink", layer: null, head: null, mode: "head", focus: null, row: null };
 
   // controls
   const controls = h("div", { class: "llmdbg-controls" });
@@ -159,9 +162,9 @@ function render({ model, el }) {
     ctx.clearRect(0, 0, gridCanvas.width, gridCanvas.height);
     ctx.fillStyle = "#888"; ctx.font = "10px sans-serif"; ctx.textAlign = "right"; ctx.textBaseline = "middle";
     const labelEvery = Math.ceil(12 / cell);
-    for (let l = 0; l < L; l += labelEvery) ctx.fillText(String(l), left - 4, top + l * cell + cell / 2);
+    for (let l = 0; l < L; l += labelEvery) ctx.fillText(String(layerId(l)), left - 4, top + l * cell + cell / 2);
     ctx.textAlign = "center"; ctx.textBaseline = "alphabetic";
-    for (let hh = 0; hh < H; hh += labelEvery) ctx.fillText(String(hh), left + hh * cell + cell / 2, top - 4);
+    for (let hh = 0; hh < H; hh += labelEvery) ctx.fillText(String(headId(hh)), left + hh * cell + cell / 2, top - 4);
     // colours span the grid's own range (the tooltip gives the values): heads of one model often
     // differ by a few hundredths of normalised entropy
     const values = colours[state.colour];
@@ -190,7 +193,7 @@ function render({ model, el }) {
     const c = cellAt(event);
     if (!c) { tip.hide(); return; }
     const [l, hh] = c, i = l * H + hh;
-    const lines = [`layer ${l}, head ${hh}`];
+    const lines = [`layer ${layerId(l)}, head ${headId(hh)}`];
     if (colours.entropy) lines.push(`entropy (normalised) ${fmt(colours.entropy[i], 3)}`);
     if (colours.sink) {
       const tok = g.sink_token && g.sink_token[l] ? g.sink_token[l][hh] : null;
@@ -226,7 +229,7 @@ function render({ model, el }) {
     for (const [k, b] of Object.entries(modeButtons)) b.classList.toggle("llmdbg-on", k === state.mode);
     panel.replaceChildren();
     const heading = state.mode === "head"
-      ? (state.layer === null ? "no head selected" : `layer ${state.layer}, head ${state.head}`)
+      ? (state.layer === null ? "no head selected" : `layer ${layerId(state.layer)}, head ${headId(state.head)}`)
       : state.mode === "rollout" ? "attention rollout (all layers)" : "attention flow (all layers)";
     panel.appendChild(h("div", { class: "llmdbg-attn-label llmdbg-map-title" }, heading));
     if (p.per_query) { showPerQuery(); return; }
@@ -234,7 +237,7 @@ function render({ model, el }) {
     if (!m) {
       panel.appendChild(h("div", { class: "llmdbg-note" }, p.note ||
         (state.layer === null ? "Click a head in the grid to open its map."
-          : `The map of layer ${state.layer}, head ${state.head} is not in this view: build it with layers=[${state.layer}], heads=[${state.head}].`)));
+          : `The map of layer ${layerId(state.layer)}, head ${headId(state.head)} is not in this view: build it with layers=[${state.layer}], heads=[${state.head}].`)));
       return;
     }
     showMatrix(m);
@@ -266,37 +269,40 @@ function render({ model, el }) {
     const octx = over.getContext("2d");
     function focusOn(q) {
       state.focus = q;
-      const r = rows ? rowOf.get(q) : q;
+      const r = cross ? state.row : rows ? rowOf.get(q) : q;
       octx.clearRect(0, 0, w, hh);
       octx.fillStyle = "rgba(228, 87, 46, 0.35)"; octx.strokeStyle = "rgba(228, 87, 46, 0.95)"; octx.lineWidth = 1;
       const lines = [];
       const name = (i) => `${tokenText(tokens[i] ?? String(i))} (${i})`;
+      const qname = (i) => (cross ? `query ${i}` : name(i));
       if (r !== undefined && r !== null && r < m.R) {
         const y0 = Math.floor((r * hh) / m.R), y1 = Math.max(y0 + 2, Math.floor(((r + 1) * hh) / m.R));
         octx.fillRect(0, y0, w, y1 - y0); octx.strokeRect(0.5, y0 + 0.5, w - 1, y1 - y0 - 1);
         const row = attnRow(m, r);
         attnStrip(rowStrip, row, m.vmax);
-        lines.push(`${name(q)} looks at: ` + attnTop(row, 5).map((k) => `${name(k)} ${fmt(row[k], 3)}`).join(" \u00b7 "));
+        const who = cross ? qname(rows ? rows[r] : r) : name(q);
+        lines.push(`${who} looks at: ` + attnTop(row, 5).map((k) => `${name(k)} ${fmt(row[k], 3)}`).join(" \u00b7 "));
         if (spans) spans.forEach((s, k) => { s.style.background = css([228, 87, 46], (0.85 * row[k]) / (m.vmax || 1)); });
-      } else {
+      } else if (!cross) {
         rowStrip.getContext("2d").clearRect(0, 0, w, rowStrip.height);
         lines.push(`${name(q)}: its row is not in this view (rows=)`);
       }
-      if (q < m.K) {
+      if (q !== null && q < m.K) {
         const x0 = Math.floor((q * w) / m.K), x1 = Math.max(x0 + 2, Math.floor(((q + 1) * w) / m.K));
         octx.fillRect(x0, 0, x1 - x0, hh); octx.strokeRect(x0 + 0.5, 0.5, x1 - x0 - 1, hh - 1);
         const col = attnColumn(m, q);
         attnStrip(colStrip, col, m.vmax);
         const qs = rows ? (i) => rows[i] : (i) => i;
-        lines.push(`looked at by: ` + attnTop(col, 5).map((i) => `${name(qs(i))} ${fmt(col[i], 3)}`).join(" \u00b7 "));
+        lines.push(`${cross ? name(q) + " is " : ""}looked at by: ` + attnTop(col, 5).map((i) => `${qname(qs(i))} ${fmt(col[i], 3)}`).join(" \u00b7 "));
       }
       if (spans) spans.forEach((s, k) => s.classList.toggle("llmdbg-hot", k === q));
-      focus.setAttribute("data-row", String(q));
+      focus.setAttribute("data-row", String(cross ? state.row : q));
       setText(focus, lines.join("\n"));
     }
     over.addEventListener("mousemove", (event) => {
       const [, y] = localPoint(event, over);
       const r = Math.min(m.R - 1, Math.max(0, Math.floor((y * m.R) / hh)));
+      if (cross) { state.row = r; focusOn(null); return; }
       const q = rows ? rows[r] : r;
       if (q !== state.focus) focusOn(q);
     });
