@@ -91,7 +91,8 @@ def exchange(
 ) -> tuple[dict | None, dict | None, int | None]:
     """Share what each rank located (one collective, entered by every rank) and pick the rank
     where the NaN/Inf appeared first: the lowest rank with a non-finite forward, else the lowest
-    with a non-finite backward. Returns that rank's (forward, backward) records and the rank
+    whose backward saw a gradient turn non-finite in a module, else the lowest that found one in
+    a parameter's gradient. Returns that rank's (forward, backward) records and the rank
     (None in a single process)."""
     pk = pk if pk is not None else Packer()
     if pk.world == 1:
@@ -114,9 +115,12 @@ def exchange(
     for r in range(pk.world):
         if rows[r, 0] != 0:
             return _decode(state, rows[r], forward=True), None, r
-    for r in range(pk.world):
-        if rows[r, 3] != 0:
-            return None, _decode(state, rows[r], forward=False), r
+    # A gradient seen turning non-finite in a module beats one only read off the parameters
+    # (under FSDP2 every rank's shards hold the reduced NaN, whichever rank made it).
+    for by_parameter in (0.0, 1.0):
+        for r in range(pk.world):
+            if rows[r, 3] != 0 and rows[r, 4] == by_parameter:
+                return None, _decode(state, rows[r], forward=False), r
     return None, None, None
 
 
@@ -154,6 +158,14 @@ def replay(
     return _events(state.step, first_f, first_b, rank)
 
 
+def _any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (a collective every rank enters)."""
+    pk = Packer()
+    h = pk.rows([1.0 if flag else 0.0])
+    pk.reduce()
+    return bool(pk[h].any())
+
+
 def _replay_local(
     state: WatchState,
     bad_params: list[int],
@@ -168,7 +180,14 @@ def _replay_local(
     if probe is not None:
         probe.armed = False
     try:
-        first_f, first_b, _ = replay_locate(model, state.modules, recorder.records, state.params, owners)
+        first_f, first_b, _ = replay_locate(
+            model,
+            state.modules,
+            recorder.records,
+            state.params,
+            owners,
+            agree=_any_rank if Packer().world > 1 else None,
+        )
     except Exception as exc:
         logger.warning(
             "llmdbg.watch: replaying step %d to locate the NaN/Inf failed (%s: %s); reporting parameter names only",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -136,12 +137,36 @@ def _forward(model: nn.Module, rec: ForwardRecord) -> Any:
         return model(*rec.args, **rec.kwargs)
 
 
+def _backward(outs: list[torch.Tensor], params: list[nn.Parameter], grads: list[torch.Tensor]) -> None:
+    """Back-propagate ``grads`` from ``outs`` without changing any parameter's ``.grad``.
+
+    Plain parameters: :func:`torch.autograd.grad` (nothing is accumulated). FSDP2's sharded
+    parameters are not in the graph (the forward uses gathered copies), so ``autograd.grad``
+    would prune the whole backward; a real ``backward`` runs instead (every rank replays, so its
+    reduce-scatters match), with each ``.grad`` set aside first and put back afterwards.
+    """
+    from .distributed import is_sharded
+
+    if not is_sharded(params):
+        torch.autograd.grad(outs, params, grads, allow_unused=True)
+        return
+    saved = [p.grad for p in params]
+    try:
+        for p in params:
+            p.grad = None  # FSDP2 accumulates in place: keep the step's gradients out of reach
+        torch.autograd.backward(outs, grads)
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+
+
 def replay_locate(
     model: nn.Module,
     modules: list[tuple[str, nn.Module]],
     records: list[ForwardRecord],
     params: list[nn.Parameter],
     owners: list[int],
+    agree: Callable[[bool], bool] | None = None,
 ) -> tuple[dict | None, dict | None, bool]:
     """Run the recorded forwards (and backwards) again with per-module records.
 
@@ -158,6 +183,10 @@ def replay_locate(
     owners : list of int
         Module indices owning the parameters whose *original* gradient was non-finite, in the
         order the backward reaches them (the fallback when no module record is non-finite).
+    agree : callable, optional
+        Under ``torch.distributed``: given whether this rank's forward was non-finite, whether
+        any rank's was. All ranks then skip or run the backward pass together (FSDP2's forward
+        and backward enter collectives, so ranks must replay the same passes).
 
     Returns
     -------
@@ -176,7 +205,8 @@ def replay_locate(
                 loc.forward_done(_forward(model, rec))
             fwd, _ = loc.packed(torch.device("cpu"))
             first_f = loc.first_forward(fwd.tolist())
-            if first_f is not None:
+            found = first_f is not None if agree is None else agree(first_f is not None)
+            if found:
                 return first_f, None, True
             loc.reset()
             trainable = [p for p in params if p.requires_grad]
@@ -187,9 +217,7 @@ def replay_locate(
                 got = [i for i in sorted(rec.grads) if i < len(outs)]
                 keep = [got[k] for k in _sinks([outs[i] for i in got])]
                 if keep:
-                    torch.autograd.grad(
-                        [outs[i] for i in keep], trainable, [rec.grads[i] for i in keep], allow_unused=True
-                    )
+                    _backward([outs[i] for i in keep], trainable, [rec.grads[i] for i in keep])
             _, bwd = loc.packed(torch.device("cpu"))
             first_b = loc.first_backward(bwd.tolist(), owners)
     finally:
