@@ -136,6 +136,17 @@ def test_view_esm_is_common_then_view_then_the_export():
     assert esm.rstrip().endswith("export default { render };")
 
 
+def test_every_views_javascript_can_sit_inside_an_inline_script():
+    from llmdbg.widgets._base import _STATIC
+
+    for path in sorted(_STATIC.glob("*.js")):
+        text = path.read_text(encoding="utf-8").lower()
+        assert "</script" not in text and "<!--" not in text, path.name
+        if path.stem != "common":
+            assert "function render({ model, el })" in path.read_text(encoding="utf-8"), path.name
+            view_esm(path.stem)
+
+
 def test_view_refuses_unknown_names_and_large_payloads():
     with pytest.raises(ValueError, match="no JavaScript for a view named 'nosuch'"):
         View("nosuch", {})

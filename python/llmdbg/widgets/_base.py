@@ -60,7 +60,11 @@ def _read_static(name: str) -> str:
     path = _STATIC / name
     if not path.is_file():
         raise ValueError(f"no JavaScript for a view named {name.removesuffix('.js')!r} ({path} is missing)")
-    return path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
+    lowered = text.lower()
+    if "</script" in lowered or "<!--" in lowered:  # would end or hide the inline <script> of to_html()
+        raise ValueError(f"{path.name} holds '</script' or '<!--'; write them as '<\\/script' and '<\\!--' in strings")
+    return text
 
 
 def view_esm(name: str) -> str:
