@@ -18,6 +18,7 @@
 #include "core/tsne/fft_repulsion.hpp"
 #include "core/tsne/format.hpp"
 #include "core/tsne/knn.hpp"
+#include "core/tsne/knn_approx.hpp"
 #include "core/tsne/optimize.hpp"
 #include "core/tsne/repulsion.hpp"
 #include "scalars.hpp"
@@ -154,6 +155,39 @@ py::tuple knn(const py::object& X_in, Int<"tsne_knn: k"> k_arg, Str<"tsne_knn: m
   without_gil([&] {
     if (f32) ts::knn_exact(static_cast<const float*>(px), n, d, k, m, pi, pd, num_threads, poll);
     else ts::knn_exact(static_cast<const double*>(px), n, d, k, m, pi, pd, num_threads, poll);
+  });
+  return py::make_tuple(idx, d2);
+}
+
+py::tuple knn_approx(
+    const py::object& X_in, Int<"tsne_knn_approx: k"> k_arg, Int<"tsne_knn_approx: M", 2, 512> M,
+    Int<"tsne_knn_approx: ef_construction", 1, std::numeric_limits<int>::max()> ef_construction,
+    Int<"tsne_knn_approx: ef_search", 0, std::numeric_limits<int>::max()> ef_search,
+    Int<"tsne_knn_approx: seed", 0, std::numeric_limits<int64_t>::max()> seed,
+    Threads<"tsne_knn_approx"> threads) {
+  const int64_t k = k_arg.value;
+  const auto X = checked_array(X_in, "tsne_knn_approx: X", kFloat, Shape{"n", "d"}.nonempty());
+  const bool f32 = py::isinstance<py::array_t<float>>(X);
+  const int64_t n = X.shape(0), d = X.shape(1);
+  if (k < 1 || k >= n) {
+    throw py::value_error("tsne_knn_approx: k must be in [1, n-1] = [1, " + std::to_string(n - 1) +
+                          "], got " + std::to_string(k));
+  }
+  ts::HnswParams prm;
+  prm.M = static_cast<int>(M.value);
+  prm.ef_construction = static_cast<int>(ef_construction.value);
+  prm.ef_search = static_cast<int>(ef_search.value);
+  prm.seed = static_cast<uint64_t>(seed.value);
+  const int num_threads = threads.value;
+  py::array_t<int64_t> idx({n, k});
+  py::array_t<double> d2({n, k});
+  int64_t* pi = idx.mutable_data();
+  double* pd = d2.mutable_data();
+  const void* px = X.data();
+  const CancelFn poll = interrupt_poll();
+  without_gil([&] {
+    if (f32) ts::knn_approx(static_cast<const float*>(px), n, d, k, prm, pi, pd, num_threads, poll);
+    else ts::knn_approx(static_cast<const double*>(px), n, d, k, prm, pi, pd, num_threads, poll);
   });
   return py::make_tuple(idx, d2);
 }
@@ -341,6 +375,17 @@ squared distances float64 (n, k)) sorted by (distance, index). metric 'cosine' L
 rows first, so the squared distance is 2 (1 - cos). Ranked at unit scale (exact power-of-two
 rescaling): X * 2**s gives the same indices and distances * 4**s. ValueError for NaN/Inf rows or
 squared distances that overflow float64. Ctrl-C stops it (KeyboardInterrupt).)doc");
+  m.def(
+      "tsne_knn_approx", &knn_approx, py::arg("X"), py::arg("k"), py::kw_only(), py::arg("M") = 16,
+      py::arg("ef_construction") = 100, py::arg("ef_search") = 0, py::arg("seed") = 100,
+      py::arg("num_threads") = 0,
+      R"doc(Approximate k nearest neighbours (Euclidean) of each row of X from an HNSW graph (hnswlib).
+
+X: float32/float64, C-contiguous (n, d). Self is excluded. Returns (indices int64 (n, k), squared
+distances float64 (n, k), recomputed exactly) sorted by (distance, index). M: graph degree;
+ef_construction / ef_search: candidate lists while inserting / querying (ef_search 0:
+max(k + 32, 1.5 k)); each search starts at the point itself. Bitwise reproducible for a fixed seed on one thread only: parallel inserts
+race for the graph's locks. ValueError for NaN/Inf rows; Ctrl-C stops it (KeyboardInterrupt).)doc");
   m.def("tsne_calibrate", &calibrate, py::arg("sqdist"), py::arg("perplexity"),
         py::arg("tol") = 1e-5, py::arg("max_iter") = 200, py::arg("num_threads") = 0,
         R"doc(Bisect each row's precision so its entropy is log(perplexity) (tol in nats).

@@ -130,6 +130,16 @@ def count_ids(
 def tsne_knn(
     X: np.ndarray, k: int, metric: str = "euclidean", num_threads: int = 0
 ) -> tuple[np.ndarray, np.ndarray]: ...
+def tsne_knn_approx(
+    X: np.ndarray,
+    k: int,
+    *,
+    M: int = 16,
+    ef_construction: int = 100,
+    ef_search: int = 0,
+    seed: int = 100,
+    num_threads: int = 0,
+) -> tuple[np.ndarray, np.ndarray]: ...
 def tsne_calibrate(
     sqdist: np.ndarray, perplexity: float, tol: float = 1e-5, max_iter: int = 200, num_threads: int = 0
 ) -> tuple[np.ndarray, np.ndarray]: ...
