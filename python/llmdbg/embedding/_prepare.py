@@ -101,3 +101,127 @@ def pca(X: np.ndarray, n_components: int, num_threads: int) -> np.ndarray:
         signs = torch.sign(V.gather(0, V.abs().argmax(dim=0, keepdim=True)))
         V = (V * signs).to(Xt.dtype)
         return (Xc @ V).numpy()
+
+
+class InputSpace:
+    """How ``fit`` mapped its input to the space the neighbours are searched in.
+
+    ``apply`` maps new rows the same way (``TSNE.transform``): the training data's power-of-two
+    scale, row normalisation for the cosine metric, then the training PCA (if any).
+
+    Attributes
+    ----------
+    exponent : int
+        Rows are multiplied by ``2**-exponent`` (exact).
+    cosine : bool
+        Rows are L2-normalised after scaling.
+    mean, components : ndarray or None
+        PCA centre (D,) and axes (D, n_components), in the input's dtype; None without PCA.
+    dtype : numpy dtype
+        float32 or float64.
+    """
+
+    def __init__(self, exponent: int, cosine: bool, dtype: np.dtype) -> None:
+        self.exponent = exponent
+        self.cosine = cosine
+        self.dtype = np.dtype(dtype)
+        self.mean: np.ndarray | None = None
+        self.components: np.ndarray | None = None
+
+    def scale(self, chunk: np.ndarray, name: str = "X") -> np.ndarray:
+        """Chunk at the training data's unit scale (normalised rows for the cosine metric)."""
+        out = np.ldexp(chunk, -self.exponent).astype(self.dtype, copy=False) if self.exponent else chunk
+        if self.cosine:
+            out = normalize_rows(out, name)
+        return np.ascontiguousarray(out, dtype=self.dtype)
+
+    def project(self, scaled: np.ndarray) -> np.ndarray:
+        """Scaled rows onto the PCA axes (one thread: the same bits for every thread count)."""
+        if self.components is None:
+            return scaled
+        with torch_threads(1), torch.no_grad():
+            Xt = torch.from_numpy(np.ascontiguousarray(scaled))
+            out = (Xt - torch.from_numpy(self.mean)) @ torch.from_numpy(self.components)
+            return out.numpy()
+
+    def apply(self, chunk: np.ndarray, name: str = "X") -> np.ndarray:
+        return self.project(self.scale(chunk, name))
+
+
+def _unit_exponent(largest: float) -> int:
+    return math.frexp(largest)[1] if largest > 0 else 0
+
+
+def prepare_rows(source, metric: str, n_pca: int | None) -> tuple[np.ndarray, InputSpace]:
+    """Check, scale and reduce a row source (``_source.ArrayRows`` / ``ParquetColumn``).
+
+    Streams over the rows (a few passes, one chunk in memory at a time): checks every row is
+    finite (and nonzero for the cosine metric) and that not all rows are equal, brings the data
+    to unit scale by an exact power of two, then either returns the whole scaled array (no PCA,
+    ``n_pca`` None or >= D) or projects it onto its first ``n_pca`` principal axes from the
+    covariance accumulated chunk by chunk in float64. Only the (N, n_pca) result is held whole.
+
+    Returns
+    -------
+    Xk : ndarray, shape (N, D) or (N, n_pca), the input's float dtype
+    space : InputSpace
+    """
+    n, d = source.shape
+    largest = 0.0
+    first: np.ndarray | None = None
+    varies = False
+    bad: list[np.ndarray] = []
+    zero: list[np.ndarray] = []
+    for start, chunk in source.chunks():
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():
+            bad.append(np.flatnonzero(~finite) + start)
+            continue
+        if metric == "cosine":
+            zero.append(np.flatnonzero(~chunk.any(axis=1)) + start)
+        if chunk.size:
+            largest = max(largest, float(chunk.max()), -float(chunk.min()))
+            if first is None:
+                first = chunk[0].copy()
+            if not varies:
+                varies = bool((chunk != first).any())
+    if bad:
+        rows = np.concatenate(bad)
+        shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        raise ValueError(f"X has {len(rows)} row(s) with NaN or Inf (rows {shown}); drop or impute them first")
+    zeros = np.concatenate(zero) if zero else np.zeros(0, np.int64)
+    if len(zeros):
+        raise ValueError(
+            f"X has {len(zeros)} all-zero row(s) (first: row {int(zeros[0])}); the cosine metric needs nonzero rows"
+        )
+    space = InputSpace(_unit_exponent(largest), metric == "cosine", source.dtype)
+    if not varies:
+        raise ValueError("X is constant (all rows identical); t-SNE needs distinct points")
+    if n_pca is None or n_pca >= d:
+        out = np.empty((n, d), dtype=space.dtype)
+        for start, chunk in source.chunks():
+            out[start : start + len(chunk)] = space.scale(chunk)
+        if space.cosine and not (out != out[0]).any():
+            raise ValueError("X is constant (all rows identical); t-SNE needs distinct points")
+        return out, space
+    # PCA: the mean in float64, then the covariance of the centred rows (GEMMs in the input's
+    # dtype, accumulated in float64), then the projection, all on one thread.
+    total = np.zeros(d, np.float64)
+    for _, chunk in source.chunks():
+        total += space.scale(chunk).sum(axis=0, dtype=np.float64)
+    mean = (total / n).astype(space.dtype)
+    cov = torch.zeros((d, d), dtype=torch.float64)
+    with torch_threads(1), torch.no_grad():
+        mt = torch.from_numpy(mean)
+        for _, chunk in source.chunks():
+            Xc = torch.from_numpy(space.scale(chunk)) - mt
+            cov += (Xc.T @ Xc).double()
+        _evals, evecs = torch.linalg.eigh(cov)  # ascending
+        V = evecs.flip(1)[:, :n_pca]
+        signs = torch.sign(V.gather(0, V.abs().argmax(dim=0, keepdim=True)))
+        space.mean = mean
+        space.components = np.ascontiguousarray((V * signs).numpy().astype(space.dtype))
+    out = np.empty((n, n_pca), dtype=space.dtype)
+    for start, chunk in source.chunks():
+        out[start : start + len(chunk)] = space.apply(chunk)
+    return out, space
