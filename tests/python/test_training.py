@@ -339,7 +339,16 @@ def test_views_are_offline_and_plot(tmp_path):
     r = Report("t")
     w.add_to_report(r)
     assert "Training run" in r.to_html()
-    assert list(w.events_frame().columns) == ["step", "module", "kind", "severity", "message"]
+    assert list(w.events_frame().columns) == [
+        "step",
+        "module",
+        "kind",
+        "severity",
+        "message",
+        "rank",
+        "advice",
+        "batch",
+    ]
 
 
 def test_model_losses_are_used_and_float_outputs_walk():

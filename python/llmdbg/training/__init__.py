@@ -17,10 +17,26 @@ from typing import Any
 
 import torch
 
+from .advice import advise
+from .batches import BatchRef, BatchStore, load_batch
 from .detectors import DEFAULTS, DetectorSuite, Event, find_spikes, robust_z
 from .monitor import LOCATE, TRACKS, Watch
 
-__all__ = ["DEFAULTS", "LOCATE", "TRACKS", "DetectorSuite", "Event", "Watch", "find_spikes", "robust_z", "watch"]
+__all__ = [
+    "DEFAULTS",
+    "LOCATE",
+    "TRACKS",
+    "BatchRef",
+    "BatchStore",
+    "DetectorSuite",
+    "Event",
+    "Watch",
+    "advise",
+    "find_spikes",
+    "load_batch",
+    "robust_z",
+    "watch",
+]
 
 
 def watch(
@@ -33,6 +49,9 @@ def watch(
     track: Any = TRACKS,
     on_nan: str = "warn",
     locate: str = "replay",
+    keep_batches: Any = "auto",
+    batch_dir: Any = None,
+    max_batch_bytes: int = 64 * 2**20,
 ) -> Watch:
     """Watch a training run: loss, gradients, weights and activations, with problem detectors.
 
@@ -77,6 +96,18 @@ def watch(
         armed after the first non-finite step; ``"always"``: both every step; ``"after_nan"``:
         both armed after the first non-finite step; ``"off"``. Without module records a
         non-finite gradient is still reported by parameter name.
+    keep_batches : {"auto", True, False}
+        Keep the batch of a step with an event, for :meth:`Watch.replay`: ``"auto"`` (default)
+        saves it for high and critical events, ``True`` for every event, ``False`` never. A
+        kept batch is the step's recorded forward inputs, one safetensors file per step and rank
+        (tensors copied to the CPU; non-tensor inputs are described in ``event.batch`` only, with
+        a warning). Every event of a step carries ``event.batch`` (ids, shapes, file or reason).
+    batch_dir : str or Path, optional
+        Where kept batches go; default ``<log_dir>/batches``, or a new temporary directory
+        without ``log_dir``.
+    max_batch_bytes : int
+        Largest batch kept (the sum of its tensors' bytes, default 64 MiB); a larger one is
+        described only, with a warning.
 
     Returns
     -------
@@ -97,5 +128,15 @@ def watch(
     still scaled at that point: divide the recorded norms by ``scaler.get_scale()``.
     """
     return Watch(
-        model, optimizer, every=every, log_dir=log_dir, detectors=detectors, track=track, on_nan=on_nan, locate=locate
+        model,
+        optimizer,
+        every=every,
+        log_dir=log_dir,
+        detectors=detectors,
+        track=track,
+        on_nan=on_nan,
+        locate=locate,
+        keep_batches=keep_batches,
+        batch_dir=batch_dir,
+        max_batch_bytes=max_batch_bytes,
     )

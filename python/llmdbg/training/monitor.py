@@ -24,16 +24,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adapters.task import task_type
 from . import grads as G
 from .detectors import DetectorSuite, Event
 from .distributed import Packer, rank_world
+from .findings import Findings, rerun
+from .findings import batch_dir as batch_dir_for
 from .hooks import NonFiniteLocator, float_tensors
 from .nonfinite import arm_locator, before_optimizer_step, handle_nan, locate_events
 from .periodic import pack_logged, pack_update, record_logged, record_update
 from .probes import ActivationProbe, find_blocks
 from .replay import ForwardRecorder
 from .state import WatchState
+from .target import baseline_loss, unwrap
 
 logger = logging.getLogger("llmdbg")
 
@@ -50,27 +52,6 @@ _LEVEL = {
 
 # One watch per model: re-running a notebook cell closes the previous watch instead of stacking hooks.
 _REGISTRY: weakref.WeakKeyDictionary[nn.Module, Watch] = weakref.WeakKeyDictionary()
-
-
-def _unwrap(model: Any) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    while isinstance(model, wrappers):
-        model = model.module
-    return model
-
-
-def _baseline_loss(model: nn.Module) -> float | None:
-    """A trivial loss to compare against: ln V for language models, ln K for classifiers."""
-    cfg, task = getattr(model, "config", None), task_type(model)
-    if cfg is None:
-        return None
-    if task in ("causal-lm", "masked-lm") and getattr(cfg, "vocab_size", 0) > 1:
-        return math.log(cfg.vocab_size)
-    if task == "classifier" and getattr(cfg, "num_labels", 0) > 1:
-        return math.log(cfg.num_labels)
-    return None
 
 
 class Watch:
@@ -100,8 +81,11 @@ class Watch:
         track: Any = TRACKS,
         on_nan: str = "warn",
         locate: str = "replay",
+        keep_batches: Any = "auto",
+        batch_dir: Any = None,
+        max_batch_bytes: int = 64 * 2**20,
     ) -> None:
-        inner = _unwrap(model)
+        inner = unwrap(model)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every: expected a positive int, got {every!r}")
         track = (track,) if isinstance(track, str) else tuple(track)
@@ -120,7 +104,7 @@ class Watch:
         if optimizer is not None:
             self._check_optimizer(optimizer)
         self.detectors = DetectorSuite(detectors)
-        base = _baseline_loss(inner)
+        base = baseline_loss(inner)
         if "underfitting" in self.detectors.cfg and self.detectors.cfg["underfitting"]["baseline"] is None:
             self.detectors.cfg["underfitting"]["baseline"] = base
         self.sink = None
@@ -130,6 +114,7 @@ class Watch:
             check_writable(log_dir)  # ValueError naming log_dir before any hook is registered
             self.sink = TensorBoardSink(log_dir)
         self.closed = False
+        self.findings = Findings(keep_batches, batch_dir_for(log_dir, batch_dir), max_batch_bytes, None, self.rank)
         previous = _REGISTRY.get(inner)
         if previous is not None and not previous.closed:
             logger.info("llmdbg.watch: closing the previous watch of this model (no hooks are stacked)")
@@ -138,6 +123,7 @@ class Watch:
         self.locator = None
         self.probe = None
         self.recorder = None
+        self._batch_recorder: ForwardRecorder | None = None
         self._opt_handle = None
         try:
             if locate in ("forward", "always"):
@@ -149,12 +135,16 @@ class Watch:
                     opt = opt.optimizer
                 if opt is not None and hasattr(opt, "_optimizer_step_pre_hooks"):
                     self._opt_handle = opt.register_step_pre_hook(self._before_optimizer_step)
+            batches = self.recorder
+            if batches is None and keep_batches is not False:  # the batch is the recorded forwards' inputs
+                batches = self._batch_recorder = ForwardRecorder(inner)
+            self.findings.recorder = batches
             if "activations" in track:
                 blocks, acts = find_blocks(inner)
                 self.probe = ActivationProbe(inner, blocks, acts)
                 self.probe.armed = True  # step 0 is a logged step
         except BaseException:  # never leave half the hooks behind
-            for part in (self.locator, self.probe, self.recorder, self._opt_handle):
+            for part in (self.locator, self.probe, self.recorder, self._batch_recorder, self._opt_handle):
                 if part is not None:
                     part.remove()
             if self.sink is not None:
@@ -395,8 +385,9 @@ class Watch:
         s.early = None
         if self.locator is not None:
             self.locator.reset()
-        if self.recorder is not None:
-            self.recorder.reset()
+        for rec in (self.recorder, self._batch_recorder):
+            if rec is not None:
+                rec.reset()
         s.step = step + 1
         if self.probe is not None:
             self.probe.armed = s.step % self.every == 0
@@ -437,19 +428,68 @@ class Watch:
 
     # -- output ---------------------------------------------------------------------------------------
     def _emit(self, e: Event) -> None:
+        e = self.findings.attach(e, self.state, self.detectors.cfg)
         self.state.events.append(e)
         if self.rank == 0:
+            rank = f" rank {e.rank}" if e.rank is not None else ""
             logger.log(
                 _LEVEL.get(e.severity, logging.WARNING),
-                "[step %d] %s (%s) %s: %s",
+                "[step %d] %s (%s) %s%s: %s%s",
                 e.step,
                 e.kind,
                 e.severity,
                 e.module or "model",
+                rank,
                 e.message,
+                "".join(f" | try: {a}" for a in e.advice),
             )
             if self.sink is not None:
-                self.sink.text("events", e.step, f"**{e.kind}** ({e.severity}) `{e.module or 'model'}`: {e.message}")
+                advice = "".join(f"\n\n*try:* {a}" for a in e.advice)
+                self.sink.text(
+                    "events", e.step, f"**{e.kind}** ({e.severity}) `{e.module or 'model'}`{rank}: {e.message}{advice}"
+                )
+
+    def replay(self, event: Event, *, modules: Any = None, backward: bool = True) -> Any:
+        """Run ``event``'s kept batch through the model again, forward and backward, with
+        temporary hooks, and return the :class:`~llmdbg.Trace`.
+
+        ``trace.stats`` holds every module's output (and gradient, ``name + ":grad"``)
+        statistics in the order the modules finished, NaN/Inf counts included, so the first
+        non-finite module of the original step is the first key whose statistics are not
+        finite. The weights are today's: replay before ``optimizer.step()`` changes them, or
+        with ``on_nan="skip"``, to see the same numbers. Dropout draws new masks unless the
+        model is in eval mode. No ``.grad`` changes and the watch records nothing meanwhile.
+
+        Parameters
+        ----------
+        event : Event
+            One of :attr:`events` whose ``batch`` was kept (``keep_batches``).
+        modules : str or list, optional
+            What to capture (as :func:`llmdbg.capture`'s ``modules``); default: every module.
+        backward : bool
+            Also back-propagate the model's ``loss`` output (when it returns one).
+
+        Raises
+        ------
+        ValueError
+            The event's batch was not kept (its ``batch.reason`` says why).
+        """
+        s = self.state
+        armed = self.probe.armed if self.probe is not None else False
+        s.replaying = True
+        recorders = [r for r in (self.recorder, self._batch_recorder) if r is not None]
+        for r in recorders:
+            r.enabled = False
+        if self.probe is not None:
+            self.probe.armed = False
+        try:
+            return rerun(self.model, event, modules=modules, backward=backward)
+        finally:
+            s.replaying = False
+            for r in recorders:
+                r.enabled = True
+            if self.probe is not None:
+                self.probe.armed = armed
 
     def add_embedding(self, mat: Any, metadata: Any = None, tag: str = "default") -> None:
         """Write vectors to TensorBoard's embedding projector (needs ``log_dir``)."""
@@ -551,7 +591,7 @@ class Watch:
             self.locator.remove()
         if self.probe is not None:
             self.probe.remove()
-        for part in (self.recorder, self._opt_handle):
+        for part in (self.recorder, self._batch_recorder, self._opt_handle):
             if part is not None:
                 part.remove()
         self.state.snapshot = None

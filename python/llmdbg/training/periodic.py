@@ -54,7 +54,7 @@ def record_update(state: WatchState, pk: Packer, handle: int | None, sink: Tenso
     rows = state.snapshot[2]
     state.snapshot = None
     sums = pk[handle].reshape(2, -1)
-    for r, ratio in zip(rows, G.ratios(sums)):
+    for r, ratio in zip(rows, G.ratios(sums.tolist())):
         r["update_ratio"] = ratio
         if sink is not None:
             sink.scalars(r["step"], {f"update_ratio/{r['layer']}": ratio})
@@ -86,8 +86,8 @@ def pack_logged(
         # A gradient dropped since (on_nan="skip" before optimizer.step()) packs zeros: every rank
         # packs the same sizes; such a step is not finite and its numbers are not recorded.
         grads = [state.params[i].grad for i in idx]
-        sums = [packed_stats(local(g))[0] if g is not None else np.zeros(N_SUM) for g in grads]
-        pack.grad_hist = _add(pk, np.stack(sums), state.sharded)
+        per_param = [packed_stats(local(g))[0] if g is not None else np.zeros(N_SUM) for g in grads]
+        pack.grad_hist = _add(pk, np.stack(per_param), state.sharded)
         if "weights" in track:
             wn = G.weight_norms(state.params, idx)
             pack.weight_norms = _add(pk, wn * wn, state.sharded)

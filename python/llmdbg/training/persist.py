@@ -105,6 +105,22 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _event(e: dict[str, Any]) -> Event:
+    """An :class:`Event` from its saved fields (``batch`` and ``advice`` as JSON gives them back;
+    watches saved before they existed have neither)."""
+    from .batches import BatchRef
+
+    e = dict(e)
+    e["advice"] = tuple(e.get("advice") or ())
+    b = e.get("batch")
+    if isinstance(b, dict):
+        b = dict(b)
+        b["ids"] = tuple(b["ids"]) if b.get("ids") is not None else None
+        b["shapes"] = {k: tuple(v) for k, v in (b.get("shapes") or {}).items()}
+        e["batch"] = BatchRef(**b)
+    return Event(**e)
+
+
 def save_watch(watch: Watch | WatchHistory, path: Any, *, overwrite: bool = False) -> Path:
     """Save what ``watch`` recorded to the directory ``path`` (see :meth:`llmdbg.Watch.save`)."""
     if isinstance(watch, Watch):
@@ -233,7 +249,7 @@ def load_watch(path: Any) -> WatchHistory:
     try:
         state = WatchState(names=[], params=[], modules=[], owner=[])
         state.step = int(meta["steps"])
-        state.events = [Event(**e) for e in meta["events"]]
+        state.events = [_event(e) for e in meta["events"]]
         for kind, entries in meta["histograms"].items():
             state.histograms[kind] = {
                 e["name"]: {step: arrays[f"histograms/{kind}/{i}/{step}"] for step in e["steps"]}

@@ -14,7 +14,7 @@ from .._internal.html import esc
 from .detectors import Event
 from .state import WatchState
 
-EVENT_COLUMNS = ["step", "module", "kind", "severity", "message"]
+EVENT_COLUMNS = ["step", "module", "kind", "severity", "message", "rank", "advice", "batch"]
 
 
 def history_frame(rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]):
@@ -63,10 +63,19 @@ def _fmt(v: Any) -> str:
 
 
 def events_frame(events: list[Event]):
-    """``events`` as a DataFrame with the columns :data:`EVENT_COLUMNS`."""
+    """``events`` as a DataFrame with the columns :data:`EVENT_COLUMNS` (``advice``: the
+    suggestions joined by ``" | "``; ``batch``: the kept batch's file, or why it was not kept)."""
     import pandas as pd
 
-    return pd.DataFrame([e.__dict__ for e in events], columns=EVENT_COLUMNS)
+    rows = [
+        {
+            **e.__dict__,
+            "advice": " | ".join(e.advice),
+            "batch": (e.batch.path or e.batch.reason) if e.batch is not None else None,
+        }
+        for e in events
+    ]
+    return pd.DataFrame(rows, columns=EVENT_COLUMNS)
 
 
 def repr_html(state: WatchState, *, model_name: str, every: int, closed: bool, max_events: int = 8) -> str:
