@@ -1,5 +1,7 @@
-"""The interactive views in headless Chromium (Debian's chromium driven by playwright): how fast
-they paint and answer, and what they add to the report.
+"""The interactive views in headless Chromium: first paint, hover response, report size.
+
+Debian's chromium driven by playwright measures how fast the views paint and answer, and what
+they add to the report.
 
 1. **Embedding, 200,000 points.** ``embedding_view`` of a 200,000-point map (token-like labels,
    8 clusters) saved as a page, opened in a fresh browser page per repeat. First paint: the

@@ -45,11 +45,15 @@ def _skip(ctx: Any, section: str, why: str) -> None:
 
 
 def _widgets() -> Any:
-    """:mod:`llmdbg.widgets`, imported when a view is built (so a view that cannot load is one more
-    thing :func:`optional_view` records, not a failed report)."""
-    from .. import widgets
+    """The builders of :mod:`llmdbg.widgets` the sections use, imported when a view is built (so
+    a view that cannot load is one more thing :func:`optional_view` records, not a failed report)."""
+    from types import SimpleNamespace
 
-    return widgets
+    from ..widgets import attention_view, attribution_view, embedding_view
+
+    return SimpleNamespace(
+        attention_view=attention_view, attribution_view=attribution_view, embedding_view=embedding_view
+    )
 
 
 def optional_view(summary: dict[str, Any], name: str, build: Callable[[], Any]) -> Any:
