@@ -142,6 +142,25 @@ def test_report_places_views_after_the_figures_and_can_leave_them_out(tmp_path):
         Report("t").add_section("s", view="<div>not a view</div>")
 
 
+def test_report_view_of_builds_a_view_or_says_why_not():
+    import torch
+
+    import llmdbg
+
+    model = torch.nn.Linear(2, 1)
+    w = llmdbg.watch(model)
+    model(torch.ones(3, 2)).sum().backward()
+    w.step(loss=1.0)
+    w.close()
+    report = Report("t")
+    view = report.view_of(w, title="run")
+    assert view.name == "training" and report.views_skipped == []
+    report.add_section("Training", view=view)
+    assert 'data-llmdbg-view="training"' in report.to_html()
+    assert report.view_of(42) is None and report.views_skipped[0].startswith("int: TypeError: show() has a view for")
+    assert Report("t", views=False).view_of(w) is None
+
+
 def test_report_refuses_to_overwrite_without_force(tmp_path):
     out = tmp_path / "out"
     Report("a").add_section("s", html="<p>1</p>").write(out)

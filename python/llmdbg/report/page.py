@@ -202,6 +202,8 @@ class Report:
         self.title = str(title)
         self.subtitle = subtitle
         self.views = bool(views)
+        #: Why :meth:`view_of` returned no view, one line per refusal.
+        self.views_skipped: list[str] = []
         self.sections: list[_Section] = []
 
     def _anchor(self, title: str) -> str:
@@ -211,6 +213,25 @@ class Report:
         while anchor in taken:
             anchor, n = f"{base}-{n}", n + 1
         return anchor
+
+    def view_of(self, obj: Any, **opts: Any) -> Any:
+        """The interactive view of ``obj`` (:func:`llmdbg.widgets.show`) for ``add_section(view=...)``.
+
+        Code below the report layer (a feature adding its own section, like
+        ``Watch.add_to_report``) cannot import the views; it asks the report instead. Returns None
+        when this report leaves views out (``views=False``), or when ``obj`` has no view or its
+        view cannot be built (the reason is appended to :attr:`views_skipped`): a view is an extra
+        next to the figures, never a reason to lose the section.
+        """
+        if not self.views:
+            return None
+        try:
+            from ..widgets import show
+
+            return show(obj, **opts)
+        except Exception as exc:  # no view for the type, the payload limit, ...
+            self.views_skipped.append(f"{type(obj).__name__}: {type(exc).__name__}: {exc}")
+            return None
 
     def add_section(
         self,
