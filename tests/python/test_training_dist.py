@@ -228,3 +228,100 @@ def test_fsdp2_reduced_statistics_equal_one_process_and_nan_is_located(tmp_path)
     assert [(e["step"], e["rank"]) for e in bwd] == [(2, 1)], got[0]["backward"]
     assert bwd[0]["module"].startswith("transformer.h.0.mlp"), bwd  # where the gradient turned NaN
     assert not [e for e in got[0]["backward"] if e["kind"] == "nonfinite_forward"]
+
+
+# -- the callbacks under FSDP2 ---------------------------------------------------------------------
+def _global_norm(model) -> float:
+    """The global gradient norm from the DTensors themselves (an independent reference)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def _callbacks_worker(rank: int, world: int, port: int, out: str) -> None:
+    _init(rank, world, port)
+    try:
+        import lightning.pytorch as pl
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        from llmdbg.integrations.hf import DebugCallback as HFCallback
+        from llmdbg.integrations.lightning import DebugCallback as PLCallback
+
+        # HF Trainer: on the CPU it turns FSDP off (use_cpu), so its callback hooks are driven by hand
+        model = _shard(_model())
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        hf = HFCallback(every=1, log_dir=False)
+        args, state = type("A", (), {"max_grad_norm": 1.0})(), type("S", (), {"is_world_process_zero": rank == 0})()
+        hf.on_train_begin(args, state, None, model=model, optimizer=opt)
+        hf_ref = []
+        for step in range(2):
+            ids = _batch(step)[rank::world]
+            model(input_ids=ids, labels=ids).loss.backward()
+            hf_ref.append(_global_norm(model))
+            hf.on_pre_optimizer_step(args, state, None)
+            opt.step()
+            opt.zero_grad()
+        hf.on_train_end(args, state, None)
+
+        class Lit(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.m = _model()
+
+            def configure_model(self):
+                _shard(self.m)
+
+            def training_step(self, batch, i):
+                return self.m(input_ids=batch, labels=batch).loss
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        pl_ref: list[float] = []
+
+        class Reference(pl.Callback):
+            def on_before_optimizer_step(self, trainer, module, optimizer):
+                pl_ref.append(_global_norm(module))
+
+        cb = PLCallback(every=1, log_dir=False)
+        data = torch.utils.data.DataLoader(list(_batch(0)) * 2, batch_size=2)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=world,
+            strategy=ModelParallelStrategy(),
+            max_steps=2,
+            callbacks=[cb, Reference()],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=out,
+        )
+        trainer.fit(Lit(), data)
+        Path(out, f"cb{rank}.json").write_text(
+            json.dumps(
+                {
+                    "hf": [r["grad_norm"] for r in hf.watch.state.rows],
+                    "hf_ref": hf_ref,
+                    "hf_sharded": hf.watch.state.sharded,
+                    "pl": [r["grad_norm"] for r in cb.watch.state.rows],
+                    "pl_ref": pl_ref,
+                    "pl_sharded": cb.watch.state.sharded,
+                }
+            )
+        )
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.timeout(240)
+def test_trainer_and_lightning_callbacks_under_fsdp2(tmp_path):
+    mp.spawn(_callbacks_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"cb{r}.json").read_text()) for r in range(2)]
+    for g in got:
+        assert g["hf_sharded"] and g["pl_sharded"]
+        np.testing.assert_allclose(g["hf"], g["hf_ref"], rtol=1e-5)  # global, not this rank's shard
+        assert len(g["pl"]) == 2
+        np.testing.assert_allclose(g["pl"], g["pl_ref"], rtol=1e-5)
+    assert got[0]["pl"] == got[1]["pl"] and got[0]["hf"] == got[1]["hf"]

@@ -27,9 +27,10 @@ class DebugCallback(TrainerCallback):
 
     Parameters
     ----------
-    every, detectors, track, on_nan, locate
+    every, detectors, track, on_nan, locate, keep_batches, batch_dir, max_batch_bytes
         As for :func:`llmdbg.watch`. The Trainer's ``max_grad_norm`` is passed to the
-        exploding-gradient detector (clip rate).
+        exploding-gradient detector (clip rate). Under DDP or FSDP2 every rank watches its
+        process and the numbers are reduced across ranks (see :func:`llmdbg.watch`).
     log_dir : str, optional
         TensorBoard directory; default ``<output_dir>/llmdbg``. ``False`` writes nothing.
 
@@ -48,9 +49,13 @@ class DebugCallback(TrainerCallback):
         track: Any = TRACKS,
         on_nan: str = "warn",
         locate: str = "replay",
+        keep_batches: Any = "auto",
+        batch_dir: Any = None,
+        max_batch_bytes: int = 64 * 2**20,
     ) -> None:
         self.every, self.log_dir, self.detectors = every, log_dir, detectors
         self.track, self.on_nan, self.locate = track, on_nan, locate
+        self.batches = {"keep_batches": keep_batches, "batch_dir": batch_dir, "max_batch_bytes": max_batch_bytes}
         self.watch: Watch | None = None
 
     def on_train_begin(
@@ -84,6 +89,7 @@ class DebugCallback(TrainerCallback):
             track=self.track,
             on_nan=self.on_nan,
             locate=self.locate,
+            **self.batches,
         )
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -27,6 +27,9 @@ __all__ = ["DebugCallback"]
 class DebugCallback(pl.Callback):
     """Watch a Lightning run (see :func:`llmdbg.watch` for the parameters).
 
+    Works under DDP and under FSDP2 (``ModelParallelStrategy`` with ``fully_shard`` in
+    ``configure_model``); Lightning's ``FSDPStrategy`` is FSDP1, which the watch refuses.
+
     ``log_dir`` defaults to ``<trainer.default_root_dir>/llmdbg``; ``False`` writes nothing.
     """
 
@@ -39,10 +42,14 @@ class DebugCallback(pl.Callback):
         track: Any = TRACKS,
         on_nan: str = "warn",
         locate: str = "replay",
+        keep_batches: Any = "auto",
+        batch_dir: Any = None,
+        max_batch_bytes: int = 64 * 2**20,
     ) -> None:
         super().__init__()
         self.every, self.log_dir, self.detectors = every, log_dir, detectors
         self.track, self.on_nan, self.locate = track, on_nan, locate
+        self.batches = {"keep_batches": keep_batches, "batch_dir": batch_dir, "max_batch_bytes": max_batch_bytes}
         self.watch: Watch | None = None
         self._loss = None
 
@@ -60,6 +67,7 @@ class DebugCallback(pl.Callback):
             track=self.track,
             on_nan=self.on_nan,
             locate=self.locate,
+            **self.batches,
         )
 
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
