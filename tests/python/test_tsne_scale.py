@@ -213,3 +213,17 @@ def test_importing_llmdbg_does_not_import_scikit_learn():
     code = "import sys, llmdbg; llmdbg.TSNE().get_params(); print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_errors_use_the_wording_scikit_learn_tooling_looks_for():
+    import scipy.sparse
+
+    with pytest.raises(TypeError, match="sparse input is not supported"):
+        TSNE(**FAST).fit(scipy.sparse.random(20, 5, density=0.5, format="csr"))
+    with pytest.raises(ValueError, match=r"0 feature\(s\) \(shape=\(12, 0\)\) while a minimum of 1 is required\."):
+        TSNE(**FAST).fit(np.zeros((12, 0)))
+    with pytest.raises(ValueError, match="at least 4 samples.*n_samples = 1"):
+        TSNE(**FAST).fit(np.ones((1, 3)))
+    est = TSNE(**FAST, perplexity=5.0).fit(_blobs(40, 4, 2)[0])
+    with pytest.raises(ValueError, match="X has 3 features, but TSNE is expecting 4 features as input"):
+        est.transform(np.zeros((2, 3)))

@@ -36,6 +36,8 @@ class ArrayRows:
     """
 
     def __init__(self, X: Any) -> None:
+        if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+            raise TypeError("X: sparse input is not supported by TSNE; pass a dense array (X.toarray())")
         try:
             import torch
 

@@ -267,7 +267,9 @@ class TSNE(SklearnProtocol):
             raise ValueError("this TSNE is not fitted yet: call fit or fit_transform first")
         Q = as_float_matrix(X, "X")
         if Q.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {Q.shape[1]} features, but TSNE was fitted with {self.n_features_in_}")
+            raise ValueError(
+                f"X has {Q.shape[1]} features, but TSNE is expecting {self.n_features_in_} features as input"
+            )
         check_finite_rows(Q, "X")
         if not (_finite_number(perplexity) and perplexity >= 1):
             raise ValueError(f"perplexity must be a finite number >= 1, got {perplexity!r}")
@@ -389,8 +391,10 @@ class TSNE(SklearnProtocol):
         t0 = time.perf_counter()
         source = as_rows(X, column)
         n, d = source.shape
-        if n < 1 or d < 1:
-            raise ValueError(f"X must have at least one row and one column, got shape {(n, d)}")
+        if d < 1:  # the wording of scikit-learn's check_array, which its tooling looks for
+            raise ValueError(f"X: found array with {d} feature(s) (shape={(n, d)}) while a minimum of 1 is required.")
+        if n < 4:
+            raise ValueError(f"X: t-SNE needs at least 4 samples (rows), got n_samples = {n} (shape={(n, d)})")
         if self.metric not in _METRICS:
             raise ValueError(f"metric must be one of {_METRICS}, got {self.metric!r}")
         # PCA before the kNN search for wide inputs.
