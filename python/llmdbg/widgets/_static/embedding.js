@@ -321,6 +321,7 @@ function render({ model, el }) {
     updateLegend();
     redraw(true);
   });
+  let lower = null;
   search.addEventListener("input", () => {
     const q = search.value.trim().toLowerCase();
     if (!q) {
@@ -329,8 +330,9 @@ function render({ model, el }) {
       matches.textContent = "";
     } else {
       // match the string table once, then the points through their indices
+      if (!lower) lower = strings.map((t) => String(t).toLowerCase()); // once, on the first search
       const hit = new Uint8Array(strings.length);
-      for (let k = 0; k < strings.length; k++) hit[k] = String(strings[k]).toLowerCase().includes(q) ? 1 : 0;
+      for (let k = 0; k < strings.length; k++) hit[k] = lower[k].includes(q) ? 1 : 0;
       matched = new Uint8Array(n);
       nMatched = 0;
       for (let i = 0; i < n; i++) if (hit[labelIdx[i]]) { matched[i] = 1; nMatched++; }
