@@ -77,15 +77,13 @@ def query(R: np.ndarray, Q: np.ndarray, k: int, threads: int, exclude: np.ndarra
             cand_d.append(vals)
             cand_i.append(idx + r0)
         cand = torch.cat(cand_i, dim=1).numpy()
-    Rd = np.asarray(R, dtype=np.float64)
-    Qd = np.asarray(Q, dtype=np.float64)
     out_i = np.empty((m, k), np.int64)
     out_d = np.empty((m, k), np.float64)
-    for a in range(m):
+    for a in range(m):  # re-rank the candidates in float64 (only their rows are converted)
         c = cand[a]
         if exclude is not None:
             c = c[c != exclude[a]]
-        dist = ((Rd[c] - Qd[a]) ** 2).sum(axis=1)
+        dist = ((R[c].astype(np.float64) - Q[a].astype(np.float64)) ** 2).sum(axis=1)
         order = np.lexsort((c, dist))[:k]
         out_i[a], out_d[a] = c[order], dist[order]
     return out_i, out_d
