@@ -25,6 +25,20 @@ in the other libraries' units (its gradient carries a factor 4).
     the FFT. Figure: time_ratio_vs_opentsne_fft (llmdbg's FFT; with --quick, the faster of
     llmdbg's FFT and BH), kl_rel_diff_vs_opentsne_fft.
 
+(d) large N, end to end (``--sections large``: N = 300,000; ``--large``: 300,000 and
+    1,000,000; ``--large-n 20000`` for a smoke run of the same code path, ``--large-d 50`` for
+    the 50-D input alone): llmdbg's defaults at
+    scale (method="fft", neighbors="auto", i.e. the HNSW graph) against openTSNE's FFT with its
+    own default neighbours (Annoy), perplexity 30, 250 + 500 iterations, on two inputs:
+    make_blobs 50-D (30 centres) and make_blobs 768-D reduced as llmdbg's default does (PCA to
+    50 inside llmdbg's timing; openTSNE gets the same PCA-50 projection, computed inside its
+    timing by the same float32 GEMMs). Figures per N: time_ratio_vs_opentsne_fft_<N>
+    (and _768d_<N>), trustworthiness (k = 10) on a 5,000-point subsample for both
+    (trustworthiness_diff_vs_opentsne_<N>), llmdbg's knn_recall_ (knn_recall_<N>) and peak RSS
+    over the loaded data of each fresh process (peak_mem_mib_llmdbg_<N>, _opentsne_<N>). One run
+    each (a 300k pair takes ~10 minutes on 2 cores). Its figures are merged into
+    results/tsne.json (the other sections' figures are kept).
+
 KL is computed for every side by the same exact function (llmdbg's C++ KL in double, O(N^2) Z)
 on one reference P per data set (exact kNN, perplexity 30; for (b) the P of llmdbg's own
 full-dimension run, saved by its worker: the same kNN and calibration, computed once). Each
@@ -36,7 +50,8 @@ budget: openTSNE BH at 30k alone takes ~4.5 minutes on 2 cores), medians; the JS
 configuration ran. ``--sections digits`` (comma-separated: digits, minilm, blobs) runs a subset
 and only prints it (results/tsne.json is written by full or --quick runs of every section).
 
-    python benchmarks/tsne.py [--quick] [--threads T] [--sections digits,minilm,blobs]
+    python benchmarks/tsne.py [--quick] [--threads T] [--sections digits,minilm,blobs,large]
+    python benchmarks/tsne.py --large [--large-n 300000,1000000] [--large-d 50,768]
 """
 
 from __future__ import annotations
@@ -112,6 +127,7 @@ def worker(spec: dict) -> None:
     start = _kib("VmRSS")
     t0 = time.perf_counter()
     est = None
+    result_extra: dict = {}
     if job == "ours_e2e":
         Y, est = _ours_tsne(X, spec["method"], threads, seed, spec.get("pca", None))
     elif job == "opentsne_e2e":
@@ -139,6 +155,23 @@ def worker(spec: dict) -> None:
             n_jobs=threads,
             random_state=seed,
         ).fit_transform(X)
+    elif job == "ours_large":
+        Y, est = _ours_tsne(X, "fft", threads, seed, "auto")
+        result_extra = {"knn_recall": est.knn_recall_, "neighbors": est.neighbors_}
+    elif job == "opentsne_large":
+        if X.shape[1] > 100:  # reduced as llmdbg's default does: PCA to 50 (float32 GEMMs)
+            Xc = X - X.mean(axis=0, dtype=np.float64).astype(X.dtype)
+            _, vecs = np.linalg.eigh((Xc.T @ Xc).astype(np.float64))
+            X = np.ascontiguousarray(Xc @ vecs[:, ::-1][:, :50].astype(X.dtype))
+        Y = openTSNE.TSNE(
+            perplexity=PERPLEXITY,
+            n_iter=MAIN_ITER,
+            early_exaggeration_iter=EE_ITER,
+            early_exaggeration=EXAGGERATION,
+            negative_gradient_method="fft",
+            n_jobs=threads,
+            random_state=seed,
+        ).fit(X)
     elif job == "ours_kernel":
         from llmdbg import _core
 
@@ -169,7 +202,7 @@ def worker(spec: dict) -> None:
     np.save(spec["out"], np.asarray(Y, dtype=np.float64))
     if spec.get("save_P"):  # after the timing: the reference P for this data set
         np.savez(spec["save_P"], **est.affinities_._asdict())
-    print(json.dumps({"seconds": seconds, "extra_bytes": extra}))
+    print(json.dumps({"seconds": seconds, "extra_bytes": extra, **result_extra}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +223,7 @@ def run_worker(spec: dict, tmp: Path):
     if proc.returncode != 0:
         raise RuntimeError(f"{spec['name']} failed:\n{proc.stderr[-3000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
+    LAST_EXTRA[spec["name"]] = {k: v for k, v in res.items() if k not in ("seconds", "extra_bytes")}
     return res["seconds"], res["extra_bytes"], np.load(spec["out"])
 
 
@@ -235,6 +269,7 @@ def minilm_matrix():
 
 
 RUNS: dict[str, int] = {}
+LAST_EXTRA: dict[str, dict] = {}  # what a worker reported besides time and memory, by config name
 
 
 def run_section(name: str, configs: list[dict], repeats: int, tmp: Path):
@@ -265,13 +300,26 @@ def main() -> None:
         threads_arg = int(sys.argv[i + 1])
         del sys.argv[i : i + 2]
     sections = {"digits", "minilm", "blobs"}
+    large_ns = [300_000]
+    if "--large" in sys.argv:
+        sys.argv.remove("--large")
+        sections, large_ns = {"large"}, [300_000, 1_000_000]
+    large_ds = [50, 768]
+    if "--large-d" in sys.argv:
+        i = sys.argv.index("--large-d")
+        large_ds = [int(v) for v in sys.argv[i + 1].split(",")]
+        del sys.argv[i : i + 2]
+    if "--large-n" in sys.argv:
+        i = sys.argv.index("--large-n")
+        large_ns = [int(v) for v in sys.argv[i + 1].split(",")]
+        del sys.argv[i : i + 2]
     if "--sections" in sys.argv:
         i = sys.argv.index("--sections")
         sections = set(sys.argv[i + 1].split(","))
         del sys.argv[i : i + 2]
-        if not sections <= {"digits", "minilm", "blobs"}:
+        if not sections <= {"digits", "minilm", "blobs", "large"}:
             raise SystemExit(
-                f"--sections: expected a comma-separated subset of digits,minilm,blobs, got {sorted(sections)}"
+                f"--sections: expected a comma-separated subset of digits,minilm,blobs,large, got {sorted(sections)}"
             )
     from _harness import median, parse_args, report
 
@@ -459,12 +507,80 @@ def main() -> None:
                 "faster_llmdbg_method": best,
                 "peak_extra_mib": {k: median(v) / 2**20 for k, v in mem.items()},
             }
+        if "large" in sections:
+            run_large(large_ns, large_ds, threads, tmp, rows, figures, extra)
     extra["runs"] = RUNS
     extra["total_seconds"] = round(time.perf_counter() - t_start, 1)
     rows.append(("total wall time", f"{extra['total_seconds']:.0f} s"))
-    # A subset of sections never overwrites the full results file.
+    # A subset of sections never overwrites the full results file; the large section's figures
+    # (at the standard sizes) are merged into it.
     partial = sections != {"digits", "minilm", "blobs"}
     report("tsne", quick, rows, figures, extra, write=not args.no_write and not partial)
+    if sections == {"large"} and not args.no_write and not quick and set(large_ns) <= {300_000, 1_000_000}:
+        merge_large(figures, extra["sections"].get("large", {}))
+
+
+def run_large(ns: list[int], ds: list[int], threads: int, tmp: Path, rows: list, figures: dict, extra: dict) -> None:
+    """(d): end to end at large N, llmdbg's defaults vs openTSNE FFT (Annoy), fresh processes."""
+    import numpy as np
+    from sklearn.datasets import make_blobs
+    from sklearn.manifold import trustworthiness
+
+    out: dict[str, object] = {}
+    for n in ns:
+        for d in ds:
+            X, _ = make_blobs(n_samples=n, n_features=d, centers=30, cluster_std=4.0, random_state=0)
+            X = X.astype(np.float32)
+            path = tmp / f"large_{n}_{d}.npy"
+            np.save(path, X)
+            tag = f"{n}" if d == 50 else f"768d_{n}"
+            base = {"data": str(path), "threads": threads}
+            cfgs = [
+                dict(base, name=f"llmdbg fft {tag}", job="ours_large"),
+                dict(base, name=f"openTSNE fft {tag}", job="opentsne_large"),
+            ]
+            times, mem, Ys = run_section("large", cfgs, 1, tmp)
+            sub = np.random.default_rng(1).choice(n, min(n, 5000), replace=False)
+            trust = {k: float(trustworthiness(X[sub], Y[sub], n_neighbors=10)) for k, Y in Ys.items()}
+            ours, theirs = f"llmdbg fft {tag}", f"openTSNE fft {tag}"
+            recall = LAST_EXTRA.get(ours, {}).get("knn_recall")
+            for k in (ours, theirs):
+                rows.append(
+                    (
+                        f"{n} x {d} {k.rsplit(' ', 1)[0]}",
+                        f"{times[k][0]:8.1f} s  trust10(5k) {trust[k]:.4f}  peak +{mem[k][0] / 2**20:.0f} MiB"
+                        + (f"  kNN recall {recall:.4f}" if k == ours and recall is not None else ""),
+                    )
+                )
+            figures[f"time_ratio_vs_opentsne_fft_{tag}"] = round(times[ours][0] / times[theirs][0], 4)
+            figures[f"trustworthiness_diff_vs_opentsne_{tag}"] = round(trust[ours] - trust[theirs], 5)
+            if recall is not None:
+                figures[f"knn_recall_{tag}"] = round(recall, 5)
+            figures[f"peak_mem_mib_llmdbg_{tag}"] = round(mem[ours][0] / 2**20, 1)
+            figures[f"peak_mem_mib_opentsne_{tag}"] = round(mem[theirs][0] / 2**20, 1)
+            out[tag] = {
+                "n": n,
+                "d": d,
+                "seconds": {k: v[0] for k, v in times.items()},
+                "trustworthiness_k10_5k_sample": trust,
+                "knn_recall": recall,
+                "neighbors": LAST_EXTRA.get(ours, {}).get("neighbors"),
+                "peak_extra_mib": {k: v[0] / 2**20 for k, v in mem.items()},
+            }
+            del X, Ys
+    extra["sections"]["large"] = out
+
+
+def merge_large(figures: dict, section: dict) -> None:
+    """Write the large section's figures into results/tsne.json, keeping the other sections'."""
+    from _harness import RESULTS
+
+    path = RESULTS / "tsne.json"
+    payload = json.loads(path.read_text()) if path.exists() else {"benchmark": "tsne", "quick": False, "figures": {}}
+    payload["figures"].update(figures)
+    payload.setdefault("sections", {})["large"] = section
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"merged the large figures into {path}")
 
 
 if __name__ == "__main__":
