@@ -23,7 +23,9 @@ step, alternating which goes first; overhead = sum(watched) / sum(plain) - 1, me
 Whole runs of the same baseline differ by up to ±5 % on this machine, more than the goal, so
 comparing whole runs cannot resolve it; that figure is still reported as overhead_default_whole_runs
 = t(watch_default)/t(baseline) - 1 (and from process CPU time, *_cpu_time).
-overhead_every_step_full, time_ratio_vs_detect_anomaly = t(watch_default)/t(detect_anomaly),
+overhead_default_ddp (goal <= 0.03): the same A/B under DistributedDataParallel, 2 gloo processes
+with one thread each, each rank on half of every batch (rank 0's sums; the watch's one collective
+per step included). overhead_every_step_full, time_ratio_vs_detect_anomaly = t(watch_default)/t(detect_anomaly),
 time_ratio_vs_wandb_watch = t(watch_default)/t(wandb_watch). Medians over repeats of whole runs.
 
     python benchmarks/watch.py [--quick]        (threads: BENCH_THREADS, default torch's)
@@ -138,6 +140,67 @@ def paired_overhead(init, data, watch_kwargs) -> tuple[float, float, float]:
     return spent[1], spent[0], spent[1] / spent[0] - 1
 
 
+def _ddp_worker(rank: int, world: int, port: int, init, data, out: str) -> None:
+    """One rank of the 2-process DDP A/B: a watched and a plain DDP copy of the model from the
+    same weights, each rank on its half of every batch, both timed every step, alternating
+    which goes first (both copies' all-reduces keep the ranks in step)."""
+    import torch.distributed as dist
+
+    import llmdbg
+
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        models = []
+        for _ in range(2):
+            m = new_model()
+            m.load_state_dict(init)
+            models.append(torch.nn.parallel.DistributedDataParallel(m))
+        opts = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models]
+        w = llmdbg.watch(models[1], opts[1])
+        spent = [0.0, 0.0]
+        try:
+            for i, batch in enumerate(data):
+                ids = batch[rank::world]
+                for side in (0, 1) if i % 2 == 0 else (1, 0):
+                    model, opt = models[side], opts[side]
+                    t0 = time.perf_counter()
+                    loss = model(input_ids=ids, labels=ids).loss
+                    loss.backward()
+                    if side == 1:
+                        w.step(loss=loss)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    spent[side] += time.perf_counter() - t0
+        finally:
+            w.close()
+        if rank == 0:
+            with open(out, "w") as f:
+                f.write(f"{spent[1]} {spent[0]}")
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_paired_overhead(init, data) -> tuple[float, float, float]:
+    """The step-interleaved A/B of :func:`paired_overhead` under DDP, 2 gloo processes with one
+    thread each: (watched seconds, plain seconds, overhead) of rank 0."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="llmdbg-bench-ddp-") as tmp:
+        out = os.path.join(tmp, "rank0.txt")
+        mp.spawn(_ddp_worker, args=(2, port, init, data, out), nprocs=2, join=True)
+        with open(out) as f:
+            watched, plain = (float(x) for x in f.read().split())
+    return watched, plain, watched / plain - 1
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     threads = int(os.environ.get("BENCH_THREADS", torch.get_num_threads()))
@@ -188,6 +251,7 @@ def main() -> None:
             wandb_run.finish()
         tmp.cleanup()
     paired = [paired_overhead(init, data, {}) for _ in range(repeats)]
+    ddp = [ddp_paired_overhead(init, data) for _ in range(repeats)]
     med = {k: median(v) for k, v in times.items()}
     cpu_med = {k: median(v[1:]) for k, v in cpu.items()}  # [0] is the warm-up run
     base = med["baseline"]
@@ -202,8 +266,18 @@ def main() -> None:
             ),
         )
     )
+    rows.append(
+        (
+            "watch_default under DDP (2 processes), step-interleaved A/B",
+            (
+                f"{median([p[0] for p in ddp]):8.3f} s vs {median([p[1] for p in ddp]):8.3f} s plain DDP "
+                f"(overheads {', '.join(f'{p[2]:+.4f}' for p in ddp)})"
+            ),
+        )
+    )
     figures: dict[str, object] = {
         "overhead_default": round(median([p[2] for p in paired]), 4),
+        "overhead_default_ddp": round(median([p[2] for p in ddp]), 4),
         "overhead_default_whole_runs": round(med["watch_default"] / base - 1, 4),
         "overhead_every_step_full": round(med["watch_full"] / base - 1, 4),
         "time_ratio_vs_detect_anomaly": round(med["watch_default"] / med["detect_anomaly"], 4),
@@ -219,6 +293,7 @@ def main() -> None:
         "repeats": repeats,
         "bench_threads": threads,
         "overhead_default_paired_runs": [round(p[2], 4) for p in paired],
+        "overhead_default_ddp_paired_runs": [round(p[2], 4) for p in ddp],
         "times_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
         "cpu_times_s": {k: [round(x, 4) for x in v[1:]] for k, v in cpu.items()},
     }
