@@ -19,7 +19,7 @@ _check_torch_build()
 
 # Submodules that are part of the public surface by name: llmdbg.metrics.classification_report,
 # llmdbg.data.profile, llmdbg.checks.perturbation_test.
-from . import checks, data, metrics
+from . import checks, data, metrics, widgets
 from ._core import CaptureBudgetError
 from ._internal import moved as _moved
 from .adapters.attention_impl import eager_attention
@@ -74,6 +74,7 @@ from .tracing import (
 )
 from .training import Event, Watch, watch
 from .training.persist import WatchHistory
+from .widgets import show
 
 __version__ = "0.2.0"
 
@@ -154,6 +155,7 @@ __all__ = [
     "patch",
     "run",
     "saliency",
+    "show",
     "similarity_target",
     "sink_scores",
     "smoothgrad",
@@ -161,4 +163,5 @@ __all__ = [
     "suggest_edits",
     "summarize",
     "watch",
+    "widgets",
 ]

@@ -338,7 +338,11 @@ def test_views_are_offline_and_plot(tmp_path):
 
     r = Report("t")
     w.add_to_report(r)
-    assert "Training run" in r.to_html()
+    page = r.to_html()
+    assert "Training run" in page and 'data-llmdbg-view="training"' in page  # figure and view
+    static = Report("t", views=False)
+    w.add_to_report(static)
+    assert "Training run" in static.to_html() and "data-llmdbg-view" not in static.to_html()
     assert list(w.events_frame().columns) == [
         "step",
         "module",

@@ -557,6 +557,7 @@ class Watch:
             model_name=type(self.model).__name__,
             every=self.every,
             figure=self.plot() if self.state.rows else None,
+            source=self,
         )
 
     def save(self, path: Any, *, overwrite: bool = False) -> Any:

@@ -223,7 +223,7 @@ class WatchHistory:
         """Append a section (dashboard figure, events and last-step table) to a :class:`~llmdbg.report.Report`."""
         figure = self.plot() if self.state.rows else None
         return add_report_section(
-            self.state, report, title, model_name=self.model_name, every=self.every, figure=figure
+            self.state, report, title, model_name=self.model_name, every=self.every, figure=figure, source=self
         )
 
     def save(self, path: Any, *, overwrite: bool = False) -> Path:

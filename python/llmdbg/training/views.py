@@ -140,9 +140,18 @@ def repr_html(state: WatchState, *, model_name: str, every: int, closed: bool, m
 
 
 def add_report_section(
-    state: WatchState, report: Any, title: str = "Training run", *, model_name: str, every: int, figure: Any = None
+    state: WatchState,
+    report: Any,
+    title: str = "Training run",
+    *,
+    model_name: str,
+    every: int,
+    figure: Any = None,
+    source: Any = None,
 ) -> Any:
-    """Dashboard ``figure`` (None: none), events table and last-step numbers as one section of ``report``."""
+    """Dashboard ``figure`` (None: none), events table and last-step numbers as one section of
+    ``report``, with the interactive training view of ``source`` (the watch or its loaded
+    history) when the report offers views (``report.view_of``; this layer cannot import them)."""
     intro = (
         f"<p>{state.step} optimizer steps watched on <code>{esc(model_name)}</code>; "
         f"per-layer statistics every {every} steps; {len(state.events)} events.</p>"
@@ -162,4 +171,6 @@ def add_report_section(
         if figure
         else None
     )
-    return report.add_section(title, html=intro, figure=figure, table=tables or None, captions=captions)
+    view_of = getattr(report, "view_of", None)
+    view = view_of(source) if source is not None and callable(view_of) and state.rows else None
+    return report.add_section(title, html=intro, figure=figure, table=tables or None, captions=captions, view=view)
