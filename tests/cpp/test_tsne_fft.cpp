@@ -366,3 +366,31 @@ TEST(TsneFft, SparseMapsGetZFromThePairsOnly) {
   const Errors e = fft_errors(sparse, {}, 2);
   EXPECT_LT(e.z, 1e-3);
 }
+
+// The kernel's spectrum is kept between calls while the transform size and node spacing stay the
+// same (issue 20): a call that reuses it gives bitwise what a fresh workspace computes, for the
+// unit-interval regime (a map that grows a little) and for small maps (width rounded up to a
+// power of 2^(1/16)).
+TEST(TsneFft, ReusedKernelSpectrumGivesTheFreshResult) {
+  for (const double half_width : {75.0, 10.0}) {
+    const auto Y1 = spread_clusters(2000, 23, half_width);
+    std::vector<double> Y2 = Y1;
+    for (auto& v : Y2) v *= 1.001;
+    std::vector<double> warm(Y2.size()), fresh(Y2.size());
+    ts::release_fft_workspace();
+    ts::repulsion_fft(Y1.data(), 2000, {}, warm.data(), 2);
+    const double z_warm = ts::repulsion_fft(Y2.data(), 2000, {}, warm.data(), 2);
+    ts::release_fft_workspace();
+    const double z_fresh = ts::repulsion_fft(Y2.data(), 2000, {}, fresh.data(), 2);
+    EXPECT_EQ(z_warm, z_fresh) << half_width;
+    EXPECT_EQ(warm, fresh) << half_width;
+    // A different grid after a cached one is not served the stale spectrum.
+    std::vector<double> Y3 = Y1, other(Y3.size()), other_fresh(Y3.size());
+    for (auto& v : Y3) v *= 1.7;
+    ts::repulsion_fft(Y3.data(), 2000, {}, other.data(), 2);
+    ts::release_fft_workspace();
+    ts::repulsion_fft(Y3.data(), 2000, {}, other_fresh.data(), 2);
+    EXPECT_EQ(other, other_fresh) << half_width;
+  }
+  ts::release_fft_workspace();
+}

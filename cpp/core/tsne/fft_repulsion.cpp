@@ -42,6 +42,10 @@ struct Workspace {
   std::vector<double> zpart;
   std::vector<cd> A, B, K;
   std::unique_ptr<Fft> fft;
+  // K holds the kernel's spectrum for (kernel_L, kernel_dh): reused while the grid keeps its
+  // transform size and node spacing (the geometry below is chosen so that it mostly does).
+  int64_t kernel_L = -1;
+  double kernel_dh = 0.0;
 };
 
 Workspace& workspace() {
@@ -118,10 +122,26 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* r
                                 std::to_string(prm.max_intervals) +
                                 "); use method='bh', or start from a smaller init");
   }
-  int64_t m = std::max<int64_t>(prm.min_intervals, static_cast<int64_t>(wanted));
-  while (next_smooth(2 * m * p) != 2 * m * p) ++m;
-  const double h = side / static_cast<double>(m);
-  const double x0 = cx - 0.5 * side, y0 = cy - 0.5 * side;
+  // Geometry chosen so the kernel's spectrum can be reused across iterations: a map wider than
+  // min_intervals units gets intervals of exactly 1 / intervals_per_unit (the kernel then
+  // depends on the transform size alone, which changes only when the map outgrows it); a
+  // smaller one gets min_intervals intervals whose width is rounded up to a power of 2^(1/16)
+  // (the box is at most 4.4 % wider than the map, and keeps its width while the map changes
+  // within that step). The box is centred on the map.
+  int64_t m = 0;
+  double h = 0.0;
+  if (wanted > static_cast<double>(prm.min_intervals)) {
+    m = static_cast<int64_t>(wanted);
+    while (next_smooth(2 * m * p) != 2 * m * p) ++m;
+    h = 1.0 / prm.intervals_per_unit;
+  } else {
+    m = prm.min_intervals;
+    while (next_smooth(2 * m * p) != 2 * m * p) ++m;
+    h = std::exp2(std::ceil(16.0 * std::log2(side / static_cast<double>(m))) / 16.0);
+    if (static_cast<double>(m) * h < side) h = side / static_cast<double>(m);  // rounding guard
+  }
+  const double box = static_cast<double>(m) * h;
+  const double x0 = cx - 0.5 * box, y0 = cy - 0.5 * box;
   const int64_t N = m * p;  // nodes per dimension
   const int64_t L = 2 * N;  // padded transform size
   const double dh = h / p;  // node spacing
@@ -150,7 +170,11 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* r
   std::vector<cd>& K = ws.K;
   A.resize(static_cast<size_t>(L * L));
   B.resize(static_cast<size_t>(L * L));
-  K.resize(static_cast<size_t>(L * L));
+  const bool kernel_cached = ws.kernel_L == L && ws.kernel_dh == dh;
+  if (!kernel_cached) {
+    ws.kernel_L = -1;  // K is overwritten below
+    K.resize(static_cast<size_t>(L * L));
+  }
   // Spread charges 1 (→ A, real) and (ỹx, ỹy) (→ B = ỹx + i ỹy), ỹ = y − box centre, straight
   // into the zero-padded transform inputs. The points of grid row bx touch only node rows
   // [bx·p, bx·p + p), so rows are spread in parallel, each by one thread in point order: every
@@ -176,12 +200,14 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* r
       const int64_t da = a < N ? a : (a > N ? L - a : -1);
       for (int64_t b = 0; b < L; ++b) {
         const int64_t db = b < N ? b : (b > N ? L - b : -1);
-        if (da < 0 || db < 0) {
-          Kr[b] = 0.0;
-        } else {
-          const double d2 = static_cast<double>(da * da + db * db) * dh * dh;
-          const double k1 = 1.0 / (1.0 + d2);
-          Kr[b] = cd(k1, k1 * k1);
+        if (!kernel_cached) {
+          if (da < 0 || db < 0) {
+            Kr[b] = 0.0;
+          } else {
+            const double d2 = static_cast<double>(da * da + db * db) * dh * dh;
+            const double k1 = 1.0 / (1.0 + d2);
+            Kr[b] = cd(k1, k1 * k1);
+          }
         }
         Ar[b] = 0.0;
         Br[b] = 0.0;
@@ -213,10 +239,16 @@ double repulsion_fft(const double* Y, int64_t n, const FftParams& prm, double* r
   }
   if (!ws.fft || ws.fft->size() != L) ws.fft = std::make_unique<Fft>(L);
   const Fft& fft = *ws.fft;
-  {
+  if (kernel_cached) {
+    cd* arrays[2] = {A.data(), B.data()};
+    const int64_t nonzero[2] = {N, N}, needed[2] = {L, L};
+    fft2d_batch(fft, arrays, nonzero, needed, 2, false, threads);
+  } else {
     cd* arrays[3] = {K.data(), A.data(), B.data()};
     const int64_t nonzero[3] = {L, N, N}, needed[3] = {L, L, L};
     fft2d_batch(fft, arrays, nonzero, needed, 3, false, threads);
+    ws.kernel_L = L;
+    ws.kernel_dh = dh;
   }
   const double scale = 1.0 / static_cast<double>(L * L);
 #pragma omp parallel for num_threads(threads) schedule(static)

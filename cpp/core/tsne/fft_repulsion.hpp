@@ -8,11 +8,16 @@
 //   rep_i = Σ_{j≠i} w_ij² (y_i − y_j)    (written to rep, n × 2 row-major)
 //   return Z = Σ_{i≠j} w_ij,             w_ij = 1 / (1 + ‖y_i − y_j‖²).
 //
-// Method. The square bounding box of Y is cut into an m × m grid of equal intervals, with
-// m = max(min_intervals, ceil(intervals_per_unit · box side)) (rounded up so the transform size
-// 2·m·n_interp is 5-smooth), and n_interp equispaced Lagrange nodes per interval and dimension
-// (at (k + ½)/n_interp of the interval, so the nodes are equispaced over the whole box). Three
-// charges per point, 1 and ỹ = y − box centre, are spread to the nodes with tensor-product
+// Method. A square box around Y is cut into an m × m grid of equal intervals: for a map wider
+// than min_intervals / intervals_per_unit, intervals of exactly 1 / intervals_per_unit and
+// m = ceil(intervals_per_unit · side) (rounded up so the transform size 2·m·n_interp is
+// 5-smooth); for a smaller map, min_intervals intervals (rounded up likewise) whose width is
+// rounded up to a power of 2^(1/16). Either way the kernel's spectrum depends on the transform
+// size and the node spacing only, which change far less often than the map's extent, so it is
+// computed once and reused by the following calls on the same thread (one forward transform
+// of three saved per iteration). There are n_interp equispaced Lagrange nodes per interval and
+// dimension (at (k + ½)/n_interp of the interval, so the nodes are equispaced over the whole box).
+// Three charges per point, 1 and ỹ = y − box centre, are spread to the nodes with tensor-product
 // Lagrange weights and convolved on the node grid with K1 = 1/(1+d²) (charge 1) and
 // K2 = 1/(1+d²)² (all three) by one zero-padded 2-D FFT each way (a circulant embedding of the
 // Toeplitz kernel matrix; two real charges share one complex transform because the kernels are
