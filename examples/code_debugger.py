@@ -521,7 +521,7 @@ def train(
     pairs: Sequence[Pair],
     *,
     steps: int = 400,
-    batch_size: int = 32,
+    batch_size: int = 16,
     learning_rate: float = 6e-3,
     log_dir: str | None = None,
     every: int = 25,
@@ -628,7 +628,7 @@ def generate(
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     eos_token_id=eos,
-                    pad_token_id=tokenizer.pad_token_id,
+                    pad_token_id=eos,  # rows that finished early are filled with <eos>, cut below
                 )
                 for k, row in zip(chunk, gen[:, length:].tolist()):
                     row = row[: row.index(eos)] if eos in row else row
@@ -686,12 +686,14 @@ class SandboxResult:
 
 
 # The child: no network (socket constructors and name resolution replaced before the candidate
-# runs), a memory cap, stdout of the candidate discarded, the result written to a saved copy of fd 1.
+# runs), a memory cap, the candidate's stdout discarded, the result written to a copy of fd 1 saved
+# before the candidate runs.
 _RUNNER = r"""
 import json, os, resource, socket, sys
 import _socket
 
 _result = os.fdopen(os.dup(1), "w")
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the candidate's output, even os.write(1, ...), goes nowhere
 sys.stdout = open(os.devnull, "w")
 
 def _report(status, reason=""):
@@ -1006,6 +1008,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(result.by("template").round(3).to_string())
     analysis = analyse_errors(result)
     print(analysis.by_pair.to_string())
+    failed = result.frame[~result.frame["repaired"]]
+    if len(failed):
+        first = failed["predicted_line"].value_counts(dropna=False).sort_index()
+        print("first changed line of the failures:", {str(k): int(v) for k, v in first.items()})
     repaired = [p for p, ok in zip(test_pairs, result.frame["repaired"]) if ok]
     _, top = attribute_fix(model, tokenizer, (repaired or test_pairs)[0])
     print(top.head(5).to_string())
