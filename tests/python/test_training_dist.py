@@ -1,6 +1,9 @@
-"""llmdbg.watch under 2 gloo processes on CPU: no hang when one rank's step is not finite (DDP),
-and FSDP2 (``fully_shard``) statistics reduced across shards equal one process on the global
-batch, with a NaN located to its module and rank through the replay.
+"""llmdbg.watch under 2 gloo processes on CPU: DDP statistics equal one process on the global
+batch (merged activation histograms bin for bin, the global gradient norm, one collective per
+logged step, only rank 0 writing TensorBoard); no hang when one rank's step is not finite (DDP);
+FSDP2 (``fully_shard``) statistics reduced across shards equal one process on the global batch,
+with a NaN located to its module and rank through the replay; the Trainer and Lightning callbacks
+under FSDP2.
 
 Each configuration is one ``mp.spawn`` whose workers write what they saw to a JSON file; the
 process group has a 60 s timeout, so a rank left waiting in a collective fails the test instead
@@ -70,11 +73,11 @@ def _poison_backward(module, rank: int, current: dict) -> None:
     module.register_forward_hook(hook)
 
 
-def _train(model, inner, rank: int, world: int, *, every: int, on_nan: str = "warn", record=None):
+def _train(model, inner, rank: int, world: int, *, every: int, record=None, **watch_kw):
     import llmdbg
 
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    w = llmdbg.watch(model, opt, every=every, on_nan=on_nan, detectors=["nonfinite"])
+    w = llmdbg.watch(model, opt, every=every, **{"detectors": ["nonfinite"], **watch_kw})
     current = {"step": -1}
     if record == "backward":
         _poison_backward(inner.transformer.h[0].mlp, 1, current)
@@ -102,6 +105,72 @@ def _init(rank: int, world: int, port: int) -> None:
 
 def _events(w) -> list[dict]:
     return [{"step": e.step, "kind": e.kind, "module": e.module, "rank": e.rank} for e in w.events]
+
+
+def _ddp_equal_worker(rank: int, world: int, port: int, out: str) -> None:
+    _init(rank, world, port)
+    try:
+        from llmdbg.training import distributed as D
+
+        calls = []
+        real = dist.all_reduce
+
+        def counting(*a, **k):
+            calls.append(1)
+            return real(*a, **k)
+
+        D.torch.distributed.all_reduce = counting
+        inner = _model()
+        w, rows = _train(
+            torch.nn.parallel.DistributedDataParallel(inner),
+            inner,
+            rank,
+            world,
+            every=1,
+            detectors="default",
+            log_dir=os.path.join(out, "tb"),
+        )
+        D.torch.distributed.all_reduce = real
+        if rank == 0:
+            hist = {b: {str(k): v.tolist() for k, v in by.items()} for b, by in w.histograms["activations"].items()}
+            Path(out, "ddp_equal.json").write_text(
+                json.dumps(
+                    {
+                        "hist": hist,
+                        "norms": [r["grad_norm"] for r in rows],
+                        "acts": w.activations.to_dict("list"),
+                        "collectives": len(calls),
+                    }
+                )
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(240)
+def test_ddp_two_ranks_equal_single_process(tmp_path):
+    mp.spawn(_ddp_equal_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = json.loads((tmp_path / "ddp_equal.json").read_text())
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = _model()
+        ref, ref_rows = _train(model, model, 0, 1, every=1, detectors="default")
+    finally:
+        torch.set_num_threads(n)
+    assert got["collectives"] == STEPS  # one packed all-reduce per (logged) step
+    assert got["norms"] == pytest.approx([r["grad_norm"] for r in ref_rows], rel=1e-5)  # the global norm
+    for block, by_step in ref.histograms["activations"].items():
+        for step, counts in by_step.items():
+            np.testing.assert_array_equal(got["hist"][block][str(step)], counts, err_msg=f"{block} step {step}")
+    import pandas as pd
+
+    a = pd.DataFrame(got["acts"]).set_index(["step", "module"])
+    b = ref.activations.set_index(["step", "module"])
+    for col in ("mean", "std", "absmax", "count"):
+        np.testing.assert_allclose(a[col].dropna().to_numpy(), b[col].dropna().to_numpy(), rtol=1e-5)
+    assert (a["tokens"].dropna().to_numpy() == b["tokens"].dropna().to_numpy()).all()
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1  # only rank 0 writes
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:

@@ -186,3 +186,18 @@ def test_non_tensor_batches_are_kept_as_metadata_with_a_warning(tmp_path):
     with pytest.raises(ValueError, match="was not kept"):
         w.replay(ev)
     w.close()
+
+
+def test_a_burst_of_the_same_event_is_advised_once():
+    model = _model("gpt2")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    w = llmdbg.watch(model, opt, on_nan="skip", keep_batches=False)
+    for step in range(4):  # the same NaN every step
+        ids = _ids(step, True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        w.step()
+        opt.zero_grad()
+    fwd = [e for e in w.events if e.kind == "nonfinite_forward"]
+    assert [e.step for e in fwd] == [0, 1, 2, 3] and len({e.module for e in fwd}) == 1
+    assert fwd[0].advice and not any(e.advice for e in fwd[1:])
+    w.close()

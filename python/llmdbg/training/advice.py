@@ -128,9 +128,9 @@ def clip_norm(event: Event, state: WatchState, cfg: dict) -> str | None:
     if g is None or not math.isfinite(g) or len(norms) < c["min_history"]:
         return None
     p = float(np.percentile(norms, CLIP_PERCENTILE))
-    if g <= p or (c["max_grad_norm"] is not None and c["max_grad_norm"] <= p):
-        return None  # not above the percentile, or already clipped below it
     t = c["max_grad_norm"]
+    if g <= p or (t is not None and (t <= p or g <= t)):
+        return None  # not above the percentile, already clipped below it, or under the clip (it did not act)
     verb = f"lower max_grad_norm from {_g(t)} to" if t is not None else "clip the gradient norm at"
     return (
         f"{verb} {_g(p)} (torch.nn.utils.clip_grad_norm_), the 99th percentile of the last {len(norms)} steps' "
@@ -159,9 +159,21 @@ def clip_rate(event: Event, state: WatchState, cfg: dict) -> str | None:
     )
 
 
+def _matrix(state: WatchState, name: str) -> bool:
+    """Whether parameter ``name`` is a weight matrix: biases and normalisation gains start near 0
+    or 1 and are 1-D, so their update/weight ratio says nothing of the learning rate. A loaded
+    history has no parameters: then the name decides."""
+    for n, p in zip(state.names, state.params):
+        if n == name:
+            return p.dim() >= 2
+    last = name.rsplit(".", 1)[-1]
+    return last not in ("bias", "b") and not any(k in name.lower() for k in ("norm", "ln_", ".ln"))
+
+
 def update_ratio(event: Event, state: WatchState, cfg: dict) -> str | None:
-    """A layer's latest update/weight ratio far above the healthy 1e-3: lower the learning rate."""
-    rows = _layers(state, event.step, "update_ratio")
+    """A weight matrix's latest update/weight ratio far above the healthy 1e-3: lower the learning
+    rate (biases and normalisation parameters are left out, see :func:`_matrix`)."""
+    rows = [r for r in _layers(state, event.step, "update_ratio") if _matrix(state, r["layer"])]
     if not rows:
         return None
     top = max(rows, key=lambda r: r["update_ratio"])

@@ -24,10 +24,16 @@ from .state import WatchState
 KEEP = ("auto", True, False)
 #: With ``keep_batches="auto"``, events at or above this severity keep their batch.
 AUTO_SEVERITY = "high"
+#: Steps after an advised event during which events of the same kind and module get no advice
+#: again (a burst of events is one incident; its first event carries the advice).
+ADVICE_QUIET = 50
 
 
 class Findings:
     """Attaches ``batch`` and ``advice`` to a watch's events.
+
+    Advice is given once per incident: an event of the same kind and module as one advised in
+    the last :data:`ADVICE_QUIET` steps carries none.
 
     Parameters
     ----------
@@ -54,6 +60,7 @@ class Findings:
         self.recorder, self.rank = recorder, rank
         self._store: BatchStore | None = None
         self._refs: dict[int, BatchRef] = {}  # step -> its batch, kept or described once
+        self._advised: dict[tuple[str, str], int] = {}  # (kind, module) -> step of its last advice
 
     def _wants(self, severity: str) -> bool:
         if self.keep is True:
@@ -93,9 +100,13 @@ class Findings:
             ref = self.batch(event, state.step)
             if ref is not None:
                 changes["batch"] = ref
-        if not event.advice:
+        key = (event.kind, event.module)
+        last = self._advised.get(key)
+        if not event.advice and (last is None or event.step - last > ADVICE_QUIET):
             with_batch = dataclasses.replace(event, **changes) if changes else event
             changes["advice"] = advise(with_batch, state, cfg)
+            if changes["advice"]:
+                self._advised[key] = event.step
         return dataclasses.replace(event, **changes) if changes else event
 
 
