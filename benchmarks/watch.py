@@ -120,10 +120,17 @@ def paired_overhead(init, data, watch_kwargs) -> tuple[float, float, float]:
         models.append(m)
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models]
     w = llmdbg.watch(models[1], opts[1], **watch_kwargs)
-    spent = [0.0, 0.0]
     torch.manual_seed(0)
+    spent = interleaved_steps(models, opts, w, data)
+    return spent[1], spent[0], spent[1] / spent[0] - 1
+
+
+def interleaved_steps(models, opts, w, batches) -> list[float]:
+    """Train the plain ``models[0]`` and the watched ``models[1]`` on each batch, timing every
+    step of both and alternating which goes first; closes ``w``. Returns [plain, watched] seconds."""
+    spent = [0.0, 0.0]
     try:
-        for i, ids in enumerate(data):
+        for i, ids in enumerate(batches):
             for side in (0, 1) if i % 2 == 0 else (1, 0):
                 model, opt = models[side], opts[side]
                 t0 = time.perf_counter()
@@ -137,7 +144,7 @@ def paired_overhead(init, data, watch_kwargs) -> tuple[float, float, float]:
                 spent[side] += time.perf_counter() - t0
     finally:
         w.close()
-    return spent[1], spent[0], spent[1] / spent[0] - 1
+    return spent
 
 
 def _ddp_worker(rank: int, world: int, port: int, init, data, out: str) -> None:
@@ -159,23 +166,7 @@ def _ddp_worker(rank: int, world: int, port: int, init, data, out: str) -> None:
             models.append(torch.nn.parallel.DistributedDataParallel(m))
         opts = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models]
         w = llmdbg.watch(models[1], opts[1])
-        spent = [0.0, 0.0]
-        try:
-            for i, batch in enumerate(data):
-                ids = batch[rank::world]
-                for side in (0, 1) if i % 2 == 0 else (1, 0):
-                    model, opt = models[side], opts[side]
-                    t0 = time.perf_counter()
-                    loss = model(input_ids=ids, labels=ids).loss
-                    loss.backward()
-                    if side == 1:
-                        w.step(loss=loss)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    spent[side] += time.perf_counter() - t0
-        finally:
-            w.close()
+        spent = interleaved_steps(models, opts, w, [batch[rank::world] for batch in data])
         if rank == 0:
             with open(out, "w") as f:
                 f.write(f"{spent[1]} {spent[0]}")
