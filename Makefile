@@ -78,7 +78,7 @@ wheel: deps
 	@ls -1 dist
 
 # ruff, mypy and the layering contracts (pyproject.toml); clang-format on the C++ (lint-cpp).
-LINT_PATHS := python tests/python benchmarks docs/_ext tools
+LINT_PATHS := python tests/python benchmarks docs/_ext tools examples
 lint: build lint-py lint-cpp
 
 lint-py:
