@@ -431,7 +431,9 @@ class Watch:
         e = self.findings.attach(e, self.state, self.detectors.cfg)
         self.state.events.append(e)
         if self.rank == 0:
-            rank = f" rank {e.rank}" if e.rank is not None else ""
+            # Under torch.distributed: the rank that found it, or "all ranks" for numbers reduced
+            # across ranks (the loss, the global gradient norm, the merged statistics).
+            rank = f" rank {e.rank}" if e.rank is not None else (" all ranks" if self.world > 1 else "")
             logger.log(
                 _LEVEL.get(e.severity, logging.WARNING),
                 "[step %d] %s (%s) %s%s: %s%s",
