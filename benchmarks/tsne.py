@@ -542,7 +542,9 @@ def run_large(ns: list[int], ds: list[int], threads: int, tmp: Path, rows: list,
                 dict(base, name=f"llmdbg fft {tag}", job="ours_large"),
                 dict(base, name=f"openTSNE fft {tag}", job="opentsne_large"),
             ]
+            load_before = os.getloadavg()
             times, mem, Ys = run_section("large", cfgs, 1, tmp)
+            load_after = os.getloadavg()  # the machine may be shared: say how busy it was
             sub = np.sort(np.random.default_rng(1).choice(n, min(n, 5000), replace=False))
             trust = {k: float(trustworthiness(np.asarray(X[sub]), Y[sub], n_neighbors=10)) for k, Y in Ys.items()}
             ours, theirs = f"llmdbg fft {tag}", f"openTSNE fft {tag}"
@@ -569,6 +571,7 @@ def run_large(ns: list[int], ds: list[int], threads: int, tmp: Path, rows: list,
                 "knn_recall": recall,
                 "neighbors": LAST_EXTRA.get(ours, {}).get("neighbors"),
                 "peak_extra_mib": {k: v[0] / 2**20 for k, v in mem.items()},
+                "loadavg_1_5_15_before_after": [load_before, load_after],
             }
             del X, Ys
             path.unlink()
