@@ -232,7 +232,7 @@ def _watch():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    w = llmdbg.watch(model, opt, every=10)
+    w = llmdbg.watch(model, opt, every=10, keep_batches=False)  # no temporary path in the screenshot
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

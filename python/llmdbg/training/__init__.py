@@ -103,8 +103,8 @@ def watch(
         (tensors copied to the CPU; non-tensor inputs are described in ``event.batch`` only, with
         a warning). Every event of a step carries ``event.batch`` (ids, shapes, file or reason).
     batch_dir : str or Path, optional
-        Where kept batches go; default ``<log_dir>/batches``, or a new temporary directory
-        without ``log_dir``.
+        Where kept batches go; default ``<log_dir>/batches``, or, without ``log_dir``, a
+        temporary directory removed when the watch is garbage collected or the process exits.
     max_batch_bytes : int
         Largest batch kept (the sum of its tensors' bytes, default 64 MiB); a larger one is
         described only, with a warning.

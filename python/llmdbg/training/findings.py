@@ -8,7 +8,9 @@ forward and backward inside :func:`llmdbg.capture`, returning the :class:`~llmdb
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,8 @@ class Findings:
         ``"auto"``: save the batch of high and critical events; ``True``: of every event of a
         step; ``False``: describe batches (ids, shapes) without saving them.
     directory : path or None
-        Where kept batches go; None: ``<log_dir>/batches`` or, without a log directory, a new
-        temporary directory (made on the first kept batch).
+        Where kept batches go; None: a new temporary directory, made on the first kept batch and
+        removed when this object (its watch) is garbage collected or the process exits.
     max_bytes : int
         Cap on one kept batch (the sum of its tensors' bytes).
     recorder : ForwardRecorder or None
@@ -84,7 +86,10 @@ class Findings:
             return None
         if self._wants(event.severity):
             if self._store is None:
-                where = self.directory or tempfile.mkdtemp(prefix="llmdbg-batches-")
+                where = self.directory
+                if where is None:  # removed with this object (the watch) or at exit
+                    where = tempfile.mkdtemp(prefix="llmdbg-batches-")
+                    weakref.finalize(self, shutil.rmtree, where, ignore_errors=True)
                 self._store = BatchStore(where, self.max_bytes)
             ref = self._store.keep(step, self.rank, forwards)
         else:
