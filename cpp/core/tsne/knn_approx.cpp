@@ -1,6 +1,11 @@
 #include "core/tsne/knn_approx.hpp"
 
 // hnswlib.h defines non-inline helpers (cpuid, xgetbv): include it in this one file only.
+// Without its manual SSE/AVX paths: in Debian's hnswlib 0.6.2 the SSE prefetch in
+// searchBaseLayer reads the link after the last one of a full list, 4 bytes past the end of a
+// heap block (AddressSanitizer: heap-buffer-overflow). The plain distance loop it falls back to
+// is vectorised by the compiler.
+#define NO_MANUAL_VECTORIZATION
 #include <hnswlib/hnswlib.h>
 
 #include <Eigen/Core>
