@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 
 from ._prepare import as_float_matrix
 
@@ -38,13 +39,8 @@ class ArrayRows:
     def __init__(self, X: Any) -> None:
         if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
             raise TypeError("X: sparse input is not supported by TSNE; pass a dense array (X.toarray())")
-        try:
-            import torch
-
-            if isinstance(X, torch.Tensor):
-                X = as_float_matrix(X, "X")
-        except ImportError:  # pragma: no cover - torch is a dependency
-            pass
+        if isinstance(X, torch.Tensor):
+            X = as_float_matrix(X, "X")
         if not isinstance(X, np.ndarray):
             X = as_float_matrix(X, "X")
         if X.dtype.kind not in "fiu":

@@ -118,19 +118,6 @@ class Packer:
         return self._out[handle]
 
 
-def all_reduce_packed(
-    sums: np.ndarray, maxima: np.ndarray, device: torch.device | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sum ``sums`` and max ``maxima`` (1-D float64) across ranks with one ``all_reduce``.
-
-    Without a process group both come back unchanged.
-    """
-    pk = Packer()
-    hs, hm = pk.sum(np.asarray(sums, np.float64)), pk.rows(np.asarray(maxima, np.float64))
-    pk.reduce(device)
-    return pk[hs], pk[hm].max(0)
-
-
 def is_sharded(params: list[torch.nn.Parameter]) -> bool:
     """Whether any parameter is a DTensor sharded across ranks (FSDP2's ``fully_shard``)."""
     from torch.distributed.tensor import DTensor

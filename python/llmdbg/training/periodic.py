@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from . import grads as G
 from .detectors import DetectorSuite, Event
@@ -201,10 +200,3 @@ def _record_activations(
         state.act_rows.append({"step": step, "module": a, "dead_fraction": frac, "tokens": int(state.tokens[a])})
     for e in detectors.on_activations(step, dead, outliers):
         emit(e)
-
-
-def global_norms(state: WatchState, pk: Packer, handle: int) -> torch.Tensor:
-    """Per-parameter gradient norms after the reduction: the square root of the summed squares
-    under FSDP2, the local (already global) norms otherwise."""
-    v = pk[handle]
-    return torch.from_numpy(np.sqrt(v) if state.sharded else v)
