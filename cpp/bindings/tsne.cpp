@@ -164,7 +164,8 @@ py::tuple knn_approx(
     Int<"tsne_knn_approx: ef_construction", 1, std::numeric_limits<int>::max()> ef_construction,
     Int<"tsne_knn_approx: ef_search", 0, std::numeric_limits<int>::max()> ef_search,
     Int<"tsne_knn_approx: seed", 0, std::numeric_limits<int64_t>::max()> seed,
-    Int<"tsne_knn_approx: refine", 0, 1 << 20> refine, Threads<"tsne_knn_approx"> threads) {
+    Int<"tsne_knn_approx: refine", 0, 1 << 20> refine,
+    Int<"tsne_knn_approx: refine_rounds", 0, 64> refine_rounds, Threads<"tsne_knn_approx"> threads) {
   const int64_t k = k_arg.value;
   const auto X = checked_array(X_in, "tsne_knn_approx: X", kFloat, Shape{"n", "d"}.nonempty());
   const bool f32 = py::isinstance<py::array_t<float>>(X);
@@ -179,6 +180,7 @@ py::tuple knn_approx(
   prm.ef_search = static_cast<int>(ef_search.value);
   prm.seed = static_cast<uint64_t>(seed.value);
   prm.refine = static_cast<int>(refine.value);
+  prm.refine_rounds = static_cast<int>(refine_rounds.value);
   const int num_threads = threads.value;
   py::array_t<int64_t> idx({n, k});
   py::array_t<double> d2({n, k});
@@ -377,16 +379,17 @@ rows first, so the squared distance is 2 (1 - cos). Ranked at unit scale (exact 
 rescaling): X * 2**s gives the same indices and distances * 4**s. ValueError for NaN/Inf rows or
 squared distances that overflow float64. Ctrl-C stops it (KeyboardInterrupt).)doc");
   m.def(
-      "tsne_knn_approx", &knn_approx, py::arg("X"), py::arg("k"), py::kw_only(), py::arg("M") = 16,
-      py::arg("ef_construction") = 100, py::arg("ef_search") = 0, py::arg("seed") = 100,
-      py::arg("refine") = 16, py::arg("num_threads") = 0,
+      "tsne_knn_approx", &knn_approx, py::arg("X"), py::arg("k"), py::kw_only(), py::arg("M") = 24,
+      py::arg("ef_construction") = 64, py::arg("ef_search") = 0, py::arg("seed") = 100,
+      py::arg("refine") = 16, py::arg("refine_rounds") = 1, py::arg("num_threads") = 0,
       R"doc(Approximate k nearest neighbours (Euclidean) of each row of X from an HNSW graph (hnswlib).
 
 X: float32/float64, C-contiguous (n, d). Self is excluded. Returns (indices int64 (n, k), squared
 distances float64 (n, k), recomputed exactly) sorted by (distance, index). M: graph degree;
 ef_construction / ef_search: candidate lists while inserting / querying (ef_search 0:
 max(k + 32, 1.5 k)); each search starts at the point itself. refine: the neighbours of each
-point's first `refine` neighbours are candidates too (one NN-descent round; 0: off). Bitwise reproducible for a fixed seed on one thread only: parallel inserts
+point's first `refine` neighbours are candidates too, for up to `refine_rounds` NN-descent rounds
+(0: off). Bitwise reproducible for a fixed seed on one thread only: parallel inserts
 race for the graph's locks. ValueError for NaN/Inf rows; Ctrl-C stops it (KeyboardInterrupt).)doc");
   m.def("tsne_calibrate", &calibrate, py::arg("sqdist"), py::arg("perplexity"),
         py::arg("tol") = 1e-5, py::arg("max_iter") = 200, py::arg("num_threads") = 0,

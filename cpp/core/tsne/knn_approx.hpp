@@ -9,18 +9,19 @@
 namespace llmdbg::tsne {
 
 struct HnswParams {
-  int M = 16;                 // graph degree (2·M links on the bottom layer)
-  int ef_construction = 100;  // candidate list while inserting
+  int M = 24;                 // graph degree (2·M links on the bottom layer)
+  int ef_construction = 64;   // candidate list while inserting
   int ef_search = 0;          // candidate list while querying; <= 0: max(k + 32, 1.5·k)
   uint64_t seed = 100;        // level generator
   int refine = 16;  // refinement: also try the neighbours of the first `refine` neighbours (0: off)
+  int refine_rounds = 1;  // refinement rounds (NN-descent iterations; 0: off)
 };
 
 // X: n×d row-major (Euclidean metric). Writes the approximate k nearest neighbours of every row
 // (never the row itself) into indices (n×k) and their squared distances, recomputed in double,
 // into sqdist (n×k), sorted by (distance, index); the distances are exact, only the neighbour
 // set is approximate (see TSNE.knn_recall_ for the recall on a sample). The graph's answers are
-// then refined once from the neighbours' own neighbour lists (params.refine).
+// then refined from the neighbours' own neighbour lists (params.refine, params.refine_rounds).
 //
 // Like knn_exact, ranks at unit scale (an exact power-of-two rescaling of the centred data), so
 // X·2^s gives the same indices. Determinism: with num_threads = 1 the graph and the result are
