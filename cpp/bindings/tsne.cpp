@@ -165,7 +165,8 @@ py::tuple knn_approx(
     Int<"tsne_knn_approx: ef_search", 0, std::numeric_limits<int>::max()> ef_search,
     Int<"tsne_knn_approx: seed", 0, std::numeric_limits<int64_t>::max()> seed,
     Int<"tsne_knn_approx: refine", 0, 1 << 20> refine,
-    Int<"tsne_knn_approx: refine_rounds", 0, 64> refine_rounds, Threads<"tsne_knn_approx"> threads) {
+    Int<"tsne_knn_approx: refine_rounds", 0, 64> refine_rounds,
+    Threads<"tsne_knn_approx"> threads) {
   const int64_t k = k_arg.value;
   const auto X = checked_array(X_in, "tsne_knn_approx: X", kFloat, Shape{"n", "d"}.nonempty());
   const bool f32 = py::isinstance<py::array_t<float>>(X);

@@ -192,8 +192,12 @@ TEST(Cancel, TaskQueueOwnerPollsWhileOthersFinish) {
 TEST(CancelKernels, Rollout) {
   for (const int threads : {1, 2}) {
     for (const int64_t batch : {1, 4}) {  // row-parallel and sequence-parallel branches
-      Maps m(12, batch, 1, 384, 1);
-      std::vector<float> out(static_cast<size_t>(batch * 384 * 384));
+      // T = 640: 12 products of 640^2 matrices (6 GFLOP per sequence) take several times the
+      // 20 ms the callback's third call needs even on two fast cores; T = 384 sometimes
+      // finished first on a quiet machine.
+      constexpr int64_t T = 640;
+      Maps m(12, batch, 1, T, 1);
+      std::vector<float> out(static_cast<size_t>(batch * T * T));
       expect_interrupted_midway(
           [&](const auto& c) { at::rollout(m.graph(), {}, nullptr, 0, out.data(), threads, c); });
     }

@@ -75,8 +75,10 @@ def test_refinement_rounds_only_improve_a_weak_graph():
     exact = ((X[many[0]].astype(np.float64) - X[:, None, :].astype(np.float64)) ** 2).sum(axis=2)
     np.testing.assert_allclose(many[1], exact, rtol=1e-12)
     # 64 rounds end where 8 did once nothing changes any more
-    np.testing.assert_array_equal(_core.tsne_knn_approx(X, k, refine=8, refine_rounds=64, **weak)[0],
-                                  _core.tsne_knn_approx(X, k, refine=8, refine_rounds=63, **weak)[0])
+    np.testing.assert_array_equal(
+        _core.tsne_knn_approx(X, k, refine=8, refine_rounds=64, **weak)[0],
+        _core.tsne_knn_approx(X, k, refine=8, refine_rounds=63, **weak)[0],
+    )
 
 
 def test_tsne_knn_approx_rejects_bad_input():

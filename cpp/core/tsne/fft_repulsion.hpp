@@ -35,8 +35,8 @@
 // intervals of about the kernel's unit width; on 20,000 points in 30 clusters spread over 400
 // units, the force error against the exact sum is 1.4e-2 at width 1, 0.15 at width 2 and 1.5 at
 // width 4, where Barnes-Hut at theta 0.5 gives 1.0e-2), and a bigger grid exhausts memory (a
-// spread of 1e12 used to hang). The optimiser goes further (optimize.cpp): an iteration whose map needs
-// more than fft_interval_budget(n) intervals uses Barnes-Hut instead, so the grid's size
+// spread of 1e12 used to hang). The optimiser goes further (optimize.cpp): an iteration whose map
+// needs more than fft_interval_budget(n) intervals uses Barnes-Hut instead, so the grid's size
 // follows the number of points (200 points with a spread-out init took ~950 MB).
 //
 // Spreading is parallel over grid rows (the points of one interval row touch only its node

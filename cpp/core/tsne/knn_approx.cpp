@@ -277,8 +277,8 @@ void knn_approx(const T* X, int64_t n, int64_t d, int64_t k, const HnswParams& p
               cand.emplace_back(fdist(i, l), l);
             }
           }
-          const auto keep = static_cast<size_t>(
-              std::min<int64_t>(static_cast<int64_t>(cand.size()), k + margin));
+          const auto keep =
+              static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(cand.size()), k + margin));
           std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(keep - 1),
                            cand.end());
           found.clear();

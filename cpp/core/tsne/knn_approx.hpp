@@ -9,10 +9,10 @@
 namespace llmdbg::tsne {
 
 struct HnswParams {
-  int M = 24;                 // graph degree (2·M links on the bottom layer)
-  int ef_construction = 64;   // candidate list while inserting
-  int ef_search = 0;          // candidate list while querying; <= 0: max(k + 32, 1.5·k)
-  uint64_t seed = 100;        // level generator
+  int M = 24;                // graph degree (2·M links on the bottom layer)
+  int ef_construction = 64;  // candidate list while inserting
+  int ef_search = 0;         // candidate list while querying; <= 0: max(k + 32, 1.5·k)
+  uint64_t seed = 100;       // level generator
   int refine = 16;  // refinement: also try the neighbours of the first `refine` neighbours (0: off)
   int refine_rounds = 1;  // refinement rounds (NN-descent iterations; 0: off)
 };
