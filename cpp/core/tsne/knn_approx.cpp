@@ -36,8 +36,8 @@ inline int unit_exponent(double x) { return x > 0 ? std::ilogb(x) + 1 : 0; }
 
 // Squared Euclidean distance in float with 16 independent partial sums, which the compiler turns
 // into vector lanes (a single running sum would have to stay scalar), for AVX2 and the baseline.
-// About 3x faster than hnswlib's fallback loop at d = 50; the sum's order is fixed, so the result
-// depends only on the CPU's instruction set.
+// The whole search at 100,000 x 50 took 15.5 s with it against 23.0 s with hnswlib's fallback
+// loop. The sum's order is fixed, so the result depends only on the CPU's instruction set.
 LLMDBG_TSNE_CLONES float l2_squared(const float* a, const float* b, size_t d) {
   constexpr size_t kLanes = 16;
   float lane[kLanes] = {};
