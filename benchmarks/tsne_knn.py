@@ -46,11 +46,6 @@ def _data(n: int) -> np.ndarray:
     return X.astype(np.float32)
 
 
-def _recall(X: np.ndarray, found: np.ndarray, rows: np.ndarray, true_kth: np.ndarray) -> float:
-    sq = ((X[found[rows]].astype(np.float64) - X[rows].astype(np.float64)[:, None, :]) ** 2).sum(axis=2)
-    return float((sq <= true_kth * (1 + 1e-9) + 1e-300).mean())
-
-
 def _annoy(X: np.ndarray) -> np.ndarray:
     from openTSNE.nearest_neighbors import Annoy
 
@@ -74,9 +69,6 @@ def main() -> None:
 
     torch.set_num_threads(THREADS)
     X = _data(n)
-    rows = np.sort(np.random.default_rng(0).choice(n, size=min(n, _neighbors.RECALL_QUERIES), replace=False))
-    _, true_d = _neighbors.query(X, X[rows], K, THREADS, exclude=rows)
-    kth = true_d[:, -1:]
     warm = _data(2000)
     _core.tsne_knn_approx(warm, K, num_threads=THREADS)
     _annoy(warm)
@@ -93,7 +85,7 @@ def main() -> None:
         t0 = time.perf_counter()
         found = fn()
         seconds[name] = time.perf_counter() - t0
-        recall[name] = _recall(X, found, rows, kth)
+        recall[name] = _neighbors.recall(X, found, THREADS, np.random.default_rng(0))  # same rows each
         rows_out.append((name, f"{seconds[name]:7.1f} s  recall {recall[name]:.4f}"))
         print(f"{name}: {seconds[name]:.1f} s, recall {recall[name]:.4f}", flush=True)
     default = "llmdbg default (M 24, ef_c 64, refined)"

@@ -29,6 +29,10 @@ def _brute_knn(X: np.ndarray, k: int) -> np.ndarray:
     return part
 
 
+def _recall(idx: np.ndarray, truth: np.ndarray) -> float:
+    return float((np.sort(idx, axis=1)[:, :, None] == np.sort(truth, axis=1)[:, None, :]).any(2).mean())
+
+
 def test_hnsw_recall_against_numpy_brute_force_on_well_separated_blobs():
     """30 well-separated 50-D blobs: a search from the graph's entry point missed whole
     neighbourhoods (recall 0.97); starting each search at the point itself finds them."""
@@ -36,7 +40,7 @@ def test_hnsw_recall_against_numpy_brute_force_on_well_separated_blobs():
     k = 90
     idx, d2 = _core.tsne_knn_approx(X, k, num_threads=2)
     truth = _brute_knn(X, k)
-    recall = (np.sort(idx, axis=1)[:, :, None] == np.sort(truth, axis=1)[:, None, :]).any(2).mean()
+    recall = _recall(idx, truth)
     assert recall >= 0.98, recall
     assert not (idx == np.arange(len(X))[:, None]).any()  # self excluded
     # distances are exact and sorted
@@ -50,10 +54,6 @@ def test_hnsw_is_reproducible_on_one_thread():
     a = _core.tsne_knn_approx(X, 30, seed=7, num_threads=1)
     b = _core.tsne_knn_approx(X, 30, seed=7, num_threads=1)
     np.testing.assert_array_equal(a[0], b[0])
-
-
-def _recall(idx: np.ndarray, truth: np.ndarray) -> float:
-    return float((np.sort(idx, axis=1)[:, :, None] == np.sort(truth, axis=1)[:, None, :]).any(2).mean())
 
 
 def test_refinement_rounds_only_improve_a_weak_graph():
@@ -74,11 +74,28 @@ def test_refinement_rounds_only_improve_a_weak_graph():
     assert (one[1] <= raw[1] * (1 + 1e-12)).all() and (many[1] <= one[1] * (1 + 1e-12)).all()
     exact = ((X[many[0]].astype(np.float64) - X[:, None, :].astype(np.float64)) ** 2).sum(axis=2)
     np.testing.assert_allclose(many[1], exact, rtol=1e-12)
-    # 64 rounds end where 8 did once nothing changes any more
+    # once no list changes the rounds stop: 63 and 64 allowed rounds give the same lists
     np.testing.assert_array_equal(
         _core.tsne_knn_approx(X, k, refine=8, refine_rounds=64, **weak)[0],
         _core.tsne_knn_approx(X, k, refine=8, refine_rounds=63, **weak)[0],
     )
+
+
+def test_recall_measure_counts_true_neighbours_against_numpy():
+    """knn_recall_'s measure on lists whose hits are known from numpy's brute force: the true
+    k nearest (recall 1), and the same lists with their last half swapped for the farthest rows."""
+    from llmdbg.embedding import _neighbors
+
+    X, _ = _blobs(1500, 8, 3, seed=6)
+    k = 20
+    Xd = X.astype(np.float64)
+    d2 = ((Xd[:, None, :] - Xd[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(d2, np.inf)
+    order = np.argsort(d2, axis=1)
+    true_k = order[:, :k]
+    assert _neighbors.recall(X, true_k, 2, np.random.default_rng(0)) == 1.0
+    half = np.concatenate([true_k[:, : k // 2], order[:, -2 - k // 2 : -2]], axis=1)  # -1 is self (inf)
+    assert _neighbors.recall(X, half, 2, np.random.default_rng(0)) == 0.5
 
 
 def test_tsne_knn_approx_rejects_bad_input():

@@ -11,6 +11,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -84,6 +85,10 @@ void knn_approx(const T* X, int64_t n, int64_t d, int64_t k, const HnswParams& p
                                 "], got " + std::to_string(k));
   }
   if (d < 1) throw std::invalid_argument("knn_approx: X needs at least one column, got 0");
+  // Neighbour lists are stored as int32 (the refinement's copies, hnswlib's labels are uint32).
+  if (n > std::numeric_limits<int32_t>::max()) {
+    throw std::invalid_argument("knn_approx: at most 2^31 - 1 rows, got " + std::to_string(n));
+  }
   if (prm.M < 2 || prm.ef_construction < 1) {
     throw std::invalid_argument("knn_approx: M must be >= 2 and ef_construction >= 1");
   }

@@ -89,15 +89,18 @@ def query(R: np.ndarray, Q: np.ndarray, k: int, threads: int, exclude: np.ndarra
     return out_i, out_d
 
 
-def recall(X: np.ndarray, indices: np.ndarray, sqdist: np.ndarray, threads: int, rng: np.random.Generator) -> float:
+def recall(X: np.ndarray, indices: np.ndarray, threads: int, rng: np.random.Generator) -> float:
     """Fraction of the true k nearest neighbours found, on up to 1000 random rows of X.
 
-    A found neighbour counts when its squared distance is within the query's true k-th (so ties
-    at the k-th distance are not misses).
+    ``indices`` (N, k) are any search's neighbours of every row of X (llmdbg's graph, or another
+    library's, as the benchmarks measure openTSNE's Annoy). A found neighbour counts when its
+    squared distance (float64, recomputed here) is within the query's true k-th, so ties at the
+    k-th distance are not misses.
     """
     n, k = indices.shape
     rows = np.sort(rng.choice(n, size=min(n, RECALL_QUERIES), replace=False))
     _, true_d = query(X, X[rows], k, threads, exclude=rows)
-    kth = true_d[:, -1:]
-    hits = sqdist[rows] <= kth * (1 + 1e-9) + 1e-300
+    Xq = np.asarray(X[rows], dtype=np.float64)
+    found_d = ((np.asarray(X[indices[rows]], dtype=np.float64) - Xq[:, None, :]) ** 2).sum(axis=2)
+    hits = found_d <= true_d[:, -1:] * (1 + 1e-9) + 1e-300
     return float(hits.mean())

@@ -423,7 +423,7 @@ class TSNE(SklearnProtocol):
         seed = int(self._rng().integers(0, 2**31 - 1)) if approx else 0
         indices, sqdist = _neighbors.search(Xk, k, approx, threads, seed)
         # Recall of the approximate search against exact brute force on 1000 sampled points.
-        self.knn_recall_ = _neighbors.recall(Xk, indices, sqdist, threads, self._rng()) if approx else 1.0
+        self.knn_recall_ = _neighbors.recall(Xk, indices, threads, self._rng()) if approx else 1.0
         self.neighbors_ = "approx" if approx else "exact"
         t2 = time.perf_counter()
         P_cond, _ = _core.tsne_calibrate(sqdist, perp, 1e-5, 200, threads)
